@@ -1,0 +1,1 @@
+"""The session layer: prompts, context, tasks and engine clients."""

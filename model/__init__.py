@@ -1,0 +1,1 @@
+"""The model engine: configs, decoder, loading, tokenizer, generation."""

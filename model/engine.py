@@ -1,0 +1,167 @@
+"""A loaded model with its tokenizer: text in, streamed text out.
+
+This is the in-process engine the session layer talks to. It owns one KV cache sized to
+the context it was loaded for and reuses it across requests, turns token ids into text
+pieces that never split a character, and cuts the text at stop strings without ever
+streaming part of one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .decoder import KVCache, Transformer
+from .errors import DemiUserError
+from .generate import CancelToken, Sampling, StopState, generate_tokens
+from .loading import load_model, resolve_device
+from .registry import resolve_model_dir
+from .tokenizer import StreamDecoder, Tokenizer
+
+DEFAULT_CONTEXT = 4096
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # stop | length | cancelled | time
+    seconds: float
+    first_token_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing chars of `text` could be the start of a stop string."""
+    keep = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:n]):
+                keep = n
+                break
+    return keep
+
+
+class LocalModel:
+    """Model + tokenizer + a reusable KV cache, on one device."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str, path: Path | None = None,
+                 context: int | None = None):
+        self.model, self.tokenizer, self.name, self.path = model, tokenizer, name, path
+        cfg = model.config
+        self.context = min(context or DEFAULT_CONTEXT, cfg.context_limit)
+        self.device = model.lm_head.weight.device
+        self._cache: KVCache | None = None
+
+    @classmethod
+    def load(cls, name: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
+             context: int | None = None) -> "LocalModel":
+        path = resolve_model_dir(name)
+        dev = resolve_device(device)
+        model = load_model(path, dtype=dtype, device=dev, context=context or DEFAULT_CONTEXT)
+        return cls(model, Tokenizer.from_dir(path), str(name or path.name), path, context)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return set(self.tokenizer.eos_token_ids) | set(self.model.config.eos_token_id)
+
+    def cache(self) -> KVCache:
+        if self._cache is None:
+            dtype = self.model.model.embed_tokens.weight.dtype
+            self._cache = KVCache(self.model.config, self.context, dtype=dtype, device=self.device)
+        return self._cache
+
+    def encode(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
+        return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens)
+
+    def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: Sampling | None = None,
+               stop: list[str] | None = None, cancel: CancelToken | None = None,
+               time_budget: float | None = None, stop_ids: set[int] | None = None,
+               add_special_tokens: bool = True) -> Iterator[str]:
+        """Yield text pieces; the finished `Completion` is the generator's return value."""
+        started = time.monotonic()
+        ids = self.encode(prompt, add_special_tokens)
+        if max_new_tokens < 0:
+            raise DemiUserError("max_new_tokens must be >= 0")
+        stops = [s for s in (stop or []) if s]
+        end_ids = self.stop_ids if stop_ids is None else stop_ids
+        deadline = started + time_budget if time_budget else None
+        state, decoder = StopState(), StreamDecoder(self.tokenizer)
+        text, sent, out_ids, first = "", 0, [], None
+        for token in generate_tokens(self.model, ids, max_new_tokens, sampling, end_ids, cancel,
+                                     deadline, self.cache(), state):
+            if first is None:
+                first = time.monotonic() - started
+            out_ids.append(token)
+            if token in end_ids:
+                break
+            text += decoder.push(token)
+            cut = min((text.find(s, max(0, sent - len(s))) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                text, state.reason = text[:cut], "stop"
+                break
+            safe = len(text) - _held_back(text, stops)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        else:
+            text += decoder.flush()
+        if sent < len(text):
+            yield text[sent:]
+        return Completion(text, out_ids, len(ids), state.reason, time.monotonic() - started, first)
+
+    def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
+                 **kwargs) -> Completion:
+        """Run `stream` to the end, passing each piece to `on_text`."""
+        it = self.stream(prompt, **kwargs)
+        while True:
+            try:
+                piece = next(it)
+            except StopIteration as done:
+                return done.value
+            if on_text:
+                on_text(piece)
+
+    @torch.inference_mode()
+    def nll(self, ids: list[int], chunk: int = 512) -> tuple[float, int]:
+        """Summed natural-log NLL of ids[1:] given what precedes each, and the count scored.
+
+        Texts longer than the context are scored in windows that overlap by half, so every
+        token after the first window is conditioned on at least half a context of history.
+        Logits are made `chunk` positions at a time: a full [context, vocab] matrix can be GBs.
+        """
+        window, stride = self.context, max(1, self.context // 2)
+        total, count, scored_to, begin = 0.0, 0, 1, 0
+        while scored_to < len(ids):
+            end = min(begin + window, len(ids))
+            tokens = torch.tensor([ids[begin:end]], device=self.device)
+            hidden = self.model.hidden_states(tokens)[0, :-1]
+            targets = tokens[0, 1:]
+            first = scored_to - begin - 1  # positions before this were scored by the last window
+            for lo in range(first, hidden.shape[0], chunk):
+                logits = self.model.lm_head(hidden[lo:lo + chunk]).float()
+                total += float(F.cross_entropy(logits, targets[lo:lo + chunk], reduction="sum"))
+            count += hidden.shape[0] - first
+            scored_to, begin = end, end - window + stride
+        return total, count
+
+    def perplexity(self, texts: list[str]) -> dict[str, float]:
+        total, count = 0.0, 0
+        for t in texts:
+            s, n = self.nll(self.tokenizer.encode(t))
+            total, count = total + s, count + n
+        if count == 0:
+            raise DemiUserError("nothing to score: every text is shorter than two tokens")
+        mean = total / count
+        return {"tokens": count, "nll": mean, "perplexity": math.exp(min(mean, 700))}

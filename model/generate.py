@@ -1,0 +1,135 @@
+"""Token generation: prefill once, then decode one token at a time into a preallocated KV cache.
+
+The loop yields token ids as they come so callers can stream; it checks a cancellation
+token and a wall-clock deadline every step, and stops on stop tokens. Sampling follows
+Hugging Face's order (repetition penalty, temperature, top-k, top-p) so greedy and seeded
+runs can be compared token for token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from .decoder import KVCache, Transformer
+from .errors import ContextOverflowError, DemiUserError
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise DemiUserError("sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
+                                "repetition_penalty > 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class CancelToken:
+    """Set from any thread; the decode loop checks it before every step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class StopState:
+    """Why a generation ended: stop, length, cancelled or time."""
+
+    reason: str = "length"
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    picked = logits.gather(-1, seen)
+    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return logits.scatter(-1, seen, picked)
+
+
+def sample_next(logits: Tensor, s: Sampling, generator: torch.Generator | None) -> Tensor:
+    """Next token [B] from last-position logits [B, V] (already penalised)."""
+    if s.greedy:
+        return logits.argmax(-1)
+    logits = logits.float() / s.temperature
+    if s.top_k:
+        kth = torch.topk(logits, min(s.top_k, logits.shape[-1])).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - s.top_p
+        drop[..., -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, sampling: Sampling | None = None,
+                    stop_ids: set[int] | frozenset[int] = frozenset(), cancel: CancelToken | None = None,
+                    deadline: float | None = None, cache: KVCache | None = None,
+                    state: StopState | None = None, reuse: int = 0) -> Iterator[int]:
+    """Yield up to `max_new_tokens` new token ids after `prompt`.
+
+    `deadline` is a `time.monotonic()` value; `reuse` is how many leading prompt tokens the
+    given cache already holds (they are not prefilled again). `state.reason` tells why it ended.
+    """
+    sampling = sampling or Sampling()
+    state = state if state is not None else StopState()
+    ctx = cache.max_len if cache is not None else model.config.context_limit
+    if not prompt:
+        raise DemiUserError("the prompt is empty")
+    if len(prompt) >= ctx:
+        raise ContextOverflowError(f"the prompt has {len(prompt)} tokens but the context window is {ctx}")
+    max_new_tokens = min(max_new_tokens, ctx - len(prompt))
+    device = model.lm_head.weight.device
+    if cache is None:
+        dtype = model.model.embed_tokens.weight.dtype
+        cache = KVCache(model.config, min(ctx, len(prompt) + max_new_tokens), dtype=dtype, device=device)
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    seen = torch.tensor([prompt], device=device)
+    reuse = min(reuse, len(prompt) - 1)
+    state.reason = "length"
+    logits = model(seen[:, reuse:], start=reuse, cache=cache, last_only=True)[:, -1]
+    pos = len(prompt)
+    for step in range(max_new_tokens):
+        if cancel is not None and cancel.cancelled:
+            state.reason = "cancelled"
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            state.reason = "time"
+            return
+        if sampling.repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, seen, sampling.repetition_penalty)
+        nxt = sample_next(logits, sampling, generator)
+        token = int(nxt.item())  # the one host round-trip per token: the stream needs the id
+        yield token
+        if token in stop_ids:
+            state.reason = "stop"
+            return
+        if step == max_new_tokens - 1:
+            return
+        seen = torch.cat([seen, nxt.view(1, 1)], dim=1)
+        logits = model(nxt.view(1, 1), start=pos, cache=cache)[:, -1]
+        pos += 1

@@ -1,0 +1,1 @@
+"""The terminal chat front end (demi-chat)."""
