@@ -120,7 +120,7 @@ class ModelConfig:
                        if k not in ("rope_theta", "partial_rotary_factor", "type")}
             scaling["rope_type"] = rope_type
         eos = raw.get("eos_token_id")
-        attention_bias = bool(raw.get("attention_bias", False))
+        attention_bias = bool(raw.get("attention_bias", False)) and mt not in ("mistral", "mixtral")
         if mt == "qwen2":
             qkv_bias, o_bias = True, False
         else:
@@ -167,8 +167,22 @@ class ModelConfig:
         )
 
     def to_hf(self) -> dict[str, Any]:
-        """A `config.json` that transformers loads as the same model."""
+        """A `config.json` that transformers loads as the same model (or a ConfigError if none can)."""
         mt = self.model_type
+        fixed = {"qwen2": (self.qkv_bias and not self.o_bias, "qwen2 always has q/k/v bias and no o bias"),
+                 "qwen3": (self.qk_norm == "head", "qwen3 always has per-head QK norm"),
+                 "minimax_m2": (self.qk_norm == "whole" and self.router == "sigmoid" and self.routing_bias,
+                                "minimax_m2 always has whole-projection QK norm and a sigmoid router "
+                                "with a correction bias"),
+                 "llama": (self.qkv_bias == self.o_bias, "llama's attention_bias covers q, k, v and o "
+                                                          "together"),
+                 "mistral": (not (self.qkv_bias or self.o_bias), "mistral has no attention bias"),
+                 "mixtral": (not (self.qkv_bias or self.o_bias) and self.router == "softmax",
+                             "mixtral has no attention bias and a softmax router")}
+        ok, why = fixed.get(mt, (True, ""))
+        if not ok or (mt != "qwen3" and self.qk_norm == "head") or (mt != "minimax_m2" and self.qk_norm == "whole"):
+            raise ConfigError(f"this {mt} config cannot be written as a transformers config.json: "
+                              f"{why or 'QK norm is only in qwen3 and minimax_m2'}")
         out: dict[str, Any] = {
             "architectures": [_ARCHITECTURES[mt]],
             "model_type": mt,
@@ -202,6 +216,8 @@ class ModelConfig:
             out["mlp_bias"] = self.mlp_bias
         if mt in ("mistral", "mixtral"):
             out["sliding_window"] = self.sliding_window
+        elif mt in ("qwen2", "qwen3") and self.sliding_window:
+            out.update(use_sliding_window=True, sliding_window=self.sliding_window, max_window_layers=0)
         if self.is_moe:
             out["num_local_experts"] = self.num_experts
             out["num_experts_per_tok"] = self.num_experts_per_tok

@@ -1,0 +1,79 @@
+"""What models there are and what they need: the data behind `demi models`, `models info`, `pull`, `doctor`."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from demi.model.config import ModelConfig, load_config
+from demi.model.errors import DemiError, ModelNotFoundError
+from demi.model.info import format_info, model_info
+from demi.model.presets import PRESETS, get_preset
+from demi.model.registry import builtin_models, cached_hub_models, hub_snapshot, resolve_model_dir
+
+
+def list_models() -> dict[str, list[dict[str, Any]]]:
+    """Built-in models, presets (shapes without weights) and models in the local hub cache."""
+    return {
+        "builtin": [{"name": n, "path": str(p)} for n, p in builtin_models().items()],
+        "presets": [{"name": p.name, "description": p.description} for p in PRESETS.values()],
+        "hub_cache": [{"name": rid, "bytes": size} for rid, size in cached_hub_models()],
+    }
+
+
+def config_for(name: str) -> tuple[str, ModelConfig]:
+    """A preset's config, or the config.json of a model directory, built-in model or cached hub id."""
+    key = name.strip().lower()
+    if key in PRESETS:
+        return PRESETS[key].name, get_preset(key)
+    return name, load_config(resolve_model_dir(name, download=False))
+
+
+def describe(name: str, context: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Human-readable table and JSON-ready figures for `demi models info`."""
+    label, cfg = config_for(name)
+    info = model_info(cfg, context)
+    data = {"name": label, "model_type": cfg.model_type, **info.as_dict()}
+    return format_info(label, cfg, context), data
+
+
+def pull(repo_id: str) -> Path:
+    return hub_snapshot(repo_id, download=True)
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def doctor(model: str | None = None) -> dict[str, Any]:
+    """Facts about this install that explain most problems: versions, devices, memory, the model."""
+    import torch
+
+    from demi.model.loading import available_memory
+
+    checks: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {p: _version(p) for p in ("torch", "safetensors", "tokenizers", "jinja2",
+                                               "huggingface_hub", "platformdirs", "transformers")},
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "memory_available_gb": round(available_memory(torch.device("cpu")) / 2**30, 2),
+        "builtin_models": sorted(builtin_models()),
+    }
+    try:
+        path = resolve_model_dir(model, download=False)
+        cfg = load_config(path)
+        checks["model"] = {"name": model or "(default)", "path": str(path), "ok": True,
+                           "model_type": cfg.model_type}
+    except (DemiError, ModelNotFoundError) as exc:
+        checks["model"] = {"name": model or "(default)", "ok": False, "problem": str(exc)}
+    checks["ok"] = checks["packages"]["torch"] is not None and checks["model"]["ok"]
+    return checks

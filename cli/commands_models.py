@@ -1,0 +1,78 @@
+"""`demi models`, `demi models info`, `demi pull` and `demi doctor`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .main import emit_json
+
+
+def register(sub, common) -> None:
+    models = sub.add_parser("models", parents=[common(model=False)], help="list models; `models info NAME`")
+    models.set_defaults(func=cmd_models)
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    info = msub.add_parser("info", parents=[common(model=False)],
+                           help="parameters and memory of a preset, directory or cached hub model")
+    info.add_argument("name", metavar="NAME")
+    info.add_argument("--context", type=int, default=None, help="context for the KV cache figure")
+    info.set_defaults(func=cmd_models_info)
+
+    pull = sub.add_parser("pull", parents=[common(model=False)],
+                          help="download a model from the hub (safetensors and JSON only)")
+    pull.add_argument("repo_id", metavar="ID")
+    pull.set_defaults(func=cmd_pull)
+
+    doc = sub.add_parser("doctor", parents=[common()], help="check the install and the model")
+    doc.set_defaults(func=cmd_doctor)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from demi.assistant.catalog import list_models
+
+    data = list_models()
+    if args.json:
+        emit_json(data)
+        return 0
+    print("built-in:", ", ".join(m["name"] for m in data["builtin"]) or "(none installed)")
+    print("\npresets (shapes with random weights, for `models info` and benchmarks):")
+    for m in data["presets"]:
+        print(f"  {m['name']:22s} {m['description']}")
+    print("\nhub cache:")
+    for m in data["hub_cache"] or [{"name": "(empty; `demi pull OWNER/NAME` while online)", "bytes": 0}]:
+        size = f"  {m['bytes'] / 2**30:.2f} GiB" if m["bytes"] else ""
+        print(f"  {m['name']}{size}")
+    return 0
+
+
+def cmd_models_info(args: argparse.Namespace) -> int:
+    from demi.assistant.catalog import describe
+
+    text, data = describe(args.name, args.context)
+    if args.json:
+        emit_json(data)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from demi.assistant.catalog import pull
+
+    path = pull(args.repo_id)
+    if args.json:
+        emit_json({"model": args.repo_id, "path": str(path)})
+    else:
+        print(f"{args.repo_id}: {path}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from demi.assistant.catalog import doctor
+
+    report = doctor(args.model)
+    if args.json:
+        emit_json(report)
+    else:
+        for key, value in report.items():
+            print(f"{key:20s} {value}")
+    return 0 if report["ok"] else 1

@@ -1,0 +1,344 @@
+"""Size figures computed from a `ModelConfig` alone: parameters, weight memory, KV cache.
+
+No tensor is built: every number follows from the shapes the decoder gives each parameter
+(the Hugging Face checkpoint names, see `parameter_shapes`).
+
+Parameter counts (`count_parameters`):
+
+- ``embedding``: ``embed_tokens`` plus ``lm_head`` when it is untied. A tied matrix is one
+  tensor in the checkpoint and is counted once, as embedding.
+- ``non_embedding``: everything else (attention, MLP or experts, router, norms, biases, and
+  MiniMax-M2's ``e_score_correction_bias``, a buffer but a tensor of the checkpoint).
+- ``active``: what one token runs through. For a dense model it is ``total``; for a
+  mixture of experts only ``num_experts_per_tok`` of the ``num_experts`` experts of each
+  layer count, everything else (embeddings included) counts in full.
+
+Checked against Qwen2.5-3B's published figures (the Sheikh-2.5-Coder shape): this module
+gives 3,085,938,688 total (3.09B) and 2,774,773,760 non-embedding (2.77B), the same as the
+quoted 3.09B / 2.77B. The quoted "non-embedding" leaves out the tied 151936 x 2048 matrix
+once (311,164,928); there is no separate lm_head to leave out.
+
+Weight memory (`weight_bytes`), one figure per precision:
+
+- ``fp32`` / ``bf16``: 4 / 2 bytes for every tensor.
+- ``int8``: weight-only, per output channel: each Linear weight ``[out, in]`` inside the
+  layers (q/k/v/o, the MLP or every expert's w1/w2/w3) and ``lm_head`` when untied takes
+  ``out * in`` bytes plus one fp32 scale per output channel (``4 * out``). Embeddings,
+  norms, biases, the MoE router and the correction bias stay in bf16 (2 bytes).
+- ``int4``: group-wise along the input dimension, groups of ``INT4_GROUP_SIZE`` (128): the
+  same Linear weights take half a byte per weight (``out * ceil(in / 2)``) plus a bf16
+  scale and a bf16 zero point per group (``4 * out * ceil(in / 128)``); everything else
+  stays in bf16 as for int8. A tied ``lm_head`` is the embedding and stays in bf16.
+
+KV cache (`kv_cache_bytes`): ``2 * layers * kv_heads * head_dim * context * bytes`` per
+sequence (keys and values, every layer, ``context`` positions preallocated).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .config import ModelConfig
+from .errors import DemiUserError
+
+__all__ = [
+    "PRECISIONS", "INT4_GROUP_SIZE", "KV_DTYPE_BYTES", "TensorGroup", "ParamCounts",
+    "ModelInfo", "tensor_groups", "parameter_shapes", "count_parameters", "weight_bytes",
+    "kv_cache_bytes", "model_info", "format_info", "human_count", "human_bytes",
+]
+
+PRECISIONS = ("fp32", "bf16", "int8", "int4")
+INT4_GROUP_SIZE = 128
+KV_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2,
+                  "float16": 2, "fp8": 1, "int8": 1}
+
+# Kinds of tensors: "linear" and "lm_head" are what int8/int4 quantize.
+_QUANTIZED_KINDS = ("linear", "lm_head")
+_EMBEDDING_KINDS = ("embedding", "lm_head")
+
+
+@dataclass(frozen=True)
+class TensorGroup:
+    """`count` tensors of one shape (e.g. every layer's q_proj); `active` of them per token."""
+
+    name: str  # checkpoint name, with {i} for the layer and {e} for the expert
+    shape: tuple[int, ...]
+    count: int
+    active: int
+    kind: str  # embedding | lm_head | linear | router | bias | norm | buffer
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def tensor_groups(cfg: ModelConfig) -> list[TensorGroup]:
+    """Every tensor of the checkpoint, grouped by name pattern and shape."""
+    H, I, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    q_dim = cfg.num_attention_heads * cfg.head_dim
+    kv_dim = cfg.num_key_value_heads * cfg.head_dim
+    layer = "model.layers.{i}."
+    out: list[TensorGroup] = [TensorGroup("model.embed_tokens.weight", (V, H), 1, 1, "embedding")]
+
+    def per_layer(name: str, shape: tuple[int, ...], kind: str) -> None:
+        out.append(TensorGroup(layer + name, shape, L, L, kind))
+
+    per_layer("input_layernorm.weight", (H,), "norm")
+    per_layer("post_attention_layernorm.weight", (H,), "norm")
+    attn = "self_attn."
+    per_layer(attn + "q_proj.weight", (q_dim, H), "linear")
+    per_layer(attn + "k_proj.weight", (kv_dim, H), "linear")
+    per_layer(attn + "v_proj.weight", (kv_dim, H), "linear")
+    per_layer(attn + "o_proj.weight", (H, q_dim), "linear")
+    if cfg.qkv_bias:
+        per_layer(attn + "q_proj.bias", (q_dim,), "bias")
+        per_layer(attn + "k_proj.bias", (kv_dim,), "bias")
+        per_layer(attn + "v_proj.bias", (kv_dim,), "bias")
+    if cfg.o_bias:
+        per_layer(attn + "o_proj.bias", (H,), "bias")
+    if cfg.qk_norm == "head":
+        per_layer(attn + "q_norm.weight", (cfg.head_dim,), "norm")
+        per_layer(attn + "k_norm.weight", (cfg.head_dim,), "norm")
+    elif cfg.qk_norm == "whole":
+        per_layer(attn + "q_norm.weight", (q_dim,), "norm")
+        per_layer(attn + "k_norm.weight", (kv_dim,), "norm")
+    elif cfg.qk_norm != "none":
+        raise DemiUserError(f"unknown qk_norm {cfg.qk_norm!r}; expected none, head or whole")
+
+    if cfg.is_moe:
+        E, k = cfg.num_experts, cfg.num_experts_per_tok
+        moe = "block_sparse_moe."
+        per_layer(moe + "gate.weight", (E, H), "router")
+        if cfg.routing_bias:
+            per_layer(moe + "e_score_correction_bias", (E,), "buffer")
+        for w, shape in (("w1", (I, H)), ("w3", (I, H)), ("w2", (H, I))):
+            out.append(TensorGroup(layer + moe + "experts.{e}." + w + ".weight", shape,
+                                   L * E, L * min(k, E), "linear"))
+    else:
+        per_layer("mlp.gate_proj.weight", (I, H), "linear")
+        per_layer("mlp.up_proj.weight", (I, H), "linear")
+        per_layer("mlp.down_proj.weight", (H, I), "linear")
+        if cfg.mlp_bias:
+            per_layer("mlp.gate_proj.bias", (I,), "bias")
+            per_layer("mlp.up_proj.bias", (I,), "bias")
+            per_layer("mlp.down_proj.bias", (H,), "bias")
+
+    out.append(TensorGroup("model.norm.weight", (H,), 1, 1, "norm"))
+    if not cfg.tie_word_embeddings:
+        out.append(TensorGroup("lm_head.weight", (V, H), 1, 1, "lm_head"))
+    return out
+
+
+def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every checkpoint tensor by its full name (layers and experts spelled out)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for g in tensor_groups(cfg):
+        if "{e}" in g.name:
+            for i in range(cfg.num_hidden_layers):
+                for e in range(cfg.num_experts):
+                    shapes[g.name.format(i=i, e=e)] = g.shape
+        elif "{i}" in g.name:
+            for i in range(cfg.num_hidden_layers):
+                shapes[g.name.format(i=i)] = g.shape
+        else:
+            shapes[g.name] = g.shape
+    return shapes
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    embedding: int  # embed_tokens, plus lm_head when untied
+    non_embedding: int
+    active: int  # per token: only the top-k experts of each MoE layer
+    active_non_embedding: int
+
+
+def count_parameters(cfg: ModelConfig) -> ParamCounts:
+    groups = tensor_groups(cfg)
+    total = sum(g.numel * g.count for g in groups)
+    active = sum(g.numel * g.active for g in groups)
+    embedding = sum(g.numel * g.count for g in groups if g.kind in _EMBEDDING_KINDS)
+    return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding,
+                       active=active, active_non_embedding=active - embedding)
+
+
+def _group_bytes(g: TensorGroup, precision: str) -> int:
+    if precision == "fp32":
+        return 4 * g.numel
+    if precision == "bf16" or g.kind not in _QUANTIZED_KINDS:
+        return 2 * g.numel
+    rows, cols = g.shape
+    if precision == "int8":
+        return rows * cols + 4 * rows
+    if precision == "int4":
+        return rows * math.ceil(cols / 2) + 4 * rows * math.ceil(cols / INT4_GROUP_SIZE)
+    raise DemiUserError(f"unknown precision {precision!r}; expected one of: "
+                        + ", ".join(PRECISIONS))
+
+
+def weight_bytes(cfg: ModelConfig, precision: str) -> int:
+    """Bytes of all weights at `precision` (fp32, bf16, int8, int4; see the module docstring)."""
+    if precision not in PRECISIONS:
+        raise DemiUserError(f"unknown precision {precision!r}; expected one of: "
+                            + ", ".join(PRECISIONS))
+    return sum(_group_bytes(g, precision) * g.count for g in tensor_groups(cfg))
+
+
+def _kv_bytes_per_value(kv_dtype: str) -> int:
+    try:
+        return KV_DTYPE_BYTES[kv_dtype.lower()]
+    except KeyError:
+        raise DemiUserError(f"unknown KV cache dtype {kv_dtype!r}; expected one of: "
+                            + ", ".join(KV_DTYPE_BYTES)) from None
+
+
+def kv_cache_bytes(cfg: ModelConfig, context: int, kv_dtype: str = "bf16",
+                   batch: int = 1) -> int:
+    """Keys and values of every layer for `context` positions: 2*L*kv_heads*head_dim*ctx*bytes."""
+    if context < 0 or batch < 0:
+        raise DemiUserError(f"context and batch must be >= 0, got {context} and {batch}")
+    return (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * context
+            * _kv_bytes_per_value(kv_dtype) * batch)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything `format_info` shows, as numbers (`as_dict` for `--json`)."""
+
+    params: ParamCounts
+    weights: dict[str, int]  # precision -> bytes, for every name in PRECISIONS
+    context: int
+    kv_dtype: str
+    kv_cache: int  # bytes for one sequence of `context` positions
+
+    def total_bytes(self, precision: str) -> int:
+        """Weights at `precision` plus the KV cache."""
+        return self.weights[precision] + self.kv_cache
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "parameters": {"total": self.params.total, "embedding": self.params.embedding,
+                           "non_embedding": self.params.non_embedding,
+                           "active": self.params.active,
+                           "active_non_embedding": self.params.active_non_embedding},
+            "context": self.context,
+            "kv_dtype": self.kv_dtype,
+            "kv_cache_bytes": self.kv_cache,
+            "weight_bytes": dict(self.weights),
+            "total_bytes": {p: self.total_bytes(p) for p in self.weights},
+        }
+
+
+def model_info(cfg: ModelConfig, context: int | None = None,
+               kv_dtype: str = "bf16") -> ModelInfo:
+    """Counts, weight bytes per precision and the KV cache at `context` (default: the model's)."""
+    ctx = cfg.max_position_embeddings if context is None else int(context)
+    kv = kv_cache_bytes(cfg, ctx, kv_dtype)
+    return ModelInfo(params=count_parameters(cfg),
+                     weights={p: weight_bytes(cfg, p) for p in PRECISIONS},
+                     context=ctx, kv_dtype=kv_dtype.lower(), kv_cache=kv)
+
+
+# --- text -----------------------------------------------------------------------------------
+
+def human_count(n: int) -> str:
+    """3085938688 -> '3.09B'."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    """Binary units: 1.50 GiB, 12.0 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} TiB"
+
+
+def _describe(cfg: ModelConfig) -> list[str]:
+    heads = (f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} KV heads of dim "
+             f"{cfg.head_dim}")
+    if cfg.num_key_value_heads == cfg.num_attention_heads:
+        heads += " (MHA)"
+    elif cfg.num_key_value_heads == 1:
+        heads += " (MQA)"
+    elif cfg.num_key_value_heads < cfg.num_attention_heads:
+        heads += " (GQA)"
+    rope = f"RoPE theta {cfg.rope_theta:g}"
+    if cfg.rotary_dim != cfg.head_dim:
+        rope += f" on {cfg.rotary_dim} of {cfg.head_dim} dims"
+    if cfg.rope_scaling:
+        rope += f", {cfg.rope_scaling.get('rope_type', 'scaled')} scaling"
+    extras = [x for x, on in (("qkv bias", cfg.qkv_bias), ("o bias", cfg.o_bias),
+                              ("mlp bias", cfg.mlp_bias),
+                              (f"QK norm ({cfg.qk_norm})", cfg.qk_norm != "none"),
+                              (f"sliding window {cfg.sliding_window}",
+                               bool(cfg.sliding_window))) if on]
+    if cfg.is_moe:
+        ffn = (f"MoE: {cfg.num_experts} experts of intermediate {cfg.intermediate_size}, "
+               f"top-{cfg.num_experts_per_tok}, {cfg.router} router"
+               + (" with correction bias" if cfg.routing_bias else ""))
+    else:
+        ffn = f"dense SwiGLU, intermediate {cfg.intermediate_size}"
+    return [
+        f"{cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {ffn}",
+        f"attention: {heads}; {rope}" + ("; " + ", ".join(extras) if extras else ""),
+        f"vocab {cfg.vocab_size}, {'tied' if cfg.tie_word_embeddings else 'untied'} "
+        f"embeddings, context {cfg.max_position_embeddings}",
+    ]
+
+
+def format_info(name: str, cfg: ModelConfig, ctx: int | None = None, *,
+                kv_dtype: str = "bf16", precisions: Sequence[str] | None = None) -> str:
+    """A human-readable summary: shape, parameter counts, memory per precision at `ctx`.
+
+    `ctx` defaults to the model's context length; `precisions` picks rows (default: all of
+    fp32, bf16, int8, int4).
+    """
+    info = model_info(cfg, ctx, kv_dtype)
+    rows = list(precisions) if precisions else list(PRECISIONS)
+    for p in rows:
+        if p not in PRECISIONS:
+            raise DemiUserError(f"unknown precision {p!r}; expected one of: "
+                                + ", ".join(PRECISIONS))
+    pc = info.params
+    lines = [name] + ["  " + line for line in _describe(cfg)]
+    lines.append("")
+    lines.append("parameters")
+    emb_note = ("embed_tokens, shared with lm_head" if cfg.tie_word_embeddings
+                else "embed_tokens + lm_head")
+    table: list[tuple[str, int, str]] = [
+        ("total", pc.total, ""),
+        ("embedding", pc.embedding, emb_note),
+        ("non-embedding", pc.non_embedding, ""),
+    ]
+    if cfg.is_moe:
+        table.append(("active per token", pc.active,
+                      f"top-{cfg.num_experts_per_tok} of {cfg.num_experts} experts; "
+                      f"{human_count(pc.active_non_embedding)} without embeddings"))
+    for label, n, note in table:
+        lines.append(f"  {label:<17}{human_count(n):>9}  {n:>17,}" + (f"  {note}" if note else ""))
+    lines.append("")
+    kv_head = f"KV @ {info.context} ({info.kv_dtype})"
+    lines.append(f"memory{'':<6}{'weights':>12}  {kv_head:>22}  {'total':>12}")
+    for p in rows:
+        lines.append(f"  {p:<10}{human_bytes(info.weights[p]):>12}  "
+                     f"{human_bytes(info.kv_cache):>22}  {human_bytes(info.total_bytes(p)):>12}")
+    lines.append("")
+    notes = {
+        "int8": "int8: weight-only per output channel (fp32 scale); embeddings, norms, "
+                "biases, router in bf16",
+        "int4": f"int4: groups of {INT4_GROUP_SIZE} with bf16 scale + zero; the rest in bf16",
+    }
+    lines.extend(notes[p] for p in rows if p in notes)
+    lines.append(f"KV cache: 2 x {cfg.num_hidden_layers} layers x {cfg.num_key_value_heads} "
+                 f"KV heads x {cfg.head_dim} x {info.context} positions x "
+                 f"{_kv_bytes_per_value(kv_dtype)} bytes, one sequence")
+    return "\n".join(lines)
