@@ -118,11 +118,18 @@ def iter_tensors(tensors: dict[str, TensorInfo], names: list[str]) -> Iterator[t
             raise CheckpointError(f"{path}: cannot read tensors ({exc})") from exc
 
 
-def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
-    """FP8 (e4m3) weight with one scale per block (e.g. 128x128), as MiniMax-M2 and DeepSeek ship."""
+def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor,
+                          block: tuple[int, int] | list[int] | None = None) -> torch.Tensor:
+    """FP8 (e4m3) weight with one scale per block, as MiniMax-M2 and DeepSeek ship.
+
+    `block` is quantization_config's `weight_block_size` (128x128 when not given). It cannot be
+    inferred from the scale's shape: a 320-row weight has 3 row blocks of 128, 128 and 64 rows.
+    """
     out_dim, in_dim = weight.shape
-    bo = -(-out_dim // scale_inv.shape[0])
-    bi = -(-in_dim // scale_inv.shape[1])
+    bo, bi = (int(b) for b in (block or (128, 128)))
+    if tuple(scale_inv.shape) != (-(-out_dim // bo), -(-in_dim // bi)):
+        raise CheckpointError(f"fp8 block scales of shape {list(scale_inv.shape)} do not fit a weight of "
+                              f"shape {[out_dim, in_dim]} in {bo}x{bi} blocks")
     scale = scale_inv.float().repeat_interleave(bo, 0)[:out_dim].repeat_interleave(bi, 1)[:, :in_dim]
     return weight.float() * scale
 

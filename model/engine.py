@@ -104,7 +104,9 @@ class LocalModel:
             if first is None:
                 first = time.monotonic() - started
             out_ids.append(token)
-            if token in end_ids:
+            if token in end_ids:  # the loop stops here, so generate_tokens never records why
+                state.reason = "stop"
+                text += decoder.flush()
                 break
             text += decoder.push(token)
             cut = min((text.find(s, max(0, sent - len(s))) for s in stops if s in text), default=-1)

@@ -111,7 +111,7 @@ def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, 
     seen = torch.tensor([prompt], device=device)
     reuse = min(reuse, len(prompt) - 1)
     state.reason = "length"
-    logits = model(seen[:, reuse:], start=reuse, cache=cache, last_only=True)[:, -1]
+    logits = model(seen[:, reuse:], start=reuse, cache=cache, last_only=True)[:, -1].float()
     pos = len(prompt)
     for step in range(max_new_tokens):
         if cancel is not None and cancel.cancelled:
@@ -131,5 +131,5 @@ def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, 
         if step == max_new_tokens - 1:
             return
         seen = torch.cat([seen, nxt.view(1, 1)], dim=1)
-        logits = model(nxt.view(1, 1), start=pos, cache=cache)[:, -1]
+        logits = model(nxt.view(1, 1), start=pos, cache=cache)[:, -1].float()
         pos += 1

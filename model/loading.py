@@ -129,10 +129,14 @@ def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch
     if absent:
         raise CheckpointError(f"fp8 weight without its block scales: {absent[0]} is not in the checkpoint")
     scales = dict(iter_tensors(tensors, list(scale_names.values())))  # small: one per 128x128 block
+    block = (model.config.quantization_config or {}).get("weight_block_size")
     state = {}
     for name, t in iter_tensors(tensors, list(expected)):
         if name in scale_names:
-            t = dequantize_fp8_blocks(t, scales[scale_names[name]])
+            try:
+                t = dequantize_fp8_blocks(t, scales[scale_names[name]], block)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{name}: {exc}") from None
         keep_fp32 = name.endswith("e_score_correction_bias")
         state[name] = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
     return state
