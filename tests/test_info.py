@@ -307,3 +307,31 @@ def test_get_preset_copies_and_unknown_names():
         get_preset("demiurgic-3b")
     assert "demiurgic-3b" in str(err.value) and "minimax-m2" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def _demi_module_count(cfg: ModelConfig) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """Parameters (plus the routing-bias buffer) of Demi's own decoder, built on the meta device."""
+    import torch
+
+    from demi.model.decoder import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    return sum(math.prod(s) for s in state.values()), state
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_total_matches_demi_decoder(name):
+    cfg = SMALL[name]
+    total, state = _demi_module_count(cfg)
+    assert count_parameters(cfg).total == total
+    assert {k: tuple(v) for k, v in parameter_shapes(cfg).items()} == state
+
+
+@pytest.mark.parametrize("name", ["sheikh-2.5-coder", "minimax-m2", "demiurgic-70b"])
+def test_preset_totals_match_demi_decoder(name):
+    cfg = get_preset(name)
+    assert count_parameters(cfg).total == _demi_module_count(cfg)[0]
