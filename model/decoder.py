@@ -24,6 +24,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:  # one fused kernel; same math as below in fp32
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -87,15 +89,28 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None,
                 cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
+        if hasattr(self, "qkv_proj"):
+            qkv = self.qkv_proj(x)
+            if self.qk_norm == "none":  # one rotary pass over the adjacent q and k heads
+                qk = apply_rotary(qkv[..., : (hq + hkv) * d].view(b, t, hq + hkv, d).transpose(1, 2), cos, sin)
+                q, k = qk[:, :hq], qk[:, hq:]
+                v = qkv[..., (hq + hkv) * d:].view(b, t, hkv, d).transpose(1, 2)
+                return self._attend(q, k, v, b, t, start, mask, cache)
+            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.qk_norm == "whole":
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(b, t, self.n_heads, self.head_dim)
-        k = k.view(b, t, self.n_kv, self.head_dim)
+        q, k = q.view(b, t, hq, d), k.view(b, t, hkv, d)
         if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q.transpose(1, 2), cos, sin), apply_rotary(k.transpose(1, 2), cos, sin)
-        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, hkv, d).transpose(1, 2)
+        return self._attend(q, k, v, b, t, start, mask, cache)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, b: int, t: int, start: int, mask: Tensor | None,
+                cache: KVCache | None) -> Tensor:
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
         causal = mask is None and t > 1
@@ -114,6 +129,9 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(inter, hidden, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "gate_up_proj"):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -203,6 +221,54 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+# Projections that read the same input are fused into one matmul for inference.
+FUSIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def fuse_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Concatenate the rows of fused projections (weights, biases and any per-row scales)."""
+    out = dict(state)
+    for key in list(state):
+        for fused, parts in FUSIONS.items():
+            tag = f".{parts[0]}."
+            if tag not in key:
+                continue
+            prefix, suffix = key.split(tag, 1)
+            names = [f"{prefix}.{p}.{suffix}" for p in parts]
+            if all(n in out for n in names):
+                out[f"{prefix}.{fused}.{suffix}"] = torch.cat([out.pop(n) for n in names], dim=0)
+    return out
+
+
+def unfuse_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """The Hugging Face names again: split fused rows back into q/k/v and gate/up."""
+    sizes = {"qkv_proj": [cfg.num_attention_heads * cfg.head_dim] + [cfg.num_key_value_heads * cfg.head_dim] * 2,
+             "gate_up_proj": [cfg.intermediate_size] * 2}
+    out = {}
+    for key, value in state.items():
+        fused = next((f for f in FUSIONS if f".{f}." in key), None)
+        if fused is None:
+            out[key] = value
+            continue
+        prefix, suffix = key.split(f".{fused}.", 1)
+        for part, piece in zip(FUSIONS[fused], value.split(sizes[fused], dim=0)):
+            out[f"{prefix}.{part}.{suffix}"] = piece
+    return out
+
+
+def fuse_modules(model: nn.Module) -> None:
+    """Swap the separate projections for fused meta-device Linears (weights come from the state)."""
+    for module in list(model.modules()):
+        for fused, parts in FUSIONS.items():
+            if all(isinstance(getattr(module, p, None), nn.Linear) for p in parts):
+                linears = [getattr(module, p) for p in parts]
+                out = sum(l.out_features for l in linears)
+                setattr(module, fused, nn.Linear(linears[0].in_features, out, bias=linears[0].bias is not None,
+                                                 device="meta"))
+                for p in parts:
+                    delattr(module, p)
+
+
 class Transformer(nn.Module):
     """Decoder-only LM. `forward(tokens, start, cache)` returns logits for every input position."""
 
@@ -213,6 +279,14 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
         self.rotary: RotaryTable | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

@@ -61,7 +61,7 @@ class LocalModel:
         self.model, self.tokenizer, self.name, self.path = model, tokenizer, name, path
         cfg = model.config
         self.context = min(context or DEFAULT_CONTEXT, cfg.context_limit)
-        self.device = model.lm_head.weight.device
+        self.device = model.device
         self._cache: KVCache | None = None
 
     @classmethod
@@ -78,7 +78,7 @@ class LocalModel:
 
     def cache(self) -> KVCache:
         if self._cache is None:
-            dtype = self.model.model.embed_tokens.weight.dtype
+            dtype = self.model.dtype
             self._cache = KVCache(self.model.config, self.context, dtype=dtype, device=self.device)
         return self._cache
 

@@ -101,9 +101,9 @@ def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, 
     if len(prompt) >= ctx:
         raise ContextOverflowError(f"the prompt has {len(prompt)} tokens but the context window is {ctx}")
     max_new_tokens = min(max_new_tokens, ctx - len(prompt))
-    device = model.lm_head.weight.device
+    device = model.device
     if cache is None:
-        dtype = model.model.embed_tokens.weight.dtype
+        dtype = model.dtype
         cache = KVCache(model.config, min(ctx, len(prompt) + max_new_tokens), dtype=dtype, device=device)
     generator = None
     if sampling.seed is not None:

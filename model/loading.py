@@ -16,8 +16,10 @@ import torch
 
 from .checkpoint import TensorInfo, dequantize_fp8_blocks, iter_tensors, read_index, save_checkpoint
 from .config import ModelConfig, load_config
-from .decoder import Transformer
+from .decoder import Transformer, fuse_modules, fuse_state_dict, unfuse_state_dict
 from .errors import CheckpointError, DemiUserError, InsufficientMemoryError
+from .quantize import (DEFAULT_GROUP, check_mode, check_quantization_config, module_from_stored,
+                       quantizable, quantize_linear, quantized_tensors)
 
 log = logging.getLogger("demi.model")
 
@@ -66,12 +68,28 @@ def available_memory(device: torch.device) -> int:
 
 
 def estimate_bytes(tensors: dict[str, TensorInfo], cfg: ModelConfig, dtype: torch.dtype,
-                   context: int) -> int:
-    """Weights in `dtype` plus a KV cache for `context` tokens plus 10% working room."""
+                   context: int, mode: str = "none") -> int:
+    """Weights in `dtype` (projections at 1 or 0.5 byte when quantized) plus a KV cache for
+    `context` tokens plus 10% working room."""
     elem = torch.tensor([], dtype=dtype).element_size()
-    weights = sum(t.numel for name, t in tensors.items() if not name.endswith(_IGNORED_SUFFIXES))
+    per_quant = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}.get(mode)
+    if (cfg.quantization_config or {}).get("quant_method") == "demi":
+        per_quant = None  # stored quantized: the file sizes are the memory sizes
+    total = 0.0
+    for name, t in tensors.items():
+        if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        linear = name.endswith(".weight") and quantizable(name[: -len(".weight")])
+        if per_quant and linear:
+            total += t.numel * per_quant
+        elif (cfg.quantization_config or {}).get("quant_method") == "demi" and t.dtype in ("I8", "U8"):
+            total += t.numel
+        else:
+            total += t.numel * elem
+    if per_quant and cfg.tie_word_embeddings and "lm_head.weight" not in tensors:
+        total += cfg.vocab_size * cfg.hidden_size * per_quant  # the LM head's own quantized copy
     kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * context * elem
-    return int((weights * elem + kv) * 1.1)
+    return int((total + kv) * 1.1)
 
 
 def check_fits(need: int, device: torch.device, what: str) -> None:
@@ -85,31 +103,94 @@ def check_fits(need: int, device: torch.device, what: str) -> None:
 
 
 def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
-               device: str | torch.device | None = "cpu", context: int | None = None) -> Transformer:
-    """Build the decoder for `model_dir` and fill it with the checkpoint's weights."""
+               device: str | torch.device | None = "cpu", context: int | None = None,
+               quant: str | None = "none", group: int = DEFAULT_GROUP, fuse: bool = True) -> Transformer:
+    """Build the decoder for `model_dir` and fill it with the checkpoint's weights.
+
+    With `quant` int8/int4 (or a checkpoint `demi models quantize` wrote) the projections and
+    the LM head are stored quantized and the rest of the model runs in bf16.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
     cfg = load_config(model_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    dtype = resolve_dtype(dtype, device, cfg)
+    mode = _quant_mode(cfg, quant, device)
+    dtype = torch.bfloat16 if mode != "none" and dtype in (None, "auto") else resolve_dtype(dtype, device, cfg)
     tensors = read_index(model_dir)
     ctx = min(context or cfg.context_limit, cfg.context_limit)
-    check_fits(estimate_bytes(tensors, cfg, dtype, ctx), device, f"{model_dir.name} in {dtype}".replace(
-        "torch.", ""))
+    what = f"{model_dir.name} in {str(dtype).replace('torch.', '')}" + (f" with {mode}" if mode != "none" else "")
+    check_fits(estimate_bytes(tensors, cfg, dtype, ctx, mode), device, what)
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = _read_state(model, tensors, dtype, device)
+    targets = quantized_linears(model) if mode != "none" else []
+    state = _read_state(model, tensors, dtype, device, mode, group, targets)
+    if fuse:
+        state = fuse_state_dict(state)
+        fuse_modules(model)
+        targets = quantized_linears(model) if mode != "none" else []
+    for name in targets:
+        stored = {k[len(name) + 1:]: state.pop(k) for k in list(state) if k.startswith(name + ".weight")}
+        bias = state.pop(f"{name}.bias", None)
+        if mode == "nf4":
+            module = quantize_linear(_linear(stored["weight"], bias), "nf4", group, name)
+        else:
+            module = module_from_stored(stored, bias, device)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, module)
     model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
+    if mode == "none":
+        model.tie_weights()
+    model.quantization = mode  # type: ignore[attr-defined]
     return model.eval()
 
 
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    lin.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        lin.bias = torch.nn.Parameter(bias, requires_grad=False)
+    return lin
+
+
+def _quant_mode(cfg: ModelConfig, quant: str | None, device: torch.device) -> str:
+    """The quantization to load with: the checkpoint's own if it is Demi-quantized, else `quant`."""
+    qc = cfg.quantization_config or {}
+    if qc.get("quant_method") == "demi":
+        stored = check_quantization_config(qc)
+        if quant not in (None, "none", "auto", stored):
+            log.warning("this checkpoint is quantized to %s; ignoring --quant %s", stored, quant)
+        return stored
+    quant = quant or "none"
+    if quant == "auto":
+        from .plan import auto_quant
+
+        quant = auto_quant(cfg, device)
+    return check_mode(quant, device)
+
+
+def quantized_linears(model: Transformer) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and quantizable(n)]
+
+
 def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch.dtype,
-                device: torch.device) -> dict[str, torch.Tensor]:
-    expected = {k: v for k, v in model.state_dict(keep_vars=True).items()}
-    if model.config.tie_word_embeddings:
+                device: torch.device, mode: str = "none", group: int = DEFAULT_GROUP,
+                targets: list[str] = ()) -> dict[str, torch.Tensor]:
+    """Every tensor the model needs, converted; weights of `targets` quantized as they are read."""
+    cfg = model.config
+    prequantized = (cfg.quantization_config or {}).get("quant_method") == "demi"
+    expected = dict(model.state_dict(keep_vars=True))
+    tied_head = cfg.tie_word_embeddings and "lm_head.weight" not in tensors
+    if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
+    if prequantized:  # stored names: <linear>.weight plus .weight_scale (and .weight_zero for int4)
+        for name in targets:
+            expected[f"{name}.weight"] = None  # no float shape to check: the stored layout differs
+            if f"{name}.weight" in tensors and f"{name}.weight_scale" not in tensors:
+                raise CheckpointError(f"quantized checkpoint is missing {name}.weight_scale")
+            for extra in ("weight_scale", "weight_zero"):
+                if f"{name}.{extra}" in tensors:
+                    expected[f"{name}.{extra}"] = None
     missing = [k for k in expected if k not in tensors]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -120,7 +201,7 @@ def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch
         log.info("ignoring %d checkpoint tensors the decoder does not use, e.g. %s",
                  len(unexpected), unexpected[0])
     for name, param in expected.items():
-        if tuple(tensors[name].shape) != tuple(param.shape):
+        if param is not None and tuple(tensors[name].shape) != tuple(param.shape):
             raise CheckpointError(f"weight {name} has shape {list(tensors[name].shape)} but the config "
                                   f"implies {list(param.shape)}")
     fp8 = [k for k in expected if tensors[k].dtype.startswith("F8_")]
@@ -129,23 +210,34 @@ def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch
     if absent:
         raise CheckpointError(f"fp8 weight without its block scales: {absent[0]} is not in the checkpoint")
     scales = dict(iter_tensors(tensors, list(scale_names.values())))  # small: one per 128x128 block
-    block = (model.config.quantization_config or {}).get("weight_block_size")
-    state = {}
+    block = (cfg.quantization_config or {}).get("weight_block_size")
+    quantize_now = {f"{n}.weight" for n in targets} if mode in ("int8", "int4") and not prequantized else set()
+    state: dict[str, torch.Tensor] = {}
     for name, t in iter_tensors(tensors, list(expected)):
         if name in scale_names:
             try:
                 t = dequantize_fp8_blocks(t, scales[scale_names[name]], block)
             except CheckpointError as exc:
                 raise CheckpointError(f"{name}: {exc}") from None
+        if prequantized and expected[name] is None:
+            state[name] = t.to(device)  # stored quantized tensors keep their dtype
+            continue
+        if name in quantize_now:
+            state.update(quantized_tensors(name, t, mode, group))
+            continue
         keep_fp32 = name.endswith("e_score_correction_bias")
         state[name] = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
+    if tied_head and "lm_head" in targets:  # the LM head gets its own quantized copy of the embedding
+        emb = state["model.embed_tokens.weight"]
+        state.update(quantized_tensors("lm_head.weight", emb, mode, group) if mode in ("int8", "int4")
+                     else {"lm_head.weight": emb})
     return state
 
 
 def save_model(model: Transformer, out_dir: str | Path, max_shard_bytes: int | None = None) -> None:
     """Write config.json and safetensors in Hugging Face layout (tied lm_head stored once)."""
     out_dir = Path(out_dir)
-    state = dict(model.state_dict())
+    state = unfuse_state_dict(dict(model.state_dict()), model.config)
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     save_checkpoint(state, out_dir, max_shard_bytes)

@@ -22,6 +22,7 @@ from demi.model.engine import LocalModel
 from demi.model.errors import (CheckpointError, ConfigError, ContextOverflowError, DemiUserError,
                                InsufficientMemoryError)
 from demi.model.generate import generate_tokens
+from demi.model.decoder import unfuse_state_dict
 from demi.model.loading import load_model, save_model
 from demi.model.tokenizer import Tokenizer
 from hf_models import VOCAB, save_family
@@ -112,7 +113,9 @@ def test_save_model_sharded_round_trip(tmp_path, llama_dir, llama_hf):
     assert len(shards) >= 3
     wm = _weight_map(tmp_path)
     assert set(wm.values()) == {s.name for s in shards}
-    assert set(wm) == set(model.state_dict())
+    # Saved under the Hugging Face names (the loaded model's fused q/k/v and gate/up are split again).
+    assert set(wm) == set(unfuse_state_dict(model.state_dict(), model.config))
+    assert any(".self_attn.q_proj." in k for k in wm) and not any("qkv_proj" in k for k in wm)
     # No shard is much over the limit (one tensor may be bigger than the limit on its own).
     tensors = _read_all(tmp_path)
     for s in shards:
@@ -256,7 +259,8 @@ def test_fp8_checkpoint_is_really_fp8(fp8_pair):
 
 def test_fp8_weights_dequantize_to_reference(fp8_pair):
     _, dst, quantized = fp8_pair
-    state = load_model(dst).state_dict()
+    model = load_model(dst)
+    state = unfuse_state_dict(model.state_dict(), model.config)
     for name, (q, scale, original) in quantized.items():
         got = state[name]
         assert got.dtype == torch.float32

@@ -1,0 +1,246 @@
+"""Weight-only quantization: int8 per output channel and int4 in groups, on torch's own kernels.
+
+Batch-1 decoding on a CPU is bound by how many weight bytes each token reads, so fewer
+bytes per weight is the speed. Activations stay bf16; only Linear weights inside the
+layers and the LM head are quantized (embeddings, norms, biases and MoE routers are not).
+
+Storage (what `demi models quantize` writes) is portable and kernel-independent:
+  int8: `<name>.weight` int8 [N, K] and `<name>.weight_scale` fp32 [N]; w = q * scale.
+  int4: `<name>.weight` uint8 [N, K/2] (two 4-bit values per byte, low nibble first),
+        `<name>.weight_scale` and `<name>.weight_zero` bf16 [N, K/group];
+        w = (q - 8) * scale + zero.
+Kernel layouts (the CPU int4 packing, bitsandbytes' formats on CUDA) are made on load.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import CheckpointError, DemiUserError
+
+log = logging.getLogger("demi.model")
+
+QUANT_MODES = ("none", "int8", "int4", "nf4", "auto")
+FORMAT_VERSION = 1
+DEFAULT_GROUP = 64
+# Above this many rows of activations (prefill) a dequantized bf16 matmul beats the GEMV kernels.
+_PREFILL_ROWS = 16
+
+
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-channel int8: (q int8 [N, K], scale fp32 [N])."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_int4(w: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric group-wise int4 along K: (q uint8 [N, K] in 0..15, scale, zero [N, K/group])."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group, group)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-8)
+    q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8)
+    zero = lo + 8.0 * scale
+    return q.reshape(n, k), scale.to(torch.bfloat16), zero.to(torch.bfloat16)
+
+
+def pack_nibbles(q: Tensor) -> Tensor:
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: Tensor) -> Tensor:
+    out = torch.empty(packed.shape[0], packed.shape[1] * 2, dtype=torch.uint8, device=packed.device)
+    out[:, 0::2] = packed & 0xF
+    out[:, 1::2] = packed >> 4
+    return out
+
+
+def dequantize_int4(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    n, k = q.shape
+    groups = scale.shape[1]
+    wg = q.reshape(n, groups, k // groups).float() - 8.0
+    return (wg * scale.float()[..., None] + zero.float()[..., None]).reshape(n, k)
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T + b, through `_weight_int8pack_mm` for decode-sized inputs."""
+
+    def __init__(self, q: Tensor, scale: Tensor, bias: Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features = q.shape[1], q.shape[0]
+        self.register_buffer("weight", q.contiguous())
+        self.register_buffer("weight_scale", scale.float().contiguous())
+        self._scale_bf16 = scale.to(torch.bfloat16)
+        self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if x2.shape[0] > _PREFILL_ROWS or x2.device.type != "cpu":
+            w = self.weight.to(torch.bfloat16) * self._scale_bf16[:, None]
+            y = F.linear(x2, w)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self._scale_bf16)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
+
+
+class Int4Linear(nn.Module):
+    """Group-wise int4 through torch's int4 kernels (CPU: `_weight_int4pack_mm_for_cpu`)."""
+
+    def __init__(self, q: Tensor, scale: Tensor, zero: Tensor, bias: Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.group = self.in_features // scale.shape[1]
+        device = q.device
+        pad = -self.out_features % 16  # the kernels take N in multiples of 16: pad with zero rows
+        if pad:
+            log.info("int4: padding %d output rows to %d for the kernel", self.out_features,
+                     self.out_features + pad)
+            q = F.pad(q, (0, 0, 0, pad), value=8)
+            scale, zero = F.pad(scale, (0, 0, 0, pad)), F.pad(zero, (0, 0, 0, pad))
+        self.padded = pad
+        if device.type == "cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 2)
+        else:  # the CUDA kernel's input packs the even column into the high nibble
+            packed = torch.ops.aten._convert_weight_to_int4pack(((q[:, 0::2] << 4) | q[:, 1::2]).contiguous(), 8)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1)
+                             .contiguous().to(torch.bfloat16))  # [K/group, N, 2]
+        self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if x2.device.type == "cpu":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_and_zeros)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group, self.scales_and_zeros)
+        if self.padded:
+            y = y[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
+
+
+def quantizable(name: str) -> bool:
+    """Linear layers whose weights are quantized: projections, experts, the LM head (not routers)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return name == "lm_head" or leaf.endswith("_proj") or (".experts." in name and leaf in ("w1", "w2", "w3"))
+
+
+def check_mode(mode: str, device: torch.device) -> str:
+    if mode not in QUANT_MODES:
+        raise DemiUserError(f"unknown quantization {mode!r}; choose one of {', '.join(QUANT_MODES)}")
+    if mode == "nf4" and device.type != "cuda":
+        raise DemiUserError("nf4 needs CUDA (bitsandbytes); on CPU use --quant int4 (group-wise, "
+                            "torch's own kernel)")
+    return mode
+
+
+def _bnb_linear(linear: nn.Linear, mode: str) -> nn.Module:
+    """bitsandbytes LLM.int8 or nf4 on CUDA (the design's choice there)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise DemiUserError(f"--quant {mode} on CUDA needs bitsandbytes: pip install bitsandbytes") from exc
+    bias = linear.bias is not None
+    if mode == "int8":
+        new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias,
+                                  has_fp16_weights=False, threshold=6.0)
+        new.weight = bnb.nn.Int8Params(linear.weight.data.to("cpu", torch.float16), requires_grad=False)
+    else:
+        new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias,
+                                compute_dtype=torch.bfloat16, quant_type="nf4")
+        new.weight = bnb.nn.Params4bit(linear.weight.data.to("cpu", torch.float16), requires_grad=False,
+                                       quant_type="nf4")
+    if bias:
+        new.bias = nn.Parameter(linear.bias.data.to(torch.float16), requires_grad=False)
+    return new.to(linear.weight.device)
+
+
+def quantize_linear(linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, name: str = "") -> nn.Module:
+    """The quantized replacement of one Linear (or the Linear itself where no kernel fits)."""
+    w = linear.weight.data
+    bias = None if linear.bias is None else linear.bias.data
+    if w.device.type == "cuda" and mode in ("int8", "nf4"):
+        return _bnb_linear(linear, mode)
+    if mode == "int4":
+        g = next((g for g in (group, 128, 64, 32) if w.shape[1] % g == 0), None)
+        if g is None:
+            log.info("%s: in_features %d is not a multiple of 32; kept in int8", name, w.shape[1])
+            mode = "int8"
+        else:
+            if g != group:
+                log.info("%s: in_features %d not divisible by group %d; using group %d", name,
+                         w.shape[1], group, g)
+            return Int4Linear(*quantize_int4(w, g), bias=bias)
+    q, scale = quantize_int8(w)
+    return Int8Linear(q, scale, bias=bias)
+
+
+def quantize_model(model: nn.Module, mode: str, group: int = DEFAULT_GROUP) -> nn.Module:
+    """Replace every quantizable Linear of `model` in place; frees each float weight as it goes."""
+    if mode in ("none", None):
+        return model
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and quantizable(n)]
+    for name, linear in targets:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, quantize_linear(linear, mode, group, name))
+    model.quantization = mode  # type: ignore[attr-defined]
+    return model
+
+
+# --- portable quantized checkpoints ---------------------------------------------------------
+
+
+def quantized_tensors(name: str, w: Tensor, mode: str, group: int) -> dict[str, Tensor]:
+    """The stored tensors for weight `name` (ending in .weight) under `mode`."""
+    base = name[: -len(".weight")]
+    if mode == "int4":
+        g = next((g for g in (group, 128, 64, 32) if w.shape[1] % g == 0), None)
+        if g is not None:
+            q, scale, zero = quantize_int4(w, g)
+            return {f"{base}.weight": pack_nibbles(q), f"{base}.weight_scale": scale,
+                    f"{base}.weight_zero": zero}
+    q, scale = quantize_int8(w)
+    return {f"{base}.weight": q, f"{base}.weight_scale": scale}
+
+
+def quantization_config(mode: str, group: int) -> dict:
+    return {"quant_method": "demi", "format_version": FORMAT_VERSION, "mode": mode, "group_size": group}
+
+
+def check_quantization_config(qc: dict) -> str:
+    """The mode of a Demi-quantized checkpoint; a CheckpointError for other versions."""
+    version = qc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"quantized checkpoint format version {version!r} is not the one this Demi "
+                              f"reads ({FORMAT_VERSION}); quantize the original model again")
+    mode = qc.get("mode")
+    if mode not in ("int8", "int4"):
+        raise CheckpointError(f"quantized checkpoint has unknown mode {mode!r}")
+    return mode
+
+
+def module_from_stored(stored: dict[str, Tensor], bias: Tensor | None, device: torch.device) -> nn.Module:
+    """Build Int8Linear/Int4Linear from the stored tensors of one weight (keys: weight, scale[, zero])."""
+    q, scale = stored["weight"].to(device), stored["weight_scale"].to(device)
+    if "weight_zero" in stored:
+        return Int4Linear(unpack_nibbles(q), scale, stored["weight_zero"].to(device), bias)
+    if device.type == "cuda":  # bitsandbytes wants the float weight; dequantize once at load
+        linear = nn.Linear(q.shape[1], q.shape[0], bias=bias is not None, device=device,
+                           dtype=torch.float16)
+        linear.weight.data = (q.float() * scale.float()[:, None]).to(device, torch.float16)
+        if bias is not None:
+            linear.bias.data = bias.to(device, torch.float16)
+        return _bnb_linear(linear, "int8")
+    return Int8Linear(q, scale, bias)
