@@ -11,6 +11,7 @@ from typing import Any
 from demi.model.config import ModelConfig, load_config
 from demi.model.errors import DemiError, ModelNotFoundError
 from demi.model.info import format_info, model_info
+from demi.model.plan import plan_for
 from demi.model.presets import PRESETS, get_preset
 from demi.model.registry import builtin_models, cached_hub_models, hub_snapshot, resolve_model_dir
 
@@ -32,12 +33,27 @@ def config_for(name: str) -> tuple[str, ModelConfig]:
     return name, load_config(resolve_model_dir(name, download=False))
 
 
-def describe(name: str, context: int | None = None) -> tuple[str, dict[str, Any]]:
-    """Human-readable table and JSON-ready figures for `demi models info`."""
+def describe(name: str, context: int | None = None, target: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Human-readable table and JSON-ready figures for `demi models info` (and a deployment plan)."""
     label, cfg = config_for(name)
     info = model_info(cfg, context)
     data = {"name": label, "model_type": cfg.model_type, **info.as_dict()}
-    return format_info(label, cfg, context), data
+    text = format_info(label, cfg, context)
+    if target:
+        plan = plan_for(cfg, target, context)
+        data["plan"] = plan
+        lo, hi = plan["ram_gb"]
+        text += (f"\n\nplan for {target} ({lo:g}-{hi:g} GB RAM): {plan['precision']} (--quant {plan['quant']}), "
+                 f"context {plan['context']}: weights {plan['weight_bytes'] / 2**30:.2f} GiB + KV "
+                 f"{plan['kv_bytes'] / 2**30:.2f} GiB = {plan['total_bytes'] / 2**30:.2f} GiB"
+                 + ("" if plan["fits_low_end"] else f"; does not fit in {lo:g} GB: use a smaller model"))
+    return text, data
+
+
+def quantize(src: str, dst: str, mode: str, group: int = 64) -> Path:
+    from demi.model.quantized_checkpoint import quantize_checkpoint
+
+    return quantize_checkpoint(resolve_model_dir(src, download=False), dst, mode, group)
 
 
 def pull(repo_id: str) -> Path:

@@ -35,11 +35,23 @@ def register(sub, common) -> None:
     ppl.add_argument("files", nargs="+", metavar="FILE")
     ppl.set_defaults(func=cmd_perplexity)
 
+    b = sub.add_parser("bench", parents=[common()], help="prefill/decode speed, latency, memory",
+                       description="Measure prefill and decode speed, per-token latency percentiles and "
+                                   "peak memory; a preset name (e.g. qwen2.5-coder-0.5b) is measured with "
+                                   "random weights in its real shape.")
+    b.add_argument("--prompt-tokens", type=int, default=128)
+    b.add_argument("--new-tokens", type=int, default=32)
+    b.add_argument("--runs", type=int, default=3)
+    b.add_argument("--compare", choices=["transformers"], default=None,
+                   help="also time transformers' generate (fp32 and bf16) on the same checkpoint")
+    b.set_defaults(func=cmd_bench)
+
 
 def _engine(args: argparse.Namespace):
     from demi.assistant.engines import open_engine
 
-    return open_engine(args.model, device=args.device, dtype=args.dtype, context=args.context)
+    return open_engine(args.model, device=args.device, dtype=args.dtype, context=args.context,
+                       quant=args.quant)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -80,4 +92,31 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         emit_json(out)
     else:
         print(f"{out['tokens']} tokens  nll {out['nll']:.4f}  perplexity {out['perplexity']:.3f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from demi.assistant.benchmark import run
+
+    if min(args.prompt_tokens, args.new_tokens, args.runs) < 1:
+        raise UsageError("demi bench: --prompt-tokens, --new-tokens and --runs must be >= 1")
+    r = run(args.model, args.quant or "none", args.prompt_tokens, args.new_tokens, args.runs, args.compare,
+            args.device or "cpu", args.dtype)
+    if args.json:
+        emit_json(r)
+        return 0
+    print(f"{r['model']}  quant {r['quant']}  dtype {r['dtype']}  {r['threads']} threads  "
+          f"prompt {r['prompt_tokens']}  new {r['new_tokens']}")
+    print(f"  prefill {r['prefill_tok_s']:8.1f} tok/s   ttft {r['ttft_ms']:7.1f} ms")
+    print(f"  decode  {r['decode_tok_s']:8.2f} tok/s   p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  "
+          f"p99 {r['p99_ms']:.1f} ms")
+    print(f"  memory  peak RSS {r['peak_rss_mb']:.0f} MB; {r['weight_bytes_per_token'] / 2**20:.0f} MiB read per "
+          f"token; copy bandwidth {r['copy_gb_s']:.1f} GB/s -> bound {r['bandwidth_bound_tok_s']:.1f} tok/s "
+          f"({100 * r['bandwidth_fraction']:.0f}% reached)")
+    for dtype, ref in r.get("compare", {}).get("transformers", {}).items():
+        print(f"  transformers {dtype:8s}: prefill {ref['prefill_tok_s']:8.1f} tok/s  decode "
+              f"{ref['decode_tok_s']:6.2f} tok/s")
+    if "decode_ratio_vs_best_transformers" in r:
+        print(f"  decode: {r['decode_ratio_vs_best_transformers']:.2f}x the faster transformers run, "
+              f"{r['decode_ratio_vs_transformers_fp32']:.2f}x transformers fp32")
     return 0

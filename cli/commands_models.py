@@ -15,7 +15,17 @@ def register(sub, common) -> None:
                            help="parameters and memory of a preset, directory or cached hub model")
     info.add_argument("name", metavar="NAME")
     info.add_argument("--context", type=int, default=None, help="context for the KV cache figure")
+    info.add_argument("--target", choices=["mobile", "edge", "desktop", "server"], default=None,
+                      help="show the deployment plan for a device class (precision, context, memory)")
     info.set_defaults(func=cmd_models_info)
+
+    quant = msub.add_parser("quantize", parents=[common(model=False)],
+                            help="write an int8/int4 checkpoint that loads without re-quantizing")
+    quant.add_argument("src", metavar="SRC", help="model name, directory or hub id")
+    quant.add_argument("dst", metavar="DST", help="new directory")
+    quant.add_argument("--quant", choices=["int8", "int4"], required=True)
+    quant.add_argument("--group", type=int, default=64, choices=[32, 64, 128], help="int4 group size")
+    quant.set_defaults(func=cmd_models_quantize)
 
     pull = sub.add_parser("pull", parents=[common(model=False)],
                           help="download a model from the hub (safetensors and JSON only)")
@@ -47,7 +57,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_models_info(args: argparse.Namespace) -> int:
     from demi.assistant.catalog import describe
 
-    text, data = describe(args.name, args.context)
+    text, data = describe(args.name, args.context, args.target)
     if args.json:
         emit_json(data)
     else:
@@ -76,3 +86,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for key, value in report.items():
             print(f"{key:20s} {value}")
     return 0 if report["ok"] else 1
+
+
+def cmd_models_quantize(args: argparse.Namespace) -> int:
+    from demi.assistant.catalog import quantize
+
+    out = quantize(args.src, args.dst, args.quant, args.group)
+    if args.json:
+        emit_json({"src": args.src, "dst": str(out), "quant": args.quant, "group": args.group})
+    else:
+        print(f"wrote {args.quant} checkpoint to {out}")
+    return 0

@@ -36,6 +36,9 @@ def common(json_flag: bool = True, model: bool = True) -> argparse.ArgumentParse
         p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
         p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
         p.add_argument("--context", type=int, default=None, help="context window to allocate (tokens)")
+        p.add_argument("--quant", default=None, choices=["none", "int8", "int4", "nf4", "auto"],
+                       help="weight quantization: int8/int4 on CPU, int8/nf4 (bitsandbytes) on CUDA, "
+                            "auto picks by device and free memory (default: none)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -50,6 +53,8 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands_engine.register(sub, common)
     commands_models.register(sub, common)
+    from . import commands_serve; commands_serve.register(sub, common)  # noqa: E702
+    from . import commands_assist; commands_assist.register(sub, common)  # noqa: E702
     return parser
 
 

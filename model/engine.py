@@ -17,10 +17,11 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .decoder import KVCache, Transformer
-from .errors import DemiUserError
+from .decoder import Transformer
+from .errors import ContextOverflowError, DemiUserError
 from .generate import CancelToken, Sampling, StopState, generate_tokens
 from .loading import load_model, resolve_device
+from .prefix_cache import PrefixCache
 from .registry import resolve_model_dir
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -57,30 +58,28 @@ class LocalModel:
     """Model + tokenizer + a reusable KV cache, on one device."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str, path: Path | None = None,
-                 context: int | None = None):
+                 context: int | None = None, cache_slots: int = 4):
         self.model, self.tokenizer, self.name, self.path = model, tokenizer, name, path
         cfg = model.config
         self.context = min(context or DEFAULT_CONTEXT, cfg.context_limit)
         self.device = model.device
-        self._cache: KVCache | None = None
+        self.prefix_cache = PrefixCache(cfg, self.context, model.dtype, self.device, cache_slots)
 
     @classmethod
     def load(cls, name: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
-             context: int | None = None) -> "LocalModel":
+             context: int | None = None, quant: str | None = "none") -> "LocalModel":
         path = resolve_model_dir(name)
         dev = resolve_device(device)
-        model = load_model(path, dtype=dtype, device=dev, context=context or DEFAULT_CONTEXT)
+        model = load_model(path, dtype=dtype, device=dev, context=context or DEFAULT_CONTEXT, quant=quant)
         return cls(model, Tokenizer.from_dir(path), str(name or path.name), path, context)
+
+    @property
+    def quantization(self) -> str:
+        return getattr(self.model, "quantization", "none")
 
     @property
     def stop_ids(self) -> set[int]:
         return set(self.tokenizer.eos_token_ids) | set(self.model.config.eos_token_id)
-
-    def cache(self) -> KVCache:
-        if self._cache is None:
-            dtype = self.model.dtype
-            self._cache = KVCache(self.model.config, self.context, dtype=dtype, device=self.device)
-        return self._cache
 
     def encode(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens)
@@ -97,10 +96,23 @@ class LocalModel:
         stops = [s for s in (stop or []) if s]
         end_ids = self.stop_ids if stop_ids is None else stop_ids
         deadline = started + time_budget if time_budget else None
-        state, decoder = StopState(), StreamDecoder(self.tokenizer)
-        text, sent, out_ids, first = "", 0, [], None
+        state, decoder, out_ids = StopState(), StreamDecoder(self.tokenizer), []
+        if len(ids) >= self.context:
+            raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is "
+                                       f"{self.context}")
+        slot, reuse = self.prefix_cache.acquire(ids)
+        try:
+            completion = yield from self._generate(ids, slot, reuse, max_new_tokens, sampling, stops, end_ids,
+                                                   cancel, deadline, started, state, decoder, out_ids)
+        finally:
+            self.prefix_cache.release(slot, ids + out_ids)
+        return completion
+
+    def _generate(self, ids, slot, reuse, max_new_tokens, sampling, stops, end_ids, cancel, deadline,
+                  started, state, decoder, out_ids) -> Iterator[str]:
+        text, sent, first = "", 0, None
         for token in generate_tokens(self.model, ids, max_new_tokens, sampling, end_ids, cancel,
-                                     deadline, self.cache(), state):
+                                     deadline, slot.cache, state, reuse=reuse):
             if first is None:
                 first = time.monotonic() - started
             out_ids.append(token)
@@ -121,7 +133,8 @@ class LocalModel:
             text += decoder.flush()
         if sent < len(text):
             yield text[sent:]
-        return Completion(text, out_ids, len(ids), state.reason, time.monotonic() - started, first)
+        return Completion(text, out_ids, len(ids), state.reason, time.monotonic() - started, first,
+                          extra={"cached_tokens": min(reuse, len(ids) - 1)})
 
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
                  **kwargs) -> Completion:

@@ -135,7 +135,7 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
         if mode == "nf4":
             module = quantize_linear(_linear(stored["weight"], bias), "nf4", group, name)
         else:
-            module = module_from_stored(stored, bias, device)
+            module = module_from_stored(stored, bias, device, head=name == "lm_head")
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, module)
     model.load_state_dict(state, strict=False, assign=True)
@@ -220,13 +220,15 @@ def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch
             except CheckpointError as exc:
                 raise CheckpointError(f"{name}: {exc}") from None
         if prequantized and expected[name] is None:
-            state[name] = t.to(device)  # stored quantized tensors keep their dtype
+            state[name] = t.to(device, copy=True)  # stored quantized tensors keep their dtype
             continue
         if name in quantize_now:
             state.update(quantized_tensors(name, t, mode, group))
             continue
         keep_fp32 = name.endswith("e_score_correction_bias")
-        state[name] = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
+        # copy=True: safetensors returns lazily paged mmap views; file-backed pages can be evicted
+        # and faulted back in mid-decode (a latency spike), so the weights get memory of their own.
+        state[name] = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype, copy=True)
     if tied_head and "lm_head" in targets:  # the LM head gets its own quantized copy of the embedding
         emb = state["model.embed_tokens.weight"]
         state.update(quantized_tensors("lm_head.weight", emb, mode, group) if mode in ("int8", "int4")

@@ -1,0 +1,159 @@
+"""Quantization: kernels against their dequantized reference, quality on a trained model,
+quantized checkpoints, the rescored int8 head, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from demi.model.engine import LocalModel
+from demi.model.errors import CheckpointError, DemiUserError
+from demi.model.loading import load_model
+from demi.model.plan import auto_quant, plan_for
+from demi.model.presets import get_preset
+from demi.model.quantize import (Int4Linear, Int8Linear, RescoredHead, dequantize_int4, pack_nibbles,
+                                 quantize_int4, quantize_int8, quantize_linear, unpack_nibbles)
+from demi.model.quantized_checkpoint import quantize_checkpoint
+from hf_models import FAMILIES, save_family
+from trained_tiny import train_tiny
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("trained"))
+
+
+def test_int8_and_int4_round_trip_error():
+    w = torch.randn(96, 256)
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (96,)
+    assert (q.float() * scale[:, None] - w).abs().max() <= scale.max() / 2 + 1e-6
+    q4, s4, z4 = quantize_int4(w, 64)
+    assert int(q4.max()) <= 15 and s4.shape == (96, 4)
+    err = (dequantize_int4(q4, s4, z4) - w).abs()
+    assert err.max() <= (s4.float().max() / 2) * 1.05 + 0.02  # half a step (+ bf16 scale rounding)
+    assert torch.equal(unpack_nibbles(pack_nibbles(q4)), q4)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_kernels_match_dequantized_reference(rows):
+    torch.manual_seed(0)
+    w, b, x = torch.randn(80, 128), torch.randn(80), torch.randn(rows, 128)
+    q, scale = quantize_int8(w)
+    ref8 = x @ (q.float() * scale[:, None]).T + b
+    got8 = Int8Linear(q, scale, b)(x.bfloat16()).float()
+    assert torch.allclose(got8, ref8, rtol=0.02, atol=0.1 * ref8.abs().mean().item())
+    q4, s4, z4 = quantize_int4(w, 32)
+    ref4 = x @ dequantize_int4(q4, s4, z4).T + b
+    got4 = Int4Linear(q4, s4, z4, b)(x.bfloat16()).float()  # 80 rows: padded to 96 for the kernel
+    assert got4.shape == (rows, 80)
+    assert torch.allclose(got4, ref4, rtol=0.02, atol=0.1 * ref4.abs().mean().item())
+
+
+def test_int4_falls_back_where_no_group_fits(caplog):
+    lin = torch.nn.Linear(100, 32)  # 100 is not a multiple of 32
+    with caplog.at_level(logging.INFO, logger="demi.model"):
+        out = quantize_linear(lin, "int4", 64, "layer.x_proj")
+    assert isinstance(out, Int8Linear)
+    assert "kept in int8" in caplog.text
+
+
+def test_rescored_head_picks_the_exact_int8_winner():
+    torch.manual_seed(1)
+    w = torch.randn(8192, 64)
+    q, scale = quantize_int8(w)
+    head = RescoredHead(q, scale)
+    exact_w = q.float() * scale[:, None]
+    xs = torch.randn(200, 64)
+    for x in xs:
+        x = x[None].bfloat16()
+        assert head(x).argmax().item() == (x.float() @ exact_w.T).argmax().item()
+    many = head(xs[:5].bfloat16())  # more than one row: the plain int8 path
+    assert torch.allclose(many.float(), (xs[:5] @ exact_w.T), rtol=0.05, atol=0.05)
+
+
+def test_quality_on_a_trained_model(trained):
+    """Held-out perplexity: int8 within 1% of fp32, int4 within 5%."""
+    text = (trained / "heldout.txt").read_text()
+    ppl = {q: LocalModel.load(str(trained), quant=q, context=512).perplexity([text])["perplexity"]
+           for q in ("none", "int8", "int4")}
+    assert ppl["none"] < 400  # it did learn something (the vocabulary is 1024)
+    assert abs(ppl["int8"] / ppl["none"] - 1) < 0.01, ppl
+    assert abs(ppl["int4"] / ppl["none"] - 1) < 0.05, ppl
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_loads_quantized(family, tmp_path):
+    save_family(family, tmp_path)
+    ids = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = load_model(tmp_path)(ids).flatten()
+        for mode, floor in (("int8", 0.98), ("int4", 0.8)):
+            model = load_model(tmp_path, quant=mode)
+            assert model.dtype == torch.bfloat16 and model.quantization == mode
+            cos = torch.nn.functional.cosine_similarity(ref, model(ids).float().flatten(), dim=0)
+            assert cos > floor, (mode, cos)
+
+
+def test_quantized_checkpoint_round_trip(trained, tmp_path):
+    for mode in ("int8", "int4"):
+        dst = quantize_checkpoint(trained, tmp_path / mode, mode)
+        cfg = json.loads((dst / "config.json").read_text())
+        assert cfg["quantization_config"]["quant_method"] == "demi"
+        assert (dst / "tokenizer.json").is_file() and (dst / "tokenizer_config.json").is_file()
+        size = sum(f.stat().st_size for f in dst.glob("*.safetensors"))
+        assert size < sum(f.stat().st_size for f in trained.glob("*.safetensors")) / 2
+        ids = torch.randint(0, 1000, (1, 30), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            direct = load_model(trained, quant=mode)(ids)
+            stored = load_model(dst)(ids)  # no --quant: the checkpoint says what it is
+        assert torch.allclose(direct.float(), stored.float(), atol=1e-2), mode
+
+
+def test_quantized_checkpoint_errors(trained, tmp_path):
+    dst = quantize_checkpoint(trained, tmp_path / "q", "int8")
+    with pytest.raises(DemiUserError, match="already quantized"):
+        quantize_checkpoint(dst, tmp_path / "again", "int8")
+    with pytest.raises(DemiUserError, match="not empty"):
+        quantize_checkpoint(trained, dst, "int8")
+    cfg_path = dst / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"]["format_version"] = 99
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_model(dst)
+    cfg["quantization_config"]["format_version"] = 1
+    cfg_path.write_text(json.dumps(cfg))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(dst / "model.safetensors"))
+    name = next(k for k in tensors if k.endswith("q_proj.weight_scale"))
+    del tensors[name]
+    save_file(tensors, str(dst / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="weight_scale"):
+        load_model(dst)
+
+
+def test_nf4_without_cuda_suggests_int4(trained):
+    with pytest.raises(DemiUserError, match="int4"):
+        load_model(trained, quant="nf4")
+    with pytest.raises(DemiUserError, match="unknown quantization"):
+        load_model(trained, quant="int3")
+
+
+def test_auto_and_target_plans():
+    cfg = get_preset("sheikh-2.5-coder")
+    cpu = torch.device("cpu")
+    assert auto_quant(cfg, cpu, free=32 * 2**30) == "int8"
+    assert auto_quant(cfg, cpu, free=3 * 2**30) == "int4"
+    assert auto_quant(cfg, torch.device("cuda"), free=40 * 2**30) == "none"
+    assert auto_quant(cfg, torch.device("cuda"), free=5 * 2**30) == "int8"
+    assert auto_quant(cfg, torch.device("cuda"), free=3 * 2**30) == "nf4"
+    mobile, edge = plan_for(cfg, "mobile"), plan_for(cfg, "edge")
+    assert mobile["precision"] == "int4" and mobile["context"] < edge["context"]
+    assert edge["precision"] == "int8" and plan_for(cfg, "server")["precision"] == "fp32"
+    with pytest.raises(DemiUserError):
+        plan_for(cfg, "toaster")
