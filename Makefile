@@ -26,6 +26,7 @@ demo: $(STAMP) $(DEMO)/config.json
 	$(BIN)/demi models info $(DEMO)
 	$(BIN)/demi eval perplexity --model $(DEMO) $(EXAMPLE)
 	$(BIN)/demi generate --model $(DEMO) --prompt "def fibonacci(n):" --max-tokens 24
+	$(BIN)/demi explain --model $(DEMO) $(EXAMPLE) --symbol apply_rotary --max-tokens 32 --no-history
 	@echo "(the demo model has random weights until the built-in demi-tiny is trained: the text is noise)"
 
 test: $(STAMP)

@@ -130,6 +130,7 @@ def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, 
             return
         if step == max_new_tokens - 1:
             return
-        seen = torch.cat([seen, nxt.view(1, 1)], dim=1)
+        if sampling.repetition_penalty != 1.0:  # the history is only needed for the penalty
+            seen = torch.cat([seen, nxt.view(1, 1)], dim=1)
         logits = model(nxt.view(1, 1), start=pos, cache=cache)[:, -1].float()
         pos += 1

@@ -1,0 +1,185 @@
+"""`explain`: static facts that are certain, and the model's prose, each labelled as what it is.
+
+A small model (demi-tiny) is not trusted to get a signature right, so the facts lead and its
+prose follows under a heading that says who wrote it. A large model, or one behind a server,
+leads with its explanation and the facts follow as a reference. The markdown streams in the
+order it is shown, so a front end can print pieces as they come.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .context import code_context
+from .document import Document
+from .facts import Facts
+from .prompts import PROMPT_OVERHEAD, explain_prompt, facts_lines
+from .target import Target, resolve_target
+
+if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
+    from demi.model.generate import CancelToken, Sampling
+
+
+@dataclass
+class Explanation:
+    path: str
+    symbol: str | None
+    lines: tuple[int, int]
+    markdown: str
+    facts: Facts
+    model_text: str
+    model: str
+    lead: str                 # facts | model
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    finish_reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "symbol": self.symbol, "lines": list(self.lines), "explanation": self.markdown,
+                "model_text": self.model_text, "facts": self.facts.as_dict(), "lead": self.lead,
+                "model": self.model, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 4),
+                "finish_reason": self.finish_reason, "notes": self.notes}
+
+
+def _code(text: str) -> str:
+    ticks = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def render_facts(t: Target) -> str:
+    """The static-analysis section in Markdown; every line is read from the code, none guessed."""
+    f = t.facts
+    out = ["### Static analysis (read from the code: certain)", ""]
+    if t.doc.lang is None:
+        out.append(f"- No grammar for this file type: read as plain text ({t.last - t.first + 1} lines).")
+        return "\n".join(out) + "\n"
+    if f.kind == "file":
+        out.append(f"- **Language:** {f.language}; {f.end_line} lines")
+        if f.docstring:
+            out.append(f"- **Module docstring:** {f.docstring.splitlines()[0]}")
+        out.append("- **Imports:** " + (", ".join(_code(i) for i in f.imports[:20]) if f.imports else "none"))
+        if f.members:
+            out.append("- **Defines:**")
+            out += [f"  - {_code(m.split(' (lines')[0])}" + (f" (lines{m.split(' (lines')[1]}" if " (lines" in m
+                                                            else "") for m in f.members[:40]]
+        else:
+            out.append("- **Defines:** nothing (no functions or classes)")
+        return "\n".join(out) + "\n"
+    if f.kind == "lines":
+        out.append(f"- **Lines:** {f.start_line}-{f.end_line}")
+        if f.members:
+            out.append("- **Inside or touching:** " + "; ".join(_code(m) for m in f.members[:10]))
+    else:
+        out.append(f"- **Kind:** {f.kind}, lines {f.start_line}-{f.end_line}")
+        out.append(f"- **Signature:** {_code(f.signature)}")
+    if f.kind in ("function", "method", "constructor"):
+        if f.params:
+            out.append("- **Parameters:**")
+            for p in f.params:
+                line = f"  - {_code(p.name)}"
+                line += f": {_code(p.type)}" if p.type else " (no type given)"
+                line += f", default {_code(p.default)}" if p.default else ""
+                out.append(line)
+        else:
+            out.append("- **Parameters:** none")
+        ret = []
+        if f.returns_annotation:
+            ret.append(f"declared {_code(f.returns_annotation)}")
+        if f.returns:
+            ret.append("`return` " + ", ".join(_code(r) for r in f.returns))
+        if f.yields:
+            ret.append("yields values (a generator)")
+        out.append("- **Returns:** " + ("; ".join(ret) if ret else "nothing explicit (no return statement)"))
+    elif f.kind == "lines":
+        if f.returns:
+            out.append("- **Returns:** " + ", ".join(_code(r) for r in f.returns))
+    if f.kind not in ("function", "method", "constructor", "lines"):
+        if f.bases:
+            out.append("- **Bases:** " + ", ".join(_code(b) for b in f.bases))
+        if f.members:
+            out.append("- **Members:**")
+            out += [f"  - {_code(m)}" for m in f.members[:30]]
+    else:
+        out.append("- **Raises:** " + (", ".join(_code(r) for r in f.raises) if f.raises else "nothing explicit"))
+        out.append("- **Calls:** " + (", ".join(_code(c) for c in f.calls) if f.calls else "nothing"))
+    if f.docstring:
+        doc = f.docstring.strip().split("\n\n")[0].replace("\n", " ")
+        out.append(f"- **Docstring:** {doc}")
+    return "\n".join(out) + "\n"
+
+
+def choose_lead(setting: str, large: bool) -> str:
+    if setting in ("facts", "model"):
+        return setting
+    return "model" if large else "facts"
+
+
+def explain(engine: Any, doc: Document, symbol: str | None = None, lines: tuple[int, int] | None = None,
+            max_tokens: int = 320, budget: int = 2048, lead: str = "auto",
+            on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
+            sampling: Sampling | None = None, time_budget: float | None = None) -> Explanation:
+    """Explain a file, a symbol or a line range; `on_text` gets the Markdown as it is written."""
+    started = time.monotonic()
+    target = resolve_target(doc, symbol, lines)
+    info = engine.info()
+    if info.context:
+        budget = min(budget, info.context - max_tokens - 64)
+    budget = max(64, budget - engine.count_tokens("\n".join(facts_lines(target.facts))) - PROMPT_OVERHEAD)
+    ctx = code_context(doc, target.syntax, target.first, target.last, engine.count_tokens, budget, target.symbol)
+    language = doc.lang.fence if doc.lang else None
+    prompt = explain_prompt(doc.name, language, target.facts, ctx)
+    chosen = choose_lead(lead, info.large)
+    parts: list[str] = []
+
+    def emit(text: str) -> None:
+        parts.append(text)
+        if on_text:
+            on_text(text)
+
+    where = f" › {_code(target.symbol.qualname)}" if target.symbol is not None else (
+        f" lines {target.first}-{target.last}" if target.kind == "lines" else "")
+    emit(f"## {_code(doc.name)}{where}\n\n")
+    facts_md = render_facts(target)
+    if chosen == "facts":
+        emit(facts_md + "\n")
+        emit(f"### Explanation (written by the model {_code(info.name)}; a small model can be wrong, "
+             "so check it against the facts above)\n\n")
+    else:
+        emit(f"### Explanation (written by the model {_code(info.name)})\n\n")
+    started_text = False
+
+    def emit_model(piece: str) -> None:  # leading blank lines from the model would only push the text down
+        nonlocal started_text
+        if not started_text:
+            piece = piece.lstrip()
+            started_text = bool(piece)
+        if piece:
+            emit(piece)
+
+    result = engine.chat(prompt, on_text=emit_model, max_new_tokens=max_tokens, sampling=sampling,
+                         cancel=cancel, time_budget=time_budget)
+    model_text = result.text.lstrip()
+    if not model_text.strip():
+        emit("_(the model wrote nothing)_\n")
+    elif not model_text.endswith("\n"):
+        emit("\n")
+    if chosen == "model":
+        emit("\n" + facts_md)
+    notes = []
+    if ctx.code_cut:
+        notes.append(f"the code was cut to fit {budget} tokens")
+    if result.finish_reason == "length":
+        notes.append(f"the explanation stopped at --max-tokens {max_tokens}")
+    if notes:
+        text = "; ".join(notes)
+        emit(f"\n_{text[0].upper()}{text[1:]}._\n")
+    tokens = result.extra.get("completion_tokens", result.completion_tokens)
+    return Explanation(doc.name, target.symbol.qualname if target.symbol else None, (target.first, target.last),
+                       "".join(parts), target.facts, model_text, info.name, chosen, result.prompt_tokens,
+                       int(tokens), time.monotonic() - started, result.finish_reason, notes)

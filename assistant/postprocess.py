@@ -1,0 +1,412 @@
+"""Turning a model's raw FIM output into the text an editor should insert.
+
+Models run on: they repeat the code after the cursor, start the next function, or stop
+mid-expression. Each step here fixes one of those and is tested on golden strings:
+
+- `decide_mode`: one line or several, from what surrounds the cursor;
+- `stop_at_block_end`: cut where the current block ends (indentation; braces in C-like code);
+- `drop_repeats`: drop lines that repeat the line before the cursor or the lines after it;
+- `trim_suffix_overlap`: drop an ending the text after the cursor already has;
+- `balance_brackets`: close brackets the completion opened and left open;
+- `syntax_trim`: with tree-sitter, drop trailing lines that make the file parse worse.
+
+`BlockWatcher` applies the block rule while tokens stream, so generation stops early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .languages import LangSpec, parser_for
+
+OPENERS = {"(": ")", "[": "]", "{": "}"}
+CLOSERS = {")": "(", "]": "[", "}": "{"}
+_PY_CONTINUATIONS = ("else", "elif", "except", "finally", "case")
+_PUNCT_ONLY = set(")]};,:. \t'\"`")
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+def indent_of(line: str) -> int:
+    return len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip(" "))
+
+
+def current_line(prefix: str) -> str:
+    """Text of the cursor's line before the cursor."""
+    return prefix[prefix.rfind("\n") + 1:]
+
+
+def rest_of_line(suffix: str) -> str:
+    """Text of the cursor's line after the cursor."""
+    nl = suffix.find("\n")
+    return suffix if nl < 0 else suffix[:nl]
+
+
+def _comment_marker(spec: LangSpec | None) -> str:
+    return spec.line_comment if spec is not None else "#"
+
+
+class BracketScanner:
+    """Brackets outside strings and line comments; state carries across pieces of text."""
+
+    def __init__(self, comment: str = "#"):
+        self.comment = comment
+        self.quote: str | None = None
+        self.in_comment = False
+
+    def scan(self, text: str):
+        """Yield (index, char) of every bracket in `text` that is code."""
+        i, n = 0, len(text)
+        while i < n:
+            ch = text[i]
+            if self.in_comment:
+                if ch == "\n":
+                    self.in_comment = False
+                i += 1
+                continue
+            if self.quote is not None:
+                if ch == "\\":
+                    i += 2
+                    continue
+                if text.startswith(self.quote, i):
+                    i += len(self.quote)
+                    self.quote = None
+                    continue
+                if ch == "\n" and len(self.quote) == 1 and self.quote != "`":
+                    self.quote = None  # an unterminated one-line string ends with its line
+                i += 1
+                continue
+            if self.comment and text.startswith(self.comment, i):
+                self.in_comment = True
+                i += len(self.comment)
+                continue
+            if ch in "\"'`":
+                triple = text[i:i + 3]
+                self.quote = triple if triple in ('"""', "'''") else ch
+                i += len(self.quote)
+                continue
+            if ch in OPENERS or ch in CLOSERS:
+                yield i, ch
+            i += 1
+
+
+def open_stack(text: str, comment: str = "#") -> list[str]:
+    """Openers left unclosed at the end of `text` (innermost last); stray closers are ignored."""
+    stack: list[str] = []
+    for _, ch in BracketScanner(comment).scan(text):
+        if ch in OPENERS:
+            stack.append(ch)
+        elif stack and stack[-1] == CLOSERS[ch]:
+            stack.pop()
+    return stack
+
+
+# -- mode ----------------------------------------------------------------------------------------
+
+def decide_mode(prefix: str, suffix: str, spec: LangSpec | None = None) -> str:
+    """"multi" on an empty line or after a block opener with nothing after the cursor; else "single"."""
+    after = rest_of_line(suffix).strip()
+    if after and not set(after) <= _PUNCT_ONLY:
+        return "single"  # text follows the cursor on this line: finish the line only
+    before = current_line(prefix).rstrip()
+    if not before.strip():
+        return "multi"
+    opener = spec.block_open if spec is not None else ""
+    if before.endswith((":", "{", "=>")) or (opener and before.endswith(opener)):
+        return "multi"
+    return "single"
+
+
+# -- block end -----------------------------------------------------------------------------------
+
+@dataclass
+class _Floor:
+    base: int           # indentation of the statement the completion belongs to
+    opens_block: bool   # the cursor line opens a block (its body is the completion)
+
+
+def _floor(prefix: str, completion: str, spec: LangSpec | None) -> _Floor:
+    before = current_line(prefix)
+    if before.strip():
+        whole = before + completion.split("\n", 1)[0]
+        opens = whole.rstrip().endswith(spec.block_open if spec is not None else ":") or \
+            whole.rstrip().endswith(("{", ":"))
+        return _Floor(indent_of(before), opens)
+    first = before + completion.split("\n", 1)[0]
+    return _Floor(indent_of(first), False)
+
+
+def _indent_cut(prefix: str, completion: str, spec: LangSpec | None) -> int | None:
+    """Where indentation says the completion leaves the current block (index into it)."""
+    floor = _floor(prefix, completion, spec)
+    deeper = floor.opens_block
+    pos = completion.find("\n")
+    if pos < 0:
+        return None
+    python = spec is None or spec.indent_blocks
+    while pos >= 0:
+        start = pos + 1
+        end = completion.find("\n", start)
+        line = completion[start:] if end < 0 else completion[start:end]
+        if line.strip():
+            ind = indent_of(line)
+            word = line.strip().split(" ", 1)[0].rstrip(":")
+            continuation = python and word in _PY_CONTINUATIONS and ind == floor.base
+            if ind < floor.base or (ind == floor.base and deeper and not continuation):
+                return pos
+            if ind > floor.base:
+                deeper = True
+        if end < 0:
+            return None
+        pos = end
+    return None
+
+
+def _brace_cut(prefix: str, completion: str, suffix: str, spec: LangSpec) -> int | None:
+    """C-like code: the index where the completion closes the block it is in, or ends the line
+    that finishes a block (or call) it opened; None when it does neither."""
+    scanner = BracketScanner(spec.line_comment)
+    for _ in scanner.scan(current_line(prefix)):  # carry string/comment state of the cursor line
+        pass
+    depth, opened, pending = 0, False, -1  # pending: end of the line where a block closed
+    for i, ch in scanner.scan(completion):
+        if pending >= 0 and i > pending:
+            return pending
+        if ch in OPENERS:
+            depth += 1
+            opened = opened or ch == "{"
+            pending = -1
+            continue
+        depth -= 1
+        if depth < 0:
+            line_start = completion.rfind("\n", 0, i) + 1
+            end = completion.find("\n", i)
+            if ch == "}" and suffix.lstrip().startswith("}"):
+                # the file already closes this block: stop before the closer and its line
+                return line_start - 1 if line_start > 0 and not completion[line_start:i].strip() else i
+            return len(completion) if end < 0 else end
+        if depth == 0 and opened:
+            end = completion.find("\n", i)
+            pending = len(completion) if end < 0 else end
+    return pending if pending >= 0 and depth == 0 else None
+
+
+def stop_at_block_end(prefix: str, completion: str, suffix: str, spec: LangSpec | None) -> str:
+    """Cut a multi-line completion where the block it belongs to ends."""
+    if spec is not None and not spec.indent_blocks:
+        cut = _brace_cut(prefix, completion, suffix, spec)
+    else:
+        cut = _indent_cut(prefix, completion, spec)
+    return completion if cut is None else completion[:max(0, cut)]
+
+
+class BlockWatcher:
+    """Fed streamed text; `done` turns true once the block rule has cut the text (stop early)."""
+
+    def __init__(self, prefix: str, suffix: str, spec: LangSpec | None, mode: str):
+        self.prefix, self.suffix, self.spec, self.mode = prefix, suffix, spec, mode
+        self.text = ""
+        self.done = False
+
+    def push(self, piece: str) -> bool:
+        self.text += piece
+        if self.done or "\n" not in piece:
+            return self.done
+        if self.mode == "single":
+            self.done = bool(self.text.strip()) and "\n" in self.text.lstrip("\n")
+            return self.done
+        # judge only whole lines: the last one may still grow
+        whole = self.text[: self.text.rfind("\n")]
+        self.done = len(stop_at_block_end(self.prefix, whole, self.suffix, self.spec)) < len(whole)
+        return self.done
+
+
+# -- repeats -------------------------------------------------------------------------------------
+
+def _meaningful(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and not set(s) <= _PUNCT_ONLY
+
+
+def drop_repeats(prefix: str, completion: str, suffix: str) -> str:
+    """Drop leading lines that repeat the lines before the cursor, and cut where the completion
+    starts repeating the lines after the cursor's line."""
+    lines = completion.split("\n")
+    before = prefix.split("\n")
+    if not current_line(prefix).strip():  # at the start of a new line: the model may echo the last one
+        prev = [ln.strip() for ln in before[:-1] if ln.strip()]
+        for m in range(min(len(lines), len(prev), 8), 0, -1):  # the longest echo of the last m lines
+            if [ln.strip() for ln in lines[:m]] == prev[-m:]:
+                del lines[:m]
+                break
+        if not lines:
+            return ""
+        typed = current_line(prefix)
+        if len(lines) < len(completion.split("\n")) and typed:  # the cursor line's indent is typed
+            lead = len(lines[0]) - len(lines[0].lstrip(" \t"))
+            lines[0] = lines[0][min(lead, len(typed)):]
+    next_lines = [ln.strip() for ln in suffix.split("\n")[1:] if ln.strip()][:3]
+    if next_lines and _meaningful(next_lines[0]):
+        for i, line in enumerate(lines):
+            if i == 0 and current_line(prefix).strip():
+                continue  # the first line finishes the cursor's line
+            if line.strip() == next_lines[0]:
+                following = [ln.strip() for ln in lines[i + 1:] if ln.strip()]
+                if len(next_lines) == 1 or not following or following[0] == next_lines[1] \
+                        or len(next_lines[0]) >= 12:
+                    lines = lines[:i]
+                    while lines and not lines[-1].strip():
+                        lines.pop()
+                    break
+    return "\n".join(lines)
+
+
+# -- overlap with the suffix ---------------------------------------------------------------------
+
+def _over_closed(line: str, comment: str) -> bool:
+    depth: dict[str, int] = {}
+    for _, ch in BracketScanner(comment).scan(line):
+        if ch in OPENERS:
+            depth[ch] = depth.get(ch, 0) + 1
+        else:
+            o = CLOSERS[ch]
+            depth[o] = depth.get(o, 0) - 1
+            if depth[o] < 0:
+                return True
+    return False
+
+
+def _odd_quotes(line: str) -> bool:
+    return any(line.count(q) % 2 for q in "\"'`")
+
+
+def trim_suffix_overlap(prefix: str, completion: str, suffix: str, spec: LangSpec | None = None) -> str:
+    """Remove the end of the completion that the rest of the cursor's line already has."""
+    after = rest_of_line(suffix)
+    if not after.strip() or not completion:
+        return completion
+    comment = _comment_marker(spec)
+    line_before = current_line(prefix)
+    body = completion.rstrip()
+    for k in range(len(after), 0, -1):
+        piece = after[:k]
+        if not piece.strip() or not body.endswith(piece.rstrip()):
+            continue
+        cut = body[: len(body) - len(piece.rstrip())]
+        if set(piece.strip()) <= set(")]}\"'`"):
+            # closers and quotes: only when the line would otherwise close too much
+            full = current_line(line_before + completion) + after
+            trimmed = current_line(line_before + cut) + after
+            if (_over_closed(full, comment) and not _over_closed(trimmed, comment)) or \
+                    (_odd_quotes(full) and not _odd_quotes(trimmed)):
+                return cut
+            continue
+        return cut
+    return completion
+
+
+# -- brackets ------------------------------------------------------------------------------------
+
+def balance_brackets(prefix: str, completion: str, spec: LangSpec | None = None, mode: str = "single") -> str:
+    """Close, innermost first, the brackets the completion opened and did not close."""
+    comment = _comment_marker(spec)
+    scanner = BracketScanner(comment)
+    for _ in scanner.scan(current_line(prefix)):
+        pass
+    if scanner.quote is not None and len(scanner.quote) == 1:
+        return completion  # the cursor is inside a string: brackets there are text
+    own: list[tuple[str, int]] = []  # (opener, index)
+    for i, ch in scanner.scan(completion):
+        if ch in OPENERS:
+            own.append((ch, i))
+        elif own and own[-1][0] == CLOSERS[ch]:
+            own.pop()
+    if not own or scanner.quote is not None or scanner.in_comment and "\n" not in completion[-1:]:
+        return completion
+    out = completion.rstrip() if mode == "multi" else completion
+    for opener, index in reversed(own):
+        if opener == "{" and mode == "multi":
+            line = current_line(prefix + completion[:index])
+            out += "\n" + " " * indent_of(line) + "}"
+        else:
+            out += OPENERS[opener]
+    return out
+
+
+# -- tree-sitter ---------------------------------------------------------------------------------
+
+def _errors(spec: LangSpec, text: str) -> int:
+    tree = parser_for(spec).parse(text.encode("utf-8", errors="replace"))
+    root = tree.root_node
+    if not root.has_error:
+        return 0
+    count, cursor = 0, root.walk()
+    while True:
+        node = cursor.node
+        if node.is_error or node.is_missing:
+            count += 1
+        if node.has_error and cursor.goto_first_child():
+            continue
+        while not cursor.goto_next_sibling():
+            if not cursor.goto_parent():
+                return count
+
+
+def syntax_trim(prefix: str, completion: str, suffix: str, spec: LangSpec | None, mode: str = "multi",
+                window: int = 6000, candidates: int = 12) -> str:
+    """The longest line-cut of a multi-line completion that does not make the file parse worse."""
+    if spec is None or "\n" not in completion.strip("\n"):
+        return completion
+    head = prefix[-window:]
+    if len(head) < len(prefix):
+        head = head[head.find("\n") + 1:]
+    tail = suffix[: window // 2]
+    if len(tail) < len(suffix):
+        tail = tail[: tail.rfind("\n") + 1]
+    baseline = _errors(spec, head + tail)
+    cuts = [len(completion)]
+    pos = len(completion)
+    while len(cuts) < candidates:
+        pos = completion.rfind("\n", 0, pos)
+        if pos <= 0:
+            break
+        cuts.append(pos)
+    for cut in cuts:
+        cand = balance_brackets(prefix, completion[:cut], spec, mode)
+        if _errors(spec, head + cand + tail) <= baseline:
+            return cand
+    return completion
+
+
+# -- all together --------------------------------------------------------------------------------
+
+@dataclass
+class Processed:
+    text: str
+    mode: str
+    steps: list[str] = field(default_factory=list)  # the steps that changed something
+
+
+def postprocess(prefix: str, completion: str, suffix: str, spec: LangSpec | None = None,
+                mode: str | None = None) -> Processed:
+    """Every step in order; `steps` names those that changed the text."""
+    mode = mode or decide_mode(prefix, suffix, spec)
+    result = Processed(completion, mode)
+
+    def step(name: str, new: str) -> None:
+        if new != result.text:
+            result.steps.append(name)
+            result.text = new
+
+    if mode == "single":
+        step("single_line", result.text.split("\n", 1)[0] if result.text.strip("\n") else "")
+    else:
+        step("stop_at_block_end", stop_at_block_end(prefix, result.text, suffix, spec))
+    step("drop_repeats", drop_repeats(prefix, result.text, suffix))
+    step("trim_suffix_overlap", trim_suffix_overlap(prefix, result.text, suffix, spec))
+    if mode == "multi":
+        step("syntax_trim", syntax_trim(prefix, result.text, suffix, spec, mode))
+    step("balance_brackets", balance_brackets(prefix, result.text, spec, mode))
+    if not rest_of_line(suffix).strip():
+        step("trailing_whitespace", result.text.rstrip())
+    return result

@@ -1,0 +1,44 @@
+"""What a request is about: a whole file, one symbol, or a line range, with its static facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from demi.model.errors import DemiUserError
+
+from .document import Document
+from .facts import Facts, file_facts, range_facts, symbol_facts
+from .syntax import Symbol, Syntax, parse
+
+
+@dataclass
+class Target:
+    doc: Document
+    syntax: Syntax
+    kind: str                   # file | symbol | lines
+    first: int                  # 1-based inclusive line range
+    last: int
+    facts: Facts
+    symbol: Symbol | None = None
+
+    @property
+    def label(self) -> str:
+        if self.symbol is not None:
+            return self.symbol.qualname
+        return f"lines {self.first}-{self.last}" if self.kind == "lines" else self.doc.name
+
+
+def resolve_target(doc: Document, symbol: str | None = None, lines: tuple[int, int] | None = None,
+                   syntax: Syntax | None = None) -> Target:
+    """The target of explain/refactor; errors name what exists (symbols) or the file's length."""
+    if symbol and lines:
+        raise DemiUserError("give --symbol or --lines, not both")
+    syntax = syntax or parse(doc)
+    if symbol:
+        sym = syntax.find(symbol)
+        return Target(doc, syntax, "symbol", sym.start_line, sym.end_line, symbol_facts(syntax, sym), sym)
+    if lines:
+        first, last = doc.check_lines(*lines)
+        return Target(doc, syntax, "lines", first, last, range_facts(syntax, first, last))
+    facts = file_facts(syntax)
+    return Target(doc, syntax, "file", 1, max(1, facts.end_line), facts)

@@ -1,0 +1,365 @@
+"""`demi explain`, `complete`, `refactor`, `undo`, `sessions` and `config`: the session layer from a shell.
+
+Everything here is presentation: arguments in, `demi.assistant` calls, text or one JSON object
+out. Bad input (file, position, symbol, range) is checked before the model loads, so a typo
+costs milliseconds. A spinner shows on stderr while the model loads, only on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import logging
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+from .main import UsageError, emit_json
+
+log = logging.getLogger("demi")
+
+
+def register(sub, common) -> None:
+    def engine_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", default=None, metavar="URL",
+                       help="an OpenAI-compatible server (demi serve, vLLM, llama.cpp, Ollama) instead of "
+                            "loading the model here (default: config, then $DEMI_SERVER)")
+        p.add_argument("--max-tokens", "-n", type=int, default=None, help="new tokens at most")
+        p.add_argument("--temperature", "-t", type=float, default=None, help="0 (default) is greedy")
+        p.add_argument("--no-history", action="store_true", help="do not record this in the session store")
+
+    ex = sub.add_parser("explain", parents=[common()], help="explain a file, a symbol or a line range",
+                        description="Explain code as Markdown, streamed: facts from static analysis (certain) "
+                                    "and the model's explanation, each labelled.")
+    ex.add_argument("path", metavar="PATH")
+    ex.add_argument("--symbol", "-s", help="a function, class or method (e.g. parse or Parser.parse)")
+    ex.add_argument("--lines", "-l", metavar="A-B", help="a 1-based inclusive line range")
+    ex.add_argument("--lead", choices=("auto", "facts", "model"), default=None,
+                    help="which section comes first (auto: the model's when it is large)")
+    engine_opts(ex)
+    ex.set_defaults(func=cmd_explain)
+
+    co = sub.add_parser("complete", parents=[common()], help="fill in the code at a position (FIM)",
+                        description="Complete the code at LINE:COL (1-based; COL may be one past the line's "
+                                    "end) and print the text to insert.")
+    co.add_argument("path", metavar="PATH")
+    co.add_argument("--at", required=False, metavar="LINE:COL", help="cursor position, 1-based")
+    co.add_argument("--context-file", action="append", default=[], metavar="FILE",
+                    help="another file to draw context from (repeatable)")
+    engine_opts(co)
+    co.set_defaults(func=cmd_complete)
+
+    rf = sub.add_parser("refactor", parents=[common()], help="rewrite a symbol or range; prints a diff",
+                        description="Ask the model to rewrite a symbol, a line range or the file; the rewrite "
+                                    "is validated and printed as a unified diff. Only --apply writes (atomically, "
+                                    "with a backup that `demi undo PATH` restores).")
+    rf.add_argument("path", metavar="PATH")
+    rf.add_argument("--instruction", "-i", help="what to change")
+    rf.add_argument("--symbol", "-s")
+    rf.add_argument("--lines", "-l", metavar="A-B")
+    rf.add_argument("--apply", action="store_true", help="write the change (a backup is kept)")
+    rf.add_argument("--workspace-edit", action="store_true", help="print the LSP WorkspaceEdit JSON, not the diff")
+    engine_opts(rf)
+    rf.set_defaults(func=cmd_refactor)
+
+    un = sub.add_parser("undo", parents=[common(model=False)], help="restore a file from Demi's last backup")
+    un.add_argument("path", metavar="PATH")
+    un.add_argument("--force", action="store_true", help="restore even if the file changed since Demi wrote it")
+    un.set_defaults(func=cmd_undo)
+
+    se = sub.add_parser("sessions", parents=[common(model=False)], help="history: list | show ID | search TEXT")
+    ss = se.add_subparsers(dest="sessions_command", metavar="ACTION")
+    se.set_defaults(func=cmd_sessions_list, limit=20)
+    ls = ss.add_parser("list", parents=[common(model=False)], help="recent sessions")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.set_defaults(func=cmd_sessions_list)
+    sh = ss.add_parser("show", parents=[common(model=False)], help="one session's messages")
+    sh.add_argument("id", metavar="ID")
+    sh.set_defaults(func=cmd_sessions_show)
+    sr = ss.add_parser("search", parents=[common(model=False)], help="full-text search over all messages")
+    sr.add_argument("query", nargs="+", metavar="TEXT")
+    sr.add_argument("--limit", type=int, default=20)
+    sr.set_defaults(func=cmd_sessions_search)
+
+    cf = sub.add_parser("config", parents=[common(model=False)],
+                        help="effective settings and where each comes from")
+    cf.set_defaults(func=cmd_config)
+
+
+# -- shared ---------------------------------------------------------------------------------------
+
+def _config(args: argparse.Namespace, **task: Any):
+    from demi.assistant.config import load_config
+
+    flags = {"model": getattr(args, "model", None), "server": getattr(args, "server", None),
+             "device": getattr(args, "device", None), "context": getattr(args, "context", None),
+             "dtype": None if getattr(args, "dtype", "auto") == "auto" else args.dtype, **task}
+    return load_config(flags)
+
+
+@contextlib.contextmanager
+def spinner(label: str) -> Iterator[None]:
+    """A spinner on stderr while `label` runs; nothing at all when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    done = threading.Event()
+
+    def spin() -> None:
+        frames, i, started = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", 0, time.monotonic()
+        while not done.wait(0.1):
+            sys.stderr.write(f"\r{frames[i % len(frames)]} {label} {time.monotonic() - started:4.1f}s")
+            sys.stderr.flush()
+            i += 1
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _engine(cfg):
+    from demi.assistant.engines import engine_from_config
+
+    where = cfg["server"] or cfg["model"] or "the default model"
+    with spinner(f"{'connecting to' if cfg['server'] else 'loading'} {where}"):
+        return engine_from_config(cfg)
+
+
+def _sampling(temperature: float | None):
+    from demi.assistant.engines import Sampling
+
+    return Sampling(temperature=temperature or 0.0, top_p=0.95 if temperature else 1.0)
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise UsageError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def _load(path: str, cfg):
+    from demi.assistant.document import Document
+
+    return Document.load(path, max_bytes=int(cfg["max_file_mb"] * 1024 * 1024))
+
+
+def _warn(text: str) -> None:
+    print(f"demi: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _record(cfg, args: argparse.Namespace, kind: str, title: str, model: str, prompt: str, answer: str,
+            prompt_tokens: int, completion_tokens: int, seconds: float, meta: dict) -> str | None:
+    """Keep the request in the session store; a store problem is a warning, never a lost answer."""
+    if args.no_history or not cfg["history"]:
+        return None
+    from demi.assistant.config import data_dir
+    from demi.assistant.store import Store, StoreError
+
+    try:
+        with Store.open_default(data_dir(cfg), cfg["db_timeout"]) as store:
+            return store.record(kind, title, model, prompt, answer, prompt_tokens, completion_tokens, seconds, meta)
+    except StoreError as exc:
+        _warn(f"not saved to history: {exc}")
+        return None
+
+
+def _stdout(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+# -- explain --------------------------------------------------------------------------------------
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from demi.assistant.document import parse_line_range
+    from demi.assistant.explain import explain
+    from demi.assistant.target import resolve_target
+
+    cfg = _config(args, **{"explain.max_tokens": args.max_tokens, "explain.lead": args.lead})
+    max_tokens = _positive(cfg["explain.max_tokens"], "--max-tokens")
+    lines = parse_line_range(args.lines) if args.lines else None
+    doc = _load(args.path, cfg)
+    resolve_target(doc, args.symbol, lines)  # a bad symbol or range fails here, before the model loads
+    engine = _engine(cfg)
+    result = explain(engine, doc, args.symbol, lines, max_tokens=max_tokens,
+                     budget=cfg["explain.context_tokens"], lead=cfg["explain.lead"],
+                     on_text=None if args.json else _stdout, sampling=_sampling(args.temperature))
+    title = f"explain {doc.name}" + (f" {result.symbol}" if result.symbol else
+                                     f" lines {args.lines}" if args.lines else "")
+    _record(cfg, args, "explain", title, result.model, title, result.markdown, result.prompt_tokens,
+            result.completion_tokens, result.seconds, {"path": doc.name, "symbol": result.symbol,
+                                                       "lines": list(result.lines)})
+    if args.json:
+        emit_json(result.as_json())
+    return 0
+
+
+# -- complete -------------------------------------------------------------------------------------
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from demi.assistant.complete import complete
+    from demi.assistant.context import RecentFiles
+    from demi.assistant.document import parse_position
+
+    if not args.at:
+        raise UsageError("demi complete: --at LINE:COL is required (1-based, e.g. --at 12:5)")
+    cfg = _config(args, **{"complete.max_tokens": args.max_tokens, "complete.temperature": args.temperature})
+    max_tokens = _positive(cfg["complete.max_tokens"], "--max-tokens")
+    line, col = parse_position(args.at)
+    doc = _load(args.path, cfg)
+    offset = doc.offset(line, col)
+    recent = RecentFiles()
+    for extra in args.context_file:
+        recent.add(extra, _load(extra, cfg).text)
+    engine = _engine(cfg)
+    result = complete(engine, doc, offset, max_tokens=max_tokens, budget=cfg["complete.context_tokens"],
+                      recent=recent, sampling=_sampling(cfg["complete.temperature"]))
+    for w in result.warnings:
+        _warn(w)
+    if args.json:
+        emit_json({"path": doc.name, **result.as_json()})
+    else:
+        _stdout(result.completion + "\n")
+    return 0
+
+
+# -- refactor -------------------------------------------------------------------------------------
+
+def cmd_refactor(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from demi.assistant.config import data_dir
+    from demi.assistant.document import parse_line_range
+    from demi.assistant.refactor import apply, propose
+    from demi.assistant.target import resolve_target
+
+    if not args.instruction or not args.instruction.strip():
+        raise UsageError("demi refactor: --instruction TEXT is required (what to change)")
+    cfg = _config(args, **{"refactor.max_tokens": args.max_tokens})
+    max_tokens = _positive(cfg["refactor.max_tokens"], "--max-tokens")
+    lines = parse_line_range(args.lines) if args.lines else None
+    doc = _load(args.path, cfg)
+    resolve_target(doc, args.symbol, lines)
+    if args.apply and doc.lossy:
+        from demi.model.errors import DemiUserError
+
+        raise DemiUserError(f"{doc.name} is not valid UTF-8; Demi will not rewrite it (it would replace the "
+                            "undecodable bytes)")
+    engine = _engine(cfg)
+    result = propose(engine, doc, args.instruction, args.symbol, lines, max_tokens=max_tokens,
+                     budget=cfg["refactor.context_tokens"], sampling=_sampling(args.temperature))
+    if args.apply:
+        apply(result, data_dir(cfg))
+    _record(cfg, args, "refactor", f"refactor {doc.name} {result.target}: {args.instruction.strip()[:60]}",
+            result.model, args.instruction, result.diff or "(no change)", result.prompt_tokens,
+            result.completion_tokens, result.seconds, {"path": doc.name, "target": result.target,
+                                                       "applied": result.applied})
+    if args.json:
+        emit_json(result.as_json())
+        return 0
+    if args.workspace_edit:
+        _stdout(_json.dumps(result.workspace_edit, ensure_ascii=False, indent=2) + "\n")
+    else:
+        _stdout(result.diff)
+    for note in result.notes:
+        print(f"demi: {note}", file=sys.stderr)
+    if result.applied:
+        print(f"demi: applied to {doc.name} (backup kept; `demi undo {doc.name}` restores it)", file=sys.stderr)
+    elif result.edit.changed:
+        print("demi: nothing written; run again with --apply to write this change", file=sys.stderr)
+    return 0
+
+
+# -- undo -----------------------------------------------------------------------------------------
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from demi.assistant.config import data_dir
+    from demi.assistant.edits import undo
+
+    cfg = _config(args)
+    backup = undo(Path(args.path), data_dir(cfg), force=args.force)
+    if args.json:
+        emit_json({"path": args.path, "restored": True, "backup": str(backup)})
+    else:
+        print(f"restored {args.path} from Demi's backup")
+    return 0
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+def _store(args: argparse.Namespace):
+    from demi.assistant.config import data_dir
+    from demi.assistant.store import Store
+
+    cfg = _config(args)
+    return Store.open_default(data_dir(cfg), cfg["db_timeout"])
+
+
+def _when(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    _positive(args.limit, "--limit")
+    with _store(args) as store:
+        sessions = store.sessions(args.limit)
+    if getattr(args, "json", False):
+        emit_json({"sessions": [s.as_dict() for s in sessions]})
+        return 0
+    if not sessions:
+        print("no sessions yet (explain and refactor are recorded here)")
+    for s in sessions:
+        print(f"{s.id}  {_when(s.updated)}  {s.kind:8s}  {s.messages:3d} msg  {s.title}")
+    return 0
+
+
+def cmd_sessions_show(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        session = store.session(args.id)
+        messages = store.messages(session.id)
+    if args.json:
+        emit_json({"session": session.as_dict(), "messages": [m.as_dict() for m in messages]})
+        return 0
+    print(f"# {session.title or session.id}  ({session.kind}, {_when(session.created)}, model {session.model})\n")
+    for m in messages:
+        timing = f"  [{m.completion_tokens} tokens, {m.seconds:.2f}s]" if m.seconds is not None else ""
+        print(f"--- {m.role}{timing}\n{m.content.rstrip()}\n")
+    return 0
+
+
+def cmd_sessions_search(args: argparse.Namespace) -> int:
+    _positive(args.limit, "--limit")
+    with _store(args) as store:
+        hits = store.search(" ".join(args.query), args.limit)
+    if args.json:
+        emit_json({"results": [{"session_id": m.session_id, "message_id": m.id, "role": m.role,
+                                "snippet": snip, "created": m.created} for m, snip in hits]})
+        return 0
+    if not hits:
+        print("no matches")
+    for m, snip in hits:
+        print(f"{m.session_id}  {_when(m.created)}  {m.role:9s}  {snip.replace(chr(10), ' ')}")
+    return 0
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.json:
+        emit_json(cfg.as_dict())
+        return 0
+    print(f"config file: {cfg.path}{'' if cfg.path.is_file() else ' (not present)'}")
+    for row in cfg.describe():
+        print(f"  {row['key']:26s} {row['value']!s:28s} {row['source']}")
+    return 0

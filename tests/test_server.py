@@ -1,0 +1,575 @@
+"""`demi serve` over real HTTP: a uvicorn server on 127.0.0.1 in a background thread of the test
+process, against a tiny random qwen2 model with the byte-level tokenizer (FIM and ChatML tokens, a
+chat template), and a second server on a scripted engine whose speed the tests control (fairness,
+queueing, cancellation) and whose tokenizer has neither FIM tokens nor a chat template. One test
+runs `python -m demi serve` as a user would (ready line, --json, API key from the environment,
+refusing a non-loopback address without a key, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from demi.assistant.fim import detect_fim
+from demi.assistant.server import ModelInfo, ServerThread, create_app, prepare_chat
+from demi.assistant.server_api import ChatRequest
+from demi.model.engine import Completion, LocalModel
+from hf_models import save_family
+from tokenizers_fixture import make_bytelevel_tokenizer, make_llama_tokenizer
+
+PROMPT = "def add(a, b):"
+CONTEXT = 4096
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qwen2-serve")
+    save_family("qwen2", out, max_position_embeddings=CONTEXT)
+    make_bytelevel_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref(model_dir) -> LocalModel:
+    """A separate instance for reference outputs (the server's model belongs to its worker thread)."""
+    return LocalModel.load(str(model_dir), context=CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    model = LocalModel.load(str(model_dir), context=CONTEXT)
+    app = create_app(model)
+    with ServerThread(app) as srv:
+        srv.app = app
+        srv.model = model
+        yield srv
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+class ScriptedModel:
+    """An engine with the LocalModel.stream API: one token "a" every `delay` seconds (the sleep stands
+    in for compute on the worker thread), two KV slots, and a record of what it started."""
+
+    max_streams = 2
+
+    def __init__(self, tokenizer, delay: float = 0.002):
+        self.tokenizer, self.delay = tokenizer, delay
+        self.name, self.context = "scripted", 1_000_000
+        self.stop_ids = set(tokenizer.eos_token_ids)
+        self.started: list[list[int]] = []
+        self.closed = 0
+        self.live = 0
+        self.max_live = 0
+
+    def stream(self, prompt, max_new_tokens=256, sampling=None, stop=None, cancel=None, time_budget=None,
+               stop_ids=None, add_special_tokens=True):
+        self.started.append(list(prompt))
+        self.live += 1
+        self.max_live = max(self.max_live, self.live)
+        t0, ids, reason = time.monotonic(), [], "length"
+        try:
+            for _ in range(max_new_tokens):
+                if cancel is not None and cancel.cancelled:
+                    reason = "cancelled"
+                    break
+                time.sleep(self.delay)
+                ids.append(7)
+                yield "a"
+        finally:
+            self.live -= 1
+            self.closed += 1
+        return Completion("a" * len(ids), ids, len(prompt), reason, time.monotonic() - t0,
+                          extra={"cached_tokens": 3})
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizer(tmp_path_factory):
+    return make_llama_tokenizer(tmp_path_factory.mktemp("llama-tok"))  # no FIM tokens, no chat template
+
+
+@pytest.fixture(scope="module")
+def scripted(plain_tokenizer):
+    model = ScriptedModel(plain_tokenizer)
+    app = create_app(model, max_active=4, max_queue=8)
+    with ServerThread(app) as srv:
+        srv.app, srv.model = app, model
+        yield srv
+
+
+def stats(url: str, **kw) -> dict:
+    return httpx.get(f"{url}/v1/demi/stats", timeout=10, **kw).json()
+
+
+def wait_for(cond, timeout: float = 10.0, step: float = 0.02):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def sse(lines) -> list:
+    """Parse SSE lines into JSON objects, with "[DONE]" kept as the string."""
+    out = []
+    for line in lines:
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        data = line[len("data: "):]
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def _no_cache(usage: dict) -> dict:
+    """Usage without cached_tokens (a repeated prompt is served from the prefix cache)."""
+    return {k: v for k, v in usage.items() if k != "prompt_tokens_details"}
+
+
+def stream_events(client, path: str, body: dict) -> list:
+    with client.stream("POST", path, json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return sse(r.iter_lines())
+
+
+# -- models, completions ------------------------------------------------------------------------
+
+def test_models_list(client, server):
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    card = body["data"][0]
+    assert card["id"] == server.model.name and card["object"] == "model" and card["context_length"] == CONTEXT
+    assert card["fim"] == "demi-tiny"
+    missing = client.get("/v1/models/no-such-model")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_completion_greedy_matches_local_model(client, ref):
+    want = ref.complete(PROMPT, max_new_tokens=16)
+    r = client.post("/v1/completions", json={"model": "anything", "prompt": PROMPT, "max_tokens": 16,
+                                             "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    choice = body["choices"][0]
+    assert choice["text"] == want.text
+    assert choice["finish_reason"] == ("length" if want.finish_reason == "length" else "stop")
+    usage = body["usage"]
+    cached = usage.pop("prompt_tokens_details")["cached_tokens"]
+    assert usage == {"prompt_tokens": want.prompt_tokens, "completion_tokens": want.completion_tokens,
+                     "total_tokens": want.prompt_tokens + want.completion_tokens}
+    assert 0 <= cached < want.prompt_tokens
+    # the same prompt as token ids, and without a model name at all; its prompt is in the prefix cache now
+    ids = ref.tokenizer.encode(PROMPT)
+    r2 = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 16, "temperature": 0}).json()
+    assert r2["choices"][0]["text"] == want.text
+    if hasattr(ref, "prefix_cache"):
+        assert r2["usage"]["prompt_tokens_details"]["cached_tokens"] == len(ids) - 1
+
+
+def test_completion_stream_equals_non_stream(client):
+    req = {"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "stop": ["\n\n\n"]}
+    whole = client.post("/v1/completions", json=req).json()
+    events = stream_events(client, "/v1/completions", {**req, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["text"]
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1
+    assert finals[0]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    usage = chunks[-1]
+    assert usage["choices"] == [] and _no_cache(usage["usage"]) == _no_cache(whole["usage"])
+    # without include_usage: no usage chunk
+    plain = stream_events(client, "/v1/completions", req)
+    assert plain[-1] == "[DONE]" and all(c["choices"] and "usage" not in c for c in plain[:-1])
+
+
+def test_seeded_sampling_is_reproducible(client, ref):
+    req = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0.9, "top_k": 50, "top_p": 0.95, "seed": 7,
+           "repetition_penalty": 1.1}
+    a = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    b = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    from demi.model.generate import Sampling
+
+    want = ref.complete(PROMPT, max_new_tokens=12, sampling=Sampling(0.9, 50, 0.95, 1.1, 7)).text
+    assert a == b == want
+
+
+def test_fim_with_suffix(client, ref):
+    prefix, suffix = "def add(a, b):\n    ", "\n    return c\n"
+    fim = detect_fim(ref.tokenizer)
+    prompt = fim.build(prefix, suffix)
+    ids = ref.tokenizer.encode(prompt)
+    want = ref.complete(ids, max_new_tokens=12, stop_ids=set(fim.stop_token_ids) | ref.stop_ids)
+    r = client.post("/v1/completions", json={"prompt": prefix, "suffix": suffix, "max_tokens": 12,
+                                             "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["prompt_tokens"] == len(ids)  # the model saw the FIM template's prompt
+    assert body["choices"][0]["text"] == want.text
+    streamed = stream_events(client, "/v1/completions", {"prompt": prefix, "suffix": suffix, "max_tokens": 12,
+                                                         "temperature": 0})
+    assert "".join(c["choices"][0]["text"] for c in streamed[:-1]) == want.text
+
+
+def test_chat_completions(client, ref):
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": [{"type": "text", "text": "Say "},
+                                             {"type": "text", "text": "hi"}]}]
+    flat = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hi"}]
+    prompt_ids = ref.tokenizer.encode(ref.tokenizer.apply_chat_template(flat), add_special_tokens=False)
+    r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 10, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    msg = body["choices"][0]["message"]
+    assert msg["role"] == "assistant" and isinstance(msg["content"], str)
+    assert body["usage"]["prompt_tokens"] == len(prompt_ids)
+    events = stream_events(client, "/v1/chat/completions",
+                           {"messages": messages, "max_tokens": 10, "temperature": 0,
+                            "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if e["choices"]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == msg["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == body["choices"][0]["finish_reason"]
+    assert _no_cache(events[-2]["usage"]) == _no_cache(body["usage"])
+
+
+def test_chat_fallback_transcript_without_template(ref):
+    tok = copy.copy(ref.tokenizer)
+    tok._chat_template = None
+    model = SimpleNamespace(tokenizer=tok, context=CONTEXT, name="base", stop_ids={0}, model=None)
+    req = ChatRequest.model_validate({"messages": [{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "hi"}], "max_tokens": 4})
+    prep = prepare_chat(ModelInfo(model), req)
+    assert tok.decode(prep.params.prompt_ids) == "system: Be brief.\nuser: hi\nassistant:"
+    assert "\nuser:" in prep.params.stop and prep.strip_leading
+
+
+def test_concurrent_streams_all_finish_with_correct_text(server, ref):
+    prompts = ["def add(a, b):", "class Cache:", "import os\n", "for i in range(10):"]
+    want = {p: ref.complete(p, max_new_tokens=20, stop_ids=set()).text for p in prompts}
+    got: dict[str, str] = {}
+
+    def run(p: str) -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            events = stream_events(c, "/v1/completions", {"prompt": p, "max_tokens": 20, "temperature": 0,
+                                                          "ignore_eos": True})
+            assert events[-1] == "[DONE]"
+            got[p] = "".join(e["choices"][0]["text"] for e in events[:-1])
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got == want
+    assert stats(server.url)["active"] == 0
+
+
+def streaming_prompt(ref: LocalModel) -> str:
+    """A prompt whose greedy continuation streams steadily: a random model often emits byte tokens that
+    never form a character, and the engine holds such text back until it does."""
+    for p in ("def add", "for i in range(10):", "x = 1\n", "import os\n"):
+        if sum(1 for piece in ref.stream(p, max_new_tokens=40, stop_ids=set()) if piece) >= 15:
+            return p
+    pytest.fail("no candidate prompt streams text on this random model")
+
+
+def test_disconnect_mid_stream_cancels_and_frees_the_slot(server, ref):
+    prompt = streaming_prompt(ref)
+    before = stats(server.url)
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json={"prompt": prompt, "max_tokens": 3000, "stream": True,
+                                                       "temperature": 0, "ignore_eos": True}) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                assert next(lines).startswith("data: ")
+                next(lines)
+        # leaving the block closes the connection mid-stream
+    after = wait_for(lambda: (s := stats(server.url))["cancelled"] > before["cancelled"]
+                     and s["active"] == 0 and s)
+    job = [j for j in after["recent"] if j["state"] == "cancelled"][-1]
+    assert job["steps"] < 1000, job  # stopped early: far fewer than the 3000 asked for
+    t0 = time.monotonic()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200 and time.monotonic() - t0 < 10
+
+
+def test_non_stream_client_gone_cancels(scripted):
+    before = stats(scripted.url)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{scripted.url}/v1/completions", json={"prompt": "hello", "max_tokens": 100_000},
+                   timeout=httpx.Timeout(10, read=0.3))
+    s = wait_for(lambda: (s := stats(scripted.url))["cancelled"] > before["cancelled"]
+                 and s["active"] == 0 and s)
+    assert s["recent"][-1]["steps"] < 10_000
+
+
+# -- scheduling on the scripted engine ----------------------------------------------------------
+
+def test_long_request_does_not_block_a_short_one(scripted):
+    url = scripted.url
+    with httpx.Client(base_url=url, timeout=60) as long_client, \
+            long_client.stream("POST", "/v1/completions",
+                               json={"prompt": "long one", "max_tokens": 100_000, "stream": True}) as long_r:
+        lines = long_r.iter_lines()
+        assert next(lines).startswith("data: ")
+        t0 = time.monotonic()
+        short = httpx.post(f"{url}/v1/completions", json={"prompt": "short", "max_tokens": 5}, timeout=30)
+        elapsed = time.monotonic() - t0
+        assert short.status_code == 200 and short.json()["choices"][0]["text"] == "aaaaa"
+        assert short.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 3
+        assert elapsed < 5, elapsed
+        s = stats(url)
+        assert s["active"] == 1 and s["active_jobs"][0]["max_tokens"] == 100_000  # the long one still runs
+        # round-robin: the long stream kept producing while the short one ran
+        got = sum(1 for line in (next(lines) for _ in range(20)) if line.startswith("data: "))
+        assert got >= 5
+    wait_for(lambda: stats(url)["active"] == 0)
+    assert scripted.model.max_live <= 2
+
+
+def test_queue_is_fifo_bounded_by_slots_and_cancelled_waiters_are_dropped(scripted):
+    url, model = scripted.url, scripted.model
+    base = stats(url)
+    assert base["max_active"] == 2  # --parallel 4, but the engine has 2 KV slots
+    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(2)]
+    streams = []
+    try:
+        for i, c in enumerate(clients):
+            cm = c.stream("POST", "/v1/completions", json={"prompt": f"slot {i}", "max_tokens": 100_000,
+                                                           "stream": True})
+            r = cm.__enter__()
+            lines = r.iter_lines()  # keep it: a dropped line iterator closes the response
+            streams.append((cm, lines))
+            assert next(lines).startswith("data: ")
+        assert stats(url)["active"] == 2
+        n_started = len(model.started)
+        waiter = threading.Thread(target=lambda: pytest.raises(
+            httpx.ReadTimeout, httpx.post, f"{url}/v1/completions", json={"prompt": "third", "max_tokens": 3},
+            timeout=httpx.Timeout(10, read=0.5)))
+        waiter.start()
+        wait_for(lambda: stats(url)["queued"] == 1)
+        waiter.join(10)
+        s = wait_for(lambda: (s := stats(url))["dropped"] == base["dropped"] + 1 and s)
+        assert s["queued"] == 0 and s["active"] == 2
+        assert len(model.started) == n_started  # the dropped request never reached the engine
+    finally:
+        for cm, _ in streams:
+            cm.__exit__(None, None, None)
+        for c in clients:
+            c.close()
+    s = wait_for(lambda: (s := stats(url))["active"] == 0 and s)
+    assert s["cancelled"] >= base["cancelled"] + 2
+    # both closed generators ran their cleanup (the engine's slot release would go there)
+    wait_for(lambda: model.live == 0)
+
+
+def test_queue_full_is_429(plain_tokenizer):
+    model = ScriptedModel(plain_tokenizer, delay=0.01)
+    model.max_streams = 1
+    with ServerThread(create_app(model, max_active=1, max_queue=0)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c, \
+            c.stream("POST", "/v1/completions",
+                     json={"prompt": "x", "max_tokens": 10_000, "stream": True}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        busy = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "y", "max_tokens": 2}, timeout=10)
+        assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
+
+
+def test_fim_on_model_without_fim_tokens_and_plain_chat(scripted):
+    with httpx.Client(base_url=scripted.url, timeout=30) as c:
+        r = c.post("/v1/completions", json={"prompt": "def f(", "suffix": "):\n", "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "suffix"
+        assert r.json()["error"]["code"] == "fim_not_supported"
+        ok = c.post("/v1/completions", json={"prompt": "def f(", "suffix": "", "max_tokens": 2})
+        assert ok.status_code == 200  # an empty suffix is plain completion
+        chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                   "max_tokens": 3})
+        assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == "aaa"
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+BIG = 5 * 1024 * 1024
+BAD = [
+    ("malformed json", "/v1/completions", b'{"prompt": "x",', 400, "invalid_json", None),
+    ("not an object", "/v1/completions", b"[1, 2]", 400, "invalid_body", None),
+    ("empty body", "/v1/completions", b"", 400, "invalid_body", None),
+    ("unknown field", "/v1/completions", {"prompt": "x", "max_token": 3}, 400, "unknown_parameter",
+     "max_token"),
+    ("missing prompt", "/v1/completions", {"max_tokens": 3}, 400, "missing_parameter", "prompt"),
+    ("string max_tokens", "/v1/completions", {"prompt": "x", "max_tokens": "3"}, 400, "invalid_type",
+     "max_tokens"),
+    ("bool max_tokens", "/v1/completions", {"prompt": "x", "max_tokens": True}, 400, "invalid_type",
+     "max_tokens"),
+    ("float max_tokens", "/v1/completions", {"prompt": "x", "max_tokens": 2.5}, 400, "invalid_type",
+     "max_tokens"),
+    ("prompt type", "/v1/completions", {"prompt": {"a": 1}}, 400, "invalid_type", "prompt"),
+    ("negative max_tokens", "/v1/completions", {"prompt": "x", "max_tokens": -1}, 400, "invalid_value",
+     "max_tokens"),
+    ("huge max_tokens", "/v1/completions", {"prompt": "x", "max_tokens": 10 ** 12}, 400,
+     "context_length_exceeded", "max_tokens"),
+    ("prompt over context", "/v1/completions", {"prompt": [5] * CONTEXT, "max_tokens": 1}, 400,
+     "context_length_exceeded", "prompt"),
+    ("token id out of range", "/v1/completions", {"prompt": [5, 99999]}, 400, "invalid_value", "prompt"),
+    ("empty prompt", "/v1/completions", {"prompt": ""}, 400, "invalid_value", "prompt"),
+    ("batched prompts", "/v1/completions", {"prompt": ["a", "b"]}, 400, "unsupported_parameter", "prompt"),
+    ("temperature", "/v1/completions", {"prompt": "x", "temperature": 5}, 400, "invalid_value",
+     "temperature"),
+    ("top_p", "/v1/completions", {"prompt": "x", "top_p": 0}, 400, "invalid_value", "top_p"),
+    ("n=2", "/v1/completions", {"prompt": "x", "n": 2}, 400, "unsupported_parameter", "n"),
+    ("echo", "/v1/completions", {"prompt": "x", "echo": True}, 400, "unsupported_parameter", "echo"),
+    ("frequency_penalty", "/v1/completions", {"prompt": "x", "frequency_penalty": 0.5}, 400,
+     "unsupported_parameter", "frequency_penalty"),
+    ("too many stops", "/v1/completions", {"prompt": "x", "stop": ["a"] * 17}, 400, "invalid_value", "stop"),
+    ("stream_options without stream", "/v1/completions",
+     {"prompt": "x", "stream_options": {"include_usage": True}}, 400, "invalid_value", "stream_options"),
+    ("no messages", "/v1/chat/completions", {"messages": []}, 400, "invalid_value", "messages"),
+    ("bad role", "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400,
+     "invalid_value", "messages.0.role"),
+    ("image part", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400,
+     "unsupported_parameter", "messages.0.content"),
+    ("tools", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400,
+     "unsupported_parameter", "tools"),
+    ("chat max_tokens 0", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                   "max_tokens": 0}, 400, "invalid_value", "max_tokens"),
+    ("too large", "/v1/completions", {"prompt": "x" * BIG}, 413, "request_too_large", None),
+]
+
+
+@pytest.mark.parametrize("name,path,body,status,code,param", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_4xx_in_openai_shape(client, name, path, body, status, code, param):
+    if isinstance(body, bytes):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["code"] == code and err["param"] == param and err["type"] == "invalid_request_error"
+    assert client.get("/v1/models").status_code == 200  # still serving
+
+
+def test_routes_and_transport_errors(client):
+    r = client.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    r = client.delete("/v1/completions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    r = client.post("/v1/completions", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415  # browsers send text/plain cross-site without a preflight
+    r = client.get("/v1/models", headers={"host": "evil.example:8642"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_host"  # DNS rebinding
+    r = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200
+
+
+def test_api_key_is_enforced_on_every_route(plain_tokenizer):
+    app = create_app(ScriptedModel(plain_tokenizer), api_key="s3cret")
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"}):
+            for method, path in (("GET", "/v1/models"), ("GET", "/v1/nope"), ("POST", "/v1/completions")):
+                r = c.request(method, path, headers=headers, json={"prompt": "x", "max_tokens": 1})
+                assert r.status_code == 401, (headers, path)
+                assert r.json()["error"]["code"] == "invalid_api_key"
+        ok = {"authorization": "Bearer s3cret"}
+        assert c.get("/v1/models", headers=ok).status_code == 200
+        assert c.post("/v1/completions", headers=ok, json={"prompt": "x", "max_tokens": 1}).status_code == 200
+        # with a key, other Host names are fine (a reverse proxy, a LAN name)
+        assert c.get("/v1/models", headers={**ok, "host": "box.lan"}).status_code == 200
+
+
+def test_one_log_line_per_request_only_when_asked(plain_tokenizer, caplog):
+    caplog.set_level("INFO", logger="demi.serve")
+    for verbose in (False, True):
+        caplog.clear()
+        app = create_app(ScriptedModel(plain_tokenizer), log_requests=verbose)
+        with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+            c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
+            body = {"prompt": "x", "max_tokens": 2, "stream": True}
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                r.read()
+            c.get("/v1/nope")
+        lines = [r.getMessage() for r in caplog.records if r.name == "demi.serve"]
+        if not verbose:
+            assert lines == []
+            continue
+        assert len(lines) == 3, lines
+        assert re.fullmatch(r"POST /v1/completions 200 \d+\+3 tokens \d+ ms", lines[0])
+        assert re.fullmatch(r"POST /v1/completions 200 \d+\+2 tokens \d+ ms", lines[1])
+        assert re.fullmatch(r"GET /v1/nope 404 \d+ ms", lines[2])
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def _env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMI_", "HF_"))}
+    env.update(DEMI_OFFLINE="1", HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def test_cli_refuses_non_loopback_without_key(model_dir):
+    cmd = [sys.executable, "-m", "demi", "serve", "--model", str(model_dir), "--host", "0.0.0.0"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=60)
+    assert p.returncode == 2 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--api-key" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_cli_serve_port_0_with_key_from_env(model_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "demi", "serve", "--model", str(model_dir), "--port", "0",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(DEMI_API_KEY="k3y"))
+    try:
+        line = proc.stderr.readline()
+        m = re.fullmatch(r"demi serve: listening on (http://127\.0\.0\.1:(\d+)) \(model (.+)\)\n", line)
+        assert m, line
+        url, port = m.group(1), int(m.group(2))
+        assert port > 0 and m.group(3) == str(model_dir)
+        info = json.loads(proc.stdout.readline())
+        assert info["url"] == url and info["port"] == port and info["model"] == str(model_dir)
+        assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 3},
+                       headers={"authorization": "Bearer k3y"}, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+        proc.send_signal(signal.SIGTERM)  # stops like Ctrl-C: clean shutdown, exit 0
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
