@@ -84,6 +84,15 @@ def doctor(model: str | None = None) -> dict[str, Any]:
         "memory_available_gb": round(available_memory(torch.device("cpu")) / 2**30, 2),
         "builtin_models": sorted(builtin_models()),
     }
+    from .config import ConfigFileError
+    from .config import load_config as load_settings
+
+    try:
+        settings = load_settings({"model": model} if model else {})
+        checks["config"] = settings.as_dict()
+        model = settings["model"]
+    except ConfigFileError as exc:
+        checks["config"] = {"problem": str(exc)}
     try:
         path = resolve_model_dir(model, download=False)
         cfg = load_config(path)

@@ -452,4 +452,5 @@ def open_engine(model: str | None = None, device: str | None = "cpu", dtype: str
 def engine_from_config(cfg: Any) -> InProcessEngine | HttpEngine:
     """The engine the effective config asks for (flags already folded in)."""
     return open_engine(cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"],
-                       server=cfg["server"], api_key=cfg["api_key"], timeout=cfg["server_timeout"])
+                       server=cfg["server"], api_key=cfg["api_key"], timeout=cfg["server_timeout"],
+                       quant=cfg["quant"])

@@ -95,7 +95,8 @@ def _config(args: argparse.Namespace, **task: Any):
 
     flags = {"model": getattr(args, "model", None), "server": getattr(args, "server", None),
              "device": getattr(args, "device", None), "context": getattr(args, "context", None),
-             "dtype": None if getattr(args, "dtype", "auto") == "auto" else args.dtype, **task}
+             "dtype": None if getattr(args, "dtype", "auto") == "auto" else args.dtype,
+             "quant": getattr(args, "quant", None), **task}
     return load_config(flags)
 
 

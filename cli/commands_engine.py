@@ -48,10 +48,14 @@ def register(sub, common) -> None:
 
 
 def _engine(args: argparse.Namespace):
+    """The in-process engine, with flags over `DEMI_*` variables over the config file."""
+    from demi.assistant.config import load_config
     from demi.assistant.engines import open_engine
 
-    return open_engine(args.model, device=args.device, dtype=args.dtype, context=args.context,
-                       quant=args.quant)
+    cfg = load_config({"model": args.model, "device": args.device, "context": args.context,
+                       "dtype": None if args.dtype == "auto" else args.dtype, "quant": args.quant})
+    return open_engine(cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"],
+                       quant=cfg["quant"])
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

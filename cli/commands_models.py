@@ -82,9 +82,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = doctor(args.model)
     if args.json:
         emit_json(report)
-    else:
-        for key, value in report.items():
-            print(f"{key:20s} {value}")
+        return 0 if report["ok"] else 1
+    for key, value in report.items():
+        if key == "packages":
+            value = ", ".join(f"{p} {v or '(missing)'}" for p, v in value.items())
+        elif key == "config" and "settings" in value:
+            state = "" if value["file_exists"] else " (not created yet)"
+            print(f"{'config file':20s} {value['file']}{state}")
+            for row in value["settings"]:
+                print(f"  {row['key']:18s} {row['value']!s:30s} from {row['source']}")
+            continue
+        elif key == "model":
+            value = (f"{value['name']} -> {value['path']} ({value['model_type']})" if value["ok"]
+                     else f"{value['name']}: {value['problem']}")
+        print(f"{key:20s} {value}")
     return 0 if report["ok"] else 1
 
 
