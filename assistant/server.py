@@ -340,7 +340,7 @@ async def _collect(job: Job, strip: _LeadStrip) -> tuple[str, Any]:
         elif kind == "done":
             return "".join(pieces), value
         else:
-            raise value
+            raise _engine_error(value)
 
 
 async def _generate(request: Request, prep: Prepared, kind: str,
@@ -378,28 +378,30 @@ async def _generate(request: Request, prep: Prepared, kind: str,
     if first[0] == "error":
         raise _engine_error(first[1])
 
+    def out(obj: dict[str, Any]) -> str:
+        if prep.include_usage:  # as OpenAI: every chunk has "usage", null until the last one
+            obj.setdefault("usage", None)
+        return _sse(obj)
+
     async def events() -> AsyncIterator[str]:
         ev = first
         try:
             opening = chunk(None, None, True, rid, created)
             if opening:
-                yield _sse(opening)
+                yield out(opening)
             while True:
                 kind_, value = ev
                 if kind_ == "piece":
                     piece = strip(value)
                     if piece:
-                        yield _sse(chunk(piece, None, False, rid, created))
+                        yield out(chunk(piece, None, False, rid, created))
                 elif kind_ == "done":
                     request.state.usage = (value.prompt_tokens, len(value.token_ids))
-                    final = chunk(None, _finish(value.finish_reason), False, rid, created)
-                    if prep.include_usage:
-                        final["usage"] = None
-                    yield _sse(final)
+                    yield out(chunk(None, _finish(value.finish_reason), False, rid, created))
                     if prep.include_usage:
                         tail = chunk(None, None, False, rid, created)
                         tail["choices"], tail["usage"] = [], _usage(value)
-                        yield _sse(tail)
+                        yield out(tail)
                     yield "data: [DONE]\n\n"
                     return
                 else:

@@ -10,8 +10,13 @@ Requests talk to the worker through a `Job`: the worker pushes events ("piece", 
 Completion) or ("error", exception) onto the job's asyncio queue with `call_soon_threadsafe`; the
 request side cancels with `Job.cancel()` (a client that went away). A cancelled queued job is removed
 from the queue at once and never started; a cancelled active job is closed by the worker at the start
-of its next turn (`generator.close()`: no further model step is run for it) and its slot is free for
-the next queued job in the same round.
+of its next turn (`generator.close()`: no further model step is run for it; the engine releases its KV
+slot in the generator's `finally`) and its slot is free for the next queued job in the same round. The
+cancel token is also the engine's own, so a `next()` already running stops at its next decode step.
+
+Limits of the granularity: a job's first `next()` is its whole prefill, and a `next()` lasts several
+tokens while the engine holds text back (an incomplete UTF-8 character, a possible stop-string start),
+since it only yields text. Other jobs wait for that step.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from .registry import resolve_model_dir
 from .tokenizer import StreamDecoder, Tokenizer
 
 DEFAULT_CONTEXT = 4096
+PREFILL_CHUNK = 512  # prompt tokens per prefill step: bounds how long one stream holds the worker
 
 
 @dataclass
@@ -74,6 +75,11 @@ class LocalModel:
         return cls(model, Tokenizer.from_dir(path), str(name or path.name), path, context)
 
     @property
+    def max_streams(self) -> int:
+        """Generations that can be in flight at once, each with a cached KV slot of its own."""
+        return self.prefix_cache.max_slots
+
+    @property
     def quantization(self) -> str:
         return getattr(self.model, "quantization", "none")
 
@@ -112,7 +118,10 @@ class LocalModel:
                   started, state, decoder, out_ids) -> Iterator[str]:
         text, sent, first = "", 0, None
         for token in generate_tokens(self.model, ids, max_new_tokens, sampling, end_ids, cancel,
-                                     deadline, slot.cache, state, reuse=reuse):
+                                     deadline, slot.cache, state, reuse=reuse, prefill_chunk=PREFILL_CHUNK):
+            if token is None:  # between prefill chunks: let a scheduler run something else
+                yield ""
+                continue
             if first is None:
                 first = time.monotonic() - started
             out_ids.append(token)
@@ -126,9 +135,10 @@ class LocalModel:
                 text, state.reason = text[:cut], "stop"
                 break
             safe = len(text) - _held_back(text, stops)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
+            # Yield on every token, text or not, so a scheduler advancing several streams
+            # one step each is never stuck in a run of held-back tokens.
+            yield text[sent:safe] if safe > sent else ""
+            sent = max(sent, safe)
         else:
             text += decoder.flush()
         if sent < len(text):
@@ -145,7 +155,7 @@ class LocalModel:
                 piece = next(it)
             except StopIteration as done:
                 return done.value
-            if on_text:
+            if on_text and piece:
                 on_text(piece)
 
     @torch.inference_mode()

@@ -87,11 +87,15 @@ def sample_next(logits: Tensor, s: Sampling, generator: torch.Generator | None) 
 def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, sampling: Sampling | None = None,
                     stop_ids: set[int] | frozenset[int] = frozenset(), cancel: CancelToken | None = None,
                     deadline: float | None = None, cache: KVCache | None = None,
-                    state: StopState | None = None, reuse: int = 0) -> Iterator[int]:
+                    state: StopState | None = None, reuse: int = 0,
+                    prefill_chunk: int | None = None) -> Iterator[int | None]:
     """Yield up to `max_new_tokens` new token ids after `prompt`.
 
     `deadline` is a `time.monotonic()` value; `reuse` is how many leading prompt tokens the
     given cache already holds (they are not prefilled again). `state.reason` tells why it ended.
+    With `prefill_chunk`, a long prompt is prefilled that many tokens at a time and `None` is
+    yielded between chunks, so a scheduler can interleave other work and a cancellation
+    lands within one chunk instead of after the whole prompt.
     """
     sampling = sampling or Sampling()
     state = state if state is not None else StopState()
@@ -111,7 +115,15 @@ def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, 
     seen = torch.tensor([prompt], device=device)
     reuse = min(reuse, len(prompt) - 1)
     state.reason = "length"
-    logits = model(seen[:, reuse:], start=reuse, cache=cache, last_only=True)[:, -1].float()
+    step_size = prefill_chunk or len(prompt)
+    for lo in range(reuse, len(prompt), step_size):
+        hi = min(lo + step_size, len(prompt))
+        logits = model(seen[:, lo:hi], start=lo, cache=cache, last_only=True)[:, -1].float()
+        if hi < len(prompt):
+            yield None
+            if (cancel is not None and cancel.cancelled) or (deadline is not None and time.monotonic() > deadline):
+                state.reason = "cancelled" if cancel is not None and cancel.cancelled else "time"
+                return
     pos = len(prompt)
     for step in range(max_new_tokens):
         if cancel is not None and cancel.cancelled:

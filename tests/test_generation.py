@@ -279,4 +279,6 @@ def test_streamed_pieces_add_up_to_decode(lm, seed):
     pieces, c = _run(lm, PROMPT, max_new_tokens=40, sampling=sampling, stop_ids=set())
     assert c.completion_tokens == 40 and c.finish_reason == "length"
     assert "".join(pieces) == c.text == lm.tokenizer.decode(c.token_ids)
-    assert all(pieces)  # no empty pieces are streamed
+    # One yield per generated token (the stop token excepted): empty pieces are ticks for
+    # schedulers while text is held back, so no single step runs many tokens.
+    assert len(pieces) >= c.completion_tokens - 1

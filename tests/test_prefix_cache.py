@@ -111,3 +111,18 @@ def test_prompt_over_the_context_is_refused_before_taking_a_slot(model_dir):
     with pytest.raises(ContextOverflowError):
         run(m, list(range(300)))
     assert not any(s.busy for s in m.prefix_cache.slots)
+
+
+def test_chunked_prefill_gives_the_same_tokens_and_can_be_cancelled(model_dir):
+    from demi.model.generate import StopState, generate_tokens
+
+    m = fresh(model_dir)
+    whole = list(generate_tokens(m.model, PROMPT, 10))
+    chunked = list(generate_tokens(m.model, PROMPT, 10, prefill_chunk=16))
+    assert [t for t in chunked if t is not None] == whole
+    assert chunked[:6] == [None] * 6 and chunked[6] is not None  # 100 tokens: 7 chunks, 6 ticks
+    token, state = CancelToken(), StopState()
+    gen = generate_tokens(m.model, PROMPT, 10, cancel=token, state=state, prefill_chunk=16)
+    assert next(gen) is None
+    token.cancel()
+    assert list(gen) == [] and state.reason == "cancelled"

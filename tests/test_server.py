@@ -81,8 +81,12 @@ class ScriptedModel:
         self.live = 0
         self.max_live = 0
 
+    fail_with: Exception | None = None  # raised on the first step, as the engine raises bad input
+
     def stream(self, prompt, max_new_tokens=256, sampling=None, stop=None, cancel=None, time_budget=None,
                stop_ids=None, add_special_tokens=True):
+        if self.fail_with is not None:
+            raise self.fail_with
         self.started.append(list(prompt))
         self.live += 1
         self.max_live = max(self.max_live, self.live)
@@ -203,6 +207,7 @@ def test_completion_stream_equals_non_stream(client):
     assert finals[0]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
     usage = chunks[-1]
     assert usage["choices"] == [] and _no_cache(usage["usage"]) == _no_cache(whole["usage"])
+    assert all(c["usage"] is None for c in chunks[:-1])  # OpenAI: "usage": null until the last chunk
     # without include_usage: no usage chunk
     plain = stream_events(client, "/v1/completions", req)
     assert plain[-1] == "[DONE]" and all(c["choices"] and "usage" not in c for c in plain[:-1])
@@ -313,6 +318,12 @@ def test_disconnect_mid_stream_cancels_and_frees_the_slot(server, ref):
             for _ in range(3):
                 assert next(lines).startswith("data: ")
                 next(lines)
+            if stats(server.url)["max_active"] > 1:  # the engine has KV slots to interleave generations
+                t0 = time.monotonic()  # fairness on the real model: a short request runs beside the long one
+                short = httpx.post(f"{server.url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4},
+                                   timeout=30)
+                assert short.status_code == 200 and time.monotonic() - t0 < 5
+                assert stats(server.url)["active_jobs"][0]["max_tokens"] == 3000  # still running
         # leaving the block closes the connection mid-stream
     after = wait_for(lambda: (s := stats(server.url))["cancelled"] > before["cancelled"]
                      and s["active"] == 0 and s)
@@ -417,6 +428,24 @@ def test_fim_on_model_without_fim_tokens_and_plain_chat(scripted):
         chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                    "max_tokens": 3})
         assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == "aaa"
+
+
+def test_engine_errors_are_answered_and_the_worker_survives(plain_tokenizer):
+    from demi.model.errors import ContextOverflowError
+
+    model = ScriptedModel(plain_tokenizer)
+    with ServerThread(create_app(model)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        body = {"prompt": "x", "max_tokens": 2}
+        cases = ((ContextOverflowError("too long for the engine"), 400, "context_length_exceeded"),
+                 (RuntimeError("boom"), 500, "server_error"))
+        for exc, status, code in cases:
+            model.fail_with = exc
+            for stream in (False, True):
+                r = c.post("/v1/completions", json={**body, "stream": stream})
+                assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+        model.fail_with = None
+        assert c.post("/v1/completions", json=body).json()["choices"][0]["text"] == "aa"
+        assert stats(srv.url)["errors"] == 4
 
 
 # -- bad input -------------------------------------------------------------------------------------
