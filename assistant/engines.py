@@ -449,6 +449,12 @@ def open_engine(model: str | None = None, device: str | None = "cpu", dtype: str
                                            quant=quant or "none"))
 
 
+def load_local_model(cfg: Any) -> LocalModel:
+    """The model the effective config names, loaded in this process (what `demi serve` shares)."""
+    return LocalModel.load(cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"],
+                           quant=cfg["quant"])
+
+
 def engine_from_config(cfg: Any) -> InProcessEngine | HttpEngine:
     """The engine the effective config asks for (flags already folded in)."""
     return open_engine(cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"],

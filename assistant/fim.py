@@ -12,6 +12,8 @@ Formats (what each family was trained on; `⟨…⟩` are single special tokens)
 
     qwen2.5-coder, demi-tiny  [⟨|repo_name|⟩repo\\n] [⟨|file_sep|⟩path\\ncontent\\n]... [⟨|file_sep|⟩path\\n]
                               ⟨|fim_prefix|⟩prefix⟨|fim_suffix|⟩suffix⟨|fim_middle|⟩
+                              (demi-tiny, trained on both orders, takes the suffix first:
+                              ⟨|fim_suffix|⟩suffix⟨|fim_prefix|⟩prefix⟨|fim_middle|⟩)
     starcoder2                [⟨repo_name⟩repo] [⟨file_sep⟩path\\ncontent]...
                               [⟨file_sep⟩]⟨fim_prefix⟩[path\\n]prefix⟨fim_suffix⟩suffix⟨fim_middle⟩
     starcoder                 ⟨fim_prefix⟩prefix⟨fim_suffix⟩suffix⟨fim_middle⟩
@@ -37,6 +39,7 @@ In PSM (every family but Codestral) typing at the cursor only changes the *end* 
 request re-uses everything up to the edit point and re-prefills the last few prefix tokens plus the
 suffix (editors cap the suffix, so that is short). In SPM (Codestral) the suffix comes first and the
 prefix last, so typing only appends to the end of the prompt: nearly everything is reused.
+demi-tiny is trained by our own pipeline on both orders, so it takes the suffix-first order too.
 
 Families without file tokens (StarCoder 1, CodeLlama, DeepSeek-Coder, Codestral) get other files as
 line-comment blocks ("# path" then the content, as DeepSeek-Coder's repository examples do) at the
@@ -97,11 +100,12 @@ class FimTemplate:
     repo_token: str | None = None
     file_sep_token: str | None = None
     lead_space: bool = False  # SentencePiece dummy-prefix space before the prefix text
+    suffix_first: bool = False  # SPM for a model trained on it (demi-tiny): typing only appends
 
     @property
     def order(self) -> str:
         """'psm' (prefix, suffix, middle) or 'spm' (suffix first)."""
-        return "spm" if self.style == "codestral" else "psm"
+        return "spm" if self.style == "codestral" or self.suffix_first else "psm"
 
     def build(self, prefix: str, suffix: str, path: str | None = None, repo: str | None = None,
               other_files: Iterable[tuple[str, str]] = ()) -> str:
@@ -114,6 +118,8 @@ class FimTemplate:
                 head += f"{self.file_sep_token}{p}\n{content}" + ("" if content.endswith("\n") else "\n")
             if path is not None:
                 head += f"{self.file_sep_token}{path}\n"
+            if self.suffix_first:
+                return f"{head}{self.suffix_token}{suffix}{self.prefix_token}{prefix}{self.middle_token}"
             return f"{head}{self.prefix_token}{prefix}{self.suffix_token}{suffix}{self.middle_token}"
         if self.style == "starcoder2":
             head = f"{self.repo_token}{repo}" if repo is not None else ""
@@ -181,7 +187,8 @@ def detect_fim(tokenizer: _Tok) -> FimTemplate | None:
         family = "demi-tiny" if specials and specials <= _DEMI_TINY_TOKENS else "qwen2.5-coder"
         return FimTemplate(family, "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", names, ids,
                            "<|repo_name|>" if _has(t, "<|repo_name|>") else None,
-                           "<|file_sep|>" if _has(t, "<|file_sep|>") else None)
+                           "<|file_sep|>" if _has(t, "<|file_sep|>") else None,
+                           suffix_first=family == "demi-tiny")
     if _has(t, "<fim_prefix>") and _has(t, "<fim_suffix>") and _has(t, "<fim_middle>"):
         names, ids = _stops(t, ("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
                                 "<fim_pad>", "<repo_name>"))

@@ -34,10 +34,13 @@ def register(sub, common) -> None:
     s.set_defaults(func=cmd_serve)
 
 
-def _load_kwargs(args: argparse.Namespace) -> dict:
-    """What LocalModel.load gets: the engine options of the command line, passed through."""
-    return {"device": args.device, "dtype": args.dtype, "context": args.context,
-            "quant": getattr(args, "quant", None) or "none"}
+def _settings(args: argparse.Namespace):
+    """Model options: flags over `DEMI_*` variables over the config file."""
+    from demi.assistant.config import load_config
+
+    return load_config({"model": args.model, "device": args.device, "context": args.context,
+                        "dtype": None if args.dtype == "auto" else args.dtype,
+                        "quant": getattr(args, "quant", None)})
 
 
 def _stop_on_sigterm() -> None:
@@ -63,8 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.verbose or args.debug:
         logging.getLogger("demi.serve").setLevel(logging.INFO)
 
+    from demi.assistant.engines import load_local_model
     from demi.assistant.server import bind_socket, create_app, run, url_for
-    from demi.model.engine import LocalModel
 
     try:
         sock = bind_socket(args.host, args.port)  # fail fast (port taken) before loading the model
@@ -72,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reason = exc.strerror or exc
         raise UsageError(f"demi serve: cannot listen on {args.host}:{args.port}: {reason}") from None
     try:
-        model = LocalModel.load(args.model, **_load_kwargs(args))
+        model = load_local_model(_settings(args))
         app = create_app(model, api_key=api_key, max_active=args.parallel, max_queue=args.max_queue,
                          log_requests=bool(args.verbose or args.debug))
         url = url_for(sock)

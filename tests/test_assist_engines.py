@@ -94,7 +94,7 @@ def test_infill_uses_the_family_template(local):
     got = local.infill(ctx, max_new_tokens=8)
     tpl = detect_fim(local.local.tokenizer)
     prompt = tpl.build(ctx.prefix, ctx.suffix, path="m.py")
-    assert prompt.startswith("<|file_sep|>m.py\n<|fim_prefix|>def add")
+    assert prompt.startswith("<|file_sep|>m.py\n<|fim_suffix|>\n<|fim_prefix|>def add")  # demi-tiny: SPM
     ref = local.complete(prompt, max_new_tokens=8, stop_ids=local.local.stop_ids | set(tpl.stop_token_ids))
     assert got.text == ref.text and got.extra["fim"] == "demi-tiny"
     assert got.prompt_tokens == len(local.local.tokenizer.encode(prompt))

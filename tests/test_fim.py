@@ -156,12 +156,16 @@ def test_demi_tiny_on_its_tokenizer(tmp_path):
     tok = make_bytelevel_tokenizer(tmp_path / "tiny")
     t = detect_fim(tok)
     assert isinstance(t, FimTemplate) and t.family == "demi-tiny"
+    # demi-tiny is trained on both orders and takes the suffix first, so typing at the cursor
+    # only appends to the prompt and the prefix cache reuses all of it.
+    assert t.order == "spm"
     text = t.build(PRE, SUF)
-    assert text == "<|fim_prefix|>def f(x):\n    return <|fim_suffix|>\n\nprint(f(1))\n<|fim_middle|>"
+    assert text == "<|fim_suffix|>\n\nprint(f(1))\n<|fim_prefix|>def f(x):\n    return <|fim_middle|>"
+    assert t.build(PRE + "x", SUF).startswith(text[: -len("<|fim_middle|>")])
     ids = tok.encode(text)
     pre, mid, suf = (tok.token_to_id(x) for x in ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"))
-    assert ids[0] == pre and ids[-1] == mid and ids.count(suf) == 1
-    assert tok.decode(ids[1:ids.index(suf)]) == PRE and tok.decode(ids[ids.index(suf) + 1:-1]) == SUF
+    assert ids[0] == suf and ids[-1] == mid and ids.count(pre) == 1
+    assert tok.decode(ids[1:ids.index(pre)]) == SUF and tok.decode(ids[ids.index(pre) + 1:-1]) == PRE
     assert t.stop_token_ids == {tok.token_to_id(s) for s in t.stop_strings} | set(tok.eos_token_ids)
 
 
