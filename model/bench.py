@@ -36,6 +36,17 @@ def copy_bandwidth(mb: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() / best / 1e9
 
 
+def read_bandwidth(mb: int = 512, repeats: int = 5) -> float:
+    """GB/s of a read-only scan (what decoding does with the weights)."""
+    src = torch.ones(mb * 2**20 // 4, dtype=torch.int32)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        src.max()
+        best = min(best, time.perf_counter() - t)
+    return src.numel() * 4 / best / 1e9
+
+
 def bytes_per_token(model: Transformer) -> int:
     """Weight bytes one decode step reads: every layer weight, one embedding row, the head's share
     (a rescored head reads its int4 shadow plus 64 int8 rows), and top-k of E experts in MoE."""
@@ -98,7 +109,7 @@ def bench(model_dir: Path, quant: str = "none", prompt_tokens: int = 128, new_to
           runs: int = 3, device: str = "cpu", dtype: str = "auto", seed: int = 0) -> dict:
     """Measure Demi on `model_dir`; returns the DESIGN.md keys plus context for the report."""
     threads = use_physical_cores()
-    bandwidth = copy_bandwidth()
+    bandwidth, read_bw = copy_bandwidth(), read_bandwidth()
     t = time.perf_counter()
     model = load_model(model_dir, dtype=dtype, device=device, quant=quant,
                        context=prompt_tokens + new_tokens + 8)
@@ -118,6 +129,9 @@ def bench(model_dir: Path, quant: str = "none", prompt_tokens: int = 128, new_to
         "copy_gb_s": round(bandwidth, 2), "weight_bytes_per_token": per_token,
         "bandwidth_bound_tok_s": round(bound_tok_s, 2),
         "bandwidth_fraction": round(result["decode_tok_s"] / bound_tok_s, 3),
+        "read_gb_s": round(read_bw, 2),
+        "weights_gb_s": round(per_token * result["decode_tok_s"] / 1e9, 2),
+        "read_bound_fraction": round(per_token * result["decode_tok_s"] / (read_bw * 1e9), 3),
     })
     del model
     gc.collect()
