@@ -22,6 +22,7 @@ from .errors import ContextOverflowError, DemiUserError
 from .generate import CancelToken, Sampling, StopState, generate_tokens
 from .loading import load_model, resolve_device
 from .prefix_cache import PrefixCache
+from .threads import use_physical_cores
 from .registry import resolve_model_dir
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -71,6 +72,7 @@ class LocalModel:
              context: int | None = None, quant: str | None = "none") -> "LocalModel":
         path = resolve_model_dir(name)
         dev = resolve_device(device)
+        use_physical_cores()
         model = load_model(path, dtype=dtype, device=dev, context=context or DEFAULT_CONTEXT, quant=quant)
         return cls(model, Tokenizer.from_dir(path), str(name or path.name), path, context)
 
