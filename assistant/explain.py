@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .context import code_context
 from .document import Document
 from .facts import Facts
-from .prompts import PROMPT_OVERHEAD, explain_prompt, facts_lines
-from .target import Target, resolve_target
+from .prompts import explain_prompt
+from .target import Target, target_context
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -126,12 +125,7 @@ def explain(engine: Any, doc: Document, symbol: str | None = None, lines: tuple[
             sampling: Sampling | None = None, time_budget: float | None = None) -> Explanation:
     """Explain a file, a symbol or a line range; `on_text` gets the Markdown as it is written."""
     started = time.monotonic()
-    target = resolve_target(doc, symbol, lines)
-    info = engine.info()
-    if info.context:
-        budget = min(budget, info.context - max_tokens - 64)
-    budget = max(64, budget - engine.count_tokens("\n".join(facts_lines(target.facts))) - PROMPT_OVERHEAD)
-    ctx = code_context(doc, target.syntax, target.first, target.last, engine.count_tokens, budget, target.symbol)
+    target, info, ctx, budget = target_context(engine, doc, symbol, lines, max_tokens, budget)
     language = doc.lang.fence if doc.lang else None
     prompt = explain_prompt(doc.name, language, target.facts, ctx)
     chosen = choose_lead(lead, info.large)

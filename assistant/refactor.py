@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from demi.model.errors import DemiError, DemiUserError
 
-from .context import code_context
 from .document import Document
 from .edits import Edit, apply_edit, changed_lines, unified_diff, workspace_edit
-from .prompts import PROMPT_OVERHEAD, extract_code, facts_lines, refactor_prompt
+from .prompts import extract_code, refactor_prompt
 from .syntax import Syntax
-from .target import Target, resolve_target
+from .target import Target, target_context
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -157,12 +156,7 @@ def propose(engine: Any, doc: Document, instruction: str, symbol: str | None = N
     if not instruction or not instruction.strip():
         raise DemiUserError("--instruction is empty: say what to change")
     started = time.monotonic()
-    target = resolve_target(doc, symbol, lines)
-    info = engine.info()
-    if info.context:
-        budget = min(budget, info.context - max_tokens - 64)
-    budget = max(64, budget - engine.count_tokens("\n".join(facts_lines(target.facts))) - PROMPT_OVERHEAD)
-    ctx = code_context(doc, target.syntax, target.first, target.last, engine.count_tokens, budget, target.symbol)
+    target, info, ctx, budget = target_context(engine, doc, symbol, lines, max_tokens, budget)
     if ctx.code_cut:
         raise DemiUserError(f"{target.label} is too long to rewrite within {budget} tokens of context; "
                             "pick a smaller --symbol or --lines range")

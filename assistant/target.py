@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from demi.model.errors import DemiUserError
 
 from .document import Document
 from .facts import Facts, file_facts, range_facts, symbol_facts
 from .syntax import Symbol, Syntax, parse
+
+if TYPE_CHECKING:
+    from .context import CodeContext
 
 
 @dataclass
@@ -42,3 +46,19 @@ def resolve_target(doc: Document, symbol: str | None = None, lines: tuple[int, i
         return Target(doc, syntax, "lines", first, last, range_facts(syntax, first, last))
     facts = file_facts(syntax)
     return Target(doc, syntax, "file", 1, max(1, facts.end_line), facts)
+
+
+def target_context(engine: Any, doc: Document, symbol: str | None, lines: tuple[int, int] | None,
+                   max_tokens: int, budget: int) -> tuple[Target, Any, "CodeContext", int]:
+    """The target, the engine's info, and the code around the target cut to what is left of
+    `budget` once the answer (`max_tokens`), the static facts and the prompt's own text fit."""
+    from .context import code_context
+    from .prompts import PROMPT_OVERHEAD, facts_lines
+
+    target = resolve_target(doc, symbol, lines)
+    info = engine.info()
+    if info.context:
+        budget = min(budget, info.context - max_tokens - 64)
+    budget = max(64, budget - engine.count_tokens("\n".join(facts_lines(target.facts))) - PROMPT_OVERHEAD)
+    ctx = code_context(doc, target.syntax, target.first, target.last, engine.count_tokens, budget, target.symbol)
+    return target, info, ctx, budget

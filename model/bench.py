@@ -20,7 +20,7 @@ import torch
 from .decoder import KVCache, Transformer
 from .generate import generate_tokens
 from .loading import load_model
-from .quantize import Int4Linear, Int8Linear, RescoredHead
+from .quantize import RescoredHead
 from .threads import use_physical_cores
 
 
@@ -150,7 +150,7 @@ def compare_transformers(model_dir: Path, prompt_tokens: int = 128, new_tokens: 
         high = min(model.config.vocab_size, 4000)
         ids = torch.randint(10, high, (1, prompt_tokens), generator=gen)
 
-        def run(n: int) -> float:
+        def run(n: int, model=model) -> float:
             t = time.perf_counter()
             with torch.inference_mode():
                 model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
