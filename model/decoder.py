@@ -24,11 +24,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32:  # one fused kernel; same math as below in fp32
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        # One fused kernel (it accumulates in fp32 for half types too); in fp32 it is exactly
+        # Hugging Face's math, in bf16 it differs only in where the last rounding happens.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class KVCache:
@@ -303,6 +301,7 @@ class Transformer(nn.Module):
         t = tokens.shape[1]
         x = self.model.embed_tokens(tokens)
         cos, sin = self.rotary_table(x.device).lookup(start, t, x.device)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once per forward, not per layer
         mask = attention_mask(start if cache is not None else 0, t, self.config.sliding_window, x.device)
         for layer in self.model.layers:
             x = layer(x, cos, sin, start, mask, cache, router_logits)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native_kernels
 from .errors import CheckpointError, DemiUserError
 
 log = logging.getLogger("demi.model")
@@ -78,11 +79,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.float().contiguous())
         self._scale_bf16 = scale.to(torch.bfloat16)
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+        self.native = native_kernels.usable(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if x2.shape[0] > _PREFILL_ROWS or x2.device.type != "cpu":
+        if self.native and x2.shape[0] == 1:
+            y = native_kernels.gemv_int8(x2, self.weight, self.weight_scale)
+        elif x2.shape[0] > _PREFILL_ROWS or x2.device.type != "cpu":
             y = F.linear(x2, self.weight.to(torch.bfloat16)) * self._scale_bf16  # scale the outputs, not K*N
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self._scale_bf16)

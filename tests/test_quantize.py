@@ -157,3 +157,47 @@ def test_auto_and_target_plans():
     assert edge["precision"] == "int8" and plan_for(cfg, "server")["precision"] == "fp32"
     with pytest.raises(DemiUserError):
         plan_for(cfg, "toaster")
+
+
+def test_native_int8_kernel_matches_reference_or_steps_aside():
+    """Where the CPU has AVX-512 FP16 and a compiler exists, the native GEMV is used for decode
+    and is at least as exact as torch's kernel; elsewhere torch's kernel is used."""
+    from demi.model import native_kernels
+
+    torch.manual_seed(3)
+    w = torch.randn(300, 896)
+    q, scale = quantize_int8(w)
+    lin = Int8Linear(q, scale)
+    x = torch.randn(1, 896)
+    ref = x @ (q.float() * scale[:, None]).T
+    got = lin(x.bfloat16()).float()
+    assert ((got - ref).norm() / ref.norm()) < 0.01
+    if native_kernels.int8_gemv() is None:
+        assert not lin.native
+        return
+    assert lin.native
+    direct = native_kernels.gemv_int8(x, q, scale)
+    torch_kernel = torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q, scale.bfloat16()).float()
+    err_native = ((direct - ref).norm() / ref.norm()).item()
+    err_torch = ((torch_kernel - ref).norm() / ref.norm()).item()
+    assert err_native < 2e-3 and err_native <= err_torch + 1e-4
+    ragged = Int8Linear(*quantize_int8(torch.randn(64, 100)))  # K not a multiple of 64: torch's kernel
+    assert not ragged.native and ragged(torch.randn(1, 100).bfloat16()).shape == (1, 64)
+
+
+def test_native_and_torch_int8_decode_agree(trained):
+    """Greedy tokens through the native kernel equal the ones through torch's int8 kernel."""
+    from demi.model import native_kernels
+    from demi.model.generate import generate_tokens
+
+    model = load_model(trained, quant="int8")
+    lins = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    prompt = list(range(20, 80))
+    with torch.inference_mode():
+        for lin in lins:
+            lin.native = False
+        plain = list(generate_tokens(model, prompt, 24))
+        for lin in lins:
+            lin.native = native_kernels.usable(lin.weight)
+        native = list(generate_tokens(model, prompt, 24))
+    assert sum(a == b for a, b in zip(plain, native)) >= 22  # near-ties may flip at bf16 precision
