@@ -10,7 +10,7 @@ from .context import RecentFiles, fim_context
 from .document import Document
 from .postprocess import BlockWatcher, decide_mode, postprocess
 from .prompts import instruct_warning
-from .syntax import parse
+from .syntax import Syntax, parse
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -45,20 +45,26 @@ class CompletionResult:
 
 def complete(engine: Any, doc: Document, offset: int, max_tokens: int = 64, budget: int = 1024,
              recent: RecentFiles | None = None, sampling: Sampling | None = None,
-             cancel: CancelToken | None = None, time_budget: float | None = None) -> CompletionResult:
-    """The text to insert at character `offset` of `doc`."""
+             cancel: CancelToken | None = None, time_budget: float | None = None,
+             syntax: Syntax | None = None) -> CompletionResult:
+    """The text to insert at character `offset` of `doc` (`syntax`: `doc` already parsed, to reuse)."""
     started = time.monotonic()
     info = engine.info()
     if info.context:  # room for the template's markers and the file path too
         budget = max(16, min(budget, info.context - max_tokens - 32 - engine.count_tokens(doc.name)))
-    syntax = parse(doc)
+    syntax = syntax if syntax is not None else parse(doc)
     ctx = fim_context(doc, offset, engine.count_tokens, budget, syntax, recent)
     prefix_tail, suffix_head = doc.text[max(0, offset - TAIL_CHARS):offset], doc.text[offset:offset + TAIL_CHARS]
     mode = decide_mode(prefix_tail, suffix_head, doc.lang)
     watcher = BlockWatcher(prefix_tail, suffix_head, doc.lang, mode)
     from demi.model.generate import CancelToken
 
-    stop_early = CancelToken()
+    class _StopEarly(CancelToken):  # set at the end of the block, and set whenever the caller's token is
+        @property
+        def cancelled(self) -> bool:
+            return super().cancelled or (cancel is not None and cancel.cancelled)
+
+    stop_early = _StopEarly()
 
     def on_text(piece: str) -> None:
         if watcher.push(piece) or (cancel is not None and cancel.cancelled):

@@ -64,6 +64,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(the model when it is large enough to be trusted)", ("auto", "facts", "model")),
     Setting("refactor.max_tokens", int, 768, "new tokens for a rewrite"),
     Setting("refactor.context_tokens", int, 2048, "prompt budget for refactor"),
+    Setting("chat.max_tokens", int, 512, "new tokens for a chat answer (demi-chat)"),
+    Setting("chat.context_tokens", int, 3072, "prompt budget for a chat turn: the message, its @files and "
+            "as many earlier turns as fit"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

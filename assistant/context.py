@@ -35,6 +35,7 @@ class RecentFiles:
     def __init__(self, capacity: int = 8, max_chars: int = 400_000):
         self.capacity, self.max_chars = capacity, max_chars
         self._files: OrderedDict[str, str] = OrderedDict()
+        self._chunks: dict[str, tuple[str, int, list[tuple[str, set[str]]]]] = {}  # path -> (text, window, chunks)
         self._lock = threading.Lock()
 
     def add(self, path: str | Path, text: str) -> None:
@@ -43,7 +44,27 @@ class RecentFiles:
             self._files.pop(key, None)
             self._files[key] = text[: self.max_chars]
             while len(self._files) > self.capacity:
-                self._files.popitem(last=False)
+                gone, _ = self._files.popitem(last=False)
+                self._chunks.pop(gone, None)
+
+    def _windows(self, path: str, text: str, window: int) -> list[tuple[str, set[str]]]:
+        """The file's overlapping chunks with their identifiers, computed once per text (a language
+        server asks on every keystroke, and other files rarely change meanwhile)."""
+        with self._lock:
+            hit = self._chunks.get(path)
+        if hit is not None and hit[0] is text and hit[1] == window:
+            return hit[2]
+        lines = text.splitlines(keepends=True)
+        out = []
+        for start in range(0, max(1, len(lines)), max(1, window // 2)):
+            chunk = "".join(lines[start:start + window])
+            words = set(_WORD.findall(chunk))
+            if words:
+                out.append((chunk, words))
+        with self._lock:
+            if self._files.get(path) is text:
+                self._chunks[path] = (text, window, out)
+        return out
 
     def paths(self) -> list[str]:
         with self._lock:
@@ -59,13 +80,8 @@ class RecentFiles:
             files = [(p, t) for p, t in self._files.items() if p != (str(exclude) if exclude else None)]
         best: list[Snippet] = []
         for path, text in files:
-            lines = text.splitlines(keepends=True)
             top: Snippet | None = None
-            for start in range(0, max(1, len(lines)), max(1, window // 2)):
-                chunk = "".join(lines[start:start + window])
-                words = set(_WORD.findall(chunk))
-                if not words:
-                    continue
+            for chunk, words in self._windows(path, text, window):
                 score = len(want & words) / len(want | words)
                 if top is None or score > top.score:
                     top = Snippet(path, chunk, score)

@@ -331,7 +331,7 @@ class HttpEngine:
             while True:
                 try:
                     line = r.resp.readline()
-                except (OSError, ValueError, http.client.HTTPException):
+                except (OSError, ValueError, AttributeError, http.client.HTTPException):  # closed by `watch`
                     line = b""
                 if not line:
                     break

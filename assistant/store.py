@@ -238,6 +238,13 @@ class Store:
         self.add_message(session.id, "assistant", answer, model, prompt_tokens, completion_tokens, seconds, meta)
         return session.id
 
+    def rename_session(self, session_id: str, title: str) -> bool:
+        try:
+            with self._write() as c:
+                return c.execute("UPDATE sessions SET title = ? WHERE id = ?", (title, session_id)).rowcount > 0
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from None
+
     def delete_session(self, session_id: str) -> bool:
         try:
             with self._write() as c:

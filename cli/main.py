@@ -55,6 +55,9 @@ def build_parser() -> Parser:
     commands_models.register(sub, common)
     from . import commands_serve; commands_serve.register(sub, common)  # noqa: E702
     from . import commands_assist; commands_assist.register(sub, common)  # noqa: E702
+    from . import commands_train; commands_train.register(sub, common)  # noqa: E702
+    from . import commands_chat; commands_chat.register(sub, common)  # noqa: E702
+    from . import commands_lsp; commands_lsp.register(sub, common)  # noqa: E702
     return parser
 
 

@@ -1,0 +1,337 @@
+"""demi-lsp measured through a real LSP client (pygls), the way an editor drives it.
+
+    .venv/bin/python benchmarks/lsp_bench.py [--model DIR] [--quant Q] [--json OUT]
+
+The server runs as its own process over stdio (`python -m demi.lsp.server`), exactly as an
+editor starts it; every number is taken on the client side of the pipe.
+
+1. Invoked inline completion with about 1,500 tokens of prompt (`contextTokens` 1536) at
+   random line starts of a ~2,500-line file: latency p50/p95, at two token caps (a random-weight
+   model never writes the newline that ends a one-line completion, so it always decodes to the
+   cap; a trained model stops at the end of the line).
+2. Typing simulation: at a place where the user paused (and got a suggestion), 20 keystrokes
+   50 ms apart, each followed by an automatic inline request, as editors send them. Counts the
+   model runs those started and the time from the last keystroke to the final suggestion.
+3. Held-out lines: a line's text is removed and the server asked to complete it at its
+   indentation; exact match of the server's answer against the model's own first raw line
+   (the same prompt through the engine directly), so post-processing can be seen not to lose
+   matches. On random weights both are 0: re-run on a trained model (`--model demi-tiny`).
+
+Without --model it uses `.demi-build/demo-model`, built with `python -m demi.model.scaffold`
+when missing: random weights, 4M parameters, 4096-token byte-level BPE with FIM tokens, the
+size class demi-tiny is expected in. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types as t
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.client import LanguageClient
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / ".demi-build" / "demo-model"
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+BENCH_FILE = STDLIB / "argparse.py"       # ~2,600 lines of ordinary Python
+HELDOUT_FILE = STDLIB / "textwrap.py"
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    ms = [x * 1000 for x in xs]
+    return {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 1), "p95_ms": round(pct(ms, 0.95), 1),
+            "mean_ms": round(statistics.fmean(ms), 1), "max_ms": round(max(ms), 1)}
+
+
+class Client(LanguageClient):
+    def __init__(self) -> None:
+        super().__init__("demi-lsp-bench", "1")
+        self.statuses: list[Any] = []
+
+        @self.feature("demi/status")
+        def _status(ls: Any, params: Any) -> None:
+            self.statuses.append(params)
+
+        @self.feature(t.WORKSPACE_CONFIGURATION)
+        def _configuration(ls: Any, params: t.ConfigurationParams) -> list[Any]:
+            return [{} for _ in params.items]
+
+        @self.feature(t.WINDOW_WORK_DONE_PROGRESS_CREATE)
+        def _progress_create(ls: Any, params: Any) -> None:
+            return None
+
+        for method in (t.PROGRESS, t.WINDOW_LOG_MESSAGE, t.WINDOW_SHOW_MESSAGE):
+            self.feature(method)(lambda ls, params: None)
+
+    async def stats(self) -> Any:
+        return await self.protocol.send_request_async("demi/stats", {})
+
+    def open(self, uri: str, text: str, version: int = 1) -> None:
+        self.text_document_did_open(t.DidOpenTextDocumentParams(
+            text_document=t.TextDocumentItem(uri=uri, language_id="python", version=version, text=text)))
+
+    def insert(self, uri: str, version: int, line: int, col: int, text: str) -> None:
+        pos = t.Position(line=line, character=col)
+        self.text_document_did_change(t.DidChangeTextDocumentParams(
+            text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[t.TextDocumentContentChangePartial(range=t.Range(pos, pos), text=text)]))
+
+    def request(self, uri: str, line: int, col: int, invoked: bool) -> Any:
+        kind = t.InlineCompletionTriggerKind.Invoked if invoked else t.InlineCompletionTriggerKind.Automatic
+        return self.protocol.send_request(t.TEXT_DOCUMENT_INLINE_COMPLETION, t.InlineCompletionParams(
+            text_document=t.TextDocumentIdentifier(uri=uri), position=t.Position(line=line, character=col),
+            context=t.InlineCompletionContext(trigger_kind=kind)))
+
+    async def complete(self, uri: str, line: int, col: int, invoked: bool = True) -> str:
+        result = await asyncio.wrap_future(self.request(uri, line, col, invoked))
+        return result.items[0].insert_text if result.items else ""
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        self.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"demi": settings}))
+
+
+async def start(model: Path, quant: str | None, workdir: Path, options: dict[str, Any]) -> Client:
+    client = Client()
+    cmd = [sys.executable, "-m", "demi.lsp.server", "--model", str(model), "--log-file", str(workdir / "server.log")]
+    if quant:
+        cmd += ["--quant", quant]
+    env = {**os.environ, "DEMI_LSP_NO_PROBE": "1", "DEMI_DATA_DIR": str(workdir / "data")}
+    await client.start_io(*cmd, env=env)
+    await client.initialize_async(t.InitializeParams(
+        capabilities=t.ClientCapabilities(window=t.WindowClientCapabilities(work_done_progress=True)),
+        root_uri=workdir.as_uri(), initialization_options=options))
+    client.initialized(t.InitializedParams())
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        state = (await client.stats()).status.state
+        if state == "ready":
+            return client
+        if state == "error":
+            raise RuntimeError(f"the server could not load {model}: {(await client.stats()).status.message}")
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the model did not load in 10 minutes")
+
+
+async def stop(client: Client) -> None:
+    try:
+        await asyncio.wait_for(client.shutdown_async(None), 10)
+        client.exit(None)
+        await asyncio.sleep(0.2)
+    finally:
+        await client.stop()
+
+
+def line_starts(text: str, rng: random.Random, n: int, skip: int = 150) -> list[tuple[int, int]]:
+    """(line, column) at the first non-blank character of random non-empty lines."""
+    lines = text.split("\n")
+    candidates = [(i, len(ln) - len(ln.lstrip())) for i, ln in enumerate(lines)
+                  if skip <= i < len(lines) - 20 and len(ln.strip()) >= 6]
+    return rng.sample(candidates, min(n, len(candidates)))
+
+
+# -- 1. invoked completion ------------------------------------------------------------------------------------
+
+async def invoked(client: Client, workdir: Path, requests: int, caps: list[int], seed: int) -> dict[str, Any]:
+    text = BENCH_FILE.read_text(encoding="utf-8")
+    uri = (workdir / "argparse_copy.py").as_uri()
+    client.open(uri, text)
+    out: dict[str, Any] = {"file": BENCH_FILE.name, "lines": text.count("\n")}
+    rng = random.Random(seed)
+    for cap in caps:
+        client.configure({"maxTokens": cap})
+        await asyncio.sleep(0.1)
+        positions = line_starts(text, rng, requests + 3)
+        for line, col in positions[:3]:  # warm-up
+            await client.complete(uri, line, col)
+        latencies, prompts = [], []
+        for line, col in positions[3:]:
+            started = time.perf_counter()
+            await client.complete(uri, line, col)
+            latencies.append(time.perf_counter() - started)
+            last = (await client.stats()).completions
+            prompts.append(last.last_prompt_tokens)
+        res = summary(latencies)
+        res["prompt_tokens_mean"] = round(statistics.fmean(p for p in prompts if p), 0)
+        out[f"max_tokens_{cap}"] = res
+        print(f"invoked, maxTokens {cap}: {json.dumps(res)}", file=sys.stderr, flush=True)
+    return out
+
+
+# -- 2. typing ------------------------------------------------------------------------------------------------
+
+async def typing(client: Client, workdir: Path, runs: int, keys: int, gap: float, seed: int,
+                 tag: str = "") -> dict[str, Any]:
+    source = BENCH_FILE.read_text(encoding="utf-8")
+    rng = random.Random(seed + 1)
+    results = []
+    for r in range(runs):
+        # a fresh document per run: the user is about to write a new line of code somewhere in the file
+        lines = source.split("\n")
+        line, indent = line_starts(source, rng, 1)[0]
+        target = lines[line].strip()
+        if len(target) < keys:
+            target = (target + " " + "x" * keys)[:keys]
+        doc_lines = lines[:line] + [" " * indent] + lines[line + 1:]
+        uri = (workdir / f"typing{tag}_{r}.py").as_uri()
+        client.open(uri, "\n".join(doc_lines))
+        await client.complete(uri, line, indent)  # the pause before typing: a suggestion is shown
+        s0 = await client.stats()
+        version, col, futures = 1, indent, []
+        last_key = time.perf_counter()
+        for ch in target[:keys]:
+            version += 1
+            client.insert(uri, version, line, col, ch)
+            col += 1
+            futures.append(client.request(uri, line, col, invoked=False))
+            last_key = time.perf_counter()
+            await asyncio.sleep(gap)
+        final = await asyncio.wrap_future(futures[-1])
+        after_last = time.perf_counter() - last_key
+        answered = 0
+        for fut in futures[:-1]:
+            try:
+                await asyncio.wrap_future(fut)
+            except JsonRpcException:
+                pass
+            answered += 1
+        s1 = await client.stats()
+        runs_started = s1.runsStarted - s0.runsStarted
+        results.append({"runs": runs_started, "final_ms": round(after_last * 1000, 1),
+                        "debounce_ms": s1.completions.last_delay_ms, "job_ms": s1.completions.last_job_ms,
+                        "cache_hits": s1.cacheHits - s0.cacheHits, "shown": bool(final.items)})
+        print(f"typing run {r}: {results[-1]}", file=sys.stderr, flush=True)
+    finals = [x["final_ms"] / 1000 for x in results]
+    return {"keystrokes": keys, "gap_ms": gap * 1000, "runs": results,
+            "max_model_runs": max(x["runs"] for x in results), "final_after_last_key": summary(finals)}
+
+
+# -- 3. held-out lines ------------------------------------------------------------------------------------------
+
+async def heldout(client: Client, workdir: Path, model: Path, quant: str | None, n: int, context_tokens: int,
+                  max_tokens: int, seed: int) -> dict[str, Any]:
+    """One document edited per case (so no copy of the file is ever context for another case), on
+    a server that has seen no other file; the direct side builds the same prompt with no other files."""
+    from demi.assistant.context import fim_context
+    from demi.assistant.document import Document
+    from demi.assistant.engines import open_engine
+    from demi.assistant.syntax import parse
+
+    engine = open_engine(str(model), quant=quant)
+    text = HELDOUT_FILE.read_text(encoding="utf-8")
+    rng = random.Random(seed + 2)
+    client.configure({"maxTokens": max_tokens})
+    await asyncio.sleep(0.1)
+    server_hits = direct_hits = agree = 0
+    cases = line_starts(text, rng, n, skip=20)
+    lines = text.split("\n")
+    name = "heldout.py"
+    uri = (workdir / name).as_uri()
+    client.open(uri, text)
+    for k, (line, col) in enumerate(cases):
+        target = lines[line][col:].rstrip()
+        doc_text = "\n".join(lines[:line] + [lines[line][:col]] + lines[line + 1:])
+        client.text_document_did_change(t.DidChangeTextDocumentParams(
+            text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=k + 2),
+            content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)]))
+        got = (await client.complete(uri, line, col)).split("\n")[0].rstrip()
+        doc = Document.from_text(doc_text, name)
+        offset = sum(len(x) + 1 for x in lines[:line]) + col
+        ctx = fim_context(doc, offset, engine.count_tokens, context_tokens, parse(doc), None)
+        raw = engine.infill(ctx, max_new_tokens=max_tokens, stop=["\n"]).text.split("\n")[0].rstrip()
+        server_hits += got == target
+        direct_hits += raw == target
+        agree += got == raw
+    engine.close()
+    res = {"file": HELDOUT_FILE.name, "lines": len(cases), "exact_match_server": server_hits / max(1, len(cases)),
+           "exact_match_model_raw": direct_hits / max(1, len(cases)),
+           "server_equals_raw_first_line": agree / max(1, len(cases))}
+    print(f"held-out: {json.dumps(res)}", file=sys.stderr, flush=True)
+    return res
+
+
+def ensure_model(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        print(f"building {path} (python -m demi.model.scaffold)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "demi.model.scaffold", str(path)], check=True)
+    return path
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    model = Path(args.model) if args.model else ensure_model(DEFAULT_MODEL)
+    out: dict[str, Any] = {"model": str(model), "quant": args.quant or "none",
+                           "label": "random weights (scaffold, demi-tiny's size class): latency is real, text is noise"
+                           if not args.model else args.model,
+                           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                       "python": platform.python_version()}}
+    with tempfile.TemporaryDirectory(prefix="demi-lsp-bench-") as tmp:
+        workdir = Path(tmp)
+        options = {"contextTokens": args.context_tokens, "maxTokens": args.max_tokens[-1]}
+        client = await start(model, args.quant, workdir, options)
+        try:
+            st = (await client.stats()).status
+            out["engine"] = {"model": st.model, "load_seconds": st.loadSeconds}
+            if not args.skip_invoked:
+                out["invoked"] = await invoked(client, workdir, args.requests, args.max_tokens, args.seed)
+            if not args.skip_typing:
+                out["typing"] = {}
+                for cap in args.max_tokens:
+                    client.configure({"maxTokens": cap})
+                    out["typing"][f"max_tokens_{cap}"] = await typing(client, workdir, args.typing_runs, 20, 0.05,
+                                                                      args.seed, tag=f"_{cap}")
+            s = await client.stats()
+            out["server_stats"] = {"runs_started": s.runsStarted, "runs_skipped": s.runsSkipped,
+                                   "cache_hits": s.cacheHits}
+        finally:
+            await stop(client)
+        if args.heldout:  # a fresh server: no other file it has seen can be context
+            client = await start(model, args.quant, workdir, options)
+            try:
+                out["heldout"] = await heldout(client, workdir, model, args.quant, args.heldout, args.context_tokens,
+                                               args.max_tokens[-1], args.seed)
+            finally:
+                await stop(client)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="model directory or name (default: .demi-build/demo-model, built if missing)")
+    ap.add_argument("--quant", default=None, choices=["none", "int8", "int4"])
+    ap.add_argument("--requests", type=int, default=40, help="invoked requests per token cap")
+    ap.add_argument("--max-tokens", type=int, nargs="+", default=[16, 64], help="token caps to measure")
+    ap.add_argument("--context-tokens", type=int, default=1536, help="prompt budget (about 1,500 tokens)")
+    ap.add_argument("--typing-runs", type=int, default=10)
+    ap.add_argument("--heldout", type=int, default=30, help="held-out lines for exact match (0 skips)")
+    ap.add_argument("--skip-invoked", action="store_true")
+    ap.add_argument("--skip-typing", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    out = asyncio.run(main_async(args))
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,513 @@
+"""`demi train ...` (corpus, tokenizer, run, distill, tiny, bench) and `demi eval fim|passk`.
+
+Progress and notes go to stderr; `--json` prints one JSON object on stdout at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .main import UsageError, emit_json
+
+SHAPES = {
+    # name: decoder shape (vocab_size comes from the tokenizer)
+    "tiny": None,  # demi-tiny's own shape (model/train/tiny.py)
+    "small": dict(model_type="qwen2", hidden_size=256, intermediate_size=704, num_hidden_layers=6,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e5,
+                  qkv_bias=True, tie_word_embeddings=True),
+    "micro": dict(model_type="qwen2", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_theta=1e4,
+                  qkv_bias=True, tie_word_embeddings=True),
+}
+
+
+def register(sub, common) -> None:
+    train = sub.add_parser("train", help="build corpora and tokenizers, train and distill models",
+                           description="Demi's training pipeline (see model/train/).")
+    tsub = train.add_subparsers(dest="train_command", metavar="ACTION", required=True)
+
+    corpus = tsub.add_parser("corpus", parents=[common(model=False)],
+                             help="read, filter and deduplicate a corpus; print or write its manifest")
+    _corpus_args(corpus)
+    corpus.add_argument("--out", type=Path, help="write the manifest JSON here")
+    corpus.set_defaults(func=cmd_corpus)
+
+    tok = tsub.add_parser("tokenizer", parents=[common(model=False)],
+                          help="train a byte-level BPE tokenizer with Demi's special tokens")
+    _corpus_args(tok)
+    tok.add_argument("--out", type=Path, required=True, help="directory for tokenizer.json + tokenizer_config.json")
+    tok.add_argument("--vocab-size", type=int, default=8192)
+    tok.set_defaults(func=cmd_tokenizer)
+
+    run = tsub.add_parser("run", parents=[common(model=False)], help="train a model on a corpus (resumable)",
+                          description="Train a decoder on source directories. A new --out builds the corpus "
+                                      "snapshot, manifest and tokenizer first; --resume continues a run from its "
+                                      "latest checkpoint.")
+    _run_args(run)
+    run.set_defaults(func=cmd_run, distill=False)
+
+    dist = tsub.add_parser("distill", parents=[common(model=False)],
+                           help="train a student on a teacher's temperature-softened logits plus cross-entropy")
+    dist.add_argument("--teacher", required=True, help="teacher model directory (same tokenizer as the student)")
+    dist.add_argument("--alpha", type=float, default=0.5, help="weight of the KL term (default 0.5)")
+    dist.add_argument("--temperature", type=float, default=2.0)
+    _run_args(dist)
+    dist.set_defaults(func=cmd_run, distill=True)
+
+    tiny = tsub.add_parser("tiny", parents=[common(model=False)], help="reproduce demi-tiny from scratch (resumable)",
+                           description="Build demi-tiny: permissive Python from this machine, fixed seed. Rerun "
+                                       "the same command to resume from the latest checkpoint.")
+    tiny.add_argument("--out", type=Path, required=True, help="run directory")
+    tiny.add_argument("--until", type=int, help="stop at this step (continue later with the same command)")
+    tiny.add_argument("--steps", type=int, help="change the total number of steps")
+    tiny.add_argument("--ship", type=Path, metavar="DIR",
+                      help="after training, copy the model with its manifest and model card into DIR "
+                           "(model/builtin/demi-tiny); checks licenses and the 40 MB budget")
+    _speed_args(tiny)
+    tiny.set_defaults(func=cmd_tiny)
+
+    exp = tsub.add_parser("export", parents=[common(model=False)],
+                          help="write a run's latest (or a given) checkpoint as a model directory")
+    exp.add_argument("--run", type=Path, required=True, help="run directory")
+    exp.add_argument("--to", type=Path, required=True, help="new model directory")
+    exp.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the latest)")
+    exp.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="float32")
+    exp.set_defaults(func=cmd_export)
+
+    bench = tsub.add_parser("bench", parents=[common(model=False)], help="trainer speed in tokens/s")
+    bench.add_argument("--shape", default="tiny", choices=["tiny", "small", "micro"])
+    bench.add_argument("--seq-len", type=int, default=512)
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--steps", type=int, default=6)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--compile", choices=["on", "off"], default="off")
+    bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    bench.add_argument("--grad-checkpointing", action="store_true")
+    bench.add_argument("--threads", type=int, default=0)
+    bench.set_defaults(func=cmd_bench)
+
+    ev = _eval_subparsers(sub)
+    fim = ev.add_parser("fim", parents=[common()], help="FIM line exact match and edit similarity",
+                        description="Put the cursor at the start of a code line or after a word in it, ask the "
+                                    "model (through demi complete's prompt) for the rest of the line, and score "
+                                    "exact match and edit similarity.")
+    fim.add_argument("files", nargs="*", metavar="PATH", help="files or directories (their *.py files)")
+    fim.add_argument("--run", type=Path, help="use a training run's held-out files")
+    fim.add_argument("--samples", type=int, default=100)
+    fim.add_argument("--seed", type=int, default=0)
+    fim.add_argument("--max-tokens", type=int, default=48)
+    fim.set_defaults(func=cmd_eval_fim)
+
+    pk = ev.add_parser("passk", parents=[common()], help="execution-based pass@k on HumanEval-format JSONL",
+                       description="Generate completions for each problem and run each against its tests in a "
+                                   "sandboxed subprocess with a timeout and no network.")
+    pk.add_argument("--problems", type=Path, help="HumanEval-format JSONL (default: Demi's tiny built-in set)")
+    pk.add_argument("--samples", "-n", type=int, default=1, help="completions per problem")
+    pk.add_argument("--k", default="1", help="comma-separated k values (each <= --samples)")
+    pk.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for n=1, else 0.8")
+    pk.add_argument("--max-tokens", type=int, default=256)
+    pk.add_argument("--timeout", type=float, default=5.0, help="seconds per program")
+    pk.add_argument("--seed", type=int, default=0)
+    pk.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    pk.set_defaults(func=cmd_eval_passk)
+
+
+def _eval_subparsers(sub) -> Any:
+    """The `eval` command's sub-command table (made by commands_engine), to add fim and passk to it."""
+    parser = sub.choices.get("eval")
+    if parser is None:
+        parser = sub.add_parser("eval", help="evaluate a model")
+        return parser.add_subparsers(dest="eval_command", metavar="KIND", required=True)
+    for action in parser._actions:  # argparse keeps no public handle on a parser's subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="eval_command", metavar="KIND", required=True)
+
+
+def _corpus_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", action="append", default=[], metavar="DIR",
+                   help="a directory (or file) of source files; repeatable")
+    p.add_argument("--stdlib", action="store_true", help="add this Python's standard library (PSF-2.0)")
+    p.add_argument("--site-packages", action="store_true",
+                   help="add the installed distributions (license from each one's METADATA)")
+    p.add_argument("--license", help="the SPDX license of the --corpus directories (else read from a LICENSE file)")
+    p.add_argument("--ext", action="append", default=[], help="file extension to include (default .py); repeatable")
+    p.add_argument("--permissive-only", action="store_true",
+                   help="leave out sources that are not MIT/BSD/Apache/PSF/ISC (required for a shipped model)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="leave out unreadable, binary or non-UTF-8 files instead of stopping")
+    p.add_argument("--near-dup", type=float, default=0.85, help="near-duplicate Jaccard threshold (0 turns it off)")
+    p.add_argument("--heldout", type=float, default=0.02, help="share of files held out for evaluation")
+
+
+def _speed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default=None, help="torch.compile (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="bf16 autocast (default auto: with compile on CPUs with bf16 units, on CUDA)")
+    p.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute activations in the backward pass (less memory, ~30%% slower)")
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--ckpt-every", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _corpus_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume-from", type=Path, help="continue from this checkpoint directory")
+    p.add_argument("--until", type=int, help="stop at this step (resume later)")
+    p.add_argument("--shape", default="small", choices=sorted(SHAPES), help="model shape (default small)")
+    p.add_argument("--layers", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--intermediate", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--kv-heads", type=int)
+    p.add_argument("--experts", type=int, default=0, help="mixture of experts: number of experts (mixtral layout)")
+    p.add_argument("--experts-per-token", type=int, default=2)
+    p.add_argument("--capacity-factor", type=float, default=1.25)
+    p.add_argument("--tokenizer", type=Path, help="use this tokenizer directory instead of training one")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000; with --resume: "
+                   "change the total)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--fim-rate", type=float, default=0.5)
+    p.add_argument("--spm-rate", type=float, default=0.5)
+    p.add_argument("--repo-rate", type=float, default=0.1)
+    p.add_argument("--no-pairs", action="store_true", help="no docstring <-> code chat samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="float32")
+    _speed_args(p)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(f"demi: {msg}", file=sys.stderr, flush=True)
+
+
+def _sources(args: argparse.Namespace) -> list:
+    from demi.model.train.corpus import directory_source, site_packages_sources, stdlib_source
+
+    exts = tuple(e if e.startswith(".") else f".{e}" for e in args.ext) or (".py",)
+    sources = [directory_source(d, license=args.license, extensions=exts) for d in args.corpus]
+    if args.stdlib:
+        sources.append(stdlib_source())
+    if args.site_packages:
+        sources += site_packages_sources()
+    if not sources:
+        raise UsageError("give at least one --corpus DIR (or --stdlib / --site-packages)")
+    return sources
+
+
+def _corpus_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(permissive_only=args.permissive_only, on_bad="skip" if args.skip_bad_files else "error",
+                near_threshold=args.near_dup or None, heldout_fraction=args.heldout)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"threads": args.threads, "compile": args.compile, "precision": args.precision,
+            "grad_checkpointing": args.grad_checkpointing, "eval_every": args.eval_every,
+            "ckpt_every": args.ckpt_every}
+
+
+def _device(args: argparse.Namespace) -> str:
+    from demi.model.loading import resolve_device
+
+    return str(resolve_device(args.device))  # a DemiUserError when CUDA is asked for and absent
+
+
+def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    if args.json:
+        emit_json(summary)
+        return
+    ev = f", eval loss {summary['eval_loss']:.4f}" if summary.get("eval_loss") is not None else ""
+    loss = f"{summary['loss']:.4f}" if summary.get("loss") is not None else "-"
+    print(f"step {summary['step']}/{summary['steps']}: loss {loss}{ev}; "
+          f"{summary['tokens_seen']:,} tokens in {summary['seconds']:.0f} s")
+    if summary.get("model_dir"):
+        print(f"model saved in {summary['model_dir']}")
+    elif not summary.get("finished"):
+        print(f"stopped at step {summary['step']} (checkpoint written); continue with the same command"
+              f"{'' if 'tiny' in sys.argv else ' and --resume'} ({summary['run']})")
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from demi.model.train.corpus import build_corpus, source_summary, write_manifest
+
+    corpus = build_corpus(_sources(args), **_corpus_settings(args))
+    if args.out:
+        write_manifest(corpus, args.out)
+    if args.json:
+        emit_json(corpus.manifest if not args.out else {"manifest": str(args.out), **{
+            k: corpus.manifest[k] for k in ("files", "train_files", "heldout_files", "bytes", "shippable")}})
+        return 0
+    for row in source_summary(corpus):
+        note = f"  EXCLUDED: {row['excluded']}" if row["excluded"] else ""
+        print(f"{row['name']:24s} {row['version']:12s} {row['license'][:32]:32s} {row['files']:6d} files "
+              f"{row['bytes'] / 1e6:8.2f} MB{note}")
+    m = corpus.manifest
+    print(f"{m['files']} files ({m['heldout_files']} held out), {m['bytes'] / 1e6:.1f} MB; "
+          f"duplicates removed: {m['dedup']['exact_removed']} exact, {m['dedup']['near_removed']} near; "
+          f"skipped {m['skipped_count']}; shippable: {m['shippable']}")
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from demi.model.bpe_train import train_bpe_tokenizer
+    from demi.model.train.corpus import build_corpus
+
+    corpus = build_corpus(_sources(args), **{**_corpus_settings(args), "heldout_fraction": 0.0})
+    tok = train_bpe_tokenizer((d.text for d in corpus.train), args.out, vocab_size=args.vocab_size)
+    out = {"tokenizer": str(args.out), "vocab_size": tok.vocab_size, "files": len(corpus.train)}
+    emit_json(out) if args.json else print(f"tokenizer with {tok.vocab_size} tokens in {args.out}")
+    return 0
+
+
+def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    if args.shape == "tiny":
+        from demi.model.train.tiny import tiny_model_fields
+
+        fields = tiny_model_fields()
+    else:
+        fields = dict(SHAPES[args.shape])
+    for flag, key in (("layers", "num_hidden_layers"), ("hidden", "hidden_size"),
+                      ("intermediate", "intermediate_size"), ("heads", "num_attention_heads"),
+                      ("kv_heads", "num_key_value_heads")):
+        if getattr(args, flag) is not None:
+            fields[key] = getattr(args, flag)
+    fields["max_position_embeddings"] = max(fields.get("max_position_embeddings", 0), args.seq_len)
+    if args.experts:
+        if not 0 < args.experts_per_token <= args.experts:
+            raise UsageError("--experts-per-token must be between 1 and --experts")
+        fields.update(model_type="mixtral", num_experts=args.experts, num_experts_per_tok=args.experts_per_token,
+                      qkv_bias=False, router="softmax")
+    for key, value in fields.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1 and key.startswith("num_"):
+            raise UsageError(f"{key} must be at least 1")
+    return fields
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from demi.model.train.pipeline import RunSpec, prepare_run, train_run
+
+    run_json = args.out / "run.json"
+    progress = not args.no_progress
+    if run_json.is_file() and not (args.resume or args.resume_from):
+        raise UsageError(f"demi train: {args.out} already holds a run; pass --resume to continue it "
+                         "or choose a new --out")
+    if not run_json.is_file():
+        if args.resume or args.resume_from:
+            from demi.model.train.errors import ResumeError
+
+            raise ResumeError(f"{args.out}: no run to resume (no run.json)")
+        teacher = None
+        tokenizer = args.tokenizer
+        if args.distill:
+            teacher = str(Path(args.teacher).resolve())
+            _check_model_dir(teacher)
+            if tokenizer is not None:  # refuse a mismatch now, not after reading the corpus
+                _check_teacher_vocab(teacher, tokenizer)
+            tokenizer = tokenizer or Path(teacher)
+        steps = args.steps or 1000
+        warmup = args.warmup if args.warmup is not None else max(1, steps // 20)
+        train = dict(steps=steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                     warmup_steps=warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed,
+                     save_dtype=args.save_dtype, moe_capacity_factor=args.capacity_factor,
+                     **{k: v for k, v in _overrides(args).items() if v is not None})
+        if args.distill:
+            train.update(distill_alpha=args.alpha, distill_temperature=args.temperature)
+        spec = RunSpec(model=_model_fields(args), train=train, vocab_size=args.vocab_size, teacher=teacher,
+                       data=dict(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate,
+                                 repo_rate=args.repo_rate, seed=args.seed),
+                       corpus={**_corpus_settings(args), "pairs": not args.no_pairs}, name=args.out.name)
+        _validate(spec)
+        prepare_run(args.out, spec, _sources(args), tokenizer_dir=tokenizer, log=_log)
+    summary = train_run(args.out, steps=args.steps, until=args.until, progress=progress,
+                        resume_from=args.resume_from, log=_log, overrides=_overrides(args), device=_device(args))
+    _print_summary(args, summary)
+    return 130 if summary.get("interrupted") else 0
+
+
+def _validate(spec) -> None:
+    """Catch bad settings before the corpus is read (that can take a minute)."""
+    from demi.model.config import ModelConfig
+    from demi.model.train.data import DataOptions
+    from demi.model.train.trainer import TrainConfig
+
+    TrainConfig.from_dict(spec.train)
+    DataOptions(**spec.data)
+    try:
+        ModelConfig(**spec.model, vocab_size=spec.vocab_size)
+    except TypeError as exc:
+        raise UsageError(f"demi train: bad model shape: {exc}") from None
+
+
+def _check_model_dir(path: str) -> None:
+    from demi.model.config import load_config
+
+    load_config(path)  # a ConfigError (exit 2) when it is not a model directory
+
+
+def _check_teacher_vocab(teacher: str, tokenizer_dir: Path) -> None:
+    from demi.model.config import load_config
+    from demi.model.tokenizer import Tokenizer
+    from demi.model.train.pipeline import check_teacher
+
+    tok = Tokenizer.from_dir(tokenizer_dir)
+    check_teacher(teacher, tok, load_config(teacher).replace(vocab_size=tok.vocab_size))
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from demi.model.train.tiny import build_tiny, ship
+
+    summary = build_tiny(args.out, until=args.until, steps=args.steps, progress=not args.no_progress, log=_log,
+                         overrides=_overrides(args), device=_device(args))
+    if args.ship and summary.get("finished"):
+        card = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
+        summary["shipped"] = ship(args.out, args.ship, card)
+        _log(f"shipped {summary['shipped']['bytes'] / 1e6:.1f} MB to {args.ship}")
+    _print_summary(args, summary)
+    return 130 if summary.get("interrupted") else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from demi.model.train.pipeline import export_checkpoint
+
+    out = export_checkpoint(args.run, args.to, args.checkpoint, args.save_dtype)
+    emit_json({"model_dir": str(out)}) if args.json else print(f"model written to {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from demi.model.config import ModelConfig
+    from demi.model.train.bench import measure
+    from demi.model.train.tiny import tiny_model_fields
+
+    fields = tiny_model_fields() if args.shape == "tiny" else dict(SHAPES[args.shape])
+    fields["max_position_embeddings"] = max(fields["max_position_embeddings"], args.seq_len)
+    r = measure(ModelConfig(**fields, vocab_size=8192), args.seq_len, args.batch_size, args.steps, args.warmup,
+                compile=args.compile, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
+                threads=args.threads).as_dict()
+    if args.json:
+        emit_json(r)
+    else:
+        print(f"{r['params'] / 1e6:.2f}M params, seq {r['seq_len']} x batch {r['batch_size']}, "
+              f"{'compiled' if r['compiled'] else 'eager'}, {r['precision']}, "
+              f"{'fused' if r['fused_adamw'] else 'plain'} AdamW, {r['threads']} threads: "
+              f"{r['tok_s']:,.0f} tok/s ({r['step_s']:.3f} s/step; warm-up {r['warmup_s']:.1f} s; "
+              f"other processes used {100 * r['others_cpu']:.0f}% of the CPU meanwhile)")
+    return 0
+
+
+def _engine(args: argparse.Namespace):
+    from .commands_engine import _engine as engine
+
+    return engine(args)
+
+
+def _fim_files(args: argparse.Namespace) -> list[tuple[str, str]]:
+    from demi.assistant.files import read_text_file
+
+    files: list[tuple[str, str]] = []
+    if args.run:
+        import gzip
+
+        path = args.run / "corpus" / "heldout.jsonl.gz"
+        if not path.is_file():
+            raise UsageError(f"demi eval fim: {args.run} is not a training run with held-out files")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            files += [(d["path"], d["text"]) for d in map(json.loads, f)]
+    for name in args.files:
+        p = Path(name)
+        if p.is_dir():
+            for f in sorted(p.rglob("*.py")):
+                if "__pycache__" not in f.parts:
+                    files.append((f.relative_to(p).as_posix(), read_text_file(f)))
+        else:
+            files.append((p.name, read_text_file(p)))
+    if not files:
+        raise UsageError("demi eval fim: give files or directories, or --run RUN for its held-out files")
+    return files
+
+
+def cmd_eval_fim(args: argparse.Namespace) -> int:
+    from demi.assistant.context import FimContext
+    from demi.model.train.evaluate import evaluate_fim, line_samples
+
+    if args.samples < 1 or args.max_tokens < 1:
+        raise UsageError("demi eval fim: --samples and --max-tokens must be >= 1")
+    files = _fim_files(args)  # bad files fail before the model loads
+    samples = line_samples(files, args.samples, seed=args.seed)
+    if not samples:
+        raise UsageError("demi eval fim: no code lines to complete in those files")
+    engine = _engine(args)
+    if getattr(engine, "fim_template", None) is None:
+        from demi.model.errors import DemiUserError
+
+        raise DemiUserError(f"{engine.name} has no FIM tokens; `demi eval fim` needs a FIM model")
+
+    def infill(prefix: str, suffix: str, path: str) -> str:
+        return engine.infill(FimContext(prefix, suffix, path), stop=["\n"], max_new_tokens=args.max_tokens).text
+
+    res = evaluate_fim(infill, samples)
+    res.update(model=engine.name, fim=engine.fim_template.family, files=len(files))
+    if args.json:
+        emit_json(res)
+    else:
+        print(f"{res['samples']} lines from {len(files)} files: exact match {res['exact_match']:.3f}, "
+              f"edit similarity {res['edit_similarity']:.3f}  ({res['seconds']:.1f} s)")
+        for kind, r in res["by_kind"].items():
+            if r["samples"]:
+                print(f"  {kind:10s} {r['samples']:4d}  exact {r['exact_match']:.3f}  "
+                      f"edit sim {r['edit_similarity']:.3f}")
+    return 0
+
+
+def cmd_eval_passk(args: argparse.Namespace) -> int:
+    from demi.assistant.engines import Sampling
+    from demi.model.train.passk import STOP_STRINGS, evaluate, load_problems, truncate_completion
+
+    try:
+        ks = sorted({int(k) for k in str(args.k).split(",") if k.strip()})
+    except ValueError:
+        raise UsageError("demi eval passk: --k takes comma-separated integers, e.g. 1,10") from None
+    if not ks or min(ks) < 1 or max(ks) > args.samples:
+        raise UsageError("demi eval passk: every k must be between 1 and --samples")
+    if args.timeout <= 0 or args.max_tokens < 1:
+        raise UsageError("demi eval passk: --timeout must be > 0 and --max-tokens >= 1")
+    problems = load_problems(args.problems)[: args.limit]
+    engine = _engine(args)
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 0.8)
+    completions: dict[str, list[str]] = {}
+    for pi, p in enumerate(problems):
+        outs = []
+        for i in range(args.samples):
+            sampling = Sampling(temperature=temperature, top_p=0.95 if temperature else 1.0,
+                                seed=args.seed + 1000 * pi + i)
+            r = engine.complete(p["prompt"], max_new_tokens=args.max_tokens, sampling=sampling,
+                                stop=list(STOP_STRINGS))
+            outs.append(truncate_completion(r.text))
+        completions[p["task_id"]] = outs
+    res = evaluate(problems, completions, ks=ks, timeout=args.timeout)
+    res.update(model=engine.name, temperature=temperature)
+    if args.json:
+        emit_json(res)
+    else:
+        scores = "  ".join(f"{k} {res[k]:.3f}" for k in res if k.startswith("pass@"))
+        print(f"{res['problems']} problems x {args.samples} samples: {scores}  (sandbox: {res['isolation']})")
+    return 0

@@ -1,0 +1,374 @@
+"""Code actions "Demi: Explain" and "Demi: Refactor...", and the commands behind them.
+
+Listing code actions is cheap (the editor asks on every cursor move): titles and a `data`
+payload only. `codeAction/resolve` finds the target (the selection's lines, else the symbol at
+the cursor, else the file) with tree-sitter and attaches the command. The commands do the
+model work on a task thread at priority 1, so completions keep flowing meanwhile:
+
+- `demi.explain` (uri, optional range) returns the Markdown and, where the client supports
+  `window/showDocument`, writes it to a file under the data dir and opens it;
+- `demi.refactor` (uri, range, instruction) asks for an instruction with
+  `window/showMessageRequest` when none is given, validates the model's rewrite, and applies it
+  with `workspace/applyEdit` (so it lands in the editor's undo history); a rewrite computed for
+  an older version of the document is never applied.
+
+Both show `$/progress` once they run past half a second; cancelling it, or `$/cancelRequest`,
+stops the model at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from lsprotocol import types as t
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+
+from .progress import Progress
+from .scheduler import StreamCancelled, set_priority
+
+log = logging.getLogger("demi.lsp")
+
+EXPLAIN, REFACTOR = "demi.explain", "demi.refactor"
+COMMANDS = (EXPLAIN, REFACTOR)
+KIND_EXPLAIN = t.CodeActionKind.Empty
+KIND_REFACTOR = t.CodeActionKind.RefactorRewrite
+REQUEST_FAILED = -32803
+# Offered by window/showMessageRequest when demi.refactor comes without an instruction.
+SUGGESTED_INSTRUCTIONS = ("Add type hints", "Add a docstring", "Simplify it", "Handle errors explicitly")
+
+
+class RequestFailed(JsonRpcException):
+    CODE = REQUEST_FAILED
+    MESSAGE = "Request Failed"
+
+
+@dataclass
+class Target:
+    """What a command works on, in the assistant's terms."""
+
+    uri: str
+    doc: Any                      # demi.assistant.document.Document
+    version: int | None
+    symbol: str | None = None
+    lines: tuple[int, int] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.symbol:
+            return f"`{self.symbol}`"
+        if self.lines:
+            a, b = self.lines
+            return f"line {a}" if a == b else f"lines {a}-{b}"
+        return Path(self.doc.name).name
+
+
+def _kind(kind: Any) -> str:
+    return str(getattr(kind, "value", kind))
+
+
+# -- arguments ---------------------------------------------------------------------------------------
+
+def _range(value: Any) -> t.Range | None:
+    if value is None:
+        return None
+    if isinstance(value, t.Range):
+        return value
+    try:
+        s, e = value["start"], value["end"]
+        r = t.Range(t.Position(int(s["line"]), int(s["character"])), t.Position(int(e["line"]), int(e["character"])))
+    except (KeyError, TypeError, ValueError):
+        raise JsonRpcInvalidParams("range must be {start: {line, character}, end: {line, character}}") from None
+    if min(r.start.line, r.start.character, r.end.line, r.end.character) < 0:
+        raise JsonRpcInvalidParams("range positions must not be negative")
+    if (r.end.line, r.end.character) < (r.start.line, r.start.character):
+        raise JsonRpcInvalidParams("range ends before it starts")
+    return r
+
+
+def _plain(value: Any) -> Any:
+    """Command arguments as plain JSON values (pygls may hand over attrs objects)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__attrs_attrs__"):
+        from lsprotocol.converters import get_converter
+
+        return get_converter().unstructure(value)
+    if hasattr(value, "_asdict"):  # a namedtuple from a generic JSON object
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    return value
+
+
+def parse_arguments(arguments: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """[uri, range, ...] or [{uri, range, ...}] as a dict."""
+    args = _plain(list(arguments or []))
+    if len(args) == 1 and isinstance(args[0], dict):
+        out = dict(args[0])
+    else:
+        if len(args) > len(names):
+            raise JsonRpcInvalidParams(f"expected at most {len(names)} arguments ({', '.join(names)}), "
+                                       f"got {len(args)}")
+        out = dict(zip(names, args))
+    if not isinstance(out.get("uri"), str) or not out["uri"]:
+        raise JsonRpcInvalidParams(f"the first argument must be the document's uri ({', '.join(names)})")
+    return out
+
+
+# -- the service --------------------------------------------------------------------------------------
+
+class Actions:
+    def __init__(self, server: Any):
+        self.ls = server
+
+    # documents -------------------------------------------------------------------------------------
+
+    def document(self, uri: str) -> tuple[Any, int | None]:
+        """The assistant's Document for `uri`: the editor's text when open, else the file on disk."""
+        from demi.assistant.document import Document
+
+        open_doc = self.ls.open_document(uri)
+        if open_doc is not None:
+            name = self.ls.display_name(uri, open_doc)
+            return Document.from_text(open_doc.source, name), open_doc.version
+        parts = urlsplit(uri)
+        if parts.scheme == "file":
+            path = Path(unquote(parts.path))
+            if path.is_file():
+                return Document.load(path), None
+        raise JsonRpcInvalidParams(f"unknown document {uri}: it is not open in the editor (textDocument/didOpen) "
+                                   "nor a file on disk")
+
+    def target(self, uri: str, rng: t.Range | None) -> Target:
+        """Selection -> its lines; a point -> the symbol around it; nothing -> the whole file."""
+        from demi.assistant.syntax import parse
+
+        doc, version = self.document(uri)
+        if rng is None:
+            return Target(uri, doc, version)
+        last_line = doc.line_count - 1
+        for pos in (rng.start, rng.end):
+            if pos.line > last_line:
+                raise JsonRpcInvalidParams(f"line {pos.line} is past the end of {doc.name} "
+                                           f"({doc.line_count} lines, 0-based lines 0-{last_line})")
+        if rng.start != rng.end:
+            first, last = rng.start.line + 1, rng.end.line + 1
+            if rng.end.character == 0 and last > first:
+                last -= 1  # a selection of whole lines ends at the start of the next one
+            text_lines = doc.text.count("\n") + (0 if doc.text.endswith("\n") else 1)
+            last = min(last, max(first, text_lines))
+            return Target(uri, doc, version, lines=(first, last))
+        offset = doc.offset_utf16(rng.start.line, rng.start.character)
+        sym = parse(doc).enclosing(offset)
+        return Target(uri, doc, version, symbol=sym.qualname if sym is not None else None)
+
+    # code actions ----------------------------------------------------------------------------------
+
+    def _resolve_supported(self) -> bool:
+        caps = getattr(self.ls.protocol, "client_capabilities", None)
+        ca = getattr(getattr(caps, "text_document", None), "code_action", None)
+        return bool(ca is not None and ca.resolve_support is not None and ca.data_support)
+
+    def code_actions(self, params: t.CodeActionParams) -> list[t.CodeAction]:
+        uri = params.text_document.uri
+        doc = self.ls.open_document(uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"unknown document {uri}: open it first (textDocument/didOpen)")
+        only = list(params.context.only or []) if params.context else []
+        selection = params.range.start != params.range.end
+        rng = {"start": {"line": params.range.start.line, "character": params.range.start.character},
+               "end": {"line": params.range.end.line, "character": params.range.end.character}}
+        out = []
+        for action, title, kind in (("explain", "Demi: Explain" + (" selection" if selection else ""), KIND_EXPLAIN),
+                                    ("refactor", "Demi: Refactor" + (" selection" if selection else "") + "...",
+                                     KIND_REFACTOR)):
+            k = _kind(kind)
+            if only and not any(k == _kind(o) or k.startswith(f"{_kind(o)}.") for o in only):
+                continue
+            data = {"action": action, "uri": uri, "range": rng, "version": doc.version}
+            ca = t.CodeAction(title=title, kind=kind, data=data)
+            if not self._resolve_supported():
+                ca.command = t.Command(title=title, command=EXPLAIN if action == "explain" else REFACTOR,
+                                       arguments=[uri, rng])
+            out.append(ca)
+        return out
+
+    async def resolve(self, action: t.CodeAction) -> t.CodeAction:
+        data = _plain(action.data)
+        if not isinstance(data, dict) or data.get("action") not in ("explain", "refactor") \
+                or not isinstance(data.get("uri"), str):
+            raise JsonRpcInvalidParams("this code action was not made by Demi (its data is missing or unknown)")
+        rng = _range(data.get("range"))
+        target = await asyncio.get_running_loop().run_in_executor(self.ls.pool, self.target, data["uri"], rng)
+        verb = "Explain" if data["action"] == "explain" else "Refactor"
+        action.title = f"Demi: {verb} {target.label}" + ("..." if verb == "Refactor" else "")
+        args: list[Any] = [data["uri"], data.get("range")]
+        action.command = t.Command(title=action.title, command=EXPLAIN if verb == "Explain" else REFACTOR,
+                                   arguments=args)
+        return action
+
+    # commands --------------------------------------------------------------------------------------
+
+    async def run(self, params: t.ExecuteCommandParams) -> Any:
+        if params.command == EXPLAIN:
+            args = parse_arguments(params.arguments, ("uri", "range"))
+            return await self.explain(args, params.work_done_token)
+        if params.command == REFACTOR:
+            args = parse_arguments(params.arguments, ("uri", "range", "instruction"))
+            return await self.refactor(args, params.work_done_token)
+        raise JsonRpcInvalidParams(f"unknown command {params.command!r} (Demi has {', '.join(COMMANDS)})")
+
+    async def _in_pool(self, fn: Any, token: Any, *args: Any) -> Any:
+        """Run `fn` on a task thread; a cancelled request sets `token`, which stops the model."""
+        fut = asyncio.get_running_loop().run_in_executor(self.ls.pool, fn, *args)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+
+    async def explain(self, args: dict[str, Any], client_token: Any = None) -> str:
+        from demi.assistant.engines import CancelToken
+
+        rng = _range(args.get("range"))
+        loop = asyncio.get_running_loop()
+        target = await loop.run_in_executor(self.ls.pool, self.target, args["uri"], rng)
+        s = self.ls.settings
+        token = CancelToken()
+        async with Progress(self.ls, f"Demi: explaining {target.label}", token, client_token) as progress:
+            pieces = [0]
+
+            def on_text(piece: str) -> None:
+                pieces[0] += 1
+                progress.report(f"writing ({pieces[0]} pieces)",
+                                min(99, int(100 * pieces[0] / max(1, s.explain_max_tokens))))
+
+            def job() -> Any:
+                from demi.assistant.explain import explain
+
+                set_priority(1)
+                engine = self.ls.host.engine()
+                return explain(engine, target.doc, target.symbol, target.lines, max_tokens=s.explain_max_tokens,
+                               budget=s.explain_context_tokens, lead=s.explain_lead, on_text=on_text, cancel=token)
+
+            result = await self._run_task(job, token)
+        if token.cancelled:
+            raise asyncio.CancelledError()
+        self.ls.record_history("explain", f"explain {target.doc.name} {target.label}", result.model,
+                               f"explain {target.label}", result.markdown, result.prompt_tokens,
+                               result.completion_tokens, result.seconds,
+                               {"path": target.doc.name, "symbol": result.symbol, "lines": list(result.lines)})
+        await self._show(target, result.markdown)
+        return result.markdown
+
+    async def _run_task(self, job: Any, token: Any) -> Any:
+        from demi.model.errors import DemiError, DemiUserError
+
+        from .engine_host import EngineUnavailable
+
+        try:
+            return await self._in_pool(job, token)
+        except (StreamCancelled, asyncio.CancelledError):
+            token.cancel()
+            raise asyncio.CancelledError() from None
+        except EngineUnavailable as exc:
+            raise RequestFailed(f"Demi has no model: {exc}") from None
+        except DemiError as exc:
+            if token.cancelled:  # a refactor cut short says so with an error of its own
+                raise asyncio.CancelledError() from None
+            if isinstance(exc, DemiUserError):
+                raise JsonRpcInvalidParams(str(exc)) from None
+            raise RequestFailed(str(exc)) from None
+
+    async def _show(self, target: Target, markdown: str) -> None:
+        """Open the explanation in the editor where it can show a document."""
+        caps = getattr(self.ls.protocol, "client_capabilities", None)
+        window = getattr(caps, "window", None)
+        show = getattr(window, "show_document", None) if window is not None else None
+        if show is None or not show.support:
+            return
+        try:
+            folder = self.ls.data_dir() / "explanations"
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(target.doc.name).stem}-{target.label.strip('`')}")
+            path = folder / f"{stem[:80]}.md"
+            path.write_text(markdown, encoding="utf-8")
+            await asyncio.wait_for(self.ls.window_show_document_async(
+                t.ShowDocumentParams(uri=path.resolve().as_uri(), take_focus=True)), 5.0)
+        except Exception:  # noqa: BLE001 - the markdown is still the command's answer
+            log.warning("could not show the explanation", exc_info=True)
+
+    async def _ask_instruction(self, target: Target) -> str | None:
+        caps = getattr(self.ls.protocol, "client_capabilities", None)
+        window = getattr(caps, "window", None)
+        if window is None or window.show_message is None:
+            raise JsonRpcInvalidParams("demi.refactor needs an instruction (the third argument): this editor "
+                                       "cannot ask for one")
+        try:
+            choice = await self.ls.window_show_message_request_async(t.ShowMessageRequestParams(
+                type=t.MessageType.Info, message=f"Demi: how should {target.label} change?",
+                actions=[t.MessageActionItem(title=x) for x in SUGGESTED_INSTRUCTIONS]))
+        except JsonRpcException as exc:  # a client that claims the capability but cannot answer
+            raise JsonRpcInvalidParams(f"demi.refactor needs an instruction (the third argument); asking for one "
+                                       f"failed: {exc}") from None
+        return choice.title if choice is not None else None
+
+    async def refactor(self, args: dict[str, Any], client_token: Any = None) -> dict[str, Any]:
+        from demi.assistant.edits import workspace_edit
+        from demi.assistant.engines import CancelToken
+
+        rng = _range(args.get("range"))
+        loop = asyncio.get_running_loop()
+        target = await loop.run_in_executor(self.ls.pool, self.target, args["uri"], rng)
+        instruction = args.get("instruction")
+        if instruction is not None and not isinstance(instruction, str):
+            raise JsonRpcInvalidParams("instruction must be a string")
+        if not instruction or not instruction.strip():
+            instruction = await self._ask_instruction(target)
+            if not instruction:
+                return {"applied": False, "cancelled": True, "diff": "", "notes": ["no instruction given"]}
+        s = self.ls.settings
+        token = CancelToken()
+        async with Progress(self.ls, f"Demi: refactoring {target.label}", token, client_token) as progress:
+            def on_text(piece: str) -> None:
+                progress.report("rewriting")
+
+            def job() -> Any:
+                from demi.assistant.refactor import propose
+
+                set_priority(1)
+                engine = self.ls.host.engine()
+                return propose(engine, target.doc, instruction, target.symbol, target.lines,
+                               max_tokens=s.refactor_max_tokens, budget=s.refactor_context_tokens,
+                               cancel=token, on_text=on_text)
+
+            result = await self._run_task(job, token)
+        if token.cancelled:
+            raise asyncio.CancelledError()
+        notes = list(result.notes)
+        self.ls.record_history("refactor", f"refactor {target.doc.name} {target.label}: {instruction[:60]}",
+                               result.model, instruction, result.diff or "(no change)", result.prompt_tokens,
+                               result.completion_tokens, result.seconds,
+                               {"path": target.doc.name, "target": result.target})
+        if not result.edit.changed:
+            return {"applied": False, "diff": "", "notes": notes}
+        open_doc = self.ls.open_document(target.uri)
+        if target.version is not None and (open_doc is None or open_doc.version != target.version):
+            raise RequestFailed(f"{target.doc.name} changed while Demi was rewriting it; nothing was applied "
+                                "(run the refactor again)")
+        versioned = self.ls.supports_document_changes() and target.version is not None
+        edit = workspace_edit(result.edit, uri=target.uri, version=target.version if versioned else None)
+        from lsprotocol.converters import get_converter
+
+        answer = await self.ls.workspace_apply_edit_async(t.ApplyWorkspaceEditParams(
+            edit=get_converter().structure(edit, t.WorkspaceEdit), label=f"Demi: refactor {target.label}"))
+        return {"applied": bool(answer.applied), "failureReason": answer.failure_reason, "diff": result.diff,
+                "notes": notes}

@@ -1,0 +1,250 @@
+"""Which engine the language server uses, loading it without blocking the editor, and its state.
+
+In order: the server the settings name (`server`, `DEMI_SERVER`, config); else a `demi serve`
+already running on this machine's default port (so the terminal UI and the editor share one
+model in memory) when it serves the configured model or none is configured; else the model
+in-process, loaded on the model thread. Loading runs in the background: requests that arrive
+meanwhile wait for it (or are cancelled), and `demi/status` says "loading" then "ready" or
+"error". A settings change that touches the engine (model, server, quantization...) loads the
+new one and drops the old.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, Callable
+
+from .scheduler import ModelThread, SteppedModel, StreamCancelled
+from .settings import LspSettings
+
+log = logging.getLogger("demi.lsp")
+
+DEMI_SERVE_URL = "http://127.0.0.1:8642"  # `demi serve`'s default address
+
+
+class EngineUnavailable(Exception):
+    """No engine: loading failed (the message says why) or the server is shutting down."""
+
+
+def probe_demi_serve(url: str = DEMI_SERVE_URL, timeout: float = 0.3,
+                     api_key: str | None = None) -> dict[str, Any] | None:
+    """`demi serve`'s /v1/demi/stats when one answers at `url`, else None (never raises)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        conn.request("GET", "/v1/demi/stats", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read(65536)
+        conn.close()
+        if resp.status != 200:
+            return None
+        data = json.loads(body.decode("utf-8"))
+        return data if isinstance(data, dict) and "model" in data else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+
+
+def _same_model(wanted: str | None, served: str | None) -> bool:
+    if not wanted:
+        return True
+    if not served:
+        return False
+    return wanted == served or Path(wanted).name == Path(served).name
+
+
+class _Counted:
+    """An engine that is not stepped on the model thread (HTTP, or a test's), with runs counted."""
+
+    def __init__(self, engine: Any, host: "EngineHost"):
+        self._engine, self._host = engine, host
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        cancel = kwargs.get("cancel")
+        if cancel is not None and cancel.cancelled:
+            self._host.count_run(skipped=True)
+            raise StreamCancelled("cancelled before it started")
+        self._host.count_run()
+        return getattr(self._engine, method)(*args, **kwargs)
+
+    def infill(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("infill", *args, **kwargs)
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("chat", *args, **kwargs)
+
+    def complete(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("complete", *args, **kwargs)
+
+
+class EngineHost:
+    """Holds the current engine and its state; thread-safe."""
+
+    def __init__(self, on_status: Callable[[dict[str, Any]], None] | None = None,
+                 factory: Callable[[LspSettings], Any] | None = None, probe: bool = True):
+        self.thread = ModelThread()
+        self.on_status = on_status
+        self.factory = factory
+        self.probe = probe
+        self.state = "starting"
+        self.message = ""
+        self.kind: str | None = None       # in-process | http
+        self.url: str | None = None
+        self.name: str | None = None
+        self.load_seconds: float | None = None
+        self._counted_runs = 0
+        self._counted_skips = 0
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+        self._ready: Future = Future()
+        self._generation = 0
+
+    # -- counters -----------------------------------------------------------------------------------
+
+    def count_run(self, skipped: bool = False) -> None:
+        with self._lock:
+            if skipped:
+                self._counted_skips += 1
+            else:
+                self._counted_runs += 1
+
+    @property
+    def runs_started(self) -> int:
+        return self.thread.runs_started + self._counted_runs
+
+    @property
+    def runs_skipped(self) -> int:
+        return self.thread.runs_skipped + self._counted_skips
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def configure(self, settings: LspSettings, force: bool = False) -> Future:
+        """Start using the engine `settings` ask for (a no-op when it is the current one)."""
+        key = settings.engine_key()
+        with self._lock:
+            if key == self._key and not force and not (self._ready.done() and self._ready.exception()):
+                return self._ready
+            self._key = key
+            self._generation += 1
+            generation = self._generation
+            old = self._ready
+            self._ready = Future()
+            ready = self._ready
+        if old.done() and not old.exception():
+            try:
+                old.result().close()
+            except Exception:  # noqa: BLE001 - the old engine is going away anyway
+                pass
+        elif not old.done():
+            old.set_exception(EngineUnavailable("the settings changed while the engine was loading"))
+        self._set_state("loading", "")
+        threading.Thread(target=self._load, args=(settings, ready, generation), name="demi-load",
+                         daemon=True).start()
+        return ready
+
+    def _load(self, s: LspSettings, ready: Future, generation: int) -> None:
+        started = time.monotonic()
+        try:
+            engine = self._open(s)
+        except BaseException as exc:  # noqa: BLE001 - reported through the state, never raised here
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if generation == self._generation:
+                self._set_state("error", text)
+            if not ready.done():
+                ready.set_exception(EngineUnavailable(text))
+            return
+        if generation != self._generation:  # superseded while loading
+            try:
+                engine.close()
+            except Exception:  # noqa: BLE001
+                pass
+            return
+        self.load_seconds = time.monotonic() - started
+        if not ready.done():
+            ready.set_result(engine)
+        self._set_state("ready", "")
+
+    def _open(self, s: LspSettings) -> Any:
+        from demi.assistant.engines import HttpEngine, InProcessEngine, open_engine
+
+        if self.factory is not None:
+            engine = self.factory(s)
+            self.kind, self.url = "in-process" if not isinstance(engine, HttpEngine) else "http", None
+            self.name = getattr(engine, "name", "engine")
+            return _Counted(engine, self)
+        url = s.server
+        if not url and s.detect_server and (self.probe or isinstance(s.detect_server, str)):
+            where = s.detect_server if isinstance(s.detect_server, str) else DEMI_SERVE_URL
+            found = probe_demi_serve(where, api_key=s.api_key)
+            if found is not None and _same_model(s.model, str(found.get("model"))):
+                url = where
+                log.info("using the demi serve running at %s (model %s)", url, found.get("model"))
+        if url:
+            engine = open_engine(s.model, server=url, api_key=s.api_key)
+            self.kind, self.url = "http", engine.url
+            engine.info()  # resolves the model name: fails fast when nothing answers
+            self.name = engine.name
+            return _Counted(engine, self)
+        self.kind, self.url = "in-process", None
+        self.name = s.model or "(default model)"
+
+        def load() -> Any:
+            return open_engine(s.model, device=s.device or "cpu", dtype=s.dtype or "auto", context=s.context,
+                               quant=s.quant)
+
+        plain = self.thread.call(load).result()
+        engine = InProcessEngine(SteppedModel(plain.local, self.thread))
+        self.name = engine.name
+        self.thread.call(engine.info).result()  # parameter count and FIM template, once, off the hot path
+        return engine
+
+    def engine(self, timeout: float | None = None) -> Any:
+        """The ready engine (blocks while it loads); EngineUnavailable when there is none."""
+        with self._lock:
+            ready = self._ready
+        try:
+            return ready.result(timeout)
+        except (EngineUnavailable, TimeoutError, FutureTimeout):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise EngineUnavailable(str(exc) or type(exc).__name__) from None
+
+    @property
+    def ready_future(self) -> Future:
+        with self._lock:
+            return self._ready
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def _set_state(self, state: str, message: str) -> None:
+        self.state, self.message = state, message
+        if self.on_status is not None:
+            try:
+                self.on_status(self.status())
+            except Exception:  # noqa: BLE001 - a closed connection must not break loading
+                log.debug("status callback failed", exc_info=True)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "model": self.name, "engine": self.kind, "server": self.url,
+                "message": self.message or None,
+                "loadSeconds": round(self.load_seconds, 3) if self.load_seconds is not None else None}
+
+    def close(self) -> None:
+        with self._lock:
+            self._generation += 1
+            ready = self._ready
+        if not ready.done():
+            ready.set_exception(EngineUnavailable("the server is shutting down"))
+        self.thread.stop()

@@ -1,0 +1,392 @@
+"""The pieces of the chat screen: the message box, messages, the diff card, the session list, modals."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Markdown, OptionList, Static, TextArea
+from textual.widgets.markdown import MarkdownStream
+
+from .completion import Completion
+
+
+def fence(code: str, language: str = "") -> str:
+    """`code` as a fenced Markdown block whose fence cannot be closed by the code itself."""
+    ticks = "```"
+    while ticks in code:
+        ticks += "`"
+    return f"{ticks}{language}\n{code.rstrip(chr(10))}\n{ticks}\n"
+
+
+class PromptInput(TextArea):
+    """The message box: Enter sends, ctrl+j / alt+enter / shift+enter add a line, Tab completes,
+    Up and Down on the first and last line walk through earlier messages."""
+
+    class Submitted(Message):
+        def __init__(self, text: str, at: float) -> None:
+            super().__init__()
+            self.text, self.at = text, at
+
+    class Hints(Message):
+        """Completion candidates to show (empty: hide them)."""
+
+        def __init__(self, candidates: list[str]) -> None:
+            super().__init__()
+            self.candidates = candidates
+
+    NEWLINE_KEYS = frozenset({"ctrl+j", "shift+enter", "alt+enter", "ctrl+enter"})
+
+    def __init__(self, completer: Callable[[str, int], Completion | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(soft_wrap=True, tab_behavior="focus", show_line_numbers=False, compact=True, **kwargs)
+        self.completer = completer
+        self.sent: list[str] = []
+        self._recall: int | None = None
+        self._draft = ""
+        self._cycle: tuple[Completion, int] | None = None
+        self._cycle_end = 0
+        self._hinting = False
+
+    @property
+    def offset(self) -> int:
+        row, col = self.cursor_location
+        lines = self.text.split("\n")
+        return sum(len(line) + 1 for line in lines[:row]) + col
+
+    def remember(self, text: str) -> None:
+        if text.strip() and (not self.sent or self.sent[-1] != text):
+            self.sent.append(text)
+        self._recall = None
+
+    async def _on_key(self, event: Any) -> None:
+        key = event.key
+        if key != "tab":
+            self._cycle = None
+            if self._hinting:  # typing on: the candidates shown no longer apply
+                self._hinting = False
+                self.post_message(self.Hints([]))
+        if key == "enter":
+            self._stop(event)
+            self.post_message(self.Hints([]))
+            self.post_message(self.Submitted(self.text, getattr(event, "time", None) or time.monotonic()))
+        elif key in self.NEWLINE_KEYS:
+            self._stop(event)
+            self.insert("\n")
+        elif key == "tab" and self._complete():
+            self._stop(event)
+        elif key == "up" and self.cursor_location[0] == 0 and self.sent:
+            self._stop(event)
+            self._walk(-1)
+        elif key == "down" and self._recall is not None and self.cursor_location[0] == self.document.line_count - 1:
+            self._stop(event)
+            self._walk(1)
+
+    @staticmethod
+    def _stop(event: Any) -> None:
+        event.stop()
+        event.prevent_default()
+
+    def _walk(self, step: int) -> None:
+        if self._recall is None:
+            self._draft, self._recall = self.text, len(self.sent)
+        self._recall = max(0, min(len(self.sent), self._recall + step))
+        text = self.sent[self._recall] if self._recall < len(self.sent) else self._draft
+        if self._recall == len(self.sent):
+            self._recall = None
+        self.load_text(text)
+        self.move_cursor(self.document.end)
+
+    def _complete(self) -> bool:
+        if self.completer is None:
+            return False
+        if self._cycle is not None:  # Tab again: the next candidate
+            comp, i = self._cycle
+            i = (i + 1) % len(comp.candidates)
+            self._replace(comp.start, self._cycle_end, comp.candidates[i])
+            self._cycle = (comp, i)
+            self._cycle_end = comp.start + len(comp.candidates[i])
+            return True
+        comp = self.completer(self.text, self.offset)
+        if comp is None or not comp.candidates:
+            self.post_message(self.Hints([]))
+            return False
+        common = comp.common()
+        current = self.text[comp.start:comp.end]
+        if len(comp.candidates) == 1:
+            self._replace(comp.start, comp.end, comp.candidates[0])
+            self.post_message(self.Hints([]))
+        elif len(common) > len(current):
+            self._replace(comp.start, comp.end, common)
+            self.post_message(self.Hints(comp.candidates))
+            self._hinting = True
+        else:
+            self.post_message(self.Hints(comp.candidates))
+            self._hinting = True
+            self._cycle = (comp, -1)
+            self._cycle_end = comp.end
+            return self._complete()
+        return True
+
+    def _replace(self, start: int, end: int, text: str) -> None:
+        doc = self.document
+        self.replace(text, self._location(doc, start), self._location(doc, end))
+
+    @staticmethod
+    def _location(doc: Any, offset: int) -> tuple[int, int]:
+        row = 0
+        for line in doc.lines:
+            if offset <= len(line):
+                return row, offset
+            offset -= len(line) + 1
+            row += 1
+        return doc.end
+
+
+class UserMessage(Static):
+    """What the user sent (plain text: brackets are not markup), with what it attached."""
+
+    def __init__(self, text: str, attached: list[str] | None = None, **kwargs: Any) -> None:
+        body = Text(text)
+        if attached:
+            body.append("\nattached: " + ", ".join(attached), style="dim")
+        super().__init__(body, **kwargs)
+        self.text = text
+
+
+class AssistantMessage(Vertical):
+    """One answer: a heading with who wrote it, Markdown that streams, a line of timings."""
+
+    def __init__(self, who: str, text: str = "", meta: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.who, self.text, self._meta = who, text, meta
+        self._stream: MarkdownStream | None = None
+        self.first_write_at: float | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(self.who), classes="who")
+        yield Markdown(self.text, classes="answer")
+        yield Static(Text(self._meta), classes="meta")
+
+    @property
+    def markdown(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    def set_meta(self, text: str) -> None:
+        self._meta = text
+        self.query_one(".meta", Static).update(Text(text))
+
+    def start(self) -> None:
+        self._stream = Markdown.get_stream(self.markdown)
+
+    async def write(self, text: str) -> None:
+        if self._stream is None:
+            self.start()
+        assert self._stream is not None
+        self.text += text
+        if self.first_write_at is None:
+            self.first_write_at = time.monotonic()
+        await self._stream.write(text)
+
+    async def finish(self, meta: str, replace: str | None = None) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        if replace is not None and replace != self.text:
+            self.text = replace
+            await self.markdown.update(replace)
+        self.set_meta(meta)
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+
+class Notice(Static):
+    """An inline line from demi-chat itself (errors, results of commands); never from the model."""
+
+    def __init__(self, text: str, kind: str = "info", **kwargs: Any) -> None:
+        super().__init__(Text(text), classes=f"notice -{kind}", **kwargs)
+        self.text, self.kind = text, kind
+
+
+class HelpNotice(Markdown):
+    pass
+
+
+class DiffProposal(Vertical):
+    """A proposed refactor: the diff (highlighted), notes, and Apply / Reject."""
+
+    class Decided(Message):
+        def __init__(self, proposal: "DiffProposal", apply: bool) -> None:
+            super().__init__()
+            self.proposal, self.apply = proposal, apply
+
+    def __init__(self, title: str, diff: str, notes: list[str], result: Any = None, resolved: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.title, self.diff, self.notes, self.result = title, diff, notes, result
+        self.resolved = resolved
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(self.title), classes="who")
+        yield Markdown(fence(self.diff, "diff") if self.diff.strip() else "_(no change)_", classes="diff")
+        if self.notes:
+            yield Static(Text("\n".join(f"note: {n}" for n in self.notes)), classes="meta")
+        yield Static(Text("Apply writes it (atomically, with a backup: /undo restores it); Reject drops it. "
+                          "Or type /apply or /reject." if self.resolved is None else self.resolved),
+                     classes="meta state")
+        with Horizontal(classes="buttons"):
+            yield Button("Apply", id="apply", variant="success", compact=True)
+            yield Button("Reject", id="reject", variant="error", compact=True)
+
+    def on_mount(self) -> None:
+        if self.resolved is not None or self.result is None or not self.diff.strip():
+            self._close(self.resolved or "nothing to apply")
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if self.resolved is None:
+            self.post_message(self.Decided(self, event.button.id == "apply"))
+
+    def _close(self, text: str) -> None:
+        self.resolved = text
+        self.query_one(".buttons").display = False
+        self.query_one(".state", Static).update(Text(text))
+
+    def resolve(self, text: str) -> None:
+        self._close(text)
+
+
+class StatusBar(Static):
+    """model · quantization · device · tokens/s of the last answer · context used · state."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("", **kwargs)
+        self.fields: dict[str, str] = {"model": "no model yet", "quant": "", "device": "", "speed": "",
+                                       "context": "", "state": ""}
+
+    def set(self, **fields: str) -> None:
+        self.fields.update({k: v for k, v in fields.items() if v is not None})
+        parts = [self.fields[k] for k in ("model", "quant", "device", "speed", "context") if self.fields[k]]
+        line = " · ".join(parts)
+        if self.fields["state"]:
+            line += "  │  " + self.fields["state"]
+        self.update(Text(line))
+
+    @property
+    def line(self) -> str:
+        return str(self.render())
+
+
+class SessionList(OptionList):
+    """Past sessions (or search hits); enter opens, r renames, d deletes."""
+
+    BINDINGS = [
+        Binding("r,f2", "rename", "rename"),
+        Binding("d,delete", "delete", "delete"),
+    ]
+
+    class Act(Message):
+        def __init__(self, action: str, option_id: str) -> None:
+            super().__init__()
+            self.action, self.option_id = action, option_id
+
+    def _highlighted_id(self) -> str | None:
+        if self.highlighted is None:
+            return None
+        return self.get_option_at_index(self.highlighted).id
+
+    def action_rename(self) -> None:
+        oid = self._highlighted_id()
+        if oid:
+            self.post_message(self.Act("rename", oid))
+
+    def action_delete(self) -> None:
+        oid = self._highlighted_id()
+        if oid:
+            self.post_message(self.Act("delete", oid))
+
+
+class Sidebar(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="search history", id="search")
+        yield SessionList(id="sessions")
+        yield Static("", id="history-state")
+
+
+class RenameScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        self.old = title
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Rename the session (enter saves, esc cancels)")
+            yield Input(value=self.old, id="title")
+
+    @on(Input.Submitted)
+    def _done(self, event: Input.Submitted) -> None:
+        event.stop()
+        title = event.value.strip()
+        self.dismiss(title or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [Binding("escape,n", "answer(False)", "no"), Binding("y", "answer(True)", "yes")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(Text(self.question))
+            with Horizontal(classes="buttons"):
+                yield Button("Delete (y)", id="yes", variant="error", compact=True)
+                yield Button("Keep (n)", id="no", compact=True)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+def last_code_block(texts: list[str]) -> str | None:
+    """The last fenced code block in the newest text that has one (for copying)."""
+    for text in reversed(texts):
+        blocks, current, opener = [], None, ""
+        for line in text.splitlines():
+            stripped = line.strip()
+            if current is None:
+                if stripped.startswith(("```", "~~~")):
+                    opener = stripped[:3]
+                    n = len(stripped) - len(stripped.lstrip(opener[0]))
+                    opener = opener[0] * n
+                    current = []
+            elif stripped.startswith(opener) and stripped.strip(opener[0]) == "":
+                blocks.append("\n".join(current))
+                current = None
+            else:
+                current.append(line)
+        if current:  # a block still open (a stopped answer): take what there is
+            blocks.append("\n".join(current))
+        if blocks:
+            return blocks[-1] + "\n"
+    return None
+
