@@ -333,6 +333,38 @@ def balance_brackets(prefix: str, completion: str, spec: LangSpec | None = None,
     return out
 
 
+def _closed_by_suffix(prefix: str, completion: str, suffix: str, spec: LangSpec | None = None) -> bool:
+    """Whether the code after the cursor already closes what the completion leaves open: a line
+    that opens a call the next lines continue (`items = sorted(` before `    data, key=len)`) is
+    right as it is, and closing it would break the file. Counted as closers in `suffix` without an
+    opener there, less openers in `prefix` without a closer there."""
+    comment = _comment_marker(spec)
+
+    def unclosed(text: str, scanner: BracketScanner) -> int:
+        stack: list[str] = []
+        for _, ch in scanner.scan(text):
+            if ch in OPENERS:
+                stack.append(ch)
+            elif stack and stack[-1] == CLOSERS[ch]:
+                stack.pop()
+        return len(stack)
+
+    scanner = BracketScanner(comment)
+    before = unclosed(prefix, scanner)
+    own = unclosed(completion, scanner)
+    if not own or scanner.quote is not None:
+        return False
+    depth, wanted = 0, 0
+    for _, ch in scanner.scan(suffix):
+        if ch in OPENERS:
+            depth += 1
+        elif depth:
+            depth -= 1
+        else:
+            wanted += 1
+    return wanted - before >= own
+
+
 # -- tree-sitter ---------------------------------------------------------------------------------
 
 def _errors(spec: LangSpec, text: str) -> int:
@@ -406,7 +438,8 @@ def postprocess(prefix: str, completion: str, suffix: str, spec: LangSpec | None
     step("trim_suffix_overlap", trim_suffix_overlap(prefix, result.text, suffix, spec))
     if mode == "multi":
         step("syntax_trim", syntax_trim(prefix, result.text, suffix, spec, mode))
-    step("balance_brackets", balance_brackets(prefix, result.text, spec, mode))
+    if not _closed_by_suffix(prefix, result.text, suffix, spec):
+        step("balance_brackets", balance_brackets(prefix, result.text, spec, mode))
     if not rest_of_line(suffix).strip():
         step("trailing_whitespace", result.text.rstrip())
     return result

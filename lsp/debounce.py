@@ -6,8 +6,9 @@ CPU. The wait follows two measurements, both exponential moving averages:
 
 - the interval between edits of a document while the user types (gaps over a second are
   pauses, not typing speed), with its mean deviation, as TCP estimates a round-trip time: the
-  wait is the mean plus two deviations (at least 30% over the mean), so ordinary jitter does
-  not read as a pause (a run started by one that does is cancelled by the next keystroke); and
+  wait is the mean plus two deviations (at least 30% over the mean, at most twice the mean), so
+  ordinary jitter does not read as a pause (a run started by one that does is cancelled by the
+  next keystroke) and a jittery typist still gets a suggestion soon after stopping; and
 - the latency of recent completions.
 
 When the model answers well within the typing interval and the suggestion would then stay on
@@ -79,7 +80,7 @@ class Debouncer:
             latency = self.latency_s
         if latency is not None and latency < FAST_MODEL_RATIO * interval and interval - latency >= VISIBLE_S:
             return self.min_s
-        wait = max(INTERVAL_FACTOR * interval, interval + DEVIATIONS * deviation)
+        wait = max(INTERVAL_FACTOR * interval, interval + min(DEVIATIONS * deviation, interval))
         return min(self.max_s, max(self.min_s, wait))
 
     def as_dict(self) -> dict[str, float | None]:

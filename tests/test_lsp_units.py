@@ -231,3 +231,15 @@ def test_stop_fails_queued_calls_instead_of_hanging():
     assert first.result(5) is True
     with pytest.raises(RuntimeError, match="stopped"):
         queued.result(5)
+
+
+def test_debounce_tolerates_jitter_within_bounds():
+    import random
+
+    d = Debouncer(min_s=0.015, max_s=0.3)
+    rng, now = random.Random(0), 0.0
+    for _ in range(30):
+        d.edited("u", now)
+        now += 0.05 + rng.uniform(-0.02, 0.04)  # a jittery typist (or a busy machine)
+    assert d.deviation_s > 0.005
+    assert 1.3 * d.interval_s < d.delay() <= 2 * d.interval_s + 1e-9

@@ -143,3 +143,14 @@ def test_corrupt_checkpoint_on_resume(run, tmp_path, capsys):
         f.seek(200)
         f.write(b"garbage")
     user_error(InProcess(capsys, ["train", "run", "--out", copy, "--resume", "--steps", "10"]), "corrupt checkpoint")
+
+
+def test_export_the_latest_checkpoint(run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    res = one_json(InProcess(capsys, ["train", "export", "--run", run, "--to", tmp_path / "now", "--json"]))
+    exported = load_file(str(Path(res["model_dir"]) / "model.safetensors"))
+    final = load_file(str(run / "model" / "model.safetensors"))  # the last checkpoint is the final model
+    assert exported.keys() == final.keys() and all((exported[k] == final[k]).all() for k in final)
+    assert (tmp_path / "now" / "tokenizer.json").is_file()
+    user_error(InProcess(capsys, ["train", "export", "--run", tmp_path, "--to", tmp_path / "x"]), "no run.json")

@@ -108,6 +108,7 @@ class Job:
             self.scheduled = True
         if wake:
             self.app.post_message(Flush(self))
+        time.sleep(0)  # hand the GIL to the screen's thread if it is waiting (a key, a repaint)
 
     @property
     def text(self) -> str:

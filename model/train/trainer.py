@@ -195,7 +195,8 @@ class Progress:
     def update(self, step: int, loss: float, tok_s: float, eta_s: float, extra: str = "") -> None:
         if not self.enabled or (not self.tty and step % self.every and step != self.total):
             return
-        eta = time.strftime("%H:%M:%S", time.gmtime(max(0, eta_s))) if eta_s < 86400 * 30 else "?"
+        eta_s = max(0, int(eta_s))
+        eta = f"{eta_s // 3600}:{eta_s % 3600 // 60:02d}:{eta_s % 60:02d}" if eta_s < 86400 * 30 else "?"
         width = 24
         done = int(width * step / max(1, self.total))
         bar = "#" * done + "." * (width - done)
