@@ -280,7 +280,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                            "label": "random weights (scaffold, demi-tiny's size class): latency is real, text is noise"
                            if not args.model else args.model,
                            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                       "python": platform.python_version()}}
+                                       "python": platform.python_version(), "load_before": _load()}}
     with tempfile.TemporaryDirectory(prefix="demi-lsp-bench-") as tmp:
         workdir = Path(tmp)
         options = {"contextTokens": args.context_tokens, "maxTokens": args.max_tokens[-1]}
@@ -308,7 +308,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                                args.max_tokens[-1], args.seed)
             finally:
                 await stop(client)
+    out["machine"]["load_after"] = _load()
     return out
+
+
+def _load() -> list[float] | None:
+    """The 1/5/15-minute load averages: numbers taken while other work shares the cores are slower."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
