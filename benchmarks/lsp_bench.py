@@ -108,12 +108,15 @@ class Client(LanguageClient):
         self.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"demi": settings}))
 
 
-async def start(model: Path, quant: str | None, workdir: Path, options: dict[str, Any]) -> Client:
+async def start(model: Path, quant: str | None, workdir: Path, options: dict[str, Any],
+                threads: int | None = None) -> Client:
     client = Client()
     cmd = [sys.executable, "-m", "demi.lsp.server", "--model", str(model), "--log-file", str(workdir / "server.log")]
     if quant:
         cmd += ["--quant", quant]
     env = {**os.environ, "DEMI_LSP_NO_PROBE": "1", "DEMI_DATA_DIR": str(workdir / "data")}
+    if threads:
+        env["DEMI_THREADS"] = str(threads)
     await client.start_io(*cmd, env=env)
     await client.initialize_async(t.InitializeParams(
         capabilities=t.ClientCapabilities(window=t.WindowClientCapabilities(work_done_progress=True)),
@@ -276,7 +279,7 @@ def ensure_model(path: Path) -> Path:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     model = Path(args.model) if args.model else ensure_model(DEFAULT_MODEL)
-    out: dict[str, Any] = {"model": str(model), "quant": args.quant or "none",
+    out: dict[str, Any] = {"model": str(model), "quant": args.quant or "none", "threads": args.threads,
                            "label": "random weights (scaffold, demi-tiny's size class): latency is real, text is noise"
                            if not args.model else args.model,
                            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -284,7 +287,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="demi-lsp-bench-") as tmp:
         workdir = Path(tmp)
         options = {"contextTokens": args.context_tokens, "maxTokens": args.max_tokens[-1]}
-        client = await start(model, args.quant, workdir, options)
+        client = await start(model, args.quant, workdir, options, args.threads)
         try:
             st = (await client.stats()).status
             out["engine"] = {"model": st.model, "load_seconds": st.loadSeconds}
@@ -302,7 +305,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await stop(client)
         if args.heldout:  # a fresh server: no other file it has seen can be context
-            client = await start(model, args.quant, workdir, options)
+            client = await start(model, args.quant, workdir, options, args.threads)
             try:
                 out["heldout"] = await heldout(client, workdir, model, args.quant, args.heldout, args.context_tokens,
                                                args.max_tokens[-1], args.seed)
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="model directory or name (default: .demi-build/demo-model, built if missing)")
     ap.add_argument("--quant", default=None, choices=["none", "int8", "int4"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in the server (DEMI_THREADS)")
     ap.add_argument("--requests", type=int, default=40, help="invoked requests per token cap")
     ap.add_argument("--max-tokens", type=int, nargs="+", default=[16, 64], help="token caps to measure")
     ap.add_argument("--context-tokens", type=int, default=1536, help="prompt budget (about 1,500 tokens)")

@@ -35,7 +35,7 @@ from .settings import LspSettings
 
 log = logging.getLogger("demi.lsp")
 
-PARSE_DELAY_S = 0.03  # parse a changed document once typing has paused this long
+PARSE_DELAY_S = 0.03  # parse a changed document once typing has paused this long (at least)
 
 
 @dataclass
@@ -234,8 +234,9 @@ class CompletionService:
     #
     # Parsing (tree-sitter, then the symbol outline the context needs) costs ~25 ms on a 2,500-line
     # file: it is done once per document version, on a task thread, and shared by every request at
-    # that version. After an edit it starts once typing pauses (PARSE_DELAY_S), so it overlaps the
-    # debounce wait of the automatic request that follows instead of adding to it.
+    # that version. After an edit it starts once typing pauses: at 80% of the debounce wait, so it
+    # is ready when the automatic request's job starts, but does not run (and hold the GIL the
+    # protocol needs) between the keystrokes of a burst.
 
     def parsed(self, snap: Snapshot) -> tuple[Any, Any]:
         """(Document, Syntax with its symbols) for `snap`'s text: reused when already built, and
@@ -291,7 +292,7 @@ class CompletionService:
             fut = loop.run_in_executor(self.pool, self.parsed, snap)
             fut.add_done_callback(_consume)
 
-        self._parse_timers[snap.uri] = loop.call_later(PARSE_DELAY_S, go)
+        self._parse_timers[snap.uri] = loop.call_later(max(PARSE_DELAY_S, 0.8 * self.debouncer.delay()), go)
 
     # -- bookkeeping -----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -201,6 +202,8 @@ class EngineHost:
         self.name = s.model or "(default model)"
 
         def load() -> Any:
+            if s.threads:  # the engine reads DEMI_THREADS when it loads (small models decode faster on fewer)
+                os.environ["DEMI_THREADS"] = str(s.threads)
             return open_engine(s.model, device=s.device or "cpu", dtype=s.dtype or "auto", context=s.context,
                                quant=s.quant)
 

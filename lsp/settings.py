@@ -19,7 +19,7 @@ from typing import Any, Mapping
 DEFAULT_ENABLE = {"*": True, "plaintext": False, "markdown": False, "scminput": False}
 
 # What makes the engine itself change (a reload); everything else applies to the next request.
-ENGINE_KEYS = ("model", "server", "detect_server", "api_key", "quant", "device", "dtype", "context")
+ENGINE_KEYS = ("model", "server", "detect_server", "api_key", "quant", "device", "dtype", "context", "threads")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class LspSettings:
     device: str | None = None
     dtype: str | None = None
     context: int | None = None
+    threads: int | None = None          # torch threads for the in-process model (None: DEMI_THREADS, physical cores)
     max_tokens: int = 64                # new tokens for one completion
     context_tokens: int = 1024          # prompt budget for FIM
     temperature: float = 0.0
@@ -82,7 +83,7 @@ _ALIASES.update({_norm(k): v for k, v in {
     "debounce": "debounce_ms", "enabled": "enable", "languages": "enable",
     "maxLatencyMs": "latency_budget_ms", "timeBudgetMs": "latency_budget_ms",
 }.items()})
-_OPTIONAL = {"model", "server", "api_key", "quant", "device", "dtype", "context", "debounce_ms",
+_OPTIONAL = {"model", "server", "api_key", "quant", "device", "dtype", "context", "threads", "debounce_ms",
              "latency_budget_ms", "data_dir"}
 _CHOICES = {"quant": ("none", "int8", "int4", "nf4", "auto"), "explain_lead": ("auto", "facts", "model")}
 

@@ -33,7 +33,7 @@ function settings(): Record<string, unknown> {
   // Everything under "demi" except how to start the server goes to the server as its settings.
   const all = vscode.workspace.getConfiguration("demi");
   const out: Record<string, unknown> = {};
-  for (const key of ["model", "server", "quant", "maxTokens", "contextTokens", "debounceMs", "enable"]) {
+  for (const key of ["model", "server", "quant", "threads", "maxTokens", "contextTokens", "debounceMs", "enable"]) {
     const value = all.get(key);
     if (value !== undefined && value !== null && value !== "") {
       out[key] = value;
