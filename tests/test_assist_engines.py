@@ -22,11 +22,11 @@ from demi.assistant.engines import (CancelToken, HttpEngine, InProcessEngine, Sa
 from demi.assistant.explain import explain
 from demi.assistant.fim import detect_fim
 from demi.assistant.prompts import ChatPrompt, looks_instruct
-from demi.assistant.server import ServerThread, create_app
 from demi.model.engine import LocalModel
 from demi.model.errors import DemiUserError
+from helpers import serve, tiny_checkpoint
 from hf_models import save_family
-from tokenizers_fixture import make_bytelevel_tokenizer, make_llama_tokenizer
+from tokenizers_fixture import make_llama_tokenizer
 
 CONTEXT = 1024
 CODE = '''import os
@@ -47,10 +47,7 @@ def main():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("qwen2-assist")
-    save_family("qwen2", out, max_position_embeddings=CONTEXT)
-    make_bytelevel_tokenizer(out)
-    return out
+    return tiny_checkpoint(tmp_path_factory.mktemp("qwen2-assist"), max_position_embeddings=CONTEXT)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +57,7 @@ def local(model_dir) -> InProcessEngine:
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    app = create_app(LocalModel.load(str(model_dir), context=CONTEXT))
-    with ServerThread(app) as srv:
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT)) as srv:
         yield srv
 
 
@@ -180,9 +176,7 @@ def test_complete_warns_about_instruct_models(model_dir, doc, tmp_path):
 
 
 def test_complete_budget_respects_a_small_context(tmp_path):
-    d = tmp_path / "small"
-    save_family("qwen2", d, max_position_embeddings=128)
-    make_bytelevel_tokenizer(d)
+    d = tiny_checkpoint(tmp_path / "small", max_position_embeddings=128)
     engine = open_engine(str(d), context=128)
     big = Document.from_text("".join(f"item_{i} = {i}\n" for i in range(500)), "big.py")
     res = complete(engine, big, big.line_start(250), max_tokens=16, budget=4096)

@@ -6,18 +6,14 @@ on stdout and no traceback (unless --debug).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from hf_models import save_family
-from tokenizers_fixture import make_bytelevel_tokenizer, training_texts
+from helpers import clean_env, demi, one_json, tiny_checkpoint
+from tokenizers_fixture import training_texts
 
 transformers = pytest.importorskip("transformers")
 PROMPT = "def add(a, b):"
@@ -26,33 +22,12 @@ PROMPT = "def add(a, b):"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """A clean environment: no user config, no hub cache, offline."""
-    home = tmp_path_factory.mktemp("home")
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("DEMI_", "HF_", "XDG_"))}
-    out.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"),
-               XDG_CACHE_HOME=str(home / "cache"), HF_HOME=str(home / "hf"), DEMI_OFFLINE="1",
-               HF_HUB_OFFLINE="1", PYTHONWARNINGS="default")
-    return out
-
-
-def demi(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "demi", *map(str, args)], capture_output=True, text=True,
-                          encoding="utf-8", env=env, cwd=cwd, timeout=120)
-
-
-def one_json(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.endswith("\n") and proc.stdout.count("\n") == 1, proc.stdout  # exactly one object
-    obj = json.loads(proc.stdout)
-    assert isinstance(obj, dict)
-    return obj
+    return clean_env(tmp_path_factory.mktemp("home"), PYTHONWARNINGS="default")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("llama-cli")
-    save_family("llama", out)
-    make_bytelevel_tokenizer(out)
-    return out
+    return tiny_checkpoint(tmp_path_factory.mktemp("llama-cli"), "llama")
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +156,7 @@ def broken(tmp_path_factory, model_dir) -> dict[str, Path]:
     shutil.copytree(model_dir, truncated)
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
-    small = root / "small-context"
-    save_family("llama", small, max_position_embeddings=32)
-    make_bytelevel_tokenizer(small)
+    small = tiny_checkpoint(root / "small-context", "llama", max_position_embeddings=32)
     return {"corrupt": corrupt, "truncated": truncated, "small": small, "missing": root / "no-such-dir"}
 
 

@@ -3,63 +3,31 @@
 The model is a tiny random qwen2 with the byte-level tokenizer, so explanations are noise; the
 tests check the contract (exit codes, one JSON object, one-line errors, nothing written without
 --apply) and placement. Refactors that must succeed come from a scripted OpenAI-compatible server
-(standard library, below): no random model writes a valid rewrite, and a real server with a real
+(tests/helpers.py): no random model writes a valid rewrite, and a real server with a real
 model is not available to tests. The HTTP client itself is tested against `demi serve` in
 test_assist_engines.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from hf_models import save_family
-from tokenizers_fixture import make_bytelevel_tokenizer
-
-CODE = '''import math
-
-
-def area(r):
-    """Area of a circle."""
-    if r < 0:
-        raise ValueError("negative radius")
-    return 3.14 * r * r
-
-
-def main():
-    print(area(2))
-'''
-REWRITE = '''def area(r: float) -> float:
-    """Area of a circle."""
-    if r < 0:
-        raise ValueError("negative radius")
-    return math.pi * r ** 2
-'''
+from helpers import CODE, REWRITE, ScriptedServer, clean_env, demi, one_json, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("home")
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("DEMI_", "HF_", "XDG_"))}
-    out.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"),
-               XDG_CACHE_HOME=str(home / "cache"), HF_HOME=str(home / "hf"), DEMI_OFFLINE="1",
-               HF_HUB_OFFLINE="1", DEMI_DB_TIMEOUT="0.5")
-    return out
+    return clean_env(tmp_path_factory.mktemp("home"), DEMI_DB_TIMEOUT="0.5")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("qwen2-cli")
-    save_family("qwen2", out, max_position_embeddings=1024)
-    make_bytelevel_tokenizer(out)
-    return out
+    return tiny_checkpoint(tmp_path_factory.mktemp("qwen2-cli"), max_position_embeddings=1024)
 
 
 @pytest.fixture()
@@ -69,17 +37,6 @@ def src(tmp_path) -> Path:
     return p
 
 
-def demi(env: dict[str, str], *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "demi", *map(str, args)], capture_output=True, text=True,
-                          encoding="utf-8", env=env, cwd=cwd, timeout=120)
-
-
-def one_json(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.endswith("\n") and proc.stdout.count("\n") == 1, proc.stdout
-    return json.loads(proc.stdout)
-
-
 def user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """Exit 2, nothing on stdout, one line on stderr, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
@@ -87,48 +44,6 @@ def user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     for n in needles:
         assert n in proc.stderr, proc.stderr
     return proc.stderr
-
-
-class ScriptedServer:
-    """An OpenAI-compatible chat endpoint that streams one fixed reply (a stand-in for a capable model)."""
-
-    def __init__(self, reply: str):
-        outer = self
-        self.reply, self.requests = reply, []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):
-                body = json.dumps({"object": "list", "data": [{"id": "scripted", "object": "model"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for i in range(0, len(outer.reply), 7):
-                    chunk = {"choices": [{"index": 0, "delta": {"content": outer.reply[i:i + 7]}}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-                usage = {"choices": [], "usage": {"prompt_tokens": 42, "completion_tokens": 17}}
-                for event in (end, usage):
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture()

@@ -27,8 +27,8 @@ from demi.assistant.fim import detect_fim
 from demi.assistant.server import ModelInfo, ServerThread, create_app, prepare_chat
 from demi.assistant.server_api import ChatRequest
 from demi.model.engine import Completion, LocalModel
-from hf_models import save_family
-from tokenizers_fixture import make_bytelevel_tokenizer, make_llama_tokenizer
+from helpers import serve, tiny_checkpoint
+from tokenizers_fixture import make_llama_tokenizer
 
 PROMPT = "def add(a, b):"
 CONTEXT = 4096
@@ -38,10 +38,7 @@ CONTEXT = 4096
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("qwen2-serve")
-    save_family("qwen2", out, max_position_embeddings=CONTEXT)
-    make_bytelevel_tokenizer(out)
-    return out
+    return tiny_checkpoint(tmp_path_factory.mktemp("qwen2-serve"), max_position_embeddings=CONTEXT)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +49,7 @@ def ref(model_dir) -> LocalModel:
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    model = LocalModel.load(str(model_dir), context=CONTEXT)
-    app = create_app(model)
-    with ServerThread(app) as srv:
-        srv.app = app
-        srv.model = model
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT)) as srv:
         yield srv
 
 
@@ -113,10 +106,7 @@ def plain_tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scripted(plain_tokenizer):
-    model = ScriptedModel(plain_tokenizer)
-    app = create_app(model, max_active=4, max_queue=8)
-    with ServerThread(app) as srv:
-        srv.app, srv.model = app, model
+    with serve(ScriptedModel(plain_tokenizer), max_active=4, max_queue=8) as srv:
         yield srv
 
 

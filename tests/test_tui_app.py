@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,28 +26,10 @@ from demi.model.engine import Completion, LocalModel
 from demi.tui.app import DemiChat, build_parser
 from demi.tui.widgets import AssistantMessage, DiffProposal, HelpNotice, Notice, SessionList, UserMessage
 
+from helpers import CODE, REWRITE, ScriptedServer
 from hf_models import save_family
 from tokenizers_fixture import make_bytelevel_tokenizer
 
-CODE = '''import math
-
-
-def area(r):
-    """Area of a circle."""
-    if r < 0:
-        raise ValueError("negative radius")
-    return 3.14 * r * r
-
-
-def main():
-    print(area(2))
-'''
-REWRITE = '''def area(r: float) -> float:
-    """Area of a circle."""
-    if r < 0:
-        raise ValueError("negative radius")
-    return math.pi * r ** 2
-'''
 SIZE = (110, 36)
 
 
@@ -108,46 +89,6 @@ class ScriptedEngine:
         pass
 
 
-class ScriptedServer:
-    """An OpenAI-compatible chat endpoint streaming one fixed reply (a capable model's rewrite)."""
-
-    def __init__(self, reply: str):
-        outer = self
-        self.reply, self.requests = reply, []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                body = json.dumps({"object": "list", "data": [{"id": "scripted-http", "object": "model"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for i in range(0, len(outer.reply), 9):
-                    chunk = {"choices": [{"index": 0, "delta": {"content": outer.reply[i:i + 9]}}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n')
-                self.wfile.write(b'data: {"choices": [], "usage": {"prompt_tokens": 42, "completion_tokens": 17}}\n\n')
-                self.wfile.write(b"data: [DONE]\n\n")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 # -- fixtures ----------------------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)
@@ -191,7 +132,7 @@ def src(tmp_path) -> Path:
 
 @pytest.fixture()
 def scripted_server():
-    srv = ScriptedServer(f"Here it is:\n\n```python\n{REWRITE}```\n")
+    srv = ScriptedServer(f"Here it is:\n\n```python\n{REWRITE}```\n", model_id="scripted-http", piece=9)
     yield srv
     srv.close()
 
