@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
-from demi.model.engine import Completion, LocalModel
+from demi.model.engine import Completion, LocalModel, drain
 from demi.model.errors import DemiError, DemiUserError
 from demi.model.generate import CancelToken, Sampling
 
@@ -29,7 +29,7 @@ from .context import FimContext
 from .prompts import ChatPrompt, looks_instruct, render_chat
 
 __all__ = ["CancelToken", "Completion", "Engine", "EngineInfo", "HttpEngine", "InProcessEngine", "Sampling",
-           "ServerError", "ServerUnreachableError", "engine_from_config", "open_engine"]
+           "ServerError", "ServerUnreachableError", "drain", "engine_from_config", "open_engine"]
 
 log = logging.getLogger("demi")
 
@@ -75,16 +75,6 @@ class Engine(Protocol):
     def info(self) -> EngineInfo: ...
 
     def close(self) -> None: ...
-
-
-def _drain(it: Iterator[str], on_text: Callable[[str], None] | None) -> Completion:
-    while True:
-        try:
-            piece = next(it)
-        except StopIteration as done:
-            return done.value
-        if on_text:
-            on_text(piece)
 
 
 class InProcessEngine:
@@ -385,7 +375,7 @@ class HttpEngine:
 
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
                  **kwargs: Any) -> Completion:
-        return _drain(self.stream(prompt, **kwargs), on_text)
+        return drain(self.stream(prompt, **kwargs), on_text)
 
     def infill(self, ctx: FimContext, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Completion:
         """`suffix` on /v1/completions: the server applies its model's FIM template."""
@@ -407,7 +397,7 @@ class HttpEngine:
              cancel: CancelToken | None = None, time_budget: float | None = None, **_: Any) -> Completion:
         body = self._body(max_new_tokens, sampling, stop)
         body["messages"] = prompt.messages
-        return _drain(self._events("/chat/completions", body, cancel, time_budget), on_text)
+        return drain(self._events("/chat/completions", body, cancel, time_budget), on_text)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is not None:

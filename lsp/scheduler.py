@@ -229,26 +229,14 @@ class SteppedModel:
                                    kwargs.get("cancel"))
 
     def complete(self, prompt: Any, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Any:
+        from demi.assistant.engines import drain  # the model is loaded by now: no import cost
+
         if current_priority() == 0:  # a completion: the whole generation as one call
             local, thread = self._local, self._thread
 
-            def whole() -> Any:
-                it = local.stream(prompt, **kwargs)
-                while True:
-                    try:
-                        piece = next(it)
-                    except StopIteration as done:
-                        return done.value
-                    thread.steps += 1
-                    if on_text and piece:
-                        on_text(piece)
+            def step() -> None:
+                thread.steps += 1
 
-            return thread.call(whole, kwargs.get("cancel"), run=True).result()
-        it = self.stream(prompt, **kwargs)
-        while True:
-            try:
-                piece = next(it)
-            except StopIteration as done:
-                return done.value
-            if on_text and piece:
-                on_text(piece)
+            return thread.call(lambda: drain(local.stream(prompt, **kwargs), on_text, step), kwargs.get("cancel"),
+                               run=True).result()
+        return drain(self.stream(prompt, **kwargs), on_text)

@@ -45,6 +45,24 @@ class Completion:
         return len(self.token_ids)
 
 
+def drain(stream: Iterator[str], on_text: Callable[[str], None] | None = None,
+          on_step: Callable[[], None] | None = None) -> Completion:
+    """Run a `stream` generator to its end and return its result (the generator's return value).
+
+    One loop for every caller that wants the whole answer: non-empty pieces go to `on_text`;
+    `on_step` hears every step, text or not, so a scheduler can count model steps.
+    """
+    while True:
+        try:
+            piece = next(stream)
+        except StopIteration as done:
+            return done.value
+        if on_step:
+            on_step()
+        if on_text and piece:
+            on_text(piece)
+
+
 def _held_back(text: str, stops: list[str]) -> int:
     """How many trailing chars of `text` could be the start of a stop string."""
     keep = 0
@@ -151,14 +169,7 @@ class LocalModel:
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
                  **kwargs) -> Completion:
         """Run `stream` to the end, passing each piece to `on_text`."""
-        it = self.stream(prompt, **kwargs)
-        while True:
-            try:
-                piece = next(it)
-            except StopIteration as done:
-                return done.value
-            if on_text and piece:
-                on_text(piece)
+        return drain(self.stream(prompt, **kwargs), on_text)
 
     @torch.inference_mode()
     def nll(self, ids: list[int], chunk: int = 512) -> tuple[float, int]:
