@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from demi.model.errors import DemiUserError
+from demi.model.filecheck import TooLarge, read_checked
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 
@@ -21,14 +22,7 @@ def read_text_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str:
     if p.is_dir():
         raise FileInputError(f"{p}: is a directory, not a file")
     try:
-        size = p.stat().st_size
-        if size > max_bytes:
-            raise FileInputError(f"{p}: {size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
-        data = p.read_bytes()
-    except PermissionError as exc:
-        raise FileInputError(f"{p}: permission denied") from exc
-    except OSError as exc:
-        raise FileInputError(f"{p}: cannot read ({exc.strerror or exc})") from exc
-    if b"\x00" in data[:8192]:
-        raise FileInputError(f"{p}: looks like a binary file, not text")
+        data = read_checked(p, max_bytes, FileInputError, "looks like a binary file, not text", binary_window=8192)
+    except TooLarge as exc:
+        raise FileInputError(f"{p}: {exc.size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit") from None
     return data.decode("utf-8", errors="replace")

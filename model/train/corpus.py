@@ -22,6 +22,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
+from ..filecheck import TooLarge, read_checked
 from .dedup import deduplicate
 from .errors import CorpusError
 from .licenses import License, from_license_file, from_metadata, named
@@ -142,16 +143,9 @@ def read_source_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str:
     """The file's text. Unreadable, binary or non-UTF-8 files raise CorpusError; files over
     `max_bytes` or with lines over MAX_LINE_CHARS raise _Skip."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise _Skip(f"{size} bytes is over the {max_bytes} byte limit")
-        data = path.read_bytes()
-    except PermissionError as exc:
-        raise CorpusError(f"{path}: permission denied") from exc
-    except OSError as exc:
-        raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if b"\x00" in data:
-        raise CorpusError(f"{path}: binary file (it has NUL bytes)")
+        data = read_checked(path, max_bytes, CorpusError, "binary file (it has NUL bytes)")
+    except TooLarge as exc:
+        raise _Skip(str(exc)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
