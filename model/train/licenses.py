@@ -42,6 +42,9 @@ class License:
     permissive: bool
 
 
+_OPERATORS = ("OR", "AND")  # SPDX binary operators, loosest first
+
+
 def _tokens(expr: str) -> list[str]:
     return re.findall(r"\(|\)|[^\s()]+", expr)
 
@@ -51,23 +54,18 @@ def spdx_is_permissive(expr: str) -> bool:
     toks = _tokens(expr)
     pos = 0
 
-    def parse_or() -> bool:
+    def parse(level: int = 0) -> bool:
+        """Operands joined by _OPERATORS[level] (OR binds loosest), each parsed one level down;
+        every operand is parsed (no short circuit) so the whole expression must be well formed."""
         nonlocal pos
-        value = parse_and()
-        while pos < len(toks) and toks[pos].upper() == "OR":
+        if level == len(_OPERATORS):
+            return parse_atom()
+        op = _OPERATORS[level]
+        values = [parse(level + 1)]
+        while pos < len(toks) and toks[pos].upper() == op:
             pos += 1
-            rhs = parse_and()
-            value = value or rhs
-        return value
-
-    def parse_and() -> bool:
-        nonlocal pos
-        value = parse_atom()
-        while pos < len(toks) and toks[pos].upper() == "AND":
-            pos += 1
-            rhs = parse_atom()
-            value = value and rhs
-        return value
+            values.append(parse(level + 1))
+        return any(values) if op == "OR" else all(values)
 
     def parse_atom() -> bool:
         nonlocal pos
@@ -76,7 +74,7 @@ def spdx_is_permissive(expr: str) -> bool:
         tok = toks[pos]
         pos += 1
         if tok == "(":
-            value = parse_or()
+            value = parse()
             if pos >= len(toks) or toks[pos] != ")":
                 raise ValueError("unbalanced parenthesis")
             pos += 1
@@ -87,7 +85,7 @@ def spdx_is_permissive(expr: str) -> bool:
         return value
 
     try:
-        result = parse_or()
+        result = parse()
     except ValueError:
         return False
     return result and pos == len(toks)
