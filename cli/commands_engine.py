@@ -9,7 +9,9 @@ import time
 from .main import UsageError, emit_json
 
 
-def register(sub, common) -> None:
+def register(sub, common) -> argparse._SubParsersAction:
+    """`demi generate`, `demi eval perplexity` and `demi bench`; returns the `eval` command's
+    sub-command table so other modules can add kinds to it (commands_train: fim, passk)."""
     g = sub.add_parser("generate", parents=[common()], help="raw generation from a prompt",
                        description="Generate from a prompt, encoded as the model's tokenizer does "
                                    "by default; streams the text unless --json.")
@@ -45,6 +47,7 @@ def register(sub, common) -> None:
     b.add_argument("--compare", choices=["transformers"], default=None,
                    help="also time transformers' generate (fp32 and bf16) on the same checkpoint")
     b.set_defaults(func=cmd_bench)
+    return ev
 
 
 def _engine(args: argparse.Namespace):

@@ -25,7 +25,9 @@ SHAPES = {
 }
 
 
-def register(sub, common) -> None:
+def register(sub, common, ev: argparse._SubParsersAction) -> None:
+    """`demi train ACTION`, and `demi eval fim|passk` added to `ev`: the `eval` command's
+    sub-command table, made by commands_engine and handed over by main.build_parser."""
     train = sub.add_parser("train", help="build corpora and tokenizers, train and distill models",
                            description="Demi's training pipeline (see model/train/).")
     tsub = train.add_subparsers(dest="train_command", metavar="ACTION", required=True)
@@ -90,7 +92,6 @@ def register(sub, common) -> None:
     bench.add_argument("--threads", type=int, default=0)
     bench.set_defaults(func=cmd_bench)
 
-    ev = _eval_subparsers(sub)
     fim = ev.add_parser("fim", parents=[common()], help="FIM line exact match and edit similarity",
                         description="Put the cursor at the start of a code line or after a word in it, ask the "
                                     "model (through demi complete's prompt) for the rest of the line, and score "
@@ -114,18 +115,6 @@ def register(sub, common) -> None:
     pk.add_argument("--seed", type=int, default=0)
     pk.add_argument("--limit", type=int, default=None, help="only the first N problems")
     pk.set_defaults(func=cmd_eval_passk)
-
-
-def _eval_subparsers(sub) -> Any:
-    """The `eval` command's sub-command table (made by commands_engine), to add fim and passk to it."""
-    parser = sub.choices.get("eval")
-    if parser is None:
-        parser = sub.add_parser("eval", help="evaluate a model")
-        return parser.add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    for action in parser._actions:  # argparse keeps no public handle on a parser's subparsers
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest="eval_command", metavar="KIND", required=True)
 
 
 def _corpus_args(p: argparse.ArgumentParser) -> None:

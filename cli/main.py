@@ -51,11 +51,11 @@ def build_parser() -> Parser:
     parser = Parser(prog="demi", description="Demi: a local, private coding assistant.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    commands_engine.register(sub, common)
+    eval_kinds = commands_engine.register(sub, common)  # `demi eval KIND`: commands_train adds kinds too
     commands_models.register(sub, common)
     from . import commands_serve; commands_serve.register(sub, common)  # noqa: E702
     from . import commands_assist; commands_assist.register(sub, common)  # noqa: E702
-    from . import commands_train; commands_train.register(sub, common)  # noqa: E702
+    from . import commands_train; commands_train.register(sub, common, eval_kinds)  # noqa: E702
     from . import commands_chat; commands_chat.register(sub, common)  # noqa: E702
     from . import commands_lsp; commands_lsp.register(sub, common)  # noqa: E702
     return parser
