@@ -32,7 +32,7 @@ demo: $(STAMP) $(DEMO)/config.json
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The built-in model from scratch (seeded; about 9 hours on an idle 2-core CPU). Re-running
+# The built-in model from scratch (seeded; about 95 minutes on an idle 2-core CPU). Re-running
 # resumes from the last checkpoint; when done, the model is copied into model/builtin/demi-tiny.
 tiny: $(STAMP)
 	$(BIN)/demi train tiny --out .demi-build/demi-tiny-run --ship model/builtin/demi-tiny

@@ -3,6 +3,13 @@
 A prompt that does not fit is cut where it hurts least: the prefix before the cursor loses
 its oldest lines, the suffix its farthest ones. Only a window of characters near the kept end
 is ever tokenized, so a 2 MB file costs no more than a short one.
+
+While the user types, the cut must not move with every keystroke: the engine reuses the KV
+of the previous prompt only up to the first token that differs, and a prefix that lost its
+oldest line (or a suffix that lost its farthest) differs almost from the start. `snap` makes
+the cuts move in steps of whole blocks of lines, counted from the file's start for the prefix
+and from the cursor for the suffix, so typing leaves both ends where they were until a whole
+block has to go.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ def _fits(text: str, budget: int, count: Counter) -> bool:
     return count(text) <= budget if text else True
 
 
-def keep_tail(text: str, budget: int, count: Counter) -> str:
-    """The longest run of whole lines at the end of `text` that fits in `budget` tokens."""
+def keep_tail(text: str, budget: int, count: Counter, snap: int = 0) -> str:
+    """The longest run of whole lines at the end of `text` that fits in `budget` tokens; with
+    `snap`, the number of lines dropped from the start is rounded up to a multiple of it."""
     if budget <= 0 or not text:
         return ""
     window = text[-budget * CHARS_PER_TOKEN_MAX:]
@@ -47,11 +55,21 @@ def keep_tail(text: str, budget: int, count: Counter) -> str:
     while out and not _fits(out, budget, count):  # merges across lines can add a token or two
         nl = out.find("\n")
         out = out[nl + 1:] if 0 <= nl < len(out) - 1 else out[len(out) // 4 or 1:]
+    if snap > 1 and out and len(out) < len(text) and text[-len(out) - 1] == "\n":
+        dropped = text.count("\n", 0, len(text) - len(out))
+        out = _drop_head_lines(out, -dropped % snap)
     return out
 
 
-def keep_head(text: str, budget: int, count: Counter) -> str:
-    """The longest run of whole lines at the start of `text` that fits in `budget` tokens."""
+def _drop_head_lines(text: str, n: int) -> str:
+    """`text` without its first `n` lines, keeping at least its last line."""
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[min(n, len(lines) - 1):])
+
+
+def keep_head(text: str, budget: int, count: Counter, snap: int = 0) -> str:
+    """The longest run of whole lines at the start of `text` that fits in `budget` tokens; with
+    `snap`, the number of lines kept is rounded down to a multiple of it (while at least one is)."""
     if budget <= 0 or not text:
         return ""
     window = text[: budget * CHARS_PER_TOKEN_MAX]
@@ -73,6 +91,11 @@ def keep_head(text: str, budget: int, count: Counter) -> str:
     while out and not _fits(out, budget, count):
         nl = out.rstrip("\n").rfind("\n")
         out = out[: nl + 1] if nl >= 0 else out[: len(out) * 3 // 4]
+    if snap > 1 and out.endswith("\n") and len(out) < len(text):
+        lines = out.splitlines(keepends=True)
+        keep = len(lines) - len(lines) % snap
+        if keep:
+            out = "".join(lines[:keep])
     return out
 
 

@@ -132,6 +132,13 @@ def used_definitions(syntax: Syntax, first_line: int, last_line: int,
     return out
 
 
+def snap_lines(budget: int) -> int:
+    """How many lines the prefix and suffix cuts move by at once (see budget.py): about one line
+    per 96 tokens of budget, so typing leaves the prompt's start as it was and the engine's prefix
+    cache can reuse it, at the cost of about 5% of the budget on average (10% at most)."""
+    return max(1, budget // 96)
+
+
 def fim_context(doc: Document, offset: int, count: Counter, budget: int, syntax: Syntax | None = None,
                 recent: RecentFiles | None = None) -> FimContext:
     """Prefix and suffix around `offset`, other files and definitions, within `budget` tokens."""
@@ -154,7 +161,7 @@ def fim_context(doc: Document, offset: int, count: Counter, budget: int, syntax:
     def cut(room: int) -> tuple[str, str]:
         p_need, s_need = _need(prefix_all, room, count, tail=True), _need(suffix_all, room, count, tail=False)
         pb, sb = split_budget(room, p_need, s_need)
-        return keep_tail(prefix_all, pb, count), keep_head(suffix_all, sb, count)
+        return keep_tail(prefix_all, pb, count, snap_lines(pb)), keep_head(suffix_all, sb, count, snap_lines(sb))
 
     room = max(0, budget - others_used)
     prefix, suffix = cut(room)

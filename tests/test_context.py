@@ -283,3 +283,34 @@ def test_code_context_outline_and_used_definitions(files, count):
     assert any("def add" in line for line in ctx.outline) and "import os" in ctx.imports
     uses = used_definitions(syn, 5, 9)
     assert [s.name for s in uses] == []  # `helper` is not defined in this file
+
+
+def test_fim_cuts_stay_put_while_typing(count):
+    """Typing at the cursor appends to the prompt; the cut ends must not move with each keystroke,
+    or the prefix cache could reuse almost nothing (the prompt would differ near its start)."""
+    head = "".join(f"before_{i} = compute({i}, 'x')\n" for i in range(300))
+    tail = "".join(f"after_{i} = compute({i}, 'y')\n" for i in range(300))
+    typed = "    result = transform(before_12, after_7, mode='fast')"
+    starts, ends = set(), set()
+    for n in range(len(typed) + 1):
+        text = head + typed[:n] + "\n" + tail
+        doc = Document.from_text(text, "typing.py")
+        offset = len(head) + n
+        ctx = fim_context(doc, offset, count, 600, parse(doc))
+        assert text[:offset].endswith(ctx.prefix) and text[offset:].startswith(ctx.suffix)
+        assert count(ctx.prefix) + count(ctx.suffix) <= 600
+        starts.add(offset - len(ctx.prefix))
+        ends.add(len(ctx.suffix))
+    # 50-odd keystrokes: the prefix start moves at most once (a whole block at a time), the suffix
+    # end at most once; without snapping both would move every few keystrokes.
+    assert len(starts) <= 2 and len(ends) <= 2, (starts, ends)
+
+
+def test_snapped_cuts_still_fit_and_keep_the_cursor_line(count):
+    text = "".join(f"value_{i} = compute({i})\n" for i in range(200)) + "partial = comp"
+    tail = keep_tail(text, 200, count, snap=4)
+    assert tail.endswith("partial = comp") and count(tail) <= 200 and tail.count("\n") >= 6
+    assert text.count("\n", 0, len(text) - len(tail)) % 4 == 0
+    assert keep_tail(text, 40, count, snap=64) == "partial = comp"  # a block bigger than what fits
+    head = keep_head("".join(f"v_{i} = {i}\n" for i in range(200)), 400, count, snap=16)
+    assert head.count("\n") % 16 == 0 and count(head) <= 400 and head.count("\n") >= 16

@@ -162,9 +162,12 @@ async def test_typing_simulation_smoke(client, workdir):
         await asyncio.sleep(0.05)
     final = await asyncio.wrap_future(futures[-1])
     after_last = time.monotonic() - last_key
-    for fut in futures[:-1]:
-        with pytest.raises(JsonRpcException):
-            await asyncio.wrap_future(fut)
+    for fut in futures[:-1]:  # superseded: cancelled, or (when the edit came before the next
+        try:                    # request did) an empty answer: never a suggestion for old text
+            outdated = await asyncio.wrap_future(fut)
+        except JsonRpcException:
+            continue
+        assert not outdated.items
     s1 = await stats(client)
     runs = s1["runsStarted"] - s0["runsStarted"]
     print(f"typing smoke: {runs} model runs, final suggestion {after_last * 1000:.0f} ms after the last key")
