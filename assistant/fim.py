@@ -182,7 +182,7 @@ def detect_fim(tokenizer: _Tok) -> FimTemplate | None:
     t = tokenizer
     if _has(t, "<|fim_prefix|>") and _has(t, "<|fim_suffix|>") and _has(t, "<|fim_middle|>"):
         names, ids = _stops(t, ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>",
-                                "<|file_separator|>"))
+                                "<|file_separator|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
         specials = set(getattr(t, "special_tokens", {}) or {})
         family = "demi-tiny" if specials and specials <= _DEMI_TINY_TOKENS else "qwen2.5-coder"
         return FimTemplate(family, "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", names, ids,

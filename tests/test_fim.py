@@ -58,8 +58,10 @@ def test_qwen25_coder_psm_and_stops():
     assert t is not None and t.family == "qwen2.5-coder" and t.order == "psm"
     want = "<|fim_prefix|>def f(x):\n    return <|fim_suffix|>\n\nprint(f(1))\n<|fim_middle|>"
     assert t.build(PRE, SUF) == want
-    assert t.stop_strings == ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>")
-    assert t.stop_token_ids == {0, 4, 5, 6, 8}
+    # a FIM marker in the middle can only be the model losing the thread: stop there too
+    assert t.stop_strings == ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>",
+                              "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+    assert t.stop_token_ids == {0, 1, 2, 3, 4, 5, 6, 8}
 
 
 def test_qwen25_coder_repo_level():
