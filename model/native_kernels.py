@@ -62,6 +62,9 @@ def int8_gemv() -> ctypes.CDLL | None:
         handle = ctypes.CDLL(str(lib))
         handle.demi_gemv_int8_f16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
         handle.demi_gemv_int8_f16.restype = None
+        handle.demi_linear_int8.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 + \
+            [ctypes.c_int] + [ctypes.c_int64] * 2
+        handle.demi_linear_int8.restype = None
         handle.demi_set_threads.argtypes = [ctypes.c_int]
         handle.demi_set_threads(torch.get_num_threads())  # this library has its own OpenMP pool
         return handle
@@ -73,6 +76,23 @@ def int8_gemv() -> ctypes.CDLL | None:
 def usable(q: torch.Tensor) -> bool:
     """Whether the native kernel takes this weight (CPU, contiguous, K a multiple of 64)."""
     return q.device.type == "cpu" and q.shape[1] % 64 == 0 and q.is_contiguous() and int8_gemv() is not None
+
+
+_KINDS = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """y [.., N] = x [.., K] @ (q * scale).T + bias for one row, in x's dtype (fp32 or bf16), in
+    one native call; None when x is not one contiguous fp32/bf16 row (the caller falls back).
+    `scale` and `bias` are fp32."""
+    kind = _KINDS.get(x.dtype)
+    if kind is None or x.numel() != q.shape[1] or not x.is_contiguous():
+        return None
+    y = torch.empty(*x.shape[:-1], q.shape[0], dtype=x.dtype)
+    int8_gemv().demi_linear_int8(x.data_ptr(), kind, q.data_ptr(), scale.data_ptr(),
+                                 None if bias is None else bias.data_ptr(), y.data_ptr(), kind,
+                                 q.shape[0], q.shape[1])
+    return y
 
 
 def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

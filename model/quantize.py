@@ -79,9 +79,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.float().contiguous())
         self._scale_bf16 = scale.to(torch.bfloat16)
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+        self._bias_f32 = None if bias is None else bias.float().contiguous()
         self.native = native_kernels.usable(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native and x.numel() == self.in_features:  # decode: the whole layer in one native call
+            y = native_kernels.linear_int8(x, self.weight, self.weight_scale, self._bias_f32)
+            if y is not None:
+                return y
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.native and x2.shape[0] == 1:
