@@ -17,7 +17,6 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,11 +39,12 @@ from demi.model.errors import DemiError, DemiUserError
 from . import commands as cmds
 from .completion import Completion, complete
 from .history import Conversation, History, SearchHit
+from .jobs import Flush, Job, Pacer
 from .style import CSS as STYLE
 from .widgets import (AssistantMessage, ConfirmScreen, DiffProposal, HelpNotice, Notice, PromptInput, RenameScreen,
                       SessionList, Sidebar, StatusBar, UserMessage, last_code_block)
 
-FLUSH_HZ = 10  # answer repaints per second at most (the first piece is shown at once)
+FLUSH_HZ = 10  # answer repaints per second at most (the first piece is shown at once; see Pacer)
 WELCOME = ("Ask about your code.  @path attaches a file, @path:symbol one definition, @path:10-40 lines.\n"
            "/explain PATH[:SYMBOL]  ·  /refactor PATH[:SYMBOL] INSTRUCTION  ·  /model  ·  /help\n"
            "Enter sends · ctrl+j new line · Tab completes · Esc stops the answer · ctrl+q quits")
@@ -62,64 +62,6 @@ def settle_heap() -> None:
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-class CancelFlag:
-    """The engines' cancel token as they read it (`cancelled`), without importing torch on the screen's thread."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
-@dataclass
-class Job:
-    """One answer in flight: where its text goes and how to stop it."""
-
-    kind: str                                  # chat | explain | refactor
-    widget: AssistantMessage
-    conv: Conversation
-    app: "DemiChat"
-    submitted_at: float
-    cancel: CancelFlag = field(default_factory=CancelFlag)
-    received: list[str] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    scheduled: bool = False
-    done: bool = False
-    first_paint_at: float | None = None
-    last_write: float = 0.0
-    timer: bool = False
-
-    def push(self, piece: str) -> None:
-        """From the worker thread: queue a piece; the screen is woken once per batch."""
-        if not piece:
-            return
-        with self.lock:
-            self.received.append(piece)
-            self.pending.append(piece)
-            wake = not self.scheduled
-            self.scheduled = True
-        if wake:
-            self.app.post_message(Flush(self))
-        time.sleep(0)  # hand the GIL to the screen's thread if it is waiting (a key, a repaint)
-
-    @property
-    def text(self) -> str:
-        with self.lock:
-            return "".join(self.received)
-
-
-class Flush(Message):
-    def __init__(self, job: Job) -> None:
-        super().__init__()
-        self.job = job
 
 
 class HistoryEvent(Message):
@@ -208,6 +150,7 @@ class DemiChat(App[None]):
         self.conv = Conversation(model=self.current_model)
         self.turns: list[Turn] = []
         self.job: Job | None = None
+        self.pacer = Pacer(FLUSH_HZ)
         self.last_job: Job | None = None
         self.proposal: DiffProposal | None = None
         self.applied: list[Path] = []
@@ -412,22 +355,18 @@ class DemiChat(App[None]):
         await self._drain(message.job)
 
     async def _drain(self, job: Job, final: bool = False) -> None:
-        """Move the job's pending text onto the screen: the first piece at once (the first token is
-        what the user waits for), then at most FLUSH_HZ times a second, so a fast model never keeps
-        the screen so busy re-laying out the answer that a key press has to wait."""
+        """Move the job's pending text onto the screen when the pacer allows (see `Pacer`): a fast
+        model never keeps the screen so busy re-laying out the answer that a key press has to wait."""
         if job.done:
             return
         now = time.monotonic()
-        wait = job.last_write + 1.0 / FLUSH_HZ - now if job.last_write else 0.0
+        wait = self.pacer.delay(job.last_write, now)
         if wait > 0 and not final:
             if not job.timer:  # keep `scheduled` set: the worker posts nothing until this fires
                 job.timer = True
                 self.set_timer(wait, lambda: self._flush_timer(job))
             return
-        with job.lock:
-            text = "".join(job.pending)
-            job.pending.clear()
-            job.scheduled = False
+        text = job.take()
         if not text:
             return
         job.last_write = now
@@ -435,11 +374,13 @@ class DemiChat(App[None]):
         await job.widget.write(text)
         if first:
             job.widget.set_meta("writing… (esc stops)")
+        self.call_after_refresh(self._painted, job, now, first)
 
-            def painted() -> None:
-                job.first_paint_at = time.monotonic()
-
-            self.call_after_refresh(painted)
+    def _painted(self, job: Job, written: float, first: bool) -> None:
+        now = time.monotonic()
+        self.pacer.painted(now - written)
+        if first:
+            job.first_paint_at = now
 
     def _flush_timer(self, job: Job) -> None:
         job.timer = False
@@ -772,7 +713,7 @@ class DemiChat(App[None]):
     async def _refactor_done(self, job: Job, result: Any, shown: str) -> None:
         tps = result.completion_tokens / result.seconds if result.seconds > 0 and result.completion_tokens else None
         await self._end_job(job, "rewrite: " + fmt_speed(result.completion_tokens, tps))
-        job.widget.markdown.display = False  # the diff below shows what matters
+        job.widget.fold()  # the diff below shows what matters
         if job.conv is self.conv:
             self.turns += [Turn("user", f"Rewrite `{self.shown_path(result.path)}` ({result.target})."),
                            Turn("assistant", shown or "(no change)")]

@@ -15,7 +15,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Markdown, OptionList, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
+from .blocks import BlockCuts, needs_whole
 from .completion import Completion
+from .frozen import Frozen, draw
 
 
 def fence(code: str, language: str = "") -> str:
@@ -160,48 +162,174 @@ class UserMessage(Static):
         self.text = text
 
 
+class Piece(Vertical):
+    """One piece of an answer: its Markdown (or, once finished, the `Frozen` lines it drew) and a
+    zero-height line under it.
+
+    Why the empty line: Textual measures a container whose children all have automatic heights
+    against its parent's height, so while an answer grows every finished piece would be measured
+    (and laid out) again on every frame; one fixed-height child makes the measure independent of
+    the parent, and a sealed piece's layout stays cached."""
+
+    def __init__(self, markdown: Markdown) -> None:
+        super().__init__(classes="piece")
+        self.markdown = markdown
+        self.frozen: Frozen | None = None
+        self.sealed = False      # its text is final: it may be frozen
+        self._tries = 0
+
+    def compose(self) -> ComposeResult:
+        yield self.markdown
+        yield Static(classes="piece-end")
+
+    def seal(self) -> None:
+        """The text is final: freeze it once it is drawn at its final size."""
+        if not str(getattr(self.markdown, "source", "x")).strip():
+            return  # nothing drawn, nothing to freeze
+        self.sealed, self._tries = True, 0
+        self.call_after_refresh(self.freeze)
+
+    async def freeze(self) -> None:
+        """Replace the Markdown by the lines it draws (it stays, hidden, for a change of width)."""
+        if not self.sealed or self.frozen is not None or not self.is_mounted:
+            return
+        strips = draw(self.markdown)
+        if strips is None:  # not laid out as it is yet: look again a little later
+            self._tries += 1
+            if self._tries <= 40:
+                self.set_timer(0.05, self.freeze)
+            return
+        self.frozen = Frozen(strips, self.markdown.outer_size.width)
+        with self.app.batch_update():
+            await self.mount(self.frozen, before=self.markdown)
+            self.markdown.display = False
+
+    async def thaw(self) -> None:
+        """The Markdown again (the width changed, its text is replaced, or the mouse wants links)."""
+        if self.frozen is not None:
+            frozen, self.frozen = self.frozen, None
+            with self.app.batch_update():
+                self.markdown.display = True
+                await frozen.remove()
+
+    async def on_resize(self) -> None:
+        if self.frozen is not None and self.frozen.width != self.content_size.width:
+            await self.thaw()
+            self.seal()
+
+    async def on_mouse_down(self) -> None:
+        self.sealed = False  # links and text selection need the real widgets: keep them
+        await self.thaw()
+
+
 class AssistantMessage(Vertical):
-    """One answer: a heading with who wrote it, Markdown that streams, a line of timings."""
+    """One answer: a heading with who wrote it, Markdown that streams, a line of timings.
+
+    While it streams, the answer is cut between finished blocks (`BlockCuts`) into several Markdown
+    pieces: the finished ones are sealed (never laid out again) and only the last one grows, so a
+    frame costs about the same at the end of a long answer as at its start."""
+
+    SEAL_CHARS = 600  # a sealed piece holds at least this much text (fewer, larger pieces)
 
     def __init__(self, who: str, text: str = "", meta: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.who, self.text, self._meta = who, text, meta
         self._stream: MarkdownStream | None = None
+        self._live: Markdown | None = None
+        self._cuts = BlockCuts()
+        self._shown = 0          # self.text[:_shown] has been handed to the pieces
+        self._piece_start = 0    # where the growing piece's text begins
         self.first_write_at: float | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.who), classes="who")
-        yield Markdown(self.text, classes="answer")
+        yield Piece(Markdown(self.text, classes="answer"))
         yield Static(Text(self._meta), classes="meta")
 
     @property
     def markdown(self) -> Markdown:
-        return self.query_one(Markdown)
+        """The first piece of the answer (the whole answer once it is not streaming)."""
+        return self.query(Markdown).first()
+
+    @property
+    def pieces(self) -> list[Markdown]:
+        return list(self.query(Markdown))
 
     def set_meta(self, text: str) -> None:
         self._meta = text
         self.query_one(".meta", Static).update(Text(text))
 
     def start(self) -> None:
-        self._stream = Markdown.get_stream(self.markdown)
+        self._live = self.pieces[-1]
+        self._stream = Markdown.get_stream(self._live)
+        self._cuts = BlockCuts()
+        self._cuts.feed(self.text)
+        self._shown = self._piece_start = len(self.text)
 
     async def write(self, text: str) -> None:
         if self._stream is None:
             self.start()
-        assert self._stream is not None
         self.text += text
         if self.first_write_at is None:
             self.first_write_at = time.monotonic()
-        await self._stream.write(text)
+        for cut in self._cuts.feed(text):
+            if cut - self._piece_start >= self.SEAL_CHARS and cut >= self._shown:
+                await self._show(cut)
+                await self._seal(cut)
+        held = self._cuts.undecided  # the start of a line that may begin a new piece: wait for it
+        await self._show(len(self.text) if held is None else held)
+
+    async def _show(self, upto: int) -> None:
+        if upto > self._shown and self._stream is not None:
+            piece, self._shown = self.text[self._shown:upto], upto
+            await self._stream.write(piece)
+
+    async def _seal(self, cut: int) -> None:
+        """The growing piece is finished: it stays as it is and a new one grows below it."""
+        assert self._stream is not None and self._live is not None
+        await self._stream.stop()
+        self._seal_live()
+        nxt = Markdown(classes="answer -more")
+        await self.mount(Piece(nxt), before=self.query_one(".meta"))
+        self._live, self._piece_start = nxt, cut
+        self._stream = Markdown.get_stream(nxt)
+
+    def _seal_live(self) -> None:
+        piece = self._live.parent if self._live is not None else None
+        if isinstance(piece, Piece):
+            piece.seal()
+
+    def on_mount(self) -> None:
+        if self.text and self._stream is None:  # a finished answer (from history): freeze it
+            self.query_one(Piece).seal()
 
     async def finish(self, meta: str, replace: str | None = None) -> None:
         if self._stream is not None:
+            await self._show(len(self.text))
             await self._stream.stop()
             self._stream = None
-        if replace is not None and replace != self.text:
-            self.text = replace
-            await self.markdown.update(replace)
+        whole = replace if replace is not None else self.text
+        if replace is not None and replace != self.text or len(self.pieces) > 1 and needs_whole(whole):
+            await self._redraw(whole)
+        else:
+            self._seal_live()
+        self._live = None
         self.set_meta(meta)
+
+    async def _redraw(self, text: str) -> None:
+        """Draw `text` again as one document (a replaced answer, or pieces that refer to each other)."""
+        self.text = text
+        first, *rest = list(self.query(Piece))
+        with self.app.batch_update():
+            if rest:
+                await self.remove_children(rest)
+            await first.thaw()
+            await first.markdown.update(text)
+        first.seal()
+
+    def fold(self) -> None:
+        """Hide the prose (a refactor's card shows what matters)."""
+        self.add_class("-folded")
 
     @property
     def streaming(self) -> bool:
