@@ -355,6 +355,20 @@ def prepare_chat(engine: Any, history: list[Turn], text: str, attachments: list[
     return built
 
 
+def chat_sampling(temperature: float) -> Sampling | None:
+    """Sampling for a chat answer at `temperature` (the `chat.temperature` setting): None is greedy,
+    the engines' default; above 0, nucleus 0.95 as the command line samples; a negative or
+    non-finite value is a user error naming the setting."""
+    t = float(temperature)
+    if not 0.0 <= t < float("inf"):
+        raise DemiUserError(f"chat.temperature must be 0 (greedy) or more, not {temperature!r}")
+    if t == 0.0:
+        return None
+    from demi.model.generate import Sampling
+
+    return Sampling(temperature=t, top_p=0.95)
+
+
 def answer(engine: Any, built: BuiltPrompt, max_tokens: int = 512, on_text: Callable[[str], None] | None = None,
            cancel: CancelToken | None = None, sampling: Sampling | None = None,
            time_budget: float | None = None) -> ChatAnswer:

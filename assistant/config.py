@@ -65,6 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("refactor.max_tokens", int, 768, "new tokens for a rewrite"),
     Setting("refactor.context_tokens", int, 2048, "prompt budget for refactor"),
     Setting("chat.max_tokens", int, 512, "new tokens for a chat answer (demi-chat)"),
+    Setting("chat.temperature", float, 0.0, "sampling temperature for chat answers (demi-chat); 0 is greedy"),
     Setting("chat.context_tokens", int, 3072, "prompt budget for a chat turn: the message, its @files and "
             "as many earlier turns as fit"),
 )

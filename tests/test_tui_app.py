@@ -594,6 +594,50 @@ async def test_help_new_copy_and_quit(tmp_path):
     assert app.return_code == 0
 
 
+class SamplingEngine(ScriptedEngine):
+    """Records the sampling each chat answer was asked with."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.samplings: list = []
+
+    def chat(self, prompt, on_text=None, **kwargs):
+        self.samplings.append(kwargs.get("sampling"))
+        return super().chat(prompt, on_text, **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_chat_temperature_from_config_env_and_flag(tmp_path, monkeypatch, capsys):
+    from demi.assistant.config import load_config
+    from demi.tui.app import flags_from, main
+
+    (tmp_path / "cfg.toml").write_text("[chat]\ntemperature = 0.2\n", encoding="utf-8")
+    monkeypatch.setenv("DEMI_CONFIG", str(tmp_path / "cfg.toml"))
+    assert load_config()["chat.temperature"] == 0.2
+    monkeypatch.setenv("DEMI_CHAT_TEMPERATURE", "0.5")
+    assert load_config().sources["chat.temperature"] == "env DEMI_CHAT_TEMPERATURE"
+    flags = flags_from(build_parser().parse_args(["--temperature", "0.7"]))
+    config = load_config(flags)
+    assert (config["chat.temperature"], config.sources["chat.temperature"]) == (0.7, "flag --temperature")
+
+    engine = SamplingEngine("warm words")
+    app = make_app(tmp_path, engine, config=config, flags=flags)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await send(app, pilot, "hello")
+        assert answers(app)[0].text == "warm words"
+        [sampling] = engine.samplings
+        assert (sampling.temperature, sampling.top_p) == (0.7, 0.95)  # as `demi explain -t` samples
+        app.config._values["chat.temperature"] = 0.0  # 0 is greedy: the engine's default sampling
+        await send(app, pilot, "again")
+        assert engine.samplings[-1] is None
+
+    monkeypatch.delenv("DEMI_CHAT_TEMPERATURE")
+    assert main(["--temperature", "-1"]) == 2  # refused before the screen starts
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chat.temperature must be 0 (greedy) or more" in err
+
+
 def test_entry_points_parse_and_fail_cleanly(tmp_path):
     args = build_parser().parse_args(["--session", "abc", "--quant", "int8", "--server", "http://x:1"])
     assert (args.session, args.quant, args.server) == ("abc", "int8", "http://x:1")

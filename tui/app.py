@@ -31,8 +31,8 @@ from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from demi.assistant.chat import (Attachment, EngineDetails, Turn, TargetSpec, answer, attachment_context,
-                                 engine_details, load_attachment, load_mentions, parse_target, prepare_chat,
-                                 session_title, symbol_names, turns_from_messages)
+                                 chat_sampling, engine_details, load_attachment, load_mentions, parse_target,
+                                 prepare_chat, session_title, symbol_names, turns_from_messages)
 from demi.assistant.store import DB_NAME, Message as StoredMessage, Session, StoreError
 from demi.model.errors import DemiError, DemiUserError
 
@@ -406,6 +406,7 @@ class DemiChat(App[None]):
             return
         max_tokens = int(self.config["chat.max_tokens"])
         try:
+            sampling = chat_sampling(self.config["chat.temperature"])
             built = prepare_chat(engine, history, text, attachments, max_tokens, int(self.config["chat.context_tokens"]))
         except DemiUserError as exc:
             self._from_thread(self._chat_failed, job, text, None, one_line(exc))
@@ -415,7 +416,7 @@ class DemiChat(App[None]):
             meta["context"] = built.turn.context
         self._save(job.conv, "user", text, meta=meta or None)
         try:
-            result = answer(engine, built, max_tokens, on_text=job.push, cancel=job.cancel)
+            result = answer(engine, built, max_tokens, on_text=job.push, cancel=job.cancel, sampling=sampling)
         except Exception as exc:  # a failure mid-answer keeps what arrived
             self._save_partial(job, engine)
             self._from_thread(self._chat_failed, job, text, built.turn, one_line(exc))
@@ -1090,13 +1091,17 @@ def add_arguments(p: argparse.ArgumentParser, model_flags: bool = True) -> None:
         p.add_argument("--context", type=int, default=None, help="context window to allocate (tokens)")
         p.add_argument("--quant", choices=cmds.QUANTS, default=None, help="weight quantization")
         p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
+    p.add_argument("--temperature", "-t", type=float, default=None, metavar="T",
+                   help="sampling temperature for chat answers (default: chat.temperature in the config, "
+                        "$DEMI_CHAT_TEMPERATURE, 0 = greedy)")
 
 
 def flags_from(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(args, "dtype", None)
     return {"model": getattr(args, "model", None), "server": getattr(args, "server", None),
             "device": getattr(args, "device", None), "context": getattr(args, "context", None),
-            "dtype": None if dtype in (None, "auto") else dtype, "quant": getattr(args, "quant", None)}
+            "dtype": None if dtype in (None, "auto") else dtype, "quant": getattr(args, "quant", None),
+            "chat.temperature": getattr(args, "temperature", None)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1105,6 +1110,7 @@ def run(args: argparse.Namespace) -> int:
 
     flags = flags_from(args)
     config = load_config(flags)
+    chat_sampling(config["chat.temperature"])  # a bad temperature is a user error now, not at the first answer
     app = DemiChat(config, flags=flags, session=getattr(args, "session", None))
     app.run()
     if app.unsaved_file is not None:
