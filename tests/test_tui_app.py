@@ -201,24 +201,83 @@ async def test_send_streams_an_answer_from_the_in_process_engine(tmp_path, tiny)
     assert messages[1].content == ans.text and messages[1].completion_tokens > 0
 
 
+def queued_strip(app) -> str:
+    strip = app.query_one("#queued")
+    return str(strip.render()) if strip.has_class("-shown") else ""
+
+
 @pytest.mark.asyncio
-async def test_input_stays_live_while_streaming_and_enter_keeps_the_draft(tmp_path):
+async def test_enter_while_streaming_queues_the_message_and_sends_it_after(tmp_path):
     engine = ScriptedEngine("First part. Second part of a longer answer.", hold_after=2)
     app = make_app(tmp_path, engine)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         await pilot.press(*"question", "enter")
         await until(pilot, lambda: app.job is not None and app.job.widget.text == "First part. ")
-        await pilot.press(*"next one")  # typed while the answer streams
+        await pilot.press(*"next one")  # typed while the answer streams: the box stays live
         assert app.prompt.text == "next one"
-        await pilot.press("enter")  # busy: refused, text kept
-        assert app.prompt.text == "next one" and "still answering" in notices(app, "warning")[-1]
+        await pilot.press("enter")  # queued: the box is free again, the strip above it says so
+        await pilot.press(*"/help", "enter")  # needs no model: runs at once, not queued
+        await pilot.press(*"third", "ctrl+j", *"two lines", "enter")
+        assert app.prompt.text == "" and list(app.outbox.items) == ["next one", "third\ntwo lines"]
+        strip = queued_strip(app)
+        assert "sent when the answer ends" in strip and "1. next one" in strip and "2. third two lines" in strip
+        assert [u.text for u in app.query(UserMessage)] == ["question"] and app.query(HelpNotice)
         engine.go.set()
+        await until(pilot, lambda: len(engine.prompts) == 3 and app.job is None)
         await settle(app, pilot)
-        assert answers(app)[0].text == engine.reply and app.job is None
-        await pilot.press("enter")
+        assert [u.text for u in app.query(UserMessage)] == ["question", "next one", "third\ntwo lines"]
+        assert [a.text for a in answers(app)] == [engine.reply] * 3 and not queued_strip(app)
+        history = [(m["role"], m["content"]) for m in engine.prompts[2].messages[1:]]
+        assert history[-3:] == [("user", "next one"), ("assistant", engine.reply), ("user", "third\ntwo lines")]
+        await pilot.press("up")  # a queued message is remembered like a sent one
+        assert app.prompt.text == "third\ntwo lines"
+
+
+@pytest.mark.asyncio
+async def test_escape_brings_queued_messages_back_and_a_bad_path_is_not_queued(tmp_path, src):
+    engine = ScriptedEngine("abcdefghijklmnopqrstuvwxyz" * 4, piece=5, hold_after=3)
+    app = make_app(tmp_path, engine)
+    async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
-        assert [u.text for u in app.query(UserMessage)] == ["question", "next one"]
+        await pilot.press(*"tell me", "enter")
+        await until(pilot, lambda: engine.sent == 3)
+        app.prompt.load_text("look at @missing.py")
+        await pilot.press("end", "enter")  # checked when queued: refused at once, the text stays
+        assert app.prompt.text == "look at @missing.py" and not app.outbox
+        assert "nothing was queued" in notices(app, "error")[-1]
+        app.prompt.load_text("later")
+        await pilot.press("end", "enter")
+        await pilot.press(*"/explain geometry.py:area", "enter")  # a command that needs the model waits too
+        assert list(app.outbox.items) == ["later", "/explain geometry.py:area"]
+        await pilot.press(*"draft")
+        await pilot.press("escape")  # stop: the queued texts come back above the draft, nothing is sent
+        await settle(app, pilot)
+        assert app.prompt.text == "later\n\n/explain geometry.py:area\n\ndraft" and not queued_strip(app)
+        assert "stopped: 2 queued messages are back in the box" in notices(app, "warning")[-1]
+        assert [u.text for u in app.query(UserMessage)] == ["tell me"] and len(engine.prompts) == 1
+
+
+@pytest.mark.asyncio
+async def test_queued_messages_wait_for_a_loading_model_and_return_when_it_fails(tmp_path):
+    gate = threading.Event()
+
+    def factory(model, quant):
+        gate.wait(10)
+        raise RuntimeError("no such model: nowhere")
+
+    app = make_app(tmp_path, engine_factory=factory)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press(*"first", "enter")  # waits for the model
+        await pilot.press(*"second", "enter")  # queued behind it
+        assert list(app.outbox.items) == ["second"] and app.prompt.text == ""
+        await pilot.press(*"typing")
+        gate.set()
+        await settle(app, pilot)
+        assert app.prompt.text == "first\n\nsecond\n\ntyping"  # in the order typed, the draft last
+        assert "your message is back in the box, with the ones queued after it" in notices(app, "error")[-1]
+        assert not app.outbox and app.job is None
 
 
 @pytest.mark.asyncio

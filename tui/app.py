@@ -40,6 +40,7 @@ from . import commands as cmds
 from .completion import Completion, complete
 from .history import Conversation, History, SearchHit
 from .jobs import Flush, Job, Pacer
+from .outbox import Outbox, back_in_box
 from .style import CSS as STYLE
 from .widgets import (AssistantMessage, ConfirmScreen, DiffProposal, HelpNotice, Notice, PromptInput, RenameScreen,
                       SessionList, Sidebar, StatusBar, UserMessage, last_code_block)
@@ -150,6 +151,8 @@ class DemiChat(App[None]):
         self.conv = Conversation(model=self.current_model)
         self.turns: list[Turn] = []
         self.job: Job | None = None
+        self.outbox = Outbox()
+        self._accepted = False
         self.pacer = Pacer(FLUSH_HZ)
         self.last_job: Job | None = None
         self.proposal: DiffProposal | None = None
@@ -167,6 +170,7 @@ class DemiChat(App[None]):
                 with VerticalScroll(id="log"):
                     yield Static(Text(WELCOME), id="welcome")
                 yield Static("", id="hints")
+                yield Static("", id="queued")
                 yield PromptInput(self._complete, id="prompt", placeholder="Message Demi  (/help for commands)")
         yield StatusBar(id="status")
         yield Footer()
@@ -304,18 +308,77 @@ class DemiChat(App[None]):
         text = event.text
         if not text.strip():
             return
+        if self.busy and cmds.waits_for_answer(text):
+            await self._enqueue(text)
+            return
+        await self._submit(text, event.at)
+
+    async def _submit(self, text: str, at: float | None = None) -> None:
+        """Enter's text: a command, or a message (`//x` sends "/x")."""
         parsed = cmds.parse(text)
         if parsed is not None:
             await self.run_command(parsed[0], parsed[1], text)
             return
         if text.lstrip().startswith("//"):
             text = text.lstrip()[1:]
-        await self.send(text, event.at)
+        await self.send(text, at)
 
     def _accept(self, text: str) -> None:
         """The message is on its way: clear the box, remember it for Up."""
+        self._accepted = True
         self.prompt.remember(text)
         self.prompt.load_text("")
+
+    def _to_box(self, texts: list[str]) -> None:
+        """Texts that were not sent go back into the box, above whatever is being typed there."""
+        self.prompt.load_text(back_in_box(texts, self.prompt.text))
+        self.prompt.move_cursor(self.prompt.document.end)
+        self.prompt.focus()
+
+    # -- the queue: Enter while an answer streams ----------------------------------------------------
+
+    async def _enqueue(self, text: str) -> None:
+        if cmds.parse(text) is None:  # a message: its @paths are checked now, while the user is here
+            body = text.lstrip()[1:] if text.lstrip().startswith("//") else text
+            try:
+                load_mentions(body, self.root, self.max_bytes)
+            except DemiUserError as exc:
+                await self.say(f"{one_line(exc)} (nothing was queued; your message stays in the box)", "error")
+                return
+        self.outbox.add(text)
+        self._accept(text)
+        self._show_queue()
+
+    def _show_queue(self) -> None:
+        strip = self.query_one("#queued", Static)
+        strip.update(self.outbox.describe(max(20, self.log_view.size.width)))
+        strip.set_class(bool(self.outbox), "-shown")
+
+    async def _send_queued(self) -> None:
+        """The answer ended: send the next queued text (what cannot be sent goes back to the box)."""
+        if self.busy:
+            return  # something else started first; the queue moves on when it ends
+        text = self.outbox.pop()
+        self._show_queue()
+        if text is None:
+            return
+        self._accepted = False
+        await self._submit(text)
+        if not self._accepted:  # refused (a file gone since, a model still loading): nothing is lost
+            self._to_box([text])
+            await self.say("the queued message was not sent; it is back in the box", "warning")
+        elif not self.busy and self.outbox:  # a command that started no answer (/new): the next one
+            self.call_later(self._send_queued)
+
+    def _unqueue(self, why: str) -> None:
+        """Queued texts back into the box at once (the line saying so follows)."""
+        texts = self.outbox.take_all()
+        self._show_queue()
+        if texts:
+            self._to_box(texts)
+            n = len(texts)
+            self.call_later(self.say, f"{why}: {'your queued message is' if n == 1 else f'{n} queued messages are'}"
+                            " back in the box (Enter sends)", "warning")
 
     async def _refuse_busy(self) -> bool:
         if self.busy:
@@ -386,7 +449,7 @@ class DemiChat(App[None]):
         job.timer = False
         self.post_message(Flush(job))
 
-    async def _end_job(self, job: Job, meta: str, replace: str | None = None) -> None:
+    async def _end_job(self, job: Job, meta: str, replace: str | None = None, ok: bool = True) -> None:
         await self._drain(job, final=True)
         job.done = True
         await job.widget.finish(meta, replace)
@@ -394,6 +457,11 @@ class DemiChat(App[None]):
             self.job = None
         self.last_job = job
         self.status.set(state="ready")
+        if self.outbox:
+            if ok:  # finished or stopped: what was queued (after the Esc, if any) goes now
+                self.call_later(self._send_queued)
+            else:
+                self._unqueue("not sent because the answer before it failed")
 
     def _save(self, conv: Conversation, role: str, content: str, **fields: Any) -> None:
         self.history.append(conv, role, content, **fields)
@@ -460,12 +528,17 @@ class DemiChat(App[None]):
             self.turns.append(turn)
             if got:
                 self.turns.append(Turn("assistant", job.text))
-        await self._end_job(job, "failed" + (" (what arrived is kept)" if got else ""))
-        if turn is None and not self.prompt.text.strip():  # never sent: the text goes back in the box
-            self.prompt.load_text(text)
-            self.prompt.move_cursor(self.prompt.document.end)
-        await self.say(error + ("" if turn is not None or not text else " (your message is back in the box)"),
-                       "error")
+        back = turn is None and bool(text.strip())  # never sent: the text goes back in the box
+        queued = self.outbox.take_all()  # and what was queued after it, in the order it was typed
+        self._show_queue()
+        if back or queued:
+            self._to_box(([text] if back else []) + queued)
+        if back:
+            error += " (your message is back in the box" + (", with the ones queued after it)" if queued else ")")
+        elif queued:
+            error += f" ({len(queued)} queued message{'s' if len(queued) > 1 else ''} back in the box, not sent)"
+        await self.say(error, "error")
+        await self._end_job(job, "failed" + (" (what arrived is kept)" if got else ""), ok=False)
 
     # -- commands ----------------------------------------------------------------------------------
 
@@ -646,8 +719,8 @@ class DemiChat(App[None]):
                          self.details.context if self.details else None)
 
     async def _task_failed(self, job: Job, error: str) -> None:
-        await self._end_job(job, "failed" + (" (what arrived is kept)" if job.text.strip() else ""))
         await self.say(error, "error")
+        await self._end_job(job, "failed" + (" (what arrived is kept)" if job.text.strip() else ""), ok=False)
 
     async def cmd_refactor(self, rest: str, raw: str) -> None:
         parts = rest.split(None, 1)
@@ -1017,6 +1090,7 @@ class DemiChat(App[None]):
         if self.job is not None:
             self.job.cancel.cancel()
             self.job.widget.set_meta("stopping…")
+            self._unqueue("stopped")
             return
         hints = self.query_one("#hints", Static)
         if hints.has_class("-shown"):

@@ -156,6 +156,19 @@ HelpNotice {
     display: block;
 }
 
+#queued {
+    height: auto;
+    max-height: 6;
+    padding: 0 1;
+    border-left: outer $accent;
+    margin: 0 1;
+    display: none;
+}
+
+#queued.-shown {
+    display: block;
+}
+
 PromptInput {
     height: auto;
     min-height: 3;
