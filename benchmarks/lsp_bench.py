@@ -47,7 +47,21 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / ".demi-build" / "demo-model"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 BENCH_FILE = STDLIB / "argparse.py"       # ~2,600 lines of ordinary Python
-HELDOUT_FILE = STDLIB / "textwrap.py"
+HELDOUT_FILE = STDLIB / "textwrap.py"   # for a model that did not train on the standard library
+
+
+def heldout_file(model: Path) -> Path:
+    """A file the model never trained on: for a model trained by Demi's pipeline (a manifest.json
+    next to the weights lists its held-out files), the largest held-out standard-library module
+    outside the test suite; otherwise textwrap.py."""
+    try:
+        manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return HELDOUT_FILE
+    prefix = "cpython-stdlib/"
+    names = [h[len(prefix):] for h in manifest.get("heldout", []) if h.startswith(prefix)
+             and not h.startswith(prefix + "test/") and (STDLIB / h[len(prefix):]).is_file()]
+    return max((STDLIB / n for n in names), key=lambda p: p.stat().st_size, default=HELDOUT_FILE)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -238,7 +252,10 @@ async def heldout(client: Client, workdir: Path, model: Path, quant: str | None,
     from demi.assistant.syntax import parse
 
     engine = open_engine(str(model), quant=quant)
-    text = HELDOUT_FILE.read_text(encoding="utf-8")
+    from demi.model.registry import resolve_model_dir
+
+    source = heldout_file(resolve_model_dir(str(model), download=False))
+    text = source.read_text(encoding="utf-8")
     rng = random.Random(seed + 2)
     client.configure({"maxTokens": max_tokens})
     await asyncio.sleep(0.1)
@@ -263,7 +280,7 @@ async def heldout(client: Client, workdir: Path, model: Path, quant: str | None,
         direct_hits += raw == target
         agree += got == raw
     engine.close()
-    res = {"file": HELDOUT_FILE.name, "lines": len(cases), "exact_match_server": server_hits / max(1, len(cases)),
+    res = {"file": source.name, "lines": len(cases), "exact_match_server": server_hits / max(1, len(cases)),
            "exact_match_model_raw": direct_hits / max(1, len(cases)),
            "server_equals_raw_first_line": agree / max(1, len(cases))}
     print(f"held-out: {json.dumps(res)}", file=sys.stderr, flush=True)
