@@ -259,6 +259,35 @@ async def test_escape_brings_queued_messages_back_and_a_bad_path_is_not_queued(t
 
 
 @pytest.mark.asyncio
+async def test_typing_after_a_click_is_not_lost_and_busy_refusals_say_what_to_do(tmp_path, src):
+    engine = ScriptedEngine("Some **answer** text.\n\n- one\n- two\n", hold_after=2)
+    app = make_app(tmp_path, engine, sidebar=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press(*"question", "enter")
+        await until(pilot, lambda: app.job is not None and engine.sent == 2)
+        await pilot.click("#log", offset=(20, 2))  # the log takes the focus
+        assert app.focused is app.query_one("#log")
+        await pilot.press(*"typed on")  # ... but the characters go to the message box
+        assert app.prompt.text == "typed on" and app.focused is app.prompt
+        await pilot.press("ctrl+n")
+        assert notices(app, "warning")[-1].startswith("Demi is still answering: Esc stops it, then ctrl+n starts")
+        app.prompt.load_text("/explain geometry.py:nosuch")
+        await pilot.press("end", "enter")  # checked when queued: a missing symbol is said now
+        assert "nosuch" in notices(app, "error")[-1] and "nothing was queued" in notices(app, "error")[-1]
+        assert app.prompt.text == "/explain geometry.py:nosuch" and not app.outbox
+        app.prompt.load_text("/refactor geometry.py:area")
+        await pilot.press("end", "enter")
+        assert notices(app, "error")[-1].startswith("usage: /refactor") and not app.outbox
+        engine.go.set()
+        await settle(app, pilot)
+        app.query_one(SessionList).focus()
+        await pilot.press("r")  # a key the session list uses is not redirected
+        await pilot.pause()
+        assert type(app.screen).__name__ == "RenameScreen" and app.prompt.text == "/refactor geometry.py:area"
+
+
+@pytest.mark.asyncio
 async def test_queued_messages_wait_for_a_loading_model_and_return_when_it_fails(tmp_path):
     gate = threading.Event()
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Footer, Input, OptionList, Static
+from textual.widgets import Footer, Input, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
@@ -338,16 +338,31 @@ class DemiChat(App[None]):
     # -- the queue: Enter while an answer streams ----------------------------------------------------
 
     async def _enqueue(self, text: str) -> None:
-        if cmds.parse(text) is None:  # a message: its @paths are checked now, while the user is here
-            body = text.lstrip()[1:] if text.lstrip().startswith("//") else text
-            try:
-                load_mentions(body, self.root, self.max_bytes)
-            except DemiUserError as exc:
-                await self.say(f"{one_line(exc)} (nothing was queued; your message stays in the box)", "error")
-                return
+        error = self._queue_check(text)
+        if error is not None:
+            await self.say(f"{error} (nothing was queued; your text stays in the box)", "error")
+            return
         self.outbox.add(text)
         self._accept(text)
         self._show_queue()
+
+    def _queue_check(self, text: str) -> str | None:
+        """What would refuse `text` later, found now while the user is here: a bad @path, a missing
+        file or symbol for /explain or /refactor, a command without its arguments."""
+        parsed = cmds.parse(text)
+        try:
+            if parsed is None:
+                body = text.lstrip()[1:] if text.lstrip().startswith("//") else text
+                load_mentions(body, self.root, self.max_bytes)
+            elif parsed[0] in ("explain", "refactor"):
+                name, rest = parsed
+                parts = rest.split(None, 1)
+                if not parts or name == "refactor" and len(parts) < 2:
+                    return "usage: " + cmds.BY_NAME[name].usage
+                self._target(parts[0] if name == "refactor" else rest)
+        except DemiUserError as exc:
+            return one_line(exc)
+        return None
 
     def _show_queue(self) -> None:
         strip = self.query_one("#queued", Static)
@@ -380,9 +395,11 @@ class DemiChat(App[None]):
             self.call_later(self.say, f"{why}: {'your queued message is' if n == 1 else f'{n} queued messages are'}"
                             " back in the box (Enter sends)", "warning")
 
-    async def _refuse_busy(self) -> bool:
+    async def _refuse_busy(self, then: str = "") -> bool:
+        """While an answer streams, an action that needs the model or the session waits: say so."""
         if self.busy:
-            await self.say("Demi is still answering: Esc stops it. Your text stays in the box.", "warning")
+            await self.say("Demi is still answering: Esc stops it" + (f", then {then}" if then else
+                                                                    "; your text stays in the box"), "warning")
             return True
         return False
 
@@ -974,7 +991,7 @@ class DemiChat(App[None]):
         oid = event.option.id or ""
         if oid.startswith("-"):
             return
-        if await self._refuse_busy():
+        if await self._refuse_busy("open the session"):
             return
         sid, _, mid = oid.partition("#")
         self._open_session_worker(sid, int(mid) if mid else None)
@@ -1086,6 +1103,17 @@ class DemiChat(App[None]):
 
     # -- actions -----------------------------------------------------------------------------------
 
+    def on_key(self, event: events.Key) -> None:
+        """Typing is never lost: a character typed while the log, a button or the session list has the
+        focus (after a click, say) and that nothing there used goes into the message box."""
+        if not event.is_printable or not event.character or self.screen is not self.screen_stack[0]:
+            return
+        if isinstance(self.focused, (Input, TextArea)) or event.key in self.active_bindings:
+            return  # typed into a field, or a key the focused widget uses (r and d in the session list)
+        event.stop()
+        self.prompt.focus()
+        self.prompt.insert(event.character)
+
     def action_escape(self) -> None:
         if self.job is not None:
             self.job.cancel.cancel()
@@ -1098,7 +1126,7 @@ class DemiChat(App[None]):
         self.prompt.focus()
 
     async def action_new_session(self) -> None:
-        if await self._refuse_busy():
+        if await self._refuse_busy("ctrl+n starts a new session (or type /new: it waits for the answer)"):
             return
         await self.new_session()
 
