@@ -288,6 +288,29 @@ async def test_typing_after_a_click_is_not_lost_and_busy_refusals_say_what_to_do
 
 
 @pytest.mark.asyncio
+async def test_a_failure_drawing_the_end_of_an_answer_does_not_leave_the_app_answering(tmp_path, monkeypatch):
+    engine = ScriptedEngine("An answer.")
+    app = make_app(tmp_path, engine)
+    calls = []
+
+    async def broken_finish(self, meta, replace=None):
+        calls.append(meta)
+        if len(calls) == 1:
+            raise ValueError("boom")
+
+    monkeypatch.setattr(AssistantMessage, "finish", broken_finish)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await send(app, pilot, "first")
+        assert app.job is None and app.status.fields["state"] == "ready"
+        assert notices(app, "error")[-1] == "could not draw the end of the answer: boom"
+        await send(app, pilot, "second")  # not refused as "still answering"
+        assert [u.text for u in app.query(UserMessage)] == ["first", "second"] and len(calls) == 2
+    [(_, messages)] = stored(tmp_path)
+    assert [m.content for m in messages] == ["first", "An answer.", "second", "An answer."]
+
+
+@pytest.mark.asyncio
 async def test_queued_messages_wait_for_a_loading_model_and_return_when_it_fails(tmp_path):
     gate = threading.Event()
 
@@ -364,6 +387,33 @@ async def test_restart_resumes_a_session_with_its_history(tmp_path):
         assert roles == [("user", "what is the answer?"), ("assistant", "The answer is 42."), ("user", "why?")]
     [(session, messages)] = stored(tmp_path)
     assert [m.content for m in messages] == ["what is the answer?", "The answer is 42.", "why?", "Because."]
+
+
+@pytest.mark.asyncio
+async def test_answers_from_history_are_frozen_when_idle_and_follow_the_width(tmp_path):
+    from demi.tui.widgets import Piece
+
+    text = "## Steps\n\n- one `a`\n- two\n\n```python\nx = 1\n```\n\nDone.\n"
+    with Store(tmp_path / "demi-data" / "sessions.db") as store:
+        sid = store.create_session("chat", "old", "demi-tiny").id
+        for i in range(3):
+            store.add_message(sid, "user", f"q{i}")
+            store.add_message(sid, "assistant", text, "demi-tiny", 5, 9, 0.1)
+    app = make_app(tmp_path, ScriptedEngine("new"), session=sid, sidebar=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        pieces = lambda: list(app.query(Piece))  # noqa: E731
+        await until(pilot, lambda: len(pieces()) == 3 and all(p.frozen is not None for p in pieces()))
+        frozen_lines = [strip.text for strip in app.screen._compositor.render_strips()]
+        assert [a.text for a in answers(app)] == [text] * 3
+        await pilot.press("ctrl+s")  # the sidebar takes width: the answers are Markdown again, then frozen
+        await until(pilot, lambda: all(p.frozen is not None and p.frozen.width == p.content_size.width
+                                       for p in pieces()))
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: all(p.frozen is not None and p.frozen.width == p.content_size.width
+                                       for p in pieces()))
+        await pilot.pause()
+        assert [strip.text for strip in app.screen._compositor.render_strips()] == frozen_lines
 
 
 @pytest.mark.asyncio

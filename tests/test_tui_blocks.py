@@ -3,6 +3,8 @@ exactly like the whole answer drawn as one document (same lines on screen)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
@@ -51,15 +53,28 @@ def test_needs_whole_for_cross_block_references():
 
 
 class Host(App[None]):
+    """The message alone on a screen; thawed pieces are frozen again as demi-chat does when idle."""
+
     CSS = CSS
 
     def __init__(self, message: AssistantMessage) -> None:
         super().__init__()
         self.message = message
+        self.thawed = False
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="log"):
             yield self.message
+
+    def on_mount(self) -> None:
+        self.set_interval(0.05, self._refreeze)
+
+    def on_piece_thawed(self) -> None:
+        self.thawed = True
+
+    async def _refreeze(self) -> None:
+        if self.thawed and await self.message.freeze_finished():
+            self.thawed = False
 
 
 async def frozen_all(pilot, message: AssistantMessage) -> None:
@@ -86,7 +101,7 @@ async def screen_lines(text: str, stream_step: int | None, width: int = 70) -> t
             for i in range(0, len(text), stream_step):
                 await message.write(text[i:i + stream_step])
             await message.finish("done")
-        await frozen_all(pilot, message)
+            await frozen_all(pilot, message)  # a history answer stays one Markdown: nothing to freeze
         await pilot.pause()
         return lines_of(app), len(message.pieces)
 
@@ -101,8 +116,27 @@ async def test_sealed_pieces_look_like_the_whole_answer(step):
 
 
 @pytest.mark.asyncio
-async def test_frozen_pieces_follow_a_change_of_width_and_the_mouse():
+async def test_writes_that_overlap_a_seal_wait_for_it():
+    """The app drains an answer from a Flush handler and from the end of the job, which can overlap
+    while a piece is being sealed; the second write must wait, not write to the stopped stream."""
     message = AssistantMessage("demi", "")
+    message.SEAL_CHARS = 1
+    app = Host(message)
+    async with app.run_test(size=(70, 60)) as pilot:
+        await pilot.pause()
+        message.start()
+        await message.write("# Title\n\nFirst paragraph.\n\n")
+        await asyncio.gather(message.write("Second paragraph.\n\n"), message.write("Third."),
+                             message.finish("done"))
+        await frozen_all(pilot, message)
+        assert message.text.endswith("Second paragraph.\n\nThird.") and len(message.pieces) == 4
+        assert [line for line in lines_of(app) if line.strip(" ▌")][-2:] == [" ▌ Third.", " ▌ done"]
+
+
+@pytest.mark.asyncio
+async def test_frozen_pieces_follow_a_change_of_width_and_the_mouse():
+    narrow, _ = await screen_lines(DOC, None, width=50)
+    message = AssistantMessage("demi", "", "done")
     message.SEAL_CHARS = 1
     app = Host(message)
     async with app.run_test(size=(70, 120)) as pilot:
@@ -115,13 +149,10 @@ async def test_frozen_pieces_follow_a_change_of_width_and_the_mouse():
         await pilot.resize_terminal(50, 120)
         await pilot.pause()
         await frozen_all(pilot, message)  # thawed, laid out at the new width, frozen again
-        narrow = lines_of(app)
-        assert {p.frozen.width for p in message.query(Piece)} == {message.query_one(Piece).content_size.width}
-    reference = AssistantMessage("demi", DOC, "done")
-    app = Host(reference)
-    async with app.run_test(size=(50, 120)) as pilot:
-        await frozen_all(pilot, reference)
         assert lines_of(app) == narrow
-        first = reference.query_one(Piece)
+        assert {p.frozen.width for p in message.query(Piece)} == {message.query_one(Piece).content_size.width}
+        first = message.query_one(Piece)
         await pilot.click(Piece, offset=(5, 2))  # the mouse gets the real Markdown back (links, selecting)
         assert first.frozen is None and first.markdown.display and not first.sealed
+        await pilot.pause()
+        assert lines_of(app) == narrow

@@ -42,9 +42,10 @@ from .history import Conversation, History, SearchHit
 from .jobs import Flush, Job, Pacer
 from .outbox import Outbox, back_in_box
 from .style import CSS as STYLE
-from .widgets import (AssistantMessage, ConfirmScreen, DiffProposal, HelpNotice, Notice, PromptInput, RenameScreen,
-                      SessionList, Sidebar, StatusBar, UserMessage, last_code_block)
+from .widgets import (AssistantMessage, ConfirmScreen, DiffProposal, HelpNotice, Notice, Piece, PromptInput,
+                      RenameScreen, SessionList, Sidebar, StatusBar, UserMessage, last_code_block)
 
+FREEZE_EVERY = 0.3  # an answer from history is frozen (see tui/frozen.py) at most this often, while idle
 FLUSH_HZ = 10  # answer repaints per second at most (the first piece is shown at once; see Pacer)
 WELCOME = ("Ask about your code.  @path attaches a file, @path:symbol one definition, @path:10-40 lines.\n"
            "/explain PATH[:SYMBOL]  ·  /refactor PATH[:SYMBOL] INSTRUCTION  ·  /model  ·  /help\n"
@@ -152,6 +153,9 @@ class DemiChat(App[None]):
         self.turns: list[Turn] = []
         self.job: Job | None = None
         self.outbox = Outbox()
+        self._unfrozen: list[AssistantMessage] = []  # answers from history, frozen while the user idles
+        self._typed_at = 0.0
+        self._freeze_tries: dict[AssistantMessage, int] = {}
         self._accepted = False
         self.pacer = Pacer(FLUSH_HZ)
         self.last_job: Job | None = None
@@ -196,6 +200,7 @@ class DemiChat(App[None]):
         self.status.set(model=str(where), state="starting…" if self.engine is not None else "loading the model…")
         self.loading = True
         self._load_worker(self.current_model, self.current_quant, False)  # an injected engine is described there
+        self.set_interval(FREEZE_EVERY, self._freeze_history)
         self._open_history_worker()
 
     # -- small helpers -----------------------------------------------------------------------------
@@ -462,14 +467,42 @@ class DemiChat(App[None]):
         if first:
             job.first_paint_at = now
 
+    @on(TextArea.Changed, "#prompt")
+    def _typed(self) -> None:
+        self._typed_at = time.monotonic()
+
+    async def _freeze_history(self) -> None:
+        """One answer from history (the newest first) drawn into frozen lines, while nothing streams
+        and the user is not typing: each costs a full draw of it once, then makes every later frame
+        cheaper (Textual lays out hidden widgets too)."""
+        if not self._unfrozen or self.job is not None or time.monotonic() - self._typed_at < 1.0:
+            return
+        message = self._unfrozen[-1]
+        self._freeze_tries[message] = tries = self._freeze_tries.get(message, 0) + 1
+        if not message.is_mounted or tries > 20 or await message.freeze_finished():
+            self._unfrozen.pop()
+            self._freeze_tries.pop(message, None)
+
+    @on(Piece.Thawed)
+    def _thawed(self, event: Piece.Thawed) -> None:
+        message = next((a for a in event.piece.ancestors if isinstance(a, AssistantMessage)), None)
+        if message is not None and message not in self._unfrozen:
+            self._unfrozen.insert(0, message)  # after the ones already waiting (newest last)
+
     def _flush_timer(self, job: Job) -> None:
         job.timer = False
         self.post_message(Flush(job))
 
     async def _end_job(self, job: Job, meta: str, replace: str | None = None, ok: bool = True) -> None:
-        await self._drain(job, final=True)
-        job.done = True
-        await job.widget.finish(meta, replace)
+        """The answer is over: the last text, its line of timings, and the app ready for the next one
+        (even if drawing the end fails: a stuck "answering…" would refuse everything after it)."""
+        try:
+            await self._drain(job, final=True)
+            job.done = True
+            await job.widget.finish(meta, replace)
+        except Exception as exc:  # shown, and the answer's text is kept in the session all the same
+            job.done = True
+            await self.say(f"could not draw the end of the answer: {one_line(exc)}", "error")
         if self.job is job:
             self.job = None
         self.last_job = job
@@ -1021,6 +1054,7 @@ class DemiChat(App[None]):
         for m in messages:
             widgets.append(self._render_stored(m))
         await self.log_view.mount_all(widgets)
+        self._unfrozen = [w for w in widgets if isinstance(w, AssistantMessage)]
         self._highlight(session.id)
         self.prompt.focus()
         target = self.query(f"#m{hit}").first() if hit is not None else None

@@ -17,8 +17,10 @@ from textual.widget import Widget
 
 
 def draw(widget: Widget) -> list[Strip] | None:
-    """The lines `widget` shows at its current size, or None when they cannot be had (not laid out
-    yet, or a Textual whose compositor works differently: the widget then simply stays as it is)."""
+    """The lines `widget` shows at its current size, or None when they cannot be had: not laid out
+    as it is now (a block added, grown or resized since the screen's last layout: it would be drawn
+    at a stale size), or a Textual whose compositor works differently (the widget then simply stays
+    as it is)."""
     size = widget.outer_size
     if not widget.is_mounted or not size.width or not size.height or not laid_out(widget):
         return None
@@ -27,6 +29,9 @@ def draw(widget: Widget) -> list[Strip] | None:
 
         compositor = Compositor()
         compositor.reflow(widget, size)
+        for part, geometry in compositor.full_map.items():  # every block at the size it will draw at
+            if part is not widget and part.outer_size != geometry.region.size:
+                return None
         strips = compositor.render_strips(size)
     except Exception:  # a private API: any change in it only costs the optimisation
         return None

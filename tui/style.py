@@ -87,21 +87,6 @@ AssistantMessage.-folded .piece {
     display: none;
 }
 
-/* A piece after the first (a long answer is streamed in pieces): its first block has one line less
-   above it, the line the block before already has below it, so the pieces look like one document.
-   Whole margins only: in Textual a margin-top rule resets the other sides too. */
-Markdown.-more > MarkdownBlock:first-child {
-    margin: 0 0 1 0;
-}
-
-Markdown.-more > MarkdownH1:first-child, Markdown.-more > MarkdownH2:first-child {
-    margin: 1 0 1 0;
-}
-
-Markdown.-more > MarkdownFence:first-child:ansi {
-    margin: 0;
-}
-
 .who {
     color: $text-muted;
     text-style: bold;
