@@ -3,9 +3,11 @@
 Threads: the screen runs on Textual's event loop and never waits for a model or a database.
 The engine is loaded by a thread worker; each answer (chat, /explain, /refactor) runs in one
 thread worker at a time (the in-process engine is not thread-safe), streams its pieces into a
-buffer that the screen drains into a `MarkdownStream` (several pieces per repaint when the
-model is faster than the screen), and is stopped with Esc through the engine's cancel token.
-Session history goes through `History` (one writer thread, queued and retried writes).
+buffer (`jobs.Job`) that the screen drains, paced by `jobs.Pacer`, into the answer's widget
+(which streams Markdown in pieces and freezes the finished ones, see `widgets.AssistantMessage`),
+and is stopped with Esc through the engine's cancel token. Enter during an answer queues the
+message (`outbox.Outbox`). Session history goes through `History` (one writer thread, queued and
+retried writes).
 """
 
 from __future__ import annotations
