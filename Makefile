@@ -1,11 +1,10 @@
 # Two entry points (see README): `make demo` and `make test`. Both are idempotent: a second
-# run reuses the virtual environment and the built demo model.
+# run reuses the virtual environment.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.demi-installed
-DEMO   := .demi-build/demo-model
-EXAMPLE := model/rope.py
+EXAMPLE := examples/inventory.py
 
 .PHONY: setup demo test tiny clean
 
@@ -18,16 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
-$(DEMO)/config.json: | $(STAMP)
-	$(BIN)/python -m demi.model.scaffold $(DEMO)
-
-demo: $(STAMP) $(DEMO)/config.json
-	$(BIN)/demi doctor --model $(DEMO)
-	$(BIN)/demi models info $(DEMO)
-	$(BIN)/demi eval perplexity --model $(DEMO) $(EXAMPLE)
-	$(BIN)/demi generate --model $(DEMO) --prompt "def fibonacci(n):" --max-tokens 24
-	$(BIN)/demi explain --model $(DEMO) $(EXAMPLE) --symbol apply_rotary --max-tokens 32 --no-history
-	@echo "(the demo model has random weights until the built-in demi-tiny is trained: the text is noise)"
+# The main job on the built-in model demi-tiny (shipped in model/builtin/, nothing to download).
+demo: $(STAMP)
+	$(BIN)/demi doctor
+	$(BIN)/demi models info demi-tiny
+	$(BIN)/demi eval perplexity --model demi-tiny $(EXAMPLE)
+	$(BIN)/demi generate --model demi-tiny --prompt "def is_palindrome(text):" --max-tokens 40
+	$(BIN)/demi complete --model demi-tiny $(EXAMPLE) --at 35:12 --no-history
+	$(BIN)/demi explain --model demi-tiny $(EXAMPLE) --symbol reserve --max-tokens 48 --no-history
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
