@@ -40,7 +40,8 @@ def test_bench_json_with_transformers_baseline(model_dir, tmp_path):
     ref = out["compare"]["transformers"]
     assert set(ref) == {"float32", "bfloat16"} and all(v["decode_tok_s"] > 0 for v in ref.values())
     best = max(v["decode_tok_s"] for v in ref.values())
-    assert out["decode_ratio_vs_best_transformers"] == pytest.approx(out["decode_tok_s"] / best, rel=0.01)
+    # the ratio is reported to two decimals
+    assert out["decode_ratio_vs_best_transformers"] == pytest.approx(out["decode_tok_s"] / best, rel=0.01, abs=0.006)
 
 
 def test_quantize_then_generate(model_dir, tmp_path):
