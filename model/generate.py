@@ -8,7 +8,6 @@ runs can be compared token for token.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,6 +15,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .cancel import CancelToken
 from .decoder import KVCache, Transformer
 from .errors import ContextOverflowError, DemiUserError
 
@@ -36,20 +36,6 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-class CancelToken:
-    """Set from any thread; the decode loop checks it before every step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
 
 
 @dataclass

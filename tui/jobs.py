@@ -16,19 +16,7 @@ from typing import Any
 
 from textual.message import Message
 
-
-class CancelFlag:
-    """The engines' cancel token as they read it (`cancelled`), without importing torch on the screen's thread."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
+from demi.model.cancel import CancelToken  # standard library only: no torch on the screen's thread
 
 
 @dataclass
@@ -40,7 +28,7 @@ class Job:
     conv: Any                                  # the Conversation it belongs to
     app: Any                                   # the app: pieces are announced with app.post_message
     submitted_at: float
-    cancel: CancelFlag = field(default_factory=CancelFlag)
+    cancel: CancelToken = field(default_factory=CancelToken)
     received: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
