@@ -38,8 +38,12 @@ def stdlib_texts(max_bytes: int = 3_000_000) -> Iterator[str]:
         yield text
 
 
-def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Transformer:
-    """A decoder with normal(0, std) weights and unit norms, deterministic for a seed."""
+RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight", "w2.weight")  # projections back into the residual stream
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02, residual_std: float | None = None) -> Transformer:
+    """A decoder with normal(0, std) weights (`residual_std` for the projections back into the
+    residual stream, when given), unit norms and zero biases, deterministic for a seed."""
     torch.manual_seed(seed)
     model = Transformer(cfg)
     with torch.no_grad():
@@ -48,6 +52,8 @@ def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Transfor
                 p.fill_(1.0)
             elif name.endswith("bias"):
                 p.zero_()
+            elif residual_std is not None and name.endswith(RESIDUAL_OUTPUTS):
+                p.normal_(0.0, residual_std)
             else:
                 p.normal_(0.0, std)
     return model.eval()

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from ..config import ModelConfig
 from ..decoder import Transformer, attention_mask
 from ..loading import save_model
+from ..scaffold import random_model
 from . import checkpoints
 from .data import PackedData, Position
 from .errors import ResumeError, TrainConfigError
@@ -112,22 +113,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def init_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Transformer:
-    """A fresh decoder: normal(0, std) weights, output projections scaled by 1/sqrt(2 * layers)
-    (GPT-2), unit norms, zero biases. Deterministic for a seed."""
-    torch.manual_seed(seed)
-    model = Transformer(cfg)
-    resid = std / math.sqrt(2 * cfg.num_hidden_layers)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif name.endswith("bias"):
-                p.zero_()
-            elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
-                p.normal_(0.0, resid)
-            else:
-                p.normal_(0.0, std)
-    return model
+    """A fresh decoder for training: normal(0, std) weights, output projections scaled by
+    1/sqrt(2 * layers) (GPT-2), unit norms, zero biases. Deterministic for a seed."""
+    return random_model(cfg, seed, std, residual_std=std / math.sqrt(2 * cfg.num_hidden_layers)).train()
 
 
 def forward_hidden(model: Transformer, tokens: Tensor, checkpointing: bool = False) -> Tensor:
