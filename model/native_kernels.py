@@ -60,8 +60,6 @@ def int8_gemv() -> ctypes.CDLL | None:
                                 str(SOURCE)], check=True, capture_output=True, timeout=120)
                 os.replace(out, lib)
         handle = ctypes.CDLL(str(lib))
-        handle.demi_gemv_int8_f16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
-        handle.demi_gemv_int8_f16.restype = None
         handle.demi_linear_int8.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 + \
             [ctypes.c_int] + [ctypes.c_int64] * 2
         handle.demi_linear_int8.restype = None
@@ -81,24 +79,15 @@ def usable(q: torch.Tensor) -> bool:
 _KINDS = {torch.float32: 0, torch.bfloat16: 1}
 
 
-def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """y [.., N] = x [.., K] @ (q * scale).T + bias for one row, in x's dtype (fp32 or bf16), in
-    one native call; None when x is not one contiguous fp32/bf16 row (the caller falls back).
-    `scale` and `bias` are fp32."""
+def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y [.., N] = x [.., K] @ (q * scale).T + bias for one row (x.numel() == K), in x's dtype, in
+    one native call (int8_gemv() must not be None). The kernel reads and writes fp32 or bf16;
+    other dtypes go through fp32. `scale` and `bias` are fp32."""
     kind = _KINDS.get(x.dtype)
-    if kind is None or x.numel() != q.shape[1] or not x.is_contiguous():
-        return None
-    y = torch.empty(*x.shape[:-1], q.shape[0], dtype=x.dtype)
-    int8_gemv().demi_linear_int8(x.data_ptr(), kind, q.data_ptr(), scale.data_ptr(),
-                                 None if bias is None else bias.data_ptr(), y.data_ptr(), kind,
+    row = (x if kind is not None else x.float()).contiguous()
+    y = torch.empty(*x.shape[:-1], q.shape[0], dtype=row.dtype)
+    k = _KINDS[row.dtype]
+    int8_gemv().demi_linear_int8(row.data_ptr(), k, q.data_ptr(), scale.data_ptr(),
+                                 None if bias is None else bias.data_ptr(), y.data_ptr(), k,
                                  q.shape[0], q.shape[1])
-    return y
-
-
-def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """y [1, N] fp32 = x [1, K] @ (q * scale).T with the native kernel (int8_gemv() must not be None)."""
-    xh = x.reshape(-1).to(torch.float16).contiguous()
-    y = torch.empty(1, q.shape[0], dtype=torch.float32)
-    int8_gemv().demi_gemv_int8_f16(xh.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(),
-                                   q.shape[0], q.shape[1])
-    return y
+    return y if kind is not None else y.to(x.dtype)

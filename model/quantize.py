@@ -84,14 +84,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.native and x.numel() == self.in_features:  # decode: the whole layer in one native call
-            y = native_kernels.linear_int8(x, self.weight, self.weight_scale, self._bias_f32)
-            if y is not None:
-                return y
+            return native_kernels.linear_int8(x, self.weight, self.weight_scale, self._bias_f32)
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if self.native and x2.shape[0] == 1:
-            y = native_kernels.gemv_int8(x2, self.weight, self.weight_scale)
-        elif x2.shape[0] > _PREFILL_ROWS or x2.device.type != "cpu":
+        if x2.shape[0] > _PREFILL_ROWS or x2.device.type != "cpu":
             y = F.linear(x2, self.weight.to(torch.bfloat16)) * self._scale_bf16  # scale the outputs, not K*N
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self._scale_bf16)

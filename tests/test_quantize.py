@@ -176,7 +176,7 @@ def test_native_int8_kernel_matches_reference_or_steps_aside():
         assert not lin.native
         return
     assert lin.native
-    direct = native_kernels.gemv_int8(x, q, scale)
+    direct = native_kernels.linear_int8(x, q, scale, None)
     torch_kernel = torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q, scale.bfloat16()).float()
     err_native = ((direct - ref).norm() / ref.norm()).item()
     err_torch = ((torch_kernel - ref).norm() / ref.norm()).item()

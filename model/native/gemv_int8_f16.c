@@ -41,13 +41,6 @@ static void gemv_rows(const int8_t *restrict w, const _Float16 *restrict x, int6
         dots[n] = row_dot(w + n * K, x, K);
 }
 
-void demi_gemv_int8_f16(const _Float16 *restrict x, const int8_t *restrict w, const float *restrict scale,
-                        float *restrict y, int64_t N, int64_t K) {
-    gemv_rows(w, x, N, K, y);
-    for (int64_t n = 0; n < N; n++)
-        y[n] *= scale[n];
-}
-
 /* The whole batch-1 Linear in one call, so decoding pays one foreign call per projection instead
  * of a handful of torch ops (dtype casts, a bias add, an output cast): x and y are fp32
  * (kind 0) or bf16 (kind 1), bias is fp32 or NULL. */
