@@ -180,11 +180,10 @@ async def test_typing_simulation_smoke(client, workdir):
 
 @pytest.fixture(scope="module")
 def demi_serve(model_dir):
-    from demi.assistant.server import ServerThread, create_app
     from demi.model.engine import LocalModel
+    from helpers import serve
 
-    app = create_app(LocalModel.load(str(model_dir), context=CONTEXT))
-    with ServerThread(app) as srv:
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT)) as srv:
         yield srv
 
 

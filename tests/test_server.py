@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from demi.assistant.fim import detect_fim
-from demi.assistant.server import ModelInfo, ServerThread, create_app, prepare_chat
+from demi.assistant.server import ModelInfo, prepare_chat
 from demi.assistant.server_api import ChatRequest
 from demi.model.engine import Completion, LocalModel
 from helpers import serve, tiny_checkpoint
@@ -398,7 +398,7 @@ def test_queue_is_fifo_bounded_by_slots_and_cancelled_waiters_are_dropped(script
 def test_queue_full_is_429(plain_tokenizer):
     model = ScriptedModel(plain_tokenizer, delay=0.01)
     model.max_streams = 1
-    with ServerThread(create_app(model, max_active=1, max_queue=0)) as srv, \
+    with serve(model, max_active=1, max_queue=0) as srv, \
             httpx.Client(base_url=srv.url, timeout=30) as c, \
             c.stream("POST", "/v1/completions",
                      json={"prompt": "x", "max_tokens": 10_000, "stream": True}) as r:
@@ -424,7 +424,7 @@ def test_engine_errors_are_answered_and_the_worker_survives(plain_tokenizer):
     from demi.model.errors import ContextOverflowError
 
     model = ScriptedModel(plain_tokenizer)
-    with ServerThread(create_app(model)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+    with serve(model) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         body = {"prompt": "x", "max_tokens": 2}
         cases = ((ContextOverflowError("too long for the engine"), 400, "context_length_exceeded"),
                  (RuntimeError("boom"), 500, "server_error"))
@@ -516,8 +516,7 @@ def test_routes_and_transport_errors(client):
 
 
 def test_api_key_is_enforced_on_every_route(plain_tokenizer):
-    app = create_app(ScriptedModel(plain_tokenizer), api_key="s3cret")
-    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+    with serve(ScriptedModel(plain_tokenizer), api_key="s3cret") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"}):
             for method, path in (("GET", "/v1/models"), ("GET", "/v1/nope"), ("POST", "/v1/completions")):
                 r = c.request(method, path, headers=headers, json={"prompt": "x", "max_tokens": 1})
@@ -534,8 +533,7 @@ def test_one_log_line_per_request_only_when_asked(plain_tokenizer, caplog):
     caplog.set_level("INFO", logger="demi.serve")
     for verbose in (False, True):
         caplog.clear()
-        app = create_app(ScriptedModel(plain_tokenizer), log_requests=verbose)
-        with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        with serve(ScriptedModel(plain_tokenizer), log_requests=verbose) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
             c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
             body = {"prompt": "x", "max_tokens": 2, "stream": True}
             with c.stream("POST", "/v1/completions", json=body) as r:
