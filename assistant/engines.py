@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from demi.model.engine import Completion, LocalModel, drain
 from demi.model.errors import DemiError, DemiUserError
 from demi.model.generate import CancelToken, Sampling
+from demi.model.healing import split_heal
 
 from .budget import approx_tokens
 from .context import FimContext
@@ -119,14 +120,15 @@ class InProcessEngine:
         """FIM through the model family's template; plain prefix continuation without one."""
         tpl = self.fim_template
         stops = list(stop or [])
+        prefix, heal = split_heal(ctx.prefix, self.local.tokenizer)  # token healing: demi.model.healing
         if tpl is None:
-            prompt, ids = ctx.prefix or "\n", self.local.stop_ids
+            prompt, ids = prefix or "\n", self.local.stop_ids
         else:
-            prompt = tpl.build(ctx.prefix, ctx.suffix, path=ctx.path, other_files=ctx.other_files)
+            prompt = tpl.build(prefix, ctx.suffix, path=ctx.path, other_files=ctx.other_files)
             tok = self.local.tokenizer
             stops += [s for s in tpl.stop_strings if tok.token_to_id(s) is None]
             ids = self.local.stop_ids | set(tpl.stop_token_ids)
-        result = self.complete(prompt, on_text=on_text, stop=stops, stop_ids=ids, **kwargs)
+        result = self.complete(prompt, on_text=on_text, stop=stops, stop_ids=ids, heal=heal, **kwargs)
         result.extra["fim"] = tpl.family if tpl is not None else None
         return result
 

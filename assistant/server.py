@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.generate import Sampling
+from demi.model.healing import split_heal
 
 from .fim import FimTemplate, detect_fim
 from .server_api import (MAX_STOP, MAX_STOP_LEN, ApiError, ChatRequest, CompletionRequest, invalid,
@@ -180,6 +181,7 @@ def prepare_completion(info: ModelInfo, req: CompletionRequest) -> Prepared:
             raise unsupported("prompt", "batched prompts are not supported: send one prompt per request")
         prompt = prompt[0]
     extra_ids: set[int] = set()
+    heal = ""
     if isinstance(prompt, list):
         if req.suffix is not None:
             raise invalid("suffix", "suffix needs a text prompt, not token ids")
@@ -194,6 +196,7 @@ def prepare_completion(info: ModelInfo, req: CompletionRequest) -> Prepared:
                 raise ApiError(400, f"model {info.name} has no fill-in-the-middle tokens, so it cannot "
                                "complete with a suffix; send the prompt alone", param="suffix",
                                code="fim_not_supported")
+            prompt, heal = split_heal(prompt, info.tokenizer)  # token healing, as in-process engines do
             text = info.fim.build(prompt, req.suffix)
             stops += [s for s in info.fim.stop_strings if info.tokenizer.token_to_id(s) is None]
             extra_ids = set(info.fim.stop_token_ids)
@@ -202,7 +205,7 @@ def prepare_completion(info: ModelInfo, req: CompletionRequest) -> Prepared:
         raise invalid("prompt", "the prompt is empty")
     n = _max_tokens(req.max_tokens, DEFAULT_COMPLETION_TOKENS, len(ids), info.context, "max_tokens", 0,
                     "prompt")
-    params = GenParams(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, extra_ids))
+    params = GenParams(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, extra_ids), heal)
     include = bool(req.stream_options and req.stream_options.include_usage)
     return Prepared(params, req.stream, include)
 

@@ -63,6 +63,7 @@ class GenParams:
     sampling: Sampling
     stop: list[str] = field(default_factory=list)
     stop_ids: set[int] | None = None
+    heal: str = ""  # token healing for FIM requests (demi.model.healing)
 
 
 class Job:
@@ -232,7 +233,7 @@ class Scheduler:
                 p = job.params
                 job.gen = self.model.stream(p.prompt_ids, max_new_tokens=p.max_new_tokens,
                                             sampling=p.sampling, stop=p.stop, cancel=job.cancel_token,
-                                            stop_ids=p.stop_ids)
+                                            stop_ids=p.stop_ids, heal=p.heal)
             piece = next(job.gen)
         except StopIteration as done:
             job.gen = None

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .decoder import Transformer
 from .errors import ContextOverflowError, DemiUserError
 from .generate import CancelToken, Sampling, StopState, generate_tokens
+from .healing import ForcedPrefix
 from .loading import load_model, resolve_device
 from .prefix_cache import PrefixCache
 from .threads import use_physical_cores
@@ -74,6 +75,17 @@ def _held_back(text: str, stops: list[str]) -> int:
     return keep
 
 
+def _unhealed(raw: str, heal: str) -> str:
+    """The answer without the healed text the output spelled first (all of it, or the part it
+    agreed with when the constraint had to give up)."""
+    if not heal:
+        return raw
+    n = 0
+    while n < min(len(raw), len(heal)) and raw[n] == heal[n]:
+        n += 1
+    return raw[n:] if n == len(heal) or n < len(raw) else ""
+
+
 class LocalModel:
     """Model + tokenizer + a reusable KV cache, on one device."""
 
@@ -113,8 +125,11 @@ class LocalModel:
     def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: Sampling | None = None,
                stop: list[str] | None = None, cancel: CancelToken | None = None,
                time_budget: float | None = None, stop_ids: set[int] | None = None,
-               add_special_tokens: bool = True) -> Iterator[str]:
-        """Yield text pieces; the finished `Completion` is the generator's return value."""
+               add_special_tokens: bool = True, heal: str = "") -> Iterator[str]:
+        """Yield text pieces; the finished `Completion` is the generator's return value.
+
+        `heal` is text cut off the end of the prompt (token healing, see `healing.py`): the first
+        tokens are constrained to spell it and it is not part of the answer."""
         started = time.monotonic()
         ids = self.encode(prompt, add_special_tokens)
         if max_new_tokens < 0:
@@ -122,23 +137,28 @@ class LocalModel:
         stops = [s for s in (stop or []) if s]
         end_ids = self.stop_ids if stop_ids is None else stop_ids
         deadline = started + time_budget if time_budget else None
-        state, decoder, out_ids = StopState(), StreamDecoder(self.tokenizer), []
+        # With healing the window starts in the prompt, so a SentencePiece decoder keeps the space.
+        decoder = StreamDecoder(self.tokenizer, prefix_ids=ids[-4:] if heal else ())
+        state, out_ids = StopState(), []
+        constraint = ForcedPrefix(self.tokenizer, heal) if heal else None
         if len(ids) >= self.context:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is "
                                        f"{self.context}")
         slot, reuse = self.prefix_cache.acquire(ids)
         try:
             completion = yield from self._generate(ids, slot, reuse, max_new_tokens, sampling, stops, end_ids,
-                                                   cancel, deadline, started, state, decoder, out_ids)
+                                                   cancel, deadline, started, state, decoder, out_ids,
+                                                   constraint, heal)
         finally:
             self.prefix_cache.release(slot, ids + out_ids)
         return completion
 
     def _generate(self, ids, slot, reuse, max_new_tokens, sampling, stops, end_ids, cancel, deadline,
-                  started, state, decoder, out_ids) -> Iterator[str]:
-        text, sent, first = "", 0, None
+                  started, state, decoder, out_ids, constraint=None, heal="") -> Iterator[str]:
+        raw, text, sent, first = "", "", 0, None
         for token in generate_tokens(self.model, ids, max_new_tokens, sampling, end_ids, cancel,
-                                     deadline, slot.cache, state, reuse=reuse, prefill_chunk=PREFILL_CHUNK):
+                                     deadline, slot.cache, state, reuse=reuse, prefill_chunk=PREFILL_CHUNK,
+                                     constraint=constraint):
             if token is None:  # between prefill chunks: let a scheduler run something else
                 yield ""
                 continue
@@ -147,9 +167,11 @@ class LocalModel:
             out_ids.append(token)
             if token in end_ids:  # the loop stops here, so generate_tokens never records why
                 state.reason = "stop"
-                text += decoder.flush()
+                raw += decoder.flush()
+                text = _unhealed(raw, heal)
                 break
-            text += decoder.push(token)
+            raw += decoder.push(token)
+            text = _unhealed(raw, heal)
             cut = min((text.find(s, max(0, sent - len(s))) for s in stops if s in text), default=-1)
             if cut >= 0:
                 text, state.reason = text[:cut], "stop"
@@ -160,11 +182,12 @@ class LocalModel:
             yield text[sent:safe] if safe > sent else ""
             sent = max(sent, safe)
         else:
-            text += decoder.flush()
+            raw += decoder.flush()
+            text = _unhealed(raw, heal)
         if sent < len(text):
             yield text[sent:]
         return Completion(text, out_ids, len(ids), state.reason, time.monotonic() - started, first,
-                          extra={"cached_tokens": min(reuse, len(ids) - 1)})
+                          extra={"cached_tokens": min(reuse, len(ids) - 1), "healed": len(heal)})
 
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
                  **kwargs) -> Completion:

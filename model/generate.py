@@ -18,6 +18,7 @@ from torch import Tensor
 from .cancel import CancelToken
 from .decoder import KVCache, Transformer
 from .errors import ContextOverflowError, DemiUserError
+from .healing import ForcedPrefix
 
 
 @dataclass
@@ -74,14 +75,15 @@ def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, 
                     stop_ids: set[int] | frozenset[int] = frozenset(), cancel: CancelToken | None = None,
                     deadline: float | None = None, cache: KVCache | None = None,
                     state: StopState | None = None, reuse: int = 0,
-                    prefill_chunk: int | None = None) -> Iterator[int | None]:
+                    prefill_chunk: int | None = None, constraint: ForcedPrefix | None = None) -> Iterator[int | None]:
     """Yield up to `max_new_tokens` new token ids after `prompt`.
 
     `deadline` is a `time.monotonic()` value; `reuse` is how many leading prompt tokens the
     given cache already holds (they are not prefilled again). `state.reason` tells why it ended.
     With `prefill_chunk`, a long prompt is prefilled that many tokens at a time and `None` is
     yielded between chunks, so a scheduler can interleave other work and a cancellation
-    lands within one chunk instead of after the whole prompt.
+    lands within one chunk instead of after the whole prompt. A `constraint` (token healing) masks
+    the logits of the first steps until the output has spelled its text.
     """
     sampling = sampling or Sampling()
     state = state if state is not None else StopState()
@@ -120,8 +122,13 @@ def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, 
             return
         if sampling.repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, seen, sampling.repetition_penalty)
+        allowed = constraint.mask(logits.shape[-1], logits.device) if constraint is not None else None
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         nxt = sample_next(logits, sampling, generator)
         token = int(nxt.item())  # the one host round-trip per token: the stream needs the id
+        if constraint is not None:
+            constraint.advance(token)
         yield token
         if token in stop_ids:
             state.reason = "stop"

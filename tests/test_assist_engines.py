@@ -89,9 +89,10 @@ def test_infill_uses_the_family_template(local):
     ctx = FimContext("def add(a, b):\n    return ", "\n", path="m.py")
     got = local.infill(ctx, max_new_tokens=8)
     tpl = detect_fim(local.local.tokenizer)
-    prompt = tpl.build(ctx.prefix, ctx.suffix, path="m.py")
+    prompt = tpl.build("def add(a, b):\n    return", ctx.suffix, path="m.py")  # the space is healed
     assert prompt.startswith("<|file_sep|>m.py\n<|fim_suffix|>\n<|fim_prefix|>def add")  # demi-tiny: SPM
-    ref = local.complete(prompt, max_new_tokens=8, stop_ids=local.local.stop_ids | set(tpl.stop_token_ids))
+    ref = local.complete(prompt, max_new_tokens=8, stop_ids=local.local.stop_ids | set(tpl.stop_token_ids),
+                         heal=" ")
     assert got.text == ref.text and got.extra["fim"] == "demi-tiny"
     assert got.prompt_tokens == len(local.local.tokenizer.encode(prompt))
 

@@ -27,6 +27,7 @@ from demi.assistant.fim import detect_fim
 from demi.assistant.server import ModelInfo, prepare_chat
 from demi.assistant.server_api import ChatRequest
 from demi.model.engine import Completion, LocalModel
+from demi.model.healing import split_heal
 from helpers import serve, tiny_checkpoint
 from tokenizers_fixture import make_llama_tokenizer
 
@@ -77,7 +78,7 @@ class ScriptedModel:
     fail_with: Exception | None = None  # raised on the first step, as the engine raises bad input
 
     def stream(self, prompt, max_new_tokens=256, sampling=None, stop=None, cancel=None, time_budget=None,
-               stop_ids=None, add_special_tokens=True):
+               stop_ids=None, add_special_tokens=True, heal=""):
         if self.fail_with is not None:
             raise self.fail_with
         self.started.append(list(prompt))
@@ -217,9 +218,11 @@ def test_seeded_sampling_is_reproducible(client, ref):
 def test_fim_with_suffix(client, ref):
     prefix, suffix = "def add(a, b):\n    ", "\n    return c\n"
     fim = detect_fim(ref.tokenizer)
-    prompt = fim.build(prefix, suffix)
+    body_text, heal = split_heal(prefix, ref.tokenizer)  # the indentation is healed, as in-process
+    assert heal == "\n    "
+    prompt = fim.build(body_text, suffix)
     ids = ref.tokenizer.encode(prompt)
-    want = ref.complete(ids, max_new_tokens=12, stop_ids=set(fim.stop_token_ids) | ref.stop_ids)
+    want = ref.complete(ids, max_new_tokens=12, stop_ids=set(fim.stop_token_ids) | ref.stop_ids, heal=heal)
     r = client.post("/v1/completions", json={"prompt": prefix, "suffix": suffix, "max_tokens": 12,
                                              "temperature": 0})
     assert r.status_code == 200, r.text
