@@ -180,12 +180,13 @@ def propose(engine: Any, doc: Document, instruction: str, symbol: str | None = N
                           lossy=doc.lossy)
 
 
-def apply(result: RefactorResult, data_dir: Path) -> RefactorResult:
-    """Write the edit (atomic, with a backup); refuses a file that changed since it was read."""
+def apply(result: RefactorResult, data_dir: Path, root: Path | None = None) -> RefactorResult:
+    """Write the edit (atomic, with a backup); refuses a file that changed since it was read or
+    that lies outside `root` (see `edits.apply_edit`, which owns every rule of the write)."""
     if result.lossy:
         raise DemiUserError(f"{result.path} is not valid UTF-8; Demi will not rewrite it (it would replace "
                             "the undecodable bytes)")
     if result.edit.changed:
-        result.backup = apply_edit(result.edit, data_dir)
+        result.backup = apply_edit(result.edit, data_dir, root)
         result.applied = True
     return result

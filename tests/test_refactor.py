@@ -12,8 +12,10 @@ import stat
 import pytest
 
 from demi.assistant.document import Document
-from demi.assistant.edits import (Edit, EditConflictError, NoBackupError, apply_edit, backups, changed_lines,
-                                  undo, unified_diff, workspace_edit)
+from demi.assistant import edits
+from demi.assistant.edits import (TMP_MARK, Edit, EditConflictError, NoBackupError, OutsideWorkspaceError,
+                                  apply_edit, backup_dir, backups, changed_lines, stale_temps, undo, unified_diff,
+                                  workspace_edit, workspace_root)
 from demi.assistant.refactor import RefactorRejected, splice, validate
 from demi.assistant.target import resolve_target
 
@@ -147,7 +149,7 @@ def test_apply_is_atomic_keeps_mode_and_backup_then_undo(src, tmp_path):
     assert src.read_text(encoding="utf-8") == new
     assert stat.S_IMODE(src.stat().st_mode) == 0o640
     assert backup.read_text(encoding="utf-8") == SRC and len(backups(data, src)) == 1
-    assert not [p for p in src.parent.iterdir() if p.name.endswith(".demi-tmp")]  # no temp file left
+    assert not [p for p in src.parent.iterdir() if TMP_MARK in p.name]  # no temp file left
     undo(src, data)
     assert src.read_text(encoding="utf-8") == SRC and stat.S_IMODE(src.stat().st_mode) == 0o640
     with pytest.raises(NoBackupError, match="no backup"):
@@ -188,3 +190,150 @@ def test_two_applies_undo_in_order(src, tmp_path):
     assert src.read_text(encoding="utf-8") == first
     undo(src, data)
     assert src.read_text(encoding="utf-8") == SRC
+
+
+# -- the write's rules: workspace, symlinks, a change at the last moment, leftovers ------------------
+
+def _area_edit(path):
+    t = target(path, "area")
+    return Edit(path, t.doc.text, splice(t, f"```python\n{NEW_AREA}```"), t.doc.digest)
+
+
+def test_a_symlink_out_of_the_workspace_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "shapes.py"
+    victim.write_text(SRC, encoding="utf-8")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    link = ws / "shapes.py"
+    link.symlink_to(victim)
+    with pytest.raises(OutsideWorkspaceError, match=r"resolves to .*outside.*outside the workspace"):
+        apply_edit(_area_edit(link), tmp_path / "data", root=ws)
+    assert victim.read_text(encoding="utf-8") == SRC and link.is_symlink()
+    assert not (tmp_path / "data").exists()  # refused before any backup
+    # `..` out of the root is refused the same way
+    with pytest.raises(OutsideWorkspaceError):
+        apply_edit(_area_edit(ws / ".." / "outside" / "shapes.py"), tmp_path / "data", root=ws)
+    with pytest.raises(OutsideWorkspaceError):
+        undo(link, tmp_path / "data", root=ws)
+
+
+def test_a_symlinked_directory_out_of_the_workspace_is_refused(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "shapes.py").write_text(SRC, encoding="utf-8")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "vendor").symlink_to(tmp_path / "lib", target_is_directory=True)
+    with pytest.raises(OutsideWorkspaceError):
+        apply_edit(_area_edit(ws / "vendor" / "shapes.py"), tmp_path / "data", root=ws)
+    assert (tmp_path / "lib" / "shapes.py").read_text(encoding="utf-8") == SRC
+
+
+def test_a_symlink_inside_the_workspace_writes_its_target_and_stays_a_link(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "real").mkdir(parents=True)
+    real = ws / "real" / "shapes.py"
+    real.write_text(SRC, encoding="utf-8")
+    os.chmod(real, 0o755)
+    link = ws / "shapes.py"
+    link.symlink_to(real)
+    edit = _area_edit(link)
+    apply_edit(edit, tmp_path / "data", root=ws)
+    assert link.is_symlink() and real.read_text(encoding="utf-8") == edit.new
+    assert stat.S_IMODE(real.stat().st_mode) == 0o755
+    undo(link, tmp_path / "data", root=ws)
+    assert link.is_symlink() and real.read_text(encoding="utf-8") == SRC
+
+
+def test_the_command_lines_workspace_is_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert workspace_root(tmp_path / "pkg" / "a.py") == tmp_path
+    assert workspace_root(tmp_path.parent / "elsewhere" / "a.py") == tmp_path.parent / "elsewhere"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "link.py").symlink_to(tmp_path.parent)  # a link out of the cwd
+    with pytest.raises(OutsideWorkspaceError):
+        edits.resolve_inside(tmp_path / "pkg" / "link.py", workspace_root(tmp_path / "pkg" / "link.py"))
+
+
+def test_a_change_just_before_the_rename_is_noticed(src, tmp_path):
+    """The user saves while Demi is writing its temp file: the rename must not clobber that save."""
+    edit = _area_edit(src)
+
+    def users_save(step: str) -> None:
+        if step == "file:fsync":
+            src.write_text("the user's save\n", encoding="utf-8")
+
+    edits.PHASE_HOOK = users_save
+    try:
+        with pytest.raises(EditConflictError, match="changed since Demi read it"):
+            apply_edit(edit, tmp_path / "data")
+    finally:
+        edits.PHASE_HOOK = None
+    assert src.read_text(encoding="utf-8") == "the user's save\n"
+    assert backups(tmp_path / "data", src) == [] and not [p for p in src.parent.iterdir() if TMP_MARK in p.name]
+
+
+def test_a_write_cut_off_before_the_rename_leaves_the_file_and_undo_consistent(src, tmp_path):
+    """A crash between the backup and the rename (an exception stands in for the kill here;
+    test_edit_faults.py uses SIGKILL): the file is unchanged, and undo says so instead of
+    refusing because the file "changed since Demi wrote it"."""
+    data = tmp_path / "data"
+    first = _area_edit(src)
+    apply_edit(first, data)
+
+    class Crash(BaseException):
+        pass
+
+    def crash(step: str) -> None:
+        if step == "file:rename":
+            raise Crash
+
+    t2 = target(src, "main")
+    second = Edit(src, first.new, splice(t2, "```python\ndef main():\n    print(area(3))\n```"), t2.doc.digest)
+    edits.PHASE_HOOK = crash
+    try:
+        with pytest.raises(Crash):
+            apply_edit(second, data)
+    finally:
+        edits.PHASE_HOOK = None
+    assert src.read_text(encoding="utf-8") == first.new and len(backups(data, src)) == 2
+    undo(src, data)  # drops the record that never landed, then undoes the first apply
+    assert src.read_text(encoding="utf-8") == SRC and backups(data, src) == []
+
+
+def test_temp_files_of_a_dead_writer_are_removed_and_live_ones_kept(src, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = src.parent / f".{src.name}{TMP_MARK}{dead_pid}-abc123"
+    stale.write_text("half a file")
+    live = src.parent / f".{src.name}{TMP_MARK}{os.getppid()}-def456"  # pytest's parent: alive
+    live.write_text("a write in progress elsewhere")
+    old = src.parent / f".{src.name}{TMP_MARK}{os.getppid()}-old999"
+    old.write_text("abandoned long ago")
+    os.utime(old, (1, 1))
+    assert sorted(p.name for p in stale_temps(src.parent)) == sorted([stale.name, old.name])
+    apply_edit(_area_edit(src), tmp_path / "data")
+    assert not stale.exists() and not old.exists() and live.exists()
+    folder = backup_dir(tmp_path / "data", src)
+    (folder / f".x.bak{TMP_MARK}{dead_pid}-zzz").write_text("half a backup")
+    undo(src, tmp_path / "data")
+    assert not [p for p in folder.iterdir() if TMP_MARK in p.name]
+    assert src.read_text(encoding="utf-8") == SRC
+
+
+def test_an_unwritable_folder_is_a_clear_error_and_changes_nothing(src, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions")
+    edit = _area_edit(src)
+    os.chmod(src.parent, 0o555)
+    try:
+        with pytest.raises(EditConflictError, match="cannot write .*the file is unchanged"):
+            apply_edit(edit, tmp_path.parent / (tmp_path.name + "-data"))
+    finally:
+        os.chmod(src.parent, 0o755)
+    assert src.read_text(encoding="utf-8") == SRC
+    assert backups(tmp_path.parent / (tmp_path.name + "-data"), src) == []

@@ -887,7 +887,7 @@ class DemiChat(App[None]):
         from demi.assistant.refactor import apply
 
         try:
-            result = apply(card.result, self.data_dir)
+            result = apply(card.result, self.data_dir, root=self.root)
         except Exception as exc:  # a conflict or an unwritable file: shown, nothing half-written
             self._from_thread(self._apply_done, card, None, one_line(exc))
             return
@@ -926,7 +926,7 @@ class DemiChat(App[None]):
         from demi.assistant.edits import undo
 
         try:
-            undo(path, self.data_dir, force=force)
+            undo(path, self.data_dir, force=force, root=self.root)
         except Exception as exc:  # no backup, or the file changed since: say so, touch nothing
             self._from_thread(self._undo_done, path, one_line(exc))
             return
