@@ -2,26 +2,45 @@
 
 Sessions hold messages; each message keeps the model and its timings. WAL lets the TUI, the
 language server and the CLI read while one of them writes; every write is a short
-`BEGIN IMMEDIATE` transaction retried within `busy_timeout`, so two writers queue instead of
-failing. The schema is versioned with `PRAGMA user_version` and migrated forward in order from
-the first version on. A locked or corrupt database is a `StoreError` with one clear line; the
-file is never deleted or rewritten to "fix" it.
+`BEGIN IMMEDIATE` transaction that waits up to `busy_timeout` (the `timeout` argument, 5 s by
+default) for another writer, so two writers queue instead of failing. `synchronous = NORMAL`:
+in WAL mode a committed transaction survives the process being killed (the WAL is in the OS's
+hands at COMMIT); only a power cut can lose the last few commits, never the database.
+(tests/test_store.py kills writers with SIGKILL and runs two writer processes at once;
+benchmarks/store_stress.py does it for a minute.)
+
+The schema is versioned with `PRAGMA user_version` and migrated forward in order from the first
+version on. A locked database and one from a newer Demi are a `StoreError` with one clear line.
+A corrupt one (not a SQLite file, truncated, or a page SQLite reports as malformed) is never
+deleted or patched: it is moved aside to `sessions.db.corrupt-YYYYMMDD-HHMMSS` (its -wal and
+-shm files too) and a new database is started; a one-line warning says where the old file went
+(logged to `demi.store`, and kept in `Store.notice` for front ends that show it themselves).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: moving aside is not serialised between processes
+    fcntl = None  # type: ignore[assignment]
 
 from demi.model.errors import DemiUserError
 
 DB_NAME = "sessions.db"
+log = logging.getLogger("demi.store")
+T = TypeVar("T")
+_MAGIC = b"SQLite format 3\x00"
 
 # Each entry migrates from version i to i + 1. Never edit one that has shipped: append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -107,45 +126,222 @@ class Message:
         return dict(self.__dict__)
 
 
+class _Corrupt(Exception):
+    """The database file is damaged (internal: turned into moving it aside)."""
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    text = str(exc)
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
 def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
     text = str(exc)
     if "locked" in text or "busy" in text:
         return StoreError(f"the session database {path} is locked by another Demi process; try again "
                           "(nothing was lost)")
-    if "not a database" in text or "malformed" in text or "corrupt" in text:
-        return StoreError(f"the session database {path} is corrupt ({text}); move it aside and Demi will "
-                          "start a new one (your files are not affected)")
+    if _is_corrupt(exc):
+        return StoreError(f"the session database {path} is corrupt ({text}); Demi moves it aside and starts a "
+                          "new one the next time it opens it (your files are not affected)")
     if "readonly" in text or "unable to open" in text:
         return StoreError(f"cannot write the session database {path} ({text})")
     return StoreError(f"session database {path}: {text}")
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names now (device, inode), to notice that another process moved it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_file(path: Path) -> str | None:
+    """Why `path` is not a usable SQLite file, from its 100-byte header and size (cheap: no page
+    is read); None when it looks whole or does not exist yet (an empty file is a new database)."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # unreadable: let SQLite say why
+    if not head.startswith(_MAGIC[:len(head)]):
+        return "not a SQLite database"
+    if len(head) < 100:
+        return f"truncated to {size} bytes"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    valid = head[24:28] == head[92:96]  # the in-header size is only kept by SQLite >= 3.7.0
+    if valid and pages and size < page * pages:
+        return f"truncated: {size} bytes on disk, its header says {page * pages}"
+    return None
+
+
+def _aside_name(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while out.exists():
+        out = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    return out
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the data folder while a database is moved aside, so two processes that
+    find it corrupt at once move it once (and never move the new one the first one started)."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class Store:
-    """One connection per Store; open one per thread (sqlite3 connections are not shared)."""
+    """One connection per Store; open one per thread (sqlite3 connections are not shared).
+
+    `notice`: the one-line warning when this open moved a corrupt database aside (else None);
+    `moved_aside`: where it went.
+    """
 
     def __init__(self, path: str | Path, timeout: float = 5.0):
         self.path = Path(path)
         self.timeout = timeout
+        self.notice: str | None = None
+        self.moved_aside: Path | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
-                                        check_same_thread=False)
-        except (sqlite3.Error, OSError) as exc:
-            if isinstance(exc, sqlite3.Error):
-                raise _explain(self.path, exc) from None
+        except OSError as exc:
             raise StoreError(f"cannot create {self.path.parent} ({exc.strerror or exc})") from None
+        for attempt in range(3):  # a second try after moving a corrupt file aside; a third if raced
+            try:
+                self._connect()
+                return
+            except _Corrupt as exc:
+                reason, ident = exc.args
+                if attempt == 2:
+                    raise StoreError(f"the session database {self.path} is still corrupt after moving it "
+                                     f"aside ({reason})") from None
+                self._move_aside(reason, ident)
+
+    def _connect(self) -> None:
+        """Open, check and migrate; `_Corrupt(reason, identity)` when the file is damaged."""
+        ident = _identity(self.path)
+        problem = check_file(self.path)
+        if problem:
+            raise _Corrupt(problem, ident)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
+                                        check_same_thread=False)
+        except sqlite3.Error as exc:
+            if _is_corrupt(exc):
+                raise _Corrupt(str(exc), ident) from None
+            raise _explain(self.path, exc) from None
+        self._ident = _identity(self.path)
         self.conn.row_factory = sqlite3.Row
         try:
-            self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"database is locked (journal mode stayed {mode})")
+            self.conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            self._wal()
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the schema pages
             self._migrate()
         except sqlite3.Error as exc:
             self.conn.close()
+            if _is_corrupt(exc):
+                raise _Corrupt(str(exc), self._ident) from None
             raise _explain(self.path, exc) from None
+        except StoreError:
+            self.conn.close()
+            raise
+
+    def _wal(self) -> None:
+        """WAL mode. Switching a new database needs a moment alone with it, which SQLite does not
+        wait for through busy_timeout: retry within the timeout instead."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                mode = None
+            if str(mode).lower() == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"database is locked (journal mode stayed {mode})")
+            time.sleep(0.02)
+
+    def _move_aside(self, reason: str, ident: tuple[int, int] | None) -> None:
+        """Rename the damaged file (identified by `ident`) and its -wal/-shm out of the way, unless
+        another process already did; the next `_connect` starts a new database."""
+        with _folder_lock(self.path.parent):
+            if ident is None or _identity(self.path) != ident:
+                return  # someone else moved it (or it is gone): just open what is there now
+            aside = _aside_name(self.path)
+            try:
+                os.replace(self.path, aside)
+            except OSError as exc:
+                raise StoreError(f"the session database {self.path} is corrupt ({reason}) and could not be moved "
+                                 f"aside ({exc.strerror or exc}); move it aside yourself") from None
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    try:
+                        os.replace(side, aside.with_name(aside.name + suffix))
+                    except OSError:
+                        pass
+        self.moved_aside = aside
+        self.notice = (f"the session database {self.path} was corrupt ({reason}); moved it to {aside} and "
+                       "started a new one")
+        log.warning("%s", self.notice)
+
+    def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the connection; on corruption found mid-use, check the whole file, move it aside
+        when the check fails, and run `fn` once more on the new database."""
+        try:
+            return fn(self.conn)
+        except sqlite3.Error as exc:
+            if not isinstance(exc, sqlite3.DatabaseError) or not _is_corrupt(exc) or not self._recover_live(str(exc)):
+                raise _explain(self.path, exc) from None
+        try:
+            return fn(self.conn)
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from None
+
+    def _recover_live(self, reason: str) -> bool:
+        """An open store hit a malformed page: True when the file was moved aside (by this process
+        or another) and a new database is open."""
+        try:
+            rows = self.conn.execute("PRAGMA quick_check(1)").fetchall()
+            damaged = [tuple(r) for r in rows] != [("ok",)]
+        except sqlite3.Error:
+            damaged = True
+        if not damaged:
+            return False  # SQLite's own check passes: report the error, move nothing
+        ident = self._ident
+        self.conn.close()
+        self._move_aside(reason, ident)
+        self._connect()
+        return True
 
     @classmethod
     def open_default(cls, data_dir: Path, timeout: float = 5.0) -> "Store":
@@ -162,22 +358,26 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction; waits up to `timeout` for another writer."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _explain(self.path, exc) from None
+        """A short write transaction; waits up to `timeout` for another writer. sqlite3 errors
+        propagate (the caller's `_do` turns them into a StoreError)."""
+        self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             raise
         else:
             try:
                 self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self.conn.execute("ROLLBACK")
-                raise _explain(self.path, exc) from None
+            except sqlite3.Error:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -202,32 +402,35 @@ class Store:
     def create_session(self, kind: str = "chat", title: str = "", model: str | None = None) -> Session:
         now = time.time()
         sid = uuid.uuid4().hex[:12]
-        try:
+
+        def run(_: sqlite3.Connection) -> None:
             with self._write() as c:
-                c.execute("INSERT INTO sessions (id, created, updated, kind, title, model) "
-                          "VALUES (?, ?, ?, ?, ?, ?)",
+                c.execute("INSERT INTO sessions (id, created, updated, kind, title, model) VALUES (?, ?, ?, ?, ?, ?)",
                           (sid, now, now, kind, title, model))
-        except sqlite3.Error as exc:
-            raise _explain(self.path, exc) from None
+
+        self._do(run)
         return Session(sid, now, now, kind, title, model)
 
     def add_message(self, session_id: str, role: str, content: str, model: str | None = None,
                     prompt_tokens: int | None = None, completion_tokens: int | None = None,
                     seconds: float | None = None, meta: dict[str, Any] | None = None) -> int:
+        """Append one message; returns its id once it is committed."""
         now = time.time()
-        try:
-            with self._write() as c:
-                cur = c.execute(
-                    "INSERT INTO messages (session_id, created, role, content, model, prompt_tokens, "
-                    "completion_tokens, seconds, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (session_id, now, role, content, model, prompt_tokens, completion_tokens, seconds,
-                     json.dumps(meta) if meta else None))
-                c.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
-                return int(cur.lastrowid)
-        except sqlite3.IntegrityError:
-            raise StoreError(f"no session {session_id!r}") from None
-        except sqlite3.Error as exc:
-            raise _explain(self.path, exc) from None
+
+        def run(_: sqlite3.Connection) -> int:
+            try:
+                with self._write() as c:
+                    cur = c.execute(
+                        "INSERT INTO messages (session_id, created, role, content, model, prompt_tokens, "
+                        "completion_tokens, seconds, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (session_id, now, role, content, model, prompt_tokens, completion_tokens, seconds,
+                         json.dumps(meta) if meta else None))
+                    c.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
+                    return int(cur.lastrowid)
+            except sqlite3.IntegrityError:
+                raise StoreError(f"no session {session_id!r}") from None
+
+        return self._do(run)
 
     def record(self, kind: str, title: str, model: str | None, prompt: str, answer: str,
                prompt_tokens: int | None = None, completion_tokens: int | None = None,
@@ -239,26 +442,23 @@ class Store:
         return session.id
 
     def rename_session(self, session_id: str, title: str) -> bool:
-        try:
+        def run(_: sqlite3.Connection) -> bool:
             with self._write() as c:
                 return c.execute("UPDATE sessions SET title = ? WHERE id = ?", (title, session_id)).rowcount > 0
-        except sqlite3.Error as exc:
-            raise _explain(self.path, exc) from None
+
+        return self._do(run)
 
     def delete_session(self, session_id: str) -> bool:
-        try:
+        def run(_: sqlite3.Connection) -> bool:
             with self._write() as c:
                 return c.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
-        except sqlite3.Error as exc:
-            raise _explain(self.path, exc) from None
+
+        return self._do(run)
 
     # -- reads -------------------------------------------------------------------------------------
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        try:
-            return self.conn.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise _explain(self.path, exc) from None
+        return self._do(lambda c: c.execute(sql, args).fetchall())
 
     def sessions(self, limit: int = 20, kind: str | None = None) -> list[Session]:
         where, args = ("WHERE s.kind = ?", (kind,)) if kind else ("", ())

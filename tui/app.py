@@ -1131,6 +1131,8 @@ class DemiChat(App[None]):
         if message.event == "error":
             self.query_one("#history-state", Static).update(Text(message.data))
             await self.say(message.data, "warning")
+        elif message.event == "notice":  # e.g. a corrupt session database moved aside
+            await self.say(message.data, "warning")
         elif message.event == "recovered":
             self.query_one("#history-state", Static).update("")
             await self.say("history is saving again (nothing was lost)")

@@ -82,6 +82,9 @@ class History:
                 self.error = None
             except StoreError as exc:
                 self.error = str(exc)
+            else:
+                if self._reader.notice:  # a corrupt database was moved aside: say where, once
+                    self.notify("notice", self._reader.notice)
         return self.error
 
     def _read(self, fn: Callable[[Store], Any], default: Any) -> Any:
@@ -202,6 +205,8 @@ class History:
             except StoreError as exc:
                 self._report(str(exc))
                 return None
+            if self._writer.notice:
+                self.notify("notice", self._writer.notice)
         return self._writer
 
     def _report(self, text: str) -> None:
