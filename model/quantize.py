@@ -15,6 +15,7 @@ Kernel layouts (the CPU int4 packing, bitsandbytes' formats on CUDA) are made on
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,11 @@ FORMAT_VERSION = 1
 DEFAULT_GROUP = 64
 # Above this many rows of activations (prefill) a dequantized bf16 matmul beats the GEMV kernels.
 _PREFILL_ROWS = 8
+# Prefill converts each int8 weight to bf16 (exact: int8 values are bf16 values). Small models keep
+# the converted copy instead of redoing it for every prompt chunk; this caps those copies per
+# process, so a large model keeps its int8 memory saving (only its first layers get copies).
+PREFILL_COPY_BUDGET = 96 * 2**20
+_prefill_copy_bytes = 0
 
 
 def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,6 +75,11 @@ def dequantize_int4(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return (wg * scale.float()[..., None] + zero.float()[..., None]).reshape(n, k)
 
 
+def _release_prefill_copy(nbytes: int) -> None:
+    global _prefill_copy_bytes
+    _prefill_copy_bytes -= nbytes
+
+
 class Int8Linear(nn.Module):
     """y = x @ (q * scale).T + b, through `_weight_int8pack_mm` for decode-sized inputs."""
 
@@ -81,6 +92,22 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         self._bias_f32 = None if bias is None else bias.float().contiguous()
         self.native = native_kernels.usable(self.weight)
+        self._w_bf16: Tensor | None = None
+        self._w_bf16_tried = False
+
+    def _prefill_weight(self) -> Tensor:
+        """The weight in bf16 for a prefill matmul: cached while PREFILL_COPY_BUDGET allows."""
+        if self._w_bf16 is not None:
+            return self._w_bf16
+        w = self.weight.to(torch.bfloat16)
+        if not self._w_bf16_tried and self.weight.device.type == "cpu":
+            global _prefill_copy_bytes
+            self._w_bf16_tried = True
+            if _prefill_copy_bytes + 2 * w.numel() <= PREFILL_COPY_BUDGET:
+                _prefill_copy_bytes += 2 * w.numel()
+                self._w_bf16 = w
+                weakref.finalize(self, _release_prefill_copy, 2 * w.numel())  # a reloaded model gets it back
+        return w
 
     def forward(self, x: Tensor) -> Tensor:
         if self.native and x.numel() == self.in_features:  # decode: the whole layer in one native call
@@ -88,7 +115,7 @@ class Int8Linear(nn.Module):
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if x2.shape[0] > _PREFILL_ROWS or x2.device.type != "cpu":
-            y = F.linear(x2, self.weight.to(torch.bfloat16)) * self._scale_bf16  # scale the outputs, not K*N
+            y = F.linear(x2, self._prefill_weight()) * self._scale_bf16  # scale the outputs, not K*N
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self._scale_bf16)
         if self.bias is not None:

@@ -126,3 +126,13 @@ def test_chunked_prefill_gives_the_same_tokens_and_can_be_cancelled(model_dir):
     assert next(gen) is None
     token.cancel()
     assert list(gen) == [] and state.reason == "cancelled"
+
+
+def test_prefill_chunks_scale_with_model_size():
+    """demi-tiny takes an editor's ~1,500-token FIM prompt in one step; big models keep 512-token
+    chunks so a scheduler can interleave streams and a cancel lands quickly."""
+    from demi.model.engine import MAX_PREFILL_CHUNK, MIN_PREFILL_CHUNK, prefill_chunk_for
+
+    assert prefill_chunk_for(12_600_000) >= 1536
+    assert prefill_chunk_for(494_000_000) == MIN_PREFILL_CHUNK == prefill_chunk_for(7_000_000_000)
+    assert prefill_chunk_for(10_000) == MAX_PREFILL_CHUNK

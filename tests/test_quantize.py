@@ -201,3 +201,28 @@ def test_native_and_torch_int8_decode_agree(trained):
             lin.native = native_kernels.usable(lin.weight)
         native = list(generate_tokens(model, prompt, 24))
     assert sum(a == b for a, b in zip(plain, native)) >= 22  # near-ties may flip at bf16 precision
+
+
+def test_prefill_keeps_a_bf16_copy_within_the_budget(monkeypatch):
+    """The cached bf16 weight gives the same prefill output as converting each time, and the
+    per-process budget decides which layers keep one."""
+    from demi.model import quantize as q
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    x = torch.randn(2, 20, 64)
+    monkeypatch.setattr(q, "PREFILL_COPY_BUDGET", 0)
+    uncached = q.quantize_linear(lin, "int8")
+    want = uncached(x)
+    assert uncached._w_bf16 is None
+    monkeypatch.setattr(q, "PREFILL_COPY_BUDGET", 10**9)
+    cached = q.quantize_linear(lin, "int8")
+    first, second = cached(x), cached(x)
+    assert cached._w_bf16 is not None and cached._w_bf16.dtype == torch.bfloat16
+    assert torch.equal(first, want) and torch.equal(second, want)
+    used = q._prefill_copy_bytes
+    del cached, first, second
+    import gc
+
+    gc.collect()
+    assert q._prefill_copy_bytes == used - 2 * 64 * 48  # freed with its module
