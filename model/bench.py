@@ -146,7 +146,9 @@ def compare_transformers(model_dir: Path, prompt_tokens: int = 128, new_tokens: 
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name in dtypes:
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, name)).eval()
+        # safetensors only, as Demi itself: never a pickle fallback (pytorch_model.bin), never remote code
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, name),
+                                                                  use_safetensors=True).eval()
         high = min(model.config.vocab_size, 4000)
         ids = torch.randint(10, high, (1, prompt_tokens), generator=gen)
 

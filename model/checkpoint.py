@@ -1,8 +1,14 @@
 """Safetensors checkpoints: find the files, validate them from their headers, read and write tensors.
 
-Only safetensors and JSON are ever read (no pickle). Headers are parsed by hand (8-byte
-length + JSON) so a checkpoint can be validated and sized before a single weight is read:
-a truncated download is caught here, not halfway through loading.
+Only safetensors and JSON are ever read. Pickle is never opened, not even through
+`torch.load(weights_only=True)`: that restricted unpickler has had bypasses (CVE-2025-32434), and
+a format that needs one is not worth the risk for an offline tool; a directory that has only
+pickle weights (`pytorch_model.bin`, `*.pt`, `*.pkl`, ...) is a one-line error that says to
+convert it. Pickle files next to safetensors weights are never opened (Hugging Face repos often
+ship both). Headers are parsed by hand (8-byte length + JSON) and every entry is checked (dtype,
+shape, byte range) so a checkpoint is validated and sized before a single weight is read: a
+truncated download or a tensor whose bytes do not match its shape is caught here, not halfway
+through loading.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from .errors import CheckpointError
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-               "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+               "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+# Weight formats Demi does not read, by suffix: named in the error when they are all there is.
+FOREIGN_WEIGHTS = {".bin": "PyTorch pickle", ".pt": "PyTorch pickle", ".pth": "PyTorch pickle",
+                   ".ckpt": "pickle", ".pkl": "pickle", ".pickle": "pickle", ".joblib": "pickle",
+                   ".gguf": "GGUF", ".ggml": "GGML", ".h5": "Keras HDF5", ".msgpack": "Flax msgpack",
+                   ".onnx": "ONNX", ".npz": "NumPy", ".npy": "NumPy"}
 
 
 @dataclass(frozen=True)
@@ -58,14 +69,21 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
         return [model_dir / SINGLE_NAME]
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        extra = " (pytorch_model.bin is pickle, which Demi never loads)" if any(
-            model_dir.glob("*.bin")) else ""
-        raise CheckpointError(f"{model_dir}: no *.safetensors weights found{extra}")
+        foreign = sorted(p.name for p in model_dir.iterdir() if p.suffix.lower() in FOREIGN_WEIGHTS)
+        if foreign:
+            kinds = sorted({FOREIGN_WEIGHTS[Path(n).suffix.lower()] for n in foreign})
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            pickle = any("pickle" in k for k in kinds)
+            why = ("Demi never unpickles weights (unpickling can run code)" if pickle
+                   else "Demi reads only safetensors")
+            raise CheckpointError(f"{model_dir}: no *.safetensors weights, only {', '.join(foreign[:3])}{more} "
+                                  f"({', '.join(kinds)}); {why}: convert them to safetensors first")
+        raise CheckpointError(f"{model_dir}: no *.safetensors weights found")
     return files
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes and shapes of one file; checks that the data is all there."""
+    """Tensor names, dtypes and shapes of one file; checks every entry and that the data is all there."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -77,17 +95,26 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
                 raise CheckpointError(f"{path}: truncated or corrupt safetensors header")
             header = json.loads(f.read(n))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+        raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     out, data_end = {}, 0
     for name, meta in header.items():
         try:
             dtype, shape, (lo, hi) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: corrupt entry for {name!r} in the header") from exc
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt entry for {name!r} in the header") from None
+        if not all(type(d) is int and d >= 0 for d in shape) or not all(type(o) is int for o in (lo, hi)) \
+                or not 0 <= lo <= hi:
+            raise CheckpointError(f"{path}: corrupt entry for {name!r} in the header (shape {meta['shape']}, "
+                                  f"offsets {meta['data_offsets']})")
         info = TensorInfo(path, dtype, shape)
+        # A dtype not listed (packed 4-bit, complex, ...) is left to safetensors, and only matters
+        # if the decoder needs that tensor.
         if dtype in DTYPE_BYTES and hi - lo != info.numel * DTYPE_BYTES[dtype]:
-            raise CheckpointError(f"{path}: tensor {name!r} has {hi - lo} bytes for shape {list(shape)}")
+            raise CheckpointError(f"{path}: tensor {name!r} has {hi - lo} bytes for shape {list(shape)} "
+                                  f"in {dtype} ({info.numel * DTYPE_BYTES[dtype]} expected)")
         data_end = max(data_end, hi)
         out[name] = info
     if 8 + n + data_end > size:
@@ -96,11 +123,20 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "strerror", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_index(model_dir: Path) -> dict[str, TensorInfo]:
     """Every tensor of the checkpoint, by name, across shards."""
     tensors: dict[str, TensorInfo] = {}
     for path in checkpoint_files(model_dir):
-        tensors.update(read_header(path))
+        for name, info in read_header(path).items():
+            if name in tensors:
+                raise CheckpointError(f"{model_dir}: tensor {name!r} is in both {tensors[name].file.name} and "
+                                      f"{path.name}; which one is meant is unclear")
+            tensors[name] = info
     return tensors
 
 
@@ -115,7 +151,7 @@ def iter_tensors(tensors: dict[str, TensorInfo], names: list[str]) -> Iterator[t
                 for name in file_names:
                     yield name, f.get_tensor(name)
         except (OSError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot read tensors ({exc})") from exc
+            raise CheckpointError(f"{path}: cannot read tensors ({_first_line(exc)})") from exc
 
 
 def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor,

@@ -3,6 +3,12 @@
 Nothing is allocated before the memory estimate says yes, and no weight is initialised
 twice: the module tree is built on `meta` and every tensor is the checkpoint's own,
 converted once to the dtype asked for.
+
+What is read: config.json and the safetensors files (see checkpoint.py: never pickle). A model's
+own Python code (`auto_map` in config.json, `modeling_*.py`) is never imported or run
+(`trust_remote_code` does not exist here): a supported `model_type` runs on Demi's own decoder
+and such files are ignored (MiniMax-M2's repository ships them, and Demi implements it itself);
+an unsupported one is a one-line error that says the model needs code Demi will not run.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 from .checkpoint import TensorInfo, dequantize_fp8_blocks, iter_tensors, read_index, save_checkpoint
 from .config import ModelConfig, load_config
 from .decoder import Transformer, fuse_modules, fuse_state_dict, unfuse_state_dict
-from .errors import CheckpointError, DemiUserError, InsufficientMemoryError
+from .errors import CheckpointError, ConfigError, DemiUserError, InsufficientMemoryError
 from .quantize import (DEFAULT_GROUP, check_mode, check_quantization_config, module_from_stored,
                        quantizable, quantize_linear, quantized_tensors)
 
@@ -113,7 +119,7 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
-    cfg = load_config(model_dir)
+    cfg = checked_config(model_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     mode = _quant_mode(cfg, quant, device)
     dtype = torch.bfloat16 if mode != "none" and dtype in (None, "auto") else resolve_dtype(dtype, device, cfg)
@@ -143,6 +149,39 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
         model.tie_weights()
     model.quantization = mode  # type: ignore[attr-defined]
     return model.eval()
+
+
+def code_files(model_dir: Path) -> list[str]:
+    """The model's own Python code: `*.py` files and the modules `auto_map` in config.json names."""
+    names = {p.name for p in model_dir.glob("*.py")}
+    try:
+        raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = {}
+    auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+    if isinstance(auto_map, dict):
+        for ref in auto_map.values():
+            for r in ref if isinstance(ref, list) else [ref]:
+                if isinstance(r, str) and "." in r:
+                    names.add(r.split("--")[-1].rsplit(".", 1)[0] + ".py")
+    return sorted(names)
+
+
+def checked_config(model_dir: Path) -> ModelConfig:
+    """`load_config`, saying so when an unsupported model needs its own code (which Demi never runs);
+    for a supported model_type that code is ignored and Demi's own decoder is used."""
+    code = code_files(model_dir)
+    try:
+        cfg = load_config(model_dir)
+    except ConfigError as exc:
+        if code and "unsupported model_type" in str(exc):
+            raise ConfigError(f"{model_dir}: this model needs its own Python code ({', '.join(code[:3])}), which "
+                              f"Demi never runs (no trust_remote_code); {exc}") from None
+        raise
+    if code:
+        log.info("ignoring %s in %s: Demi never runs a model's own code; using its %s decoder",
+                 ", ".join(code), model_dir, cfg.model_type)
+    return cfg
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:

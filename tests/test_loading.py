@@ -444,3 +444,215 @@ def test_bad_input_is_a_typed_one_line_error(case, tmp_path, bad_env, monkeypatc
     assert msg.strip() and "\n" not in msg, repr(msg)
     for w in words:
         assert w.lower() in msg.lower(), (w, msg)
+
+
+# --- model files through the command line: only safetensors and JSON are read, never pickle or code ----------
+
+import ast  # noqa: E402
+import fnmatch  # noqa: E402
+import pickle  # noqa: E402
+import struct  # noqa: E402
+
+from demi.model.registry import HUB_FILES  # noqa: E402
+from helpers import clean_env, demi  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Payload:
+    """Unpickling this creates `path`: the mark that something unpickled a file Demi was given."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def _rewrite_header(f: Path, change) -> None:
+    """Edit a safetensors header in place (same length, padded with spaces), data untouched."""
+    data = f.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header = change(header)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert len(raw) <= n
+    f.write_bytes(data[:8] + raw + b" " * (n - len(raw)) + data[8 + n:])
+
+
+def _cli_pickle_only(d: Path, marks: Path) -> None:
+    (d / "model.safetensors").unlink()
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Payload(marks / "unpickled-bin")}))
+
+
+def _cli_pkl_and_pt_only(d: Path, marks: Path) -> None:
+    (d / "model.safetensors").unlink()
+    (d / "weights.pkl").write_bytes(pickle.dumps(_Payload(marks / "unpickled-pkl")))
+    torch.save({"w": torch.zeros(2)}, d / "model.pt")
+
+
+def _cli_gguf_only(d: Path, marks: Path) -> None:
+    (d / "model.safetensors").rename(d / "model-q4.gguf")
+
+
+def _cli_custom_code(d: Path, marks: Path) -> None:
+    (d / "modeling_custom.py").write_text(f"open({str(marks / 'imported')!r}, 'w')\n")
+    _edit_config(d, model_type="custom_thing", auto_map={"AutoModelForCausalLM": "modeling_custom.CustomLM"})
+
+
+def _cli_truncated(d: Path, marks: Path) -> None:
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+
+
+def _cli_empty(d: Path, marks: Path) -> None:
+    (d / "model.safetensors").write_bytes(b"")
+
+
+def _cli_garbage(d: Path, marks: Path) -> None:
+    (d / "model.safetensors").write_bytes(b"\xff" * 8 + b"not a header" * 100)
+
+
+def _cli_header_not_object(d: Path, marks: Path) -> None:
+    raw = b"[1, 2, 3]"
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+
+
+def _cli_bytes_do_not_match_shape(d: Path, marks: Path) -> None:
+    def grow(h):
+        h["model.norm.weight"]["shape"] = [65]  # 64 floats of data, a header that says 65
+        return h
+    _rewrite_header(d / "model.safetensors", grow)
+
+
+def _cli_bad_offsets(d: Path, marks: Path) -> None:
+    def flip(h):
+        lo, hi = h["model.norm.weight"]["data_offsets"]
+        h["model.norm.weight"]["data_offsets"] = [hi, lo]
+        return h
+    _rewrite_header(d / "model.safetensors", flip)
+
+
+def _cli_wrong_shape(d: Path, marks: Path) -> None:
+    _edit_config(d, intermediate_size=128)
+
+
+def _cli_missing_tensor(d: Path, marks: Path) -> None:
+    tensors = _read_all(d)
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    save_file(tensors, str(d / "model.safetensors"))
+
+
+def _cli_tensor_in_two_shards(d: Path, marks: Path) -> None:
+    tensors = _read_all(d)
+    (d / "model.safetensors").unlink()
+    save_file(tensors, str(d / "part-a.safetensors"))
+    save_file({"model.norm.weight": tensors["model.norm.weight"]}, str(d / "part-b.safetensors"))
+
+
+# case: (how to break a copy of the tiny llama, words the one stderr line must contain)
+CLI_BAD = {
+    "pytorch_model.bin-only": (_cli_pickle_only, ["pytorch_model.bin", "never unpickles", "safetensors"]),
+    "pkl-and-pt-only": (_cli_pkl_and_pt_only, ["weights.pkl", "model.pt", "never unpickles"]),
+    "gguf-only": (_cli_gguf_only, ["model-q4.gguf", "GGUF", "only safetensors"]),
+    "model-with-own-code": (_cli_custom_code, ["modeling_custom.py", "never runs", "custom_thing"]),
+    "truncated-safetensors": (_cli_truncated, ["truncated", "model.safetensors"]),
+    "empty-safetensors": (_cli_empty, ["truncated", "no header"]),
+    "garbage-safetensors": (_cli_garbage, ["model.safetensors", "corrupt"]),
+    "header-not-an-object": (_cli_header_not_object, ["corrupt safetensors header"]),
+    "bytes-do-not-match-shape": (_cli_bytes_do_not_match_shape, ["model.norm.weight", "[65]", "bytes"]),
+    "bad-data-offsets": (_cli_bad_offsets, ["model.norm.weight", "corrupt entry"]),
+    "shape-does-not-match-config": (_cli_wrong_shape, ["model.layers.0.mlp.gate_proj.weight", "[96, 64]",
+                                                       "[128, 64]"]),
+    "missing-tensor": (_cli_missing_tensor, ["model.layers.1.mlp.down_proj.weight", "missing"]),
+    "tensor-in-two-shards": (_cli_tensor_in_two_shards, ["model.norm.weight", "part-a", "part-b"]),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory) -> dict[str, str]:
+    return clean_env(tmp_path_factory.mktemp("home"))
+
+
+@pytest.mark.parametrize("case", list(CLI_BAD))
+def test_bad_model_directory_is_one_line_through_the_cli(case, tmp_path, llama_dir, cli_env):
+    """`demi generate --model DIR` as a user runs it: exit 2, nothing on stdout, one line on stderr,
+    no traceback; and nothing in the directory was unpickled or imported."""
+    breaker, words = CLI_BAD[case]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = _copy(llama_dir, tmp_path)
+    breaker(d, marks)
+    proc = demi(cli_env, "generate", "--model", d, "--prompt", "def f(", "--max-tokens", 2)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert line.startswith("demi: error:"), line
+    for w in words:
+        assert w.lower() in line.lower(), (w, line)
+    assert list(marks.iterdir()) == []
+
+
+def test_pickle_and_code_beside_safetensors_are_never_opened(tmp_path, llama_dir, cli_env):
+    """A Hugging Face style repo with everything: safetensors, pytorch_model.bin, a training-args
+    pickle and the model's own code under auto_map. The model runs on Demi's decoder from the
+    safetensors; the pickles are never unpickled and the code is never imported."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = _copy(llama_dir, tmp_path)
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Payload(marks / "unpickled-bin")}))
+    (d / "training_args.bin").write_bytes(pickle.dumps(_Payload(marks / "unpickled-args")))
+    (d / "modeling_llama_custom.py").write_text(f"open({str(marks / 'imported')!r}, 'w')\n")
+    _edit_config(d, auto_map={"AutoModelForCausalLM": "modeling_llama_custom.LlamaCustom"})
+    proc = demi(cli_env, "generate", "--model", d, "--prompt", "def f(", "--max-tokens", 3, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["token_ids"]) == 3
+    assert list(marks.iterdir()) == []
+
+
+def test_hub_downloads_fetch_no_pickle_and_no_code():
+    """`demi pull` / hub ids download only what matches HUB_FILES."""
+    def fetched(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pat) for pat in HUB_FILES)
+
+    for name in ("model.safetensors", "model-00001-of-00002.safetensors", "config.json", "tokenizer.json",
+                 "tokenizer_config.json", "model.safetensors.index.json"):
+        assert fetched(name), name
+    for name in ("pytorch_model.bin", "model.pt", "weights.pkl", "model.ckpt", "modeling_qwen.py",
+                 "tokenization_custom.py", "model.gguf", "flax_model.msgpack", "tf_model.h5"):
+        assert not fetched(name), name
+
+
+def _unsafe_calls(tree: ast.AST) -> list[tuple[int, str]]:
+    """Calls that unpickle or run a model's code: torch.load, torch.hub.load, pickle.load(s),
+    joblib.load, dill.load(s), anything with trust_remote_code=True or weights_only=False."""
+    banned = {("torch", "load"), ("hub", "load"), ("pickle", "load"), ("pickle", "loads"), ("joblib", "load"),
+              ("dill", "load"), ("dill", "loads"), ("cloudpickle", "load"), ("cloudpickle", "loads")}
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and isinstance(f.value, (ast.Name, ast.Attribute)):
+            owner = f.value.id if isinstance(f.value, ast.Name) else f.value.attr
+            if (owner, f.attr) in banned:
+                out.append((node.lineno, f"{owner}.{f.attr}()"))
+        for kw in node.keywords:
+            if isinstance(kw.value, ast.Constant) and (kw.arg, kw.value.value) in (("trust_remote_code", True),
+                                                                                  ("weights_only", False)):
+                out.append((node.lineno, f"{kw.arg}={kw.value.value}"))
+    return out
+
+
+def test_no_pickle_loading_and_no_remote_code_in_the_source():
+    """The guard for the rule itself, on the parsed source of Demi's own code (tests may build such
+    files, and docstrings may name them): no call unpickles or enables a model's own code."""
+    assert _unsafe_calls(ast.parse("import torch\ntorch.load(p)\nAuto.from_pretrained(d, trust_remote_code=True)")) \
+        == [(2, "torch.load()"), (3, "trust_remote_code=True")]  # the scan itself finds them
+    hits = []
+    for folder in ("cli", "assistant", "model", "lsp", "tui", "benchmarks"):
+        for f in (REPO / folder).rglob("*.py"):
+            for line, what in _unsafe_calls(ast.parse(f.read_text(encoding="utf-8"))):
+                hits.append(f"{f.relative_to(REPO)}:{line}: {what}")
+    assert hits == []
