@@ -15,7 +15,11 @@ its stream, cancels its generation. Errors use OpenAI's shape (server_api.py); b
 Guards, in front of every route (404s included): a Bearer API key when one is configured (401
 otherwise); without a key, the Host header must name the loopback (403 otherwise: a web page cannot
 reach the model through DNS rebinding); POST bodies must be JSON (415 for text/plain or forms, which
-browsers send cross-site without a CORS preflight); a request body limit (413, 4 MB by default).
+browsers send cross-site without a CORS preflight); a request body limit (413, 4 MB by default). Binding
+a non-loopback address needs an API key (`check_binding`: the CLI, `run` and `ServerThread` refuse otherwise).
+
+`/openapi.json` describes every route exactly, errors and Server-Sent Events included (see
+`server_api.document`); `tests/test_server_fuzz.py` fuzzes a live server from it.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ from demi.model.generate import Sampling
 from demi.model.healing import split_heal
 
 from .fim import FimTemplate, detect_fim
-from .server_api import (MAX_STOP, MAX_STOP_LEN, ApiError, ChatRequest, CompletionRequest, invalid,
-                         unsupported, validation_error)
+from .server_api import (GENERATION_ERRORS, GREEDY_BELOW, MAX_REPETITION_PENALTY, MAX_STOP, MAX_STOP_LEN,
+                         MIN_REPETITION_PENALTY, ApiError, ChatChunk, ChatRequest, ChatResponse, CompletionChunk,
+                         CompletionRequest, CompletionResponse, ErrorResponse, Health, ModelCard, ModelList, Stats,
+                         document, invalid, sse_schema, unsupported, validation_error)
 from .server_sched import GenParams, Job, QueueFull, Scheduler
 
 log = logging.getLogger("demi.serve")
@@ -62,7 +68,13 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
+class BindingRefused(ValueError):
+    """A non-loopback address without an API key: the model would be open to the whole network."""
+
+
 def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or "localhost") only reaches this machine; anything else, a host name
+    or the empty string (all interfaces) included, counts as reachable from the network."""
     import ipaddress
 
     name = host.strip().strip("[]").lower()
@@ -72,6 +84,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def check_binding(host: str, api_key: str | None) -> None:
+    """Refuse to serve a non-loopback address without a (non-blank) API key. The CLI checks before it loads
+    the model; `run` and `ServerThread` check again with the bound address, so embedding the server
+    cannot skip the rule."""
+    if api_key is not None and not api_key.strip():
+        raise BindingRefused("demi serve: the API key is empty; pass a non-blank --api-key KEY or DEMI_API_KEY")
+    if not is_loopback(host) and not api_key:
+        raise BindingRefused(f"demi serve: binding {host or '(all interfaces)'} (not a loopback address) needs "
+                             "an API key: pass --api-key KEY or set DEMI_API_KEY")
 
 
 # -- request -> generation ----------------------------------------------------------------------
@@ -124,15 +147,17 @@ def _sampling(req: CompletionRequest | ChatRequest) -> Sampling:
     if top_k < 0:
         raise invalid("top_k", f"top_k must be >= 0 (0 turns it off), got {top_k}")
     rep = 1.0 if req.repetition_penalty is None else req.repetition_penalty
-    if not 0 < rep <= 10:
-        raise invalid("repetition_penalty", f"repetition_penalty must be in (0, 10], got {rep}")
-    if req.seed is not None and not -(2 ** 63) <= req.seed < 2 ** 64:
-        raise invalid("seed", "seed must fit in 64 bits")
+    if not MIN_REPETITION_PENALTY <= rep <= MAX_REPETITION_PENALTY:
+        raise invalid("repetition_penalty", f"repetition_penalty must be between {MIN_REPETITION_PENALTY} and "
+                                            f"{MAX_REPETITION_PENALTY:g}, got {rep}")
     for name in ("frequency_penalty", "presence_penalty"):
         if getattr(req, name) not in (None, 0):
             raise unsupported(name, f"{name} is not supported; use repetition_penalty (a multiplicative "
                                     "penalty on repeated tokens, as in Hugging Face's generate)")
-    return Sampling(temperature=t, top_k=top_k, top_p=top_p, repetition_penalty=rep, seed=req.seed)
+    seed = None if req.seed is None else req.seed % 2 ** 64  # torch's own reading of a negative seed
+    if t < GREEDY_BELOW:
+        t = 0.0
+    return Sampling(temperature=t, top_k=top_k, top_p=top_p, repetition_penalty=rep, seed=seed)
 
 
 def _common_checks(req: CompletionRequest | ChatRequest) -> None:
@@ -214,10 +239,14 @@ def _message_text(i: int, content: Any) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
-    for part in content:
+    for j, part in enumerate(content):
         if part.type != "text" or part.text is None:
             raise unsupported(f"messages.{i}.content",
                               f"content parts of type {part.type!r} are not supported (text only)")
+        if part.model_extra:  # a text part is {"type": "text", "text": ...}; a typo must not pass silently
+            name = f"messages.{i}.content.{j}.{next(iter(part.model_extra))}"
+            raise ApiError(400, f"Unrecognized request argument supplied: {name}", param=name,
+                           code="unknown_parameter")
         parts.append(part.text)
     return "".join(parts)
 
@@ -256,9 +285,11 @@ def prepare_chat(info: ModelInfo, req: ChatRequest) -> Prepared:
         end_ids, strip = set(), True
     if not ids:
         raise invalid("messages", "the conversation is empty")
-    value = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    n = _max_tokens(value, info.context - len(ids), len(ids), info.context, param, 1, "messages")
+    default = info.context - len(ids)
+    n = _max_tokens(req.max_tokens, default, len(ids), info.context, "max_tokens", 1, "messages")
+    if req.max_completion_tokens is not None:  # OpenAI's newer name wins, but both must be valid
+        n = _max_tokens(req.max_completion_tokens, default, len(ids), info.context, "max_completion_tokens", 1,
+                        "messages")
     params = GenParams(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, end_ids))
     include = bool(req.stream_options and req.stream_options.include_usage)
     return Prepared(params, req.stream, include, strip_leading=strip)
@@ -444,6 +475,18 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
                   docs_url=None, redoc_url=None)
     app.state.scheduler, app.state.info = scheduler, info
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = document(
+                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes),
+                context=info.context, vocab_size=info.vocab_size, api_key=bool(api_key),
+                host_check=loopback_hosts_only and not api_key)  # as _Guard decides
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc)
@@ -462,7 +505,7 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
                            code="method_not_allowed")
         else:
             err = ApiError(exc.status_code, str(exc.detail), code=None)
-        return _error_response(err)
+        return JSONResponse(err.body(), status_code=err.status, headers=exc.headers)  # 405 keeps "Allow"
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
@@ -474,26 +517,29 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
                 "context_length": info.context, "fim": info.fim.family if info.fim else None,
                 "quantization": str(getattr(model, "quantization", "none"))}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses={200: {"model": ModelList}})
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", response_model=None,
+             responses={200: {"model": ModelCard},
+                        404: {"model": ErrorResponse, "description": "No such model (code `model_not_found`)"}})
     async def get_model(model_id: str) -> dict[str, Any]:
         if model_id != info.name:
             raise ApiError(404, f"The model '{model_id}' does not exist (this server has '{info.name}').",
                            param="model", code="model_not_found")
         return model_card()
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": Health}})
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": info.name}
 
-    @app.get("/v1/demi/stats")
+    @app.get("/v1/demi/stats", response_model=None, responses={200: {"model": Stats}})
     async def stats() -> dict[str, Any]:
         return {"model": info.name, "context": info.context, **scheduler.stats()}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_model=None,
+              responses={200: _generation_ok(CompletionResponse, CompletionChunk), **GENERATION_ERRORS})
     async def completions(body: CompletionRequest, request: Request) -> Response:
         prep = await _prepare(prepare_completion, info, body)
 
@@ -513,7 +559,8 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
 
         return await _generate(request, prep, "completion", render, chunk)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None,
+              responses={200: _generation_ok(ChatResponse, ChatChunk), **GENERATION_ERRORS})
     async def chat(body: ChatRequest, request: Request) -> Response:
         prep = await _prepare(prepare_chat, info, body)
 
@@ -536,6 +583,13 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
 
     return _Guard(app, api_key=api_key, max_body=max_body_bytes, loopback_hosts_only=loopback_hosts_only,
                   log_requests=log_requests)
+
+
+def _generation_ok(model: type, chunk: type) -> dict[str, Any]:
+    """The 200 of a generation route: JSON, or Server-Sent Events with `stream: true`."""
+    return {"model": model, "description": "The answer; with `stream: true`, Server-Sent Events ending with "
+                                           "`data: [DONE]`",
+            "content": {"text/event-stream": {"schema": sse_schema(chunk)}}}
 
 
 async def _prepare(fn: Callable[[ModelInfo, Any], Prepared], info: ModelInfo, body: Any) -> Prepared:
@@ -704,6 +758,7 @@ def _uvicorn_server(app: Any, on_ready: Callable[[], None] | None):
 
 def run(app: Any, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
     """Serve `app` on the bound socket until interrupted (Ctrl-C or SIGTERM)."""
+    check_binding(str(sock.getsockname()[0]), getattr(app, "api_key", None))
     _uvicorn_server(app, on_ready).run(sockets=[sock])
 
 
@@ -711,6 +766,7 @@ class ServerThread:
     """The server on a background thread (tests, or embedding it in another program)."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        check_binding(host, getattr(app, "api_key", None))
         self.sock = bind_socket(host, port)
         self.url = url_for(self.sock)
         self.port = self.sock.getsockname()[1]

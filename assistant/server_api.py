@@ -8,23 +8,40 @@ Validation is strict and every failure is a 400 in OpenAI's error shape
   be silently ignored). OpenAI fields we cannot honour are accepted only at their neutral value
   (`n: 1`, `echo: false`, `logprobs: null`, `frequency_penalty: 0`, `tools: []`, ...) and rejected
   otherwise with code `unsupported_parameter`; `user`, `metadata`, `store`, `service_tier` are ignored;
-- a wrong type: 400, code `invalid_type` (no coercion: `"max_tokens": "16"` or `true` is an error);
+- a wrong type: 400, code `invalid_type` (no coercion: `"max_tokens": "16"`, `true` or `2.5` is an error;
+  an integral number such as `16.0` is an integer, as JSON Schema says);
 - a value out of range: 400, code `invalid_value`; a prompt that does not fit: 400,
   code `context_length_exceeded`.
 
 Extensions over OpenAI: `top_k`, `repetition_penalty` (Hugging Face style, multiplicative; OpenAI's
 additive `frequency_penalty`/`presence_penalty` are not the same thing and are rejected unless 0) and
 `ignore_eos` (generate exactly `max_tokens`, for benchmarks).
+
+The OpenAPI document (`/openapi.json`) states every rule the handlers enforce that JSON Schema can say
+(ranges, neutral-only values, `stream_options` only with `stream: true`, `suffix` only with a text
+prompt), so a schema-valid request is
+accepted unless its prompt does not fit the context (`context_length_exceeded`), and a schema-invalid one
+is a 400. The handlers do the checking themselves rather than pydantic, so each failure keeps its own
+message and code; `tests/test_server_fuzz.py` fuzzes the document against a live server to keep the two
+in step. `document()` adds the per-model bounds (context, vocabulary) and the guard's responses.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+import copy
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 MAX_STOP = 16
 MAX_STOP_LEN = 512
+# A temperature this low samples the top token anyway: it runs greedy (as vLLM does), since dividing the
+# logits by, say, 1e-300 overflows float32 and sampling fails on NaNs.
+GREEDY_BELOW = 1e-5
+# The lowest repetition penalty (HF style: a seen token's logit is divided by it); far lower ones push the
+# logits to infinity. Below 1 it favours repeating; sensible values are 1.0 to 1.3.
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 10.0
 
 
 class ApiError(Exception):
@@ -47,6 +64,54 @@ def _type_for(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
+def _integral(value: Any) -> Any:
+    """16.0 is the integer 16 (JSON has one number type, and JSON Schema counts 16.0 as an integer)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
+# Request fields are parsed by pydantic (types only) and checked by the handlers (values), so each
+# failure keeps its own message and code; `WithJsonSchema` documents the values the handlers accept.
+def _neutral(*values: Any) -> WithJsonSchema:
+    """An OpenAI field accepted only at its neutral value(s) or null."""
+    return WithJsonSchema({"anyOf": [{"enum": list(values)}, {"type": "null"}]})
+
+
+_EMPTY_OR_NULL = WithJsonSchema({"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]})
+_STOP_TEXT = {"type": "string", "maxLength": MAX_STOP_LEN}
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+
+Temperature = Annotated[float, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 2})]
+TopP = Annotated[float, WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1})]
+TopK = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 0})]
+RepetitionPenalty = Annotated[float, WithJsonSchema({"type": "number", "minimum": MIN_REPETITION_PENALTY,
+                                                     "maximum": MAX_REPETITION_PENALTY})]
+Seed = Annotated[JsonInt, WithJsonSchema({"type": "integer"})]  # any integer, taken modulo 2**64 (as torch does)
+MaxTokens0 = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 0})]  # `document` adds the maximum
+MaxTokens1 = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 1})]
+StopText = Annotated[str, WithJsonSchema(_STOP_TEXT)]
+StopList = Annotated[list[str], WithJsonSchema({"type": "array", "items": _STOP_TEXT, "maxItems": MAX_STOP})]
+PromptText = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]
+PromptIds = Annotated[list[JsonInt], WithJsonSchema(_TOKEN_IDS)]  # `document` adds the vocabulary and context
+PromptTexts = Annotated[list[str], WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1},
+                                                   "minItems": 1, "maxItems": 1})]
+PromptIdLists = Annotated[list[list[JsonInt]], WithJsonSchema({"type": "array", "items": _TOKEN_IDS, "minItems": 1,
+                                                           "maxItems": 1})]
+
+# `stream_options` needs `stream: true` (OpenAI's rule too).
+_STREAM_OPTIONS_RULE = {
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+}
+# A `suffix` (FIM) needs a text prompt: token ids cannot be put around the FIM tokens.
+_SUFFIX_RULE = {
+    "if": {"required": ["prompt"], "properties": {"prompt": {"type": "array", "items": {"not": {"type": "string"}}}}},
+    "then": {"properties": {"suffix": {"type": "null"}}},
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -56,21 +121,24 @@ class StreamOptions(_Strict):
 
 
 class _Common(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_STREAM_OPTIONS_RULE)
+
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None  # extension
-    repetition_penalty: float | None = None  # extension
+    max_tokens: MaxTokens0 | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None  # extension
+    repetition_penalty: RepetitionPenalty | None = None  # extension
     ignore_eos: bool = False  # extension
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: StopText | StopList | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    n: Annotated[JsonInt | None, _neutral(1)] = None
+    frequency_penalty: Annotated[float | None, _neutral(0)] = None
+    presence_penalty: Annotated[float | None, _neutral(0)] = None
+    logit_bias: Annotated[dict[str, float] | None, WithJsonSchema(
+        {"anyOf": [{"type": "object", "maxProperties": 0}, {"type": "null"}]})] = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
     store: bool | None = None
@@ -78,39 +146,295 @@ class _Common(_Strict):
 
 
 class CompletionRequest(_Common):
-    prompt: Union[str, list[int], list[str], list[list[int]]]
+    model_config = ConfigDict(extra="forbid", strict=True,
+                              json_schema_extra={"allOf": [_STREAM_OPTIONS_RULE, _SUFFIX_RULE]})
+
+    prompt: Union[PromptText, PromptIds, PromptTexts, PromptIdLists]
     suffix: str | None = None
-    echo: bool = False
-    best_of: int | None = None
-    logprobs: int | None = None
+    echo: Annotated[bool, WithJsonSchema({"const": False})] = False
+    best_of: Annotated[JsonInt | None, _neutral(1)] = None
+    logprobs: Annotated[JsonInt | None, WithJsonSchema({"type": "null"})] = None
 
 
 class ContentPart(_Strict):
     """A content part; non-text parts (image_url, input_audio, ...) are refused by type, with a clear
-    message, rather than as unknown fields."""
+    message, rather than as unknown fields (so the document names only text parts)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: str
-    text: str | None = None
+    model_config = ConfigDict(extra="allow", strict=True,
+                              json_schema_extra={"required": ["type", "text"], "additionalProperties": False})
+    type: Annotated[str, WithJsonSchema({"const": "text"})]
+    text: Annotated[str | None, WithJsonSchema({"type": "string"})] = None
 
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: Annotated[list[Any] | None, _EMPTY_OR_NULL] = None
     tool_call_id: str | None = None
 
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    max_tokens: MaxTokens1 | None = None
+    max_completion_tokens: MaxTokens1 | None = None
+    logprobs: Annotated[bool | None, _neutral(False)] = None
+    top_logprobs: Annotated[JsonInt | None, _neutral(0)] = None
+    tools: Annotated[list[Any] | None, _EMPTY_OR_NULL] = None
+    tool_choice: Annotated[str | dict[str, Any] | None, _neutral("none", "auto")] = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: Annotated[dict[str, Any] | None, WithJsonSchema({"anyOf": [
+        {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
+         "additionalProperties": False}, {"type": "null"}]})] = None
+
+
+# -- responses (documentation only: the handlers build plain dicts, these models describe them) ----
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Doc):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Doc):
+    """Every error, OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+class ModelCard(_Doc):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    context_length: int
+    fim: str | None
+    quantization: str
+
+
+class ModelList(_Doc):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class CachedTokens(_Doc):
+    cached_tokens: int = Field(ge=0)
+
+
+class Usage(_Doc):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    prompt_tokens_details: CachedTokens
+
+
+class CompletionChoice(_Doc):
+    text: str
+    index: int
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class CompletionResponse(_Doc):
+    """A whole /v1/completions answer (`stream: true` answers with text/event-stream instead)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class AssistantMessage(_Doc):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(_Doc):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatResponse(_Doc):
+    """A whole /v1/chat/completions answer (`stream: true` answers with text/event-stream instead)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChunkChoice(_Doc):
+    text: str
+    index: int
+    logprobs: None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class CompletionChunk(_Doc):
+    """One event of a /v1/completions stream; with `stream_options.include_usage` every chunk has
+    `usage` (null until the last, whose `choices` is empty)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice] = Field(max_length=1)
+    usage: Usage | None = None
+
+
+class ChatDelta(_Doc):
+    role: Literal["assistant"] = "assistant"  # only in the first chunk
+    content: str = ""
+
+
+class ChatChunkChoice(_Doc):
+    index: int
+    delta: ChatDelta
+    logprobs: None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatChunk(_Doc):
+    """One event of a /v1/chat/completions stream (`usage` as in CompletionChunk)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice] = Field(max_length=1)
+    usage: Usage | None = None
+
+
+STREAM_MODELS = (CompletionChunk, ChatChunk)
+
+
+def sse_schema(chunk: type[BaseModel]) -> dict[str, Any]:
+    """One Server-Sent Event of a generation stream: a JSON `chunk`, an error (the generation failed after
+    the stream began) or the closing `[DONE]`. OpenAPI 3.1 has a text/event-stream `schema` describe each
+    event; `contentSchema` describes the JSON inside `data`."""
+    payload = {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"},
+                         {"$ref": "#/components/schemas/ErrorResponse"}]}
+    return {"type": "object", "required": ["data"],
+            "properties": {"event": {"const": "message"},
+                           "data": {"anyOf": [{"const": "[DONE]"},
+                                              {"type": "string", "pattern": "^\\{",
+                                               "contentMediaType": "application/json",
+                                               "contentSchema": payload}]}}}
+
+
+class Health(_Doc):
+    status: Literal["ok"]
+    model: str
+
+
+class JobSummary(_Doc):
+    id: int
+    kind: str
+    state: Literal["queued", "active", "done", "cancelled", "dropped", "error"]
+    steps: int
+    max_tokens: int
+    prompt_tokens: int
+    completion_tokens: int | None
+    finish_reason: str | None
+    queued_ms: float
+    total_ms: float
+
+
+class Stats(_Doc):
+    """The scheduler's counters (`server_sched.Scheduler.stats`)."""
+
+    model: str
+    context: int
+    active: int
+    queued: int
+    max_active: int
+    max_queue: int
+    engine_capacity: int
+    submitted: int
+    completed: int
+    cancelled: int
+    dropped: int
+    errors: int
+    completion_tokens: int
+    prompt_tokens: int
+    cached_tokens: int
+    active_jobs: list[JobSummary]
+    recent: list[JobSummary]
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Responses of the generation routes besides the guard's (see `document`).
+GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _err("Invalid request: bad JSON, unknown or unsupported parameter, wrong type, value out of range, "
+              "or a prompt that does not fit the context (code `context_length_exceeded`)"),
+    429: _err("Too many requests are waiting for a generation slot (code `queue_full`)"),
+    503: _err("The server is shutting down (code `server_busy`)"),
+}
+
+
+def document(schema: dict[str, Any], *, context: int, vocab_size: int, api_key: bool,
+             host_check: bool) -> dict[str, Any]:
+    """A copy of the app's OpenAPI document, made exact for this model and these guards.
+
+    Adds the model's bounds (a prompt has at least one token, so at most `context - 1` are left for
+    `max_tokens`; token ids index the vocabulary), replaces FastAPI's 422 (validation errors are 400s
+    here), and declares what the guard in front of every route answers: 401 with `api_key` (and a bearer
+    security scheme), 403 with `host_check` (a Host header that is not a loopback name), 413 (body too
+    large) and, on POST, 415 (not JSON).
+    """
+    schema = copy.deepcopy(schema)
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in STREAM_MODELS:  # referenced only from the text/event-stream schemas
+        one = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.update(one.pop("$defs", {}))
+        comps[model.__name__] = one
+    for name in ("HTTPValidationError", "ValidationError"):
+        comps.pop(name, None)
+    for name in ("CompletionRequest", "ChatRequest"):
+        props = comps[name]["properties"]
+        for field in ("max_tokens", "max_completion_tokens"):
+            if field in props:
+                props[field]["anyOf"][0]["maximum"] = context - 1
+    for branch in comps["CompletionRequest"]["properties"]["prompt"]["anyOf"]:
+        inner = branch.get("items", {})  # token ids: [1, 2] or [[1, 2]]
+        ids = branch if inner.get("type") == "integer" else inner if inner.get("type") == "array" else None
+        if ids is not None:
+            ids["items"]["maximum"] = vocab_size - 1
+            ids["maxItems"] = context - 1
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    if api_key:
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+    for ops in schema.get("paths", {}).values():
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            guard = {"413": "The request body is larger than the limit (code `request_too_large`)"}
+            if api_key:
+                guard["401"] = "Missing or wrong API key (code `invalid_api_key`)"
+            if host_check:
+                guard["403"] = "The Host header is not a loopback name (code `forbidden_host`)"
+            if method == "post":
+                guard["415"] = "The body is not JSON (code `unsupported_media_type`)"
+            for status, text in guard.items():
+                responses.setdefault(status, {"description": text, "content": ref})
+    return schema
 
 
 def validation_error(errors: list[dict[str, Any]]) -> ApiError:

@@ -57,12 +57,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"demi serve: --port must be between 0 and 65535, got {args.port}")
     if args.parallel < 1 or args.max_queue < 0:
         raise UsageError("demi serve: --parallel must be >= 1 and --max-queue >= 0")
-    from demi.assistant.server import is_loopback
+    from demi.assistant.server import BindingRefused, check_binding
 
     api_key = args.api_key if args.api_key is not None else os.environ.get("DEMI_API_KEY") or None
-    if not is_loopback(args.host) and not api_key:
-        raise UsageError(f"demi serve: binding {args.host} (not a loopback address) needs an API key: "
-                         "pass --api-key KEY or set DEMI_API_KEY")
+    try:
+        check_binding(args.host, api_key)  # before loading the model: a refusal is instant
+    except BindingRefused as exc:
+        raise UsageError(str(exc)) from None
     if args.verbose or args.debug:
         logging.getLogger("demi.serve").setLevel(logging.INFO)
 

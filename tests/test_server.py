@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import httpx
 import pytest
@@ -328,6 +329,42 @@ def test_disconnect_mid_stream_cancels_and_frees_the_slot(server, ref):
     assert r.status_code == 200 and time.monotonic() - t0 < 10
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_disconnect_frees_the_only_slot_at_once(model_dir, ref, path):
+    """One KV slot and no queue: a request can only be served if no generation holds the slot, and is a 429
+    otherwise. A client that closes its stream after a few events must free that slot within moments (the
+    job is cancelled, not run to its max_tokens), so the next request is served, not refused."""
+    prompt = streaming_prompt(ref)
+    body = {"prompt": prompt} if path == "/v1/completions" else {"messages": [{"role": "user", "content": prompt}]}
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT), max_active=1, max_queue=0) as srv:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            with c.stream("POST", path, json={**body, "max_tokens": 2000, "stream": True, "temperature": 0,
+                                              "ignore_eos": True}) as r:
+                assert r.status_code == 200
+                events = (line for line in r.iter_lines() if line)
+                for _ in range(3):
+                    assert next(events).startswith("data: {")
+                s = stats(srv.url)
+                assert s["active"] == 1 and s["max_active"] == 1
+                busy = c.post(path, json={**body, "max_tokens": 2})
+                assert busy.status_code == 429  # the slot is taken while the stream runs
+            closed = time.monotonic()  # leaving the block closed the connection mid-stream
+            after = wait_for(lambda: (s := stats(srv.url))["active"] == 0 and s["cancelled"] == 1 and s,
+                             timeout=30)
+            freed_s = time.monotonic() - closed
+            assert freed_s < 10, freed_s  # generous: two cores shared with other work; typically < 0.1 s
+            job = after["recent"][-1]
+            assert job["state"] == "cancelled" and job["finish_reason"] == "cancelled"
+            assert job["steps"] < 1000, job  # stopped early: nowhere near the 2000 tokens asked for
+            assert after["queued"] == 0 and after["active_jobs"] == []
+            t0 = time.monotonic()
+            nxt = c.post(path, json={**body, "max_tokens": 4, "temperature": 0})
+            assert nxt.status_code == 200, nxt.text  # with the slot still held this would be a 429
+            assert time.monotonic() - t0 < 10
+            served = stats(srv.url)["recent"][-1]
+            assert served["state"] == "done" and served["queued_ms"] < 1000, served  # not kept waiting
+
+
 def test_non_stream_client_gone_cancels(scripted):
     before = stats(scripted.url)
     with pytest.raises(httpx.ReadTimeout):
@@ -489,6 +526,51 @@ BAD = [
     ("chat max_tokens 0", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                                                    "max_tokens": 0}, 400, "invalid_value", "max_tokens"),
     ("too large", "/v1/completions", {"prompt": "x" * BIG}, 413, "request_too_large", None),
+    ("chat too large", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * BIG}]}, 413,
+     "request_too_large", None),
+    # limits
+    ("max_tokens over the context", "/v1/completions", {"prompt": "x", "max_tokens": CONTEXT}, 400,
+     "context_length_exceeded", "max_tokens"),
+    ("chat max_tokens over the context", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "x"}], "max_tokens": CONTEXT}, 400, "context_length_exceeded",
+     "max_tokens"),
+    ("chat prompt over the context", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "x" * CONTEXT}]}, 400, "context_length_exceeded", "messages"),
+    ("negative max_completion_tokens", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": -5}, 400, "invalid_value",
+     "max_completion_tokens"),
+    # found by the fuzzer: max_tokens was ignored, unchecked, whenever max_completion_tokens was given
+    ("bad max_tokens beside max_completion_tokens", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 2, "max_tokens": CONTEXT}, 400,
+     "context_length_exceeded", "max_tokens"),
+    ("negative token id", "/v1/completions", {"prompt": [5, -1]}, 400, "invalid_value", "prompt"),
+    ("stop too long", "/v1/completions", {"prompt": "x", "stop": "s" * 513}, 400, "invalid_value", "stop"),
+    ("a stop in the list too long", "/v1/completions", {"prompt": "x", "stop": ["a", "s" * 513]}, 400,
+     "invalid_value", "stop"),
+    ("stop of the wrong type", "/v1/completions", {"prompt": "x", "stop": [1, 2]}, 400, "invalid_type", "stop"),
+    ("n=0", "/v1/completions", {"prompt": "x", "n": 0}, 400, "unsupported_parameter", "n"),
+    ("chat n=3", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 3}, 400,
+     "unsupported_parameter", "n"),
+    ("best_of=2", "/v1/completions", {"prompt": "x", "best_of": 2}, 400, "unsupported_parameter", "best_of"),
+    ("logprobs", "/v1/completions", {"prompt": "x", "logprobs": 2}, 400, "unsupported_parameter", "logprobs"),
+    ("logit_bias", "/v1/completions", {"prompt": "x", "logit_bias": {"5": 1.0}}, 400, "unsupported_parameter",
+     "logit_bias"),
+    ("top_k negative", "/v1/completions", {"prompt": "x", "top_k": -1}, 400, "invalid_value", "top_k"),
+    ("fractional top_k", "/v1/completions", {"prompt": "x", "top_k": 2.5}, 400, "invalid_type", "top_k"),
+    # found by the fuzzer: 5e-324 made every seen token's logit infinite, and sampling a 500
+    ("repetition_penalty too low", "/v1/completions", {"prompt": "x", "repetition_penalty": 5e-324}, 400,
+     "invalid_value", "repetition_penalty"),
+    ("repetition_penalty too high", "/v1/completions", {"prompt": "x", "repetition_penalty": 11}, 400,
+     "invalid_value", "repetition_penalty"),
+    ("suffix with token ids", "/v1/completions", {"prompt": [5, 6], "suffix": ""}, 400, "invalid_value",
+     "suffix"),
+    # found by the fuzzer: unknown fields in a text part were silently ignored
+    ("unknown field in a text part", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "txet": "y"}]}]}, 400,
+     "unknown_parameter", "messages.0.content.0.txet"),
+    ("response_format json", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, 400,
+     "unsupported_parameter", "response_format"),
 ]
 
 
@@ -505,6 +587,92 @@ def test_bad_input_is_4xx_in_openai_shape(client, name, path, body, status, code
     assert client.get("/v1/models").status_code == 200  # still serving
 
 
+ACCEPTED = [
+    # at the edges of the limits, and what the fuzzer found refused or crashing although the document allows it
+    ("max_tokens 0 (completions allow it)", "/v1/completions", {"prompt": PROMPT, "max_tokens": 0}),
+    ("prompt and max_tokens fill the context exactly", "/v1/completions",
+     {"prompt": [5] * (CONTEXT - 2), "max_tokens": 2, "ignore_eos": True}),
+    ("16 stops of 512 characters", "/v1/completions",
+     {"prompt": PROMPT, "max_tokens": 2, "stop": ["s" * 511 + chr(97 + i) for i in range(16)]}),
+    ("n=1 and the neutral values", "/v1/completions",
+     {"prompt": PROMPT, "max_tokens": 2, "n": 1, "best_of": 1, "echo": False, "logprobs": None,
+      "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}}),
+    ("an integral float is an integer (fuzzer: 10.0 was a 400)", "/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2.0, "seed": 3.0}),
+    ("a tiny temperature is greedy (fuzzer: a 500)", "/v1/completions",
+     {"prompt": PROMPT, "max_tokens": 4, "temperature": 5e-324}),
+    ("any integer seed (fuzzer: 2**64 + 383 was a 400 the document did not declare)", "/v1/completions",
+     {"prompt": PROMPT, "max_tokens": 2, "temperature": 1, "seed": 18446744073709551999}),
+    ("the lowest repetition_penalty with a tiny temperature", "/v1/completions",
+     {"prompt": PROMPT, "max_tokens": 4, "repetition_penalty": 0.01, "temperature": 1e-30}),
+]
+
+
+@pytest.mark.parametrize("name,path,body", ACCEPTED, ids=[a[0] for a in ACCEPTED])
+def test_limits_accept_their_edges(client, name, path, body):
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["completion_tokens"] <= body.get("max_tokens", 16)
+    if "ignore_eos" in body:
+        assert usage["prompt_tokens"] + usage["completion_tokens"] == CONTEXT
+
+
+def test_tiny_temperature_is_greedy(client):
+    """Below GREEDY_BELOW the answer is the greedy one (the limit of sampling as the temperature goes to 0)."""
+    body = {"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True}
+    greedy = client.post("/v1/completions", json={**body, "temperature": 0}).json()["choices"][0]["text"]
+    for t in (5e-324, 1e-30, 9e-6):
+        r = client.post("/v1/completions", json={**body, "temperature": t, "seed": 1})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == greedy, (t, r.text)
+
+
+def test_seed_is_taken_modulo_2_64(client):
+    body = {"prompt": PROMPT, "max_tokens": 8, "temperature": 1.5, "ignore_eos": True}
+    texts = [client.post("/v1/completions", json={**body, "seed": s}).json()["choices"][0]["text"]
+             for s in (-5, 2 ** 64 - 5, 2 ** 65 - 5)]
+    assert texts[0] == texts[1] == texts[2]  # torch reads a negative seed the same way
+
+
+def test_body_limit_without_content_length(server):
+    """A chunked body (no Content-Length) is cut off at the limit too, and the server keeps serving."""
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert "content-length" not in {k.lower() for k in r.request.headers}
+        assert c.get("/health").status_code == 200
+
+
+def test_405_names_the_allowed_methods(client):
+    """Found by the fuzzer: the 405 lost Starlette's Allow header (RFC 9110 requires it)."""
+    r = client.request("TRACE", "/v1/models")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    r = client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def test_openapi_declares_the_errors(client):
+    """The document /openapi.json serves says what each route answers (the fuzz test relies on it)."""
+    doc = client.get("/openapi.json").json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert "422" not in codes  # validation errors are 400s here
+            assert {"200", "403", "413"} <= codes, (method, path)
+            if method == "post":
+                assert {"400", "415", "429"} <= codes, path
+    assert "404" in doc["paths"]["/v1/models/{model_id}"]["get"]["responses"]
+    assert "securitySchemes" not in doc.get("components", {})  # no key on this server
+    req = doc["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert req["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": CONTEXT - 1}
+
+
 def test_routes_and_transport_errors(client):
     r = client.get("/v1/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
@@ -516,6 +684,57 @@ def test_routes_and_transport_errors(client):
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_host"  # DNS rebinding
     r = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0})
     assert r.status_code == 200
+
+
+def _route_calls(app) -> list[tuple[str, str]]:
+    """(method, path) for every route the FastAPI app has, path parameters filled in."""
+    calls = []
+    for route in app.app.routes:  # app is the guard; app.app the FastAPI app
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        calls += [(m, path) for m in sorted(getattr(route, "methods", None) or ["GET"]) if m != "HEAD"]
+    return calls
+
+
+def test_api_key_guards_every_route_the_app_has(model_dir):
+    """Every route, enumerated from the app itself (so a route added later cannot escape): without the key,
+    with a wrong one or another scheme it is a 401; with it, the route answers."""
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT), api_key="s3cret") as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as c:
+        calls = _route_calls(srv.app)
+        paths = {p for _, p in calls}
+        assert {"/v1/models", "/v1/models/x", "/v1/demi/stats", "/health", "/openapi.json", "/v1/completions",
+                "/v1/chat/completions"} <= paths
+        body = {"prompt": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+        for method, path in calls:
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"},
+                            {"authorization": "Bearer s3cret2"}, {"x-api-key": "s3cret"}):
+                r = c.request(method, path, headers=headers, json=body if method == "POST" else None)
+                assert r.status_code == 401, (method, path, headers, r.status_code)
+                assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
+            ok = c.request(method, path, headers={"authorization": "Bearer s3cret"},
+                           json={"prompt": "x", "max_tokens": 1} if path == "/v1/completions" else
+                           {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1} if method == "POST"
+                           else None)
+            assert ok.status_code == (404 if path == "/v1/models/x" else 200), (method, path, ok.text)
+        doc = c.get("/openapi.json", headers={"authorization": "Bearer s3cret"}).json()
+        assert doc["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+        ops = [op for ops in doc["paths"].values() for op in ops.values()]
+        assert all("401" in op["responses"] and "403" not in op["responses"] for op in ops)  # no Host check
+
+
+def test_embedding_refuses_non_loopback_without_key(plain_tokenizer):
+    """The rule lives in the server, not only in the CLI: ServerThread refuses before binding anything."""
+    from demi.assistant.server import BindingRefused, ServerThread, check_binding, create_app
+
+    app = create_app(ScriptedModel(plain_tokenizer))
+    for host in ("0.0.0.0", "::", "", "192.0.2.1", "example.com"):
+        with pytest.raises(BindingRefused, match="API key"):
+            ServerThread(app, host=host)
+    for host in ("127.0.0.1", "127.3.2.1", "::1", "localhost"):
+        check_binding(host, None)
+    check_binding("0.0.0.0", "k")
+    with pytest.raises(BindingRefused, match="empty"):
+        check_binding("127.0.0.1", "  ")
 
 
 def test_api_key_is_enforced_on_every_route(plain_tokenizer):
@@ -560,12 +779,25 @@ def _env(**extra) -> dict[str, str]:
     return env
 
 
-def test_cli_refuses_non_loopback_without_key(model_dir):
-    cmd = [sys.executable, "-m", "demi", "serve", "--model", str(model_dir), "--host", "0.0.0.0"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=60)
+REFUSED = [
+    (["--host", "0.0.0.0"], {}, "binding 0.0.0.0"),
+    (["--host", "::"], {}, "binding ::"),
+    (["--host", "0.0.0.0"], {"DEMI_API_KEY": ""}, "binding 0.0.0.0"),  # an empty variable is no key
+    (["--host", "0.0.0.0", "--api-key", ""], {}, "the API key is empty"),
+    (["--api-key", "   "], {}, "the API key is empty"),  # a blank key would lock every client out
+]
+
+
+@pytest.mark.parametrize("args,env,says", REFUSED, ids=[" ".join(r[0]) + str(r[1]) for r in REFUSED])
+def test_cli_refuses_non_loopback_without_key(args, env, says):
+    """One line on stderr, exit code 2, nothing on stdout, and before the model is even looked up (the
+    model path does not exist, yet the answer is about the key)."""
+    cmd = [sys.executable, "-m", "demi", "serve", "--model", "/nonexistent/model", "--port", "0", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=60)
     assert p.returncode == 2 and p.stdout == ""
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--api-key" in lines[0] and "Traceback" not in p.stderr
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in p.stderr, p.stderr
+    assert "--api-key" in lines[0] and "DEMI_API_KEY" in lines[0]
 
 
 def test_cli_serve_port_0_with_key_from_env(model_dir):
