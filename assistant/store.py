@@ -11,9 +11,9 @@ benchmarks/store_stress.py does it for a minute.)
 
 The schema is versioned with `PRAGMA user_version` and migrated forward in order from the first
 version on. A locked database and one from a newer Demi are a `StoreError` with one clear line.
-A corrupt one (not a SQLite file, truncated, or a page SQLite reports as malformed) is never
-deleted or patched: it is moved aside to `sessions.db.corrupt-YYYYMMDD-HHMMSS` (its -wal and
--shm files too) and a new database is started; a one-line warning says where the old file went
+A corrupt one (SQLite says "not a database" or "malformed" when opening it; or a page found
+malformed later, confirmed by `PRAGMA quick_check`) is never deleted or patched: it is moved
+aside to `sessions.db.corrupt-YYYYMMDD-HHMMSS` (its -wal and -shm files too) and a new database is started; a one-line warning says where the old file went
 (logged to `demi.store`, and kept in `Store.notice` for front ends that show it themselves).
 """
 
@@ -40,7 +40,6 @@ from demi.model.errors import DemiUserError
 DB_NAME = "sessions.db"
 log = logging.getLogger("demi.store")
 T = TypeVar("T")
-_MAGIC = b"SQLite format 3\x00"
 
 # Each entry migrates from version i to i + 1. Never edit one that has shipped: append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -160,32 +159,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def check_file(path: Path) -> str | None:
-    """Why `path` is not a usable SQLite file, from its 100-byte header and size (cheap: no page
-    is read); None when it looks whole or does not exist yet (an empty file is a new database)."""
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return None
-        with open(path, "rb") as f:
-            head = f.read(100)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return None  # unreadable: let SQLite say why
-    if not head.startswith(_MAGIC[:len(head)]):
-        return "not a SQLite database"
-    if len(head) < 100:
-        return f"truncated to {size} bytes"
-    page = int.from_bytes(head[16:18], "big")
-    page = 65536 if page == 1 else page
-    pages = int.from_bytes(head[28:32], "big")
-    valid = head[24:28] == head[92:96]  # the in-header size is only kept by SQLite >= 3.7.0
-    if valid and pages and size < page * pages:
-        return f"truncated: {size} bytes on disk, its header says {page * pages}"
-    return None
-
-
 def _aside_name(path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = path.with_name(f"{path.name}.corrupt-{stamp}")
@@ -244,10 +217,11 @@ class Store:
 
     def _connect(self) -> None:
         """Open, check and migrate; `_Corrupt(reason, identity)` when the file is damaged."""
+        # The file is only ever opened by SQLite: opening and closing it here through another file
+        # descriptor would drop every POSIX lock this process holds on it (fcntl semantics), and
+        # another connection in this process (the chat UI has two) would lose its protection:
+        # SQLite's own header and page checks say what is damaged instead.
         ident = _identity(self.path)
-        problem = check_file(self.path)
-        if problem:
-            raise _Corrupt(problem, ident)
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
                                         check_same_thread=False)
@@ -262,7 +236,9 @@ class Store:
             self._wal()
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
-            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the schema pages
+            # reads the header and the schema: garbage is SQLITE_NOTADB, a file shorter than its
+            # header says (with no WAL to make up the difference) SQLITE_CORRUPT
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             self._migrate()
         except sqlite3.Error as exc:
             self.conn.close()
@@ -327,15 +303,17 @@ class Store:
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from None
 
+    def _whole(self) -> bool:
+        """SQLite's own `quick_check` (through the WAL) passes."""
+        try:
+            return [tuple(r) for r in self.conn.execute("PRAGMA quick_check(1)").fetchall()] == [("ok",)]
+        except sqlite3.Error:
+            return False
+
     def _recover_live(self, reason: str) -> bool:
         """An open store hit a malformed page: True when the file was moved aside (by this process
         or another) and a new database is open."""
-        try:
-            rows = self.conn.execute("PRAGMA quick_check(1)").fetchall()
-            damaged = [tuple(r) for r in rows] != [("ok",)]
-        except sqlite3.Error:
-            damaged = True
-        if not damaged:
+        if self._whole():
             return False  # SQLite's own check passes: report the error, move nothing
         ident = self._ident
         self.conn.close()

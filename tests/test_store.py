@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from demi.assistant.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, _statements, check_file
+from demi.assistant.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, _statements
 from helpers import clean_env, demi
 from store_stress import concurrent, kill_rounds
 
@@ -230,14 +230,60 @@ def test_corrupt_database_is_moved_aside_and_a_new_one_started(case, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name) == [aside.name]
 
 
-def test_header_checks_do_not_flag_good_or_new_files(tmp_path):
+def test_good_and_empty_files_are_not_flagged(tmp_path):
     good = tmp_path / "good.db"
     _filled(good, 50)
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
-    assert check_file(good) is None and check_file(empty) is None and check_file(tmp_path / "none.db") is None
-    with Store(empty) as store:  # an empty file is a new database, not a corrupt one
-        assert store.notice is None and store.version == SCHEMA_VERSION
+    for path in (good, empty, tmp_path / "none.db"):
+        with Store(path) as store:  # an empty or missing file is a new database, not a corrupt one
+            assert store.notice is None and store.version == SCHEMA_VERSION
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name] == []
+
+
+HOLDER = """
+import os, signal, sys
+from demi.assistant.store import Store
+path, touch = sys.argv[1], sys.argv[2]
+first = Store(path)
+sid = first.create_session().id
+first.add_message(sid, "user", "before")
+second = Store(path)
+if touch == "raw-read":  # what the control does: read the file through a descriptor of its own
+    with open(path, "rb") as f:
+        f.read(100)
+print(sid, flush=True)
+sys.stdin.readline()
+first.add_message(sid, "user", "after")  # committed: it must survive the kill below
+print("committed", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _locks_survive(path: Path, touch: str) -> list[str]:
+    """A process with two Stores on one file (as demi-chat has) commits, another process opens,
+    writes and closes, the first commits again and is killed; the messages read back after."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), touch], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    sid = holder.stdout.readline().strip()
+    script = f"from demi.assistant.store import Store\nwith Store({str(path)!r}) as s: s.record('chat', 'x', None, 'q', 'a')"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "committed"
+    assert holder.wait(timeout=60) == -9
+    with Store(path) as store:
+        return [m.content for m in store.messages(sid)]
+
+
+def test_a_second_store_in_the_same_process_keeps_the_first_ones_locks(tmp_path):
+    """Nothing in Store opens the database file through a descriptor of its own: closing one drops
+    every POSIX lock the process holds on the file, so another process's close then believes it
+    is the last connection, checkpoints and deletes the WAL under this one, and later commits
+    vanish (an earlier header check here did exactly that: test_processes_write_at_once lost
+    sessions). The control shows what such a read does."""
+    assert _locks_survive(tmp_path / "a.db", "nothing") == ["before", "after"]
+    assert _locks_survive(tmp_path / "b.db", "raw-read") == ["before"]  # the control: "after" is lost
 
 
 def test_garbage_after_the_wal_of_a_killed_writer_loses_nothing_committed(tmp_path):
@@ -292,7 +338,7 @@ def test_cli_moves_a_corrupt_database_aside_with_one_line(tmp_path):
     assert json.loads(proc.stdout) == {"sessions": []}
     [aside] = [p for p in db.parent.iterdir() if ".corrupt-" in p.name]
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith(f"demi: the session database {db} was corrupt (not a SQLite database); "
+    assert proc.stderr.startswith(f"demi: the session database {db} was corrupt (file is not a database); "
                                   f"moved it to {aside} and started a new one"), proc.stderr
     again = demi(env, "sessions", "list", "--json")
     assert again.returncode == 0 and again.stderr == "", again.stderr
@@ -329,3 +375,43 @@ def test_chat_ui_history_reports_the_move_once(tmp_path):
         history.close()
     [(event, text)] = [e for e in events if e[0] == "notice"]
     assert "was corrupt" in text and "moved it to" in text and "\n" not in text
+
+
+def test_a_database_killed_mid_checkpoint_is_not_mistaken_for_a_truncated_one(tmp_path):
+    """A checkpoint copies WAL pages into the main file, page 1 (whose header holds the new page
+    count) first; a writer killed there leaves a main file shorter than its header says while the
+    WAL still has every page. That is a healthy database (found by benchmarks/store_stress.py
+    when an early size check moved one aside). Built here for certain: a killed writer's WAL, and
+    its newest page 1 copied into the main file without the pages after it."""
+    path = tmp_path / "sessions.db"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from demi.assistant.store import Store
+        store = Store({str(path)!r})
+        store.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        sid = store.create_session('chat', 'big').id
+        for i in range(400):
+            store.add_message(sid, 'user', f'message {{i}} ' + 'words ' * 40)
+        print(sid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    sid = proc.stdout.strip()
+    wal = (tmp_path / "sessions.db-wal").read_bytes()
+    page = int.from_bytes(wal[8:12], "big")
+    newest_page1 = None
+    for off in range(32, len(wal) - 24 - page + 1, 24 + page):
+        if int.from_bytes(wal[off:off + 4], "big") == 1:
+            newest_page1 = wal[off + 24:off + 24 + page]
+    assert newest_page1 is not None
+    db = bytearray(path.read_bytes())
+    db[:page] = newest_page1
+    path.write_bytes(bytes(db))
+    header_pages = int.from_bytes(newest_page1[28:32], "big")
+    assert path.stat().st_size < header_pages * page  # the state a killed checkpoint leaves
+    with Store(path) as store:
+        assert store.notice is None and store.moved_aside is None
+        assert len(store.messages(sid)) == 400
+        assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name] == []
