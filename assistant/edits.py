@@ -124,7 +124,10 @@ def workspace_root(path: Path) -> Path:
     `path` (as given, symlinks not followed) lies under it, else the file's own folder. The TUI
     and the language server pass their own root instead."""
     given = Path(os.path.abspath(path))
-    cwd = Path(os.path.abspath(os.getcwd()))
+    try:
+        cwd = Path(os.path.abspath(os.getcwd()))
+    except OSError:  # the current directory was removed
+        return given.parent
     return cwd if given.is_relative_to(cwd) else given.parent
 
 

@@ -337,3 +337,30 @@ def test_an_unwritable_folder_is_a_clear_error_and_changes_nothing(src, tmp_path
         os.chmod(src.parent, 0o755)
     assert src.read_text(encoding="utf-8") == SRC
     assert backups(tmp_path.parent / (tmp_path.name + "-data"), src) == []
+
+
+def test_cli_refuses_to_apply_through_a_link_out_of_the_project(tmp_path):
+    """`demi refactor --apply` and `demi undo` run from a project whose file is a symlink to a file
+    elsewhere: exit 2, one line, the target untouched."""
+    from helpers import CODE, REWRITE, ScriptedServer, clean_env, demi
+
+    outside = tmp_path / "elsewhere" / "geometry.py"
+    outside.parent.mkdir()
+    outside.write_text(CODE, encoding="utf-8")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "geometry.py").symlink_to(outside)
+    env = clean_env(tmp_path / "home")
+    srv = ScriptedServer(f"```python\n{REWRITE}```\n")
+    try:
+        proc = demi(env, "refactor", "geometry.py", "--symbol", "area", "-i", "add type hints", "--server", srv.url,
+                    "--apply", cwd=project)
+    finally:
+        srv.close()
+    assert proc.returncode == 2 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "outside the workspace" in proc.stderr and str(outside) in proc.stderr
+    assert outside.read_text(encoding="utf-8") == CODE
+    undo_proc = demi(env, "undo", "geometry.py", cwd=project)
+    assert undo_proc.returncode == 2 and "outside the workspace" in undo_proc.stderr
+    assert undo_proc.stderr.count("\n") == 1
