@@ -50,7 +50,7 @@ from .fim import FimTemplate, detect_fim
 from .server_api import (GENERATION_ERRORS, GREEDY_BELOW, MAX_REPETITION_PENALTY, MAX_STOP, MAX_STOP_LEN,
                          MIN_REPETITION_PENALTY, ApiError, ChatChunk, ChatRequest, ChatResponse, CompletionChunk,
                          CompletionRequest, CompletionResponse, ErrorResponse, Health, ModelCard, ModelList, Stats,
-                         document, invalid, sse_schema, unsupported, validation_error)
+                         bad_unicode, document, invalid, sse_schema, unsupported, validation_error)
 from .server_sched import GenParams, Job, QueueFull, Scheduler
 
 log = logging.getLogger("demi.serve")
@@ -308,12 +308,20 @@ def _usage(c: Any) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-def _sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def _sse(obj: Any, ascii_only: bool = False) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=ascii_only, separators=(',', ':'))}\n\n"
 
 
-def _error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+class _ErrorJSON(JSONResponse):
+    """An error body in ASCII JSON: messages may quote the request (a parameter name, a model id), and a
+    lone surrogate in it would make UTF-8 encoding, and so the error itself, fail with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
+def _error_response(err: ApiError, headers: Any = None) -> JSONResponse:
+    return _ErrorJSON(err.body(), status_code=err.status, headers=headers)
 
 
 def _engine_error(exc: BaseException) -> ApiError:
@@ -439,7 +447,7 @@ async def _generate(request: Request, prep: Prepared, kind: str,
                     yield "data: [DONE]\n\n"
                     return
                 else:
-                    yield _sse(_engine_error(value).body())
+                    yield _sse(_engine_error(value).body(), ascii_only=True)
                     yield "data: [DONE]\n\n"
                     return
                 ev = await job.events.get()
@@ -503,9 +511,12 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
         elif exc.status_code == 405:
             err = ApiError(405, f"Method {request.method} is not allowed for {request.url.path}.",
                            code="method_not_allowed")
+        elif exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep)
+            err = ApiError(400, f"We could not parse the JSON body of your request: {exc.detail}",
+                           code="invalid_json")
         else:
             err = ApiError(exc.status_code, str(exc.detail), code=None)
-        return JSONResponse(err.body(), status_code=err.status, headers=exc.headers)  # 405 keeps "Allow"
+        return _error_response(err, exc.headers)  # a 405 keeps its "Allow" header
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
@@ -592,9 +603,17 @@ def _generation_ok(model: type, chunk: type) -> dict[str, Any]:
             "content": {"text/event-stream": {"schema": sse_schema(chunk)}}}
 
 
+def _checked(fn: Callable[[ModelInfo, Any], Prepared], info: ModelInfo, body: Any) -> Prepared:
+    bad = bad_unicode(body.model_dump())
+    if bad is not None:  # the tokenizer would fail on it with a TypeError
+        raise invalid(bad, f"'{bad}' is not valid Unicode: it has a lone UTF-16 surrogate (an unpaired "
+                           "\\uD800-\\uDFFF escape)")
+    return fn(info, body)
+
+
 async def _prepare(fn: Callable[[ModelInfo, Any], Prepared], info: ModelInfo, body: Any) -> Prepared:
     try:
-        return await run_in_threadpool(fn, info, body)
+        return await run_in_threadpool(_checked, fn, info, body)
     except ApiError:
         raise
     except DemiUserError as exc:  # e.g. a chat template that rejects the conversation

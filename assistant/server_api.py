@@ -437,6 +437,26 @@ def document(schema: dict[str, Any], *, context: int, vocab_size: int, api_key: 
     return schema
 
 
+def bad_unicode(value: Any, path: str = "") -> str | None:
+    """The path of the first string in a parsed body that is not valid Unicode, else None. JSON's
+    `\\ud800` escapes can carry lone UTF-16 surrogates, which Python keeps in a str but no tokenizer (or
+    UTF-8 encoder) accepts. A bad key is reported at its parent's path, so the path itself is clean."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and bad_unicode(key) is not None:
+            return path or "body"
+        bad = bad_unicode(item, f"{path}.{key}" if path else str(key))
+        if bad is not None:
+            return bad
+    return None
+
+
 def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     """The first pydantic/FastAPI validation error as one OpenAI-style 400."""
     if not errors:
@@ -450,6 +470,9 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     if kind == "json_invalid":
         return ApiError(400, "We could not parse the JSON body of your request: "
                         f"{err.get('ctx', {}).get('error', 'invalid JSON')}", code="invalid_json")
+    if kind == "string_unicode":
+        return ApiError(400, f"'{param or 'body'}' is not valid Unicode: it has a lone UTF-16 surrogate",
+                        param=param, code="invalid_value")
     if param is None or (kind in ("model_attributes_type", "dict_type", "model_type") and len(path) == 0):
         if kind == "missing":
             return ApiError(400, "the request body is missing", code="invalid_body")

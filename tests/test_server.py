@@ -568,6 +568,19 @@ BAD = [
     ("unknown field in a text part", "/v1/chat/completions",
      {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "txet": "y"}]}]}, 400,
      "unknown_parameter", "messages.0.content.0.txet"),
+    # found by reading past the fuzzer (its strings are always valid UTF-8): JSON's \\ud800 escapes carry
+    # lone surrogates, on which the tokenizer raised TypeError (a 500), and an error message quoting one
+    # could not be encoded (a 500 instead of the 400)
+    ("lone surrogate in the prompt", "/v1/completions", b'{"prompt": "a\\ud800b"}', 400, "invalid_value",
+     "prompt"),
+    ("lone surrogate in the suffix", "/v1/completions", b'{"prompt": "a", "suffix": "\\udfff"}', 400,
+     "invalid_value", "suffix"),
+    ("lone surrogate in a message", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}', 400,
+     "invalid_value", "messages.0.content.0.text"),
+    ("lone surrogate in an unknown key", "/v1/completions", b'{"prompt": "x", "\\ud800": 1}', 400,
+     "invalid_value", None),
+    ("not UTF-8", "/v1/completions", b'{"prompt": "a\xff\xfe"}', 400, "invalid_json", None),
     ("response_format json", "/v1/chat/completions",
      {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, 400,
      "unsupported_parameter", "response_format"),
@@ -616,6 +629,13 @@ def test_limits_accept_their_edges(client, name, path, body):
     assert usage["completion_tokens"] <= body.get("max_tokens", 16)
     if "ignore_eos" in body:
         assert usage["prompt_tokens"] + usage["completion_tokens"] == CONTEXT
+
+
+def test_surrogate_pair_escapes_are_text(client):
+    """A pair of surrogate escapes is one character (here an emoji) and is served like any text."""
+    r = client.post("/v1/completions", content=b'{"prompt": "x = \\ud83d\\ude00", "max_tokens": 1}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
 
 
 def test_tiny_temperature_is_greedy(client):

@@ -17,6 +17,8 @@ Regression tests for what the fuzzer found are at the end; each names the bug it
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,10 +44,15 @@ REQUESTS: Counter[str] = Counter()  # label -> requests made, reported at the en
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A live `demi serve` app for a tiny random qwen2 model (FIM tokens, a chat template)."""
-    out = tiny_checkpoint(tmp_path_factory.mktemp("qwen2-fuzz"), max_position_embeddings=CONTEXT)
-    with serve(LocalModel.load(str(out), context=CONTEXT)) as srv:
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random qwen2 checkpoint (FIM tokens, a chat template)."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("qwen2-fuzz"), max_position_embeddings=CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def live(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A live `demi serve` app for the tiny model; reports how many requests the fuzz made."""
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT)) as srv:
         started = time.monotonic()
         yield srv
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
@@ -123,3 +130,82 @@ def test_fuzz_made_requests(live: Any) -> None:
         pytest.skip("the fuzz tests were not selected")
     assert REQUESTS["fast"] + REQUESTS["slow"] >= 6 * FAST_EXAMPLES
     assert httpx.get(f"{live.url}/health", timeout=10).status_code == 200  # and the server still serves
+
+
+# -- many clients at once, some of them leaving early -------------------------------------------------
+
+def _client_session(url: str, seed: int, n: int, seen: Counter[str]) -> None:
+    """`n` random requests: answered in full, streamed, dropped mid-stream, given up on before the
+    answer, or invalid. Every status must be 200, 400 or 429 (the queue is small on purpose)."""
+    rng = random.Random(seed)
+    body = {"prompt": "def f(x):", "temperature": 0, "ignore_eos": True}
+    with httpx.Client(base_url=url, timeout=HANG_S) as c:
+        for _ in range(n):
+            action = rng.choice(["json", "stream", "chat", "drop_stream", "drop_wait", "bad"])
+            seen[action] += 1
+            tokens = rng.randint(1, 24)
+            if action == "json":
+                r = c.post("/v1/completions", json={**body, "max_tokens": tokens})
+            elif action == "chat":
+                r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                        "max_tokens": tokens})
+            elif action == "bad":
+                r = c.post("/v1/completions", json={**body, "max_tokens": -tokens})
+                assert r.status_code == 400, r.text
+                continue
+            elif action == "drop_wait":  # gives up before the answer: the server must cancel the job
+                try:
+                    r = c.post("/v1/completions", json={**body, "max_tokens": 100},
+                               timeout=httpx.Timeout(HANG_S, read=0.05))
+                except httpx.ReadTimeout:
+                    continue
+            else:
+                with c.stream("POST", "/v1/completions",
+                              json={**body, "max_tokens": 100 if action == "drop_stream" else tokens,
+                                    "stream": True}) as r:
+                    if r.status_code == 200 and action == "drop_stream":
+                        assert next(line for line in r.iter_lines() if line).startswith("data: {")
+                        seen["left_mid_stream"] += 1
+                        continue  # leaving the block closes the connection mid-stream
+                    if r.status_code == 200:
+                        lines = [line for line in r.iter_lines() if line]
+                        assert lines[-1] == "data: [DONE]", lines[-3:]
+                    else:
+                        r.read()
+            assert r.status_code in (200, 429), (action, r.status_code, r.text)
+
+
+def test_concurrent_clients_that_leave_early_leave_no_job_behind(model_dir: Path) -> None:
+    """Eight clients at once against two slots and a queue of two. Whatever they do, once they are done
+    the scheduler is empty (no slot held by a client that left), its books balance, no generation failed,
+    and the next request is served."""
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT), max_active=2, max_queue=2) as srv:
+        seen: Counter[str] = Counter()
+        errors: list[BaseException] = []
+
+        def run(seed: int) -> None:
+            try:
+                _client_session(srv.url, seed, 12, seen)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(HANG_S * 3)
+        assert not any(t.is_alive() for t in threads), "a client hung"
+        assert not errors, errors[0]
+        end = time.monotonic() + 30
+        while (s := httpx.get(f"{srv.url}/v1/demi/stats", timeout=10).json())["active"] + s["queued"] and \
+                time.monotonic() < end:
+            time.sleep(0.05)
+        assert s["active"] == 0 and s["queued"] == 0 and s["active_jobs"] == [], s
+        assert s["submitted"] == s["completed"] + s["cancelled"] + s["dropped"] + s["errors"], s
+        assert s["errors"] == 0 and s["submitted"] > 0
+        assert seen["left_mid_stream"] and seen["drop_wait"]
+        # each stream left after its first event was stopped, not run to its 100 tokens
+        assert s["cancelled"] >= seen["left_mid_stream"], (s, seen)
+        r = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=HANG_S)
+        assert r.status_code == 200
+        REQUESTS["concurrent"] += sum(v for k, v in seen.items() if k != "left_mid_stream") + 1
