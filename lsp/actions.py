@@ -23,7 +23,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from lsprotocol import types as t
@@ -31,6 +31,7 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
 from .progress import Progress
 from .scheduler import StreamCancelled, set_priority
+from .textutil import lsp_lines, offset_at
 
 log = logging.getLogger("demi.lsp")
 
@@ -66,6 +67,22 @@ class Target:
             a, b = self.lines
             return f"line {a}" if a == b else f"lines {a}-{b}"
         return Path(self.doc.name).name
+
+
+class Captured(NamedTuple):
+    """An open document's text, display name and version at one moment."""
+
+    text: str
+    name: str
+    version: int | None
+
+
+_NOW = object()  # read the document when called
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _kind(kind: Any) -> str:
@@ -131,14 +148,22 @@ class Actions:
 
     # documents -------------------------------------------------------------------------------------
 
-    def document(self, uri: str) -> tuple[Any, int | None]:
+    def capture(self, uri: str) -> Captured | None:
+        """The open document's text as it is now (None when not open). Called on the loop when a
+        request comes in, so an edit or a close that follows it does not change what it is about."""
+        open_doc = self.ls.open_document(uri)
+        if open_doc is None:
+            return None
+        return Captured(open_doc.source, self.ls.display_name(uri, open_doc), open_doc.version)
+
+    def document(self, uri: str, captured: Captured | None | object = _NOW) -> tuple[Any, int | None]:
         """The assistant's Document for `uri`: the editor's text when open, else the file on disk."""
         from demi.assistant.document import Document
 
-        open_doc = self.ls.open_document(uri)
-        if open_doc is not None:
-            name = self.ls.display_name(uri, open_doc)
-            return Document.from_text(open_doc.source, name), open_doc.version
+        if captured is _NOW:
+            captured = self.capture(uri)
+        if isinstance(captured, Captured):
+            return Document.from_text(captured.text, captured.name), captured.version
         parts = urlsplit(uri)
         if parts.scheme == "file":
             path = Path(unquote(parts.path))
@@ -147,27 +172,40 @@ class Actions:
         raise JsonRpcInvalidParams(f"unknown document {uri}: it is not open in the editor (textDocument/didOpen) "
                                    "nor a file on disk")
 
-    def target(self, uri: str, rng: t.Range | None) -> Target:
-        """Selection -> its lines; a point -> the symbol around it; nothing -> the whole file."""
+    async def target_now(self, uri: str, rng: t.Range | None) -> Target:
+        """`target` for the document as it is when the request is handled: the text is taken
+        here, on the loop; parsing it runs on a task thread."""
+        captured = self.capture(uri)
+        return await asyncio.get_running_loop().run_in_executor(self.ls.pool, self.target, uri, rng, captured)
+
+    def target(self, uri: str, rng: t.Range | None, captured: Captured | None | object = _NOW) -> Target:
+        """Selection -> its lines; a point -> the symbol around it; nothing -> the whole file.
+
+        The range is read in LSP's terms (lines end at \\n, \\r\\n or \\r; characters in the
+        negotiated encoding) and turned into offsets, which the assistant's Document (lines at \\n
+        only) maps to its own lines: a file with lone \\r line ends gets the right text."""
         from demi.assistant.syntax import parse
 
-        doc, version = self.document(uri)
+        doc, version = self.document(uri, captured)
         if rng is None:
             return Target(uri, doc, version)
-        last_line = doc.line_count - 1
+        lines = lsp_lines(doc.text)
+        count = len(lines) + (1 if not lines or lines[-1].endswith(("\n", "\r")) else 0)
         for pos in (rng.start, rng.end):
-            if pos.line > last_line:
+            if pos.line >= count:
                 raise JsonRpcInvalidParams(f"line {pos.line} is past the end of {doc.name} "
-                                           f"({doc.line_count} lines, 0-based lines 0-{last_line})")
+                                           f"({count} lines, 0-based lines 0-{count - 1})")
+        enc = self.ls.workspace.position_encoding
+        start = offset_at(doc.text, rng.start.line, rng.start.character, enc, lines)
+        end = offset_at(doc.text, rng.end.line, rng.end.character, enc, lines)
         if rng.start != rng.end:
-            first, last = rng.start.line + 1, rng.end.line + 1
-            if rng.end.character == 0 and last > first:
+            first, last = doc.line_of(start), doc.line_of(end)
+            if last > first and end == doc.line_start(last):
                 last -= 1  # a selection of whole lines ends at the start of the next one
             text_lines = doc.text.count("\n") + (0 if doc.text.endswith("\n") else 1)
             last = min(last, max(first, text_lines))
             return Target(uri, doc, version, lines=(first, last))
-        offset = doc.offset_utf16(rng.start.line, rng.start.character)
-        sym = parse(doc).enclosing(offset)
+        sym = parse(doc).enclosing(start)
         return Target(uri, doc, version, symbol=sym.qualname if sym is not None else None)
 
     # code actions ----------------------------------------------------------------------------------
@@ -207,7 +245,7 @@ class Actions:
                 or not isinstance(data.get("uri"), str):
             raise JsonRpcInvalidParams("this code action was not made by Demi (its data is missing or unknown)")
         rng = _range(data.get("range"))
-        target = await asyncio.get_running_loop().run_in_executor(self.ls.pool, self.target, data["uri"], rng)
+        target = await self.target_now(data["uri"], rng)
         verb = "Explain" if data["action"] == "explain" else "Refactor"
         action.title = f"Demi: {verb} {target.label}" + ("..." if verb == "Refactor" else "")
         args: list[Any] = [data["uri"], data.get("range")]
@@ -229,6 +267,7 @@ class Actions:
     async def _in_pool(self, fn: Any, token: Any, *args: Any) -> Any:
         """Run `fn` on a task thread; a cancelled request sets `token`, which stops the model."""
         fut = asyncio.get_running_loop().run_in_executor(self.ls.pool, fn, *args)
+        fut.add_done_callback(_consume)  # after a cancel nobody awaits it: its error is not worth a log
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -239,8 +278,7 @@ class Actions:
         from demi.assistant.engines import CancelToken
 
         rng = _range(args.get("range"))
-        loop = asyncio.get_running_loop()
-        target = await loop.run_in_executor(self.ls.pool, self.target, args["uri"], rng)
+        target = await self.target_now(args["uri"], rng)
         s = self.ls.settings
         token = CancelToken()
         async with Progress(self.ls, f"Demi: explaining {target.label}", token, client_token) as progress:
@@ -326,8 +364,7 @@ class Actions:
         from demi.assistant.engines import CancelToken
 
         rng = _range(args.get("range"))
-        loop = asyncio.get_running_loop()
-        target = await loop.run_in_executor(self.ls.pool, self.target, args["uri"], rng)
+        target = await self.target_now(args["uri"], rng)
         instruction = args.get("instruction")
         if instruction is not None and not isinstance(instruction, str):
             raise JsonRpcInvalidParams("instruction must be a string")

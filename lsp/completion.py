@@ -212,7 +212,6 @@ class CompletionService:
 
     def _run(self, snap: Snapshot, token: Any, s: LspSettings) -> Any:
         from demi.assistant.complete import complete
-        from demi.assistant.document import Document
         from demi.assistant.engines import Sampling
 
         set_priority(0)

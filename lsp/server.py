@@ -8,6 +8,11 @@ touches a model: completions, explanations and refactors come from `demi.assista
     demi-lsp                 # stdio (what editors start)
     demi-lsp --tcp 2087      # listen on 127.0.0.1:2087 for one client
     demi lsp --model DIR     # the same through the demi command
+
+Besides LSP, the server answers two requests of its own: `demi/stats` (counters: model runs,
+cache hits, cancellations, latencies) and, for debugging, `demi/documentText` ({uri} -> {uri,
+version, languageId, text}, or null when that document is not open): the text the server holds,
+so a test or a bug report can compare it with the editor's buffer.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ log = logging.getLogger("demi.lsp")
 
 STATUS = "demi/status"      # notification: {state, model, engine, server, latencyMs, ...}
 STATS = "demi/stats"        # request: counters (model runs, cache hits, cancellations, latencies)
+DOCUMENT_TEXT = "demi/documentText"  # request (debugging): {uri} -> the text the server holds for it
 TASK_THREADS = 4
 
 
@@ -299,6 +305,16 @@ class DemiLanguageServer(LanguageServer):
                 "modelSteps": self.host.thread.steps, "debounce": c.debouncer.as_dict(), "status": self.status(),
                 "settings": self.settings.as_dict()}
 
+    def document_text(self, params: Any) -> dict[str, Any] | None:
+        """demi/documentText: the server's copy of a document, to compare with the editor's."""
+        uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
+        if not isinstance(uri, str):
+            raise JsonRpcInvalidParams(f"{DOCUMENT_TEXT} takes {{\"uri\": string}}")
+        doc = self.open_document(uri)
+        if doc is None:
+            return None
+        return {"uri": uri, "version": doc.version, "languageId": doc.language_id, "text": doc.source}
+
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def report_server_error(self, error: Exception, source: Any) -> None:
@@ -406,6 +422,10 @@ def build_server(base: LspSettings | None = None, engine_factory: Callable[[LspS
     @server.feature(STATS)
     def stats(ls: DemiLanguageServer, params: Any = None) -> dict[str, Any]:
         return ls.stats()
+
+    @server.feature(DOCUMENT_TEXT)
+    def document_text(ls: DemiLanguageServer, params: Any = None) -> dict[str, Any] | None:
+        return ls.document_text(params)
 
     @server.feature(t.SHUTDOWN)
     def shutdown(ls: DemiLanguageServer, params: Any = None) -> None:

@@ -8,6 +8,8 @@ from lsprotocol import types as t
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _ODD_BREAKS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # str.splitlines breaks here; LSP does not
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")  # two UTF-16 code units each
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON can carry them ("\\ud800"); UTF-8 cannot
 
 
 def lsp_lines(text: str) -> tuple[str, ...]:
@@ -19,9 +21,13 @@ def lsp_lines(text: str) -> tuple[str, ...]:
     return tuple(m.group(0) for m in _LINE.finditer(text))
 
 
-def units(text: str, encoding: str | None) -> int:
+def _enc(encoding: object) -> str:
+    return str(getattr(encoding, "value", encoding) or "utf-16").lower()
+
+
+def units(text: str, encoding: object) -> int:
     """Length of `text` in the negotiated position encoding (UTF-16 unless agreed otherwise)."""
-    enc = str(encoding or "utf-16").lower()
+    enc = _enc(encoding)
     if enc.endswith("32"):
         return len(text)
     if enc.endswith("8"):
@@ -29,18 +35,43 @@ def units(text: str, encoding: str | None) -> int:
     return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
 
 
-def index_of_units(line: str, n: int, encoding: str | None) -> int | None:
-    """The character index `n` code units into `line`, or None when `n` is past its end."""
+def index_of_units(line: str, n: int, encoding: object) -> int | None:
+    """The character index `n` code units into `line`, or None when `n` is past its end. A
+    position inside a character (between the halves of a surrogate pair) means the start of that
+    character, as VS Code reads it."""
     if n == 0:
         return 0
+    enc = _enc(encoding)
+    if enc.endswith("32") or (not enc.endswith("8") and _ASTRAL.search(line, 0, n) is None) \
+            or (enc.endswith("8") and line[:n].isascii()):
+        return n if n <= len(line) else None  # one unit per character up to n: no loop over a long line
     count = 0
     for i, c in enumerate(line):
-        count += units(c, encoding)
+        count += units(c, enc)
         if count == n:
             return i + 1
         if count > n:
-            return i + 1  # inside a character: the character after it (clients should not send this)
+            return i  # inside a character: its start (clients should not send this)
     return None
+
+
+def offset_at(text: str, line: int, character: int, encoding: object, lines: tuple[str, ...] | None = None) -> int:
+    """The character offset of an LSP position in `text`, clamped the way editors clamp a
+    change's range: a line past the end is the end of the text, a character past the end of its
+    line is the end of the line (before its line break)."""
+    lines = lsp_lines(text) if lines is None else lines
+    if line >= len(lines):
+        return len(text)
+    start = sum(map(len, lines[:line]))
+    content = line_text(lines[line])
+    col = index_of_units(content, character, encoding)
+    return start + (len(content) if col is None else col)
+
+
+def without_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD: one UTF-16 unit for one, so every
+    position the client sends still means the same place, and the text can be encoded again."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
 
 
 def line_text(line: str) -> str:

@@ -16,6 +16,7 @@ The model tests use a real tiny random model instead (`tiny_model_dir`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -208,9 +209,12 @@ def tiny_model_dir(out: Path, context: int = 1024) -> Path:
 
 async def start_client(cmd: list[str], env: dict[str, str], root: Path, init_options: Any = None,
                        caps: t.ClientCapabilities | None = None, refactor_choice: str | None = "Add a docstring",
-                       configuration: dict[str, Any] | None = None) -> Any:
+                       configuration: dict[str, Any] | None = None,
+                       apply_edit: Callable[[t.ApplyWorkspaceEditParams], t.ApplyWorkspaceEditResult] | None = None,
+                       ask_delay_s: float = 0.0) -> Any:
     """A pytest-lsp client attached to a fresh server, initialized; it records demi/status,
-    workspace/applyEdit and window/showMessageRequest."""
+    workspace/applyEdit and window/showMessageRequest. `apply_edit` answers applyEdit (default:
+    applied, without touching any text); `ask_delay_s` is how long a showMessageRequest waits for its answer."""
     from pytest_lsp.client import make_test_lsp_client
 
     client = make_test_lsp_client()
@@ -227,11 +231,13 @@ async def start_client(cmd: list[str], env: dict[str, str], root: Path, init_opt
     @client.feature(t.WORKSPACE_APPLY_EDIT)
     def _apply(ls: Any, params: t.ApplyWorkspaceEditParams) -> t.ApplyWorkspaceEditResult:
         client.applied.append(params)
-        return t.ApplyWorkspaceEditResult(applied=True)
+        return apply_edit(params) if apply_edit is not None else t.ApplyWorkspaceEditResult(applied=True)
 
     @client.feature(t.WINDOW_SHOW_MESSAGE_REQUEST)
-    def _ask(ls: Any, params: t.ShowMessageRequestParams) -> t.MessageActionItem | None:
+    async def _ask(ls: Any, params: t.ShowMessageRequestParams) -> t.MessageActionItem | None:
         client.asked.append(params)
+        if ask_delay_s:
+            await asyncio.sleep(ask_delay_s)
         return t.MessageActionItem(title=refactor_choice) if refactor_choice else None
 
     await client.start_io(*cmd, env=env)
