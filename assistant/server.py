@@ -15,7 +15,8 @@ its stream, cancels its generation. Errors use OpenAI's shape (server_api.py); b
 Guards, in front of every route (404s included): a Bearer API key when one is configured (401
 otherwise); without a key, the Host header must name the loopback (403 otherwise: a web page cannot
 reach the model through DNS rebinding); POST bodies must be JSON (415 for text/plain or forms, which
-browsers send cross-site without a CORS preflight); a request body limit (413, 4 MB by default). Binding
+browsers send cross-site without a CORS preflight); a request body limit (413, 4 MB by default) and
+a time limit for the body to arrive (408, 30 s by default). Binding
 a non-loopback address needs an API key (`check_binding`: the CLI, `run` and `ServerThread` refuse otherwise).
 
 `/openapi.json` describes every route exactly, errors and Server-Sent Events included (see
@@ -56,6 +57,7 @@ from .server_sched import GenParams, Job, QueueFull, Scheduler
 log = logging.getLogger("demi.serve")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+BODY_TIMEOUT_S = 30.0  # a request body must arrive in full within this (408 otherwise)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions; chat: the rest of the context
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 # End-of-turn tokens of common chat formats: generation stops on whichever the vocabulary has.
@@ -461,8 +463,8 @@ async def _generate(request: Request, prep: Prepared, kind: str,
 # -- app ----------------------------------------------------------------------------------------
 
 def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, max_queue: int = 64,
-               max_body_bytes: int = MAX_BODY_BYTES, loopback_hosts_only: bool = True,
-               log_requests: bool = False) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S,
+               loopback_hosts_only: bool = True, log_requests: bool = False) -> FastAPI:
     """The ASGI app serving `model` (a LocalModel or anything with the same stream/tokenizer API).
 
     `loopback_hosts_only`: without an API key, answer only requests whose Host header is a loopback
@@ -487,10 +489,11 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
-            app.openapi_schema = document(
-                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes),
-                context=info.context, vocab_size=info.vocab_size, api_key=bool(api_key),
-                host_check=loopback_hosts_only and not api_key)  # as _Guard decides
+            base = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+            app.openapi_schema = document(base, context=info.context, vocab_size=info.vocab_size,
+                                          fim=info.fim is not None, api_key=bool(api_key),
+                                          host_check=loopback_hosts_only and not api_key)  # as _Guard decides
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -592,8 +595,8 @@ def create_app(model: Any, *, api_key: str | None = None, max_active: int = 4, m
 
         return await _generate(request, prep, "chat", render, chunk)
 
-    return _Guard(app, api_key=api_key, max_body=max_body_bytes, loopback_hosts_only=loopback_hosts_only,
-                  log_requests=log_requests)
+    return _Guard(app, api_key=api_key, max_body=max_body_bytes, body_timeout_s=body_timeout_s,
+                  loopback_hosts_only=loopback_hosts_only, log_requests=log_requests)
 
 
 def _generation_ok(model: type, chunk: type) -> dict[str, Any]:
@@ -623,11 +626,12 @@ async def _prepare(fn: Callable[[ModelInfo, Any], Prepared], info: ModelInfo, bo
 # -- guards and logging (plain ASGI, so they cover every route) ---------------------------------
 
 class _Guard:
-    """API key, Host check, body size limit and the per-request log line."""
+    """API key, Host check, body size and time limits, and the per-request log line."""
 
-    def __init__(self, app: FastAPI, api_key: str | None, max_body: int, loopback_hosts_only: bool,
-                 log_requests: bool):
+    def __init__(self, app: FastAPI, api_key: str | None, max_body: int, body_timeout_s: float,
+                 loopback_hosts_only: bool, log_requests: bool):
         self.app, self.api_key, self.max_body = app, api_key or None, max_body
+        self.body_timeout_s = body_timeout_s
         self.check_host = loopback_hosts_only and not self.api_key
         self.log_requests = log_requests
         self.state = app.state  # tests and callers reach the scheduler through here too
@@ -710,8 +714,13 @@ class _Guard:
             except ValueError:
                 raise ApiError(400, "invalid Content-Length header", code="invalid_body") from None
         chunks, size = [], 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:  # a client that stalls mid-body must not hold its connection (and coroutine) forever
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"The request body did not arrive within {self.body_timeout_s:g} s.",
+                               code="request_timeout") from None
             if message["type"] == "http.disconnect":
                 raise ClientGone
             data = message.get("body", b"")

@@ -388,15 +388,17 @@ GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def document(schema: dict[str, Any], *, context: int, vocab_size: int, api_key: bool,
+def document(schema: dict[str, Any], *, context: int, vocab_size: int, fim: bool, api_key: bool,
              host_check: bool) -> dict[str, Any]:
     """A copy of the app's OpenAPI document, made exact for this model and these guards.
 
     Adds the model's bounds (a prompt has at least one token, so at most `context - 1` are left for
-    `max_tokens`; token ids index the vocabulary), replaces FastAPI's 422 (validation errors are 400s
-    here), and declares what the guard in front of every route answers: 401 with `api_key` (and a bearer
-    security scheme), 403 with `host_check` (a Host header that is not a loopback name), 413 (body too
-    large) and, on POST, 415 (not JSON).
+    `max_tokens`; token ids index the vocabulary) and what FIM allows: with FIM tokens, an empty prompt
+    is fine beside a `suffix` (the cursor at the start of a file); without them, only an empty `suffix`
+    is (code `fim_not_supported`). Replaces FastAPI's 422 (validation errors are 400s here), and
+    declares what the guard in front of every route answers: 401 with `api_key` (and a bearer security
+    scheme), 403 with `host_check` (a Host header that is not a loopback name), 408 (body too slow),
+    413 (body too large) and, on POST, 415 (not JSON).
     """
     schema = copy.deepcopy(schema)
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -411,12 +413,26 @@ def document(schema: dict[str, Any], *, context: int, vocab_size: int, api_key: 
         for field in ("max_tokens", "max_completion_tokens"):
             if field in props:
                 props[field]["anyOf"][0]["maximum"] = context - 1
-    for branch in comps["CompletionRequest"]["properties"]["prompt"]["anyOf"]:
+    completion = comps["CompletionRequest"]
+    for branch in completion["properties"]["prompt"]["anyOf"]:
         inner = branch.get("items", {})  # token ids: [1, 2] or [[1, 2]]
         ids = branch if inner.get("type") == "integer" else inner if inner.get("type") == "array" else None
         if ids is not None:
             ids["items"]["maximum"] = vocab_size - 1
             ids["maxItems"] = context - 1
+        text = branch if branch.get("type") == "string" else inner if inner.get("type") == "string" else None
+        if text is not None and fim:
+            text["minLength"] = 0
+    if fim:  # an empty prompt needs a suffix
+        non_empty = {"anyOf": [{"type": "string", "minLength": 1},
+                               {"type": "array", "items": {"type": "string", "minLength": 1}},
+                               {"type": "array", "items": {"type": ["integer", "array"]}}]}
+        completion["allOf"].append({"anyOf": [
+            {"required": ["suffix"], "properties": {"suffix": {"type": "string"}}},
+            {"required": ["prompt"], "properties": {"prompt": non_empty}}]})
+    else:
+        completion["properties"]["suffix"] = {"anyOf": [{"type": "string", "maxLength": 0}, {"type": "null"}],
+                                              "title": "Suffix"}
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     if api_key:
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -425,7 +441,8 @@ def document(schema: dict[str, Any], *, context: int, vocab_size: int, api_key: 
         for method, op in ops.items():
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
-            guard = {"413": "The request body is larger than the limit (code `request_too_large`)"}
+            guard = {"408": "The request body did not arrive in time (code `request_timeout`)",
+                     "413": "The request body is larger than the limit (code `request_too_large`)"}
             if api_key:
                 guard["401"] = "Missing or wrong API key (code `invalid_api_key`)"
             if host_check:

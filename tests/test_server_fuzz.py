@@ -8,11 +8,15 @@ declares; a schema-valid request must be served and a schema-invalid one refused
 a schema-valid request may still be a 400 `context_length_exceeded`, because how many tokens a prompt
 takes is not something JSON Schema can say.
 
-The default run is bounded (a few hundred requests, well under two minutes on two busy cores) and
-derandomized, so it is the same run every time. `pytest -m slow tests/test_server_fuzz.py` runs a
-larger, randomized one. Both print how many requests they made.
+The default run is bounded (about 750 requests, 10 to 30 s on two busy cores) and derandomized, so it
+is the same run every time. `pytest -m slow tests/test_server_fuzz.py` runs a larger, randomized one
+(about 3,700 requests, plus a fuzz of a server with an API key, where schemathesis also re-sends
+requests without the key expecting 401s). The module prints how many requests it made.
 
-Regression tests for what the fuzzer found are at the end; each names the bug it pins.
+Schemathesis only generates valid UTF-8 strings, so lone surrogates (JSON `\\ud800` escapes) are tested
+by hand in test_server.py, with the regression tests for what the fuzzer found (their ids say so).
+The last test here runs many clients at once, some leaving mid-stream, and checks that no job is left
+behind.
 """
 
 from __future__ import annotations
@@ -49,12 +53,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("qwen2-fuzz"), max_position_embeddings=CONTEXT)
 
 
-@pytest.fixture(scope="module")
-def live(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A live `demi serve` app for the tiny model; reports how many requests the fuzz made."""
-    with serve(LocalModel.load(str(model_dir), context=CONTEXT)) as srv:
-        started = time.monotonic()
-        yield srv
+@pytest.fixture(scope="module", autouse=True)
+def report_requests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Prints how many requests this module's tests made, and in how long."""
+    started = time.monotonic()
+    yield
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None and REQUESTS:
@@ -65,12 +68,36 @@ def live(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
+def live(model_dir: Path) -> Iterator[Any]:
+    """A live `demi serve` app for the tiny model."""
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def api_schema(live: Any) -> Any:
     """The document as the live server publishes it (with its model's context and vocabulary)."""
     return schemathesis.openapi.from_url(f"{live.url}/openapi.json")
 
 
+KEY = "fuzz-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def keyed(model_dir: Path) -> Iterator[Any]:
+    """The same model behind an API key (as `demi serve --api-key` runs it)."""
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT), api_key=KEY) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def keyed_schema(keyed: Any) -> Any:
+    return schemathesis.openapi.from_url(f"{keyed.url}/openapi.json", headers=AUTH)
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
+keyed_api = schemathesis.pytest.from_fixture("keyed_schema")
 
 
 def accepts_valid_requests(ctx: Any, response: Any, case: Any) -> bool | None:
@@ -90,15 +117,15 @@ def _error_code(response: Any) -> str | None:
         return None
 
 
-def _check(case: Any, http: requests.Session, kind: str) -> None:
+def _check(case: Any, http: requests.Session, kind: str, headers: dict[str, str] | None = None) -> None:
     """One request: answered in time, then every schemathesis check (see the module docstring)."""
     t0 = time.monotonic()
-    response = case.call(session=http, timeout=HANG_S)
+    response = case.call(session=http, timeout=HANG_S, headers=headers)
     elapsed = time.monotonic() - t0
     REQUESTS[kind] += 1
     assert elapsed < HANG_S, f"{case.method} {case.path} took {elapsed:.1f} s"
     assert response.status_code < 500, response.text
-    case.validate_response(response, excluded_checks=[positive_data_acceptance],
+    case.validate_response(response, headers=headers, excluded_checks=[positive_data_acceptance],
                            additional_checks=[accepts_valid_requests])
 
 
@@ -122,6 +149,15 @@ def test_fuzz_openapi(case: Any, http: requests.Session) -> None:
 @settings(max_examples=SLOW_EXAMPLES, **_COMMON)
 def test_fuzz_openapi_long(case: Any, http: requests.Session) -> None:
     _check(case, http, "slow")
+
+
+@pytest.mark.slow
+@keyed_api.parametrize()
+@settings(max_examples=SLOW_EXAMPLES // 4, **_COMMON)
+def test_fuzz_openapi_with_api_key(case: Any, http: requests.Session) -> None:
+    """With a key: the document declares the bearer scheme and 401s, and schemathesis's `ignored_auth`
+    check re-sends requests without the key (or with a wrong one) expecting a 401."""
+    _check(case, http, "slow, with a key", AUTH)
 
 
 def test_fuzz_made_requests(live: Any) -> None:
