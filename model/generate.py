@@ -21,6 +21,9 @@ from .errors import ContextOverflowError, DemiUserError
 from .healing import ForcedPrefix
 
 
+MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (as vLLM does)
+
+
 @dataclass
 class Sampling:
     temperature: float = 0.0  # 0 means greedy
@@ -30,13 +33,14 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty < 0.01:
             raise DemiUserError("sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
-                                "repetition_penalty > 0")
+                                "repetition_penalty >= 0.01")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperatures this small are greedy: dividing logits by them overflows to inf and NaN."""
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass
@@ -56,7 +60,7 @@ def sample_next(logits: Tensor, s: Sampling, generator: torch.Generator | None) 
     """Next token [B] from last-position logits [B, V] (already penalised)."""
     if s.greedy:
         return logits.argmax(-1)
-    logits = logits.float() / s.temperature
+    logits = (logits.float() - logits.float().amax(-1, keepdim=True)) / s.temperature  # no overflow
     if s.top_k:
         kth = torch.topk(logits, min(s.top_k, logits.shape[-1])).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -282,3 +282,21 @@ def test_streamed_pieces_add_up_to_decode(lm, seed):
     # One yield per generated token (the stop token excepted): empty pieces are ticks for
     # schedulers while text is held back, so no single step runs many tokens.
     assert len(pieces) >= c.completion_tokens - 1
+
+
+def test_tiny_temperatures_are_greedy_and_tiny_penalties_are_refused():
+    """A temperature of 1e-40 overflowed the logits to inf (NaN probabilities); it is greedy now.
+    A repetition penalty of 1e-320 did the same through the division: refused with one line."""
+    import pytest
+    import torch
+
+    from demi.model.errors import DemiUserError
+    from demi.model.generate import Sampling, sample_next
+
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert Sampling(temperature=1e-40).greedy
+    assert int(sample_next(logits, Sampling(temperature=1e-40), None)) == 1
+    hot = sample_next(logits * 1e30, Sampling(temperature=1e-4, seed=0), torch.Generator().manual_seed(0))
+    assert int(hot) == 1  # huge logits over a small temperature: no overflow, the top token
+    with pytest.raises(DemiUserError, match="repetition_penalty"):
+        Sampling(repetition_penalty=1e-320)
