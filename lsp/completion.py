@@ -36,6 +36,12 @@ from .settings import LspSettings
 log = logging.getLogger("demi.lsp")
 
 PARSE_DELAY_S = 0.03  # parse a changed document once typing has paused this long (at least)
+# A document longer than this is completed from a window around the cursor: a prompt uses a few
+# thousand characters of it, and parsing all of a 10 MB file (tree-sitter, then its outline) takes
+# seconds on every version. The window's edges fall on fixed blocks, so typing keeps it steady
+# (the type-through cache compares the text before and after the cursor).
+HUGE_CHARS = 1_000_000
+WINDOW_BEFORE, WINDOW_AFTER, WINDOW_BLOCK = 200_000, 50_000, 65_536
 
 
 @dataclass
@@ -56,6 +62,22 @@ class Snapshot:
     @property
     def after(self) -> str:
         return self.text[self.offset:]
+
+
+def windowed(snap: Snapshot) -> Snapshot:
+    """`snap` itself, or for a huge document the lines around the cursor (WINDOW_BEFORE and
+    WINDOW_AFTER characters, rounded out to blocks and then to whole lines)."""
+    text = snap.text
+    if len(text) <= HUGE_CHARS:
+        return snap
+    start = max(0, (snap.offset - WINDOW_BEFORE) // WINDOW_BLOCK * WINDOW_BLOCK)
+    if start > 0:
+        start = text.find("\n", start, snap.offset) + 1 or start  # a whole first line where there is one
+    end = min(len(text), (snap.offset + WINDOW_AFTER) // WINDOW_BLOCK * WINDOW_BLOCK + WINDOW_BLOCK)
+    if end < len(text):
+        cut = text.rfind("\n", snap.offset, end)
+        end = cut + 1 if cut >= 0 else end
+    return Snapshot(snap.uri, snap.version, text[start:end], snap.offset - start, snap.language_id, snap.name)
 
 
 @dataclass

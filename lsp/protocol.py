@@ -2,10 +2,15 @@
 
 pygls logs and drops a message whose JSON or parameters do not parse; a client waiting on
 that request would wait forever. Here the client gets an error answer instead: ParseError
-(id null) for a body that is not JSON, InvalidRequest for an object that is not JSON-RPC, and
-InvalidParams, with the request's id, for parameters of the wrong shape. `workspace/executeCommand`
-runs the command as its own task, so `$/cancelRequest` reaches it (pygls' built-in runs it
-one step removed, where a cancel only drops the answer and the work goes on).
+(id null) for a body that is not JSON, InvalidRequest for an object that is not JSON-RPC (a
+method that is not a string, an id that is not a number or a string, a batch: LSP has none),
+and InvalidParams, with the request's id, for parameters of the wrong shape. A request before
+`initialize` gets ServerNotInitialized (pygls failed it with a traceback, as InternalError), a
+second `initialize` InvalidRequest (pygls started a new workspace, losing every open document).
+Strings and integers in params must be JSON strings and integers (cattrs would coerce them).
+`workspace/executeCommand` runs the command as its own task, so `$/cancelRequest` reaches it
+(pygls' built-in runs it one step removed, where a cancel only drops the answer and the work
+goes on). Reading frames off the stream, and recovering from bad ones, is framing.py's job.
 """
 
 from __future__ import annotations
@@ -16,60 +21,15 @@ from typing import Any, Generator
 from urllib.parse import unquote
 
 from lsprotocol import types as t
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcParseError
+from pygls.exceptions import (JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcParseError,
+                              JsonRpcServerNotInitialized)
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
-from pygls.workspace import TextDocument, Workspace
+from pygls.workspace import Workspace
 
-from .textutil import lsp_lines, offset_at, without_lone_surrogates
+from .documents import DemiWorkspace
 
 log = logging.getLogger("demi.lsp")
-
-
-class LspTextDocument(TextDocument):
-    """pygls's document with LSP's line breaks and LSP's reading of a change's range.
-
-    pygls splits lines with str.splitlines, which also breaks at form feeds and U+2028, so an
-    edit after one would land on the wrong line. Its ranged change also goes wrong at the edges:
-    a character past the end of a line lands after the line break (or, on the last line, one
-    character early), a backwards range duplicates text or drops the insertion, and a position
-    inside a surrogate pair splits it. Here a range is read as editors write it (`offset_at`:
-    past the line's end is the line's end, past the last line is the end of the text, a backwards
-    range is the same range forwards). Lone surrogates, which JSON can carry and UTF-8 cannot,
-    become U+FFFD (same UTF-16 length, so later positions still agree).
-    """
-
-    @property
-    def lines(self) -> tuple[str, ...]:  # type: ignore[override]
-        return lsp_lines(self.source)
-
-    def apply_change(self, change: t.TextDocumentContentChangeEvent) -> None:
-        clean = without_lone_surrogates(change.text)
-        if clean is not change.text:
-            log.warning("%s: a change with lone surrogates (not Unicode text): each became U+FFFD", self.uri)
-            change.text = clean
-        super().apply_change(change)
-
-    def _apply_incremental_change(self, change: t.TextDocumentContentChangePartial) -> None:
-        text, lines, enc = self.source, self.lines, self._position_codec.encoding
-        start, end = change.range.start, change.range.end
-        a = offset_at(text, start.line, start.character, enc, lines)
-        b = offset_at(text, end.line, end.character, enc, lines)
-        if b < a:
-            a, b = b, a
-        self._source = text[:a] + change.text + text[b:]
-
-
-class DemiWorkspace(Workspace):
-    def _create_text_document(self, doc_uri: str, source: str | None = None, version: int | None = None,
-                              language_id: str | None = None) -> TextDocument:
-        if source is not None:
-            clean = without_lone_surrogates(source)
-            if clean is not source:
-                log.warning("%s: opened with lone surrogates (not Unicode text): each became U+FFFD", doc_uri)
-                source = clean
-        return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
-                               sync_kind=self._sync_kind, position_codec=self._position_codec)
 
 
 class _Dropped:
@@ -79,7 +39,27 @@ class _Dropped:
 
 
 class DemiProtocol(LanguageServerProtocol):
+    _initialize_seen = False
+
+    def __init__(self, server: Any, converter: Any):
+        super().__init__(server, converter)
+        strict_scalars(converter)
+
     def structure_message(self, data: dict[str, Any]) -> Any:
+        if "jsonrpc" in data and "id" in data and not ({"method", "result", "error"} & data.keys()):
+            log.warning("a message with an id but no method, result or error: ignored: %.200s",
+                        json.dumps(data, default=str))
+            return _Dropped()
+        if "jsonrpc" in data and "method" in data:  # (pygls calls this for every JSON object)
+            problem = _request_problem(data)
+            if problem is not None:
+                log.warning("%s: %.200s", problem, json.dumps(data, default=str))
+                if "id" in data:
+                    msg_id = data["id"] if _valid_id(data["id"]) else None
+                    self._send_error(msg_id, JsonRpcInvalidRequest(problem))
+                return _Dropped()
+            if "params" not in data:  # optional in JSON-RPC; pygls's untyped messages require it
+                data = {**data, "params": None}
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -92,17 +72,40 @@ class DemiProtocol(LanguageServerProtocol):
     def handle_message(self, message: Any) -> None:
         if isinstance(message, _Dropped):
             return
+        if isinstance(message, list):  # a JSON-RPC batch: LSP has none
+            log.warning("a batch of %d messages: LSP has no batches", len(message))
+            for item in message:
+                msg_id = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
+                if msg_id is not None and _valid_id(msg_id) and not isinstance(item, _Dropped):
+                    self._send_error(msg_id, JsonRpcInvalidRequest("LSP has no batches: send one message at a time"))
+            return
         if isinstance(message, dict):  # JSON, but not JSON-RPC 2.0 (no "jsonrpc" member)
-            log.warning("not a JSON-RPC message: %.200s", json.dumps(message)[:200])
-            if "id" in message and isinstance(message.get("id"), (int, str)):
+            log.warning("not a JSON-RPC message: %.200s", json.dumps(message, default=str)[:200])
+            if "id" in message and _valid_id(message.get("id")):
                 self._send_error(message["id"], JsonRpcInvalidRequest("not a JSON-RPC 2.0 message"))
+            return
+        if not hasattr(message, "jsonrpc"):  # a number, a string, null
+            log.warning("not a JSON-RPC message: %.200s", json.dumps(message, default=str))
+            self._send_error(None, JsonRpcInvalidRequest("a message must be a JSON object"))
             return
         if getattr(message, "jsonrpc", None) != self.VERSION:
             if getattr(message, "id", None) is not None and getattr(message, "method", None):
                 self._send_error(message.id, JsonRpcInvalidRequest(f"jsonrpc must be \"{self.VERSION}\""))
             return
         method = getattr(message, "method", None)
-        if self._shutdown and method and method != t.EXIT and getattr(message, "id", None) is not None:
+        is_request = method is not None and getattr(message, "id", None) is not None
+        if method == t.INITIALIZE and is_request:
+            if self._initialize_seen:
+                self._send_error(message.id, JsonRpcInvalidRequest("initialize was sent already"))
+                return
+            self._initialize_seen = True
+        elif method and not self._initialize_seen and method != t.EXIT:
+            if is_request:
+                self._send_error(message.id, JsonRpcServerNotInitialized(f"{method}: send initialize first"))
+            else:
+                log.warning("%s before initialize: ignored", method)
+            return
+        if self._shutdown and method and method != t.EXIT and is_request:
             # LSP: requests after shutdown get InvalidRequest (pygls would drop them unanswered)
             self._send_error(message.id, JsonRpcInvalidRequest(f"{method}: the server is shutting down"))
             return
@@ -162,6 +165,45 @@ class DemiProtocol(LanguageServerProtocol):
         if run is None:
             raise JsonRpcInvalidParams(f"unknown command {params.command!r}")
         return await run(params)
+
+
+def strict_scalars(converter: Any) -> None:
+    """Strings and integers in params must be JSON strings and integers. cattrs would call str()
+    or int() on anything: a document's text given as 5 or as an object became "5" or "{...}", a
+    line given as "3" or 2.7 became 3 or 2. Now they are InvalidParams."""
+
+    def structure_str(value: Any, _: Any) -> str:
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+
+    def structure_int(value: Any, _: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+    def structure_bool(value: Any, _: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+
+    converter.register_structure_hook(str, structure_str)
+    converter.register_structure_hook(int, structure_int)
+    converter.register_structure_hook(bool, structure_bool)  # (the int hook would catch bool, a subclass)
+
+
+def _valid_id(msg_id: Any) -> bool:
+    """JSON-RPC ids are strings, numbers or null (not booleans, objects or arrays)."""
+    return msg_id is None or (isinstance(msg_id, (int, float, str)) and not isinstance(msg_id, bool))
+
+
+def _request_problem(data: dict[str, Any]) -> str | None:
+    """Why `data` is not a valid JSON-RPC request or notification, or None."""
+    if not isinstance(data["method"], str):
+        return "the method must be a string"
+    if "id" in data and not _valid_id(data["id"]):
+        return "an id must be a number or a string"
+    return None  # the params are checked against the method's type (InvalidParams)
 
 
 def _reason(exc: BaseException) -> str:

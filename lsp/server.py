@@ -34,8 +34,9 @@ from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInval
 from pygls.lsp.server import LanguageServer
 
 from .actions import COMMANDS, KIND_EXPLAIN, KIND_REFACTOR, Actions, RequestFailed
-from .completion import CompletionService, Outcome, Snapshot, display_name
+from .completion import HUGE_CHARS, CompletionService, Outcome, Snapshot, display_name, windowed
 from .engine_host import EngineHost, EngineUnavailable
+from .framing import FrameError, FrameReader, run as read_messages
 from .progress import Progress
 from .protocol import DemiProtocol
 from .scheduler import StreamCancelled
@@ -200,6 +201,7 @@ class DemiLanguageServer(LanguageServer):
             end = self.snapshot(uri, selected.range.end)[0].offset
             text = snap.text[:start] + selected.text + snap.text[end:]
             snap = Snapshot(uri, snap.version, text, start + len(selected.text), snap.language_id, snap.name)
+        snap = windowed(snap)
         try:
             return await self.completions.complete(snap, invoked, self._version_of(uri)), snap
         except StreamCancelled:
@@ -318,15 +320,64 @@ class DemiLanguageServer(LanguageServer):
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def report_server_error(self, error: Exception, source: Any) -> None:
-        """A body that is not JSON gets a ParseError answer; other out-of-band errors go to the log
-        (pygls would pop them up in the editor)."""
-        if isinstance(error, json.JSONDecodeError):
+        """A body that is not JSON, or a frame that cannot be read, gets a ParseError answer; other
+        out-of-band errors go to the log (pygls would pop them up in the editor)."""
+        if isinstance(error, (json.JSONDecodeError, FrameError)):
             self.protocol.parse_error(error)
             return
         if source is FeatureRequestError:
             return  # already answered to the request
         log.warning("%s: %s", getattr(source, "__name__", source), error)
         self.log_message(f"demi-lsp: {error}", t.MessageType.Warning)
+
+    # -- transports: pygls's, with a reader that recovers from bad frames (framing.py) ----------------
+
+    def _start_io_async(self, stdin: Any = None, stdout: Any = None) -> None:
+        from threading import Event
+
+        from pygls.io_ import StdoutWriter
+
+        self._stop_event = Event()
+        source = stdin or sys.stdin.buffer
+        read1 = getattr(source, "read1", source.read)
+        pool = self.thread_pool
+
+        async def read_some(n: int) -> bytes:
+            return await asyncio.get_running_loop().run_in_executor(pool, read1, n)
+
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(read_messages(FrameReader(read_some), self.protocol, self._stop_event,
+                                      self._report_server_error))
+        except BrokenPipeError:
+            log.error("the connection to the client is lost: shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        except Exception:
+            log.exception("the message loop failed")
+            raise
+        finally:
+            self.shutdown()
+
+    def start_tcp(self, host: str, port: int) -> None:
+        from threading import Event
+
+        self._stop_event = stop = Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]
+            await read_messages(FrameReader(reader.read), self.protocol, stop, self._report_server_error)
+            self.shutdown()
+
+        async def listen() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(listen())
+        except asyncio.CancelledError:
+            log.debug("the TCP server was cancelled")
 
     def close(self) -> None:
         if self._closed:
@@ -392,7 +443,8 @@ def build_server(base: LspSettings | None = None, engine_factory: Callable[[LspS
         if doc is not None:
             name = ls.display_name(doc.uri, doc)
             ls.recent.add(name, doc.source)
-            if ls.settings.enabled_for(doc.language_id):  # parse it for the completion that will follow
+            if ls.settings.enabled_for(doc.language_id) and len(doc.source) <= HUGE_CHARS:
+                # parse it for the completion that will follow (a huge one is parsed by the window)
                 ls.completions.parse_soon(Snapshot(uri, doc.version, doc.source, 0, doc.language_id, name))
 
     @server.feature(t.TEXT_DOCUMENT_DID_CLOSE)

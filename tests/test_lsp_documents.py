@@ -28,7 +28,7 @@ import pytest_asyncio
 from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException
 
-from demi.lsp.protocol import LspTextDocument
+from demi.lsp.documents import LspTextDocument
 from demi.lsp.textutil import index_of_units, offset_at, without_lone_surrogates
 from lsp_support import open_doc, scripted_command, server_env, start_client, stop_client, to_plain
 
@@ -237,3 +237,22 @@ async def test_an_answer_after_its_command_was_cancelled_is_dropped_quietly(work
         assert not any("CANCELLED" in m.message for m in c.log_messages)
     finally:
         assert await stop_client(c) == 0
+
+
+def test_a_huge_document_is_completed_from_a_steady_window():
+    """Past HUGE_CHARS a completion sees whole lines around the cursor, and typing there keeps
+    the window's start (the type-through cache compares the text before the cursor)."""
+    from demi.lsp.completion import HUGE_CHARS, Snapshot, windowed
+
+    text = "".join(f"line_{i} = {i}\n" for i in range(200_000))
+    assert len(text) > HUGE_CHARS
+    offset = text.index("line_150000 = ") + len("line_150000 = ")
+    snap = Snapshot("file:///big.py", 1, text, offset, "python", "big.py")
+    w = windowed(snap)
+    assert len(w.text) < 400_000 and snap.before.endswith(w.before) and snap.after.startswith(w.after)
+    assert text[offset - w.offset - 1] == "\n" and w.text.endswith("\n")  # whole lines
+    typed = text[:offset] + "4" + text[offset:]
+    w2 = windowed(Snapshot("file:///big.py", 2, typed, offset + 1, "python", "big.py"))
+    assert w2.before == w.before + "4" and w2.after.startswith(w.after[:1000])
+    small = Snapshot("file:///s.py", 1, "x = 1\n", 4, "python", "s.py")
+    assert windowed(small) is small
