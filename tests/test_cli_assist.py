@@ -207,16 +207,21 @@ def test_unreachable_server(env, src):
                "cannot reach the server at http://127.0.0.1:9")
 
 
-def test_corrupt_store_fails_clearly_and_explain_still_answers(env, model_dir, src, tmp_path):
+def test_corrupt_store_is_moved_aside_and_explain_still_saves(env, model_dir, src, tmp_path):
+    """A corrupt sessions.db is kept for the user under a new name, said in one line, and a new
+    database is started: history keeps working."""
     e = dict(env, DEMI_DATA_DIR=str(tmp_path / "data"))
     (tmp_path / "data").mkdir()
     db = tmp_path / "data" / "sessions.db"
     db.write_bytes(b"garbage " * 1000)
-    user_error(demi(e, "sessions", "list"), "is corrupt", "move it aside")
+    proc = demi(e, "sessions", "list")
+    assert proc.returncode == 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert "was corrupt" in proc.stderr and "moved it to" in proc.stderr
+    aside = list((tmp_path / "data").glob("sessions.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"garbage " * 1000
     proc = demi(e, "explain", src, "--symbol", "main", "--model", model_dir, "--max-tokens", 4)
-    assert proc.returncode == 0 and "### Static analysis" in proc.stdout
-    assert proc.stderr.startswith("demi: warning: not saved to history:") and "corrupt" in proc.stderr
-    assert db.read_bytes() == b"garbage " * 1000
+    assert proc.returncode == 0 and "### Static analysis" in proc.stdout and "not saved" not in proc.stderr
+    assert one_json(demi(e, "sessions", "list", "--json"))["sessions"]  # saved in the new database
 
 
 def test_locked_store_warns_reads_still_work_and_explain_answers(env, model_dir, src, tmp_path):

@@ -108,5 +108,6 @@ def test_infill_answers_without_the_indentation_the_user_already_typed() -> None
     engine = InProcessEngine(LocalModel.load(str(BUILTIN), context=1024))
     prefix = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        "
     out = engine.infill(FimContext(prefix, "\n", "stack.py"), stop=["\n"], max_new_tokens=16)
-    assert out.text and not out.text[0].isspace()
-    assert out.extra["healed"] == len("\n        ")
+    raw = engine.local.tokenizer.decode(out.token_ids)
+    assert out.extra["healed"] == len("\n        ") and raw.startswith("\n        ")
+    assert raw[len("\n        "):].startswith(out.text)  # the answer is what follows the typed indentation

@@ -671,19 +671,21 @@ async def test_a_model_that_cannot_load_is_an_inline_message(tmp_path):
 # -- history that cannot be written ---------------------------------------------------------------------------
 
 @pytest.mark.asyncio
-async def test_a_database_that_cannot_be_opened_keeps_the_chat_going(tmp_path):
+async def test_a_corrupt_database_is_moved_aside_and_the_chat_keeps_saving(tmp_path):
     data = tmp_path / "demi-data"
     data.mkdir()
     (data / "sessions.db").write_bytes(b"garbage " * 1000)
     app = make_app(tmp_path, ScriptedEngine("still here"))
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
-        assert any("history is off" in n and "corrupt" in n for n in notices(app, "warning"))
         await send(app, pilot, "are you there?")
-        assert answers(app)[0].text == "still here" and app.history.unsaved == 2
-    assert (data / "sessions.db").read_bytes() == b"garbage " * 1000
-    kept = [json.loads(line) for line in app.unsaved_file.read_text(encoding="utf-8").splitlines()]
-    assert [(r["role"], r["content"]) for r in kept] == [("user", "are you there?"), ("assistant", "still here")]
+        assert answers(app)[0].text == "still here"
+        await settle(app, pilot)
+        assert any("was corrupt" in n and "moved it to" in n for n in notices(app, "warning"))
+    aside = list(data.glob("sessions.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"garbage " * 1000  # kept for the user
+    [(_, messages)] = stored(tmp_path)
+    assert [(m.role, m.content) for m in messages] == [("user", "are you there?"), ("assistant", "still here")]
 
 
 @pytest.mark.asyncio
