@@ -31,7 +31,7 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
 from .progress import Progress
 from .scheduler import StreamCancelled, set_priority
-from .textutil import lsp_lines, offset_at
+from .textutil import lsp_lines, offset_at, replace_changed_lines
 
 log = logging.getLogger("demi.lsp")
 
@@ -359,8 +359,17 @@ class Actions:
                                        f"failed: {exc}") from None
         return choice.title if choice is not None else None
 
+    def workspace_edit(self, target: Target, old: str, new: str) -> t.WorkspaceEdit:
+        """The rewrite as a WorkspaceEdit in the editor's terms (LSP lines, the negotiated position
+        encoding), for the version it was computed for where the editor takes versioned edits."""
+        edit = replace_changed_lines(old, new, self.ls.workspace.position_encoding)
+        edits = [edit] if edit is not None else []
+        if self.ls.supports_document_changes() and target.version is not None:
+            doc = t.OptionalVersionedTextDocumentIdentifier(uri=target.uri, version=target.version)
+            return t.WorkspaceEdit(document_changes=[t.TextDocumentEdit(text_document=doc, edits=edits)])
+        return t.WorkspaceEdit(changes={target.uri: edits})
+
     async def refactor(self, args: dict[str, Any], client_token: Any = None) -> dict[str, Any]:
-        from demi.assistant.edits import workspace_edit
         from demi.assistant.engines import CancelToken
 
         rng = _range(args.get("range"))
@@ -397,15 +406,14 @@ class Actions:
                                {"path": target.doc.name, "target": result.target})
         if not result.edit.changed:
             return {"applied": False, "diff": "", "notes": notes}
+        if result.completion_tokens >= s.refactor_max_tokens:  # cut off: the rest of the code would be lost
+            raise RequestFailed(f"the model stopped at refactorMaxTokens ({s.refactor_max_tokens}) before the end "
+                                f"of its rewrite of {target.label}; nothing was applied (raise refactorMaxTokens)")
         open_doc = self.ls.open_document(target.uri)
         if target.version is not None and (open_doc is None or open_doc.version != target.version):
             raise RequestFailed(f"{target.doc.name} changed while Demi was rewriting it; nothing was applied "
                                 "(run the refactor again)")
-        versioned = self.ls.supports_document_changes() and target.version is not None
-        edit = workspace_edit(result.edit, uri=target.uri, version=target.version if versioned else None)
-        from lsprotocol.converters import get_converter
-
         answer = await self.ls.workspace_apply_edit_async(t.ApplyWorkspaceEditParams(
-            edit=get_converter().structure(edit, t.WorkspaceEdit), label=f"Demi: refactor {target.label}"))
+            edit=self.workspace_edit(target, result.edit.old, result.edit.new), label=f"Demi: refactor {target.label}"))
         return {"applied": bool(answer.applied), "failureReason": answer.failure_reason, "diff": result.diff,
                 "notes": notes}

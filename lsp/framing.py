@@ -16,7 +16,8 @@ waits forever. This reader (stdio and TCP) recovers:
 - a body that is not UTF-8 is decoded with U+FFFD in place of the bad bytes, with a warning.
 
 Messages are handled in order, and each request's handler starts (and reads the documents)
-before the next message is handled, even when both came in one read.
+before the next message is handled, even when both came in one read. `serve_stdio` and
+`serve_tcp` are pygls's transports with this reader.
 """
 
 from __future__ import annotations
@@ -180,3 +181,56 @@ async def run(reader: FrameReader, protocol: Any, stop: Any, on_error: Callable[
         # Let the task this message started take its first step (where a request reads the
         # document) before the next message, already buffered, changes the document.
         await asyncio.sleep(0)
+
+
+# -- the transports: pygls's stdio and TCP servers with this reader -----------------------------------------
+
+def serve_stdio(server: Any, stdin: Any = None, stdout: Any = None) -> None:
+    """LanguageServer.start_io's loop (pygls 2) with FrameReader; reads run on the server's pool."""
+    import sys
+    from threading import Event
+
+    from pygls.io_ import StdoutWriter
+
+    server._stop_event = Event()
+    source = stdin or sys.stdin.buffer
+    read1 = getattr(source, "read1", source.read)
+    pool = server.thread_pool
+
+    async def read_some(n: int) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(pool, read1, n)
+
+    server.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+    try:
+        asyncio.run(run(FrameReader(read_some), server.protocol, server._stop_event, server._report_server_error))
+    except BrokenPipeError:
+        log.error("the connection to the client is lost: shutting down")
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    except Exception:
+        log.exception("the message loop failed")
+        raise
+    finally:
+        server.shutdown()
+
+
+def serve_tcp(server: Any, host: str, port: int) -> None:
+    """LanguageServer.start_tcp (pygls 2) with FrameReader: one client, then the server ends."""
+    from threading import Event
+
+    server._stop_event = stop = Event()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.protocol.set_writer(writer)
+        await run(FrameReader(reader.read), server.protocol, stop, server._report_server_error)
+        server.shutdown()
+
+    async def listen() -> None:
+        server._server = await asyncio.start_server(connection, host, port)
+        async with server._server:
+            await server._server.serve_forever()
+
+    try:
+        asyncio.run(listen())
+    except asyncio.CancelledError:
+        log.debug("the TCP server was cancelled")

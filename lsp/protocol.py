@@ -15,6 +15,7 @@ goes on). Reading frames off the stream, and recovering from bad ones, is framin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Generator
@@ -126,6 +127,36 @@ class DemiProtocol(LanguageServerProtocol):
         if self._workspace is not None and type(self._workspace) is Workspace:
             self._workspace.__class__ = DemiWorkspace  # documents are only created after initialize
         return result
+
+    def _execute_handler(self, msg_id: Any, handler: Any, callback: Any, args: Any = None, kwargs: Any = None) -> None:
+        """pygls files each handler's future under its message id, and only a request's answer
+        takes it out again: the future of every notification handled by a generator or a
+        coroutine (didOpen, didChange, didClose: one per keystroke) stayed for good, about 1.4 KB
+        each. Here such a future leaves once it is done."""
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        if getattr(callback, "func", None) == self._send_handler_result:
+            return  # a request: its answer pops it
+        future = self._request_futures.get(msg_id)
+        if future is None:
+            return
+        if future.done():
+            self._request_futures.pop(msg_id, None)
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+
+        def forget(_: Any) -> None:  # later, on the loop: shutdown iterates the dict while it cancels
+            if loop is None:
+                self._request_futures.pop(msg_id, None)
+                return
+            try:
+                loop.call_soon_threadsafe(self._request_futures.pop, msg_id, None)
+            except RuntimeError:  # the loop has closed
+                pass
+
+        future.add_done_callback(forget)
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
         """pygls logs a traceback for every error answer. An error the handler chose (invalid

@@ -36,7 +36,7 @@ from pygls.lsp.server import LanguageServer
 from .actions import COMMANDS, KIND_EXPLAIN, KIND_REFACTOR, Actions, RequestFailed
 from .completion import HUGE_CHARS, CompletionService, Outcome, Snapshot, display_name, windowed
 from .engine_host import EngineHost, EngineUnavailable
-from .framing import FrameError, FrameReader, run as read_messages
+from .framing import FrameError, serve_stdio, serve_tcp
 from .progress import Progress
 from .protocol import DemiProtocol
 from .scheduler import StreamCancelled
@@ -305,6 +305,7 @@ class DemiLanguageServer(LanguageServer):
         return {"completions": c.stats.as_dict(), "cacheHits": c.cache.hits,
                 "runsStarted": self.host.runs_started, "runsSkipped": self.host.runs_skipped,
                 "modelSteps": self.host.thread.steps, "debounce": c.debouncer.as_dict(), "status": self.status(),
+                "handlersInFlight": len(self.protocol._request_futures),
                 "settings": self.settings.as_dict()}
 
     def document_text(self, params: Any) -> dict[str, Any] | None:
@@ -333,51 +334,10 @@ class DemiLanguageServer(LanguageServer):
     # -- transports: pygls's, with a reader that recovers from bad frames (framing.py) ----------------
 
     def _start_io_async(self, stdin: Any = None, stdout: Any = None) -> None:
-        from threading import Event
-
-        from pygls.io_ import StdoutWriter
-
-        self._stop_event = Event()
-        source = stdin or sys.stdin.buffer
-        read1 = getattr(source, "read1", source.read)
-        pool = self.thread_pool
-
-        async def read_some(n: int) -> bytes:
-            return await asyncio.get_running_loop().run_in_executor(pool, read1, n)
-
-        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
-        try:
-            asyncio.run(read_messages(FrameReader(read_some), self.protocol, self._stop_event,
-                                      self._report_server_error))
-        except BrokenPipeError:
-            log.error("the connection to the client is lost: shutting down")
-        except (KeyboardInterrupt, SystemExit):
-            pass
-        except Exception:
-            log.exception("the message loop failed")
-            raise
-        finally:
-            self.shutdown()
+        serve_stdio(self, stdin, stdout)
 
     def start_tcp(self, host: str, port: int) -> None:
-        from threading import Event
-
-        self._stop_event = stop = Event()
-
-        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.protocol.set_writer(writer)  # type: ignore[arg-type]
-            await read_messages(FrameReader(reader.read), self.protocol, stop, self._report_server_error)
-            self.shutdown()
-
-        async def listen() -> None:
-            self._server = await asyncio.start_server(connection, host, port)
-            async with self._server:
-                await self._server.serve_forever()
-
-        try:
-            asyncio.run(listen())
-        except asyncio.CancelledError:
-            log.debug("the TCP server was cancelled")
+        serve_tcp(self, host, port)
 
     def close(self) -> None:
         if self._closed:

@@ -94,3 +94,34 @@ def word_before(before: str) -> str:
 def advance(pos: t.Position, text: str, encoding: str | None) -> t.Position:
     """The position after `text` (one line only) starting at `pos`."""
     return t.Position(line=pos.line, character=pos.character + units(text, encoding))
+
+
+def position_at(text: str, offset: int, encoding: object, lines: tuple[str, ...] | None = None) -> t.Position:
+    """The LSP position of character `offset` in `text` (lines as LSP splits them)."""
+    lines = lsp_lines(text) if lines is None else lines
+    start = 0
+    for i, line in enumerate(lines):
+        if offset < start + len(line) or (offset == start + len(line) and i == len(lines) - 1
+                                          and not line.endswith(("\n", "\r"))):
+            return t.Position(line=i, character=units(text[start:offset], encoding))
+        start += len(line)
+    return t.Position(line=len(lines), character=0)  # the end of a text that ends with a line break
+
+
+def replace_changed_lines(old: str, new: str, encoding: object) -> t.TextEdit | None:
+    """One TextEdit turning `old` into `new`: the lines between their common first and last
+    lines (LSP's lines: a lone \\r ends one, U+2028 and form feeds do not), None when equal."""
+    if old == new:
+        return None
+    a, b = lsp_lines(old), lsp_lines(new)
+    lo = 0
+    while lo < len(a) and lo < len(b) and a[lo] == b[lo]:
+        lo += 1
+    hi = 0
+    while hi < len(a) - lo and hi < len(b) - lo and a[-1 - hi] == b[-1 - hi]:
+        hi += 1
+    start = sum(map(len, a[:lo]))
+    end = len(old) - sum(map(len, a[len(a) - hi:]))
+    text = new[start:len(new) - (len(old) - end)]
+    return t.TextEdit(range=t.Range(start=position_at(old, start, encoding, a), end=position_at(old, end, encoding, a)),
+                      new_text=text)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -42,14 +43,21 @@ from lsp_support import scripted_command, server_env, start_client, stop_client,
 
 CONTEXT = 1024
 INIT = {"maxTokens": 8, "contextTokens": 256, "explainMaxTokens": 12, "explainContextTokens": 256,
-        "refactorMaxTokens": 24, "refactorContextTokens": 256, "debounceMaxMs": 60}
+        "refactorMaxTokens": 64, "refactorContextTokens": 256, "debounceMaxMs": 60}
 ANSWER_TIMEOUT_S = 120.0  # a shared 2-core machine: generous; silence is what fails, not slowness
 SLOTS = 3
 LANGS = ("python", "python", "python", "javascript", "plaintext", "made-up-language")
 PIECES = ("def ", "f", "(x)", ":", " ", "    ", "\t", "return ", "x", " = ", "1", "#", '"', "'", "(", ")",
           "{", "}", "\n", "\n", "\n", "\r\n", "\r\n", "\r", "é", "ß", "中文", "😀", "𝔘", "👩\u200d💻", "\u2028",
           "\x0c", "\x00", "\u200b")
-CANCELLED, INVALID_PARAMS, REQUEST_FAILED = -32800, -32602, -32803
+CANCELLED, INVALID_PARAMS, REQUEST_FAILED, INTERNAL_ERROR = -32800, -32602, -32803, -32603
+# Not the server's: the session layer's assistant/edits.py (workspace_edit, called inside refactor's
+# propose) splits lines with str.splitlines and places them with lines at \n only, so a refactor
+# of a file with one of these may raise IndexError (an InternalError answer and a logged
+# traceback). tests/test_lsp_documents.py holds it as a strict xfail; drop this when it is fixed.
+KNOWN_EDITS_BUG = re.compile("\r(?!\n)|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+KNOWN_EDITS_TRACEBACK = ("assistant/edits.py", "IndexError")
+LOG_RECORD = re.compile(r"^(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ demi-lsp )", re.M)
 
 
 # -- the client's copy of a document: LSP edits in UTF-16 code units, written apart from the server --
@@ -217,6 +225,8 @@ class Session:
     root: Path
     docs: dict[int, Buffer] = field(default_factory=dict)
     exited: Any = None     # a task that ends when the server process does
+    scripted: bool = False  # the scripted engine, whose refactors are known renames
+    failures: list[str] = field(default_factory=list)
     pending: dict[str, Pending] = field(default_factory=dict)
     counter: int = 0
     requests: int = 0
@@ -334,6 +344,7 @@ class Session:
                 await self.drain()
         await self.collect()
         await self.check_documents()
+        assert not self.failures, self.failures[0]
 
     def completion_allowed(self, slot: int, points: list[t.Position]) -> set[Any]:
         buf = self.docs.get(slot)
@@ -353,7 +364,10 @@ class Session:
                 (name == "demi.explain" and nargs > 2):
             return {INVALID_PARAMS, CANCELLED}
         if name == "demi.refactor":  # a random model's rewrite is refused (it does not parse), or the
-            return {"result", CANCELLED, REQUEST_FAILED, INVALID_PARAMS}  # target is too long for the budget
+            allowed = {"result", CANCELLED, REQUEST_FAILED, INVALID_PARAMS}  # target is too long for the budget
+            if KNOWN_EDITS_BUG.search(buf.text):
+                allowed.add(INTERNAL_ERROR)  # see KNOWN_EDITS_BUG
+            return allowed
         return {"result", CANCELLED}
 
     def send(self, op: Any, method: str, params: Any, allowed: set[Any]) -> None:
@@ -439,15 +453,26 @@ class Session:
         for uri, _, items in edits:
             slot = self.slot_of(uri)
             buf = self.docs[slot]
+            before = buf.text
             ordered = sorted(items, key=lambda e: (e.range.start.line, e.range.start.character), reverse=True)
             for e in ordered:
                 buf.apply(e.range, e.new_text)
+            if self.scripted and _renamed(buf.text) != _renamed(before):
+                # its only rewrite renames x to y (the session layer may also tidy whitespace):
+                # nothing else may change (an assert here would only become an error answer to
+                # the server; the next step reports it)
+                self.failures.append(f"the refactor's edit {ordered} turned {before!r} into {buf.text!r}")
             buf.version += 1
             self.client.text_document_did_change(t.DidChangeTextDocumentParams(
                 text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=buf.version),
                 content_changes=[t.TextDocumentContentChangePartial(range=e.range, text=e.new_text) for e in ordered]))
         self.applied += 1
         return t.ApplyWorkspaceEditResult(applied=True)
+
+
+def _renamed(text: str) -> str:
+    """`text` as the scripted refactor cannot change it: x and y the same, whitespace gone."""
+    return re.sub(r"\s", "", text).replace("y", "x")
 
 
 def to_json_range(r: t.Range) -> dict[str, Any]:
@@ -494,7 +519,8 @@ class Harness:
     def run(self, ops: list[Any]) -> None:
         note(f"ops = {ops!r}")
         self.examples += 1
-        self.session = Session(self.client, f"ex{self.examples}", self.root, exited=self.exited)
+        self.session = Session(self.client, f"ex{self.examples}", self.root, exited=self.exited,
+                               scripted=self.engine == "scripted")
         try:
             self.loop.run_until_complete(self._run(self.session, ops))
         finally:
@@ -509,6 +535,7 @@ class Harness:
             self.steps += 1
             await s.step(op)
         await s.drain()
+        assert not s.failures, s.failures[0]
         await s.close_all()
         await s.check_documents()
         assert self.client._server.returncode is None, "the server died"
@@ -518,7 +545,9 @@ class Harness:
         """No traceback in what the server logged since the last check (one per example)."""
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
         new, self.log_seen = text[self.log_seen:], len(text)
-        assert "Traceback" not in new, f"the server logged a traceback:\n{new[-6000:]}"
+        faults = [r for r in LOG_RECORD.split(new) if "Traceback" in r
+                  and not all(k in r for k in KNOWN_EDITS_TRACEBACK)]
+        assert not faults, "the server logged a traceback:\n" + "\n".join(faults)[-6000:]
 
     def close(self) -> int | None:
         try:
