@@ -300,3 +300,64 @@ def test_tiny_temperatures_are_greedy_and_tiny_penalties_are_refused():
     assert int(hot) == 1  # huge logits over a small temperature: no overflow, the top token
     with pytest.raises(DemiUserError, match="repetition_penalty"):
         Sampling(repetition_penalty=1e-320)
+
+
+# -- prefill padding and short cached heads ---------------------------------------------------------
+
+def test_padded_rows_rounds_up_to_few_sizes_and_never_past_the_cache():
+    from demi.model.generate import padded_rows
+
+    assert [padded_rows(n, 4096) for n in (1, 8, 9, 16, 17, 250, 257, 1300, 1342)] == \
+        [1, 8, 16, 16, 32, 256, 320, 1344, 1344]
+    assert padded_rows(1300, 1310) == 1300  # no room for the padding: the exact length
+    sizes = {padded_rows(n, 4096) for n in range(1000, 1500)}
+    assert len(sizes) == 9  # 500 prompt lengths, 9 kernels to build
+
+
+@pytest.mark.parametrize("count", [13, 300, 1000])
+def test_padded_prefill_gives_the_unpadded_logits_and_cache(lm, count):
+    """The padding tokens come after the real ones: logits, keys and values of every real position
+    are the same as an exact-length forward's, and the cache says how many are valid."""
+    from demi.model.decoder import KVCache
+    from demi.model.generate import padded_rows, prefill
+
+    assert padded_rows(count, 4096) > count
+    torch.manual_seed(count)
+    tokens = torch.randint(0, lm.model.config.vocab_size, (1, count))
+    cfg = lm.model.config
+    padded, exact = KVCache(cfg, 2048), KVCache(cfg, 2048)
+    with torch.inference_mode():
+        got = prefill(lm.model, tokens, 0, padded)
+        want = lm.model(tokens, start=0, cache=exact, last_only=True)[:, -1].float()
+    assert padded.length == count == exact.length
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for layer in range(cfg.num_hidden_layers):
+        torch.testing.assert_close(padded.k[layer][:, :, :count], exact.k[layer][:, :, :count], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(padded.v[layer][:, :, :count], exact.v[layer][:, :, :count], rtol=1e-4, atol=1e-5)
+
+
+def test_a_short_cached_head_is_recomputed_and_a_long_one_reused():
+    from demi.model.generate import worth_reusing
+
+    assert worth_reusing(7, 1342) == 0        # a FIM prompt whose body changed: one causal prefill
+    assert worth_reusing(7, 40) == 7          # most of a short prompt is cached: keep it
+    assert worth_reusing(1300, 1342) == 1300  # typing on: reuse everything
+    assert worth_reusing(65, 5000) == 65      # more than RECOMPUTE_REUSE_MAX: always kept
+
+
+def test_greedy_output_is_the_same_with_and_without_a_reused_head(lm, prompt_ids):
+    """The second request shares a short head with the first; whether it is reused or recomputed,
+    the tokens are those of a cold run."""
+    cold = list(generate_tokens(lm.model, prompt_ids + [7] * 40, 12))
+    lm.prefix_cache.clear()
+    other = prompt_ids[:3] + [9] * 50
+    slot, _ = lm.prefix_cache.acquire(other)
+    list(generate_tokens(lm.model, other, 1, cache=slot.cache))
+    lm.prefix_cache.release(slot, other)
+    slot, reuse = lm.prefix_cache.acquire(prompt_ids + [7] * 40)
+    try:
+        assert reuse == 3
+        warm = list(generate_tokens(lm.model, prompt_ids + [7] * 40, 12, cache=slot.cache, reuse=reuse))
+    finally:
+        lm.prefix_cache.release(slot, prompt_ids + [7] * 40)
+    assert warm == cold
