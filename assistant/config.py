@@ -48,7 +48,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device", str, None, "cpu, cuda, cuda:N or auto (None: cpu)"),
     Setting("dtype", str, "auto", "auto, float32, bfloat16, float16"),
     Setting("context", int, None, "context window to allocate in tokens (None: the engine's default)"),
-    Setting("quant", str, "none", "weight quantization: none, int8, int4 (CPU), nf4 (CUDA), auto",
+    Setting("quant", str, "auto", "weight quantization: auto (int8 on CPU, half precision on a GPU it fits), none, int8, int4 (CPU), nf4 (CUDA)",
             ("none", "int8", "int4", "nf4", "auto")),
     Setting("data_dir", str, None, "sessions database and backups (None: the platform's user data dir)"),
     Setting("history", bool, True, "record explain and refactor requests in the session store"),

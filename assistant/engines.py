@@ -430,7 +430,8 @@ def open_engine(model: str | None = None, device: str | None = "cpu", dtype: str
                 context: int | None = None, server: str | None = None, api_key: str | None = None,
                 timeout: float = 120.0, quant: str | None = None) -> InProcessEngine | HttpEngine:
     """Load `model` in this process, or talk to `server` (a name, a directory or a hub id;
-    None means the config file, then DEMI_MODEL, then demi-tiny)."""
+    None means the config file, then DEMI_MODEL, then demi-tiny; no `quant` means "auto", the config's
+    default: int8 on a CPU)."""
     if server:  # `model` names the server's model; a local copy, if any, gives exact token counts
         return HttpEngine(server, model, api_key=api_key, timeout=timeout, tokenizer=_local_tokenizer(model))
     if model is None:
@@ -438,7 +439,7 @@ def open_engine(model: str | None = None, device: str | None = "cpu", dtype: str
 
         model = load_config()["model"]
     return InProcessEngine(LocalModel.load(model, device=device, dtype=dtype, context=context,
-                                           quant=quant or "none"))
+                                           quant=quant or "auto"))
 
 
 def load_local_model(cfg: Any) -> LocalModel:

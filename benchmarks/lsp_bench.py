@@ -296,7 +296,8 @@ def ensure_model(path: Path) -> Path:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     model = Path(args.model) if args.model else ensure_model(DEFAULT_MODEL)
-    out: dict[str, Any] = {"model": str(model), "quant": args.quant or "none", "threads": args.threads,
+    out: dict[str, Any] = {"model": str(model), "quant": args.quant or "default (auto: int8 on CPU)",
+                           "threads": args.threads,
                            "label": "random weights (scaffold, demi-tiny's size class): latency is real, text is noise"
                            if not args.model else args.model,
                            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -343,7 +344,8 @@ def _load() -> list[float] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="model directory or name (default: .demi-build/demo-model, built if missing)")
-    ap.add_argument("--quant", default=None, choices=["none", "int8", "int4"])
+    ap.add_argument("--quant", default=None, choices=["none", "int8", "int4", "auto"],
+                    help="the server's quantization (default: its own default, auto = int8 on a CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the server (DEMI_THREADS)")
     ap.add_argument("--requests", type=int, default=40, help="invoked requests per token cap")
     ap.add_argument("--max-tokens", type=int, nargs="+", default=[16, 64], help="token caps to measure")

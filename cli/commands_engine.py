@@ -80,7 +80,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"text": result.text, "token_ids": result.token_ids, "model": engine.name,
                    "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                   "finish_reason": result.finish_reason, "seconds": round(result.seconds, 4)})
+                   "finish_reason": result.finish_reason, "seconds": round(result.seconds, 4),
+                   "quant": getattr(getattr(engine, "local", None), "quantization", "server")})
     else:
         sys.stdout.write("\n")
     return 0

@@ -38,7 +38,7 @@ def common(json_flag: bool = True, model: bool = True) -> argparse.ArgumentParse
         p.add_argument("--context", type=int, default=None, help="context window to allocate (tokens)")
         p.add_argument("--quant", default=None, choices=["none", "int8", "int4", "nf4", "auto"],
                        help="weight quantization: int8/int4 on CPU, int8/nf4 (bitsandbytes) on CUDA, "
-                            "auto picks by device and free memory (default: none)")
+                            "auto picks by device and free memory (default: auto, int8 on CPU)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .decoder import Transformer
+from .decoder import KVCache, Transformer
 from .errors import ContextOverflowError, DemiUserError
-from .generate import CancelToken, Sampling, StopState, generate_tokens
+from .generate import CancelToken, Sampling, StopState, generate_tokens, padded_rows, prefill
 from .healing import ForcedPrefix
 from .loading import load_model, resolve_device
 from .prefix_cache import PrefixCache
@@ -35,6 +35,7 @@ DEFAULT_CONTEXT = 4096
 # re-reading of the KV cache and per-chunk work that chunking costs.
 CHUNK_FLOPS = 50e9
 MIN_PREFILL_CHUNK, MAX_PREFILL_CHUNK = 512, 4096
+WARM_UP_FLOPS = 250e9  # ~0.5 s of a 2-core CPU: warm-up is for small models, whose kernels cost the most
 
 
 def prefill_chunk_for(params: int) -> int:
@@ -205,6 +206,31 @@ class LocalModel:
             yield text[sent:]
         return Completion(text, out_ids, len(ids), state.reason, time.monotonic() - started, first,
                           extra={"cached_tokens": min(reuse, len(ids) - 1), "healed": len(heal)})
+
+    @torch.inference_mode()
+    def warm_up(self, prompt_tokens: range | list[int], decode_steps: int = 4) -> list[int]:
+        """Run a prefill of each padded size `prompt_tokens` can take, and a few decode steps, into a
+        scratch cache, so the first real requests do not pay for building their kernels (~20 ms a
+        size on demi-tiny). Sizes past WARM_UP_FLOPS of work are skipped. Returns the sizes run."""
+        cap = min(self.context - decode_steps - 1, self.prefill_chunk)
+        sizes = sorted({padded_rows(min(n, cap), cap) for n in prompt_tokens if n > 0})
+        per_token = 2 * _param_count(self.model)
+        run, spent = [], 0.0
+        cache: KVCache | None = None
+        for rows in reversed(sizes):  # the longest first: it sizes the cache and costs the most
+            if spent + rows * per_token > WARM_UP_FLOPS:
+                continue
+            cache = cache or KVCache(self.model.config, rows + decode_steps, dtype=self.model.dtype,
+                                     device=self.device)
+            tokens = torch.zeros(1, rows, dtype=torch.long, device=self.device)
+            prefill(self.model, tokens, 0, cache)
+            spent += rows * per_token
+            run.append(rows)
+        if cache is not None:
+            step = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+            for pos in range(decode_steps):
+                self.model(step, start=run[-1] + pos, cache=cache)
+        return sorted(run)
 
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
                  **kwargs) -> Completion:

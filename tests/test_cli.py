@@ -59,8 +59,14 @@ def texts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def generated(env, model_dir) -> dict:
-    return one_json(demi(env, "generate", "--model", model_dir, "--prompt", PROMPT, "--max-tokens", 16,
-                         "--json"))
+    return one_json(demi(env, "generate", "--model", model_dir, "--quant", "none", "--prompt", PROMPT,
+                         "--max-tokens", 16, "--json"))
+
+
+def test_the_default_on_a_cpu_is_int8(env, model_dir, generated):
+    """quant auto, the default: int8 on a CPU; parity with transformers is checked in full precision."""
+    out = one_json(demi(env, "generate", "--model", model_dir, "--prompt", PROMPT, "--max-tokens", 4, "--json"))
+    assert out["quant"] == "int8" and generated["quant"] == "none"
 
 
 def test_generate_json_matches_transformers_greedy(generated, model_dir, hf, hf_tok):
@@ -102,14 +108,15 @@ def _reference_nll(hf, hf_tok, texts: list[str]) -> tuple[float, int]:
 
 
 def test_eval_perplexity_matches_transformers(env, model_dir, texts, hf, hf_tok):
-    out = one_json(demi(env, "eval", "perplexity", "--model", model_dir, texts["a"], texts["b"], "--json"))
+    out = one_json(demi(env, "eval", "perplexity", "--model", model_dir, "--quant", "none", texts["a"], texts["b"],
+                        "--json"))
     nll, count = _reference_nll(hf, hf_tok, [texts["a"].read_text(), texts["b"].read_text()])
     assert out["tokens"] == count
     assert abs(out["nll"] - nll) < 1e-4, (out["nll"], nll)
 
 
 def test_eval_perplexity_survives_invalid_utf8(env, model_dir, texts, hf, hf_tok):
-    proc = demi(env, "eval", "perplexity", "--model", model_dir, texts["bad_utf8"], "--json")
+    proc = demi(env, "eval", "perplexity", "--model", model_dir, "--quant", "none", texts["bad_utf8"], "--json")
     out = one_json(proc)
     # Read with replacement characters, as `demi` documents.
     text = texts["bad_utf8"].read_bytes().decode("utf-8", errors="replace")

@@ -361,3 +361,14 @@ def test_greedy_output_is_the_same_with_and_without_a_reused_head(lm, prompt_ids
     finally:
         lm.prefix_cache.release(slot, prompt_ids + [7] * 40)
     assert warm == cold
+
+
+def test_warm_up_runs_each_padded_size_once_within_its_budget(lm, prompt_ids, greedy_full, monkeypatch):
+    import demi.model.engine as engine
+
+    slots = [list(s.tokens) for s in lm.prefix_cache.slots]
+    assert lm.warm_up(range(100, 200)) == [112, 128, 144, 160, 176, 192, 208]
+    assert [list(s.tokens) for s in lm.prefix_cache.slots] == slots  # a scratch cache, not a slot
+    assert list(generate_tokens(lm.model, prompt_ids, 48)) == greedy_full.token_ids
+    monkeypatch.setattr(engine, "WARM_UP_FLOPS", 2 * engine._param_count(lm.model) * 300)
+    assert lm.warm_up(range(100, 200)) == [208]  # the longest first, then nothing more fits

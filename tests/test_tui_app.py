@@ -638,7 +638,7 @@ async def test_refactor_apply_refuses_a_file_changed_since(tmp_path, src):
 async def test_model_switch_with_quantization(tmp_path, model_dir):
     from demi.assistant.config import load_config
 
-    flags = {"model": str(model_dir), "context": 1024}
+    flags = {"model": str(model_dir), "context": 1024, "quant": "none"}
     app = DemiChat(load_config(flags), flags=flags, data_dir=tmp_path / "demi-data", root=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
