@@ -75,10 +75,18 @@ def unified_diff(edit: Edit, context: int = 3) -> str:
     return "".join(out)
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines as `Document` counts them, ends kept: only "\n" ends a line (a lone CR, U+2028 or a
+    form feed, which str.splitlines also splits at, stays inside its line)."""
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
 def changed_lines(old: str, new: str) -> tuple[int, int, int, int] | None:
     """(first line, last line) of the changed region in old and in new, 1-based inclusive (a pure
-    insertion has last < first); None when equal. Common leading and trailing lines are excluded."""
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    insertion has last < first); None when equal. Common leading and trailing lines are excluded.
+    Lines are `Document` lines, so the numbers can be compared with a target's."""
+    a, b = split_lines(old), split_lines(new)
     if a == b:
         return None
     lo = 0
@@ -100,7 +108,7 @@ def workspace_edit(edit: Edit, uri: str | None = None, version: int | None = Non
         a_first, a_last, b_first, b_last = span
         start = doc.line_start(a_first) if a_first <= doc.line_count else len(edit.old)
         end = doc.line_span(a_first, a_last)[1] if a_last >= a_first else start
-        new_lines = edit.new.splitlines(keepends=True)
+        new_lines = split_lines(edit.new)
         text = "".join(new_lines[b_first - 1:b_last])
         edits.append({"range": {"start": doc.lsp_position(start), "end": doc.lsp_position(end)},
                       "newText": text})

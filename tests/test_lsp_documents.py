@@ -333,8 +333,6 @@ async def test_a_refactor_is_applied_to_the_right_lines(client, workdir):
     assert _apply_edit(old, edit) == "a = 1  # \u2028 a separator\ny = 1\n"
 
 
-@pytest.mark.xfail(strict=True, reason="assistant/edits.py workspace_edit raises IndexError for lone-CR "
-                                       "files (changed_lines splits with str.splitlines, Document at \\n only)")
 @on_module_loop
 async def test_a_refactor_of_a_file_with_lone_cr_line_ends(client, workdir):
     uri = (workdir / "lone_cr.py").as_uri()

@@ -51,12 +51,6 @@ PIECES = ("def ", "f", "(x)", ":", " ", "    ", "\t", "return ", "x", " = ", "1"
           "{", "}", "\n", "\n", "\n", "\r\n", "\r\n", "\r", "é", "ß", "中文", "😀", "𝔘", "👩\u200d💻", "\u2028",
           "\x0c", "\x00", "\u200b")
 CANCELLED, INVALID_PARAMS, REQUEST_FAILED, INTERNAL_ERROR = -32800, -32602, -32803, -32603
-# Not the server's: the session layer's assistant/edits.py (workspace_edit, called inside refactor's
-# propose) splits lines with str.splitlines and places them with lines at \n only, so a refactor
-# of a file with one of these may raise IndexError (an InternalError answer and a logged
-# traceback). tests/test_lsp_documents.py holds it as a strict xfail; drop this when it is fixed.
-KNOWN_EDITS_BUG = re.compile("\r(?!\n)|[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
-KNOWN_EDITS_TRACEBACK = ("assistant/edits.py", "IndexError")
 LOG_RECORD = re.compile(r"^(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ demi-lsp )", re.M)
 
 
@@ -364,10 +358,7 @@ class Session:
                 (name == "demi.explain" and nargs > 2):
             return {INVALID_PARAMS, CANCELLED}
         if name == "demi.refactor":  # a random model's rewrite is refused (it does not parse), or the
-            allowed = {"result", CANCELLED, REQUEST_FAILED, INVALID_PARAMS}  # target is too long for the budget
-            if KNOWN_EDITS_BUG.search(buf.text):
-                allowed.add(INTERNAL_ERROR)  # see KNOWN_EDITS_BUG
-            return allowed
+            return {"result", CANCELLED, REQUEST_FAILED, INVALID_PARAMS}  # target is too long for the budget
         return {"result", CANCELLED}
 
     def send(self, op: Any, method: str, params: Any, allowed: set[Any]) -> None:
@@ -545,8 +536,7 @@ class Harness:
         """No traceback in what the server logged since the last check (one per example)."""
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
         new, self.log_seen = text[self.log_seen:], len(text)
-        faults = [r for r in LOG_RECORD.split(new) if "Traceback" in r
-                  and not all(k in r for k in KNOWN_EDITS_TRACEBACK)]
+        faults = [r for r in LOG_RECORD.split(new) if "Traceback" in r]
         assert not faults, "the server logged a traceback:\n" + "\n".join(faults)[-6000:]
 
     def close(self) -> int | None:

@@ -130,9 +130,17 @@ def test_unified_diff_and_workspace_edit(src):
     assert versioned["documentChanges"][0]["textDocument"] == {"uri": uri, "version": 7}
 
 
+def test_changed_lines_count_lines_as_documents_do():
+    """Only \\n ends a line, as in `Document`: a lone CR, U+2028 or a form feed stays inside one."""
+    assert edits.split_lines("a\rb\u2028c\n\x0cd") == ["a\rb\u2028c\n", "\x0cd"]
+    assert edits.changed_lines("a = 1\rx = 1\r", "a = 1\ry = 1\r") == (1, 1, 1, 1)
+    assert edits.changed_lines("p\nq\u2028r\ns\n", "p\nq\u2028R\ns\n") == (2, 2, 2, 2)
+
+
 def test_workspace_edit_applies_to_the_old_text():
     """Applying the TextEdit to the old text gives the new text (also with a missing final newline)."""
-    for old, new in [("a\nb\nc", "a\nB\nc"), ("x\n", "x\ny\n"), ("p\nq\n", "q\n"), ("😀 a\nb\n", "😀 a\nc\n")]:
+    for old, new in [("a\nb\nc", "a\nB\nc"), ("x\n", "x\ny\n"), ("p\nq\n", "q\n"), ("😀 a\nb\n", "😀 a\nc\n"),
+                     ("a\u2028b\nx\x0cy\n", "a\u2028b\nx\x0cz\n")]:
         [te] = workspace_edit(Edit(__import__("pathlib").Path("f.txt"), old, new, ""))["changes"].popitem()[1]
         doc = Document.from_text(old)
         s = doc.offset_utf16(te["range"]["start"]["line"], te["range"]["start"]["character"])
