@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from .decoder import KVCache, Transformer
 from .errors import ContextOverflowError, DemiUserError
-from .generate import CancelToken, Sampling, StopState, generate_tokens, padded_rows, prefill
+from .generate import (PAD_BUCKETS, CancelToken, Sampling, StopState, generate_tokens, max_padding, padded_rows,
+                       prefill)
 from .healing import ForcedPrefix
 from .loading import load_model, resolve_device
 from .prefix_cache import PrefixCache
@@ -114,6 +115,7 @@ class LocalModel:
         self.device = model.device
         self.prefix_cache = PrefixCache(cfg, self.context, model.dtype, self.device, cache_slots)
         self.prefill_chunk = prefill_chunk_for(_param_count(model))
+        self.max_pad = max_padding(_param_count(model))
 
     @classmethod
     def load(cls, name: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
@@ -176,7 +178,7 @@ class LocalModel:
         raw, text, sent, first = "", "", 0, None
         for token in generate_tokens(self.model, ids, max_new_tokens, sampling, end_ids, cancel,
                                      deadline, slot.cache, state, reuse=reuse, prefill_chunk=self.prefill_chunk,
-                                     constraint=constraint):
+                                     constraint=constraint, max_pad=self.max_pad):
             if token is None:  # between prefill chunks: let a scheduler run something else
                 yield ""
                 continue
@@ -212,8 +214,10 @@ class LocalModel:
         """Run a prefill of each padded size `prompt_tokens` can take, and a few decode steps, into a
         scratch cache, so the first real requests do not pay for building their kernels (~20 ms a
         size on demi-tiny). Sizes past WARM_UP_FLOPS of work are skipped. Returns the sizes run."""
+        if self.max_pad < PAD_BUCKETS[-1][1] - 1:  # a model this size does not pad: no few sizes to warm
+            return []
         cap = min(self.context - decode_steps - 1, self.prefill_chunk)
-        sizes = sorted({padded_rows(min(n, cap), cap) for n in prompt_tokens if n > 0})
+        sizes = sorted({padded_rows(min(n, cap), cap, self.max_pad) for n in prompt_tokens if n > 0})
         per_token = 2 * _param_count(self.model)
         run, spent = [], 0.0
         cache: KVCache | None = None
@@ -223,7 +227,7 @@ class LocalModel:
             cache = cache or KVCache(self.model.config, rows + decode_steps, dtype=self.model.dtype,
                                      device=self.device)
             tokens = torch.zeros(1, rows, dtype=torch.long, device=self.device)
-            prefill(self.model, tokens, 0, cache)
+            prefill(self.model, tokens, 0, cache, self.max_pad)
             spent += rows * per_token
             run.append(rows)
         if cache is not None:

@@ -305,13 +305,16 @@ def test_tiny_temperatures_are_greedy_and_tiny_penalties_are_refused():
 # -- prefill padding and short cached heads ---------------------------------------------------------
 
 def test_padded_rows_rounds_up_to_few_sizes_and_never_past_the_cache():
-    from demi.model.generate import padded_rows
+    from demi.model.generate import max_padding, padded_rows
 
-    assert [padded_rows(n, 4096) for n in (1, 8, 9, 16, 17, 250, 257, 1300, 1342)] == \
+    assert [padded_rows(n, 4096, 63) for n in (1, 8, 9, 16, 17, 250, 257, 1300, 1342)] == \
         [1, 8, 16, 16, 32, 256, 320, 1344, 1344]
-    assert padded_rows(1300, 1310) == 1300  # no room for the padding: the exact length
-    sizes = {padded_rows(n, 4096) for n in range(1000, 1500)}
+    assert padded_rows(1300, 1310, 63) == 1300  # no room for the padding: the exact length
+    sizes = {padded_rows(n, 4096, 63) for n in range(1000, 1500)}
     assert len(sizes) == 9  # 500 prompt lengths, 9 kernels to build
+    # A large model pads only what is cheap against a kernel build: a 0.5B model in effect never.
+    assert max_padding(12_600_000) >= 63 and max_padding(494_000_000) < 15
+    assert padded_rows(1300, 4096, 2) == 1300 and padded_rows(1343, 4096, 2) == 1344
 
 
 @pytest.mark.parametrize("count", [13, 300, 1000])
@@ -321,13 +324,13 @@ def test_padded_prefill_gives_the_unpadded_logits_and_cache(lm, count):
     from demi.model.decoder import KVCache
     from demi.model.generate import padded_rows, prefill
 
-    assert padded_rows(count, 4096) > count
+    assert padded_rows(count, 4096, 63) > count
     torch.manual_seed(count)
     tokens = torch.randint(0, lm.model.config.vocab_size, (1, count))
     cfg = lm.model.config
     padded, exact = KVCache(cfg, 2048), KVCache(cfg, 2048)
     with torch.inference_mode():
-        got = prefill(lm.model, tokens, 0, padded)
+        got = prefill(lm.model, tokens, 0, padded, max_pad=63)
         want = lm.model(tokens, start=0, cache=exact, last_only=True)[:, -1].float()
     assert padded.length == count == exact.length
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -372,3 +375,5 @@ def test_warm_up_runs_each_padded_size_once_within_its_budget(lm, prompt_ids, gr
     assert list(generate_tokens(lm.model, prompt_ids, 48)) == greedy_full.token_ids
     monkeypatch.setattr(engine, "WARM_UP_FLOPS", 2 * engine._param_count(lm.model) * 300)
     assert lm.warm_up(range(100, 200)) == [208]  # the longest first, then nothing more fits
+    monkeypatch.setattr(lm, "max_pad", 2)
+    assert lm.warm_up(range(100, 200)) == []  # a model that does not pad has no few sizes to warm

@@ -11,6 +11,12 @@
 #include <immintrin.h>
 #include <omp.h>
 
+/* Weights are read once per token, so they come from DRAM: asking for them 4 KB ahead (into the
+ * next rows, which the same thread reads next) took a 0.5B model's int8 decode from ~32 to ~34.5
+ * tokens/s here (2,048 to 8,192 bytes all measured alike; 1,024 gained little). A prefetch past
+ * the end of the weights is harmless: it never faults. */
+#define PREFETCH_BYTES 4096
+
 void demi_set_threads(int n) { omp_set_num_threads(n); }
 
 static inline float row_dot(const int8_t *restrict wr, const _Float16 *restrict x, int64_t K) {
@@ -19,6 +25,7 @@ static inline float row_dot(const int8_t *restrict wr, const _Float16 *restrict 
         int64_t end = kb + 256 < K ? kb + 256 : K;
         __m512h a0 = _mm512_setzero_ph(), a1 = _mm512_setzero_ph();
         for (int64_t k = kb; k < end; k += 64) {
+            _mm_prefetch((const char *)(wr + k + PREFETCH_BYTES), _MM_HINT_T0);
             __m512i raw = _mm512_loadu_si512((const void *)(wr + k));
             __m512h w0 = _mm512_cvtepi16_ph(_mm512_cvtepi8_epi16(_mm512_castsi512_si256(raw)));
             __m512h w1 = _mm512_cvtepi16_ph(_mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(raw, 1)));
@@ -32,18 +39,12 @@ static inline float row_dot(const int8_t *restrict wr, const _Float16 *restrict 
     return _mm512_reduce_add_ps(total);
 }
 
-/* dots[n] = w[n, :] . x for every row. (Four rows per step, sharing the x loads, was tried and
- * measured 5% slower on a whole model: the weights stream from DRAM, one row after another.) */
-static void gemv_rows(const int8_t *restrict w, const _Float16 *restrict x, int64_t N, int64_t K,
-                      float *restrict dots) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++)
-        dots[n] = row_dot(w + n * K, x, K);
-}
-
 /* The whole batch-1 Linear in one call, so decoding pays one foreign call per projection instead
  * of a handful of torch ops (dtype casts, a bias add, an output cast): x and y are fp32
- * (kind 0) or bf16 (kind 1), bias is fp32 or NULL. */
+ * (kind 0) or bf16 (kind 1), bias is fp32 or NULL. Each thread scales, biases and stores the rows
+ * it computed, so no serial pass over N and no scratch buffer follow the parallel loop.
+ * (Four rows per step, sharing the x loads, was tried and measured 5% slower on a whole model:
+ * the weights stream from DRAM, one row after another.) */
 static inline float bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
     return v.f;
@@ -60,17 +61,12 @@ void demi_linear_int8(const void *restrict x, int x_kind, const int8_t *restrict
     _Float16 xh[K];
     for (int64_t k = 0; k < K; k++)
         xh[k] = (_Float16)(x_kind ? bf16_to_f32(((const uint16_t *)x)[k]) : ((const float *)x)[k]);
-    float *dots = y_kind ? (float *)malloc(N * sizeof(float)) : (float *)y;
-    if (!dots)
-        return;
-    gemv_rows(w, xh, N, K, dots);
+    #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
-        float out = dots[n] * scale[n] + (bias ? bias[n] : 0.0f);
+        float out = row_dot(w + n * K, xh, K) * scale[n] + (bias ? bias[n] : 0.0f);
         if (y_kind)
             ((uint16_t *)y)[n] = f32_to_bf16(out);
         else
             ((float *)y)[n] = out;
     }
-    if (y_kind)
-        free(dots);
 }
