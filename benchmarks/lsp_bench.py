@@ -12,10 +12,14 @@ editor starts it; every number is taken on the client side of the pipe.
 2. Typing simulation: at a place where the user paused (and got a suggestion), 20 keystrokes
    50 ms apart, each followed by an automatic inline request, as editors send them. Counts the
    model runs those started and the time from the last keystroke to the final suggestion.
-3. Held-out lines: a line's text is removed and the server asked to complete it at its
-   indentation; exact match of the server's answer against the model's own first raw line
-   (the same prompt through the engine directly), so post-processing can be seen not to lose
-   matches. On random weights both are 0: re-run on a trained model (`--model demi-tiny`).
+3. Held-out lines: a code line (not a comment or docstring) of a file the model never saw has its
+   text removed and the server is asked to complete it at its indentation; exact match of the
+   server's answer and of the model's own first raw line (the same file's context through the
+   engine directly), and the matches the server lost (raw right, server wrong), so post-processing
+   can be seen not to lose accuracy. The server also sees recently opened files, which the direct
+   side does not, so the answers can differ both ways. Spread over the six largest held-out
+   standard-library files. On random weights both are 0: re-run on a trained model
+   (`--model demi-tiny`).
 
 Without --model it uses `.demi-build/demo-model`, built with `python -m demi.model.scaffold`
 when missing: random weights, 4M parameters, 4096-token byte-level BPE with FIM tokens, the
@@ -50,18 +54,19 @@ BENCH_FILE = STDLIB / "argparse.py"       # ~2,600 lines of ordinary Python
 HELDOUT_FILE = STDLIB / "textwrap.py"   # for a model that did not train on the standard library
 
 
-def heldout_file(model: Path) -> Path:
-    """A file the model never trained on: for a model trained by Demi's pipeline (a manifest.json
-    next to the weights lists its held-out files), the largest held-out standard-library module
-    outside the test suite; otherwise textwrap.py."""
+def heldout_files(model: Path, count: int = 6) -> list[Path]:
+    """Files the model never trained on: for a model trained by Demi's pipeline (a manifest.json
+    next to the weights lists its held-out files), the `count` largest held-out standard-library
+    modules (tests included: they are code too); otherwise textwrap.py."""
     try:
         manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return HELDOUT_FILE
+        return [HELDOUT_FILE]
     prefix = "cpython-stdlib/"
     names = [h[len(prefix):] for h in manifest.get("heldout", []) if h.startswith(prefix)
-             and not h.startswith(prefix + "test/") and (STDLIB / h[len(prefix):]).is_file()]
-    return max((STDLIB / n for n in names), key=lambda p: p.stat().st_size, default=HELDOUT_FILE)
+             and (STDLIB / h[len(prefix):]).is_file()]
+    paths = sorted((STDLIB / n for n in names), key=lambda p: p.stat().st_size, reverse=True)
+    return paths[:count] or [HELDOUT_FILE]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -101,6 +106,10 @@ class Client(LanguageClient):
     def open(self, uri: str, text: str, version: int = 1) -> None:
         self.text_document_did_open(t.DidOpenTextDocumentParams(
             text_document=t.TextDocumentItem(uri=uri, language_id="python", version=version, text=text)))
+
+    def close(self, uri: str) -> None:
+        """Closed, so the server no longer offers it as context for other documents."""
+        self.text_document_did_close(t.DidCloseTextDocumentParams(text_document=t.TextDocumentIdentifier(uri=uri)))
 
     def insert(self, uri: str, version: int, line: int, col: int, text: str) -> None:
         pos = t.Position(line=line, character=col)
@@ -156,11 +165,32 @@ async def stop(client: Client) -> None:
         await client.stop()
 
 
-def line_starts(text: str, rng: random.Random, n: int, skip: int = 150) -> list[tuple[int, int]]:
-    """(line, column) at the first non-blank character of random non-empty lines."""
+def prose_lines(text: str) -> set[int]:
+    """0-based lines that are comments or inside a string spanning lines (docstrings): prose, not
+    code, and not what a held-out line completion is about (`demi eval fim` skips them too)."""
+    import io
+    import tokenize
+
+    out: set[int] = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                out.add(tok.start[0] - 1)
+            elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+                out.update(range(tok.start[0] - 1, tok.end[0]))
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return out
+
+
+def line_starts(text: str, rng: random.Random, n: int, skip: int = 150,
+                code_only: bool = False) -> list[tuple[int, int]]:
+    """(line, column) at the first non-blank character of random non-empty lines (with `code_only`,
+    not comments or docstrings)."""
     lines = text.split("\n")
+    prose = prose_lines(text) if code_only else set()
     candidates = [(i, len(ln) - len(ln.lstrip())) for i, ln in enumerate(lines)
-                  if skip <= i < len(lines) - 20 and len(ln.strip()) >= 6]
+                  if skip <= i < len(lines) - 20 and len(ln.strip()) >= 6 and i not in prose]
     return rng.sample(candidates, min(n, len(candidates)))
 
 
@@ -254,35 +284,42 @@ async def heldout(client: Client, workdir: Path, model: Path, quant: str | None,
     engine = open_engine(str(model), quant=quant)
     from demi.model.registry import resolve_model_dir
 
-    source = heldout_file(resolve_model_dir(str(model), download=False))
-    text = source.read_text(encoding="utf-8")
+    sources = heldout_files(resolve_model_dir(str(model), download=False))
     rng = random.Random(seed + 2)
     client.configure({"maxTokens": max_tokens})
     await asyncio.sleep(0.1)
-    server_hits = direct_hits = agree = 0
-    cases = line_starts(text, rng, n, skip=20)
-    lines = text.split("\n")
-    name = "heldout.py"
-    uri = (workdir / name).as_uri()
-    client.open(uri, text)
-    for k, (line, col) in enumerate(cases):
-        target = lines[line][col:].rstrip()
-        doc_text = "\n".join(lines[:line] + [lines[line][:col]] + lines[line + 1:])
-        client.text_document_did_change(t.DidChangeTextDocumentParams(
-            text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=k + 2),
-            content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)]))
-        got = (await client.complete(uri, line, col)).split("\n")[0].rstrip()
-        doc = Document.from_text(doc_text, name)
-        offset = sum(len(x) + 1 for x in lines[:line]) + col
-        ctx = fim_context(doc, offset, engine.count_tokens, context_tokens, parse(doc), None)
-        raw = engine.infill(ctx, max_new_tokens=max_tokens, stop=["\n"]).text.split("\n")[0].rstrip()
-        server_hits += got == target
-        direct_hits += raw == target
-        agree += got == raw
+    server_hits = direct_hits = agree = cases_run = lost = 0
+    for f, source in enumerate(sources):
+        text = source.read_text(encoding="utf-8")
+        cases = line_starts(text, rng, n // len(sources) + (f < n % len(sources)), skip=20, code_only=True)
+        lines = text.split("\n")
+        name = f"heldout_{f}.py"
+        uri = (workdir / name).as_uri()
+        client.open(uri, text)
+        for k, (line, col) in enumerate(cases):
+            target = lines[line][col:].rstrip()
+            doc_text = "\n".join(lines[:line] + [lines[line][:col]] + lines[line + 1:])
+            client.text_document_did_change(t.DidChangeTextDocumentParams(
+                text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=k + 2),
+                content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)]))
+            got = (await client.complete(uri, line, col)).split("\n")[0].rstrip()
+            doc = Document.from_text(doc_text, name)
+            offset = sum(len(x) + 1 for x in lines[:line]) + col
+            ctx = fim_context(doc, offset, engine.count_tokens, context_tokens, parse(doc), None)
+            raw = engine.infill(ctx, max_new_tokens=max_tokens, stop=["\n"]).text.split("\n")[0].rstrip()
+            server_hits += got == target
+            direct_hits += raw == target
+            agree += got == raw
+            lost += raw == target and got != target  # a match post-processing (or context) threw away
+            cases_run += 1
+            if os.environ.get("DEMI_BENCH_DEBUG"):
+                print(f"{source.name}:{line + 1} target={target!r} server={got!r} raw={raw!r}", file=sys.stderr)
+        client.close(uri)
     engine.close()
-    res = {"file": source.name, "lines": len(cases), "exact_match_server": server_hits / max(1, len(cases)),
-           "exact_match_model_raw": direct_hits / max(1, len(cases)),
-           "server_equals_raw_first_line": agree / max(1, len(cases))}
+    res = {"files": [str(p.relative_to(STDLIB)) if p.is_relative_to(STDLIB) else p.name for p in sources],
+           "lines": cases_run, "exact_match_server": server_hits / max(1, cases_run),
+           "exact_match_model_raw": direct_hits / max(1, cases_run),
+           "server_equals_raw_first_line": agree / max(1, cases_run), "matches_lost_by_the_server": lost}
     print(f"held-out: {json.dumps(res)}", file=sys.stderr, flush=True)
     return res
 

@@ -37,9 +37,16 @@ def tiny_model_config(vocab_size: int = 8192) -> ModelConfig:
 
 
 def tiny_model_fields() -> dict[str, Any]:
+    """The shape. Training sequences are 1,024 tokens and the model cannot read further unscaled
+    (held-out line exact match with 1,536-token prompts: 1 in 120, against 13 with 1,024-token
+    ones), so YaRN (factor 2 over 1,024) gives it 2,048 positions: 9 in 120 at 1,536 tokens, and
+    FIM exact match on the held-out set unchanged within noise (14.0% against 14.4%). A static
+    scaling, unlike dynamic NTK (8 in 120), rotates every position the same way whatever the
+    prompt's length, so cached keys stay exact when a prefix is reused."""
     return dict(model_type="qwen2", hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
-                num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e5,
-                rms_norm_eps=1e-6, qkv_bias=True, tie_word_embeddings=True)
+                num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048,
+                rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1024},
+                rope_theta=1e5, rms_norm_eps=1e-6, qkv_bias=True, tie_word_embeddings=True)
 
 
 def tiny_spec() -> RunSpec:
