@@ -16,9 +16,8 @@ editor starts it; every number is taken on the client side of the pipe.
    text removed and the server is asked to complete it at its indentation; exact match of the
    server's answer and of the model's own first raw line (the same file's context through the
    engine directly), and the matches the server lost (raw right, server wrong), so post-processing
-   can be seen not to lose accuracy. The server also sees recently opened files, which the direct
-   side does not, so the answers can differ both ways. Spread over the six largest held-out
-   standard-library files. On random weights both are 0: re-run on a trained model
+   can be seen not to lose accuracy. Spread over the six largest held-out standard-library files,
+   each on a fresh server, so no other file can be context. On random weights both are 0: re-run on a trained model
    (`--model demi-tiny`).
 
 Without --model it uses `.demi-build/demo-model`, built with `python -m demi.model.scaffold`
@@ -41,7 +40,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException
@@ -106,10 +105,6 @@ class Client(LanguageClient):
     def open(self, uri: str, text: str, version: int = 1) -> None:
         self.text_document_did_open(t.DidOpenTextDocumentParams(
             text_document=t.TextDocumentItem(uri=uri, language_id="python", version=version, text=text)))
-
-    def close(self, uri: str) -> None:
-        """Closed, so the server no longer offers it as context for other documents."""
-        self.text_document_did_close(t.DidCloseTextDocumentParams(text_document=t.TextDocumentIdentifier(uri=uri)))
 
     def insert(self, uri: str, version: int, line: int, col: int, text: str) -> None:
         pos = t.Position(line=line, character=col)
@@ -272,10 +267,10 @@ async def typing(client: Client, workdir: Path, runs: int, keys: int, gap: float
 
 # -- 3. held-out lines ------------------------------------------------------------------------------------------
 
-async def heldout(client: Client, workdir: Path, model: Path, quant: str | None, n: int, context_tokens: int,
-                  max_tokens: int, seed: int) -> dict[str, Any]:
-    """One document edited per case (so no copy of the file is ever context for another case), on
-    a server that has seen no other file; the direct side builds the same prompt with no other files."""
+async def heldout(new_server: Callable[[], Awaitable[Client]], workdir: Path, model: Path, quant: str | None,
+                  n: int, context_tokens: int, max_tokens: int, seed: int) -> dict[str, Any]:
+    """Each file on a fresh server (so no other file it has seen can be context), one document
+    edited per case; the direct side builds the same prompt with no other files."""
     from demi.assistant.context import fim_context
     from demi.assistant.document import Document
     from demi.assistant.engines import open_engine
@@ -286,8 +281,6 @@ async def heldout(client: Client, workdir: Path, model: Path, quant: str | None,
 
     sources = heldout_files(resolve_model_dir(str(model), download=False))
     rng = random.Random(seed + 2)
-    client.configure({"maxTokens": max_tokens})
-    await asyncio.sleep(0.1)
     server_hits = direct_hits = agree = cases_run = lost = 0
     for f, source in enumerate(sources):
         text = source.read_text(encoding="utf-8")
@@ -295,6 +288,9 @@ async def heldout(client: Client, workdir: Path, model: Path, quant: str | None,
         lines = text.split("\n")
         name = f"heldout_{f}.py"
         uri = (workdir / name).as_uri()
+        client = await new_server()
+        client.configure({"maxTokens": max_tokens})
+        await asyncio.sleep(0.1)
         client.open(uri, text)
         for k, (line, col) in enumerate(cases):
             target = lines[line][col:].rstrip()
@@ -310,11 +306,11 @@ async def heldout(client: Client, workdir: Path, model: Path, quant: str | None,
             server_hits += got == target
             direct_hits += raw == target
             agree += got == raw
-            lost += raw == target and got != target  # a match post-processing (or context) threw away
+            lost += raw == target and got != target  # a match post-processing threw away
             cases_run += 1
             if os.environ.get("DEMI_BENCH_DEBUG"):
                 print(f"{source.name}:{line + 1} target={target!r} server={got!r} raw={raw!r}", file=sys.stderr)
-        client.close(uri)
+        await stop(client)
     engine.close()
     res = {"files": [str(p.relative_to(STDLIB)) if p.is_relative_to(STDLIB) else p.name for p in sources],
            "lines": cases_run, "exact_match_server": server_hits / max(1, cases_run),
@@ -359,13 +355,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                    "cache_hits": s.cacheHits}
         finally:
             await stop(client)
-        if args.heldout:  # a fresh server: no other file it has seen can be context
-            client = await start(model, args.quant, workdir, options, args.threads)
-            try:
-                out["heldout"] = await heldout(client, workdir, model, args.quant, args.heldout, args.context_tokens,
-                                               args.max_tokens[-1], args.seed)
-            finally:
-                await stop(client)
+        if args.heldout:
+            out["heldout"] = await heldout(lambda: start(model, args.quant, workdir, options, args.threads), workdir,
+                                           model, args.quant, args.heldout, args.context_tokens, args.max_tokens[-1],
+                                           args.seed)
     out["machine"]["load_after"] = _load()
     return out
 
