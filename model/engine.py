@@ -36,7 +36,7 @@ DEFAULT_CONTEXT = 4096
 # re-reading of the KV cache and per-chunk work that chunking costs.
 CHUNK_FLOPS = 50e9
 MIN_PREFILL_CHUNK, MAX_PREFILL_CHUNK = 512, 4096
-WARM_UP_FLOPS = 250e9  # ~0.5 s of a 2-core CPU: warm-up is for small models, whose kernels cost the most
+WARM_UP_FLOPS = 100e9  # ~0.5 s of a 2-core CPU: warm-up is for small models, whose kernels cost the most
 
 
 def prefill_chunk_for(params: int) -> int:
@@ -89,8 +89,15 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 def _param_count(model: Transformer) -> int:
-    """Weights by element count, quantized ones (buffers) included."""
-    return sum(t.numel() for t in (*model.parameters(), *model.buffers()) if t.dim() >= 2)
+    """Parameters each prompt token goes through in matmuls (active ones for a mixture of experts,
+    not the embedding lookup), from the config, so quantization layouts (an int8 head's int4
+    shadow, kept bf16 copies) do not count twice; an exotic config counts the weight tensors."""
+    try:
+        from .info import model_info
+
+        return int(model_info(model.config).params.active_non_embedding)
+    except Exception:  # noqa: BLE001 - a config model_info cannot read
+        return sum(t.numel() for t in (*model.parameters(), *model.buffers()) if t.dim() >= 2)
 
 
 def _unhealed(raw: str, heal: str) -> str:
@@ -211,29 +218,32 @@ class LocalModel:
 
     @torch.inference_mode()
     def warm_up(self, prompt_tokens: range | list[int], decode_steps: int = 4) -> list[int]:
-        """Run a prefill of each padded size `prompt_tokens` can take, and a few decode steps, into a
+        """Run a prefill of padded sizes `prompt_tokens` can take, and a few decode steps, into a
         scratch cache, so the first real requests do not pay for building their kernels (~20 ms a
-        size on demi-tiny). Sizes past WARM_UP_FLOPS of work are skipped. Returns the sizes run."""
+        size on demi-tiny). Sizes nearest the middle of `prompt_tokens` come first, until
+        WARM_UP_FLOPS of work. Returns the sizes run."""
         if self.max_pad < PAD_BUCKETS[-1][1] - 1:  # a model this size does not pad: no few sizes to warm
             return []
+        wanted = sorted(n for n in prompt_tokens if n > 0)
+        if not wanted:
+            return []
         cap = min(self.context - decode_steps - 1, self.prefill_chunk)
-        sizes = sorted({padded_rows(min(n, cap), cap, self.max_pad) for n in prompt_tokens if n > 0})
+        middle = wanted[len(wanted) // 2]
+        sizes = sorted({padded_rows(min(n, cap), cap, self.max_pad) for n in wanted}, key=lambda r: abs(r - middle))
         per_token = 2 * _param_count(self.model)
         run, spent = [], 0.0
-        cache: KVCache | None = None
-        for rows in reversed(sizes):  # the longest first: it sizes the cache and costs the most
-            if spent + rows * per_token > WARM_UP_FLOPS:
-                continue
-            cache = cache or KVCache(self.model.config, rows + decode_steps, dtype=self.model.dtype,
-                                     device=self.device)
-            tokens = torch.zeros(1, rows, dtype=torch.long, device=self.device)
-            prefill(self.model, tokens, 0, cache, self.max_pad)
-            spent += rows * per_token
-            run.append(rows)
-        if cache is not None:
-            step = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-            for pos in range(decode_steps):
-                self.model(step, start=run[-1] + pos, cache=cache)
+        for rows in sizes:
+            if spent + rows * per_token <= WARM_UP_FLOPS:
+                run.append(rows)
+                spent += rows * per_token
+        if not run:
+            return []
+        cache = KVCache(self.model.config, max(run) + decode_steps, dtype=self.model.dtype, device=self.device)
+        for rows in run:
+            prefill(self.model, torch.zeros(1, rows, dtype=torch.long, device=self.device), 0, cache, self.max_pad)
+        step = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        for pos in range(decode_steps):
+            self.model(step, start=max(run) + pos, cache=cache)
         return sorted(run)
 
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,

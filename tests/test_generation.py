@@ -374,6 +374,6 @@ def test_warm_up_runs_each_padded_size_once_within_its_budget(lm, prompt_ids, gr
     assert [list(s.tokens) for s in lm.prefix_cache.slots] == slots  # a scratch cache, not a slot
     assert list(generate_tokens(lm.model, prompt_ids, 48)) == greedy_full.token_ids
     monkeypatch.setattr(engine, "WARM_UP_FLOPS", 2 * engine._param_count(lm.model) * 300)
-    assert lm.warm_up(range(100, 200)) == [208]  # the longest first, then nothing more fits
+    assert lm.warm_up(range(100, 200)) == [128, 144]  # nearest the middle (~150) first, while they fit
     monkeypatch.setattr(lm, "max_pad", 2)
     assert lm.warm_up(range(100, 200)) == []  # a model that does not pad has no few sizes to warm
