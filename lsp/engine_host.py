@@ -213,7 +213,7 @@ class EngineHost:
         self.thread.call(engine.info).result()  # parameter count and FIM template, once, off the hot path
         # Build the kernels of the prompt sizes completions will have (a prompt fills most of the
         # budget unless the file is short), queued behind loading: the first completions then run as
-        # fast as later ones. About half a second for demi-tiny; nothing for models that do not pad.
+        # fast as later ones. About 0.2 s for demi-tiny; nothing for models that do not pad.
         budget = max(1, s.context_tokens)
         warm = self.thread.call(lambda: plain.local.warm_up(range(budget * 7 // 10, budget * 21 // 20 + 1)))
         warm.add_done_callback(lambda f: log.info("warmed up prefill sizes %s", f.result())

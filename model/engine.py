@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .decoder import KVCache, Transformer
 from .errors import ContextOverflowError, DemiUserError
 from .generate import (PAD_BUCKETS, CancelToken, Sampling, StopState, generate_tokens, max_padding, padded_rows,
-                       prefill)
+                       prefill, worth_reusing)
 from .healing import ForcedPrefix
 from .loading import load_model, resolve_device
 from .prefix_cache import PrefixCache
@@ -172,6 +172,7 @@ class LocalModel:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is "
                                        f"{self.context}")
         slot, reuse = self.prefix_cache.acquire(ids)
+        reuse = worth_reusing(min(reuse, len(ids) - 1), len(ids))  # what generate_tokens will keep, reported as such
         try:
             completion = yield from self._generate(ids, slot, reuse, max_new_tokens, sampling, stops, end_ids,
                                                    cancel, deadline, started, state, decoder, out_ids,
