@@ -7,6 +7,8 @@ transformers' loss.
 
 from __future__ import annotations
 
+import inspect
+
 import math
 
 import pytest
@@ -43,6 +45,11 @@ def test_full_sequence_logits(pair):
     assert diff < TOL, diff
 
 
+# transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, then goes).
+_HF_CACHE_ARG = "cache" if "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters \
+    else "past_key_values"
+
+
 def _chunks(n: int) -> list[tuple[int, int]]:
     """Prefill 10 tokens, a chunk of 7 at an offset (the prefix-cache path), then one at a time."""
     return [(0, 10), (10, 17)] + [(i, i + 1) for i in range(17, n)]
@@ -54,7 +61,7 @@ def test_kv_cache_decoding_matches_transformers(pair):
     ids = _ids(40, seed=2)
     cache, hf_cache = KVCache(ours.config, 64), transformers.DynamicCache(config=hf.config)
     got = torch.cat([ours(ids[:, a:b], start=a, cache=cache) for a, b in _chunks(40)], dim=1)
-    ref = torch.cat([hf(ids[:, a:b], past_key_values=hf_cache, use_cache=True).logits
+    ref = torch.cat([hf(ids[:, a:b], use_cache=True, **{_HF_CACHE_ARG: hf_cache}).logits
                      for a, b in _chunks(40)], dim=1)
     assert (ref - got).abs().max().item() < TOL
     assert cache.length == 40
