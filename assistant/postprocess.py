@@ -6,6 +6,7 @@ mid-expression. Each step here fixes one of those and is tested on golden string
 - `decide_mode`: one line or several, from what surrounds the cursor;
 - `stop_at_block_end`: cut where the current block ends (indentation; braces in C-like code);
 - `drop_repeats`: drop lines that repeat the line before the cursor or the lines after it;
+- `cut_loop`: cut a tail where the model got stuck repeating itself ("iter(iter(iter(...");
 - `trim_suffix_overlap`: drop an ending the text after the cursor already has;
 - `balance_brackets`: close brackets the completion opened and left open;
 - `syntax_trim`: with tree-sitter, drop trailing lines that make the file parse worse.
@@ -210,7 +211,11 @@ class BlockWatcher:
 
     def push(self, piece: str) -> bool:
         self.text += piece
-        if self.done or "\n" not in piece:
+        if self.done:
+            return True
+        if "\n" not in piece:  # a model stuck in a loop would run to the token cap: stop it now
+            # (two copies more than the final cut needs: a literal still being written may repeat)
+            self.done = len(self.text) >= 12 and loop_start(self.text, LOOP_MIN_REPEATS + 2) is not None
             return self.done
         if self.mode == "single":
             self.done = bool(self.text.strip()) and "\n" in self.text.lstrip("\n")
@@ -222,6 +227,37 @@ class BlockWatcher:
 
 
 # -- repeats -------------------------------------------------------------------------------------
+
+LOOP_MIN_REPEATS, LOOP_MAX_UNIT, LOOP_MIN_SHARE = 4, 40, 0.4
+
+
+def loop_start(text: str, repeats: int = LOOP_MIN_REPEATS) -> int | None:
+    """Where a looping tail begins: the text ends in `repeats` or more copies of one unit of 2-40
+    characters, at least two different ones and a letter or digit among them (and maybe a
+    partial copy), covering at least 40% of the text; None when it does not. Small models fall
+    into such loops and run to the token cap; code that repeats on purpose ("[0, 0, 0, 0]",
+    "# ====", "0xffffffff") ends in something else or repeats a single character."""
+    n = len(text)
+    best: int | None = None
+    for unit in range(2, min(LOOP_MAX_UNIT, n // repeats) + 1):
+        i = n - 1
+        while i >= unit and text[i] == text[i - unit]:
+            i -= 1
+        start = i + 1 - unit if i >= unit else 0  # text[start:] repeats with period `unit`
+        if (n - start) // unit < repeats or n - start < LOOP_MIN_SHARE * n:
+            continue
+        chars = set(text[start:start + unit])
+        if len(chars) < 2 or not any(c.isalnum() for c in chars):
+            continue
+        best = start if best is None else min(best, start)
+    return best
+
+
+def cut_loop(completion: str) -> str:
+    """The completion without a looping tail (see `loop_start`), trailing blanks dropped."""
+    start = loop_start(completion)
+    return completion if start is None else completion[:start].rstrip(" \t")
+
 
 def _meaningful(line: str) -> bool:
     s = line.strip()
@@ -435,6 +471,7 @@ def postprocess(prefix: str, completion: str, suffix: str, spec: LangSpec | None
     else:
         step("stop_at_block_end", stop_at_block_end(prefix, result.text, suffix, spec))
     step("drop_repeats", drop_repeats(prefix, result.text, suffix))
+    step("cut_loop", cut_loop(result.text))
     step("trim_suffix_overlap", trim_suffix_overlap(prefix, result.text, suffix, spec))
     if mode == "multi":
         step("syntax_trim", syntax_trim(prefix, result.text, suffix, spec, mode))

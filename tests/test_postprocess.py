@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from demi.assistant.languages import LANGUAGES
-from demi.assistant.postprocess import (BlockWatcher, balance_brackets, decide_mode, drop_repeats,
+from demi.assistant.postprocess import (BlockWatcher, balance_brackets, cut_loop, decide_mode, drop_repeats,
                                         open_stack, postprocess, stop_at_block_end, syntax_trim,
                                         trim_suffix_overlap)
 
@@ -164,3 +164,26 @@ def test_postprocess_pipeline(prefix, raw, suffix, spec, want, mode):
     out = postprocess(prefix, raw, suffix, spec)
     assert out.mode == mode
     assert out.text == want, out.steps
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("return iter(iter(iter(iter(iter(iter(iter(iter(", "return"),
+    ('"qrstr", "qrstr", "qrstr", "qrstr", "qrstr", "qr', ""),
+    ("self.loop.run(self.loop.run(self.loop.run(self.loop.run(self.loop", ""),
+    ("x = [0, 0, 0, 0]", "x = [0, 0, 0, 0]"),               # ends in something else
+    ("# " + "=" * 70, "# " + "=" * 70),                     # no letter or digit
+    ("mask = 0xffffffffffffffff", "mask = 0xffffffffffffffff"),  # one character repeated
+    ("pairs = [1, 2, 1, 2, 1, 2]", "pairs = [1, 2, 1, 2, 1, 2]"),
+    ("ab, ab, ab", "ab, ab, ab"),                           # three copies are not a loop
+])
+def test_cut_loop(raw, want):
+    assert cut_loop(raw) == want
+
+
+def test_block_watcher_stops_a_loop_before_the_token_cap():
+    w = BlockWatcher("x = ", "", LANGUAGES["python"], "single")
+    pieces = ["f(", "g(", "f(", "g("] + ["f(", "g("] * 20
+    stopped = next(i for i, p in enumerate(pieces) if w.push(p))
+    assert stopped < 16  # six copies of "f(g(" and it stops, not at the cap
+    digits = BlockWatcher("x = ", "", LANGUAGES["python"], "single")
+    assert not any(digits.push(p) for p in ["0x", "ff", "ff", "ff", "ff", "ff", "ff", "ff", "ff"])
