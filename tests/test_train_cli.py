@@ -97,6 +97,49 @@ def test_rerun_needs_resume_and_resume_extends(run, tmp_path, capsys):
     assert json.loads((copy / "run.json").read_text())["train"]["steps"] == 8
 
 
+def test_a_data_phase_changes_the_mix_and_resumes_exactly(run, tmp_path):
+    """A phase in run.json trains the steps after its `from_step` on its own mix, from the
+    checkpoint that ends the phase before; stopping inside it and resuming gives the weights a
+    straight run gives."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from demi.model.train import checkpoints
+    from demi.model.train.errors import TrainConfigError
+    from demi.model.train.pipeline import train_run
+
+    copies = []
+    for name in ("straight", "stopped"):
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        spec = json.loads((copy / "run.json").read_text())
+        spec["phases"] = [{"from_step": 6, "data": {"fim_rate": 1.0, "line_fim_rate": 1.0, "seed": 5}}]
+        (copy / "run.json").write_text(json.dumps(spec))
+        copies.append(copy)
+    logs: list[str] = []
+    train_run(copies[0], steps=10, progress=False, log=logs.append)
+    assert any("data phase 1" in line for line in logs)
+    first = train_run(copies[1], steps=10, until=8, progress=False, log=lambda _: None)
+    assert first["step"] == 8 and not first["finished"]
+    state = checkpoints.load_state(checkpoints.latest_checkpoint(copies[1]))
+    assert state["data_options"]["line_fim_rate"] == 1.0 and state["position"][0] == 0
+    assert train_run(copies[1], progress=False, log=lambda _: None)["finished"]
+    a, b = (load_file(str(c / "model" / "model.safetensors")) for c in copies)
+    assert all(torch_equal(a[k], b[k]) for k in a)
+    plain = load_file(str(run / "model" / "model.safetensors"))
+    assert any(not torch_equal(a[k], plain[k]) for k in a)
+    spec = json.loads((copies[1] / "run.json").read_text())
+    spec["phases"] = [{"from_step": 6, "data": {"seq_len": 64}}]
+    (copies[1] / "run.json").write_text(json.dumps(spec))
+    with pytest.raises(TrainConfigError, match="seq_len"):
+        train_run(copies[1], steps=12, progress=False, log=lambda _: None)
+
+
+def torch_equal(x, y) -> bool:
+    return bool((x == y).all())
+
+
 def test_eval_fim_on_the_runs_heldout_files(env, run):
     res = one_json(demi(env, "eval", "fim", "--model", run / "model", "--run", run, "--samples", "3",
                         "--max-tokens", "6", "--json"))

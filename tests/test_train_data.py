@@ -12,8 +12,8 @@ import torch
 from demi.assistant.fim import detect_fim
 from demi.model.train.corpus import Document, is_heldout
 from demi.model.train.data import DataOptions, PackedData, Position, SegmentEncoder, pack
-from demi.model.train.fim import (FimOptions, Special, chunk_text, file_head, fim_segments, fim_transform, render,
-                                  split_points)
+from demi.model.train.fim import (FimOptions, Special, chunk_text, file_head, fim_segments, fim_transform,
+                                  line_split_points, render, split_points)
 from test_train_support import make_tokenizer, module_text
 
 
@@ -83,6 +83,57 @@ def test_fim_draws_do_not_depend_on_the_outcome():
     fim_transform("some text\n", a, FimOptions(rate=1.0))
     fim_transform("some text\n", b, FimOptions(rate=0.0))
     assert a.random() == b.random()
+
+
+def _parts(sample):
+    return {sample[i].token: sample[i + 1] for i in range(0, 6, 2)}
+
+
+def test_line_holes_run_from_a_cursor_to_a_line_end():
+    """An editor's hole: it starts in a non-blank line (at the indentation, after a word or
+    anywhere in it) and ends where a line does, so the suffix starts with the line break."""
+    text = module_text(2)
+    lines = text.split("\n")
+    rng = random.Random(3)
+    kinds = {"indent": 0, "word": 0, "multi": 0}
+    for _ in range(600):
+        a, b = line_split_points(text, rng)
+        assert 0 <= a <= b <= len(text)
+        assert b == len(text) or text[b] == "\n"
+        line_start = text.rfind("\n", 0, a) + 1
+        line = text[line_start:text.find("\n", a) if "\n" in text[a:] else len(text)]
+        assert line.strip(), "a hole starts in a non-blank line"
+        indent = len(line) - len(line.lstrip())
+        assert a >= line_start + indent
+        kinds["indent"] += a == line_start + indent
+        kinds["word"] += a > line_start + indent and (text[a - 1].isalnum() or text[a - 1] == "_")
+        kinds["multi"] += text[a:b].count("\n") > 0
+    assert kinds["indent"] > 200 and kinds["word"] > 200 and 100 < kinds["multi"] < 300
+    assert line_split_points("", rng) == (0, 0) and line_split_points("\n\n  \n", random.Random(0))[1] <= 5
+    assert len(lines) > 10
+
+
+def test_line_rate_mixes_both_kinds_and_keeps_the_draws_fixed():
+    text = module_text(4)
+    rng = random.Random(7)
+    opts = FimOptions(rate=1.0, spm_rate=0.5, line_rate=0.5)
+    samples = [fim_transform(text, rng, opts) for _ in range(400)]
+    for s in samples:
+        parts = _parts(s)
+        assert parts["<|fim_prefix|>"] + parts["<|fim_middle|>"] + parts["<|fim_suffix|>"] == text
+    ends_at_line = sum(_parts(s)["<|fim_suffix|>"][:1] in ("\n", "") for s in samples)
+    assert 180 < ends_at_line < 300  # half are line holes, and a few uniform cuts land there too
+    a, b = random.Random(5), random.Random(5)
+    fim_transform(text, a, opts)
+    fim_transform(text, b, FimOptions(rate=0.0, line_rate=0.5))
+    assert a.random() == b.random()
+    # without line holes the draws are those runs before the option made (a shipped run resumes)
+    c, d = random.Random(9), random.Random(9)
+    fim_transform(text, c, FimOptions(rate=1.0, line_rate=0.0))
+    d.random(), d.random(), split_points(len(text), d)
+    assert c.random() == d.random()
+    with pytest.raises(ValueError):
+        FimOptions(line_rate=2.0)
 
 
 @pytest.mark.parametrize("with_repo", [False, True])

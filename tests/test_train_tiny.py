@@ -61,3 +61,46 @@ def test_ship_refuses_non_permissive_or_oversized_runs(tmp_path, monkeypatch):
     with pytest.raises(TrainConfigError, match="no finished model"):
         ship(tmp_path / "nothing", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_phases_are_valid_and_later_than_the_first_schedule():
+    spec = tiny_spec()
+    bounds = spec.boundaries()
+    assert bounds and bounds[0] >= spec.train["steps"]  # the first 1,800 steps are the base mix
+    for k in range(len(bounds) + 1):
+        opts = spec.data_options(k)
+        assert opts.seq_len == spec.data["seq_len"]
+    assert spec.data_options(len(bounds)).line_fim_rate > 0 == spec.data_options(0).line_fim_rate
+
+
+def _run_at_step(tmp_path, step: int):
+    """A run directory as `prepare_run` left it (run.json without phases) with a checkpoint."""
+    import torch
+
+    from demi.model.train import checkpoints
+    from demi.model.train.pipeline import RunSpec
+    from demi.model.train.trainer import write_json
+
+    run = tmp_path / f"run{step}"
+    run.mkdir()
+    spec = tiny_spec()
+    old = RunSpec.from_json({**spec.to_json(), "phases": []})
+    write_json(run / "run.json", old.to_json())
+    model = torch.nn.Linear(2, 2)
+    checkpoints.save(run, step, model, torch.optim.AdamW(model.parameters()), {"position": [0, 0]})
+    return run
+
+
+def test_a_run_from_before_the_phases_adopts_them_until_it_passes_them(tmp_path):
+    from demi.model.train.pipeline import load_run
+    from demi.model.train.tiny import TINY_PHASES, _adopt_phases
+
+    boundary = TINY_PHASES[0]["from_step"]
+    run = _run_at_step(tmp_path, boundary)
+    said: list[str] = []
+    _adopt_phases(run, load_run(run), said.append)
+    assert load_run(run).phases == TINY_PHASES and said
+    late = _run_at_step(tmp_path, boundary + 1)
+    with pytest.raises(TrainConfigError, match="past step"):
+        _adopt_phases(late, load_run(late), said.append)
+    assert load_run(late).phases == []

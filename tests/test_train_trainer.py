@@ -145,6 +145,13 @@ def test_corrupt_checkpoints_are_clear_errors(tmp_path, data, tok):
     other = trainer(tmp_path / "other", data, tok, steps=4, batch_size=2)
     with pytest.raises(ResumeError, match="batch_size"):
         other.resume(good)
+    wider = micro_config(tok.vocab_size, intermediate_size=128)
+    with pytest.raises(ResumeError, match="model shape"):
+        trainer(tmp_path / "wider", data, tok, model_cfg=wider).resume(good)
+    # how positions are encoded is not the weights' shape: training may go on under a RoPE scaling
+    yarn = micro_config(tok.vocab_size, rope_scaling={"rope_type": "yarn", "factor": 2.0,
+                                                      "original_max_position_embeddings": 32})
+    assert trainer(tmp_path / "yarn", data, tok, model_cfg=yarn).resume(good)
     assert not trainer(tmp_path / "empty", data, tok).resume()
 
 

@@ -31,6 +31,7 @@ class DataOptions:
     seq_len: int = 512
     fim_rate: float = 0.5  # share of code samples turned into FIM
     spm_rate: float = 0.5  # share of FIM samples in SPM order (what demi-tiny is sent)
+    line_fim_rate: float = 0.0  # share of FIM samples with an editor's hole (fim.line_split_points)
     file_sep_rate: float = 0.5  # share of single-file samples with a <|file_sep|>path header
     repo_rate: float = 0.1  # share of samples preceded by other files of the same package
     max_repo_files: int = 2
@@ -40,7 +41,7 @@ class DataOptions:
     def __post_init__(self) -> None:
         if self.seq_len < 8:
             raise TrainConfigError("seq_len must be at least 8")
-        for name in ("fim_rate", "spm_rate", "file_sep_rate", "repo_rate"):
+        for name in ("fim_rate", "spm_rate", "line_fim_rate", "file_sep_rate", "repo_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainConfigError(f"{name} must be between 0 and 1")
 
@@ -156,7 +157,7 @@ class PackedData:
     def epoch_samples(self, epoch: int) -> list[Sample]:
         o = self.options
         rng = random.Random(o.seed * 1_000_003 + epoch)
-        fim = FimOptions(o.fim_rate, o.spm_rate)
+        fim = FimOptions(o.fim_rate, o.spm_rate, o.line_fim_rate)
         order = list(range(len(self.chunks)))
         rng.shuffle(order)
         samples: list[Sample] = []

@@ -19,6 +19,7 @@ a `Special` is one special token. `render` joins them into the text a prompt wou
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,20 +40,59 @@ Sample = list[Segment]
 
 @dataclass(frozen=True)
 class FimOptions:
-    """`rate`: share of documents transformed; `spm_rate`: share of those in SPM order."""
+    """`rate`: share of documents transformed; `spm_rate`: share of those in SPM order;
+    `line_rate`: share of those whose hole is an editor's (`line_split_points`) rather than two
+    uniform cuts."""
 
     rate: float = 0.5
     spm_rate: float = 0.5
+    line_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (0 <= self.rate <= 1 and 0 <= self.spm_rate <= 1):
-            raise ValueError("FIM rate and SPM rate must be in [0, 1]")
+        if not all(0 <= r <= 1 for r in (self.rate, self.spm_rate, self.line_rate)):
+            raise ValueError("FIM rate, SPM rate and line rate must be in [0, 1]")
 
 
 def split_points(n: int, rng: random.Random) -> tuple[int, int]:
     """Two cut positions 0 <= a <= b <= n, uniform over characters."""
     a, b = rng.randint(0, n), rng.randint(0, n)
     return (a, b) if a <= b else (b, a)
+
+
+_WORD_END = re.compile(r"\w\b")
+
+
+def line_split_points(text: str, rng: random.Random, max_extra_lines: int = 4) -> tuple[int, int]:
+    """A hole the way an editor asks for one: the cursor in a non-blank line (after its
+    indentation, right after a word, or at any character of it, 40/40/20), the middle running to
+    the end of that line and, a third of the time, 1 to `max_extra_lines` lines further, so the
+    suffix starts with the line break. Two uniform cuts (`split_points`) make middles of about a
+    third of the document that rarely end where a line does, which is not what completing the
+    current line asks; both kinds are trained. A text with no non-blank line gets uniform cuts."""
+    spans, offset = [], 0
+    for line in text.split("\n"):
+        if line.strip():
+            spans.append((offset, offset + len(line)))
+        offset += len(line) + 1
+    if not spans:
+        return split_points(len(text), rng)
+    k = rng.randrange(len(spans))
+    start, end = spans[k]
+    line = text[start:end]
+    code_at = start + len(line) - len(line.lstrip())
+    kind = rng.random()
+    a = code_at
+    if kind >= 0.8:
+        a = rng.randint(code_at, end)
+    elif kind >= 0.4:
+        ends = [start + m.end() for m in _WORD_END.finditer(line) if start + m.end() > code_at]
+        a = rng.choice(ends) if ends else code_at
+    b = end
+    if rng.random() < 1 / 3:
+        later = [e for _, e in spans[k + 1:k + 1 + max_extra_lines]]
+        if later:
+            b = later[rng.randrange(len(later))]
+    return a, b
 
 
 def fim_segments(prefix: str, middle: str, suffix: str, order: str) -> Sample:
@@ -66,7 +106,8 @@ def fim_segments(prefix: str, middle: str, suffix: str, order: str) -> Sample:
 
 def fim_transform(text: str, rng: random.Random, options: FimOptions = FimOptions()) -> Sample:
     """`text` as a plain sample (`text<|endoftext|>`) or, with probability `options.rate`, a
-    character-level FIM sample, SPM with probability `options.spm_rate`.
+    character-level FIM sample, SPM with probability `options.spm_rate`, its hole an editor's
+    (`line_split_points`) with probability `options.line_rate`.
 
     The random draws are always the same three (transform?, order?, cut points), whatever the
     outcome, so one document's choice never shifts the next document's.
@@ -74,6 +115,11 @@ def fim_transform(text: str, rng: random.Random, options: FimOptions = FimOption
     do_fim = rng.random() < options.rate
     spm = rng.random() < options.spm_rate
     a, b = split_points(len(text), rng)
+    if options.line_rate > 0:  # (drawn only then: runs without line holes keep their old draws)
+        line_hole = rng.random() < options.line_rate
+        sub = random.Random(rng.getrandbits(64))  # a line hole's varying draws stay out of `rng`
+        if do_fim and line_hole:
+            a, b = line_split_points(text, sub)
     if not do_fim:
         return [text, Special(EOT)]
     return fim_segments(text[:a], text[a:b], text[b:], "spm" if spm else "psm")

@@ -1,6 +1,7 @@
 """A training run on disk, from sources to a saved model, resumable across sessions.
 
-    RUN/run.json                  every setting of the run (model shape, trainer, data, corpus)
+    RUN/run.json                  every setting of the run (model shape, trainer, data and its later
+                                  phases, corpus)
     RUN/corpus/train.jsonl.gz     the corpus snapshot the run trains on (so a resume sees the same
     RUN/corpus/heldout.jsonl.gz   files even if the machine's packages changed in between)
     RUN/manifest.json             what went in: package, version, license, files, tokens
@@ -59,15 +60,47 @@ class RunSpec:
     vocab_size: int = 8192
     teacher: str | None = None
     name: str = "run"
+    # Later data mixes: [{"from_step": N, "data": {...}}] changes `data` for the steps after N
+    # (each phase on top of the ones before), from the first row of the new mix.
+    phases: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": RUN_FORMAT, "name": self.name, "model": self.model, "train": self.train,
-                "data": self.data, "corpus": self.corpus, "vocab_size": self.vocab_size, "teacher": self.teacher}
+        out = {"format": RUN_FORMAT, "name": self.name, "model": self.model, "train": self.train,
+               "data": self.data, "corpus": self.corpus, "vocab_size": self.vocab_size, "teacher": self.teacher}
+        if self.phases:
+            out["phases"] = self.phases
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RunSpec":
         return cls(d["model"], d.get("train", {}), d.get("data", {}), d.get("corpus", {}),
-                   int(d.get("vocab_size", 8192)), d.get("teacher"), d.get("name", "run"))
+                   int(d.get("vocab_size", 8192)), d.get("teacher"), d.get("name", "run"), d.get("phases") or [])
+
+    def boundaries(self) -> list[int]:
+        """The steps after which each later phase begins, checked to be increasing."""
+        out = []
+        for p in self.phases:
+            if not isinstance(p, dict) or not isinstance(p.get("from_step"), int) or not isinstance(p.get("data"), dict):
+                raise TrainConfigError(f"bad phase in run.json: {p!r} (want {{'from_step': N, 'data': {{...}}}})")
+            if p["from_step"] <= (out[-1] if out else 0):
+                raise TrainConfigError("phases in run.json must start at increasing steps above 0")
+            if "seq_len" in p["data"]:
+                raise TrainConfigError("a data phase cannot change seq_len")
+            out.append(p["from_step"])
+        return out
+
+    def phase_at(self, step: int) -> int:
+        """The phase the step after `step` trains in (0: the base data)."""
+        return sum(1 for b in self.boundaries() if b <= step)
+
+    def data_options(self, phase: int) -> DataOptions:
+        fields = dict(self.data)
+        for p in self.phases[:phase]:
+            fields.update(p["data"])
+        try:
+            return DataOptions(**fields)
+        except TypeError as exc:
+            raise TrainConfigError(f"bad data settings in run.json: {exc}") from None
 
 
 def _write_docs(path: Path, docs: Sequence[Document]) -> None:
@@ -196,13 +229,21 @@ def train_run(run_dir: str | Path, steps: int | None = None, until: int | None =
     tcfg = TrainConfig.from_dict(train_fields)
     tok = Tokenizer.from_dir(run / "tokenizer")
     cfg = model_config(spec, tok)
-    dopts = DataOptions(**spec.data)
+    boundaries = spec.boundaries()
+    ck = Path(resume_from) if resume_from else checkpoints.latest_checkpoint(run)
+    start = int(checkpoints.load_state(ck)["step"]) if ck is not None else 0
+    phase = spec.phase_at(start)
     train_docs = _read_docs(run / "corpus" / "train.jsonl.gz")
     heldout = _read_docs(run / "corpus" / "heldout.jsonl.gz")
     if not train_docs:
         raise CorpusError(f"{run}: the corpus snapshot is empty")
     pairs = extract_pairs(train_docs, seed=tcfg.seed) if spec.corpus.get("pairs", True) else []
-    data = PackedData(train_docs, tok, dopts, pairs, heldout)
+
+    def phase_data(k: int) -> PackedData:
+        return PackedData(train_docs, tok, spec.data_options(k), pairs, heldout)
+
+    data = phase_data(phase)
+    dopts = data.options
     teacher = None
     if spec.teacher:
         from ..loading import load_model
@@ -211,15 +252,23 @@ def train_run(run_dir: str | Path, steps: int | None = None, until: int | None =
         teacher = load_model(spec.teacher, dtype="float32", device=device)
     model = init_model(cfg, tcfg.seed)
     trainer = Trainer(model, data, tcfg, run, teacher=teacher, progress=progress, device=device)
-    ck = Path(resume_from) if resume_from else checkpoints.latest_checkpoint(run)
     if ck is not None:
-        trainer.resume(ck)
+        trainer.resume(ck, new_phase=phase > 0 and start == boundaries[phase - 1])
         log(f"resumed from {ck.name} (step {trainer.step}, {trainer.tokens_seen:,} tokens seen)")
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"{data.rows_per_epoch(trainer.position.epoch):,} rows of {dopts.seq_len} tokens per epoch; "
         f"{'compiled' if trainer.compiled else 'eager'}, {'bf16 autocast' if trainer.amp else 'fp32'}, "
         f"{'fused ' if trainer.fused else ''}AdamW, {__import__('torch').get_num_threads()} threads")
-    summary = trainer.train(until, handle_signals=True)
+    target = min(until or tcfg.steps, tcfg.steps)
+    while True:
+        if phase:
+            log(f"data phase {phase} (steps after {boundaries[phase - 1]}): {spec.phases[phase - 1]['data']}")
+        stop_at = min(target, boundaries[phase]) if phase < len(boundaries) else target
+        summary = trainer.train(stop_at, handle_signals=True)
+        if summary["interrupted"] or trainer.step < stop_at or stop_at >= target:
+            break
+        phase += 1
+        trainer.start_phase(phase_data(phase))
     summary["run"] = str(run)
     if summary["finished"]:
         out = trainer.export(run / "model", run / "tokenizer")

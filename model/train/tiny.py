@@ -25,6 +25,7 @@ from ..config import ModelConfig
 from .corpus import site_packages_sources, stdlib_source
 from .errors import TrainConfigError
 from .pipeline import RunSpec, load_run, prepare_run, train_run
+from .trainer import write_json
 
 TINY_SEED = 1234
 MB = 1_000_000
@@ -62,7 +63,32 @@ def tiny_spec() -> RunSpec:
                   seed=TINY_SEED),
         corpus=dict(permissive_only=True, on_bad="skip", near_threshold=0.85, heldout_fraction=0.02, pairs=True,
                     max_source_bytes={"cpython-stdlib": 40 * MB, "*": 12 * MB}),
+        phases=TINY_PHASES,
     )
+
+
+# After 3,600 steps of uniform FIM holes, a phase where half the holes are an editor's (the rest
+# of a line from the cursor, sometimes a few lines more: `fim.line_split_points`) and more
+# samples are FIM: what completing the current line asks of the model.
+TINY_PHASES = [{"from_step": 3600, "data": {"fim_rate": 0.6, "line_fim_rate": 0.5, "seed": TINY_SEED + 1}}]
+
+
+def _adopt_phases(out: Path, spec: RunSpec, log) -> None:
+    """A run prepared before the recipe had its later phases gets them, if it has not trained
+    past where they begin (a run that has would have trained on other data)."""
+    if spec.phases == TINY_PHASES:
+        return
+    from . import checkpoints
+
+    ck = checkpoints.latest_checkpoint(out)
+    step = int(checkpoints.load_state(ck)["step"]) if ck is not None else 0
+    first = min(p["from_step"] for p in TINY_PHASES + spec.phases)
+    if step > first:
+        raise TrainConfigError(f"{out}: the run is at step {step}, past step {first} where the recipe's data "
+                               "phases differ from the run's; start a new run directory")
+    spec.phases = TINY_PHASES
+    write_json(out / "run.json", spec.to_json())
+    log(f"{out}: the recipe's data phases added to run.json")
 
 
 def tiny_sources():
@@ -78,6 +104,7 @@ def build_tiny(out: str | Path, until: int | None = None, steps: int | None = No
     else:
         spec = load_run(out)
         log(f"{out}: continuing the {spec.name} run")
+        _adopt_phases(out, spec, log)
     return train_run(out, steps=steps, until=until, progress=progress, log=log, overrides=overrides, device=device)
 
 

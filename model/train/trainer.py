@@ -38,7 +38,7 @@ from ..decoder import Transformer, attention_mask
 from ..loading import save_model
 from ..scaffold import random_model
 from . import checkpoints
-from .data import PackedData, Position
+from .data import DataOptions, PackedData, Position
 from .errors import ResumeError, TrainConfigError
 from .moe import collect_losses, enable_moe_training
 
@@ -361,28 +361,38 @@ class Trainer:
         return checkpoints.save(self.run_dir, self.step, self.model, self.optimizer, self.state(),
                                 self.cfg.keep_checkpoints)
 
-    def resume(self, path: str | Path | None = None) -> bool:
-        """Restore from `path` or the run's latest checkpoint; False when there is none."""
+    def resume(self, path: str | Path | None = None, new_phase: bool = False) -> bool:
+        """Restore from `path` or the run's latest checkpoint; False when there is none.
+
+        `new_phase`: the checkpoint ends a data phase and this trainer's data is the next one's
+        (see `start_phase`), so its data options may differ and the data starts from the top."""
         path = Path(path) if path else checkpoints.latest_checkpoint(self.run_dir)
         if path is None:
             return False
         saved = checkpoints.load_state(path)
         old = saved.get("train_config", {})
         changed = [k for k in _RESUME_FIXED if k in old and old[k] != getattr(self.cfg, k)]
-        if saved.get("data_options") != self.data.options.as_dict():
+        if not new_phase and _with_defaults(saved.get("data_options")) != self.data.options.as_dict():
             changed.append("data options (seq_len, FIM rates, seed)")
-        if saved.get("model_config") != self.model.config.to_hf():
+        if _weights_shape(saved.get("model_config")) != _weights_shape(self.model.config.to_hf()):
             changed.append("model shape")
         if changed:
             raise ResumeError(f"{path}: cannot resume with different {', '.join(changed)} "
                               "(start a new run directory instead)")
         state = checkpoints.restore(path, self.model, self.optimizer)
         self.step = int(state["step"])
-        self.position = Position(*state["position"])
+        self.position = Position() if new_phase else Position(*state["position"])
         self.tokens_seen = int(state["tokens_seen"])
         self.elapsed = float(state["elapsed"])
         self.last_eval = state.get("last_eval")
         return True
+
+    def start_phase(self, data: PackedData) -> None:
+        """Go on with other data (a later phase of the run's mix), from its first row. The held-out
+        rows stay: the loss stays comparable across phases."""
+        if data.options.seq_len != self.data.options.seq_len:
+            raise TrainConfigError("a data phase cannot change seq_len")
+        self.data, self.position = data, Position()
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -501,6 +511,28 @@ class _StopOnSignal:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+# How positions are encoded, not what the weights are: continued training may change these (to
+# extend the context, or to train under the RoPE scaling a model ships with).
+_POSITION_FIELDS = ("rope_scaling", "rope_parameters", "rope_theta", "max_position_embeddings")
+
+
+def _weights_shape(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not isinstance(config, dict):
+        return config
+    return {k: v for k, v in config.items() if k not in _POSITION_FIELDS}
+
+
+def _with_defaults(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Saved data options with the fields added since filled in by their defaults (which keep
+    the data the same), so a checkpoint from before a new option resumes."""
+    if not isinstance(saved, dict):
+        return saved
+    try:
+        return DataOptions(**saved).as_dict()
+    except (TypeError, TrainConfigError):
+        return saved
 
 
 def write_json(path: Path, obj: Any) -> None:
