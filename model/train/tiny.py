@@ -9,7 +9,9 @@ listed in the manifest as excluded), deduplicated, one source capped so no packa
 2% of files held out. Docstring <-> code chat pairs are drawn from the training files.
 Tokenizer: 8192-token byte-level BPE with Demi's special tokens. Model: a qwen2-style decoder
 (tied embeddings, GQA) of about 12.6M parameters, saved in bf16 (about 25 MB). Data: FIM on half
-of the code samples, two thirds of those SPM (the order demi-tiny is sent), 1024-token rows.
+of the code samples, two thirds of those SPM (the order demi-tiny is sent), 1024-token rows;
+after step 3,600 a second mix (`TINY_PHASES`) with editor-shaped holes. `make tiny` runs 1,800,
+then 3,600, then 4,800 steps, as the shipped model was trained.
 Everything is seeded; the run directory keeps a snapshot of the corpus, so a resume in a later
 session trains on the same files even if the installed packages changed.
 """
