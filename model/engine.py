@@ -121,8 +121,9 @@ class LocalModel:
         self.context = min(context or DEFAULT_CONTEXT, cfg.context_limit)
         self.device = model.device
         self.prefix_cache = PrefixCache(cfg, self.context, model.dtype, self.device, cache_slots)
-        self.prefill_chunk = prefill_chunk_for(_param_count(model))
-        self.max_pad = max_padding(_param_count(model))
+        self.params = _param_count(model)  # per prompt token, for the prefill budgets below and warm-up
+        self.prefill_chunk = prefill_chunk_for(self.params)
+        self.max_pad = max_padding(self.params)
 
     @classmethod
     def load(cls, name: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
@@ -215,7 +216,7 @@ class LocalModel:
         if sent < len(text):
             yield text[sent:]
         return Completion(text, out_ids, len(ids), state.reason, time.monotonic() - started, first,
-                          extra={"cached_tokens": min(reuse, len(ids) - 1), "healed": len(heal)})
+                          extra={"cached_tokens": reuse, "healed": len(heal)})
 
     @torch.inference_mode()
     def warm_up(self, prompt_tokens: range | list[int], decode_steps: int = 4) -> list[int]:
@@ -231,7 +232,7 @@ class LocalModel:
         cap = min(self.context - decode_steps - 1, self.prefill_chunk)
         middle = wanted[len(wanted) // 2]
         sizes = sorted({padded_rows(min(n, cap), cap, self.max_pad) for n in wanted}, key=lambda r: abs(r - middle))
-        per_token = 2 * _param_count(self.model)
+        per_token = 2 * self.params
         run, spent = [], 0.0
         for rows in sizes:
             if spent + rows * per_token <= WARM_UP_FLOPS:

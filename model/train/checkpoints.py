@@ -146,9 +146,27 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
     return final
 
 
+def saved_step(path: Path | None) -> int:
+    """The step a checkpoint was saved at (0 for None), from its state.json alone: cheap enough to
+    decide things before a resume, which verifies the files (`load_state`)."""
+    return 0 if path is None else int(_read_state(Path(path))["step"])
+
+
 def load_state(path: Path) -> dict[str, Any]:
     """state.json of a checkpoint, with its files verified against the recorded hashes."""
     path = Path(path)
+    state = _read_state(path)
+    for f in FILES:
+        file = path / f
+        if not file.is_file():
+            raise ResumeError(f"{path}: corrupt checkpoint ({f} is missing)")
+        if _sha256(file) != state.get("sha256", {}).get(f):
+            raise ResumeError(f"{path}: corrupt checkpoint ({f} does not match its recorded SHA-256: "
+                              "truncated or modified)")
+    return state
+
+
+def _read_state(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise ResumeError(f"{path}: no such checkpoint directory")
     try:
@@ -160,13 +178,6 @@ def load_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ResumeError(f"{path}: not a Demi training checkpoint (format {state.get('format')!r})"
                           if isinstance(state, dict) else f"{path}: corrupt checkpoint (state.json)")
-    for f in FILES:
-        file = path / f
-        if not file.is_file():
-            raise ResumeError(f"{path}: corrupt checkpoint ({f} is missing)")
-        if _sha256(file) != state.get("sha256", {}).get(f):
-            raise ResumeError(f"{path}: corrupt checkpoint ({f} does not match its recorded SHA-256: "
-                              "truncated or modified)")
     return state
 
 

@@ -231,7 +231,7 @@ def train_run(run_dir: str | Path, steps: int | None = None, until: int | None =
     cfg = model_config(spec, tok)
     boundaries = spec.boundaries()
     ck = Path(resume_from) if resume_from else checkpoints.latest_checkpoint(run)
-    start = int(checkpoints.load_state(ck)["step"]) if ck is not None else 0
+    start = checkpoints.saved_step(ck)
     phase = spec.phase_at(start)
     train_docs = _read_docs(run / "corpus" / "train.jsonl.gz")
     heldout = _read_docs(run / "corpus" / "heldout.jsonl.gz")

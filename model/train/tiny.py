@@ -82,8 +82,7 @@ def _adopt_phases(out: Path, spec: RunSpec, log) -> None:
         return
     from . import checkpoints
 
-    ck = checkpoints.latest_checkpoint(out)
-    step = int(checkpoints.load_state(ck)["step"]) if ck is not None else 0
+    step = checkpoints.saved_step(checkpoints.latest_checkpoint(out))
     first = min(p["from_step"] for p in TINY_PHASES + spec.phases)
     if step > first:
         raise TrainConfigError(f"{out}: the run is at step {step}, past step {first} where the recipe's data "
