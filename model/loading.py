@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from . import kernel_plan
 from .checkpoint import TensorInfo, dequantize_fp8_blocks, iter_tensors, read_index, save_checkpoint
 from .config import ModelConfig, load_config
 from .decoder import Transformer, fuse_modules, fuse_state_dict, unfuse_state_dict
@@ -114,7 +115,9 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
     """Build the decoder for `model_dir` and fill it with the checkpoint's weights.
 
     With `quant` int8/int4 (or a checkpoint `demi models quantize` wrote) the projections and
-    the LM head are stored quantized and the rest of the model runs in bf16.
+    the LM head are stored quantized. On CUDA the rest of the model runs in bf16; on a CPU the
+    kernel plan (kernel_plan.py, measured once per machine) picks the matmul kernels and whether
+    the rest runs in bf16 (where bf16 matmuls are fast) or fp32 (where they are emulated).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -122,7 +125,11 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
     cfg = checked_config(model_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     mode = _quant_mode(cfg, quant, device)
-    dtype = torch.bfloat16 if mode != "none" and dtype in (None, "auto") else resolve_dtype(dtype, device, cfg)
+    plan = kernel_plan.plan_for(cfg, mode, group) if mode in ("int8", "int4") and device.type == "cpu" else None
+    if mode != "none" and dtype in (None, "auto"):
+        dtype = plan.activation_dtype if plan else torch.bfloat16
+    else:
+        dtype = resolve_dtype(dtype, device, cfg)
     tensors = read_index(model_dir)
     ctx = min(context or cfg.context_limit, cfg.context_limit)
     what = f"{model_dir.name} in {str(dtype).replace('torch.', '')}" + (f" with {mode}" if mode != "none" else "")
@@ -141,13 +148,14 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
         if mode == "nf4":
             module = quantize_linear(_linear(stored["weight"], bias), "nf4", group, name)
         else:
-            module = module_from_stored(stored, bias, device, head=name == "lm_head")
+            module = module_from_stored(stored, bias, device, head=name == "lm_head", plan=plan)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, module)
     model.load_state_dict(state, strict=False, assign=True)
     if mode == "none":
         model.tie_weights()
     model.quantization = mode  # type: ignore[attr-defined]
+    model.kernel_plan = plan  # type: ignore[attr-defined]
     return model.eval()
 
 

@@ -1,10 +1,15 @@
-"""An optional native int8 GEMV, compiled on first use with the system C compiler.
+"""Native int8/int4 matmul kernels for the CPU this runs on, compiled on first use.
 
-torch's weight-only int8 kernel is compute-bound on CPUs (it widens int8 to fp32, 16 lanes at a
-time); on CPUs with AVX-512 FP16 a 32-lane fp16 kernel decodes 1.3x faster at lower error. It is
-a small C file built with `cc -O3 -march=native -fopenmp` into the user cache directory and
-called through ctypes: no torch extension build, about a second to compile, once. Anything
-missing (compiler, CPU feature, `DEMI_NATIVE=0`) means torch's kernel is used instead.
+One C file (native/qmatmul.c) holds every instruction-set path; it is built once per path with
+that path's compiler flags into the user cache directory and called through ctypes: no torch
+extension build, about a second to compile, once. Before a library is used it runs its own
+self-check in a child process, so a CPU flag that lies (SIGILL) or a miscompiled path costs a
+one-line warning and torch's kernel, never the user's process.
+
+Which paths this CPU can run comes from its flags; which one is *used* is the kernel plan's job
+(kernel_plan.py), which times them. `DEMI_KERNEL=<path>` forces one family (`torch` turns native
+kernels off; `DEMI_NATIVE=0` does the same), for tests and for measuring a slower path on a machine
+that has a faster one.
 """
 
 from __future__ import annotations
@@ -13,81 +18,225 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger("demi.model")
-SOURCE = Path(__file__).parent / "native" / "gemv_int8_f16.c"
-_FLAGS = ("avx512f", "avx512bw", "avx512_fp16")
+SOURCE = Path(__file__).parent / "native" / "qmatmul.c"
+QBLOCK = 32  # activation block; int8 layers need K % 32 == 0, int4 groups are multiples of it
+_X86 = ("x86_64", "amd64", "i686", "i386")
+_ARM = ("aarch64", "arm64")
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+@dataclass(frozen=True)
+class KernelPath:
+    name: str
+    arch: tuple[str, ...]
+    needs: frozenset[str]  # CPU flags (x86 /proc/cpuinfo names; ARM "Features" names)
+    cflags: tuple[str, ...]
+
+
+_AVX2 = ("-mavx2", "-mfma", "-mf16c")
+_AVX512 = _AVX2 + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")
+# Fastest first: where several run, the plan times them all the same.
+PATHS = (
+    KernelPath("avx512vnni", _X86, frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+               _AVX512 + ("-mavx512vnni",)),
+    KernelPath("avx512", _X86, frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}), _AVX512),
+    KernelPath("avxvnni", _X86, frozenset({"avx2", "fma", "f16c", "avx_vnni"}), _AVX2 + ("-mavxvnni",)),
+    KernelPath("avx2", _X86, frozenset({"avx2", "fma", "f16c"}), _AVX2),
+    KernelPath("neon-dotprod", _ARM, frozenset({"asimddp"}), ("-march=armv8.2-a+dotprod",)),
+    KernelPath("neon", _ARM, frozenset({"asimd"}), ("-march=armv8-a",)),
+    KernelPath("generic", _X86 + _ARM, frozenset(), ()),
+)
+PATH_NAMES = tuple(p.name for p in PATHS)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (x86 `flags`, ARM `Features`)."""
+    return _cpu_info()[1]
+
+
+def cpu_model() -> str:
+    return _cpu_info()[0] or platform.processor() or platform.machine()
 
 
 @lru_cache(maxsize=1)
-def int8_gemv() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None where it cannot be used here."""
-    if os.environ.get("DEMI_NATIVE", "1") in ("0", "false", "no"):
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+                elif key in ("model name", "Model", "CPU part") and not name:
+                    name = value.strip()
+    except OSError:
+        pass
+    if platform.machine().lower() in ("arm64",) and not flags:  # macOS on Apple Silicon: dotprod always
+        flags = {"asimd", "asimddp"}
+    return name, frozenset(flags)
+
+
+def runnable_paths() -> list[str]:
+    """The native paths this CPU claims to run, fastest first (the self-check still has a say)."""
+    arch, flags = platform.machine().lower(), cpu_flags()
+    return [p.name for p in PATHS if arch in p.arch and p.needs <= flags]
+
+
+def forced() -> str | None:
+    """The kernel family the environment forces: a path name, `torch`, or None."""
+    if os.environ.get("DEMI_NATIVE", "1").lower() in ("0", "false", "no"):
+        return "torch"
+    value = os.environ.get("DEMI_KERNEL", "").strip().lower()
+    if not value or value == "auto":
         return None
-    if not set(_FLAGS) <= _cpu_flags():
+    if value != "torch" and value not in PATH_NAMES:
+        log.warning("DEMI_KERNEL=%s is not a kernel family (%s, torch); ignored", value, ", ".join(PATH_NAMES))
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc or not SOURCE.is_file():
-        return None
+    return value
+
+
+def candidate_paths() -> list[str]:
+    """The native paths the plan may use here: the forced one alone, or every runnable one."""
+    f = forced()
+    if f == "torch":
+        return []
+    runnable = runnable_paths()
+    if f:
+        if f not in runnable:
+            log.warning("DEMI_KERNEL=%s: this CPU lacks the flags that path needs; using torch's kernels", f)
+            return []
+        return [f]
+    return runnable
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _source_digest(cc: str, path: KernelPath) -> str:
+    return hashlib.sha256(SOURCE.read_bytes() + cc.encode() + " ".join(path.cflags).encode()).hexdigest()[:16]
+
+
+def source_version() -> str:
+    """A digest of the kernel source, part of the plan's cache key."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+
+
+def _cache_dir() -> Path:
     import platformdirs
 
-    digest = hashlib.sha256(SOURCE.read_bytes() + cc.encode()).hexdigest()[:16]
-    lib = Path(platformdirs.user_cache_dir("demi")) / "native" / f"gemv_int8_f16-{digest}.so"
+    return Path(platformdirs.user_cache_dir("demi")) / "native"
+
+
+_SELFTEST = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); sys.exit(lib.demi_selftest())")
+_problems: dict[str, str] = {}
+_handles: dict[str, ctypes.CDLL] = {}
+
+
+def problem(name: str) -> str | None:
+    """Why path `name` is unusable here (after an attempt to load it), or None."""
+    return _problems.get(name)
+
+
+@lru_cache(maxsize=None)
+def library(name: str) -> ctypes.CDLL | None:
+    """The compiled, self-checked library for path `name`, or None (with the reason in `problem`)."""
+    path = next(p for p in PATHS if p.name == name)
+    cc = compiler()
+    if not cc:
+        _problems[name] = "no C compiler (cc, gcc or clang) on PATH"
+        return None
+    lib = _cache_dir() / f"qmatmul-{name}-{_source_digest(cc, path)}.so"
+    ok = lib.with_suffix(".ok")
     try:
         if not lib.is_file():
             lib.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
                 out = Path(tmp) / lib.name
-                subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", str(out),
-                                str(SOURCE)], check=True, capture_output=True, timeout=120)
-                os.replace(out, lib)
+                subprocess.run([cc, "-O3", "-fopenmp", "-shared", "-fPIC", *path.cflags, "-o", str(out), str(SOURCE),
+                                "-lm"], check=True, capture_output=True, timeout=120)
+                os.replace(out, lib)  # never a half-written library, even if interrupted
+        if not ok.is_file():
+            check = subprocess.run([sys.executable, "-c", _SELFTEST, str(lib)], capture_output=True, timeout=60)
+            if check.returncode != 0:
+                why = (f"killed by signal {-check.returncode}" if check.returncode < 0
+                       else f"wrong results (code {check.returncode})")
+                _problems[name] = f"self-check failed: {why}"
+                log.warning("native %s kernel failed its self-check (%s); using torch's kernel", name, why)
+                return None
+            ok.write_text("ok\n")
         handle = ctypes.CDLL(str(lib))
-        handle.demi_linear_int8.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 + \
-            [ctypes.c_int] + [ctypes.c_int64] * 2
-        handle.demi_linear_int8.restype = None
-        handle.demi_set_threads.argtypes = [ctypes.c_int]
-        handle.demi_set_threads(torch.get_num_threads())  # this library has its own OpenMP pool
-        return handle
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.info("native int8 kernel unavailable (%s); using torch's", exc)
+    except subprocess.CalledProcessError as exc:
+        _problems[name] = f"compile failed: {exc.stderr.decode(errors='replace').strip().splitlines()[-1:]}"
+        log.info("native %s kernel unavailable (%s)", name, _problems[name])
         return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        _problems[name] = f"unavailable: {exc}"
+        log.info("native %s kernel unavailable (%s)", name, exc)
+        return None
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    handle.demi_linear_q8.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, vp, ctypes.c_int, i64, i64]
+    handle.demi_linear_q8.restype = None
+    handle.demi_linear_q4.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, i64, vp, vp, ctypes.c_int, i64, i64]
+    handle.demi_linear_q4.restype = None
+    handle.demi_path.restype = ctypes.c_char_p
+    handle.demi_set_threads.argtypes = [ctypes.c_int]
+    handle.demi_set_threads(torch.get_num_threads())  # this library has its own OpenMP pool
+    _handles[name] = handle
+    return handle
 
 
-def usable(q: torch.Tensor) -> bool:
-    """Whether the native kernel takes this weight (CPU, contiguous, K a multiple of 64)."""
-    return q.device.type == "cpu" and q.shape[1] % 64 == 0 and q.is_contiguous() and int8_gemv() is not None
+def set_threads(n: int) -> None:
+    """Give every loaded library's OpenMP pool `n` threads (called when torch's count changes)."""
+    for handle in _handles.values():
+        handle.demi_set_threads(n)
 
 
 _KINDS = {torch.float32: 0, torch.bfloat16: 1}
 
 
-def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y [.., N] = x [.., K] @ (q * scale).T + bias for one row (x.numel() == K), in x's dtype, in
-    one native call (int8_gemv() must not be None). The kernel reads and writes fp32 or bf16;
-    other dtypes go through fp32. `scale` and `bias` are fp32."""
-    kind = _KINDS.get(x.dtype)
-    row = (x if kind is not None else x.float()).contiguous()
-    y = torch.empty(*x.shape[:-1], q.shape[0], dtype=row.dtype)
-    k = _KINDS[row.dtype]
-    int8_gemv().demi_linear_int8(row.data_ptr(), k, q.data_ptr(), scale.data_ptr(),
-                                 None if bias is None else bias.data_ptr(), y.data_ptr(), k,
-                                 q.shape[0], q.shape[1])
-    return y if kind is not None else y.to(x.dtype)
+def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    row = x if x.dtype in _KINDS else x.float()
+    return row.contiguous(), _KINDS[row.dtype if row.dtype in _KINDS else torch.float32]
+
+
+def linear_q8(lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+              bias: torch.Tensor | None) -> torch.Tensor:
+    """y [.., N] = x [.., K] @ (q * scale).T + bias in one native call, in x's dtype (fp32 and bf16
+    natively, others through fp32). q int8 [N, K] contiguous, K % 32 == 0; scale and bias fp32."""
+    row, kind = _rows(x)
+    n, k = q.shape
+    y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
+    lib.demi_linear_q8(row.data_ptr(), kind, row.numel() // k, q.data_ptr(), scale.data_ptr(),
+                       None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def linear_q4(lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+              group: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x @ W.T + bias for int4 W in `pack_q4` layout, scale and zero fp32 [N, K / group]."""
+    row, kind = _rows(x)
+    n, k = packed.shape[0], packed.shape[1] * 2
+    y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
+    lib.demi_linear_q4(row.data_ptr(), kind, row.numel() // k, packed.data_ptr(), scale.data_ptr(),
+                       zero.data_ptr(), group, None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def pack_q4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K] in 0..15 -> [N, K / 2] bytes by blocks of 32: low nibbles k 0..15, high k 16..31."""
+    n, k = q.shape
+    blocks = q.reshape(n, k // QBLOCK, 2, QBLOCK // 2)
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2).contiguous()

@@ -21,19 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import native_kernels
+from . import kernel_plan, native_kernels
 from .errors import CheckpointError, DemiUserError
+from .kernel_plan import KernelPlan
 
 log = logging.getLogger("demi.model")
 
 QUANT_MODES = ("none", "int8", "int4", "nf4", "auto")
 FORMAT_VERSION = 1
 DEFAULT_GROUP = 64
-# Above this many rows of activations (prefill) a dequantized bf16 matmul beats the GEMV kernels.
+# Up to this many rows of activations (decode, a short verify block) the native kernels read each
+# weight once for all rows; more rows (prefill) go to the plan's prefill kernel.
 _PREFILL_ROWS = 8
-# Prefill converts each int8 weight to bf16 (exact: int8 values are bf16 values). Small models keep
-# the converted copy instead of redoing it for every prompt chunk; this caps those copies per
-# process, so a large model keeps its int8 memory saving (only its first layers get copies).
+# Prefill multiplies by a float copy of each weight (fp32 where bf16 is emulated, bf16 where it is
+# not). Small models keep the converted copy instead of redoing it for every prompt chunk; this caps
+# those copies per process, so a large model keeps its int8 memory saving (only its first layers
+# get copies).
 PREFILL_COPY_BUDGET = 96 * 2**20
 _prefill_copy_bytes = 0
 
@@ -75,15 +78,42 @@ def dequantize_int4(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return (wg * scale.float()[..., None] + zero.float()[..., None]).reshape(n, k)
 
 
+def dequantize_native_int4(packed: Tensor, scale: Tensor, zero: Tensor, group: int) -> Tensor:
+    """fp32 [N, K] from the native kernels' int4 layout (native_kernels.pack_q4)."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    blocks = packed.reshape(n, k // native_kernels.QBLOCK, native_kernels.QBLOCK // 2)
+    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).reshape(n, k // group, group).float() - 8.0
+    return (q * scale[..., None] + zero[..., None]).reshape(n, k)
+
+
 def _release_prefill_copy(nbytes: int) -> None:
     global _prefill_copy_bytes
     _prefill_copy_bytes -= nbytes
 
 
-class Int8Linear(nn.Module):
-    """y = x @ (q * scale).T + b, through `_weight_int8pack_mm` for decode-sized inputs."""
+def _claim_copy(owner: nn.Module, nbytes: int) -> bool:
+    """Whether `owner` may keep a converted weight of `nbytes` (released when the module goes)."""
+    global _prefill_copy_bytes
+    if _prefill_copy_bytes + nbytes > PREFILL_COPY_BUDGET:
+        return False
+    _prefill_copy_bytes += nbytes
+    weakref.finalize(owner, _release_prefill_copy, nbytes)  # a reloaded model gets it back
+    return True
 
-    def __init__(self, q: Tensor, scale: Tensor, bias: Tensor | None = None):
+
+def _native_lib(path: str, k: int):
+    """The native library for plan entry `path` if it names one and takes K, else None."""
+    if path in ("torch", "fp32", "bf16") or k % native_kernels.QBLOCK:
+        return None
+    return native_kernels.library(path)
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T + b with the kernels a KernelPlan chose for this CPU: a native or
+    torch GEMV for decode-sized inputs, an fp32/bf16 matmul (scaling the outputs) or a native
+    kernel for prefill."""
+
+    def __init__(self, q: Tensor, scale: Tensor, bias: Tensor | None = None, plan: KernelPlan | None = None):
         super().__init__()
         self.in_features, self.out_features = q.shape[1], q.shape[0]
         self.register_buffer("weight", q.contiguous())
@@ -91,46 +121,74 @@ class Int8Linear(nn.Module):
         self._scale_bf16 = scale.to(torch.bfloat16)
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         self._bias_f32 = None if bias is None else bias.float().contiguous()
-        self.native = native_kernels.usable(self.weight)
-        self._w_bf16: Tensor | None = None
-        self._w_bf16_tried = False
+        self._w_copy: Tensor | None = None
+        self.use_plan(plan or kernel_plan.guess("int8"))
+
+    def use_plan(self, plan: KernelPlan) -> None:
+        """Take the decode and prefill kernels from `plan` (torch's where a native one cannot run)."""
+        cpu = self.weight.device.type == "cpu"
+        self.decode_lib = _native_lib(plan.decode, self.in_features) if cpu else None
+        self.prefill_lib = _native_lib(plan.prefill, self.in_features) if cpu else None
+        self.prefill_dtype = torch.bfloat16 if plan.prefill == "bf16" or not cpu else torch.float32
+        if self._w_copy is not None and self._w_copy.dtype != self.prefill_dtype:
+            self._w_copy = None
+        self._copy_tried = False
+
+    @property
+    def native(self) -> bool:
+        return self.decode_lib is not None
 
     def _prefill_weight(self) -> Tensor:
-        """The weight in bf16 for a prefill matmul: cached while PREFILL_COPY_BUDGET allows."""
-        if self._w_bf16 is not None:
-            return self._w_bf16
-        w = self.weight.to(torch.bfloat16)
-        if not self._w_bf16_tried and self.weight.device.type == "cpu":
-            global _prefill_copy_bytes
-            self._w_bf16_tried = True
-            if _prefill_copy_bytes + 2 * w.numel() <= PREFILL_COPY_BUDGET:
-                _prefill_copy_bytes += 2 * w.numel()
-                self._w_bf16 = w
-                weakref.finalize(self, _release_prefill_copy, 2 * w.numel())  # a reloaded model gets it back
+        """The weight in the prefill dtype: kept while PREFILL_COPY_BUDGET allows."""
+        if self._w_copy is not None:
+            return self._w_copy
+        w = self.weight.to(self.prefill_dtype)
+        if not self._copy_tried and self.weight.device.type == "cpu":
+            self._copy_tried = True
+            if _claim_copy(self, w.numel() * w.element_size()):
+                self._w_copy = w
         return w
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.native and x.numel() == self.in_features:  # decode: the whole layer in one native call
-            return native_kernels.linear_int8(x, self.weight, self.weight_scale, self._bias_f32)
+        rows = x.numel() // self.in_features
+        lib = self.decode_lib if rows <= _PREFILL_ROWS else self.prefill_lib
+        if lib is not None:
+            return native_kernels.linear_q8(lib, x, self.weight, self.weight_scale, self._bias_f32)
         shape, dtype = x.shape, x.dtype
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if x2.shape[0] > _PREFILL_ROWS or x2.device.type != "cpu":
-            y = F.linear(x2, self._prefill_weight()) * self._scale_bf16  # scale the outputs, not K*N
+        x2 = x.reshape(-1, self.in_features)
+        if rows > _PREFILL_ROWS or x2.device.type != "cpu":
+            w = self._prefill_weight()
+            scale = self.weight_scale if w.dtype == torch.float32 else self._scale_bf16
+            y = F.linear(x2.to(w.dtype), w) * scale  # scale the outputs, not K*N weights
         else:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self._scale_bf16)
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self._scale_bf16)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + (self._bias_f32 if y.dtype == torch.float32 else self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
 
 class Int4Linear(nn.Module):
-    """Group-wise int4 through torch's int4 kernels (CPU: `_weight_int4pack_mm_for_cpu`)."""
+    """Group-wise int4: torch's int4 kernels (`_weight_int4pack_mm_for_cpu`, CUDA's tinygemm), or
+    the native int4 kernel with an fp32 or native prefill, as the KernelPlan chose."""
 
-    def __init__(self, q: Tensor, scale: Tensor, zero: Tensor, bias: Tensor | None = None):
+    def __init__(self, q: Tensor, scale: Tensor, zero: Tensor, bias: Tensor | None = None,
+                 plan: KernelPlan | None = None):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group = self.in_features // scale.shape[1]
         device = q.device
+        plan = plan or kernel_plan.guess("int4")
+        self.decode_lib = _native_lib(plan.decode, self.in_features) if device.type == "cpu" else None
+        self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+        self._bias_f32 = None if bias is None else bias.float().contiguous()
+        self.padded = 0
+        if self.decode_lib is not None and self.group % native_kernels.QBLOCK == 0:
+            self.prefill_lib = _native_lib(plan.prefill, self.in_features)
+            self.register_buffer("packed", native_kernels.pack_q4(q))
+            self.register_buffer("scale", scale.float().contiguous())
+            self.register_buffer("zero", zero.float().contiguous())
+            return
+        self.decode_lib = self.prefill_lib = None
         pad = -self.out_features % 16  # the kernels take N in multiples of 16: pad with zero rows
         if pad:
             log.info("int4: padding %d output rows to %d for the kernel", self.out_features,
@@ -145,10 +203,22 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", packed)
         self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1)
                              .contiguous().to(torch.bfloat16))  # [K/group, N, 2]
-        self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+
+    @property
+    def native(self) -> bool:
+        return self.decode_lib is not None
 
     def forward(self, x: Tensor) -> Tensor:
         shape, dtype = x.shape, x.dtype
+        rows = x.numel() // self.in_features
+        if self.decode_lib is not None:
+            lib = self.decode_lib if rows <= _PREFILL_ROWS else self.prefill_lib
+            if lib is not None:
+                return native_kernels.linear_q4(lib, x, self.packed, self.scale, self.zero, self.group,
+                                                self._bias_f32)
+            w = dequantize_native_int4(self.packed, self.scale, self.zero, self.group)
+            y = F.linear(x.reshape(-1, self.in_features).float(), w, self._bias_f32)
+            return y.reshape(*shape[:-1], self.out_features).to(dtype)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if x2.device.type == "cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_and_zeros)
@@ -171,12 +241,12 @@ class RescoredHead(nn.Module):
     than the gap to the 64th logit). Prefill and scoring (more than one row) use int8 only.
     """
 
-    def __init__(self, q: Tensor, scale: Tensor, candidates: int = 64):
+    def __init__(self, q: Tensor, scale: Tensor, candidates: int = 64, plan: KernelPlan | None = None):
         super().__init__()
-        self.exact = Int8Linear(q, scale)
+        self.exact = Int8Linear(q, scale, plan=plan)
         w = q.float() * scale.float()[:, None]
         group = next(g for g in (64, 128, 32) if w.shape[1] % g == 0)
-        self.shadow = Int4Linear(*quantize_int4(w, group))
+        self.shadow = Int4Linear(*quantize_int4(w, group), plan=kernel_plan.guess("int4"))
         self.candidates = min(candidates, q.shape[0])
         self.in_features, self.out_features = q.shape[1], q.shape[0]
 
@@ -229,7 +299,8 @@ def _bnb_linear(linear: nn.Linear, mode: str) -> nn.Module:
     return new.to(linear.weight.device)
 
 
-def quantize_linear(linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, name: str = "") -> nn.Module:
+def quantize_linear(linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, name: str = "",
+                    plan: KernelPlan | None = None) -> nn.Module:
     """The quantized replacement of one Linear (or the Linear itself where no kernel fits)."""
     w = linear.weight.data
     bias = None if linear.bias is None else linear.bias.data
@@ -244,9 +315,9 @@ def quantize_linear(linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, na
             if g != group:
                 log.info("%s: in_features %d not divisible by group %d; using group %d", name,
                          w.shape[1], group, g)
-            return Int4Linear(*quantize_int4(w, g), bias=bias)
+            return Int4Linear(*quantize_int4(w, g), bias=bias, plan=plan)
     q, scale = quantize_int8(w)
-    return Int8Linear(q, scale, bias=bias)
+    return Int8Linear(q, scale, bias=bias, plan=plan if plan is None or plan.mode == "int8" else None)
 
 
 def quantize_model(model: nn.Module, mode: str, group: int = DEFAULT_GROUP) -> nn.Module:
@@ -295,13 +366,13 @@ def check_quantization_config(qc: dict) -> str:
 
 
 def module_from_stored(stored: dict[str, Tensor], bias: Tensor | None, device: torch.device,
-                       head: bool = False) -> nn.Module:
+                       head: bool = False, plan: KernelPlan | None = None) -> nn.Module:
     """Build the module for the stored tensors of one weight (keys: weight, weight_scale[, weight_zero])."""
     q, scale = stored["weight"].to(device), stored["weight_scale"].to(device)
     if head and "weight_zero" not in stored and device.type == "cpu" and bias is None and q.shape[0] >= 4096:
-        return RescoredHead(q, scale)
+        return RescoredHead(q, scale, plan=plan if plan is None or plan.mode == "int8" else None)
     if "weight_zero" in stored:
-        return Int4Linear(unpack_nibbles(q), scale, stored["weight_zero"].to(device), bias)
+        return Int4Linear(unpack_nibbles(q), scale, stored["weight_zero"].to(device), bias, plan=plan)
     if device.type == "cuda":  # bitsandbytes wants the float weight; dequantize once at load
         linear = nn.Linear(q.shape[1], q.shape[0], bias=bias is not None, device=device,
                            dtype=torch.float16)
@@ -309,4 +380,4 @@ def module_from_stored(stored: dict[str, Tensor], bias: Tensor | None, device: t
         if bias is not None:
             linear.bias.data = bias.to(device, torch.float16)
         return _bnb_linear(linear, "int8")
-    return Int8Linear(q, scale, bias)
+    return Int8Linear(q, scale, bias, plan=plan if plan is None or plan.mode == "int8" else None)

@@ -14,7 +14,10 @@ from demi.model.errors import CheckpointError, DemiUserError
 from demi.model.loading import load_model
 from demi.model.plan import auto_quant, plan_for
 from demi.model.presets import get_preset
-from demi.model.quantize import (Int4Linear, Int8Linear, RescoredHead, dequantize_int4, pack_nibbles,
+from demi.model import native_kernels
+from demi.model.kernel_plan import KernelPlan
+from demi.model.quantize import (Int4Linear, Int8Linear, RescoredHead, dequantize_int4, dequantize_native_int4,
+                                 pack_nibbles,
                                  quantize_int4, quantize_int8, quantize_linear, unpack_nibbles)
 from demi.model.quantized_checkpoint import quantize_checkpoint
 from hf_models import FAMILIES, save_family
@@ -71,8 +74,10 @@ def test_rescored_head_picks_the_exact_int8_winner():
     for x in xs:
         x = x[None].bfloat16()
         assert head(x).argmax().item() == (x.float() @ exact_w.T).argmax().item()
-    many = head(xs[:5].bfloat16())  # more than one row: the plain int8 path
-    assert torch.allclose(many.float(), (xs[:5] @ exact_w.T), rtol=0.05, atol=0.05)
+    many = head(xs[:5].bfloat16()).float()  # more than one row: the plain int8 path
+    want = xs[:5] @ exact_w.T
+    # the native kernels quantize activations to int8 blocks: an error below the weights' own
+    assert ((many - want).norm() / want.norm()) < 0.01
 
 
 def test_quality_on_a_trained_model(trained):
@@ -93,7 +98,8 @@ def test_every_family_loads_quantized(family, tmp_path):
         ref = load_model(tmp_path)(ids).flatten()
         for mode, floor in (("int8", 0.98), ("int4", 0.8)):
             model = load_model(tmp_path, quant=mode)
-            assert model.dtype == torch.bfloat16 and model.quantization == mode
+            # the rest of the model runs in the dtype the kernel plan measured fastest here
+            assert model.dtype == model.kernel_plan.activation_dtype and model.quantization == mode
             cos = torch.nn.functional.cosine_similarity(ref, model(ids).float().flatten(), dim=0)
             assert cos > floor, (mode, cos)
 
@@ -110,7 +116,11 @@ def test_quantized_checkpoint_round_trip(trained, tmp_path):
         with torch.no_grad():
             direct = load_model(trained, quant=mode)(ids)
             stored = load_model(dst)(ids)  # no --quant: the checkpoint says what it is
-        assert torch.allclose(direct.float(), stored.float(), atol=1e-2), mode
+        # the stored checkpoint keeps embeddings and norms in bf16; loading with --quant keeps them
+        # in the activation dtype (fp32 where bf16 is emulated): that rounding is the difference
+        err = ((direct.float() - stored.float()).norm() / stored.float().norm()).item()
+        assert err < (1e-2 if mode == "int8" else 2e-2), (mode, err)
+        assert (direct.argmax(-1) == stored.argmax(-1)).float().mean() >= 0.9, mode
 
 
 def test_quantized_checkpoint_errors(trained, tmp_path):
@@ -159,70 +169,103 @@ def test_auto_and_target_plans():
         plan_for(cfg, "toaster")
 
 
-def test_native_int8_kernel_matches_reference_or_steps_aside():
-    """Where the CPU has AVX-512 FP16 and a compiler exists, the native GEMV is used for decode
-    and is at least as exact as torch's kernel; elsewhere torch's kernel is used."""
-    from demi.model import native_kernels
-
+@pytest.mark.parametrize("path", native_kernels.PATH_NAMES)
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_native_kernels_match_the_dequantized_reference(path, rows):
+    """Every native path this CPU runs gives x @ W.T within the error of int8 activations, below
+    the weights' own quantization error, for int8 and int4 weights, fp32 and bf16 rows, with a
+    bias; a path this CPU cannot run is never offered (ARM paths: test_native_arm.py, under qemu)."""
+    if path not in native_kernels.runnable_paths():
+        assert path not in native_kernels.candidate_paths()
+        pytest.skip(f"this CPU cannot run {path}")
+    lib = native_kernels.library(path)
+    assert lib is not None, native_kernels.problem(path)
+    assert lib.demi_path().decode() == path
     torch.manual_seed(3)
-    w = torch.randn(300, 896)
+    w, b, x = torch.randn(300, 896), torch.randn(300), torch.randn(rows, 896)
     q, scale = quantize_int8(w)
-    lin = Int8Linear(q, scale)
-    x = torch.randn(1, 896)
-    ref = x @ (q.float() * scale[:, None]).T
-    got = lin(x.bfloat16()).float()
-    assert ((got - ref).norm() / ref.norm()) < 0.01
-    if native_kernels.int8_gemv() is None:
-        assert not lin.native
-        return
-    assert lin.native
-    direct = native_kernels.linear_int8(x, q, scale, None)
-    torch_kernel = torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q, scale.bfloat16()).float()
-    err_native = ((direct - ref).norm() / ref.norm()).item()
-    err_torch = ((torch_kernel - ref).norm() / ref.norm()).item()
-    assert err_native < 2e-3 and err_native <= err_torch + 1e-4
-    ragged = Int8Linear(*quantize_int8(torch.randn(64, 100)))  # K not a multiple of 64: torch's kernel
-    assert not ragged.native and ragged(torch.randn(1, 100).bfloat16()).shape == (1, 64)
+    ref8 = x @ (q.float() * scale[:, None]).T + b
+    weight_err = ((x @ w.T + b - ref8).norm() / ref8.norm()).item()
+    q4, s4, z4 = quantize_int4(w, 64)
+    ref4 = x @ dequantize_int4(q4, s4, z4).T + b
+    packed = native_kernels.pack_q4(q4)
+    assert torch.equal(dequantize_native_int4(packed, s4.float(), z4.float(), 64), dequantize_int4(q4, s4, z4))
+    for dtype in (torch.float32, torch.bfloat16):
+        got8 = native_kernels.linear_q8(lib, x.to(dtype), q, scale, b.float())
+        got4 = native_kernels.linear_q4(lib, x.to(dtype), packed, s4.float().contiguous(),
+                                        z4.float().contiguous(), 64, b.float())
+        assert got8.dtype == got4.dtype == dtype and got8.shape == got4.shape == (rows, 300)
+        err8 = ((got8.float() - ref8).norm() / ref8.norm()).item()
+        err4 = ((got4.float() - ref4).norm() / ref4.norm()).item()
+        assert err8 < min(0.01, weight_err), (dtype, err8, weight_err)
+        assert err4 < 0.01, (dtype, err4)
+
+
+def test_modules_follow_the_plan_and_step_aside_where_a_kernel_cannot_run():
+    """Int8Linear/Int4Linear take the plan's kernels; K not a multiple of 32 falls back to torch."""
+    paths = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    x = torch.randn(1, 128)
+    for decode in ["torch", *paths[:1]]:
+        for prefill in ["fp32", "bf16", *paths[:1]]:
+            lin = Int8Linear(*quantize_int8(w), plan=KernelPlan("int8", "float32", decode, prefill))
+            assert lin.native == (decode != "torch")
+            for rows in (x, torch.randn(20, 128)):
+                want = rows @ w.T
+                assert ((lin(rows) - want).norm() / want.norm()) < 0.02
+        lin4 = Int4Linear(*quantize_int4(w, 64), plan=KernelPlan("int4", "float32", decode, "fp32"))
+        assert lin4.native == (decode != "torch")
+        for rows in (x, torch.randn(20, 128)):
+            want = rows @ w.T
+            assert ((lin4(rows).float() - want).norm() / want.norm()) < 0.15
+    plan = KernelPlan("int8", "float32", (paths or ["avx2"])[0], "fp32")
+    ragged = Int8Linear(*quantize_int8(torch.randn(64, 100)), plan=plan)
+    assert not ragged.native and ragged(torch.randn(1, 100)).shape == (1, 64)
 
 
 def test_native_and_torch_int8_decode_agree(trained):
     """Greedy tokens through the native kernel equal the ones through torch's int8 kernel."""
-    from demi.model import native_kernels
     from demi.model.generate import generate_tokens
 
+    paths = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
+    if not paths:
+        pytest.skip("no native path runs on this CPU")
     model = load_model(trained, quant="int8")
     lins = [m for m in model.modules() if isinstance(m, Int8Linear)]
     prompt = list(range(20, 80))
     with torch.inference_mode():
         for lin in lins:
-            lin.native = False
+            lin.use_plan(KernelPlan("int8", "float32", "torch", "fp32"))
         plain = list(generate_tokens(model, prompt, 24))
         for lin in lins:
-            lin.native = native_kernels.usable(lin.weight)
+            lin.use_plan(KernelPlan("int8", "float32", paths[0], paths[0]))
         native = list(generate_tokens(model, prompt, 24))
-    assert sum(a == b for a, b in zip(plain, native)) >= 22  # near-ties may flip at bf16 precision
+    assert sum(a == b for a, b in zip(plain, native)) >= 22  # near-ties may flip
 
 
-def test_prefill_keeps_a_bf16_copy_within_the_budget(monkeypatch):
-    """The cached bf16 weight gives the same prefill output as converting each time, and the
+def test_prefill_keeps_a_float_copy_within_the_budget(monkeypatch):
+    """The cached prefill weight gives the same output as converting each time, and the
     per-process budget decides which layers keep one."""
+    import gc
+
     from demi.model import quantize as q
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48)
     x = torch.randn(2, 20, 64)
-    monkeypatch.setattr(q, "PREFILL_COPY_BUDGET", 0)
-    uncached = q.quantize_linear(lin, "int8")
-    want = uncached(x)
-    assert uncached._w_bf16 is None
-    monkeypatch.setattr(q, "PREFILL_COPY_BUDGET", 10**9)
-    cached = q.quantize_linear(lin, "int8")
-    first, second = cached(x), cached(x)
-    assert cached._w_bf16 is not None and cached._w_bf16.dtype == torch.bfloat16
-    assert torch.equal(first, want) and torch.equal(second, want)
-    used = q._prefill_copy_bytes
-    del cached, first, second
-    import gc
-
-    gc.collect()
-    assert q._prefill_copy_bytes == used - 2 * 64 * 48  # freed with its module
+    for prefill, size in (("fp32", 4), ("bf16", 2)):
+        plan = KernelPlan("int8", "float32", "torch", prefill)
+        monkeypatch.setattr(q, "PREFILL_COPY_BUDGET", 0)
+        uncached = q.quantize_linear(lin, "int8", plan=plan)
+        want = uncached(x)
+        assert uncached._w_copy is None
+        monkeypatch.setattr(q, "PREFILL_COPY_BUDGET", 10**9)
+        cached = q.quantize_linear(lin, "int8", plan=plan)
+        first, second = cached(x), cached(x)
+        assert cached._w_copy is not None and cached._w_copy.element_size() == size
+        assert torch.equal(first, want) and torch.equal(second, want)
+        used = q._prefill_copy_bytes
+        del cached, first, second
+        gc.collect()
+        assert q._prefill_copy_bytes == used - size * 64 * 48  # freed with its module

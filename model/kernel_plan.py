@@ -1,0 +1,294 @@
+"""Which matmul kernels a quantized model uses on this CPU, decided by timing them here.
+
+What is fastest depends on the CPU far more than on its class: a bf16 matmul is ~5x slower than
+fp32 where bf16 is emulated (AVX2, AVX-512 without BF16/AMX) and faster where it is not, torch's
+int8 GEMV is compute-bound on some cores and not on others. So on the first quantized load on a
+machine, a short calibration (at most ~2 s) times the real candidates at the model's own matmul
+shapes, for decode (one row) and for prefill (a block of rows), and picks the fastest per phase:
+
+  int8 decode:   torch's `_weight_int8pack_mm` | each native path this CPU runs (native_kernels)
+  int8 prefill:  fp32 matmul of the dequantized weight | bf16 matmul | each native path
+  int4:          torch's int4 kernels (one layout for both phases) | a native path for decode with
+                 the native path or an fp32 matmul of the dequantized weight for prefill
+
+The activations (embeddings, norms, attention, the KV cache) run in bf16 only where the bf16
+prefill matmul won, i.e. where the CPU has bf16 hardware. Plans are cached as JSON in the user cache
+directory, one file per CPU model, flags, thread count, torch version and kernel source; a corrupt
+or foreign file is ignored with a warning and replaced, and a calibration interrupted by Ctrl-C
+writes nothing (the file is replaced atomically, after the measurement). `DEMI_KERNEL` forces a
+kernel family (native_kernels.forced) and is part of the cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import native_kernels as nk
+from .config import ModelConfig
+
+log = logging.getLogger("demi.model")
+
+PLAN_VERSION = 1
+CALIBRATION_SECONDS = 2.0
+PREFILL_ROWS = 64  # rows timed for prefill: enough to reach the GEMM regime, cheap to measure
+MAX_CALIBRATION_ELEMS = 8 * 2**20  # a weight shape is timed on at most this many elements (rows cut)
+# The score that ranks int4 layouts: a 1,000-token prompt and 32 new tokens (a FIM request).
+SCORE_PROMPT, SCORE_NEW = 1000, 32
+
+
+@dataclass
+class KernelPlan:
+    mode: str  # int8 | int4
+    activations: str  # float32 | bfloat16
+    decode: str  # torch | a native path name
+    prefill: str  # fp32 | bf16 | torch | a native path name
+    source: str = "guess"  # measured | cache | guess
+    seconds: float = 0.0
+    times_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> candidate -> ms
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.activations == "bfloat16" else torch.float32
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def has_bf16_hardware() -> bool:
+    """Whether bf16 matmuls run on real units here (AVX-512 BF16, AMX, ARM BF16), as a first guess."""
+    flags = nk.cpu_flags()
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@lru_cache(maxsize=None)
+def guess(mode: str) -> KernelPlan:
+    """A plan without measuring: what modules built outside `load_model` use (tests, tools)."""
+    bf16 = has_bf16_hardware()
+    decode = next((p for p in nk.candidate_paths() if nk.library(p) is not None), "torch")
+    if mode == "int4":
+        return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode,
+                          "torch" if decode == "torch" else "fp32")
+    return KernelPlan("int8", "bfloat16" if bf16 else "float32", decode, "bf16" if bf16 else "fp32")
+
+
+# --- shapes and candidates -------------------------------------------------------------------
+
+
+def matmul_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(N, K) of a layer's quantized matmuls as Demi runs them (q/k/v and gate/up fused)."""
+    hd = cfg.head_dim
+    inter = cfg.intermediate_size
+    return [((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd, cfg.hidden_size),
+            (cfg.hidden_size, cfg.num_attention_heads * hd),
+            (2 * inter, cfg.hidden_size),
+            (cfg.hidden_size, inter)]
+
+
+def _timed(fn: Callable[[], object], deadline: float, reps: int = 3) -> float:
+    """Best-of-`reps` milliseconds after one warm-up call (fewer reps past the deadline)."""
+    fn()
+    best = float("inf")
+    for i in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        if time.perf_counter() > deadline and i >= 0:
+            break
+    return best * 1e3
+
+
+class _Shape:
+    """Random weights of one (N, K) shape, in every layout a candidate needs."""
+
+    def __init__(self, n: int, k: int, mode: str, group: int):
+        from .quantize import quantize_int4, quantize_int8
+
+        self.n = max(16, min(n, MAX_CALIBRATION_ELEMS // k))
+        self.k, self.scale_up = k, n / max(16, min(n, MAX_CALIBRATION_ELEMS // k))
+        w = torch.randn(self.n, k)
+        self.q8, self.s8 = quantize_int8(w)
+        self.s8_bf16 = self.s8.to(torch.bfloat16)
+        if mode == "int4":
+            self.group = group
+            q4, s4, z4 = quantize_int4(w, group)
+            self.q4, self.s4, self.z4 = q4, s4, z4
+            self.native4 = nk.pack_q4(q4)
+            self.s4f, self.z4f = s4.float().contiguous(), z4.float().contiguous()
+            self.torch4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.to(torch.int32).contiguous(), 2)
+            self.sz = torch.stack([s4, z4], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def _int8_candidates(s: _Shape, rows: int, dtype: torch.dtype, paths: list[str]) -> dict[str, Callable]:
+    x = torch.randn(rows, s.k, dtype=dtype)
+    out: dict[str, Callable] = {}
+    if rows == 1:
+        out["torch"] = lambda: torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), s.q8, s.s8_bf16).to(dtype)
+    else:
+        out["fp32"] = lambda: F.linear(x.float(), s.q8.float()) * s.s8
+        out["bf16"] = lambda: F.linear(x.to(torch.bfloat16), s.q8.to(torch.bfloat16)) * s.s8_bf16
+    if s.k % nk.QBLOCK == 0:
+        for p in paths:
+            lib = nk.library(p)
+            out[p] = lambda lib=lib: nk.linear_q8(lib, x, s.q8, s.s8, None)
+    return out
+
+
+def _int4_candidates(s: _Shape, rows: int, dtype: torch.dtype, paths: list[str]) -> dict[str, Callable]:
+    from .quantize import dequantize_native_int4
+
+    x = torch.randn(rows, s.k, dtype=dtype)
+    out: dict[str, Callable] = {
+        "torch": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), s.torch4, s.group, s.sz)}
+    if rows > 1:
+        out["fp32"] = lambda: F.linear(x.float(), dequantize_native_int4(s.native4, s.s4f, s.z4f, s.group))
+    for p in paths:
+        lib = nk.library(p)
+        out[p] = lambda lib=lib: nk.linear_q4(lib, x, s.native4, s.s4f, s.z4f, s.group, None)
+    return out
+
+
+def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CALIBRATION_SECONDS) -> KernelPlan:
+    """Time every candidate at this model's shapes and return the fastest plan (see the module doc)."""
+    start = time.perf_counter()
+    deadline = start + budget_s
+    paths = [p for p in nk.candidate_paths() if nk.library(p) is not None]
+    shapes = [(n, k) for n, k in matmul_shapes(cfg) if mode != "int4" or k % group == 0]
+    built = [_Shape(n, k, mode, group) for n, k in shapes]
+    make = _int4_candidates if mode == "int4" else _int8_candidates
+    times: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}}
+    counts: dict[tuple[str, str], int] = {}
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        # prefill first: it decides the activation dtype decode is timed with
+        for phase, rows, dtype in (("prefill", PREFILL_ROWS, torch.float32), ("decode", 1, None)):
+            if dtype is None:
+                dtype = torch.bfloat16 if _best(times["prefill"], {"bf16", "torch"}) in ("bf16",) else torch.float32
+            for s in built:
+                for name, fn in make(s, rows, dtype, paths).items():
+                    per_row_ms = _timed(fn, deadline) * s.scale_up / rows
+                    times[phase][name] = times[phase].get(name, 0.0) + per_row_ms
+                    counts[phase, name] = counts.get((phase, name), 0) + 1
+    # a candidate that cannot take every shape (K not a multiple of 32) does not serve every layer
+    times = {ph: {c: v for c, v in t.items() if counts[ph, c] == len(built)} for ph, t in times.items()}
+    plan = _choose(mode, times)
+    plan.source, plan.seconds = "measured", round(time.perf_counter() - start, 3)
+    plan.times_ms = {ph: {k: round(v, 5) for k, v in t.items()} for ph, t in times.items()}
+    return plan
+
+
+def _best(times: dict[str, float], allowed: set[str] | None = None) -> str | None:
+    pool = {k: v for k, v in times.items() if allowed is None or k in allowed}
+    return min(pool, key=pool.__getitem__) if pool else None
+
+
+def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
+    pre, dec = times["prefill"], times["decode"]
+    if mode == "int8":
+        prefill = _best(pre) or "fp32"
+        activations = "bfloat16" if prefill == "bf16" else "float32"
+        return KernelPlan("int8", activations, _best(dec) or "torch", prefill)
+    native = [p for p in dec if p != "torch"]
+    layouts = {"torch": ("torch", "torch")}
+    if native:
+        d = min(native, key=dec.__getitem__)
+        layouts[d] = (d, min([d, "fp32"], key=lambda c: pre.get(c, float("inf"))))
+
+    def score(pair: tuple[str, str]) -> float:
+        return pre.get(pair[1], float("inf")) * SCORE_PROMPT + dec.get(pair[0], float("inf")) * SCORE_NEW
+
+    decode, prefill = min(layouts.values(), key=score)
+    bf16 = decode == prefill == "torch" and has_bf16_hardware()  # torch's int4 kernels take bf16 rows
+    return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode, prefill)
+
+
+# --- the cache -----------------------------------------------------------------------------
+
+
+def cache_key() -> dict:
+    """What a measured plan depends on besides the model's shapes."""
+    flags = ",".join(sorted(nk.cpu_flags()))
+    return {"version": PLAN_VERSION, "cpu": nk.cpu_model(), "machine": platform.machine(),
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "kernels": nk.source_version(), "forced": nk.forced() or ""}
+
+
+def cache_file(key: dict | None = None) -> Path:
+    import platformdirs
+
+    key = key or cache_key()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(platformdirs.user_cache_dir("demi")) / "plans" / f"{digest}.json"
+
+
+def _entry(cfg: ModelConfig, mode: str, group: int) -> str:
+    return f"{mode}:g{group}:" + ",".join(f"{n}x{k}" for n, k in matmul_shapes(cfg))
+
+
+def _read(path: Path, key: dict) -> dict:
+    """The cached entries, or {} (with a warning) for a corrupt or foreign file."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+            raise ValueError("not a plan file")
+    except (OSError, ValueError) as exc:
+        log.warning("kernel plan cache %s is unreadable (%s); measuring again", path, exc)
+        return {}
+    if data.get("key") != key:
+        log.warning("kernel plan cache %s was made for another machine or version; measuring again", path)
+        return {}
+    return data["entries"]
+
+
+def _write(path: Path, key: dict, entries: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plan-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"key": key, "entries": entries}, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = False) -> KernelPlan:
+    """The cached plan for this model's shapes on this machine, measuring it on a miss."""
+    key = cache_key()
+    path = cache_file(key)
+    entries = _read(path, key)
+    name = _entry(cfg, mode, group)
+    cached = entries.get(name)
+    if cached and not remeasure:
+        try:
+            plan = KernelPlan(**cached)
+            if plan.decode in ("torch", *nk.candidate_paths()) and plan.prefill in (
+                    "fp32", "bf16", "torch", *nk.candidate_paths()):
+                plan.source = "cache"
+                return plan
+        except TypeError:
+            pass
+        log.warning("kernel plan cache %s holds an entry this version cannot use; measuring again", path)
+    plan = calibrate(cfg, mode, group)
+    log.info("kernel plan for %s: decode %s, prefill %s, activations %s (%.2f s)", name, plan.decode,
+             plan.prefill, plan.activations, plan.seconds)
+    entries[name] = plan.as_dict()
+    try:
+        _write(path, key, entries)
+    except OSError as exc:
+        log.warning("could not save the kernel plan to %s (%s)", path, exc)
+    return plan
