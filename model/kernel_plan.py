@@ -97,9 +97,10 @@ def matmul_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
             (cfg.hidden_size, inter)]
 
 
-def _timed(fn: Callable[[], object], deadline: float, reps: int = 3) -> float:
-    """Best-of-`reps` milliseconds after one warm-up call (fewer reps past the deadline)."""
-    fn()
+def _timed(fn: Callable[[], object], deadline: float, reps: int = 3, warm: Callable[[], object] | None = None) -> float:
+    """Best-of-`reps` milliseconds after one warm-up call of `warm` (default `fn`); fewer reps past
+    the deadline."""
+    (warm or fn)()
     best = float("inf")
     for i in range(reps):
         t = time.perf_counter()
@@ -110,14 +111,27 @@ def _timed(fn: Callable[[], object], deadline: float, reps: int = 3) -> float:
     return best * 1e3
 
 
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache (Linux sysfs), or 32 MiB where it cannot be read."""
+    best = 0
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = entry.read_text().strip().upper()
+            best = max(best, int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG"
+                       else int(text))
+        except (OSError, ValueError):
+            continue
+    return best or 32 * 2**20
+
+
 class _Shape:
     """Random weights of one (N, K) shape, in every layout a candidate needs."""
 
     def __init__(self, n: int, k: int, mode: str, group: int):
         from .quantize import quantize_int4, quantize_int8
 
-        self.n = max(16, min(n, MAX_CALIBRATION_ELEMS // k))
-        self.k, self.scale_up = k, n / max(16, min(n, MAX_CALIBRATION_ELEMS // k))
+        self.n = -(-max(16, min(n, MAX_CALIBRATION_ELEMS // k)) // 16) * 16  # torch's int4 wants N % 16 == 0
+        self.k, self.scale_up = k, n / self.n
         w = torch.randn(self.n, k)
         self.q8, self.s8 = quantize_int8(w)
         self.s8_bf16 = self.s8.to(torch.bfloat16)
@@ -130,33 +144,61 @@ class _Shape:
             self.torch4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.to(torch.int32).contiguous(), 2)
             self.sz = torch.stack([s4, z4], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
 
+    def nbytes(self) -> int:
+        return self.q8.numel() if not hasattr(self, "native4") else self.native4.numel()
 
-def _int8_candidates(s: _Shape, rows: int, dtype: torch.dtype, paths: list[str]) -> dict[str, Callable]:
+    def copy(self) -> "_Shape":
+        """The same weights in fresh memory: decode is timed streaming them from DRAM, not cache."""
+        other = object.__new__(_Shape)
+        other.__dict__.update(self.__dict__)
+        other.q8 = self.q8.clone()
+        if hasattr(self, "native4"):
+            other.native4, other.torch4 = self.native4.clone(), self.torch4.clone()
+        return other
+
+
+def _sweep(copies: list[_Shape], one: Callable[[_Shape], object]) -> Callable[[], None]:
+    def run() -> None:
+        for c in copies:
+            one(c)
+    return run
+
+
+def _int8_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str],
+                     decode_torch: bool) -> dict[str, Callable]:
+    s = copies[0]
     x = torch.randn(rows, s.k, dtype=dtype)
     out: dict[str, Callable] = {}
     if rows == 1:
-        out["torch"] = lambda: torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), s.q8, s.s8_bf16).to(dtype)
+        if decode_torch:
+            out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int8pack_mm(
+                x.to(torch.bfloat16), c.q8, c.s8_bf16).to(dtype))
     else:
-        out["fp32"] = lambda: F.linear(x.float(), s.q8.float()) * s.s8
-        out["bf16"] = lambda: F.linear(x.to(torch.bfloat16), s.q8.to(torch.bfloat16)) * s.s8_bf16
+        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), c.q8.float()) * c.s8)
+        out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), c.q8.to(torch.bfloat16)) * c.s8_bf16)
     if s.k % nk.QBLOCK == 0:
         for p in paths:
             lib = nk.library(p)
-            out[p] = lambda lib=lib: nk.linear_q8(lib, x, s.q8, s.s8, None)
+            out[p] = _sweep(copies, lambda c, lib=lib: nk.linear_q8(lib, x, c.q8, c.s8, None))
     return out
 
 
-def _int4_candidates(s: _Shape, rows: int, dtype: torch.dtype, paths: list[str]) -> dict[str, Callable]:
+def _int4_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str],
+                     decode_torch: bool) -> dict[str, Callable]:
     from .quantize import dequantize_native_int4
 
+    s = copies[0]
     x = torch.randn(rows, s.k, dtype=dtype)
-    out: dict[str, Callable] = {
-        "torch": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), s.torch4, s.group, s.sz)}
+    out: dict[str, Callable] = {}
+    if decode_torch or not paths:
+        out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16), c.torch4, c.group, c.sz))
     if rows > 1:
-        out["fp32"] = lambda: F.linear(x.float(), dequantize_native_int4(s.native4, s.s4f, s.z4f, s.group))
+        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), dequantize_native_int4(
+            c.native4, c.s4f, c.z4f, c.group)))
     for p in paths:
         lib = nk.library(p)
-        out[p] = lambda lib=lib: nk.linear_q4(lib, x, s.native4, s.s4f, s.z4f, s.group, None)
+        out[p] = _sweep(copies, lambda c, lib=lib: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None))
     return out
 
 
@@ -165,9 +207,20 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     start = time.perf_counter()
     deadline = start + budget_s
     paths = [p for p in nk.candidate_paths() if nk.library(p) is not None]
+    if len(paths) > 1 and "generic" in paths:  # scalar C never beats a vector path: not worth the time
+        paths.remove("generic")
     shapes = [(n, k) for n, k in matmul_shapes(cfg) if mode != "int4" or k % group == 0]
     built = [_Shape(n, k, mode, group) for n, k in shapes]
     make = _int4_candidates if mode == "int4" else _int8_candidates
+    # decode reads every weight once per token: time each shape over as many copies as the model has
+    # layers (up to twice the last-level cache), so a model too big for the cache streams from DRAM
+    # here as it does for real (cache-resident timings favour compute-bound kernels that then lose)
+    llc = last_level_cache_bytes()
+
+    def copies_of(s: _Shape) -> int:
+        b = max(1, s.nbytes())
+        return max(1, min(cfg.num_hidden_layers, -(-2 * llc // b), 2**30 // (b * len(built))))
+    decode_torch = nk.forced() in (None, "torch")  # a forced native path is what decode measures
     times: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}}
     counts: dict[tuple[str, str], int] = {}
     torch.manual_seed(0)
@@ -177,10 +230,13 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
             if dtype is None:
                 dtype = torch.bfloat16 if _best(times["prefill"], {"bf16", "torch"}) in ("bf16",) else torch.float32
             for s in built:
-                for name, fn in make(s, rows, dtype, paths).items():
-                    per_row_ms = _timed(fn, deadline) * s.scale_up / rows
-                    times[phase][name] = times[phase].get(name, 0.0) + per_row_ms
+                copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
+                warm = make([s], rows, dtype, paths, decode_torch)  # first-call costs, on one copy
+                for name, fn in make(copies, rows, dtype, paths, decode_torch).items():
+                    per_row_ms = _timed(fn, deadline, 2 if phase == "decode" else 3, warm[name]) * s.scale_up / rows
+                    times[phase][name] = times[phase].get(name, 0.0) + per_row_ms / len(copies)
                     counts[phase, name] = counts.get((phase, name), 0) + 1
+                del copies
     # a candidate that cannot take every shape (K not a multiple of 32) does not serve every layer
     times = {ph: {c: v for c, v in t.items() if counts[ph, c] == len(built)} for ph, t in times.items()}
     plan = _choose(mode, times)

@@ -50,10 +50,10 @@
 #define DEMI_PATH "generic"
 #endif
 
-/* Weights are read once per token, from DRAM: ask for them ahead (the native int8 kernel measured
- * +8% decode with 4 KB on a Xeon; harmless elsewhere, a prefetch never faults). */
-#define PREFETCH_BYTES 4096
-#if defined(__GNUC__)
+/* Software prefetch of the weights, PREFETCH_BYTES ahead of each row stream (-DPREFETCH_BYTES=N).
+ * Off by default: with four rows streamed at once the hardware prefetcher does better; measured on a
+ * Xeon (AVX-512 VNNI, 2 cores) over a 0.5B model's layers: none 18.5 GB/s, 1 KB 15.6, 4 KB 12.6. */
+#if defined(PREFETCH_BYTES) && PREFETCH_BYTES > 0 && defined(__GNUC__)
 #define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES, 0, 0)
 #else
 #define PREFETCH(p) ((void)0)
@@ -178,6 +178,88 @@ static inline float dot_q8(const int8_t *restrict w, const int8_t *restrict xq, 
     return total;
 }
 
+/* Four weight rows against one activation row: the activation side (its load, |x|, its sign mask,
+ * the block scales) is shared, so each weight byte costs a load, a sign flip, a dot and a scale. */
+static inline void dot4_q8(const int8_t *restrict w, int64_t K, const int8_t *restrict xq,
+                           const float *restrict xs, float out[4]) {
+    int64_t nb = K / QB, b = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    const __m512i ones16 = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    for (; b + 2 <= nb; b += 2) {
+        const int8_t *wb = w + b * QB;
+        PREFETCH(wb);
+        PREFETCH(wb + K);
+        PREFETCH(wb + 2 * K);
+        PREFETCH(wb + 3 * K);
+        __m512i xv = _mm512_loadu_si512((const void *)(xq + b * QB));
+        __m512i ax = _mm512_abs_epi8(xv);
+        __mmask64 neg = _mm512_movepi8_mask(xv);
+        __m512 sc = _mm512_loadu_ps(xs + b * 8);
+#if defined(__AVX512VNNI__)
+#define DEMI_DOT(r) _mm512_dpbusd_epi32(zero, ax, _mm512_mask_sub_epi8(r, neg, zero, r))
+#else
+#define DEMI_DOT(r) _mm512_madd_epi16(_mm512_maddubs_epi16(ax, _mm512_mask_sub_epi8(r, neg, zero, r)), ones16)
+#endif
+        __m512i w0 = _mm512_loadu_si512((const void *)wb), w1 = _mm512_loadu_si512((const void *)(wb + K));
+        __m512i w2 = _mm512_loadu_si512((const void *)(wb + 2 * K)), w3 = _mm512_loadu_si512((const void *)(wb + 3 * K));
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w0)), sc, a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w1)), sc, a1);
+        a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w2)), sc, a2);
+        a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w3)), sc, a3);
+#undef DEMI_DOT
+    }
+    (void)ones16;
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+    if (b < nb) { /* an odd last block */
+        for (int r = 0; r < 4; r++)
+            out[r] += dot_q8(w + r * K + b * QB, xq + b * QB, xs + b * 8, QB);
+    }
+#elif defined(__AVX2__)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (; b < nb; b++) {
+        const int8_t *wb = w + b * QB;
+        PREFETCH(wb);
+        PREFETCH(wb + K);
+        PREFETCH(wb + 2 * K);
+        PREFETCH(wb + 3 * K);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QB));
+        __m256i ax = _mm256_sign_epi8(xv, xv);
+        __m256 sc = _mm256_loadu_ps(xs + b * 8);
+#if defined(__AVXVNNI__)
+#define DEMI_DOT(r) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(r, xv))
+#else
+#define DEMI_DOT(r) _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(r, xv)), ones)
+#endif
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)wb), w1 = _mm256_loadu_si256((const __m256i *)(wb + K));
+        __m256i w2 = _mm256_loadu_si256((const __m256i *)(wb + 2 * K));
+        __m256i w3 = _mm256_loadu_si256((const __m256i *)(wb + 3 * K));
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w0)), sc, a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w1)), sc, a1);
+        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w2)), sc, a2);
+        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w3)), sc, a3);
+#undef DEMI_DOT
+    }
+    (void)ones;
+    __m256 accs[4] = {a0, a1, a2, a3};
+    for (int r = 0; r < 4; r++) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(accs[r]), _mm256_extractf128_ps(accs[r], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        out[r] = _mm_cvtss_f32(h);
+    }
+#else
+    (void)b;
+    (void)nb;
+    for (int r = 0; r < 4; r++)
+        out[r] = dot_q8(w + r * K, xq, xs, K);
+#endif
+}
+
 static inline void store(void *y, int kind, int64_t i, float v) {
     if (kind)
         ((uint16_t *)y)[i] = f32_to_bf16(v);
@@ -210,7 +292,14 @@ void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t 
         for (int64_t m = 0; m < M; m++) {
             const int8_t *xr = xq + m * K;
             const float *sr = xs + m * (K / QB) * 8;
-            for (int64_t n = n0; n < n1; n++) {
+            int64_t n = n0;
+            for (; n + 4 <= n1; n += 4) {
+                float v[4];
+                dot4_q8(w + n * K, K, xr, sr, v);
+                for (int r = 0; r < 4; r++)
+                    store(y, y_kind, m * N + n + r, v[r] * scale[n + r] + (bias ? bias[n + r] : 0.0f));
+            }
+            for (; n < n1; n++) {
                 float v = dot_q8(w + n * K, xr, sr, K) * scale[n] + (bias ? bias[n] : 0.0f);
                 store(y, y_kind, m * N + n, v);
             }
