@@ -25,6 +25,21 @@ def model_dir_for_bench(name: str | None) -> Path:
     return resolve_model_dir(name)
 
 
+def kernel_plan(name: str | None, quant: str = "int8", remeasure: bool = True) -> dict:
+    """The kernel plan for this model on this CPU, with every candidate's time (`demi bench --plan`)."""
+    from demi.model import native_kernels
+    from demi.model.config import load_config
+    from demi.model.kernel_plan import cache_file, matmul_shapes, plan_for
+
+    path = model_dir_for_bench(name)
+    cfg = load_config(path)
+    mode = "int8" if quant in (None, "auto", "none") else quant
+    plan = plan_for(cfg, mode, remeasure=remeasure)
+    problems = {p: native_kernels.problem(p) for p in native_kernels.runnable_paths() if native_kernels.problem(p)}
+    return {"model": str(path), "shapes": [list(s) for s in matmul_shapes(cfg)], "plan": plan.as_dict(),
+            "cache": str(cache_file()), "problems": problems, "machine": machine()}
+
+
 def run(name: str | None, quant: str = "none", prompt_tokens: int = 128, new_tokens: int = 32,
         runs: int = 3, compare: str | None = None, device: str = "cpu", dtype: str = "auto") -> dict:
     path = model_dir_for_bench(name)

@@ -100,5 +100,32 @@ def doctor(model: str | None = None) -> dict[str, Any]:
                            "model_type": cfg.model_type}
     except (DemiError, ModelNotFoundError) as exc:
         checks["model"] = {"name": model or "(default)", "ok": False, "problem": str(exc)}
+    checks["cpu"] = _cpu_report(cfg if checks["model"]["ok"] else None)
     checks["ok"] = checks["packages"]["torch"] is not None and checks["model"]["ok"]
     return checks
+
+
+def _cpu_report(cfg: Any) -> dict[str, Any]:
+    """The CPU's features, the native kernels it runs (or why not), and the model's kernel plan
+    (measured here once, then cached)."""
+    from demi.model import native_kernels
+    from demi.model.bench import cpu_features
+    from demi.model.kernel_plan import plan_for
+
+    paths = native_kernels.runnable_paths()
+    usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
+    report: dict[str, Any] = {
+        "model": native_kernels.cpu_model(), "features": cpu_features(), "native_paths": paths,
+        "native_usable": usable, "forced": native_kernels.forced(),
+        "compiler": native_kernels.compiler(),
+        "problems": {p: native_kernels.problem(p) for p in paths if native_kernels.problem(p)}}
+    if not report["compiler"]:
+        report["note"] = "no C compiler: torch's kernels are used (install gcc or clang for the native ones)"
+    if cfg is not None:
+        try:
+            plan = plan_for(cfg, "int8")
+            report["plan"] = {"mode": plan.mode, "decode": plan.decode, "prefill": plan.prefill,
+                              "activations": plan.activations, "source": plan.source, "times_ms": plan.times_ms}
+        except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
+            report["plan"] = {"problem": str(exc)}
+    return report

@@ -46,6 +46,9 @@ def register(sub, common) -> argparse._SubParsersAction:
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--compare", choices=["transformers"], default=None,
                    help="also time transformers' generate (fp32 and bf16) on the same checkpoint")
+    b.add_argument("--plan", action="store_true",
+                   help="measure and print the kernel plan: every candidate kernel's time per phase at this "
+                        "model's shapes, and the ones chosen (DEMI_KERNEL forces a family)")
     b.set_defaults(func=cmd_bench)
     return ev
 
@@ -106,6 +109,8 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from demi.assistant.benchmark import run
 
+    if args.plan:
+        return _print_plan(args)
     if min(args.prompt_tokens, args.new_tokens, args.runs) < 1:
         raise UsageError("demi bench: --prompt-tokens, --new-tokens and --runs must be >= 1")
     r = run(args.model, args.quant or "none", args.prompt_tokens, args.new_tokens, args.runs, args.compare,
@@ -127,4 +132,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "decode_ratio_vs_best_transformers" in r:
         print(f"  decode: {r['decode_ratio_vs_best_transformers']:.2f}x the faster transformers run, "
               f"{r['decode_ratio_vs_transformers_fp32']:.2f}x transformers fp32")
+    return 0
+
+
+def _print_plan(args: argparse.Namespace) -> int:
+    from demi.assistant.benchmark import kernel_plan
+
+    r = kernel_plan(args.model, args.quant or "int8")
+    if args.json:
+        emit_json(r)
+        return 0
+    plan, m = r["plan"], r["machine"]
+    print(f"{m['cpu']}  {m['torch_threads']} threads  features: {' '.join(m['cpu_features']) or '(none)'}")
+    print(f"native paths: {', '.join(m['native_paths']) or '(none)'}"
+          + (f"  (forced: {m['kernel_forced']})" if m["kernel_forced"] else ""))
+    for path, why in r["problems"].items():
+        print(f"  {path}: {why}")
+    print(f"{r['model']}  {plan['mode']}  shapes (N x K): {', '.join(f'{n}x{k}' for n, k in r['shapes'])}")
+    print(f"measured in {plan['seconds']:.2f} s; cached in {r['cache']}")
+    for phase in ("prefill", "decode"):
+        times = plan["times_ms"].get(phase, {})
+        chosen = plan[phase]
+        best = min(times.values()) if times else 0.0
+        print(f"  {phase} (ms per row, one layer):")
+        for name, ms in sorted(times.items(), key=lambda kv: kv[1]):
+            mark = "*" if name == chosen else " "
+            print(f"   {mark} {name:12s} {ms:9.4f}  {ms / best if best else 0:5.2f}x")
+    print(f"activations: {plan['activations']}")
     return 0

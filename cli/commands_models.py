@@ -95,6 +95,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         elif key == "model":
             value = (f"{value['name']} -> {value['path']} ({value['model_type']})" if value["ok"]
                      else f"{value['name']}: {value['problem']}")
+        elif key == "cpu":
+            _print_cpu(value)
+            continue
         print(f"{key:20s} {value}")
     return 0 if report["ok"] else 1
 
@@ -108,3 +111,22 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.quant} checkpoint to {out}")
     return 0
+
+
+def _print_cpu(cpu: dict) -> None:
+    print(f"{'cpu':20s} {cpu['model']}: {' '.join(cpu['features']) or '(no vector features Demi uses)'}")
+    forced = f" (DEMI_KERNEL={cpu['forced']})" if cpu["forced"] else ""
+    print(f"{'native kernels':20s} {', '.join(cpu['native_usable']) or 'none: torch kernels'}{forced}")
+    for path, why in cpu["problems"].items():
+        print(f"  {path}: {why}")
+    if cpu.get("note"):
+        print(f"  {cpu['note']}")
+    plan = cpu.get("plan")
+    if plan and "problem" not in plan:
+        print(f"{'kernel plan':20s} {plan['mode']}: decode {plan['decode']}, prefill {plan['prefill']}, "
+              f"activations {plan['activations']} ({plan['source']})")
+        for phase, times in plan["times_ms"].items():
+            row = ", ".join(f"{k} {v:.3f}" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
+            print(f"  {phase} ms/row/layer: {row}")
+    elif plan:
+        print(f"{'kernel plan':20s} {plan['problem']}")

@@ -132,6 +132,7 @@ def bench(model_dir: Path, quant: str = "none", prompt_tokens: int = 128, new_to
         "read_gb_s": round(read_bw, 2),
         "weights_gb_s": round(per_token * result["decode_tok_s"] / 1e9, 2),
         "read_bound_fraction": round(per_token * result["decode_tok_s"] / (read_bw * 1e9), 3),
+        "kernel_plan": plan.as_dict() if (plan := getattr(model, "kernel_plan", None)) else None,
     })
     del model
     gc.collect()
@@ -177,5 +178,21 @@ def machine() -> dict:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
+    from . import native_kernels
+
     return {"cpu": name, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "cpu_features": cpu_features(),
+            "native_paths": native_kernels.runnable_paths(), "kernel_forced": native_kernels.forced()}
+
+
+# The flags that decide which kernels run (the rest of /proc/cpuinfo's list is noise here).
+SPEED_FLAGS = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+               "avx512_fp16", "amx_bf16", "amx_int8", "asimd", "asimddp", "bf16", "i8mm", "sve")
+
+
+def cpu_features() -> list[str]:
+    """This CPU's flags among those that decide Demi's kernels (SPEED_FLAGS)."""
+    from . import native_kernels
+
+    have = native_kernels.cpu_flags()
+    return [f for f in SPEED_FLAGS if f in have]

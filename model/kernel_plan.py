@@ -43,7 +43,11 @@ log = logging.getLogger("demi.model")
 
 PLAN_VERSION = 1
 CALIBRATION_SECONDS = 2.0
-PREFILL_ROWS = 64  # rows timed for prefill: enough to reach the GEMM regime, cheap to measure
+# Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
+# model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
+# near the real regime at a cost the calibration budget allows.
+PREFILL_ROWS = 256
+PREFILL_CHUNK = 512  # rows a float prefill converts a weight for (the engine's smallest prefill chunk)
 MAX_CALIBRATION_ELEMS = 8 * 2**20  # a weight shape is timed on at most this many elements (rows cut)
 # The score that ranks int4 layouts: a 1,000-token prompt and 32 new tokens (a FIM request).
 SCORE_PROMPT, SCORE_NEW = 1000, 32
@@ -140,7 +144,7 @@ class _Shape:
             q4, s4, z4 = quantize_int4(w, group)
             self.q4, self.s4, self.z4 = q4, s4, z4
             self.native4 = nk.pack_q4(q4)
-            self.s4f, self.z4f = s4.float().contiguous(), z4.float().contiguous()
+            self.s4f, self.z4f = s4.float().contiguous(), nk.int4_offset(s4, z4)
             self.torch4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.to(torch.int32).contiguous(), 2)
             self.sz = torch.stack([s4, z4], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
 
@@ -173,9 +177,10 @@ def _int8_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths:
         if decode_torch:
             out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int8pack_mm(
                 x.to(torch.bfloat16), c.q8, c.s8_bf16).to(dtype))
-    else:
-        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), c.q8.float()) * c.s8)
-        out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), c.q8.to(torch.bfloat16)) * c.s8_bf16)
+    else:  # the weight's conversion is timed on its own (_conversions): it is paid once per chunk
+        w32, w16 = s.q8.float(), s.q8.to(torch.bfloat16)
+        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32) * c.s8)
+        out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), w16) * c.s8_bf16)
     if s.k % nk.QBLOCK == 0:
         for p in paths:
             lib = nk.library(p)
@@ -194,12 +199,21 @@ def _int4_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths:
         out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(torch.bfloat16), c.torch4, c.group, c.sz))
     if rows > 1:
-        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), dequantize_native_int4(
-            c.native4, c.s4f, c.z4f, c.group)))
+        w32 = dequantize_native_int4(s.native4, s.s4f, s.z4f, s.group)
+        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
     for p in paths:
         lib = nk.library(p)
         out[p] = _sweep(copies, lambda c, lib=lib: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None))
     return out
+
+
+def _conversions(s: _Shape, mode: str) -> dict[str, Callable]:
+    """What a float prefill pays once per chunk: converting the quantized weight."""
+    from .quantize import dequantize_native_int4
+
+    if mode == "int4":
+        return {"fp32": lambda: dequantize_native_int4(s.native4, s.s4f, s.z4f, s.group)}
+    return {"fp32": lambda: s.q8.float(), "bf16": lambda: s.q8.to(torch.bfloat16)}
 
 
 def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CALIBRATION_SECONDS) -> KernelPlan:
@@ -231,9 +245,11 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
                 dtype = torch.bfloat16 if _best(times["prefill"], {"bf16", "torch"}) in ("bf16",) else torch.float32
             for s in built:
                 copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
-                warm = make([s], rows, dtype, paths, decode_torch)  # first-call costs, on one copy
+                warm = make([s], min(rows, 16), dtype, paths, decode_torch)  # first-call costs, cheaply
                 for name, fn in make(copies, rows, dtype, paths, decode_torch).items():
-                    per_row_ms = _timed(fn, deadline, 2 if phase == "decode" else 3, warm[name]) * s.scale_up / rows
+                    per_row_ms = _timed(fn, deadline, 2, warm[name]) * s.scale_up / rows
+                    if phase == "prefill" and name in _conversions(s, mode):
+                        per_row_ms += _timed(_conversions(s, mode)[name], deadline, 2) * s.scale_up / PREFILL_CHUNK
                     times[phase][name] = times[phase].get(name, 0.0) + per_row_ms / len(copies)
                     counts[phase, name] = counts.get((phase, name), 0) + 1
                 del copies

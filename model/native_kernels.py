@@ -224,14 +224,21 @@ def linear_q8(lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.T
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-def linear_q4(lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+def int4_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Demi's int4 is W = (q - 8) * scale + zero; the kernels take W = q * scale + offset (unsigned
+    nibbles go straight into the unsigned-by-signed byte dot), so offset = zero - 8 * scale."""
+    return (zero.float() - 8.0 * scale.float()).contiguous()
+
+
+def linear_q4(lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
               group: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x @ W.T + bias for int4 W in `pack_q4` layout, scale and zero fp32 [N, K / group]."""
+    """y = x @ W.T + bias for W = q * scale + offset, q in `pack_q4` layout, scale and offset fp32
+    [N, K / group] (int4_offset converts Demi's stored zero points)."""
     row, kind = _rows(x)
     n, k = packed.shape[0], packed.shape[1] * 2
     y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
     lib.demi_linear_q4(row.data_ptr(), kind, row.numel() // k, packed.data_ptr(), scale.data_ptr(),
-                       zero.data_ptr(), group, None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k)
+                       offset.data_ptr(), group, None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

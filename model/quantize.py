@@ -78,12 +78,13 @@ def dequantize_int4(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return (wg * scale.float()[..., None] + zero.float()[..., None]).reshape(n, k)
 
 
-def dequantize_native_int4(packed: Tensor, scale: Tensor, zero: Tensor, group: int) -> Tensor:
-    """fp32 [N, K] from the native kernels' int4 layout (native_kernels.pack_q4)."""
+def dequantize_native_int4(packed: Tensor, scale: Tensor, offset: Tensor, group: int) -> Tensor:
+    """fp32 [N, K] from the native kernels' int4 layout: q (native_kernels.pack_q4) * scale + offset,
+    where offset = zero - 8 * scale (see native_kernels.int4_offset)."""
     n, k = packed.shape[0], packed.shape[1] * 2
     blocks = packed.reshape(n, k // native_kernels.QBLOCK, native_kernels.QBLOCK // 2)
-    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).reshape(n, k // group, group).float() - 8.0
-    return (q * scale[..., None] + zero[..., None]).reshape(n, k)
+    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).reshape(n, k // group, group).float()
+    return (q * scale[..., None] + offset[..., None]).reshape(n, k)
 
 
 def _release_prefill_copy(nbytes: int) -> None:
@@ -186,7 +187,7 @@ class Int4Linear(nn.Module):
             self.prefill_lib = _native_lib(plan.prefill, self.in_features)
             self.register_buffer("packed", native_kernels.pack_q4(q))
             self.register_buffer("scale", scale.float().contiguous())
-            self.register_buffer("zero", zero.float().contiguous())
+            self.register_buffer("zero", native_kernels.int4_offset(scale, zero))  # W = q * scale + this
             return
         self.decode_lib = self.prefill_lib = None
         pad = -self.out_features % 16  # the kernels take N in multiples of 16: pad with zero rows

@@ -51,6 +51,7 @@ def test_kernels_match_dequantized_reference(rows):
     assert torch.allclose(got8, ref8, rtol=0.02, atol=0.1 * ref8.abs().mean().item())
     q4, s4, z4 = quantize_int4(w, 32)
     ref4 = x @ dequantize_int4(q4, s4, z4).T + b
+    weight_err4 = ((x @ w.T + b - ref4).norm() / ref4.norm()).item()
     got4 = Int4Linear(q4, s4, z4, b)(x.bfloat16()).float()  # 80 rows: padded to 96 for the kernel
     assert got4.shape == (rows, 80)
     assert torch.allclose(got4, ref4, rtol=0.02, atol=0.1 * ref4.abs().mean().item())
@@ -188,17 +189,20 @@ def test_native_kernels_match_the_dequantized_reference(path, rows):
     weight_err = ((x @ w.T + b - ref8).norm() / ref8.norm()).item()
     q4, s4, z4 = quantize_int4(w, 64)
     ref4 = x @ dequantize_int4(q4, s4, z4).T + b
-    packed = native_kernels.pack_q4(q4)
-    assert torch.equal(dequantize_native_int4(packed, s4.float(), z4.float(), 64), dequantize_int4(q4, s4, z4))
+    weight_err4 = ((x @ w.T + b - ref4).norm() / ref4.norm()).item()
+    packed, offset = native_kernels.pack_q4(q4), native_kernels.int4_offset(s4, z4)
+    assert torch.allclose(dequantize_native_int4(packed, s4.float(), offset, 64), dequantize_int4(q4, s4, z4),
+                          atol=1e-6)
     for dtype in (torch.float32, torch.bfloat16):
         got8 = native_kernels.linear_q8(lib, x.to(dtype), q, scale, b.float())
-        got4 = native_kernels.linear_q4(lib, x.to(dtype), packed, s4.float().contiguous(),
-                                        z4.float().contiguous(), 64, b.float())
+        got4 = native_kernels.linear_q4(lib, x.to(dtype), packed, s4.float().contiguous(), offset, 64, b.float())
         assert got8.dtype == got4.dtype == dtype and got8.shape == got4.shape == (rows, 300)
         err8 = ((got8.float() - ref8).norm() / ref8.norm()).item()
         err4 = ((got4.float() - ref4).norm() / ref4.norm()).item()
         assert err8 < min(0.01, weight_err), (dtype, err8, weight_err)
-        assert err4 < 0.01, (dtype, err4)
+        # int4 multiplies the unsigned nibbles (0..15) by the int8 activations, which makes the
+        # activations' rounding count more than for int8, still far below int4's own error
+        assert err4 < min(0.02, weight_err4 / 4), (dtype, err4, weight_err4)
 
 
 def test_modules_follow_the_plan_and_step_aside_where_a_kernel_cannot_run():

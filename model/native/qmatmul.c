@@ -309,47 +309,54 @@ void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t 
     free(xs);
 }
 
-/* Sum over blocks of s_g * d_b * sum_k xq[k] (q[k] - 8): the int4 row dot (zero points are added by
- * the caller). A block of 32 weights is 16 bytes: low nibbles are k 0..15, high nibbles k 16..31. */
+/* int4 weights are unsigned nibbles q in 0..15 with W = q * scale + offset per group (offset is the
+ * stored zero point minus 8 scales), so the unsigned-by-signed byte dot (vpmaddubsw, vpdpbusd) takes
+ * them as they are: 15 * 127 * 2 never saturates. A block of 32 weights is 16 bytes: low nibbles are
+ * k 0..15, high nibbles k 16..31. These return sum over blocks of scale_g * d_b * sum_k q[k] xq[k];
+ * the offsets are added by the caller from each group's sum of x. */
+#if defined(__AVX2__)
+static inline __m256i nibbles(const uint8_t *p) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+}
+
+static inline __m256i udot(__m256i q, __m256i x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), q, x);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
+#endif
+}
+
+static inline float hsum256(__m256 a) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+#endif
+
 static inline float dot_q4(const uint8_t *restrict w, const float *restrict ws, int64_t bpg,
                            const int8_t *restrict xq, const float *restrict xs, int64_t K) {
     int64_t nb = K / QB, b = 0;
     float total = 0.0f;
 #if defined(__AVX2__)
     __m256 acc = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
     for (; b < nb; b++) {
-        PREFETCH(w + b * 16);
-        __m128i raw = _mm_loadu_si128((const __m128i *)(w + b * 16));
-        __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-        __m256i wv = _mm256_sub_epi8(_mm256_and_si256(both, low), eight);
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QB));
-        __m256i ax = _mm256_sign_epi8(xv, xv);
-        __m256i sw = _mm256_sign_epi8(wv, xv);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sw);
-#elif defined(__AVXVNNI__)
-        __m256i p = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sw);
-#else
-        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
-#endif
+        __m256i p = udot(nibbles(w + b * 16), _mm256_loadu_si256((const __m256i *)(xq + b * QB)));
         __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_loadu_ps(xs + b * 8));
         acc = _mm256_fmadd_ps(f, _mm256_set1_ps(ws[b / bpg]), acc);
     }
-    (void)ones;
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    total = _mm_cvtss_f32(h);
+    total = hsum256(acc);
 #elif defined(__ARM_NEON)
     float32x4_t acc = vdupq_n_f32(0.0f);
     const uint8x16_t low = vdupq_n_u8(0x0F);
-    const int8x16_t eight = vdupq_n_s8(8);
     for (; b < nb; b++) {
-        PREFETCH(w + b * 16);
         uint8x16_t raw = vld1q_u8(w + b * 16);
-        int8x16_t w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low)), eight);
-        int8x16_t w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
+        int8x16_t w0 = vreinterpretq_s8_u8(vandq_u8(raw, low)); /* 0..15: the same as signed */
+        int8x16_t w1 = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
         int8x16_t x0 = vld1q_s8(xq + b * QB), x1 = vld1q_s8(xq + b * QB + 16);
 #if defined(__ARM_FEATURE_DOTPROD)
         int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), x0, w0), x1, w1);
@@ -367,8 +374,8 @@ static inline float dot_q4(const uint8_t *restrict w, const float *restrict ws, 
     for (; b < nb; b++) {
         int32_t s = 0;
         for (int i = 0; i < 16; i++) {
-            s += (int32_t)xq[b * QB + i] * ((int32_t)(w[b * 16 + i] & 0x0F) - 8);
-            s += (int32_t)xq[b * QB + 16 + i] * ((int32_t)(w[b * 16 + i] >> 4) - 8);
+            s += (int32_t)xq[b * QB + i] * (int32_t)(w[b * 16 + i] & 0x0F);
+            s += (int32_t)xq[b * QB + 16 + i] * (int32_t)(w[b * 16 + i] >> 4);
         }
         total += (float)s * xs[b * 8] * ws[b / bpg];
     }
@@ -376,10 +383,47 @@ static inline float dot_q4(const uint8_t *restrict w, const float *restrict ws, 
     return total;
 }
 
+/* Four int4 rows (row stride K / 2 bytes, scale stride `groups`) against one activation row. */
+static inline void dot4_q4(const uint8_t *restrict w, const float *restrict ws, int64_t groups, int64_t bpg,
+                           const int8_t *restrict xq, const float *restrict xs, int64_t K, float out[4]) {
+#if defined(__AVX2__)
+    int64_t nb = K / QB, stride = K / 2;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QB));
+        __m256 sc = _mm256_loadu_ps(xs + b * 8);
+        const uint8_t *wb = w + b * 16;
+        int64_t g = b / bpg;
+        a0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb), xv)), sc), _mm256_set1_ps(ws[g]), a0);
+        a1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb + stride), xv)), sc),
+                             _mm256_set1_ps(ws[groups + g]), a1);
+        a2 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb + 2 * stride), xv)), sc),
+                             _mm256_set1_ps(ws[2 * groups + g]), a2);
+        a3 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb + 3 * stride), xv)), sc),
+                             _mm256_set1_ps(ws[3 * groups + g]), a3);
+    }
+    out[0] = hsum256(a0);
+    out[1] = hsum256(a1);
+    out[2] = hsum256(a2);
+    out[3] = hsum256(a3);
+#else
+    for (int r = 0; r < 4; r++)
+        out[r] = dot_q4(w + r * (K / 2), ws + r * groups, bpg, xq, xs, K);
+#endif
+}
+
+/* sum over groups of offset_g * (sum of x over group g) */
+static inline float offsets(const float *restrict off, const float *restrict xsum, int64_t groups) {
+    float o = 0.0f;
+    for (int64_t g = 0; g < groups; g++)
+        o += off[g] * xsum[g];
+    return o;
+}
+
 /* y [M, N] = x [M, K] @ W.T + bias for int4 W in groups of `group` along K (a multiple of 32):
- * W[n, k] = (q - 8) * scale[n, g] + zero[n, g], q packed by blocks of 32 as dot_q4 reads them
- * (w is [N, K / 2] bytes), scale and zero fp32 [N, K / group]. The zero term is exact: each group's
- * sum of x is taken in float before x is quantized. */
+ * W[n, k] = q * scale[n, g] + offset[n, g], q in 0..15 packed by blocks of 32 as dot_q4 reads them
+ * (w is [N, K / 2] bytes), scale and offset fp32 [N, K / group]. The offset term is exact: each
+ * group's sum of x is taken in float before x is quantized. */
 void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t *restrict w,
                     const float *restrict scale, const float *restrict zero, int64_t group,
                     const float *restrict bias, void *restrict y, int y_kind, int64_t N, int64_t K) {
@@ -410,12 +454,19 @@ void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t
     for (int64_t n0 = 0; n0 < N; n0 += band) {
         int64_t n1 = n0 + band < N ? n0 + band : N;
         for (int64_t m = 0; m < M; m++) {
-            for (int64_t n = n0; n < n1; n++) {
-                float v = dot_q4(w + n * (K / 2), scale + n * groups, bpg, xq + m * K, xs + m * (K / QB) * 8, K);
-                const float *zr = zero + n * groups, *gr = xg + m * groups;
-                for (int64_t g = 0; g < groups; g++)
-                    v += zr[g] * gr[g];
-                store(y, y_kind, m * N + n, v + (bias ? bias[n] : 0.0f));
+            const int8_t *xr = xq + m * K;
+            const float *sr = xs + m * (K / QB) * 8, *gr = xg + m * groups;
+            float v[4];
+            int64_t n = n0;
+            for (; n + 4 <= n1; n += 4) {
+                dot4_q4(w + n * (K / 2), scale + n * groups, groups, bpg, xr, sr, K, v);
+                for (int r = 0; r < 4; r++)
+                    store(y, y_kind, m * N + n + r, v[r] + offsets(zero + (n + r) * groups, gr, groups) +
+                                                        (bias ? bias[n + r] : 0.0f));
+            }
+            for (; n < n1; n++) {
+                float one = dot_q4(w + n * (K / 2), scale + n * groups, bpg, xr, sr, K);
+                store(y, y_kind, m * N + n, one + offsets(zero + n * groups, gr, groups) + (bias ? bias[n] : 0.0f));
             }
         }
     }
@@ -473,7 +524,7 @@ int demi_selftest(void) {
             double ref = bias[n], mag = 0.0;
             for (int k = 0; k < K; k++) {
                 int g = n * (K / 64) + k / 64;
-                double wk = ((w[n * K + k] & 0x0F) - 8) * (double)s4[g] + z4[g];
+                double wk = (w[n * K + k] & 0x0F) * (double)s4[g] + z4[g];
                 ref += (double)x[m * K + k] * wk;
                 mag += fabs((double)x[m * K + k] * wk);
             }
