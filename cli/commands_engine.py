@@ -121,8 +121,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{r['model']}  quant {r['quant']}  dtype {r['dtype']}  {r['threads']} threads  "
           f"prompt {r['prompt_tokens']}  new {r['new_tokens']}")
     print(f"  prefill {r['prefill_tok_s']:8.1f} tok/s   ttft {r['ttft_ms']:7.1f} ms")
-    print(f"  decode  {r['decode_tok_s']:8.2f} tok/s   p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  "
-          f"p99 {r['p99_ms']:.1f} ms")
+    if r["p50_ms"] is not None:
+        print(f"  decode  {r['decode_tok_s']:8.2f} tok/s   p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  "
+              f"p99 {r['p99_ms']:.1f} ms")
+    else:
+        print("  decode  (one new token: no decode step to time)")
     print(f"  memory  peak RSS {r['peak_rss_mb']:.0f} MB; {r['weight_bytes_per_token'] / 2**20:.0f} MiB read per "
           f"token; copy bandwidth {r['copy_gb_s']:.1f} GB/s -> bound {r['bandwidth_bound_tok_s']:.1f} tok/s "
           f"({100 * r['bandwidth_fraction']:.0f}% reached)")

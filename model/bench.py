@@ -75,9 +75,10 @@ def _tensor_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.buffers()) + list(module.parameters()))
 
 
-def _percentile(values: list[float], q: float) -> float:
+def _percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile, or None where nothing was measured (one new token: no decode step)."""
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))] if s else None
 
 
 def time_generation(model: Transformer, prompt: list[int], new_tokens: int, runs: int = 3) -> dict:
@@ -97,8 +98,7 @@ def time_generation(model: Transformer, prompt: list[int], new_tokens: int, runs
     return {"ttft_ms": 1e3 * statistics.median(ttfts),
             "prefill_tok_s": len(prompt) / statistics.median(ttfts),
             "decode_tok_s": statistics.median(decode_rates),
-            "p50_ms": 1e3 * _percentile(steps, 50), "p95_ms": 1e3 * _percentile(steps, 95),
-            "p99_ms": 1e3 * _percentile(steps, 99)}
+            **{f"p{q}_ms": None if (v := _percentile(steps, q)) is None else 1e3 * v for q in (50, 95, 99)}}
 
 
 def peak_rss_mb() -> float:

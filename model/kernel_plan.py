@@ -41,7 +41,7 @@ from .config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -59,6 +59,9 @@ class KernelPlan:
     activations: str  # float32 | bfloat16
     decode: str  # torch | a native path name
     prefill: str  # fp32 | bf16 | torch | a native path name
+    # A float prefill converts each weight that has no kept copy once per call; below this many rows
+    # that costs more than the native kernel saves, so such shorter prefills take the decode kernel.
+    float_prefill_rows: int = 0
     source: str = "guess"  # measured | cache | guess
     seconds: float = 0.0
     times_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> candidate -> ms
@@ -235,7 +238,7 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
         b = max(1, s.nbytes())
         return max(1, min(cfg.num_hidden_layers, -(-2 * llc // b), 2**30 // (b * len(built))))
     decode_torch = nk.forced() in (None, "torch")  # a forced native path is what decode measures
-    times: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}}
+    times: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}, "convert": {}}
     counts: dict[tuple[str, str], int] = {}
     torch.manual_seed(0)
     with torch.inference_mode():
@@ -249,12 +252,15 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
                 for name, fn in make(copies, rows, dtype, paths, decode_torch).items():
                     per_row_ms = _timed(fn, deadline, 2, warm[name]) * s.scale_up / rows
                     if phase == "prefill" and name in _conversions(s, mode):
-                        per_row_ms += _timed(_conversions(s, mode)[name], deadline, 2) * s.scale_up / PREFILL_CHUNK
+                        convert_ms = _timed(_conversions(s, mode)[name], deadline, 2) * s.scale_up
+                        times["convert"][name] = times["convert"].get(name, 0.0) + convert_ms
+                        per_row_ms += convert_ms / PREFILL_CHUNK
                     times[phase][name] = times[phase].get(name, 0.0) + per_row_ms / len(copies)
                     counts[phase, name] = counts.get((phase, name), 0) + 1
                 del copies
     # a candidate that cannot take every shape (K not a multiple of 32) does not serve every layer
-    times = {ph: {c: v for c, v in t.items() if counts[ph, c] == len(built)} for ph, t in times.items()}
+    times = {ph: {c: v for c, v in t.items() if ph == "convert" or counts[ph, c] == len(built)}
+             for ph, t in times.items()}
     plan = _choose(mode, times)
     plan.source, plan.seconds = "measured", round(time.perf_counter() - start, 3)
     plan.times_ms = {ph: {k: round(v, 5) for k, v in t.items()} for ph, t in times.items()}
@@ -266,12 +272,24 @@ def _best(times: dict[str, float], allowed: set[str] | None = None) -> str | Non
     return min(pool, key=pool.__getitem__) if pool else None
 
 
+def _crossover(times: dict[str, dict[str, float]], flt: str, native: str) -> int:
+    """Rows above which a float prefill (conversion once, then a faster matmul) beats `native`."""
+    convert = times.get("convert", {}).get(flt)
+    if convert is None or native not in times["prefill"]:
+        return 0
+    per_row_float = times["prefill"][flt] - convert / PREFILL_CHUNK
+    saved = times["prefill"][native] - per_row_float
+    return int(convert / saved) + 1 if saved > 0 else 1 << 30
+
+
 def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
     pre, dec = times["prefill"], times["decode"]
     if mode == "int8":
         prefill = _best(pre) or "fp32"
         activations = "bfloat16" if prefill == "bf16" else "float32"
-        return KernelPlan("int8", activations, _best(dec) or "torch", prefill)
+        decode = _best(dec) or "torch"
+        return KernelPlan("int8", activations, decode, prefill,
+                          _crossover(times, prefill, decode) if decode != "torch" else 0)
     native = [p for p in dec if p != "torch"]
     layouts = {"torch": ("torch", "torch")}
     if native:
@@ -283,7 +301,8 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
 
     decode, prefill = min(layouts.values(), key=score)
     bf16 = decode == prefill == "torch" and has_bf16_hardware()  # torch's int4 kernels take bf16 rows
-    return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode, prefill)
+    return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode, prefill,
+                      _crossover(times, prefill, decode) if decode != "torch" and prefill == "fp32" else 0)
 
 
 # --- the cache -----------------------------------------------------------------------------

@@ -203,6 +203,15 @@ def test_native_kernels_match_the_dequantized_reference(path, rows):
         # int4 multiplies the unsigned nibbles (0..15) by the int8 activations, which makes the
         # activations' rounding count more than for int8, still far below int4's own error
         assert err4 < min(0.02, weight_err4 / 4), (dtype, err4, weight_err4)
+    # an odd number of 32-blocks (the wide paths' tail) and groups of 32
+    w, x = torch.randn(9, 160), torch.randn(rows, 160)
+    q, scale = quantize_int8(w)
+    q4, s4, z4 = quantize_int4(w, 32)
+    ref8, ref4 = x @ (q.float() * scale[:, None]).T, x @ dequantize_int4(q4, s4, z4).T
+    got8 = native_kernels.linear_q8(lib, x, q, scale, None)
+    got4 = native_kernels.linear_q4(lib, x, native_kernels.pack_q4(q4), s4.float().contiguous(),
+                                    native_kernels.int4_offset(s4, z4), 32, None)
+    assert ((got8 - ref8).norm() / ref8.norm()) < 0.01 and ((got4 - ref4).norm() / ref4.norm()) < 0.03
 
 
 def test_modules_follow_the_plan_and_step_aside_where_a_kernel_cannot_run():

@@ -386,7 +386,37 @@ static inline float dot_q4(const uint8_t *restrict w, const float *restrict ws, 
 /* Four int4 rows (row stride K / 2 bytes, scale stride `groups`) against one activation row. */
 static inline void dot4_q4(const uint8_t *restrict w, const float *restrict ws, int64_t groups, int64_t bpg,
                            const int8_t *restrict xq, const float *restrict xs, int64_t K, float out[4]) {
-#if defined(__AVX2__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    /* two blocks (64 weights) per step: the 32 bytes' low and high nibbles are put in k order */
+    int64_t nb = K / QB, stride = K / 2, b = 0;
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (; b + 2 <= nb; b += 2) {
+        __m512i xv = _mm512_loadu_si512((const void *)(xq + b * QB));
+        __m512 sc = _mm512_loadu_ps(xs + b * 8);
+        int64_t g0 = b / bpg, g1 = (b + 1) / bpg;
+        for (int r = 0; r < 4; r++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(w + r * stride + b * 16));
+            __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1);
+            __m512i q = _mm512_and_si512(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 1, 2, 0)), low);
+#if defined(__AVX512VNNI__)
+            __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xv);
+#else
+            __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(q, xv), _mm512_set1_epi16(1));
+#endif
+            const float *wr = ws + r * groups;
+            __m512 gs = g0 == g1 ? _mm512_set1_ps(wr[g0])
+                                 : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(wr[g0])),
+                                                      _mm256_set1_ps(wr[g1]), 1);
+            a[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(p), sc), gs, a[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        out[r] = _mm512_reduce_add_ps(a[r]);
+        if (b < nb) /* an odd last block */
+            out[r] += dot_q4(w + r * stride + b * 16, ws + r * groups + b / bpg, 1, xq + b * QB, xs + b * 8, QB);
+    }
+#elif defined(__AVX2__)
     int64_t nb = K / QB, stride = K / 2;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
