@@ -131,6 +131,7 @@ class Int8Linear(nn.Module):
         self.decode_lib = _native_lib(plan.decode, self.in_features) if cpu else None
         self.prefill_lib = _native_lib(plan.prefill, self.in_features) if cpu else None
         self.prefill_dtype = torch.bfloat16 if plan.prefill == "bf16" or not cpu else torch.float32
+        self.float_prefill_rows = plan.float_prefill_rows if self.decode_lib is not None else 0
         if self._w_copy is not None and self._w_copy.dtype != self.prefill_dtype:
             self._w_copy = None
         self._copy_tried = False
@@ -153,6 +154,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         lib = self.decode_lib if rows <= _PREFILL_ROWS else self.prefill_lib
+        if lib is None and rows < self.float_prefill_rows and self._w_copy is None:
+            lib = self.decode_lib  # too few rows to pay for converting the weight
         if lib is not None:
             return native_kernels.linear_q8(lib, x, self.weight, self.weight_scale, self._bias_f32)
         shape, dtype = x.shape, x.dtype
@@ -183,6 +186,7 @@ class Int4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         self._bias_f32 = None if bias is None else bias.float().contiguous()
         self.padded = 0
+        self.float_prefill_rows = plan.float_prefill_rows
         if self.decode_lib is not None and self.group % native_kernels.QBLOCK == 0:
             self.prefill_lib = _native_lib(plan.prefill, self.in_features)
             self.register_buffer("packed", native_kernels.pack_q4(q))
@@ -214,6 +218,8 @@ class Int4Linear(nn.Module):
         rows = x.numel() // self.in_features
         if self.decode_lib is not None:
             lib = self.decode_lib if rows <= _PREFILL_ROWS else self.prefill_lib
+            if lib is None and rows < self.float_prefill_rows:
+                lib = self.decode_lib  # too few rows to pay for dequantizing the weight
             if lib is not None:
                 return native_kernels.linear_q4(lib, x, self.packed, self.scale, self.zero, self.group,
                                                 self._bias_f32)

@@ -282,3 +282,22 @@ def test_prefill_keeps_a_float_copy_within_the_budget(monkeypatch):
         del cached, first, second
         gc.collect()
         assert q._prefill_copy_bytes == used - size * 64 * 48  # freed with its module
+
+
+def test_short_prefills_skip_the_weight_conversion(monkeypatch):
+    """Below the plan's crossover a float prefill would spend more converting the weight than it
+    saves, so a layer without a kept copy runs those rows through the native kernel."""
+    from demi.model import quantize as q
+
+    paths = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
+    if not paths:
+        pytest.skip("no native path runs on this CPU")
+    monkeypatch.setattr(q, "PREFILL_COPY_BUDGET", 0)
+    calls = []
+    real = native_kernels.linear_q8
+    monkeypatch.setattr(native_kernels, "linear_q8", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    lin = Int8Linear(*quantize_int8(torch.randn(48, 64)), plan=KernelPlan("int8", "float32", paths[0], "fp32", 100))
+    lin(torch.randn(20, 64))
+    assert calls == [20]
+    lin(torch.randn(150, 64))  # past the crossover: the float matmul
+    assert calls == [20]
