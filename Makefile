@@ -26,9 +26,16 @@ demo: $(STAMP)
 	$(BIN)/demi complete --model demi-tiny $(EXAMPLE) --at 35:12 --no-history
 	$(BIN)/demi explain --model demi-tiny $(EXAMPLE) --symbol reserve --max-tokens 48 --no-history
 
-# The VS Code extension's type check runs when npm is here (its test is skipped otherwise).
+# The VS Code extension's type check runs when npm is here (its test is skipped otherwise). The ARM
+# kernels are checked under qemu-user with Debian's aarch64 cross compiler, installed here as root.
 test: $(STAMP)
 	-command -v npm >/dev/null && cd editors/vscode && npm ci --no-audit --no-fund --loglevel=error
+	@if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) \
+	      >/dev/null 2>&1 || echo "could not install the aarch64 toolchain and qemu-user: test_native_arm.py skips"; \
+	  fi; \
+	fi
 	$(BIN)/python -m pytest -q
 
 # The built-in model from scratch (seeded): 1,800 steps, continued to 3,600, then 1,200 steps on

@@ -100,6 +100,14 @@ def _param_count(model: Transformer) -> int:
         return sum(t.numel() for t in (*model.parameters(), *model.buffers()) if t.dim() >= 2)
 
 
+def _builds_kernels_per_shape(model: Transformer) -> bool:
+    """Whether prefill matmuls go through oneDNN's bf16 path, which builds a kernel for every new row
+    count (padding to a few sizes and warming them up pays off only there; fp32 and the native
+    kernels have no such cost, measured: a new size costs what a seen one does)."""
+    plan = getattr(model, "kernel_plan", None)
+    return model.dtype == torch.bfloat16 or (plan is not None and plan.prefill == "bf16")
+
+
 def _unhealed(raw: str, heal: str) -> str:
     """The answer without the healed text the output spelled first (all of it, or the part it
     agreed with when the constraint had to give up)."""
@@ -123,7 +131,7 @@ class LocalModel:
         self.prefix_cache = PrefixCache(cfg, self.context, model.dtype, self.device, cache_slots)
         self.params = _param_count(model)  # per prompt token, for the prefill budgets below and warm-up
         self.prefill_chunk = prefill_chunk_for(self.params)
-        self.max_pad = max_padding(self.params)
+        self.max_pad = max_padding(self.params) if _builds_kernels_per_shape(model) else 0
 
     @classmethod
     def load(cls, name: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",

@@ -181,8 +181,8 @@ def _int8_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths:
             out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int8pack_mm(
                 x.to(torch.bfloat16), c.q8, c.s8_bf16).to(dtype))
     else:  # the weight's conversion is timed on its own (_conversions): it is paid once per chunk
-        w32, w16 = s.q8.float(), s.q8.to(torch.bfloat16)
-        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32) * c.s8)
+        w32, w16 = s.q8 * s.s8[:, None], s.q8.to(torch.bfloat16)
+        out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
         out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), w16) * c.s8_bf16)
     if s.k % nk.QBLOCK == 0:
         for p in paths:
@@ -216,7 +216,7 @@ def _conversions(s: _Shape, mode: str) -> dict[str, Callable]:
 
     if mode == "int4":
         return {"fp32": lambda: dequantize_native_int4(s.native4, s.s4f, s.z4f, s.group)}
-    return {"fp32": lambda: s.q8.float(), "bf16": lambda: s.q8.to(torch.bfloat16)}
+    return {"fp32": lambda: s.q8 * s.s8[:, None], "bf16": lambda: s.q8.to(torch.bfloat16)}
 
 
 def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CALIBRATION_SECONDS) -> KernelPlan:

@@ -87,7 +87,7 @@ def test_generate_json_matches_transformers_greedy(generated, model_dir, hf, hf_
 
 
 def test_generate_streams_text_without_json(env, model_dir, generated):
-    proc = demi(env, "generate", "--model", model_dir, "--prompt", PROMPT, "--max-tokens", 16)
+    proc = demi(env, "generate", "--model", model_dir, "--quant", "none", "--prompt", PROMPT, "--max-tokens", 16)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == generated["text"] + "\n"
     assert proc.stderr == ""
