@@ -223,9 +223,10 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     """Time every candidate at this model's shapes and return the fastest plan (see the module doc)."""
     start = time.perf_counter()
     deadline = start + budget_s
-    paths = [p for p in nk.candidate_paths() if nk.library(p) is not None]
-    if len(paths) > 1 and "generic" in paths:  # scalar C never beats a vector path: not worth the time
-        paths.remove("generic")
+    wanted = nk.candidate_paths()
+    if len(wanted) > 1 and "generic" in wanted:  # scalar C never beats a vector path: not worth the time
+        wanted.remove("generic")
+    paths = nk.prepare(wanted)
     shapes = [(n, k) for n, k in matmul_shapes(cfg) if mode != "int4" or k % group == 0]
     built = [_Shape(n, k, mode, group) for n, k in shapes]
     make = _int4_candidates if mode == "int4" else _int8_candidates

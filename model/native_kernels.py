@@ -198,6 +198,16 @@ def library(name: str) -> ctypes.CDLL | None:
     return handle
 
 
+def prepare(names: list[str]) -> list[str]:
+    """Build (first use: compile and self-check, ~1 s each) the libraries of `names` side by side;
+    returns those that load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        loaded = list(pool.map(library, names))
+    return [n for n, lib in zip(names, loaded) if lib is not None]
+
+
 def set_threads(n: int) -> None:
     """Give every loaded library's OpenMP pool `n` threads (called when torch's count changes)."""
     for handle in _handles.values():
