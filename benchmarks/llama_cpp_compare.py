@@ -67,7 +67,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--kernel", default="", help="DEMI_KERNEL for Demi (e.g. avx2); empty: the plan's choice")
+    ap.add_argument("--llama-build", default="native",
+                    help="how that llama.cpp was built, for the report (e.g. 'AVX2 only')")
     ap.add_argument("--out", default=str(HERE / "llama_cpp.json"))
+    ap.add_argument("--markdown", default=str(HERE / "RESULTS-cpu-paths.md"))
     args = ap.parse_args()
 
     from demi.assistant.benchmark import model_dir_for_bench
@@ -102,13 +105,44 @@ def main() -> int:
 
     report = {"date": time.strftime("%Y-%m-%d"), "cpu": native_kernels.cpu_model(), "flags": cpu_flags(),
               "machine": platform.machine(), "threads": args.threads, "kernel": args.kernel or "(plan)",
+              "llama_build": args.llama_build,
               "model": args.model, "rows": rows}
     out = Path(args.out)
     runs = json.loads(out.read_text()) if out.is_file() else []
     runs.append(report)
     out.write_text(json.dumps(runs, indent=1) + "\n")
+    Path(args.markdown).write_text(render(runs))
     print(json.dumps(report, indent=1))
     return 0
+
+
+def render(runs: list[dict]) -> str:
+    """The markdown report of every run in the JSON file, one table per CPU path."""
+    lines = ["# Demi against llama.cpp, per CPU path", "",
+             "Written by `benchmarks/llama_cpp_compare.py` from `benchmarks/llama_cpp.json` (every run kept). "
+             "Qwen2.5-Coder-0.5B's shape with random weights, the same checkpoint for both (llama.cpp's own "
+             "converter and quantizer); decode: 128-token prompt then 32 single-token steps; prefill: a "
+             "1,000-token prompt from an empty cache; medians of 3 runs after a warm-up, side by side in one run, "
+             "same thread count. Ratios are Demi / llama.cpp.", ""]
+    for r in runs:
+        lines += [f"## {r['cpu']}, Demi kernels: {r['kernel']}, llama.cpp build: {r.get('llama_build', 'native')} "
+                  f"({r['date']})", "",
+                  f"- CPU flags that matter: `{r['flags']}`; {r['threads']} threads",
+                  f"- llama.cpp: {r['rows'][0]['llama_system_info']}", "",
+                  "| Demi | llama.cpp | decode tok/s Demi / llama.cpp | ratio | prefill (1,000) tok/s Demi / "
+                  "llama.cpp | ratio | Demi decode of the bandwidth bound | Demi kernels: decode / prefill |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in r["rows"]:
+            plan = row.get("plan") or {}
+            lines.append(f"| {row['demi']} | {row['llama_cpp']} | {row['demi_decode_tok_s']:.1f} / "
+                         f"{row['llama_decode_tok_s']:.1f} | {row['decode_ratio']:.2f}x | "
+                         f"{row['demi_prefill_tok_s']:.0f} / {row['llama_prefill_tok_s']:.0f} | "
+                         f"{row['prefill_ratio']:.2f}x | {row['bandwidth_fraction']:.0%} | "
+                         f"{plan.get('decode', '?')} / {plan.get('prefill', '?')} |")
+        forced = f" --kernel {r['kernel']}" if r["kernel"] != "(plan)" else ""
+        lines += ["", "```", f".venv/bin/python benchmarks/llama_cpp_compare.py --llama-python PEER/bin/python "
+                  f"--llama-src SDIST/vendor/llama.cpp --threads {r['threads']} --runs 3{forced}", "```", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

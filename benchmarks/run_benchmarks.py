@@ -113,8 +113,9 @@ def write_results(path: Path, model: str, mach: dict, sp: dict, fim: dict, args:
     lines = [
         "# Benchmark results", "",
         f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/run_benchmarks.py` (command below) in one run.", "",
+        "Demi against llama.cpp, a table per CPU path: [RESULTS-cpu-paths.md](RESULTS-cpu-paths.md).", "",
         f"- Machine: {mach['cpu']}, {mach['logical_cpus']} logical CPUs, torch {mach['torch']}, "
-        f"{sp['demi']['int8']['threads']} threads",
+        f"{sp['demi']['int8']['threads']} threads; CPU features: {' '.join(mach.get('cpu_features', [])) or '?'}",
         f"- Model: `{model}` shape, random weights; prompt {args.prompt_tokens} tokens, {args.new_tokens} new "
         f"tokens, batch 1, greedy; median of {args.runs} runs after a warm-up", "",
         "## Decode and prefill", "",
