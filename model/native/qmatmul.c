@@ -79,6 +79,30 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16); /* round to nearest even */
 }
 
+#if defined(__ARM_NEON)
+/* 32 int8 products summed into four int32 lanes: sdot where the CPU has it, else widening multiplies. */
+static inline int32x4_t neon_dot32(int8x16_t x0, int8x16_t x1, int8x16_t w0, int8x16_t w1) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), x0, w0), x1, w1);
+#else
+    int16x8_t s0 = vmull_s8(vget_low_s8(x0), vget_low_s8(w0));
+    s0 = vmlal_s8(s0, vget_high_s8(x0), vget_high_s8(w0));
+    int16x8_t s1 = vmull_s8(vget_low_s8(x1), vget_low_s8(w1));
+    s1 = vmlal_s8(s1, vget_high_s8(x1), vget_high_s8(w1));
+    return vpadalq_s16(vpaddlq_s16(s0), s1);
+#endif
+}
+#endif
+
+#if defined(__AVX2__)
+static inline float hsum256(__m256 a) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+#endif
+
 /* One row of activations to int8 blocks of 32: xq = round(x / d), d = max|x| / 127 per block.
  * xs gets each block's d repeated 8 times, so a vector of int32 block sums (8 lanes per block on
  * x86) is scaled by a plain vector load. */
@@ -145,25 +169,14 @@ static inline float dot_q8(const int8_t *restrict w, const int8_t *restrict xq, 
         acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_loadu_ps(xs + b * 8), acc2);
     }
     (void)ones;
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc2), _mm256_extractf128_ps(acc2, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    total += _mm_cvtss_f32(h);
+    total += hsum256(acc2);
 #elif defined(__ARM_NEON)
     float32x4_t acc = vdupq_n_f32(0.0f);
     for (; b < nb; b++) {
         PREFETCH(w + b * QB);
         int8x16_t x0 = vld1q_s8(xq + b * QB), x1 = vld1q_s8(xq + b * QB + 16);
         int8x16_t w0 = vld1q_s8(w + b * QB), w1 = vld1q_s8(w + b * QB + 16);
-#if defined(__ARM_FEATURE_DOTPROD)
-        int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), x0, w0), x1, w1);
-#else
-        int16x8_t s0 = vmull_s8(vget_low_s8(x0), vget_low_s8(w0));
-        s0 = vmlal_s8(s0, vget_high_s8(x0), vget_high_s8(w0));
-        int16x8_t s1 = vmull_s8(vget_low_s8(x1), vget_low_s8(w1));
-        s1 = vmlal_s8(s1, vget_high_s8(x1), vget_high_s8(w1));
-        int32x4_t p = vpadalq_s16(vpaddlq_s16(s0), s1);
-#endif
+        int32x4_t p = neon_dot32(x0, x1, w0, w1);
         acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), xs[b * 8]);
     }
     total += vaddvq_f32(acc);
@@ -245,13 +258,10 @@ static inline void dot4_q8(const int8_t *restrict w, int64_t K, const int8_t *re
 #undef DEMI_DOT
     }
     (void)ones;
-    __m256 accs[4] = {a0, a1, a2, a3};
-    for (int r = 0; r < 4; r++) {
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(accs[r]), _mm256_extractf128_ps(accs[r], 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        out[r] = _mm_cvtss_f32(h);
-    }
+    out[0] = hsum256(a0);
+    out[1] = hsum256(a1);
+    out[2] = hsum256(a2);
+    out[3] = hsum256(a3);
 #else
     (void)b;
     (void)nb;
@@ -330,12 +340,6 @@ static inline __m256i udot(__m256i q, __m256i x) {
 #endif
 }
 
-static inline float hsum256(__m256 a) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-}
 #endif
 
 static inline float dot_q4(const uint8_t *restrict w, const float *restrict ws, int64_t bpg,
@@ -358,15 +362,7 @@ static inline float dot_q4(const uint8_t *restrict w, const float *restrict ws, 
         int8x16_t w0 = vreinterpretq_s8_u8(vandq_u8(raw, low)); /* 0..15: the same as signed */
         int8x16_t w1 = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
         int8x16_t x0 = vld1q_s8(xq + b * QB), x1 = vld1q_s8(xq + b * QB + 16);
-#if defined(__ARM_FEATURE_DOTPROD)
-        int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), x0, w0), x1, w1);
-#else
-        int16x8_t s0 = vmull_s8(vget_low_s8(x0), vget_low_s8(w0));
-        s0 = vmlal_s8(s0, vget_high_s8(x0), vget_high_s8(w0));
-        int16x8_t s1 = vmull_s8(vget_low_s8(x1), vget_low_s8(w1));
-        s1 = vmlal_s8(s1, vget_high_s8(x1), vget_high_s8(w1));
-        int32x4_t p = vpadalq_s16(vpaddlq_s16(s0), s1);
-#endif
+        int32x4_t p = neon_dot32(x0, x1, w0, w1);
         acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), xs[b * 8] * ws[b / bpg]);
     }
     total = vaddvq_f32(acc);
