@@ -127,6 +127,7 @@ def _print_cpu(cpu: dict) -> None:
               f"activations {plan['activations']} ({plan['source']})")
         for phase, times in plan["times_ms"].items():
             row = ", ".join(f"{k} {v:.3f}" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
-            print(f"  {phase} ms/row/layer: {row}")
+            unit = "ms per layer's weights" if phase == "convert" else "ms/row/layer"
+            print(f"  {phase} {unit}: {row}")
     elif plan:
         print(f"{'kernel plan':20s} {plan['problem']}")
