@@ -7,7 +7,10 @@
 llama.cpp is a peer, never a dependency: it runs in its own virtual environment (PEER, made with
 `python -m venv PEER && PEER/bin/pip install llama-cpp-python==0.3.36`, which builds llama.cpp from
 the sdist's vendored sources for this CPU; `pip download --no-binary :all: llama-cpp-python==0.3.36`
-gives the sdist whose vendor/llama.cpp holds the GGUF converter). The checkpoint (a preset gets
+gives the sdist whose vendor/llama.cpp holds the GGUF converter). For llama.cpp's AVX2 path on an
+AVX-512 machine, build a second peer with CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON
+-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF
+-DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF" and pass --llama-build "AVX2 only". The checkpoint (a preset gets
 random weights in its real shape) is converted once to an f16 GGUF by llama.cpp's own converter and
 quantized by its own quantizer to Q8_0 and Q4_0.
 
