@@ -41,7 +41,7 @@ from .config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -109,11 +109,11 @@ def _timed(fn: Callable[[], object], deadline: float, reps: int = 3, warm: Calla
     the deadline."""
     (warm or fn)()
     best = float("inf")
-    for i in range(reps):
+    for _ in range(reps):
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
-        if time.perf_counter() > deadline and i >= 0:
+        if time.perf_counter() > deadline:
             break
     return best * 1e3
 
@@ -245,15 +245,16 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     with torch.inference_mode():
         # prefill first: it decides the activation dtype decode is timed with
         for phase, rows, dtype in (("prefill", PREFILL_ROWS, torch.float32), ("decode", 1, None)):
-            if dtype is None:
-                dtype = torch.bfloat16 if _best(times["prefill"], {"bf16", "torch"}) in ("bf16",) else torch.float32
+            if dtype is None:  # the activations the plan will run with (see _choose)
+                dtype = torch.bfloat16 if _best(times["prefill"]) == "bf16" else torch.float32
             for s in built:
                 copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
                 warm = make([s], min(rows, 16), dtype, paths, decode_torch)  # first-call costs, cheaply
+                conversions = _conversions(s, mode) if phase == "prefill" else {}
                 for name, fn in make(copies, rows, dtype, paths, decode_torch).items():
                     per_row_ms = _timed(fn, deadline, 2, warm[name]) * s.scale_up / rows
-                    if phase == "prefill" and name in _conversions(s, mode):
-                        convert_ms = _timed(_conversions(s, mode)[name], deadline, 2) * s.scale_up
+                    if name in conversions:
+                        convert_ms = _timed(conversions[name], deadline, 2) * s.scale_up
                         times["convert"][name] = times["convert"].get(name, 0.0) + convert_ms
                         per_row_ms += convert_ms / PREFILL_CHUNK
                     times[phase][name] = times[phase].get(name, 0.0) + per_row_ms / len(copies)
@@ -268,9 +269,8 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     return plan
 
 
-def _best(times: dict[str, float], allowed: set[str] | None = None) -> str | None:
-    pool = {k: v for k, v in times.items() if allowed is None or k in allowed}
-    return min(pool, key=pool.__getitem__) if pool else None
+def _best(times: dict[str, float]) -> str | None:
+    return min(times, key=times.__getitem__) if times else None
 
 
 def _crossover(times: dict[str, dict[str, float]], flt: str, native: str) -> int:
@@ -368,8 +368,8 @@ def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = Fal
     if cached and not remeasure:
         try:
             plan = KernelPlan(**cached)
-            if plan.decode in ("torch", *nk.candidate_paths()) and plan.prefill in (
-                    "fp32", "bf16", "torch", *nk.candidate_paths()):
+            usable = ("torch", *nk.candidate_paths())
+            if plan.decode in usable and plan.prefill in ("fp32", "bf16", *usable):
                 plan.source = "cache"
                 return plan
         except TypeError:
