@@ -52,16 +52,6 @@ def llama_time(python: str, gguf: Path, kind: str, threads: int, runs: int, env:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cpu_flags() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith(("flags", "Features")):
-            wanted = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-                      "avx512_fp16", "amx_bf16", "amx_int8", "asimddp", "bf16", "i8mm")
-            have = set(line.split(":", 1)[1].split())
-            return " ".join(f for f in wanted if f in have)
-    return ""
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-python", required=True, help="python of a venv with llama-cpp-python installed")
@@ -105,8 +95,9 @@ def main() -> int:
               f"{row['llama_prefill_tok_s']:.0f} tok/s = {row['prefill_ratio']:.2f}x, "
               f"int decode at {row['bandwidth_fraction']:.0%} of the bandwidth bound", file=sys.stderr)
     from demi.model import native_kernels
+    from demi.model.bench import cpu_features
 
-    report = {"date": time.strftime("%Y-%m-%d"), "cpu": native_kernels.cpu_model(), "flags": cpu_flags(),
+    report = {"date": time.strftime("%Y-%m-%d"), "cpu": native_kernels.cpu_model(), "flags": " ".join(cpu_features()),
               "machine": platform.machine(), "threads": args.threads, "kernel": args.kernel or "(plan)",
               "llama_build": args.llama_build,
               "model": args.model, "rows": rows}

@@ -172,15 +172,9 @@ def compare_transformers(model_dir: Path, prompt_tokens: int = 128, new_tokens: 
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
     from . import native_kernels
 
-    return {"cpu": name, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": native_kernels.cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cpu_features": cpu_features(),
             "native_paths": native_kernels.runnable_paths(), "kernel_forced": native_kernels.forced()}
 

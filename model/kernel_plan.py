@@ -193,8 +193,6 @@ def _int8_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths:
 
 def _int4_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str],
                      decode_torch: bool) -> dict[str, Callable]:
-    from .quantize import dequantize_native_int4
-
     s = copies[0]
     x = torch.randn(rows, s.k, dtype=dtype)
     out: dict[str, Callable] = {}
@@ -202,7 +200,7 @@ def _int4_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths:
         out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(torch.bfloat16), c.torch4, c.group, c.sz))
     if rows > 1:
-        w32 = dequantize_native_int4(s.native4, s.s4f, s.z4f, s.group)
+        w32 = nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
     for p in paths:
         lib = nk.library(p)
@@ -212,10 +210,8 @@ def _int4_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths:
 
 def _conversions(s: _Shape, mode: str) -> dict[str, Callable]:
     """What a float prefill pays once per chunk: converting the quantized weight."""
-    from .quantize import dequantize_native_int4
-
     if mode == "int4":
-        return {"fp32": lambda: dequantize_native_int4(s.native4, s.s4f, s.z4f, s.group)}
+        return {"fp32": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)}
     return {"fp32": lambda: s.q8 * s.s8[:, None], "bf16": lambda: s.q8.to(torch.bfloat16)}
 
 

@@ -240,6 +240,14 @@ def int4_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return (zero.float() - 8.0 * scale.float()).contiguous()
 
 
+def dequantize_q4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group: int) -> torch.Tensor:
+    """fp32 [N, K] from the `pack_q4` layout: q * scale + offset (offset from int4_offset)."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    blocks = packed.reshape(n, k // QBLOCK, QBLOCK // 2)
+    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).reshape(n, k // group, group).float()
+    return (q * scale[..., None] + offset[..., None]).reshape(n, k)
+
+
 def linear_q4(lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
               group: int, bias: torch.Tensor | None) -> torch.Tensor:
     """y = x @ W.T + bias for W = q * scale + offset, q in `pack_q4` layout, scale and offset fp32

@@ -78,15 +78,6 @@ def dequantize_int4(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return (wg * scale.float()[..., None] + zero.float()[..., None]).reshape(n, k)
 
 
-def dequantize_native_int4(packed: Tensor, scale: Tensor, offset: Tensor, group: int) -> Tensor:
-    """fp32 [N, K] from the native kernels' int4 layout: q (native_kernels.pack_q4) * scale + offset,
-    where offset = zero - 8 * scale (see native_kernels.int4_offset)."""
-    n, k = packed.shape[0], packed.shape[1] * 2
-    blocks = packed.reshape(n, k // native_kernels.QBLOCK, native_kernels.QBLOCK // 2)
-    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).reshape(n, k // group, group).float()
-    return (q * scale[..., None] + offset[..., None]).reshape(n, k)
-
-
 def _release_prefill_copy(nbytes: int) -> None:
     global _prefill_copy_bytes
     _prefill_copy_bytes -= nbytes
@@ -100,6 +91,12 @@ def _claim_copy(owner: nn.Module, nbytes: int) -> bool:
     _prefill_copy_bytes += nbytes
     weakref.finalize(owner, _release_prefill_copy, nbytes)  # a reloaded model gets it back
     return True
+
+
+def _int8_plan(plan: KernelPlan | None) -> KernelPlan | None:
+    """`plan` for an int8 layer: an int4 plan's int8 fallbacks (shapes no group fits) and a RescoredHead's
+    exact rows take the int8 guess instead."""
+    return plan if plan is None or plan.mode == "int8" else None
 
 
 def _native_lib(path: str, k: int):
@@ -230,7 +227,7 @@ class Int4Linear(nn.Module):
             if lib is not None:
                 return native_kernels.linear_q4(lib, x, self.packed, self.scale, self.zero, self.group,
                                                 self._bias_f32)
-            w = dequantize_native_int4(self.packed, self.scale, self.zero, self.group)
+            w = native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group)
             y = F.linear(x.reshape(-1, self.in_features).float(), w, self._bias_f32)
             return y.reshape(*shape[:-1], self.out_features).to(dtype)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
@@ -331,7 +328,7 @@ def quantize_linear(linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, na
                          w.shape[1], group, g)
             return Int4Linear(*quantize_int4(w, g), bias=bias, plan=plan)
     q, scale = quantize_int8(w)
-    return Int8Linear(q, scale, bias=bias, plan=plan if plan is None or plan.mode == "int8" else None)
+    return Int8Linear(q, scale, bias=bias, plan=_int8_plan(plan))
 
 
 def quantize_model(model: nn.Module, mode: str, group: int = DEFAULT_GROUP) -> nn.Module:
@@ -384,7 +381,7 @@ def module_from_stored(stored: dict[str, Tensor], bias: Tensor | None, device: t
     """Build the module for the stored tensors of one weight (keys: weight, weight_scale[, weight_zero])."""
     q, scale = stored["weight"].to(device), stored["weight_scale"].to(device)
     if head and "weight_zero" not in stored and device.type == "cpu" and bias is None and q.shape[0] >= 4096:
-        return RescoredHead(q, scale, plan=plan if plan is None or plan.mode == "int8" else None)
+        return RescoredHead(q, scale, plan=_int8_plan(plan))
     if "weight_zero" in stored:
         return Int4Linear(unpack_nibbles(q), scale, stored["weight_zero"].to(device), bias, plan=plan)
     if device.type == "cuda":  # bitsandbytes wants the float weight; dequantize once at load
@@ -394,4 +391,4 @@ def module_from_stored(stored: dict[str, Tensor], bias: Tensor | None, device: t
         if bias is not None:
             linear.bias.data = bias.to(device, torch.float16)
         return _bnb_linear(linear, "int8")
-    return Int8Linear(q, scale, bias, plan=plan if plan is None or plan.mode == "int8" else None)
+    return Int8Linear(q, scale, bias, plan=_int8_plan(plan))
