@@ -101,6 +101,34 @@ static inline float hsum256(__m256 a) {
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h);
 }
+
+/* The unsigned-by-signed byte dot, four products summed into each int32 lane: vpdpbusd where the
+ * CPU has VNNI, else vpmaddubsw + vpmaddwd (which never saturates here: the unsigned side is at most
+ * 127 for int8 activations and 15 for int4 weights). */
+static inline __m256i udot(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+static inline __m512i udot512(__m512i u, __m512i s) {
+#if defined(__AVX512VNNI__)
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+#endif
+}
+
+/* w with the sign of x (x's sign bits in `neg`): AVX-512 has no vpsignb */
+static inline __m512i sign512(__m512i w, __mmask64 neg) {
+    return _mm512_mask_sub_epi8(w, neg, _mm512_setzero_si512(), w);
+}
 #endif
 
 /* One row of activations to int8 blocks of 32: xq = round(x / d), d = max|x| / 127 per block.
@@ -126,49 +154,32 @@ static void quantize_row(const void *x, int kind, int64_t K, int8_t *xq, float *
     }
 }
 
-/* Sum over blocks of d_b * sum_k x[k] w[k]: the int8 row dot of one weight row and one activation row. */
+/* Sum over blocks of d_b * sum_k x[k] w[k]: the int8 row dot of one weight row and one activation row.
+ * The signed-by-signed product is |x| times w with x's sign (llama.cpp's trick for the unsigned dot). */
 static inline float dot_q8(const int8_t *restrict w, const int8_t *restrict xq, const float *restrict xs,
                            int64_t K) {
     int64_t nb = K / QB, b = 0;
     float total = 0.0f;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     __m512 acc = _mm512_setzero_ps();
-    const __m512i ones16 = _mm512_set1_epi16(1);
     for (; b + 2 <= nb; b += 2) {
         PREFETCH(w + b * QB);
         __m512i xv = _mm512_loadu_si512((const void *)(xq + b * QB));
         __m512i wv = _mm512_loadu_si512((const void *)(w + b * QB));
-        __m512i ax = _mm512_abs_epi8(xv);
-        __m512i sw = _mm512_mask_sub_epi8(wv, _mm512_movepi8_mask(xv), _mm512_setzero_si512(), wv);
-#if defined(__AVX512VNNI__)
-        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sw);
-#else
-        __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(ax, sw), ones16);
-#endif
+        __m512i p = udot512(_mm512_abs_epi8(xv), sign512(wv, _mm512_movepi8_mask(xv)));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_loadu_ps(xs + b * 8), acc);
     }
-    (void)ones16;
     total = _mm512_reduce_add_ps(acc);
 #endif
 #if defined(__AVX2__)
     __m256 acc2 = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
     for (; b < nb; b++) {
         PREFETCH(w + b * QB);
         __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QB));
         __m256i wv = _mm256_loadu_si256((const __m256i *)(w + b * QB));
-        __m256i ax = _mm256_sign_epi8(xv, xv);
-        __m256i sw = _mm256_sign_epi8(wv, xv);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sw);
-#elif defined(__AVXVNNI__)
-        __m256i p = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sw);
-#else
-        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
-#endif
+        __m256i p = udot(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
         acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_loadu_ps(xs + b * 8), acc2);
     }
-    (void)ones;
     total += hsum256(acc2);
 #elif defined(__ARM_NEON)
     float32x4_t acc = vdupq_n_f32(0.0f);
@@ -191,77 +202,45 @@ static inline float dot_q8(const int8_t *restrict w, const int8_t *restrict xq, 
     return total;
 }
 
-/* Four weight rows against one activation row: the activation side (its load, |x|, its sign mask,
- * the block scales) is shared, so each weight byte costs a load, a sign flip, a dot and a scale. */
+/* Four weight rows against one activation row: the activation side (its load, |x|, its sign, the
+ * block scales) is shared, so each weight byte costs a load, a sign flip, a dot and a scale. */
 static inline void dot4_q8(const int8_t *restrict w, int64_t K, const int8_t *restrict xq,
                            const float *restrict xs, float out[4]) {
     int64_t nb = K / QB, b = 0;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    const __m512i ones16 = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (; b + 2 <= nb; b += 2) {
-        const int8_t *wb = w + b * QB;
-        PREFETCH(wb);
-        PREFETCH(wb + K);
-        PREFETCH(wb + 2 * K);
-        PREFETCH(wb + 3 * K);
         __m512i xv = _mm512_loadu_si512((const void *)(xq + b * QB));
         __m512i ax = _mm512_abs_epi8(xv);
         __mmask64 neg = _mm512_movepi8_mask(xv);
         __m512 sc = _mm512_loadu_ps(xs + b * 8);
-#if defined(__AVX512VNNI__)
-#define DEMI_DOT(r) _mm512_dpbusd_epi32(zero, ax, _mm512_mask_sub_epi8(r, neg, zero, r))
-#else
-#define DEMI_DOT(r) _mm512_madd_epi16(_mm512_maddubs_epi16(ax, _mm512_mask_sub_epi8(r, neg, zero, r)), ones16)
-#endif
-        __m512i w0 = _mm512_loadu_si512((const void *)wb), w1 = _mm512_loadu_si512((const void *)(wb + K));
-        __m512i w2 = _mm512_loadu_si512((const void *)(wb + 2 * K)), w3 = _mm512_loadu_si512((const void *)(wb + 3 * K));
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w0)), sc, a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w1)), sc, a1);
-        a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w2)), sc, a2);
-        a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DEMI_DOT(w3)), sc, a3);
-#undef DEMI_DOT
+        for (int r = 0; r < 4; r++) {
+            const int8_t *wb = w + r * K + b * QB;
+            PREFETCH(wb);
+            __m512i p = udot512(ax, sign512(_mm512_loadu_si512((const void *)wb), neg));
+            a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, a[r]);
+        }
     }
-    (void)ones16;
-    out[0] = _mm512_reduce_add_ps(a0);
-    out[1] = _mm512_reduce_add_ps(a1);
-    out[2] = _mm512_reduce_add_ps(a2);
-    out[3] = _mm512_reduce_add_ps(a3);
-    if (b < nb) { /* an odd last block */
-        for (int r = 0; r < 4; r++)
+    for (int r = 0; r < 4; r++) {
+        out[r] = _mm512_reduce_add_ps(a[r]);
+        if (b < nb) /* an odd last block */
             out[r] += dot_q8(w + r * K + b * QB, xq + b * QB, xs + b * 8, QB);
     }
 #elif defined(__AVX2__)
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (; b < nb; b++) {
-        const int8_t *wb = w + b * QB;
-        PREFETCH(wb);
-        PREFETCH(wb + K);
-        PREFETCH(wb + 2 * K);
-        PREFETCH(wb + 3 * K);
         __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QB));
         __m256i ax = _mm256_sign_epi8(xv, xv);
         __m256 sc = _mm256_loadu_ps(xs + b * 8);
-#if defined(__AVXVNNI__)
-#define DEMI_DOT(r) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(r, xv))
-#else
-#define DEMI_DOT(r) _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(r, xv)), ones)
-#endif
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)wb), w1 = _mm256_loadu_si256((const __m256i *)(wb + K));
-        __m256i w2 = _mm256_loadu_si256((const __m256i *)(wb + 2 * K));
-        __m256i w3 = _mm256_loadu_si256((const __m256i *)(wb + 3 * K));
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w0)), sc, a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w1)), sc, a1);
-        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w2)), sc, a2);
-        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DEMI_DOT(w3)), sc, a3);
-#undef DEMI_DOT
+        for (int r = 0; r < 4; r++) {
+            const int8_t *wb = w + r * K + b * QB;
+            PREFETCH(wb);
+            __m256i p = udot(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)wb), xv));
+            a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, a[r]);
+        }
     }
-    (void)ones;
-    out[0] = hsum256(a0);
-    out[1] = hsum256(a1);
-    out[2] = hsum256(a2);
-    out[3] = hsum256(a3);
+    for (int r = 0; r < 4; r++)
+        out[r] = hsum256(a[r]);
 #else
     (void)b;
     (void)nb;
@@ -330,15 +309,6 @@ static inline __m256i nibbles(const uint8_t *p) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
 }
 
-static inline __m256i udot(__m256i q, __m256i x) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), q, x);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
-#endif
-}
 
 #endif
 
@@ -395,11 +365,7 @@ static inline void dot4_q4(const uint8_t *restrict w, const float *restrict ws, 
             __m256i raw = _mm256_loadu_si256((const __m256i *)(w + r * stride + b * 16));
             __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1);
             __m512i q = _mm512_and_si512(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 1, 2, 0)), low);
-#if defined(__AVX512VNNI__)
-            __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xv);
-#else
-            __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(q, xv), _mm512_set1_epi16(1));
-#endif
+            __m512i p = udot512(q, xv);
             const float *wr = ws + r * groups;
             __m512 gs = g0 == g1 ? _mm512_set1_ps(wr[g0])
                                  : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(wr[g0])),
@@ -414,24 +380,17 @@ static inline void dot4_q4(const uint8_t *restrict w, const float *restrict ws, 
     }
 #elif defined(__AVX2__)
     int64_t nb = K / QB, stride = K / 2;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QB));
         __m256 sc = _mm256_loadu_ps(xs + b * 8);
-        const uint8_t *wb = w + b * 16;
-        int64_t g = b / bpg;
-        a0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb), xv)), sc), _mm256_set1_ps(ws[g]), a0);
-        a1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb + stride), xv)), sc),
-                             _mm256_set1_ps(ws[groups + g]), a1);
-        a2 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb + 2 * stride), xv)), sc),
-                             _mm256_set1_ps(ws[2 * groups + g]), a2);
-        a3 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(wb + 3 * stride), xv)), sc),
-                             _mm256_set1_ps(ws[3 * groups + g]), a3);
+        for (int r = 0; r < 4; r++) {
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(w + r * stride + b * 16), xv)), sc);
+            a[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(ws[r * groups + b / bpg]), a[r]);
+        }
     }
-    out[0] = hsum256(a0);
-    out[1] = hsum256(a1);
-    out[2] = hsum256(a2);
-    out[3] = hsum256(a3);
+    for (int r = 0; r < 4; r++)
+        out[r] = hsum256(a[r]);
 #else
     for (int r = 0; r < 4; r++)
         out[r] = dot_q4(w + r * (K / 2), ws + r * groups, bpg, xq, xs, K);
