@@ -142,7 +142,6 @@ def _cache_dir() -> Path:
 
 _SELFTEST = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); sys.exit(lib.demi_selftest())")
 _problems: dict[str, str] = {}
-_handles: dict[str, ctypes.CDLL] = {}
 
 
 def problem(name: str) -> str | None:
@@ -193,8 +192,9 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_linear_q4.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
-    handle.demi_set_threads(torch.get_num_threads())  # this library has its own OpenMP pool
-    _handles[name] = handle
+    # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;
+    # this sets the count for the calling thread as torch has it
+    handle.demi_set_threads(torch.get_num_threads())
     return handle
 
 
@@ -206,12 +206,6 @@ def prepare(names: list[str]) -> list[str]:
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
         loaded = list(pool.map(library, names))
     return [n for n, lib in zip(names, loaded) if lib is not None]
-
-
-def set_threads(n: int) -> None:
-    """Give every loaded library's OpenMP pool `n` threads (called when torch's count changes)."""
-    for handle in _handles.values():
-        handle.demi_set_threads(n)
 
 
 _KINDS = {torch.float32: 0, torch.bfloat16: 1}
