@@ -6,7 +6,10 @@ paths relative to the working folder, and a fixed clock for the refactor's own t
 
 from __future__ import annotations
 
+import difflib
+import html
 import os
+import re
 import types
 from pathlib import Path
 
@@ -70,34 +73,75 @@ def typed(text: str):
     return run
 
 
-def test_start_screen(snap_compare, tmp_path):
+def screen_rows(svg: str) -> list[str]:
+    """A snapshot as lines of text, each followed by its runs' colours: what a failure prints, so a CI
+    log says what differed without the HTML report (which stays on the machine that ran it)."""
+    styles = dict(re.findall(r"\.(terminal-[\w-]+) \{ ([^}]*) \}", svg))
+    rows: dict[float, list[tuple[float, str, str]]] = {}
+    for cls, x, y, text in re.findall(r'<text class="([^"]*)" x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>', svg):
+        rows.setdefault(float(y), []).append((float(x), styles.get(cls, cls).strip(), html.unescape(text)))
+    lines = []
+    for _, runs in sorted(rows.items()):
+        merged: list[list[str]] = []  # [style, text], neighbours of one style joined
+        for _, style, text in sorted(runs):
+            if merged and merged[-1][0] == style:
+                merged[-1][1] += text
+            else:
+                merged.append([style, text])
+        lines.append(" ".join("".join(t for _, t in merged).split()))
+        lines.append("    " + " | ".join(f"{' '.join(t.split())[:16]!r}: {style}" for style, t in merged if t.strip()))
+    return lines
+
+
+@pytest.fixture
+def screen_matches(snap_compare, request):
+    """`snap_compare` at this module's size; on a mismatch it prints the screen's difference as text."""
+    def compare(app: DemiChat, run_before) -> bool:
+        seen: dict[str, str] = {}
+
+        async def run(pilot) -> None:
+            await run_before(pilot)
+            seen["svg"] = pilot.app.export_screenshot()
+
+        ok = snap_compare(app, terminal_size=SIZE, run_before=run)
+        stored = Path(__file__).parent / "__snapshots__" / Path(__file__).stem / f"{request.node.name}.svg"
+        if not ok and "svg" in seen and stored.exists():
+            diff = difflib.unified_diff(screen_rows(stored.read_text(encoding="utf-8")), screen_rows(seen["svg"]),
+                                        "stored snapshot", "this run", lineterm="", n=1)
+            print("\n".join(diff))
+        return ok
+
+    return compare
+
+
+def test_start_screen(screen_matches, tmp_path):
     async def run(pilot) -> None:
         await settle(pilot)
         pilot.app.prompt.blur()
         await pilot.pause()
 
-    assert snap_compare(app_for(tmp_path), terminal_size=SIZE, run_before=run)
+    assert screen_matches(app_for(tmp_path), run)
 
 
-def test_chat_answer_with_attachment_and_code(snap_compare, tmp_path):
-    assert snap_compare(app_for(tmp_path), terminal_size=SIZE, run_before=typed("what does @geometry.py:area return?"))
+def test_chat_answer_with_attachment_and_code(screen_matches, tmp_path):
+    assert screen_matches(app_for(tmp_path), typed("what does @geometry.py:area return?"))
 
 
-def test_refactor_diff_with_apply_and_reject(snap_compare, tmp_path):
+def test_refactor_diff_with_apply_and_reject(screen_matches, tmp_path):
     app = app_for(tmp_path, f"```python\n{REWRITE}```\n")
-    assert snap_compare(app, terminal_size=SIZE, run_before=typed("/refactor geometry.py:area add type hints"))
+    assert screen_matches(app, typed("/refactor geometry.py:area add type hints"))
 
 
-def test_search_results(snap_compare, tmp_path):
+def test_search_results(screen_matches, tmp_path):
     async def run(pilot) -> None:
         await settle(pilot)
         await pilot.press("ctrl+f", *"comprehension", "enter")
         await settle(pilot)
 
-    assert snap_compare(app_for(tmp_path), terminal_size=SIZE, run_before=run)
+    assert screen_matches(app_for(tmp_path), run)
 
 
-def test_inline_errors(snap_compare, tmp_path):
+def test_inline_errors(screen_matches, tmp_path):
     async def run(pilot) -> None:
         await settle(pilot)
         for text in ("look at @missing.py", "/frobnicate"):
@@ -107,4 +151,4 @@ def test_inline_errors(snap_compare, tmp_path):
         pilot.app.prompt.blur()
         await pilot.pause()
 
-    assert snap_compare(app_for(tmp_path), terminal_size=SIZE, run_before=run)
+    assert screen_matches(app_for(tmp_path), run)
