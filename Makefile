@@ -1,12 +1,13 @@
 # Two entry points (see README): `make demo` and `make test`. Both are idempotent: a second
 # run reuses the virtual environment.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.demi-installed
 EXAMPLE := examples/inventory.py
 
-.PHONY: setup demo test tiny clean
+.PHONY: setup demo test check tiny clean
 
 setup: $(STAMP)
 
@@ -28,7 +29,7 @@ demo: $(STAMP)
 
 # The VS Code extension's type check runs when npm is here (its test is skipped otherwise). The ARM
 # kernels are checked under qemu-user with Debian's aarch64 cross compiler, installed here as root.
-test: $(STAMP)
+test: check
 	-command -v npm >/dev/null && cd editors/vscode && npm ci --no-audit --no-fund --loglevel=error
 	@if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -37,6 +38,17 @@ test: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/python -m pytest -q
+
+# Lint and format (ruff), types (mypy) and the layers' import contracts (import-linter, see
+# pyproject.toml). The static tools read the package through a tree of links laid out as it is
+# installed (tools/package_tree.py); mypy's messages name the repository's files.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/package_tree.py >/dev/null
+	cd .demi-build/pkg && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml --no-cache
+	cd .demi-build/pkg && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p demi 2>&1 \
+	  | ../../$(BIN)/python ../../tools/package_tree.py --map; exit $${PIPESTATUS[0]}
 
 # The built-in model from scratch (seeded): 1,800 steps, continued to 3,600, then 1,200 steps on
 # the recipe's second data mix (line-shaped FIM holes), as shipped: about 4.5 hours on an idle

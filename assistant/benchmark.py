@@ -36,12 +36,26 @@ def kernel_plan(name: str | None, quant: str = "int8", remeasure: bool = True) -
     mode = "int8" if quant in (None, "auto", "none") else quant
     plan = plan_for(cfg, mode, remeasure=remeasure)
     problems = {p: native_kernels.problem(p) for p in native_kernels.runnable_paths() if native_kernels.problem(p)}
-    return {"model": str(path), "shapes": [list(s) for s in matmul_shapes(cfg)], "plan": plan.as_dict(),
-            "cache": str(cache_file()), "problems": problems, "machine": machine()}
+    return {
+        "model": str(path),
+        "shapes": [list(s) for s in matmul_shapes(cfg)],
+        "plan": plan.as_dict(),
+        "cache": str(cache_file()),
+        "problems": problems,
+        "machine": machine(),
+    }
 
 
-def run(name: str | None, quant: str = "none", prompt_tokens: int = 128, new_tokens: int = 32,
-        runs: int = 3, compare: str | None = None, device: str = "cpu", dtype: str = "auto") -> dict:
+def run(
+    name: str | None,
+    quant: str = "none",
+    prompt_tokens: int = 128,
+    new_tokens: int = 32,
+    runs: int = 3,
+    compare: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+) -> dict:
     path = model_dir_for_bench(name)
     result = bench(path, quant or "none", prompt_tokens, new_tokens, runs, device or "cpu", dtype or "auto")
     result["machine"] = machine()

@@ -14,7 +14,7 @@ block has to go.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Counter = Callable[[str], int]
 
@@ -35,12 +35,12 @@ def keep_tail(text: str, budget: int, count: Counter, snap: int = 0) -> str:
     `snap`, the number of lines dropped from the start is rounded up to a multiple of it."""
     if budget <= 0 or not text:
         return ""
-    window = text[-budget * CHARS_PER_TOKEN_MAX:]
+    window = text[-budget * CHARS_PER_TOKEN_MAX :]
     if window is text and _fits(text, budget, count):
         return text
     if len(window) < len(text):  # start the window on a line boundary
         cut = window.find("\n")
-        window = window[cut + 1:] if cut >= 0 else window
+        window = window[cut + 1 :] if cut >= 0 else window
     lines = window.splitlines(keepends=True)
     kept, used = 0, 0
     for line in reversed(lines):
@@ -48,13 +48,13 @@ def keep_tail(text: str, budget: int, count: Counter, snap: int = 0) -> str:
         if used + c > budget:
             break
         kept, used = kept + 1, used + c
-    out = "".join(lines[len(lines) - kept:]) if kept else ""
+    out = "".join(lines[len(lines) - kept :]) if kept else ""
     if not out and lines:  # the last line alone is too long: keep its end
         last = lines[-1]
-        out = last[-max(1, budget * 2):]
+        out = last[-max(1, budget * 2) :]
     while out and not _fits(out, budget, count):  # merges across lines can add a token or two
         nl = out.find("\n")
-        out = out[nl + 1:] if 0 <= nl < len(out) - 1 else out[len(out) // 4 or 1:]
+        out = out[nl + 1 :] if 0 <= nl < len(out) - 1 else out[len(out) // 4 or 1 :]
     if snap > 1 and out and len(out) < len(text) and text[-len(out) - 1] == "\n":
         dropped = text.count("\n", 0, len(text) - len(out))
         out = _drop_head_lines(out, -dropped % snap)
@@ -64,7 +64,7 @@ def keep_tail(text: str, budget: int, count: Counter, snap: int = 0) -> str:
 def _drop_head_lines(text: str, n: int) -> str:
     """`text` without its first `n` lines, keeping at least its last line."""
     lines = text.splitlines(keepends=True)
-    return "".join(lines[min(n, len(lines) - 1):])
+    return "".join(lines[min(n, len(lines) - 1) :])
 
 
 def keep_head(text: str, budget: int, count: Counter, snap: int = 0) -> str:

@@ -43,10 +43,12 @@ def describe(name: str, context: int | None = None, target: str | None = None) -
         plan = plan_for(cfg, target, context)
         data["plan"] = plan
         lo, hi = plan["ram_gb"]
-        text += (f"\n\nplan for {target} ({lo:g}-{hi:g} GB RAM): {plan['precision']} (--quant {plan['quant']}), "
-                 f"context {plan['context']}: weights {plan['weight_bytes'] / 2**30:.2f} GiB + KV "
-                 f"{plan['kv_bytes'] / 2**30:.2f} GiB = {plan['total_bytes'] / 2**30:.2f} GiB"
-                 + ("" if plan["fits_low_end"] else f"; does not fit in {lo:g} GB: use a smaller model"))
+        text += (
+            f"\n\nplan for {target} ({lo:g}-{hi:g} GB RAM): {plan['precision']} (--quant {plan['quant']}), "
+            f"context {plan['context']}: weights {plan['weight_bytes'] / 2**30:.2f} GiB + KV "
+            f"{plan['kv_bytes'] / 2**30:.2f} GiB = {plan['total_bytes'] / 2**30:.2f} GiB"
+            + ("" if plan["fits_low_end"] else f"; does not fit in {lo:g} GB: use a smaller model")
+        )
     return text, data
 
 
@@ -76,16 +78,18 @@ def doctor(model: str | None = None) -> dict[str, Any]:
     checks: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {p: _version(p) for p in ("torch", "safetensors", "tokenizers", "jinja2",
-                                               "huggingface_hub", "platformdirs", "transformers")},
+        "packages": {
+            p: _version(p)
+            for p in ("torch", "safetensors", "tokenizers", "jinja2", "huggingface_hub", "platformdirs", "transformers")
+        },
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "memory_available_gb": round(available_memory(torch.device("cpu")) / 2**30, 2),
         "builtin_models": sorted(builtin_models()),
     }
-    from .config import ConfigFileError
-    from .config import load_config as load_settings
+    from demi.assistant.config import ConfigFileError
+    from demi.assistant.config import load_config as load_settings
 
     try:
         settings = load_settings({"model": model} if model else {})
@@ -96,8 +100,7 @@ def doctor(model: str | None = None) -> dict[str, Any]:
     try:
         path = resolve_model_dir(model, download=False)
         cfg = load_config(path)
-        checks["model"] = {"name": model or "(default)", "path": str(path), "ok": True,
-                           "model_type": cfg.model_type}
+        checks["model"] = {"name": model or "(default)", "path": str(path), "ok": True, "model_type": cfg.model_type}
     except (DemiError, ModelNotFoundError) as exc:
         checks["model"] = {"name": model or "(default)", "ok": False, "problem": str(exc)}
     checks["cpu"] = _cpu_report(cfg if checks["model"]["ok"] else None)
@@ -115,17 +118,27 @@ def _cpu_report(cfg: Any) -> dict[str, Any]:
     paths = native_kernels.runnable_paths()
     usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
     report: dict[str, Any] = {
-        "model": native_kernels.cpu_model(), "features": cpu_features(), "native_paths": paths,
-        "native_usable": usable, "forced": native_kernels.forced(),
+        "model": native_kernels.cpu_model(),
+        "features": cpu_features(),
+        "native_paths": paths,
+        "native_usable": usable,
+        "forced": native_kernels.forced(),
         "compiler": native_kernels.compiler(),
-        "problems": {p: native_kernels.problem(p) for p in paths if native_kernels.problem(p)}}
+        "problems": {p: native_kernels.problem(p) for p in paths if native_kernels.problem(p)},
+    }
     if not report["compiler"]:
         report["note"] = "no C compiler: torch's kernels are used (install gcc or clang for the native ones)"
     if cfg is not None:
         try:
             plan = plan_for(cfg, "int8")
-            report["plan"] = {"mode": plan.mode, "decode": plan.decode, "prefill": plan.prefill,
-                              "activations": plan.activations, "source": plan.source, "times_ms": plan.times_ms}
+            report["plan"] = {
+                "mode": plan.mode,
+                "decode": plan.decode,
+                "prefill": plan.prefill,
+                "activations": plan.activations,
+                "source": plan.source,
+                "times_ms": plan.times_ms,
+            }
         except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
             report["plan"] = {"problem": str(exc)}
     return report

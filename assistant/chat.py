@@ -12,23 +12,25 @@ made from the CLI or an editor) reads to the model as it read to the user.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
+from demi.assistant.budget import keep_head
+from demi.assistant.document import Document, parse_line_range
+from demi.assistant.files import MAX_FILE_BYTES
+from demi.assistant.prompts import SYSTEM, ChatPrompt
+from demi.assistant.target import resolve_target
 from demi.model.errors import DemiUserError
-
-from .budget import keep_head
-from .document import Document, parse_line_range
-from .files import MAX_FILE_BYTES
-from .prompts import SYSTEM, ChatPrompt
-from .target import resolve_target
 
 if TYPE_CHECKING:  # torch loads only with the engine
     from demi.model.generate import CancelToken, Sampling
 
-CHAT_SYSTEM = SYSTEM + (" When the user attaches files, they are shown before the question; refer to "
-                        "them by path. Put code in fenced blocks with a language.")
+CHAT_SYSTEM = SYSTEM + (
+    " When the user attaches files, they are shown before the question; refer to "
+    "them by path. Put code in fenced blocks with a language."
+)
 PLAIN_HEAD = "A conversation between a programmer (User) and Demi, a coding assistant.\n\n"
 PLAIN_USER, PLAIN_ASSISTANT = "User:", "Demi:"
 
@@ -38,6 +40,7 @@ class AttachmentError(DemiUserError):
 
 
 # -- targets and mentions ----------------------------------------------------------------------------
+
 
 @dataclass
 class TargetSpec:
@@ -121,11 +124,12 @@ def _resolve(path: str, root: Path) -> Path:
 
 # -- attachments -----------------------------------------------------------------------------------
 
+
 @dataclass
 class Attachment:
     """The code of one mention, read and checked; `text` is cut to the budget in `build_prompt`."""
 
-    label: str               # as the user wrote it, e.g. src/app.py:Parser.parse
+    label: str  # as the user wrote it, e.g. src/app.py:Parser.parse
     path: str
     symbol: str | None
     lines: tuple[int, int]
@@ -148,12 +152,18 @@ class Attachment:
         return f"{self.label} ({n} line{'s' if n != 1 else ''}" + (", cut" if self.cut else "") + ")"
 
     def as_meta(self) -> dict[str, Any]:
-        return {"label": self.label, "path": self.path, "symbol": self.symbol, "lines": list(self.lines),
-                "cut": self.cut}
+        return {
+            "label": self.label,
+            "path": self.path,
+            "symbol": self.symbol,
+            "lines": list(self.lines),
+            "cut": self.cut,
+        }
 
 
-def load_attachment(target: TargetSpec, root: Path | None = None, max_bytes: int = MAX_FILE_BYTES,
-                    label: str | None = None) -> Attachment:
+def load_attachment(
+    target: TargetSpec, root: Path | None = None, max_bytes: int = MAX_FILE_BYTES, label: str | None = None
+) -> Attachment:
     """Read a file, symbol or line range for the prompt; every problem is one `AttachmentError` line."""
     base = root or Path.cwd()
     path = _resolve(target.path, base)
@@ -163,13 +173,20 @@ def load_attachment(target: TargetSpec, root: Path | None = None, max_bytes: int
     except DemiUserError as exc:
         message = str(exc)
         if message.startswith(f"{path}: "):
-            message = message[len(f"{path}: "):]
+            message = message[len(f"{path}: ") :]
         message = message.replace("use --lines A-B instead", f"attach lines instead (@{target.path}:A-B)")
         raise AttachmentError(f"@{target.label}: {message}") from None
     start, end = doc.line_span(t.first, t.last)
-    return Attachment(label or target.label, target.path, t.symbol.qualname if t.symbol else None,
-                      (t.first, t.last), doc.text[start:end], doc.lang.fence if doc.lang else None,
-                      doc.line_count, doc.lossy)
+    return Attachment(
+        label or target.label,
+        target.path,
+        t.symbol.qualname if t.symbol else None,
+        (t.first, t.last),
+        doc.text[start:end],
+        doc.lang.fence if doc.lang else None,
+        doc.line_count,
+        doc.lossy,
+    )
 
 
 def load_mentions(text: str, root: Path | None = None, max_bytes: int = MAX_FILE_BYTES) -> list[Attachment]:
@@ -186,7 +203,7 @@ def load_mentions(text: str, root: Path | None = None, max_bytes: int = MAX_FILE
 def symbol_names(path: str | Path, max_bytes: int = 512 * 1024) -> list[str]:
     """Qualified names of the definitions in a file, for completing `@path:` (empty when unreadable)."""
     try:
-        from .syntax import parse
+        from demi.assistant.syntax import parse
 
         return [s.qualname for s in parse(Document.load(path, max_bytes=max_bytes)).symbols()]
     except Exception:  # completion is a convenience: an unreadable file simply offers nothing
@@ -195,11 +212,12 @@ def symbol_names(path: str | Path, max_bytes: int = 512 * 1024) -> list[str]:
 
 # -- turns and the prompt --------------------------------------------------------------------------
 
+
 @dataclass
 class Turn:
     """What the model sees of one message: `context` holds the attachment blocks of a user turn."""
 
-    role: str                # user | assistant
+    role: str  # user | assistant
     content: str
     context: str = ""
     _tokens: int | None = field(default=None, repr=False, compare=False)
@@ -241,11 +259,11 @@ def turns_from_messages(messages: Iterable[Any]) -> list[Turn]:
 @dataclass
 class BuiltPrompt:
     prompt: ChatPrompt
-    turn: Turn               # the new user turn as it went to the model (attachments cut to fit)
-    kept: int                # earlier turns that fit
-    dropped: int             # earlier turns left out (oldest first)
-    tokens: int              # estimated prompt tokens
-    max_tokens: int = 0      # new tokens allowed (set by prepare_chat: at most half a small context)
+    turn: Turn  # the new user turn as it went to the model (attachments cut to fit)
+    kept: int  # earlier turns that fit
+    dropped: int  # earlier turns left out (oldest first)
+    tokens: int  # estimated prompt tokens
+    max_tokens: int = 0  # new tokens allowed (set by prepare_chat: at most half a small context)
 
 
 def attachment_context(attachments: list[Attachment], count: Callable[[str], int], budget: int) -> str:
@@ -264,16 +282,19 @@ def attachment_context(attachments: list[Attachment], count: Callable[[str], int
     return ("The user attached:\n\n" + "\n\n".join(blocks)) if blocks else ""
 
 
-def build_prompt(history: list[Turn], text: str, attachments: list[Attachment], count: Callable[[str], int],
-                 budget: int) -> BuiltPrompt:
+def build_prompt(
+    history: list[Turn], text: str, attachments: list[Attachment], count: Callable[[str], int], budget: int
+) -> BuiltPrompt:
     """Messages for the chat template (and plain text for base models) within `budget` tokens: the
     message and its files always (files get three quarters of the room when there is history), then
     as many earlier turns as fit, newest first."""
     overhead = count(CHAT_SYSTEM) + 16
     question = count(text) + 8
     if overhead + question > budget:
-        raise DemiUserError(f"the message is about {question} tokens; with the model's context only "
-                            f"{max(0, budget - overhead)} fit (shorten it, or use a model with a longer context)")
+        raise DemiUserError(
+            f"the message is about {question} tokens; with the model's context only "
+            f"{max(0, budget - overhead)} fit (shorten it, or use a model with a longer context)"
+        )
     room = budget - overhead - question
     context = attachment_context(attachments, count, room * 3 // 4 if history else room)
     turn = Turn("user", text, context)
@@ -290,14 +311,25 @@ def build_prompt(history: list[Turn], text: str, attachments: list[Attachment], 
         room += kept_turns.pop(0).tokens(count)
     messages = [{"role": "system", "content": CHAT_SYSTEM}]
     messages += [{"role": t.role, "content": t.text()} for t in kept_turns + [turn]]
-    plain = PLAIN_HEAD + "".join(
-        f"{PLAIN_USER if t.role == 'user' else PLAIN_ASSISTANT} {t.text().strip()}\n\n" for t in kept_turns + [turn]
-    ) + PLAIN_ASSISTANT + " "
-    return BuiltPrompt(ChatPrompt(messages, plain, [f"\n{PLAIN_USER}"]), turn, len(kept_turns),
-                       len(history) - len(kept_turns), budget - room)
+    plain = (
+        PLAIN_HEAD
+        + "".join(
+            f"{PLAIN_USER if t.role == 'user' else PLAIN_ASSISTANT} {t.text().strip()}\n\n" for t in kept_turns + [turn]
+        )
+        + PLAIN_ASSISTANT
+        + " "
+    )
+    return BuiltPrompt(
+        ChatPrompt(messages, plain, [f"\n{PLAIN_USER}"]),
+        turn,
+        len(kept_turns),
+        len(history) - len(kept_turns),
+        budget - room,
+    )
 
 
 # -- the answer ------------------------------------------------------------------------------------
+
 
 @dataclass
 class ChatAnswer:
@@ -327,8 +359,11 @@ class ChatAnswer:
         return self.prompt_tokens + self.completion_tokens
 
     def as_meta(self) -> dict[str, Any]:
-        return {"finish_reason": self.finish_reason, "first_token_seconds": self.first_token_seconds,
-                "dropped_turns": self.dropped_turns}
+        return {
+            "finish_reason": self.finish_reason,
+            "first_token_seconds": self.first_token_seconds,
+            "dropped_turns": self.dropped_turns,
+        }
 
 
 def chat_budget(engine: Any, max_tokens: int, budget: int) -> int:
@@ -336,21 +371,30 @@ def chat_budget(engine: Any, max_tokens: int, budget: int) -> int:
     if context:
         budget = min(budget, context - max_tokens - 16)
     if budget < 64:
-        raise DemiUserError(f"the model's context ({context} tokens) leaves no room for a message next to "
-                            f"{max_tokens} new tokens; lower chat.max_tokens")
+        raise DemiUserError(
+            f"the model's context ({context} tokens) leaves no room for a message next to "
+            f"{max_tokens} new tokens; lower chat.max_tokens"
+        )
     return budget
 
 
-def prepare_chat(engine: Any, history: list[Turn], text: str, attachments: list[Attachment] | None = None,
-                 max_tokens: int = 512, budget: int = 3072) -> BuiltPrompt:
+def prepare_chat(
+    engine: Any,
+    history: list[Turn],
+    text: str,
+    attachments: list[Attachment] | None = None,
+    max_tokens: int = 512,
+    budget: int = 3072,
+) -> BuiltPrompt:
     """The prompt for `text` after `history` (no model call yet: a front end can store the turn first)."""
     if not text.strip():
         raise DemiUserError("the message is empty")
     context = engine.info().context
     if context:
         max_tokens = max(1, min(max_tokens, context // 2))  # a small context: room for the question too
-    built = build_prompt(history, text, list(attachments or []), engine.count_tokens,
-                         chat_budget(engine, max_tokens, budget))
+    built = build_prompt(
+        history, text, list(attachments or []), engine.count_tokens, chat_budget(engine, max_tokens, budget)
+    )
     built.max_tokens = max_tokens
     return built
 
@@ -369,9 +413,15 @@ def chat_sampling(temperature: float) -> Sampling | None:
     return Sampling(temperature=t, top_p=0.95)
 
 
-def answer(engine: Any, built: BuiltPrompt, max_tokens: int = 512, on_text: Callable[[str], None] | None = None,
-           cancel: CancelToken | None = None, sampling: Sampling | None = None,
-           time_budget: float | None = None) -> ChatAnswer:
+def answer(
+    engine: Any,
+    built: BuiltPrompt,
+    max_tokens: int = 512,
+    on_text: Callable[[str], None] | None = None,
+    cancel: CancelToken | None = None,
+    sampling: Sampling | None = None,
+    time_budget: float | None = None,
+) -> ChatAnswer:
     """Stream the model's answer to a prepared prompt; `on_text` gets it piece by piece."""
     began = False
 
@@ -385,18 +435,36 @@ def answer(engine: Any, built: BuiltPrompt, max_tokens: int = 512, on_text: Call
 
     if built.max_tokens:
         max_tokens = min(max_tokens, built.max_tokens)
-    result = engine.chat(built.prompt, on_text=emit, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel,
-                         time_budget=time_budget)
+    result = engine.chat(
+        built.prompt, on_text=emit, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel, time_budget=time_budget
+    )
     info = engine.info()
-    return ChatAnswer(result.text.strip(), info.name, result.finish_reason, result.prompt_tokens or built.tokens,
-                      int(result.extra.get("completion_tokens", result.completion_tokens)), result.seconds,
-                      result.first_token_seconds, built.turn, built.dropped, info.context)
+    return ChatAnswer(
+        result.text.strip(),
+        info.name,
+        result.finish_reason,
+        result.prompt_tokens or built.tokens,
+        int(result.extra.get("completion_tokens", result.completion_tokens)),
+        result.seconds,
+        result.first_token_seconds,
+        built.turn,
+        built.dropped,
+        info.context,
+    )
 
 
-def chat(engine: Any, history: list[Turn], text: str, attachments: list[Attachment] | None = None,
-         max_tokens: int = 512, budget: int = 3072, on_text: Callable[[str], None] | None = None,
-         cancel: CancelToken | None = None, sampling: Sampling | None = None,
-         time_budget: float | None = None) -> ChatAnswer:
+def chat(
+    engine: Any,
+    history: list[Turn],
+    text: str,
+    attachments: list[Attachment] | None = None,
+    max_tokens: int = 512,
+    budget: int = 3072,
+    on_text: Callable[[str], None] | None = None,
+    cancel: CancelToken | None = None,
+    sampling: Sampling | None = None,
+    time_budget: float | None = None,
+) -> ChatAnswer:
     """Answer `text` after `history` in one call (`prepare_chat` then `answer`)."""
     built = prepare_chat(engine, history, text, attachments, max_tokens, budget)
     return answer(engine, built, max_tokens, on_text, cancel, sampling, time_budget)
@@ -404,10 +472,11 @@ def chat(engine: Any, history: list[Turn], text: str, attachments: list[Attachme
 
 # -- the engine, described for a status line ----------------------------------------------------------
 
+
 @dataclass
 class EngineDetails:
     model: str
-    kind: str                # in-process | http
+    kind: str  # in-process | http
     quant: str | None
     device: str | None
     context: int | None

@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .context import RecentFiles, fim_context
-from .document import Document
-from .postprocess import BlockWatcher, decide_mode, postprocess
-from .prompts import instruct_warning
-from .syntax import Syntax, parse
+from demi.assistant.context import RecentFiles, fim_context
+from demi.assistant.document import Document
+from demi.assistant.postprocess import BlockWatcher, decide_mode, postprocess
+from demi.assistant.prompts import instruct_warning
+from demi.assistant.syntax import Syntax, parse
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -36,17 +36,36 @@ class CompletionResult:
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"completion": self.completion, "model": self.model, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 4),
-                "line": self.line, "col": self.col, "mode": self.mode, "raw": self.raw,
-                "postprocess": self.steps, "finish_reason": self.finish_reason, "fim": self.fim,
-                "notes": self.notes, "warnings": self.warnings}
+        return {
+            "completion": self.completion,
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 4),
+            "line": self.line,
+            "col": self.col,
+            "mode": self.mode,
+            "raw": self.raw,
+            "postprocess": self.steps,
+            "finish_reason": self.finish_reason,
+            "fim": self.fim,
+            "notes": self.notes,
+            "warnings": self.warnings,
+        }
 
 
-def complete(engine: Any, doc: Document, offset: int, max_tokens: int = 64, budget: int = 1024,
-             recent: RecentFiles | None = None, sampling: Sampling | None = None,
-             cancel: CancelToken | None = None, time_budget: float | None = None,
-             syntax: Syntax | None = None) -> CompletionResult:
+def complete(
+    engine: Any,
+    doc: Document,
+    offset: int,
+    max_tokens: int = 64,
+    budget: int = 1024,
+    recent: RecentFiles | None = None,
+    sampling: Sampling | None = None,
+    cancel: CancelToken | None = None,
+    time_budget: float | None = None,
+    syntax: Syntax | None = None,
+) -> CompletionResult:
     """The text to insert at character `offset` of `doc` (`syntax`: `doc` already parsed, to reuse)."""
     started = time.monotonic()
     info = engine.info()
@@ -54,7 +73,7 @@ def complete(engine: Any, doc: Document, offset: int, max_tokens: int = 64, budg
         budget = max(16, min(budget, info.context - max_tokens - 32 - engine.count_tokens(doc.name)))
     syntax = syntax if syntax is not None else parse(doc)
     ctx = fim_context(doc, offset, engine.count_tokens, budget, syntax, recent)
-    prefix_tail, suffix_head = doc.text[max(0, offset - TAIL_CHARS):offset], doc.text[offset:offset + TAIL_CHARS]
+    prefix_tail, suffix_head = doc.text[max(0, offset - TAIL_CHARS) : offset], doc.text[offset : offset + TAIL_CHARS]
     mode = decide_mode(prefix_tail, suffix_head, doc.lang)
     watcher = BlockWatcher(prefix_tail, suffix_head, doc.lang, mode)
     from demi.model.generate import CancelToken
@@ -70,20 +89,41 @@ def complete(engine: Any, doc: Document, offset: int, max_tokens: int = 64, budg
         if watcher.push(piece) or (cancel is not None and cancel.cancelled):
             stop_early.cancel()
 
-    result = engine.infill(ctx, on_text=on_text, max_new_tokens=max_tokens, sampling=sampling,
-                           stop=["\n"] if mode == "single" else None, cancel=stop_early, time_budget=time_budget)
+    result = engine.infill(
+        ctx,
+        on_text=on_text,
+        max_new_tokens=max_tokens,
+        sampling=sampling,
+        stop=["\n"] if mode == "single" else None,
+        cancel=stop_early,
+        time_budget=time_budget,
+    )
     processed = postprocess(prefix_tail, result.text, suffix_head, doc.lang, mode)
     warnings = []
     if info.instruct:
         warnings.append(instruct_warning(info.name))
     if info.kind == "in-process" and info.fim is None:
-        warnings.append(f"{info.name} has no fill-in-the-middle tokens: completing from the text before "
-                        "the cursor only")
+        warnings.append(
+            f"{info.name} has no fill-in-the-middle tokens: completing from the text before the cursor only"
+        )
     reason = result.finish_reason
     if reason == "cancelled" and watcher.done and not (cancel is not None and cancel.cancelled):
         reason = "stop"  # stopped early at the end of the block, not by the caller
     line, col = doc.position(offset)
     tokens = result.extra.get("completion_tokens", result.completion_tokens)
-    return CompletionResult(processed.text, result.text, mode, processed.steps, info.name, line, col,
-                            result.prompt_tokens, int(tokens), time.monotonic() - started, reason,
-                            result.extra.get("fim"), ctx.notes, warnings)
+    return CompletionResult(
+        processed.text,
+        result.text,
+        mode,
+        processed.steps,
+        info.name,
+        line,
+        col,
+        result.prompt_tokens,
+        int(tokens),
+        time.monotonic() - started,
+        reason,
+        result.extra.get("fim"),
+        ctx.notes,
+        warnings,
+    )

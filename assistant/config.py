@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from demi.model.errors import DemiUserError
 
@@ -48,8 +49,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device", str, None, "cpu, cuda, cuda:N or auto (None: cpu)"),
     Setting("dtype", str, "auto", "auto, float32, bfloat16, float16"),
     Setting("context", int, None, "context window to allocate in tokens (None: the engine's default)"),
-    Setting("quant", str, "auto", "weight quantization: auto (int8 on CPU, half precision on a GPU it fits), none, int8, int4 (CPU), nf4 (CUDA)",
-            ("none", "int8", "int4", "nf4", "auto")),
+    Setting(
+        "quant",
+        str,
+        "auto",
+        "weight quantization: auto (int8 on CPU, half precision on a GPU it fits), none, int8, int4 (CPU), nf4 (CUDA)",
+        ("none", "int8", "int4", "nf4", "auto"),
+    ),
     Setting("data_dir", str, None, "sessions database and backups (None: the platform's user data dir)"),
     Setting("history", bool, True, "record explain and refactor requests in the session store"),
     Setting("db_timeout", float, 5.0, "seconds to wait for a locked session database"),
@@ -60,14 +66,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("complete.temperature", float, 0.0, "0 is greedy"),
     Setting("explain.max_tokens", int, 320, "new tokens for an explanation"),
     Setting("explain.context_tokens", int, 2048, "prompt budget for explain"),
-    Setting("explain.lead", str, "auto", "which section leads: facts (static analysis), model, or auto "
-            "(the model when it is large enough to be trusted)", ("auto", "facts", "model")),
+    Setting(
+        "explain.lead",
+        str,
+        "auto",
+        "which section leads: facts (static analysis), model, or auto "
+        "(the model when it is large enough to be trusted)",
+        ("auto", "facts", "model"),
+    ),
     Setting("refactor.max_tokens", int, 768, "new tokens for a rewrite"),
     Setting("refactor.context_tokens", int, 2048, "prompt budget for refactor"),
     Setting("chat.max_tokens", int, 512, "new tokens for a chat answer (demi-chat)"),
     Setting("chat.temperature", float, 0.0, "sampling temperature for chat answers (demi-chat); 0 is greedy"),
-    Setting("chat.context_tokens", int, 3072, "prompt budget for a chat turn: the message, its @files and "
-            "as many earlier turns as fit"),
+    Setting(
+        "chat.context_tokens",
+        int,
+        3072,
+        "prompt budget for a chat turn: the message, its @files and as many earlier turns as fit",
+    ),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -174,8 +190,9 @@ class Config:
         return {"file": str(self.path), "file_exists": self.path.is_file(), "settings": self.describe()}
 
 
-def load_config(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
-                path: Path | None = None) -> Config:
+def load_config(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, path: Path | None = None
+) -> Config:
     """Defaults, then the file, then `DEMI_*` variables, then flags that are not None."""
     env = os.environ if environ is None else environ
     path = path or config_path(env)

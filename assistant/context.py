@@ -15,9 +15,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .budget import Counter, keep_head, keep_tail, split_budget
-from .document import Document
-from .syntax import Symbol, Syntax
+from demi.assistant.budget import Counter, keep_head, keep_tail, split_budget
+from demi.assistant.document import Document
+from demi.assistant.syntax import Symbol, Syntax
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 
@@ -57,7 +57,7 @@ class RecentFiles:
         lines = text.splitlines(keepends=True)
         out = []
         for start in range(0, max(1, len(lines)), max(1, window // 2)):
-            chunk = "".join(lines[start:start + window])
+            chunk = "".join(lines[start : start + window])
             words = set(_WORD.findall(chunk))
             if words:
                 out.append((chunk, words))
@@ -70,8 +70,9 @@ class RecentFiles:
         with self._lock:
             return list(self._files)
 
-    def snippets(self, query: str, exclude: str | Path | None = None, window: int = 30,
-                 limit: int = 3) -> list[Snippet]:
+    def snippets(
+        self, query: str, exclude: str | Path | None = None, window: int = 30, limit: int = 3
+    ) -> list[Snippet]:
         """Chunks of other files sharing the most identifiers with `query` (Jaccard similarity)."""
         want = set(_WORD.findall(query))
         if not want:
@@ -115,8 +116,13 @@ def _definition_text(doc: Document, sym: Symbol, max_lines: int = 12) -> str:
     return "\n".join(head[:max_lines]) + "\n"
 
 
-def used_definitions(syntax: Syntax, first_line: int, last_line: int,
-                     visible: tuple[int, int] | None = None, exclude: Symbol | None = None) -> list[Symbol]:
+def used_definitions(
+    syntax: Syntax,
+    first_line: int,
+    last_line: int,
+    visible: tuple[int, int] | None = None,
+    exclude: Symbol | None = None,
+) -> list[Symbol]:
     """Same-file definitions of names used in first..last (1-based), skipping those wholly
     inside the `visible` line window and the `exclude` symbol itself."""
     names = set(syntax.identifiers(first_line, last_line))
@@ -139,8 +145,14 @@ def snap_lines(budget: int) -> int:
     return max(1, budget // 96)
 
 
-def fim_context(doc: Document, offset: int, count: Counter, budget: int, syntax: Syntax | None = None,
-                recent: RecentFiles | None = None) -> FimContext:
+def fim_context(
+    doc: Document,
+    offset: int,
+    count: Counter,
+    budget: int,
+    syntax: Syntax | None = None,
+    recent: RecentFiles | None = None,
+) -> FimContext:
     """Prefix and suffix around `offset`, other files and definitions, within `budget` tokens."""
     prefix_all, suffix_all = doc.text[:offset], doc.text[offset:]
     ctx = FimContext("", "", doc.name if doc.path else None, doc.lang.name if doc.lang else None)
@@ -149,7 +161,7 @@ def fim_context(doc: Document, offset: int, count: Counter, budget: int, syntax:
     others: list[tuple[str, str]] = []
     others_used = 0
     if recent is not None:
-        near = doc.text[max(0, offset - 1500):offset + 300]
+        near = doc.text[max(0, offset - 1500) : offset + 300]
         for snip in reversed(recent.snippets(near, exclude=doc.name)):  # best one nearest the cursor
             text = keep_head(snip.text, budget // 4 - others_used, count)
             if text.strip():
@@ -209,8 +221,9 @@ class CodeContext:
     code_cut: bool = False
 
 
-def code_context(doc: Document, syntax: Syntax, first: int, last: int, count: Counter, budget: int,
-                 target: Symbol | None = None) -> CodeContext:
+def code_context(
+    doc: Document, syntax: Syntax, first: int, last: int, count: Counter, budget: int, target: Symbol | None = None
+) -> CodeContext:
     """The target lines (cut from the end to fit), then the outline, imports and definitions."""
     start, end = doc.line_span(first, last)
     code = doc.text[start:end]

@@ -12,10 +12,9 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from demi.assistant.files import MAX_FILE_BYTES, read_text_file
+from demi.assistant.languages import LangSpec, language_for
 from demi.model.errors import DemiUserError
-
-from .files import MAX_FILE_BYTES, read_text_file
-from .languages import LangSpec, language_for
 
 
 class PositionError(DemiUserError):
@@ -28,7 +27,7 @@ class Document:
     path: Path | None = None
     lang: LangSpec | None = None
     lossy: bool = False  # the bytes were not valid UTF-8 (decoded with U+FFFD)
-    digest: str = ""     # sha256 of the bytes as read, to notice a change before writing
+    digest: str = ""  # sha256 of the bytes as read, to notice a change before writing
     _starts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -39,7 +38,7 @@ class Document:
         self._starts = starts
 
     @classmethod
-    def load(cls, path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> "Document":
+    def load(cls, path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Document:
         """Read a user's file: missing, binary and oversized files are one-line user errors."""
         p = Path(path)
         read_text_file(p, max_bytes=max_bytes)  # the checks and their messages
@@ -51,7 +50,7 @@ class Document:
         return cls(text, p, language_for(p, text), lossy, hashlib.sha256(data).hexdigest())
 
     @classmethod
-    def from_text(cls, text: str, path: str | Path | None = None) -> "Document":
+    def from_text(cls, text: str, path: str | Path | None = None) -> Document:
         p = Path(path) if path is not None else None
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return cls(text, p, language_for(p, text) if p else None, False, digest)
@@ -101,8 +100,7 @@ class Document:
         width = len(self.line(line))
         if not 1 <= col <= width + 1:
             if not clamp:
-                raise PositionError(f"{self.name}:{line}: column {col} is outside the line "
-                                    f"(columns 1-{width + 1})")
+                raise PositionError(f"{self.name}:{line}: column {col} is outside the line (columns 1-{width + 1})")
             col = min(max(col, 1), width + 1)
         return self._starts[line - 1] + col - 1
 
@@ -121,7 +119,7 @@ class Document:
     def lsp_position(self, offset: int) -> dict[str, int]:
         """{"line", "character"} (0-based, UTF-16) of a character offset."""
         line, col = self.position(offset)
-        before = self.text[self._starts[line - 1]:self._starts[line - 1] + col - 1]
+        before = self.text[self._starts[line - 1] : self._starts[line - 1] + col - 1]
         return {"line": line - 1, "character": sum(2 if ord(c) > 0xFFFF else 1 for c in before)}
 
     def check_lines(self, first: int, last: int) -> tuple[int, int]:
@@ -132,8 +130,7 @@ class Document:
         if first < 1 or last < first:
             raise PositionError(f"bad line range {first}-{last}: use A-B with 1 <= A <= B")
         if last > n:
-            raise PositionError(f"{self.name}: lines {first}-{last} run past the end of the file "
-                                f"({n} lines)")
+            raise PositionError(f"{self.name}: lines {first}-{last} run past the end of the file ({n} lines)")
         return first, last
 
     def line_span(self, first: int, last: int) -> tuple[int, int]:

@@ -7,7 +7,7 @@ the editor through `workspace/applyEdit` instead), and both:
 
 - write atomically: a hidden temp file `.NAME.demi-tmp-PID-RANDOM` in the same folder, fsync,
   `os.replace`, fsync of the folder; a process killed at any point leaves the old bytes or the
-  new ones, never a mix (tests/test_edit_faults.py kills writers to check it), and a temp file
+  new ones, never a mix (tests/assistant/test_edit_faults.py kills writers to check it), and a temp file
   it leaves behind is removed by the next write in that folder;
 - keep the file's permission bits, and write through a symlink to the file it points at;
 - refuse a file whose real path (symlinks resolved) is outside the workspace root;
@@ -26,13 +26,13 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from demi.assistant.document import Document
 from demi.model.errors import DemiUserError
-
-from .document import Document
 
 
 class EditConflictError(DemiUserError):
@@ -109,15 +109,15 @@ def workspace_edit(edit: Edit, uri: str | None = None, version: int | None = Non
         start = doc.line_start(a_first) if a_first <= doc.line_count else len(edit.old)
         end = doc.line_span(a_first, a_last)[1] if a_last >= a_first else start
         new_lines = split_lines(edit.new)
-        text = "".join(new_lines[b_first - 1:b_last])
-        edits.append({"range": {"start": doc.lsp_position(start), "end": doc.lsp_position(end)},
-                      "newText": text})
+        text = "".join(new_lines[b_first - 1 : b_last])
+        edits.append({"range": {"start": doc.lsp_position(start), "end": doc.lsp_position(end)}, "newText": text})
     if version is not None:
         return {"documentChanges": [{"textDocument": {"uri": uri, "version": version}, "edits": edits}]}
     return {"changes": {uri: edits}}
 
 
 # -- backups -----------------------------------------------------------------------------------
+
 
 def backup_dir(data_dir: Path, path: Path) -> Path:
     """One folder per file (by its absolute path's hash) under the data dir."""
@@ -126,6 +126,7 @@ def backup_dir(data_dir: Path, path: Path) -> Path:
 
 
 # -- workspace boundary --------------------------------------------------------------------------
+
 
 def workspace_root(path: Path) -> Path:
     """Where the command line may write when no workspace is given: the current directory when
@@ -145,8 +146,9 @@ def resolve_inside(path: Path, root: Path) -> Path:
     real, real_root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
     if real != real_root and not real.is_relative_to(real_root):
         shown = f" (it resolves to {real})" if real != Path(os.path.abspath(path)) else ""
-        raise OutsideWorkspaceError(f"{path}{shown} is outside the workspace {real_root}; Demi writes only "
-                                    "inside it (nothing was written)")
+        raise OutsideWorkspaceError(
+            f"{path}{shown} is outside the workspace {real_root}; Demi writes only inside it (nothing was written)"
+        )
     return real
 
 
@@ -228,8 +230,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dfd)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int | None = None, expect: str | None = None,
-                  label: str = "file") -> None:
+def _write_atomic(
+    path: Path, data: bytes, mode: int | None = None, expect: str | None = None, label: str = "file"
+) -> None:
     """Write `data` to `path` so a reader (or a crash) sees the old file or the new one, never
     half of one: a temp file in the same folder, fsync, rename over, fsync of the folder.
 
@@ -252,11 +255,13 @@ def _write_atomic(path: Path, data: bytes, mode: int | None = None, expect: str 
             try:
                 now = sha256(path.read_bytes())
             except OSError as exc:
-                raise EditConflictError(f"{path}: cannot read it again before writing "
-                                        f"({exc.strerror or exc}); nothing was written") from None
+                raise EditConflictError(
+                    f"{path}: cannot read it again before writing ({exc.strerror or exc}); nothing was written"
+                ) from None
             if now != expect:
-                raise EditConflictError(f"{path} changed since Demi read it; nothing was written "
-                                        "(run the command again)")
+                raise EditConflictError(
+                    f"{path} changed since Demi read it; nothing was written (run the command again)"
+                )
         _phase(f"{label}:rename")
         os.replace(tmp, path)
     except BaseException:
@@ -289,8 +294,13 @@ def apply_edit(edit: Edit, data_dir: Path, root: Path | None = None) -> Path:
     _tidy(folder, path.parent)
     stamp = f"{time.time_ns()}"
     backup = folder / f"{stamp}.bak"
-    meta = {"path": str(path), "written_sha256": sha256(new), "original_sha256": edit.digest,
-            "time": time.time(), "mode": mode}
+    meta = {
+        "path": str(path),
+        "written_sha256": sha256(new),
+        "original_sha256": edit.digest,
+        "time": time.time(),
+        "mode": mode,
+    }
     # The record first, then the bytes: a record counts only once its .bak exists, so a crash
     # between the two leaves a few bytes of JSON, not a copy of the file.
     _write_atomic(folder / f"{stamp}.json", json.dumps(meta).encode("utf-8"), label="meta")
@@ -370,12 +380,17 @@ def undo(path: str | Path, data_dir: Path, force: bool = False, root: Path | Non
         raise NoBackupError(f"{given}: no backup to restore (Demi has not changed this file)")
     bak, meta = found[-1]
     if current is not None and not force and current != meta.get("written_sha256"):
-        raise EditConflictError(f"{given} changed since Demi wrote it; `demi undo --force {given}` restores "
-                                "the backup anyway")
+        raise EditConflictError(
+            f"{given} changed since Demi wrote it; `demi undo --force {given}` restores the backup anyway"
+        )
     mode = meta.get("mode")
     try:
-        _write_atomic(p, bak.read_bytes(), int(mode) if isinstance(mode, int) else None,
-                      expect=None if force or current is None else current)
+        _write_atomic(
+            p,
+            bak.read_bytes(),
+            int(mode) if isinstance(mode, int) else None,
+            expect=None if force or current is None else current,
+        )
     except OSError as exc:
         raise EditConflictError(f"{given}: cannot write ({exc.strerror or exc}); the file is unchanged") from None
     _phase("undo:drop")

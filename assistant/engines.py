@@ -15,38 +15,58 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from demi.assistant.budget import approx_tokens
+from demi.assistant.context import FimContext
+from demi.assistant.prompts import ChatPrompt, looks_instruct, render_chat
 from demi.model.engine import Completion, LocalModel, drain
 from demi.model.errors import DemiError, DemiUserError
 from demi.model.generate import CancelToken, Sampling
 from demi.model.healing import split_heal
 
-from .budget import approx_tokens
-from .context import FimContext
-from .prompts import ChatPrompt, looks_instruct, render_chat
-
-__all__ = ["CancelToken", "Completion", "Engine", "EngineInfo", "HttpEngine", "InProcessEngine", "Sampling",
-           "ServerError", "ServerUnreachableError", "drain", "engine_from_config", "open_engine"]
+__all__ = [
+    "CancelToken",
+    "Completion",
+    "Engine",
+    "EngineInfo",
+    "HttpEngine",
+    "InProcessEngine",
+    "Sampling",
+    "ServerError",
+    "ServerUnreachableError",
+    "drain",
+    "engine_from_config",
+    "open_engine",
+]
 
 log = logging.getLogger("demi")
 
 # End-of-turn tokens of common chat formats: a chat answer stops on whichever the vocabulary has.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|EOT|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>",
-               "<｜end▁of▁sentence｜>")
+END_OF_TURN = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|EOT|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|endoftext|>",
+    "</s>",
+    "<｜end▁of▁sentence｜>",
+)
 LARGE_MODEL_PARAMS = 300_000_000  # from about here a model's explanation is worth leading with
 
 
 @dataclass
 class EngineInfo:
     name: str
-    kind: str                    # in-process | http
+    kind: str  # in-process | http
     context: int | None = None
     parameters: int | None = None
-    fim: str | None = None       # FIM family, None when the model has no FIM tokens (or unknown)
+    fim: str | None = None  # FIM family, None when the model has no FIM tokens (or unknown)
     chat_template: bool | None = None
     instruct: bool = False
     url: str | None = None
@@ -62,14 +82,13 @@ class Engine(Protocol):
 
     def stream(self, prompt: str | list[int], **kwargs: Any) -> Iterator[str]: ...
 
-    def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
-                 **kwargs: Any) -> Completion: ...
+    def complete(
+        self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs: Any
+    ) -> Completion: ...
 
-    def chat(self, prompt: ChatPrompt, on_text: Callable[[str], None] | None = None,
-             **kwargs: Any) -> Completion: ...
+    def chat(self, prompt: ChatPrompt, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Completion: ...
 
-    def infill(self, ctx: FimContext, on_text: Callable[[str], None] | None = None,
-               **kwargs: Any) -> Completion: ...
+    def infill(self, ctx: FimContext, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Completion: ...
 
     def count_tokens(self, text: str) -> int: ...
 
@@ -92,8 +111,9 @@ class InProcessEngine:
     def stream(self, prompt: str | list[int], **kwargs: Any) -> Iterator[str]:
         return self.local.stream(prompt, **kwargs)
 
-    def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
-                 **kwargs: Any) -> Completion:
+    def complete(
+        self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs: Any
+    ) -> Completion:
         return self.local.complete(prompt, on_text=on_text, **kwargs)
 
     def perplexity(self, texts: list[str]) -> dict[str, float]:
@@ -110,13 +130,18 @@ class InProcessEngine:
     @property
     def fim_template(self) -> Any:
         if self._fim is False:
-            from .fim import detect_fim
+            from demi.assistant.fim import detect_fim
 
             self._fim = detect_fim(self.local.tokenizer)
         return self._fim
 
-    def infill(self, ctx: FimContext, on_text: Callable[[str], None] | None = None,
-               stop: list[str] | None = None, **kwargs: Any) -> Completion:
+    def infill(
+        self,
+        ctx: FimContext,
+        on_text: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Completion:
         """FIM through the model family's template; plain prefix continuation without one."""
         tpl = self.fim_template
         stops = list(stop or [])
@@ -132,8 +157,13 @@ class InProcessEngine:
         result.extra["fim"] = tpl.family if tpl is not None else None
         return result
 
-    def chat(self, prompt: ChatPrompt, on_text: Callable[[str], None] | None = None,
-             stop: list[str] | None = None, **kwargs: Any) -> Completion:
+    def chat(
+        self,
+        prompt: ChatPrompt,
+        on_text: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Completion:
         """The chat template when the tokenizer has one, else the prompt's completion-style text."""
         tok = self.local.tokenizer
         text, templated = render_chat(tok, prompt)
@@ -159,10 +189,15 @@ class InProcessEngine:
             except Exception:  # an exotic config: count the tensors instead
                 params = sum(p.numel() for p in self.local.model.parameters())
             tpl = self.fim_template
-            self._info = EngineInfo(self.name, "in-process", self.local.context, params,
-                                    tpl.family if tpl is not None else None,
-                                    bool(self.local.tokenizer.chat_template),
-                                    looks_instruct(self.name, self.local.path))
+            self._info = EngineInfo(
+                self.name,
+                "in-process",
+                self.local.context,
+                params,
+                tpl.family if tpl is not None else None,
+                bool(self.local.tokenizer.chat_template),
+                looks_instruct(self.name, self.local.path),
+            )
         return self._info
 
     def close(self) -> None:
@@ -170,6 +205,7 @@ class InProcessEngine:
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
+
 
 class ServerUnreachableError(DemiUserError):
     """--server names a host or port where nothing answers."""
@@ -197,8 +233,15 @@ class _Response:
 class HttpEngine:
     """An OpenAI-compatible server behind the engine interface (standard library only)."""
 
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 120.0,
-                 connect_timeout: float = 5.0, tokenizer: Any = None):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        tokenizer: Any = None,
+    ):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise DemiUserError(f"bad server URL {url!r}: use http://HOST:PORT")
@@ -216,8 +259,9 @@ class HttpEngine:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
-                                               context=ssl.create_default_context())
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.connect_timeout, context=ssl.create_default_context()
+            )
         return http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
 
     def _open(self, method: str, path: str, body: dict | None = None) -> _Response:
@@ -234,21 +278,25 @@ class HttpEngine:
             conn.sock.settimeout(self.timeout)
             conn.request(method, self.base_path + path, body=data, headers=headers)
             resp = conn.getresponse()
-        except (ConnectionError, socket.gaierror, socket.timeout, TimeoutError, OSError) as exc:
+        except (ConnectionError, socket.gaierror, TimeoutError, OSError) as exc:
             conn.close()
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             if isinstance(exc, (socket.timeout, TimeoutError)):
                 reason = "timed out"
-            raise ServerUnreachableError(f"cannot reach the server at {self.url}: {reason} "
-                                         "(is it running? check --server or DEMI_SERVER)") from None
+            raise ServerUnreachableError(
+                f"cannot reach the server at {self.url}: {reason} (is it running? check --server or DEMI_SERVER)"
+            ) from None
         if resp.status >= 400:
             raw = resp.read(65536)
             conn.close()
             message = raw.decode("utf-8", errors="replace").strip()
             try:
                 err = json.loads(message)
-                message = (err.get("error") or {}).get("message") if isinstance(err.get("error"), dict) \
+                message = (
+                    (err.get("error") or {}).get("message")
+                    if isinstance(err.get("error"), dict)
                     else err.get("error") or err.get("detail") or message
+                )
             except (ValueError, AttributeError):
                 pass
             first = str(message).strip().splitlines()[0] if str(message).strip() else resp.reason
@@ -288,9 +336,14 @@ class HttpEngine:
 
     def _body(self, max_new_tokens: int, sampling: Sampling | None, stop: list[str] | None) -> dict[str, Any]:
         s = sampling or Sampling()
-        body: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "stream": True,
-                                "stream_options": {"include_usage": True},
-                                "temperature": s.temperature, "top_p": s.top_p}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_new_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+        }
         if s.top_k:
             body["top_k"] = s.top_k
         if s.repetition_penalty != 1.0:
@@ -302,8 +355,9 @@ class HttpEngine:
             body["stop"] = stops
         return body
 
-    def _events(self, path: str, body: dict[str, Any], cancel: CancelToken | None,
-                time_budget: float | None) -> Iterator[str]:
+    def _events(
+        self, path: str, body: dict[str, Any], cancel: CancelToken | None, time_budget: float | None
+    ) -> Iterator[str]:
         """Text pieces from an SSE stream; the Completion is the generator's return value."""
         started = time.monotonic()
         deadline = started + time_budget if time_budget else None
@@ -366,17 +420,26 @@ class HttpEngine:
 
     # -- engine interface --------------------------------------------------------------------------
 
-    def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: Sampling | None = None,
-               stop: list[str] | None = None, cancel: CancelToken | None = None,
-               time_budget: float | None = None, suffix: str | None = None, **_: Any) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str | list[int],
+        max_new_tokens: int = 256,
+        sampling: Sampling | None = None,
+        stop: list[str] | None = None,
+        cancel: CancelToken | None = None,
+        time_budget: float | None = None,
+        suffix: str | None = None,
+        **_: Any,
+    ) -> Iterator[str]:
         body = self._body(max_new_tokens, sampling, stop)
         body["prompt"] = prompt
         if suffix is not None:
             body["suffix"] = suffix
         return self._events("/completions", body, cancel, time_budget)
 
-    def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
-                 **kwargs: Any) -> Completion:
+    def complete(
+        self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs: Any
+    ) -> Completion:
         return drain(self.stream(prompt, **kwargs), on_text)
 
     def infill(self, ctx: FimContext, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Completion:
@@ -384,19 +447,26 @@ class HttpEngine:
         kwargs.pop("stop_ids", None)
         prefix = ctx.prefix
         if ctx.other_files:  # the server's template takes prefix and suffix only: other files go in comments
-            from .fim import line_comment
+            from demi.assistant.fim import line_comment
 
             mark = line_comment(ctx.path or ctx.other_files[0][0])
-            head = "".join(f"{mark} {p}\n{c}" + ("" if c.endswith("\n") else "\n") + "\n"
-                           for p, c in ctx.other_files)
+            head = "".join(f"{mark} {p}\n{c}" + ("" if c.endswith("\n") else "\n") + "\n" for p, c in ctx.other_files)
             prefix = head + (f"{mark} {ctx.path}\n" if ctx.path else "") + prefix
         result = self.complete(prefix, on_text=on_text, suffix=ctx.suffix, **kwargs)
         result.extra["fim"] = "server"
         return result
 
-    def chat(self, prompt: ChatPrompt, on_text: Callable[[str], None] | None = None,
-             max_new_tokens: int = 256, sampling: Sampling | None = None, stop: list[str] | None = None,
-             cancel: CancelToken | None = None, time_budget: float | None = None, **_: Any) -> Completion:
+    def chat(
+        self,
+        prompt: ChatPrompt,
+        on_text: Callable[[str], None] | None = None,
+        max_new_tokens: int = 256,
+        sampling: Sampling | None = None,
+        stop: list[str] | None = None,
+        cancel: CancelToken | None = None,
+        time_budget: float | None = None,
+        **_: Any,
+    ) -> Completion:
         body = self._body(max_new_tokens, sampling, stop)
         body["messages"] = prompt.messages
         return drain(self._events("/chat/completions", body, cancel, time_budget), on_text)
@@ -426,30 +496,44 @@ def _local_tokenizer(model: str | None) -> Any:
         return None
 
 
-def open_engine(model: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
-                context: int | None = None, server: str | None = None, api_key: str | None = None,
-                timeout: float = 120.0, quant: str | None = None) -> InProcessEngine | HttpEngine:
+def open_engine(
+    model: str | None = None,
+    device: str | None = "cpu",
+    dtype: str | None = "auto",
+    context: int | None = None,
+    server: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 120.0,
+    quant: str | None = None,
+) -> InProcessEngine | HttpEngine:
     """Load `model` in this process, or talk to `server` (a name, a directory or a hub id;
     None means the config file, then DEMI_MODEL, then demi-tiny; no `quant` means "auto", the config's
     default: int8 on a CPU)."""
     if server:  # `model` names the server's model; a local copy, if any, gives exact token counts
         return HttpEngine(server, model, api_key=api_key, timeout=timeout, tokenizer=_local_tokenizer(model))
     if model is None:
-        from .config import load_config
+        from demi.assistant.config import load_config
 
         model = load_config()["model"]
-    return InProcessEngine(LocalModel.load(model, device=device, dtype=dtype, context=context,
-                                           quant=quant or "auto"))
+    return InProcessEngine(LocalModel.load(model, device=device, dtype=dtype, context=context, quant=quant or "auto"))
 
 
 def load_local_model(cfg: Any) -> LocalModel:
     """The model the effective config names, loaded in this process (what `demi serve` shares)."""
-    return LocalModel.load(cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"],
-                           quant=cfg["quant"])
+    return LocalModel.load(
+        cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"], quant=cfg["quant"]
+    )
 
 
 def engine_from_config(cfg: Any) -> InProcessEngine | HttpEngine:
     """The engine the effective config asks for (flags already folded in)."""
-    return open_engine(cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"],
-                       server=cfg["server"], api_key=cfg["api_key"], timeout=cfg["server_timeout"],
-                       quant=cfg["quant"])
+    return open_engine(
+        cfg["model"],
+        device=cfg["device"] or "cpu",
+        dtype=cfg["dtype"],
+        context=cfg["context"],
+        server=cfg["server"],
+        api_key=cfg["api_key"],
+        timeout=cfg["server_timeout"],
+        quant=cfg["quant"],
+    )

@@ -9,13 +9,14 @@ order it is shown, so a front end can print pieces as they come.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from .document import Document
-from .facts import Facts
-from .prompts import explain_prompt
-from .target import Target, target_context
+from demi.assistant.document import Document
+from demi.assistant.facts import Facts
+from demi.assistant.prompts import explain_prompt
+from demi.assistant.target import Target, target_context
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -30,7 +31,7 @@ class Explanation:
     facts: Facts
     model_text: str
     model: str
-    lead: str                 # facts | model
+    lead: str  # facts | model
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -38,11 +39,21 @@ class Explanation:
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"path": self.path, "symbol": self.symbol, "lines": list(self.lines), "explanation": self.markdown,
-                "model_text": self.model_text, "facts": self.facts.as_dict(), "lead": self.lead,
-                "model": self.model, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 4),
-                "finish_reason": self.finish_reason, "notes": self.notes}
+        return {
+            "path": self.path,
+            "symbol": self.symbol,
+            "lines": list(self.lines),
+            "explanation": self.markdown,
+            "model_text": self.model_text,
+            "facts": self.facts.as_dict(),
+            "lead": self.lead,
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 4),
+            "finish_reason": self.finish_reason,
+            "notes": self.notes,
+        }
 
 
 def _code(text: str) -> str:
@@ -65,8 +76,10 @@ def render_facts(t: Target) -> str:
         out.append("- **Imports:** " + (", ".join(_code(i) for i in f.imports[:20]) if f.imports else "none"))
         if f.members:
             out.append("- **Defines:**")
-            out += [f"  - {_code(m.split(' (lines')[0])}" + (f" (lines{m.split(' (lines')[1]}" if " (lines" in m
-                                                            else "") for m in f.members[:40]]
+            out += [
+                f"  - {_code(m.split(' (lines')[0])}" + (f" (lines{m.split(' (lines')[1]}" if " (lines" in m else "")
+                for m in f.members[:40]
+            ]
         else:
             out.append("- **Defines:** nothing (no functions or classes)")
         return "\n".join(out) + "\n"
@@ -119,10 +132,19 @@ def choose_lead(setting: str, large: bool) -> str:
     return "model" if large else "facts"
 
 
-def explain(engine: Any, doc: Document, symbol: str | None = None, lines: tuple[int, int] | None = None,
-            max_tokens: int = 320, budget: int = 2048, lead: str = "auto",
-            on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
-            sampling: Sampling | None = None, time_budget: float | None = None) -> Explanation:
+def explain(
+    engine: Any,
+    doc: Document,
+    symbol: str | None = None,
+    lines: tuple[int, int] | None = None,
+    max_tokens: int = 320,
+    budget: int = 2048,
+    lead: str = "auto",
+    on_text: Callable[[str], None] | None = None,
+    cancel: CancelToken | None = None,
+    sampling: Sampling | None = None,
+    time_budget: float | None = None,
+) -> Explanation:
     """Explain a file, a symbol or a line range; `on_text` gets the Markdown as it is written."""
     started = time.monotonic()
     target, info, ctx, budget = target_context(engine, doc, symbol, lines, max_tokens, budget)
@@ -136,14 +158,19 @@ def explain(engine: Any, doc: Document, symbol: str | None = None, lines: tuple[
         if on_text:
             on_text(text)
 
-    where = f" › {_code(target.symbol.qualname)}" if target.symbol is not None else (
-        f" lines {target.first}-{target.last}" if target.kind == "lines" else "")
+    where = (
+        f" › {_code(target.symbol.qualname)}"
+        if target.symbol is not None
+        else (f" lines {target.first}-{target.last}" if target.kind == "lines" else "")
+    )
     emit(f"## {_code(doc.name)}{where}\n\n")
     facts_md = render_facts(target)
     if chosen == "facts":
         emit(facts_md + "\n")
-        emit(f"### Explanation (written by the model {_code(info.name)}; a small model can be wrong, "
-             "so check it against the facts above)\n\n")
+        emit(
+            f"### Explanation (written by the model {_code(info.name)}; a small model can be wrong, "
+            "so check it against the facts above)\n\n"
+        )
     else:
         emit(f"### Explanation (written by the model {_code(info.name)})\n\n")
     started_text = False
@@ -156,8 +183,9 @@ def explain(engine: Any, doc: Document, symbol: str | None = None, lines: tuple[
         if piece:
             emit(piece)
 
-    result = engine.chat(prompt, on_text=emit_model, max_new_tokens=max_tokens, sampling=sampling,
-                         cancel=cancel, time_budget=time_budget)
+    result = engine.chat(
+        prompt, on_text=emit_model, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel, time_budget=time_budget
+    )
     model_text = result.text.lstrip()
     if not model_text.strip():
         emit("_(the model wrote nothing)_\n")
@@ -174,6 +202,18 @@ def explain(engine: Any, doc: Document, symbol: str | None = None, lines: tuple[
         text = "; ".join(notes)
         emit(f"\n_{text[0].upper()}{text[1:]}._\n")
     tokens = result.extra.get("completion_tokens", result.completion_tokens)
-    return Explanation(doc.name, target.symbol.qualname if target.symbol else None, (target.first, target.last),
-                       "".join(parts), target.facts, model_text, info.name, chosen, result.prompt_tokens,
-                       int(tokens), time.monotonic() - started, result.finish_reason, notes)
+    return Explanation(
+        doc.name,
+        target.symbol.qualname if target.symbol else None,
+        (target.first, target.last),
+        "".join(parts),
+        target.facts,
+        model_text,
+        info.name,
+        chosen,
+        result.prompt_tokens,
+        int(tokens),
+        time.monotonic() - started,
+        result.finish_reason,
+        notes,
+    )

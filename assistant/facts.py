@@ -12,10 +12,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .syntax import Symbol, Syntax, one_line, text_of, walk
+from demi.assistant.syntax import Symbol, Syntax, one_line, text_of, walk
 
-_SKIP_PARAMS = {"comment", "line_comment", "block_comment", "keyword_separator", "positional_separator",
-                "(", ")", ","}
+_SKIP_PARAMS = {"comment", "line_comment", "block_comment", "keyword_separator", "positional_separator", "(", ")", ","}
 _PANIC_MACROS = {"panic", "unreachable", "todo", "unimplemented", "assert", "assert_eq", "assert_ne"}
 
 
@@ -30,7 +29,7 @@ class Param:
 class Facts:
     """Everything certain about one target; empty lists mean "none found", not "unknown"."""
 
-    kind: str                      # function, method, class, ..., file, lines
+    kind: str  # function, method, class, ..., file, lines
     name: str
     start_line: int
     end_line: int
@@ -52,6 +51,7 @@ class Facts:
 
 
 # -- parameters ---------------------------------------------------------------------------------
+
 
 def _innermost_name(node: Any) -> str | None:
     for n in walk(node):
@@ -78,23 +78,32 @@ def _param(node: Any) -> Param | None:
         return Param(text_of(first), _clean_type(text_of(f("type"))))
     if t in ("default_parameter", "typed_default_parameter"):
         ty = f("type")
-        return Param(text_of(f("name")), _clean_type(text_of(ty)) if ty is not None else None,
-                     one_line(text_of(f("value")), 60))
+        return Param(
+            text_of(f("name")), _clean_type(text_of(ty)) if ty is not None else None, one_line(text_of(f("value")), 60)
+        )
     if t == "assignment_pattern":  # js: b = 2
         return Param(text_of(f("left")), None, one_line(text_of(f("right")), 60))
     if t in ("required_parameter", "optional_parameter"):  # ts
         ty, val = f("type"), f("value")
         name = text_of(f("pattern")) + ("?" if t == "optional_parameter" and val is None else "")
-        return Param(name, _clean_type(text_of(ty)) if ty is not None else None,
-                     one_line(text_of(val), 60) if val is not None else None)
-    if t in ("parameter_declaration", "variadic_parameter_declaration", "optional_parameter_declaration",
-             "formal_parameter", "spread_parameter", "parameter"):
+        return Param(
+            name,
+            _clean_type(text_of(ty)) if ty is not None else None,
+            one_line(text_of(val), 60) if val is not None else None,
+        )
+    if t in (
+        "parameter_declaration",
+        "variadic_parameter_declaration",
+        "optional_parameter_declaration",
+        "formal_parameter",
+        "spread_parameter",
+        "parameter",
+    ):
         ty = f("type")
         declarator = f("declarator") or f("name") or f("pattern")
         if declarator is None and t == "spread_parameter":
             declarator = next((c for c in node.named_children if c.type == "variable_declarator"), None)
-            ty = next((c for c in node.named_children if c.type.endswith("type") or c.type == "type_identifier"),
-                      ty)
+            ty = next((c for c in node.named_children if c.type.endswith("type") or c.type == "type_identifier"), ty)
         name = _innermost_name(declarator) if declarator is not None else None
         type_text = text_of(ty) if ty is not None else ""
         if declarator is not None and name and t in ("parameter_declaration", "optional_parameter_declaration"):
@@ -104,12 +113,18 @@ def _param(node: Any) -> Param | None:
             type_text = "..." + type_text
         default = f("default_value") or f("value")
         if t == "parameter_declaration" and node.parent is not None and node.parent.type == "parameter_list":
-            names = [text_of(c) for c in node.children_by_field_name("name")] if hasattr(
-                node, "children_by_field_name") else []
+            names = (
+                [text_of(c) for c in node.children_by_field_name("name")]
+                if hasattr(node, "children_by_field_name")
+                else []
+            )
             if len(names) > 1:  # go: a, b int
                 return Param(", ".join(names), _clean_type(type_text))
-        return Param(name or one_line(text_of(node), 60), _clean_type(type_text) if type_text else None,
-                     one_line(text_of(default), 60) if default is not None else None)
+        return Param(
+            name or one_line(text_of(node), 60),
+            _clean_type(type_text) if type_text else None,
+            one_line(text_of(default), 60) if default is not None else None,
+        )
     return Param(one_line(text_of(node), 60))
 
 
@@ -156,13 +171,13 @@ def return_annotation(node: Any, language: str) -> str | None:
         decl, stars = node.child_by_field_name("declarator"), ""
         while decl is not None and decl.type in ("pointer_declarator", "reference_declarator"):
             stars += "*" if decl.type == "pointer_declarator" else "&"
-            decl = decl.child_by_field_name("declarator") or (decl.named_children[0] if decl.named_children
-                                                               else None)
+            decl = decl.child_by_field_name("declarator") or (decl.named_children[0] if decl.named_children else None)
         return _clean_type(text_of(r) + (" " + stars if stars else ""))
     return None
 
 
 # -- body facts ---------------------------------------------------------------------------------
+
 
 def _callee(node: Any) -> str | None:
     t, f = node.type, node.child_by_field_name
@@ -216,8 +231,12 @@ def body_facts(node: Any, syntax: Syntax, facts: Facts) -> None:
     for n in walk(node):
         if n.id == node.id or not n.is_named:
             continue
-        if n.type in spec.returns or n.type in spec.raises or n.type in spec.calls or n.type in (
-                "yield", "yield_expression", "try_expression", "throws"):
+        if (
+            n.type in spec.returns
+            or n.type in spec.raises
+            or n.type in spec.calls
+            or n.type in ("yield", "yield_expression", "try_expression", "throws")
+        ):
             if _nested_function(n, node, fn_types):
                 continue
         else:
@@ -252,6 +271,7 @@ def body_facts(node: Any, syntax: Syntax, facts: Facts) -> None:
 
 
 # -- docs ---------------------------------------------------------------------------------------
+
 
 def _strip_comment(text: str) -> str:
     lines = []
@@ -309,13 +329,31 @@ def _bases(node: Any) -> list[str]:
             out += [one_line(text_of(x), 60) for x in c.named_children if x.type != "access_specifier"]
     flat: list[str] = []
     for b in out:
-        flat += [x.strip() for x in re.split(r",\s*", b.removeprefix("extends ").removeprefix("implements "))
-                 if x.strip()]
+        flat += [
+            x.strip() for x in re.split(r",\s*", b.removeprefix("extends ").removeprefix("implements ")) if x.strip()
+        ]
     return list(dict.fromkeys(flat))
 
 
-_KEYWORDS = {"def", "class", "function", "fn", "func", "struct", "interface", "enum", "trait", "impl", "type",
-             "namespace", "mod", "record", "union", "macro_rules!", "typedef"}
+_KEYWORDS = {
+    "def",
+    "class",
+    "function",
+    "fn",
+    "func",
+    "struct",
+    "interface",
+    "enum",
+    "trait",
+    "impl",
+    "type",
+    "namespace",
+    "mod",
+    "record",
+    "union",
+    "macro_rules!",
+    "typedef",
+}
 
 
 def member_label(sym: Symbol) -> str:
@@ -325,6 +363,7 @@ def member_label(sym: Symbol) -> str:
 
 
 # -- entry points -------------------------------------------------------------------------------
+
 
 def symbol_facts(syntax: Syntax, sym: Symbol) -> Facts:
     lang = syntax.spec.name if syntax.spec else None
@@ -336,8 +375,11 @@ def symbol_facts(syntax: Syntax, sym: Symbol) -> Facts:
         body_facts(sym.node, syntax, f)
     else:
         f.bases = _bases(sym.node)
-        f.members = [member_label(s) for s in syntax.symbols()
-                     if s.qualname.startswith(sym.qualname + ".") and s.depth == sym.depth + 1][:40]
+        f.members = [
+            member_label(s)
+            for s in syntax.symbols()
+            if s.qualname.startswith(sym.qualname + ".") and s.depth == sym.depth + 1
+        ][:40]
         if sym.kind in ("class", "struct", "impl", "trait", "interface", "record", "enum"):
             f.calls = []
     return f
@@ -386,8 +428,9 @@ def file_facts(syntax: Syntax) -> Facts:
     last = doc.line_count - (1 if doc.text.endswith("\n") and doc.line_count > 1 else 0)
     f = Facts("file", doc.name, 1, last, language=lang)
     f.imports = syntax.imports()
-    f.members = [f"{member_label(s)} (lines {s.start_line}-{s.end_line})"
-                 for s in syntax.symbols() if s.depth == 0][:60]
+    f.members = [f"{member_label(s)} (lines {s.start_line}-{s.end_line})" for s in syntax.symbols() if s.depth == 0][
+        :60
+    ]
     if syntax.spec is not None and syntax.spec.name == "python":
         f.docstring = _python_docstring(syntax.root)
     elif syntax.root is not None:

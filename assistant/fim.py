@@ -55,17 +55,54 @@ from typing import Any, Protocol
 
 __all__ = ["FimTemplate", "detect_fim", "FAMILIES"]
 
-FAMILIES = ("qwen2.5-coder", "demi-tiny", "starcoder", "starcoder2", "codellama", "deepseek-coder",
-            "codestral")
+FAMILIES = ("qwen2.5-coder", "demi-tiny", "starcoder", "starcoder2", "codellama", "deepseek-coder", "codestral")
 
 # demi-tiny's tokenizer (model/bpe_train.py) has exactly these special tokens, Qwen2.5-Coder's names.
-_DEMI_TINY_TOKENS = frozenset({"<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-                               "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|im_start|>", "<|im_end|>"})
+_DEMI_TINY_TOKENS = frozenset(
+    {
+        "<|endoftext|>",
+        "<|fim_prefix|>",
+        "<|fim_middle|>",
+        "<|fim_suffix|>",
+        "<|fim_pad|>",
+        "<|repo_name|>",
+        "<|file_sep|>",
+        "<|im_start|>",
+        "<|im_end|>",
+    }
+)
 
 _LINE_COMMENT = {
-    **dict.fromkeys(("c", "h", "cc", "cpp", "cxx", "hpp", "hh", "cs", "java", "js", "jsx", "mjs", "ts", "tsx",
-                     "go", "rs", "kt", "kts", "swift", "scala", "dart", "php", "zig", "groovy", "proto"),
-                    "//"),
+    **dict.fromkeys(
+        (
+            "c",
+            "h",
+            "cc",
+            "cpp",
+            "cxx",
+            "hpp",
+            "hh",
+            "cs",
+            "java",
+            "js",
+            "jsx",
+            "mjs",
+            "ts",
+            "tsx",
+            "go",
+            "rs",
+            "kt",
+            "kts",
+            "swift",
+            "scala",
+            "dart",
+            "php",
+            "zig",
+            "groovy",
+            "proto",
+        ),
+        "//",
+    ),
     **dict.fromkeys(("sql", "lua", "hs", "elm", "ada", "vhdl"), "--"),
     **dict.fromkeys(("erl", "hrl", "tex", "m4"), "%"),
     **dict.fromkeys(("clj", "cljs", "lisp", "el", "scm", "rkt"), ";;"),
@@ -107,8 +144,14 @@ class FimTemplate:
         """'psm' (prefix, suffix, middle) or 'spm' (suffix first)."""
         return "spm" if self.style == "codestral" or self.suffix_first else "psm"
 
-    def build(self, prefix: str, suffix: str, path: str | None = None, repo: str | None = None,
-              other_files: Iterable[tuple[str, str]] = ()) -> str:
+    def build(
+        self,
+        prefix: str,
+        suffix: str,
+        path: str | None = None,
+        repo: str | None = None,
+        other_files: Iterable[tuple[str, str]] = (),
+    ) -> str:
         """The FIM prompt for `prefix`<cursor>`suffix`; `other_files` are (path, content) pairs of
         context from the same repository, most stable first."""
         others: Sequence[tuple[str, str]] = [(str(p), str(c)) for p, c in other_files]
@@ -181,35 +224,66 @@ def detect_fim(tokenizer: _Tok) -> FimTemplate | None:
     """The FIM template for this tokenizer's model family, or None if it has no FIM tokens."""
     t = tokenizer
     if _has(t, "<|fim_prefix|>") and _has(t, "<|fim_suffix|>") and _has(t, "<|fim_middle|>"):
-        names, ids = _stops(t, ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>",
-                                "<|file_separator|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
+        names, ids = _stops(
+            t,
+            (
+                "<|endoftext|>",
+                "<|fim_pad|>",
+                "<|file_sep|>",
+                "<|repo_name|>",
+                "<|im_end|>",
+                "<|file_separator|>",
+                "<|fim_prefix|>",
+                "<|fim_suffix|>",
+                "<|fim_middle|>",
+            ),
+        )
         specials = set(getattr(t, "special_tokens", {}) or {})
         family = "demi-tiny" if specials and specials <= _DEMI_TINY_TOKENS else "qwen2.5-coder"
-        return FimTemplate(family, "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", names, ids,
-                           "<|repo_name|>" if _has(t, "<|repo_name|>") else None,
-                           "<|file_sep|>" if _has(t, "<|file_sep|>") else None,
-                           suffix_first=family == "demi-tiny")
+        return FimTemplate(
+            family,
+            "qwen",
+            "<|fim_prefix|>",
+            "<|fim_suffix|>",
+            "<|fim_middle|>",
+            names,
+            ids,
+            "<|repo_name|>" if _has(t, "<|repo_name|>") else None,
+            "<|file_sep|>" if _has(t, "<|file_sep|>") else None,
+            suffix_first=family == "demi-tiny",
+        )
     if _has(t, "<fim_prefix>") and _has(t, "<fim_suffix>") and _has(t, "<fim_middle>"):
-        names, ids = _stops(t, ("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
-                                "<fim_pad>", "<repo_name>"))
+        names, ids = _stops(
+            t,
+            ("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<repo_name>"),
+        )
         if _has(t, "<repo_name>") and _has(t, "<file_sep>"):
-            return FimTemplate("starcoder2", "starcoder2", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
-                               names, ids, "<repo_name>", "<file_sep>")
+            return FimTemplate(
+                "starcoder2",
+                "starcoder2",
+                "<fim_prefix>",
+                "<fim_suffix>",
+                "<fim_middle>",
+                names,
+                ids,
+                "<repo_name>",
+                "<file_sep>",
+            )
         return FimTemplate("starcoder", "plain", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", names, ids)
     for mark in ("▁", ""):
         pre, suf, mid = f"{mark}<PRE>", f"{mark}<SUF>", f"{mark}<MID>"
         if _has(t, pre) and _has(t, suf) and _has(t, mid):
             names, ids = _stops(t, (f"{mark}<EOT>", "▁<EOT>", "<EOT>"))
             space = "" if mark else " "  # without the "▁" in the token, the space is literal text
-            return FimTemplate("codellama", "codellama", pre, space + suf, space + mid, names, ids,
-                               lead_space=True)
+            return FimTemplate("codellama", "codellama", pre, space + suf, space + mid, names, ids, lead_space=True)
     if _has(t, "<｜fim▁begin｜>") and _has(t, "<｜fim▁hole｜>") and _has(t, "<｜fim▁end｜>"):
-        names, ids = _stops(t, ("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>",
-                                "<｜fim▁end｜>"))
-        return FimTemplate("deepseek-coder", "plain", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
-                           names, ids)
+        names, ids = _stops(
+            t, ("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")
+        )
+        return FimTemplate("deepseek-coder", "plain", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", names, ids)
     if _has(t, "[SUFFIX]") and _has(t, "[PREFIX]"):
         names, ids = _stops(t, ("</s>", "[PREFIX]", "[SUFFIX]", "[MIDDLE]"))
-        return FimTemplate("codestral", "codestral", "[PREFIX]", "[SUFFIX]", None, names, ids,
-                           lead_space=_adds_dummy_prefix(t))
+        return FimTemplate(
+            "codestral", "codestral", "[PREFIX]", "[SUFFIX]", None, names, ids, lead_space=_adds_dummy_prefix(t)
+        )
     return None

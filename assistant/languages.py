@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,74 +40,190 @@ class LangSpec:
 
 _C_LIKE_COMMENTS = frozenset({"comment", "line_comment", "block_comment"})
 
-_JS_DEFS = {"function_declaration": "function", "generator_function_declaration": "function",
-            "method_definition": "method", "class_declaration": "class", "class": "class",
-            "variable_declarator": "function"}  # only when its value is a function (see syntax)
-_TS_DEFS = {**_JS_DEFS, "interface_declaration": "interface", "type_alias_declaration": "type",
-            "enum_declaration": "enum", "abstract_class_declaration": "class",
-            "method_signature": "method", "function_signature": "function",
-            "abstract_method_signature": "method", "internal_module": "namespace", "module": "namespace"}
-_C_DEFS = {"function_definition": "function", "struct_specifier": "struct", "union_specifier": "union",
-           "enum_specifier": "enum", "type_definition": "type"}
+_JS_DEFS = {
+    "function_declaration": "function",
+    "generator_function_declaration": "function",
+    "method_definition": "method",
+    "class_declaration": "class",
+    "class": "class",
+    "variable_declarator": "function",
+}  # only when its value is a function (see syntax)
+_TS_DEFS = {
+    **_JS_DEFS,
+    "interface_declaration": "interface",
+    "type_alias_declaration": "type",
+    "enum_declaration": "enum",
+    "abstract_class_declaration": "class",
+    "method_signature": "method",
+    "function_signature": "function",
+    "abstract_method_signature": "method",
+    "internal_module": "namespace",
+    "module": "namespace",
+}
+_C_DEFS = {
+    "function_definition": "function",
+    "struct_specifier": "struct",
+    "union_specifier": "union",
+    "enum_specifier": "enum",
+    "type_definition": "type",
+}
 
-LANGUAGES: dict[str, LangSpec] = {s.name: s for s in (
-    LangSpec("python", "tree_sitter_python", "language", (".py", ".pyi", ".pyw"),
-             {"function_definition": "function", "class_definition": "class"},
-             frozenset({"import_statement", "import_from_statement", "future_import_statement"}),
-             frozenset({"call"}), frozenset({"raise_statement"}), frozenset({"return_statement"}),
-             frozenset({"comment"}), frozenset({"decorated_definition"}),
-             line_comment="#", block_open=":", fence="python"),
-    LangSpec("javascript", "tree_sitter_javascript", "language", (".js", ".mjs", ".cjs", ".jsx"),
-             _JS_DEFS, frozenset({"import_statement"}),
-             frozenset({"call_expression", "new_expression"}), frozenset({"throw_statement"}),
-             frozenset({"return_statement"}), frozenset({"comment"}), frozenset({"export_statement"}),
-             fence="javascript"),
-    LangSpec("typescript", "tree_sitter_typescript", "language_typescript", (".ts", ".mts", ".cts"),
-             _TS_DEFS, frozenset({"import_statement"}),
-             frozenset({"call_expression", "new_expression"}), frozenset({"throw_statement"}),
-             frozenset({"return_statement"}), frozenset({"comment"}), frozenset({"export_statement"}),
-             fence="typescript"),
-    LangSpec("tsx", "tree_sitter_typescript", "language_tsx", (".tsx",),
-             _TS_DEFS, frozenset({"import_statement"}),
-             frozenset({"call_expression", "new_expression"}), frozenset({"throw_statement"}),
-             frozenset({"return_statement"}), frozenset({"comment"}), frozenset({"export_statement"}), fence="tsx"),
-    LangSpec("go", "tree_sitter_go", "language", (".go",),
-             {"function_declaration": "function", "method_declaration": "method", "type_spec": "type"},
-             frozenset({"import_declaration"}), frozenset({"call_expression"}), frozenset(),
-             frozenset({"return_statement"}), frozenset({"comment"}), frozenset(),
-             fence="go"),
-    LangSpec("rust", "tree_sitter_rust", "language", (".rs",),
-             {"function_item": "function", "function_signature_item": "function", "struct_item": "struct",
-              "enum_item": "enum", "union_item": "union", "trait_item": "trait", "impl_item": "impl",
-              "mod_item": "module", "macro_definition": "macro", "type_item": "type"},
-             frozenset({"use_declaration", "extern_crate_declaration"}),
-             frozenset({"call_expression", "macro_invocation"}), frozenset(),
-             frozenset({"return_expression"}), frozenset({"line_comment", "block_comment"}), frozenset(),
-             fence="rust"),
-    LangSpec("java", "tree_sitter_java", "language", (".java",),
-             {"class_declaration": "class", "interface_declaration": "interface", "enum_declaration": "enum",
-              "record_declaration": "record", "annotation_type_declaration": "interface",
-              "method_declaration": "method", "constructor_declaration": "constructor"},
-             frozenset({"import_declaration"}),
-             frozenset({"method_invocation", "object_creation_expression"}), frozenset({"throw_statement"}),
-             frozenset({"return_statement"}), frozenset({"line_comment", "block_comment"}), frozenset(),
-             fence="java"),
-    LangSpec("c", "tree_sitter_c", "language", (".c",),
-             _C_DEFS, frozenset({"preproc_include"}), frozenset({"call_expression"}), frozenset(),
-             frozenset({"return_statement"}), frozenset({"comment"}), frozenset(), fence="c"),
-    LangSpec("cpp", "tree_sitter_cpp", "language",
-             (".cc", ".cpp", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".ipp", ".tpp"),
-             {**_C_DEFS, "class_specifier": "class", "namespace_definition": "namespace"},
-             frozenset({"preproc_include", "using_declaration"}),
-             frozenset({"call_expression", "new_expression"}), frozenset({"throw_statement"}),
-             frozenset({"return_statement"}), frozenset({"comment"}), frozenset({"template_declaration"}),
-             fence="cpp"),
-)}
+LANGUAGES: dict[str, LangSpec] = {
+    s.name: s
+    for s in (
+        LangSpec(
+            "python",
+            "tree_sitter_python",
+            "language",
+            (".py", ".pyi", ".pyw"),
+            {"function_definition": "function", "class_definition": "class"},
+            frozenset({"import_statement", "import_from_statement", "future_import_statement"}),
+            frozenset({"call"}),
+            frozenset({"raise_statement"}),
+            frozenset({"return_statement"}),
+            frozenset({"comment"}),
+            frozenset({"decorated_definition"}),
+            line_comment="#",
+            block_open=":",
+            fence="python",
+        ),
+        LangSpec(
+            "javascript",
+            "tree_sitter_javascript",
+            "language",
+            (".js", ".mjs", ".cjs", ".jsx"),
+            _JS_DEFS,
+            frozenset({"import_statement"}),
+            frozenset({"call_expression", "new_expression"}),
+            frozenset({"throw_statement"}),
+            frozenset({"return_statement"}),
+            frozenset({"comment"}),
+            frozenset({"export_statement"}),
+            fence="javascript",
+        ),
+        LangSpec(
+            "typescript",
+            "tree_sitter_typescript",
+            "language_typescript",
+            (".ts", ".mts", ".cts"),
+            _TS_DEFS,
+            frozenset({"import_statement"}),
+            frozenset({"call_expression", "new_expression"}),
+            frozenset({"throw_statement"}),
+            frozenset({"return_statement"}),
+            frozenset({"comment"}),
+            frozenset({"export_statement"}),
+            fence="typescript",
+        ),
+        LangSpec(
+            "tsx",
+            "tree_sitter_typescript",
+            "language_tsx",
+            (".tsx",),
+            _TS_DEFS,
+            frozenset({"import_statement"}),
+            frozenset({"call_expression", "new_expression"}),
+            frozenset({"throw_statement"}),
+            frozenset({"return_statement"}),
+            frozenset({"comment"}),
+            frozenset({"export_statement"}),
+            fence="tsx",
+        ),
+        LangSpec(
+            "go",
+            "tree_sitter_go",
+            "language",
+            (".go",),
+            {"function_declaration": "function", "method_declaration": "method", "type_spec": "type"},
+            frozenset({"import_declaration"}),
+            frozenset({"call_expression"}),
+            frozenset(),
+            frozenset({"return_statement"}),
+            frozenset({"comment"}),
+            frozenset(),
+            fence="go",
+        ),
+        LangSpec(
+            "rust",
+            "tree_sitter_rust",
+            "language",
+            (".rs",),
+            {
+                "function_item": "function",
+                "function_signature_item": "function",
+                "struct_item": "struct",
+                "enum_item": "enum",
+                "union_item": "union",
+                "trait_item": "trait",
+                "impl_item": "impl",
+                "mod_item": "module",
+                "macro_definition": "macro",
+                "type_item": "type",
+            },
+            frozenset({"use_declaration", "extern_crate_declaration"}),
+            frozenset({"call_expression", "macro_invocation"}),
+            frozenset(),
+            frozenset({"return_expression"}),
+            frozenset({"line_comment", "block_comment"}),
+            frozenset(),
+            fence="rust",
+        ),
+        LangSpec(
+            "java",
+            "tree_sitter_java",
+            "language",
+            (".java",),
+            {
+                "class_declaration": "class",
+                "interface_declaration": "interface",
+                "enum_declaration": "enum",
+                "record_declaration": "record",
+                "annotation_type_declaration": "interface",
+                "method_declaration": "method",
+                "constructor_declaration": "constructor",
+            },
+            frozenset({"import_declaration"}),
+            frozenset({"method_invocation", "object_creation_expression"}),
+            frozenset({"throw_statement"}),
+            frozenset({"return_statement"}),
+            frozenset({"line_comment", "block_comment"}),
+            frozenset(),
+            fence="java",
+        ),
+        LangSpec(
+            "c",
+            "tree_sitter_c",
+            "language",
+            (".c",),
+            _C_DEFS,
+            frozenset({"preproc_include"}),
+            frozenset({"call_expression"}),
+            frozenset(),
+            frozenset({"return_statement"}),
+            frozenset({"comment"}),
+            frozenset(),
+            fence="c",
+        ),
+        LangSpec(
+            "cpp",
+            "tree_sitter_cpp",
+            "language",
+            (".cc", ".cpp", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".ipp", ".tpp"),
+            {**_C_DEFS, "class_specifier": "class", "namespace_definition": "namespace"},
+            frozenset({"preproc_include", "using_declaration"}),
+            frozenset({"call_expression", "new_expression"}),
+            frozenset({"throw_statement"}),
+            frozenset({"return_statement"}),
+            frozenset({"comment"}),
+            frozenset({"template_declaration"}),
+            fence="cpp",
+        ),
+    )
+}
 
 _BY_EXT = {ext: spec for spec in LANGUAGES.values() for ext in spec.extensions}
 _SHEBANGS = {"python": "python", "node": "javascript", "deno": "typescript", "bun": "javascript"}
-_CPP_HINTS = ("class ", "namespace ", "template<", "template <", "public:", "private:", "std::",
-              "#include <iostream>")
+_CPP_HINTS = ("class ", "namespace ", "template<", "template <", "public:", "private:", "std::", "#include <iostream>")
 
 
 def language_for(path: str | Path | None, text: str | None = None) -> LangSpec | None:
@@ -132,14 +248,13 @@ def by_name(name: str) -> LangSpec | None:
     key = name.strip().lower()
     if key in LANGUAGES:
         return LANGUAGES[key]
-    aliases = {"js": "javascript", "ts": "typescript", "c++": "cpp", "py": "python", "rs": "rust",
-               "golang": "go"}
+    aliases = {"js": "javascript", "ts": "typescript", "c++": "cpp", "py": "python", "rs": "rust", "golang": "go"}
     if key in aliases:
         return LANGUAGES[aliases[key]]
     return _BY_EXT.get(key if key.startswith(".") else "." + key)
 
 
-@lru_cache(maxsize=None)
+@cache
 def ts_language(spec_name: str) -> Any:
     """The tree_sitter.Language for a spec (the grammar package is imported on first use)."""
     import tree_sitter

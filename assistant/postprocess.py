@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .languages import LangSpec, parser_for
+from demi.assistant.languages import LangSpec, parser_for
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = {")": "(", "]": "[", "}": "{"}
@@ -28,13 +28,14 @@ _PUNCT_ONLY = set(")]};,:. \t'\"`")
 
 # -- small helpers -------------------------------------------------------------------------------
 
+
 def indent_of(line: str) -> int:
     return len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip(" "))
 
 
 def current_line(prefix: str) -> str:
     """Text of the cursor's line before the cursor."""
-    return prefix[prefix.rfind("\n") + 1:]
+    return prefix[prefix.rfind("\n") + 1 :]
 
 
 def rest_of_line(suffix: str) -> str:
@@ -82,7 +83,7 @@ class BracketScanner:
                 i += len(self.comment)
                 continue
             if ch in "\"'`":
-                triple = text[i:i + 3]
+                triple = text[i : i + 3]
                 self.quote = triple if triple in ('"""', "'''") else ch
                 i += len(self.quote)
                 continue
@@ -104,8 +105,9 @@ def open_stack(text: str, comment: str = "#") -> list[str]:
 
 # -- mode ----------------------------------------------------------------------------------------
 
+
 def decide_mode(prefix: str, suffix: str, spec: LangSpec | None = None) -> str:
-    """"multi" on an empty line or after a block opener with nothing after the cursor; else "single"."""
+    """ "multi" on an empty line or after a block opener with nothing after the cursor; else "single"."""
     after = rest_of_line(suffix).strip()
     if after and not set(after) <= _PUNCT_ONLY:
         return "single"  # text follows the cursor on this line: finish the line only
@@ -120,18 +122,20 @@ def decide_mode(prefix: str, suffix: str, spec: LangSpec | None = None) -> str:
 
 # -- block end -----------------------------------------------------------------------------------
 
+
 @dataclass
 class _Floor:
-    base: int           # indentation of the statement the completion belongs to
-    opens_block: bool   # the cursor line opens a block (its body is the completion)
+    base: int  # indentation of the statement the completion belongs to
+    opens_block: bool  # the cursor line opens a block (its body is the completion)
 
 
 def _floor(prefix: str, completion: str, spec: LangSpec | None) -> _Floor:
     before = current_line(prefix)
     if before.strip():
         whole = before + completion.split("\n", 1)[0]
-        opens = whole.rstrip().endswith(spec.block_open if spec is not None else ":") or \
-            whole.rstrip().endswith(("{", ":"))
+        opens = whole.rstrip().endswith(spec.block_open if spec is not None else ":") or whole.rstrip().endswith(
+            ("{", ":")
+        )
         return _Floor(indent_of(before), opens)
     first = before + completion.split("\n", 1)[0]
     return _Floor(indent_of(first), False)
@@ -198,7 +202,7 @@ def stop_at_block_end(prefix: str, completion: str, suffix: str, spec: LangSpec 
         cut = _brace_cut(prefix, completion, suffix, spec)
     else:
         cut = _indent_cut(prefix, completion, spec)
-    return completion if cut is None else completion[:max(0, cut)]
+    return completion if cut is None else completion[: max(0, cut)]
 
 
 class BlockWatcher:
@@ -246,7 +250,7 @@ def loop_start(text: str, repeats: int = LOOP_MIN_REPEATS) -> int | None:
         start = i + 1 - unit if i >= unit else 0  # text[start:] repeats with period `unit`
         if (n - start) // unit < repeats or n - start < LOOP_MIN_SHARE * n:
             continue
-        chars = set(text[start:start + unit])
+        chars = set(text[start : start + unit])
         if len(chars) < 2 or not any(c.isalnum() for c in chars):
             continue
         best = start if best is None else min(best, start)
@@ -280,16 +284,15 @@ def drop_repeats(prefix: str, completion: str, suffix: str) -> str:
         typed = current_line(prefix)
         if len(lines) < len(completion.split("\n")) and typed:  # the cursor line's indent is typed
             lead = len(lines[0]) - len(lines[0].lstrip(" \t"))
-            lines[0] = lines[0][min(lead, len(typed)):]
+            lines[0] = lines[0][min(lead, len(typed)) :]
     next_lines = [ln.strip() for ln in suffix.split("\n")[1:] if ln.strip()][:3]
     if next_lines and _meaningful(next_lines[0]):
         for i, line in enumerate(lines):
             if i == 0 and current_line(prefix).strip():
                 continue  # the first line finishes the cursor's line
             if line.strip() == next_lines[0]:
-                following = [ln.strip() for ln in lines[i + 1:] if ln.strip()]
-                if len(next_lines) == 1 or not following or following[0] == next_lines[1] \
-                        or len(next_lines[0]) >= 12:
+                following = [ln.strip() for ln in lines[i + 1 :] if ln.strip()]
+                if len(next_lines) == 1 or not following or following[0] == next_lines[1] or len(next_lines[0]) >= 12:
                     lines = lines[:i]
                     while lines and not lines[-1].strip():
                         lines.pop()
@@ -298,6 +301,7 @@ def drop_repeats(prefix: str, completion: str, suffix: str) -> str:
 
 
 # -- overlap with the suffix ---------------------------------------------------------------------
+
 
 def _over_closed(line: str, comment: str) -> bool:
     depth: dict[str, int] = {}
@@ -333,8 +337,9 @@ def trim_suffix_overlap(prefix: str, completion: str, suffix: str, spec: LangSpe
             # closers and quotes: only when the line would otherwise close too much
             full = current_line(line_before + completion) + after
             trimmed = current_line(line_before + cut) + after
-            if (_over_closed(full, comment) and not _over_closed(trimmed, comment)) or \
-                    (_odd_quotes(full) and not _odd_quotes(trimmed)):
+            if (_over_closed(full, comment) and not _over_closed(trimmed, comment)) or (
+                _odd_quotes(full) and not _odd_quotes(trimmed)
+            ):
                 return cut
             continue
         return cut
@@ -342,6 +347,7 @@ def trim_suffix_overlap(prefix: str, completion: str, suffix: str, spec: LangSpe
 
 
 # -- brackets ------------------------------------------------------------------------------------
+
 
 def balance_brackets(prefix: str, completion: str, spec: LangSpec | None = None, mode: str = "single") -> str:
     """Close, innermost first, the brackets the completion opened and did not close."""
@@ -403,6 +409,7 @@ def _closed_by_suffix(prefix: str, completion: str, suffix: str, spec: LangSpec 
 
 # -- tree-sitter ---------------------------------------------------------------------------------
 
+
 def _errors(spec: LangSpec, text: str) -> int:
     tree = parser_for(spec).parse(text.encode("utf-8", errors="replace"))
     root = tree.root_node
@@ -420,14 +427,21 @@ def _errors(spec: LangSpec, text: str) -> int:
                 return count
 
 
-def syntax_trim(prefix: str, completion: str, suffix: str, spec: LangSpec | None, mode: str = "multi",
-                window: int = 6000, candidates: int = 12) -> str:
+def syntax_trim(
+    prefix: str,
+    completion: str,
+    suffix: str,
+    spec: LangSpec | None,
+    mode: str = "multi",
+    window: int = 6000,
+    candidates: int = 12,
+) -> str:
     """The longest line-cut of a multi-line completion that does not make the file parse worse."""
     if spec is None or "\n" not in completion.strip("\n"):
         return completion
     head = prefix[-window:]
     if len(head) < len(prefix):
-        head = head[head.find("\n") + 1:]
+        head = head[head.find("\n") + 1 :]
     tail = suffix[: window // 2]
     if len(tail) < len(suffix):
         tail = tail[: tail.rfind("\n") + 1]
@@ -448,6 +462,7 @@ def syntax_trim(prefix: str, completion: str, suffix: str, spec: LangSpec | None
 
 # -- all together --------------------------------------------------------------------------------
 
+
 @dataclass
 class Processed:
     text: str
@@ -455,8 +470,9 @@ class Processed:
     steps: list[str] = field(default_factory=list)  # the steps that changed something
 
 
-def postprocess(prefix: str, completion: str, suffix: str, spec: LangSpec | None = None,
-                mode: str | None = None) -> Processed:
+def postprocess(
+    prefix: str, completion: str, suffix: str, spec: LangSpec | None = None, mode: str | None = None
+) -> Processed:
     """Every step in order; `steps` names those that changed the text."""
     mode = mode or decide_mode(prefix, suffix, spec)
     result = Processed(completion, mode)

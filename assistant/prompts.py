@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .context import CodeContext
-from .facts import Facts
+from demi.assistant.context import CodeContext
+from demi.assistant.facts import Facts
 
 PROMPT_OVERHEAD = 160  # tokens of instructions and chat markup around the code and the facts
-SYSTEM = ("You are Demi, a coding assistant that runs on the user's own machine. "
-          "Answer in concise Markdown. Never invent facts about code you were not shown.")
+SYSTEM = (
+    "You are Demi, a coding assistant that runs on the user's own machine. "
+    "Answer in concise Markdown. Never invent facts about code you were not shown."
+)
 
 
 @dataclass
 class ChatPrompt:
     messages: list[dict[str, str]]
-    plain: str                                   # for base models: continue this text
+    plain: str  # for base models: continue this text
     plain_stops: list[str] = field(default_factory=list)
 
 
@@ -46,11 +48,14 @@ def looks_instruct(name: str, path: Path | None = None) -> bool:
 
 
 def instruct_warning(name: str) -> str:
-    return (f"{name} looks like an instruct (chat) model; fill-in-the-middle completion works best "
-            "with a base model of the same family")
+    return (
+        f"{name} looks like an instruct (chat) model; fill-in-the-middle completion works best "
+        "with a base model of the same family"
+    )
 
 
 # -- facts as prompt text ----------------------------------------------------------------------
+
 
 def facts_lines(f: Facts) -> list[str]:
     """The static facts as short lines for a prompt (certain, so the model need not guess)."""
@@ -58,8 +63,12 @@ def facts_lines(f: Facts) -> list[str]:
     if f.signature:
         out.append(f"signature: {f.signature}")
     if f.params:
-        out.append("parameters: " + ", ".join(p.name + (f": {p.type}" if p.type else "")
-                                              + (f" = {p.default}" if p.default else "") for p in f.params))
+        out.append(
+            "parameters: "
+            + ", ".join(
+                p.name + (f": {p.type}" if p.type else "") + (f" = {p.default}" if p.default else "") for p in f.params
+            )
+        )
     if f.returns_annotation:
         out.append(f"declared return type: {f.returns_annotation}")
     if f.returns:
@@ -105,47 +114,62 @@ def target_label(f: Facts) -> str:
 
 # -- explain -----------------------------------------------------------------------------------
 
+
 def explain_prompt(path: str, language: str | None, facts: Facts, ctx: CodeContext) -> ChatPrompt:
     fence = language or ""
     label = target_label(facts)
     cut = "\n(The code is cut to fit; explain what is shown.)" if ctx.code_cut else ""
-    ask = (f"Explain {label} from `{path}` to a programmer reading it for the first time. "
-           "Say what it takes, what it returns and what it does, step by step where that helps; "
-           "mention errors it raises and side effects. Do not repeat the code; keep it short.")
+    ask = (
+        f"Explain {label} from `{path}` to a programmer reading it for the first time. "
+        "Say what it takes, what it returns and what it does, step by step where that helps; "
+        "mention errors it raises and side effects. Do not repeat the code; keep it short."
+    )
     facts_text = "\n".join(f"- {line}" for line in facts_lines(facts))
-    user = "\n\n".join(x for x in (
-        ask,
-        f"Facts from static analysis (certain):\n{facts_text}" if facts_text else "",
-        _context_block(ctx),
-        _fenced(ctx.code, fence) + cut,
-    ) if x)
+    user = "\n\n".join(
+        x
+        for x in (
+            ask,
+            f"Facts from static analysis (certain):\n{facts_text}" if facts_text else "",
+            _context_block(ctx),
+            _fenced(ctx.code, fence) + cut,
+        )
+        if x
+    )
     name = facts.name if facts.kind not in ("file", "lines") else Path(path).name
-    plain = (f"# Notes on `{path}`\n\n{_fenced(ctx.code, fence)}\n\n"
-             + (f"Facts:\n{facts_text}\n\n" if facts_text else "")
-             + f"## What `{name}` does\n\n")
-    return ChatPrompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], plain,
-                      ["\n## ", "\n# "])
+    plain = (
+        f"# Notes on `{path}`\n\n{_fenced(ctx.code, fence)}\n\n"
+        + (f"Facts:\n{facts_text}\n\n" if facts_text else "")
+        + f"## What `{name}` does\n\n"
+    )
+    return ChatPrompt(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], plain, ["\n## ", "\n# "]
+    )
 
 
 # -- refactor ----------------------------------------------------------------------------------
 
-def refactor_prompt(path: str, language: str | None, facts: Facts, ctx: CodeContext,
-                    instruction: str) -> ChatPrompt:
+
+def refactor_prompt(path: str, language: str | None, facts: Facts, ctx: CodeContext, instruction: str) -> ChatPrompt:
     fence = language or ""
     label = target_label(facts)
-    user = "\n\n".join(x for x in (
-        f"Rewrite {label} from `{path}` following this instruction: {instruction.strip()}",
-        f"Reply with the complete rewritten code in one ```{fence} block and nothing else. Keep its "
-        "indentation, keep everything the instruction does not ask to change, and add no code "
-        "outside it.",
-        ("Context (read only, do not rewrite):\n" + _context_block(ctx)) if _context_block(ctx) else "",
-        "The code to rewrite:\n" + _fenced(ctx.code, fence),
-    ) if x)
+    user = "\n\n".join(
+        x
+        for x in (
+            f"Rewrite {label} from `{path}` following this instruction: {instruction.strip()}",
+            f"Reply with the complete rewritten code in one ```{fence} block and nothing else. Keep its "
+            "indentation, keep everything the instruction does not ask to change, and add no code "
+            "outside it.",
+            ("Context (read only, do not rewrite):\n" + _context_block(ctx)) if _context_block(ctx) else "",
+            "The code to rewrite:\n" + _fenced(ctx.code, fence),
+        )
+        if x
+    )
     comment = "#" if language in (None, "python") else "//"
-    plain = (f"{comment} {path}: before\n{_fenced(ctx.code, fence)}\n\n"
-             f"{comment} After this change: {instruction.strip()}\n```{fence}\n")
-    return ChatPrompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], plain,
-                      ["```"])
+    plain = (
+        f"{comment} {path}: before\n{_fenced(ctx.code, fence)}\n\n"
+        f"{comment} After this change: {instruction.strip()}\n```{fence}\n"
+    )
+    return ChatPrompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], plain, ["```"])
 
 
 _FENCE = re.compile(r"(`{3,})[^\n`]*\n(.*?)(?:\n\1|\Z)", re.S)

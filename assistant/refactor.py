@@ -10,17 +10,17 @@ an LSP WorkspaceEdit; writing is a separate, explicit `apply`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from demi.assistant.document import Document
+from demi.assistant.edits import Edit, apply_edit, changed_lines, unified_diff, workspace_edit
+from demi.assistant.prompts import extract_code, refactor_prompt
+from demi.assistant.syntax import Syntax
+from demi.assistant.target import Target, target_context
 from demi.model.errors import DemiError, DemiUserError
-
-from .document import Document
-from .edits import Edit, apply_edit, changed_lines, unified_diff, workspace_edit
-from .prompts import extract_code, refactor_prompt
-from .syntax import Syntax
-from .target import Target, target_context
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -49,11 +49,20 @@ class RefactorResult:
     lossy: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"diff": self.diff, "applied": self.applied, "path": str(self.path), "target": self.target,
-                "lines": list(self.lines), "workspace_edit": self.workspace_edit, "model": self.model,
-                "backup": str(self.backup) if self.backup else None, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 4),
-                "notes": self.notes}
+        return {
+            "diff": self.diff,
+            "applied": self.applied,
+            "path": str(self.path),
+            "target": self.target,
+            "lines": list(self.lines),
+            "workspace_edit": self.workspace_edit,
+            "model": self.model,
+            "backup": str(self.backup) if self.backup else None,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 4),
+            "notes": self.notes,
+        }
 
 
 def _lead(line: str) -> str:
@@ -72,7 +81,7 @@ def _reindent(code: str, indent: str) -> str:
         if not ln.strip():
             out.append("")
         elif ln.startswith(base):
-            out.append(indent + ln[len(base):])
+            out.append(indent + ln[len(base) :])
         else:  # less indented than the first line (a decorator, a closing brace): strip what it has
             own = _lead(ln)
             out.append(indent[: max(0, len(indent) - (len(base) - len(own)))] + ln.lstrip(" \t"))
@@ -87,11 +96,13 @@ def _strip_echo(code: str, doc: Document, first: int, last: int) -> str:
     target_first, target_last = doc.line(first).strip(), doc.line(last).strip()
     before = {doc.line(i).strip() for i in range(max(1, first - 4), first)} - {""}
     after = {doc.line(i).strip() for i in range(last + 1, min(doc.line_count, last + 4) + 1)} - {""}
-    while lines and (not lines[0].strip() and not head_blank
-                     or lines[0].strip() != target_first and lines[0].strip() in before):
+    while lines and (
+        not lines[0].strip() and not head_blank or lines[0].strip() != target_first and lines[0].strip() in before
+    ):
         lines.pop(0)
-    while lines and (not lines[-1].strip() and not tail_blank
-                     or lines[-1].strip() != target_last and lines[-1].strip() in after):
+    while lines and (
+        not lines[-1].strip() and not tail_blank or lines[-1].strip() != target_last and lines[-1].strip() in after
+    ):
         lines.pop()
     return "\n".join(lines) + "\n"
 
@@ -112,8 +123,10 @@ def splice(target: Target, reply: str) -> str:
             new = new + doc.newline if doc.text.endswith("\n") else new.rstrip("\r\n")
         span = changed_lines(doc.text, new)
         if span is not None and (span[0] < target.first or span[1] > target.last):
-            raise RefactorRejected(f"the model changed lines outside {target.label} (lines {target.first}-"
-                                   f"{target.last}); nothing was changed")
+            raise RefactorRejected(
+                f"the model changed lines outside {target.label} (lines {target.first}-"
+                f"{target.last}); nothing was changed"
+            )
         return new
     if target.kind != "file":
         code = _strip_echo(code, doc, target.first, target.last)
@@ -137,8 +150,10 @@ def validate(target: Target, new_text: str) -> list[str]:
     new_syntax = Syntax(new_doc)
     if new_syntax.error_count() > target.syntax.error_count():
         line = new_syntax.first_error_line()
-        raise RefactorRejected(f"the model's rewrite does not parse ({doc.lang.name}, near line {line} of the "
-                               f"result); nothing was changed (try again, or a larger model)")
+        raise RefactorRejected(
+            f"the model's rewrite does not parse ({doc.lang.name}, near line {line} of the "
+            f"result); nothing was changed (try again, or a larger model)"
+        )
     if target.symbol is not None:
         span = changed_lines(doc.text, new_text)
         lo, hi = (span[2], span[3]) if span else (target.first, target.last)
@@ -148,22 +163,34 @@ def validate(target: Target, new_text: str) -> list[str]:
     return []
 
 
-def propose(engine: Any, doc: Document, instruction: str, symbol: str | None = None,
-            lines: tuple[int, int] | None = None, max_tokens: int = 768, budget: int = 2048,
-            sampling: Sampling | None = None, cancel: CancelToken | None = None,
-            on_text: Callable[[str], None] | None = None, time_budget: float | None = None) -> RefactorResult:
+def propose(
+    engine: Any,
+    doc: Document,
+    instruction: str,
+    symbol: str | None = None,
+    lines: tuple[int, int] | None = None,
+    max_tokens: int = 768,
+    budget: int = 2048,
+    sampling: Sampling | None = None,
+    cancel: CancelToken | None = None,
+    on_text: Callable[[str], None] | None = None,
+    time_budget: float | None = None,
+) -> RefactorResult:
     """Ask the model for the rewrite and validate it; nothing is written."""
     if not instruction or not instruction.strip():
         raise DemiUserError("--instruction is empty: say what to change")
     started = time.monotonic()
     target, info, ctx, budget = target_context(engine, doc, symbol, lines, max_tokens, budget)
     if ctx.code_cut:
-        raise DemiUserError(f"{target.label} is too long to rewrite within {budget} tokens of context; "
-                            "pick a smaller --symbol or --lines range")
+        raise DemiUserError(
+            f"{target.label} is too long to rewrite within {budget} tokens of context; "
+            "pick a smaller --symbol or --lines range"
+        )
     language = doc.lang.fence if doc.lang else None
     prompt = refactor_prompt(doc.name, language, target.facts, ctx, instruction)
-    result = engine.chat(prompt, on_text=on_text, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel,
-                         time_budget=time_budget)
+    result = engine.chat(
+        prompt, on_text=on_text, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel, time_budget=time_budget
+    )
     if result.finish_reason == "cancelled":
         raise RefactorRejected("cancelled; nothing was changed")
     new_text = splice(target, result.text)
@@ -174,18 +201,30 @@ def propose(engine: Any, doc: Document, instruction: str, symbol: str | None = N
     if not edit.changed:
         notes.append("the model returned the code unchanged")
     tokens = result.extra.get("completion_tokens", result.completion_tokens)
-    return RefactorResult(edit.path, target.label, (target.first, target.last), edit, unified_diff(edit),
-                          workspace_edit(edit), info.name, result.text, prompt_tokens=result.prompt_tokens,
-                          completion_tokens=int(tokens), seconds=time.monotonic() - started, notes=notes,
-                          lossy=doc.lossy)
+    return RefactorResult(
+        edit.path,
+        target.label,
+        (target.first, target.last),
+        edit,
+        unified_diff(edit),
+        workspace_edit(edit),
+        info.name,
+        result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=int(tokens),
+        seconds=time.monotonic() - started,
+        notes=notes,
+        lossy=doc.lossy,
+    )
 
 
 def apply(result: RefactorResult, data_dir: Path, root: Path | None = None) -> RefactorResult:
     """Write the edit (atomic, with a backup); refuses a file that changed since it was read or
     that lies outside `root` (see `edits.apply_edit`, which owns every rule of the write)."""
     if result.lossy:
-        raise DemiUserError(f"{result.path} is not valid UTF-8; Demi will not rewrite it (it would replace "
-                            "the undecodable bytes)")
+        raise DemiUserError(
+            f"{result.path} is not valid UTF-8; Demi will not rewrite it (it would replace the undecodable bytes)"
+        )
     if result.edit.changed:
         result.backup = apply_edit(result.edit, data_dir, root)
         result.applied = True

@@ -6,14 +6,15 @@ language server and the CLI read while one of them writes; every write is a shor
 default) for another writer, so two writers queue instead of failing. `synchronous = NORMAL`:
 in WAL mode a committed transaction survives the process being killed (the WAL is in the OS's
 hands at COMMIT); only a power cut can lose the last few commits, never the database.
-(tests/test_store.py kills writers with SIGKILL and runs two writer processes at once;
+(tests/assistant/test_store.py kills writers with SIGKILL and runs two writer processes at once;
 benchmarks/store_stress.py does it for a minute.)
 
 The schema is versioned with `PRAGMA user_version` and migrated forward in order from the first
 version on. A locked database and one from a newer Demi are a `StoreError` with one clear line.
 A corrupt one (SQLite says "not a database" or "malformed" when opening it; or a page found
 malformed later, confirmed by `PRAGMA quick_check`) is never deleted or patched: it is moved
-aside to `sessions.db.corrupt-YYYYMMDD-HHMMSS` (its -wal and -shm files too) and a new database is started; a one-line warning says where the old file went
+aside to `sessions.db.corrupt-YYYYMMDD-HHMMSS` (its -wal and -shm files too) and a new database is
+started; a one-line warning says where the old file went
 (logged to `demi.store`, and kept in `Store.notice` for front ends that show it themselves).
 """
 
@@ -25,10 +26,11 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 try:
     import fcntl
@@ -140,11 +142,14 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
 def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
     text = str(exc)
     if "locked" in text or "busy" in text:
-        return StoreError(f"the session database {path} is locked by another Demi process; try again "
-                          "(nothing was lost)")
+        return StoreError(
+            f"the session database {path} is locked by another Demi process; try again (nothing was lost)"
+        )
     if _is_corrupt(exc):
-        return StoreError(f"the session database {path} is corrupt ({text}); Demi moves it aside and starts a "
-                          "new one the next time it opens it (your files are not affected)")
+        return StoreError(
+            f"the session database {path} is corrupt ({text}); Demi moves it aside and starts a "
+            "new one the next time it opens it (your files are not affected)"
+        )
     if "readonly" in text or "unable to open" in text:
         return StoreError(f"cannot write the session database {path} ({text})")
     return StoreError(f"session database {path}: {text}")
@@ -211,8 +216,9 @@ class Store:
             except _Corrupt as exc:
                 reason, ident = exc.args
                 if attempt == 2:
-                    raise StoreError(f"the session database {self.path} is still corrupt after moving it "
-                                     f"aside ({reason})") from None
+                    raise StoreError(
+                        f"the session database {self.path} is still corrupt after moving it aside ({reason})"
+                    ) from None
                 self._move_aside(reason, ident)
 
     def _connect(self) -> None:
@@ -223,8 +229,9 @@ class Store:
         # SQLite's own header and page checks say what is damaged instead.
         ident = _identity(self.path)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
-                                        check_same_thread=False)
+            self.conn = sqlite3.connect(
+                str(self.path), timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             if _is_corrupt(exc):
                 raise _Corrupt(str(exc), ident) from None
@@ -276,8 +283,10 @@ class Store:
             try:
                 os.replace(self.path, aside)
             except OSError as exc:
-                raise StoreError(f"the session database {self.path} is corrupt ({reason}) and could not be moved "
-                                 f"aside ({exc.strerror or exc}); move it aside yourself") from None
+                raise StoreError(
+                    f"the session database {self.path} is corrupt ({reason}) and could not be moved "
+                    f"aside ({exc.strerror or exc}); move it aside yourself"
+                ) from None
             for suffix in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + suffix)
                 if side.exists():
@@ -286,8 +295,9 @@ class Store:
                     except OSError:
                         pass
         self.moved_aside = aside
-        self.notice = (f"the session database {self.path} was corrupt ({reason}); moved it to {aside} and "
-                       "started a new one")
+        self.notice = (
+            f"the session database {self.path} was corrupt ({reason}); moved it to {aside} and started a new one"
+        )
         log.warning("%s", self.notice)
 
     def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -322,13 +332,13 @@ class Store:
         return True
 
     @classmethod
-    def open_default(cls, data_dir: Path, timeout: float = 5.0) -> "Store":
+    def open_default(cls, data_dir: Path, timeout: float = 5.0) -> Store:
         return cls(data_dir / DB_NAME, timeout)
 
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -360,8 +370,10 @@ class Store:
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StoreError(f"the session database {self.path} is from a newer Demi (schema {version}, "
-                             f"this one knows {SCHEMA_VERSION}); upgrade Demi")
+            raise StoreError(
+                f"the session database {self.path} is from a newer Demi (schema {version}, "
+                f"this one knows {SCHEMA_VERSION}); upgrade Demi"
+            )
         if version == SCHEMA_VERSION:
             return
         with self._write() as c:
@@ -383,15 +395,25 @@ class Store:
 
         def run(_: sqlite3.Connection) -> None:
             with self._write() as c:
-                c.execute("INSERT INTO sessions (id, created, updated, kind, title, model) VALUES (?, ?, ?, ?, ?, ?)",
-                          (sid, now, now, kind, title, model))
+                c.execute(
+                    "INSERT INTO sessions (id, created, updated, kind, title, model) VALUES (?, ?, ?, ?, ?, ?)",
+                    (sid, now, now, kind, title, model),
+                )
 
         self._do(run)
         return Session(sid, now, now, kind, title, model)
 
-    def add_message(self, session_id: str, role: str, content: str, model: str | None = None,
-                    prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                    seconds: float | None = None, meta: dict[str, Any] | None = None) -> int:
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        model: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        seconds: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
         """Append one message; returns its id once it is committed."""
         now = time.time()
 
@@ -401,8 +423,18 @@ class Store:
                     cur = c.execute(
                         "INSERT INTO messages (session_id, created, role, content, model, prompt_tokens, "
                         "completion_tokens, seconds, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (session_id, now, role, content, model, prompt_tokens, completion_tokens, seconds,
-                         json.dumps(meta) if meta else None))
+                        (
+                            session_id,
+                            now,
+                            role,
+                            content,
+                            model,
+                            prompt_tokens,
+                            completion_tokens,
+                            seconds,
+                            json.dumps(meta) if meta else None,
+                        ),
+                    )
                     c.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
                     return int(cur.lastrowid)
             except sqlite3.IntegrityError:
@@ -410,9 +442,18 @@ class Store:
 
         return self._do(run)
 
-    def record(self, kind: str, title: str, model: str | None, prompt: str, answer: str,
-               prompt_tokens: int | None = None, completion_tokens: int | None = None,
-               seconds: float | None = None, meta: dict[str, Any] | None = None) -> str:
+    def record(
+        self,
+        kind: str,
+        title: str,
+        model: str | None,
+        prompt: str,
+        answer: str,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        seconds: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> str:
         """One request and its answer as a new session (what explain and refactor keep)."""
         session = self.create_session(kind, title, model)
         self.add_message(session.id, "user", prompt, meta=meta)
@@ -442,19 +483,24 @@ class Store:
         where, args = ("WHERE s.kind = ?", (kind,)) if kind else ("", ())
         rows = self._query(
             f"SELECT s.*, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) AS n FROM sessions s {where} "
-            "ORDER BY s.updated DESC, s.rowid DESC LIMIT ?", (*args, limit))
-        return [Session(r["id"], r["created"], r["updated"], r["kind"], r["title"], r["model"], r["n"])
-                for r in rows]
+            "ORDER BY s.updated DESC, s.rowid DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [Session(r["id"], r["created"], r["updated"], r["kind"], r["title"], r["model"], r["n"]) for r in rows]
 
     def session(self, session_id: str) -> Session:
-        rows = self._query("SELECT id FROM sessions WHERE id = ? OR id LIKE ? ORDER BY updated DESC LIMIT 2",
-                           (session_id, session_id + "%"))
+        rows = self._query(
+            "SELECT id FROM sessions WHERE id = ? OR id LIKE ? ORDER BY updated DESC LIMIT 2",
+            (session_id, session_id + "%"),
+        )
         if not rows:
             raise StoreError(f"no session {session_id!r} (see `demi sessions list`)")
         if len(rows) > 1 and rows[0]["id"] != session_id:
             raise StoreError(f"session id {session_id!r} is ambiguous: give more characters")
-        r = self._query("SELECT s.*, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) AS n "
-                        "FROM sessions s WHERE id = ?", (rows[0]["id"],))[0]
+        r = self._query(
+            "SELECT s.*, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) AS n FROM sessions s WHERE id = ?",
+            (rows[0]["id"],),
+        )[0]
         return Session(r["id"], r["created"], r["updated"], r["kind"], r["title"], r["model"], r["n"])
 
     def messages(self, session_id: str) -> list[Message]:
@@ -470,7 +516,9 @@ class Store:
         rows = self._query(
             "SELECT m.*, snippet(messages_fts, 0, '[', ']', '…', 12) AS snip FROM messages_fts "
             "JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH ? "
-            "ORDER BY rank LIMIT ?", (match, limit))
+            "ORDER BY rank LIMIT ?",
+            (match, limit),
+        )
         return [(_message(r), r["snip"]) for r in rows]
 
 
@@ -481,8 +529,18 @@ def _message(r: sqlite3.Row) -> Message:
             meta = json.loads(r["meta"])
         except ValueError:
             meta = None
-    return Message(r["id"], r["session_id"], r["created"], r["role"], r["content"], r["model"],
-                   r["prompt_tokens"], r["completion_tokens"], r["seconds"], meta)
+    return Message(
+        r["id"],
+        r["session_id"],
+        r["created"],
+        r["role"],
+        r["content"],
+        r["model"],
+        r["prompt_tokens"],
+        r["completion_tokens"],
+        r["seconds"],
+        meta,
+    )
 
 
 def _statements(script: str) -> list[str]:

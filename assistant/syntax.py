@@ -8,13 +8,13 @@ found by one walk over the tree using the language table in `languages.py`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
+from demi.assistant.document import Document
+from demi.assistant.languages import LangSpec, parser_for
 from demi.model.errors import DemiUserError
-
-from .document import Document
-from .languages import LangSpec, parser_for
 
 
 class UnknownSymbolError(DemiUserError):
@@ -36,8 +36,14 @@ class Symbol:
     outer: Any = field(default=None, repr=False, compare=False)  # node whose range is the symbol's
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "qualname": self.qualname, "kind": self.kind,
-                "start_line": self.start_line, "end_line": self.end_line, "signature": self.signature}
+        return {
+            "name": self.name,
+            "qualname": self.qualname,
+            "kind": self.kind,
+            "start_line": self.start_line,
+            "end_line": self.end_line,
+            "signature": self.signature,
+        }
 
 
 def text_of(node: Any) -> str:
@@ -62,13 +68,39 @@ def walk(node: Any) -> Iterator[Any]:
 
 
 # Nodes that never hold a definition: not worth walking into.
-_LEAFY = frozenset({"comment", "line_comment", "block_comment", "string", "string_literal", "raw_string_literal",
-                    "template_string", "interpreted_string_literal", "raw_string", "integer", "float", "number",
-                    "identifier", "type_identifier", "field_identifier", "property_identifier"})
+_LEAFY = frozenset(
+    {
+        "comment",
+        "line_comment",
+        "block_comment",
+        "string",
+        "string_literal",
+        "raw_string_literal",
+        "template_string",
+        "interpreted_string_literal",
+        "raw_string",
+        "integer",
+        "float",
+        "number",
+        "identifier",
+        "type_identifier",
+        "field_identifier",
+        "property_identifier",
+    }
+)
 _METHOD_HOSTS = {"class", "struct", "interface", "trait", "impl", "record", "enum", "union"}
 _FUNCTION_VALUES = {"arrow_function", "function_expression", "function", "generator_function"}
-_NAME_LEAVES = {"identifier", "field_identifier", "qualified_identifier", "destructor_name", "operator_name",
-                "type_identifier", "property_identifier", "scoped_identifier", "template_function"}
+_NAME_LEAVES = {
+    "identifier",
+    "field_identifier",
+    "qualified_identifier",
+    "destructor_name",
+    "operator_name",
+    "type_identifier",
+    "property_identifier",
+    "scoped_identifier",
+    "template_function",
+}
 
 
 def _c_declarator_name(node: Any) -> str | None:
@@ -79,8 +111,9 @@ def _c_declarator_name(node: Any) -> str | None:
             return text_of(node)
         nxt = node.child_by_field_name("declarator")
         if nxt is None:  # reference_declarator has no field name
-            nxt = next((c for c in node.named_children if c.type.endswith("declarator") or c.type in _NAME_LEAVES),
-                       None)
+            nxt = next(
+                (c for c in node.named_children if c.type.endswith("declarator") or c.type in _NAME_LEAVES), None
+            )
         node, seen = nxt, seen + 1
     return None
 
@@ -188,9 +221,18 @@ class Syntax:
                 continue
             target, outer = child, child
             while target.type in spec.wrappers:  # decorators, export, template<...>
-                inner = (target.child_by_field_name("definition") or target.child_by_field_name("declaration")
-                         or next((c for c in reversed(target.named_children)
-                                  if c.type in spec.definitions or c.type in spec.wrappers), None))
+                inner = (
+                    target.child_by_field_name("definition")
+                    or target.child_by_field_name("declaration")
+                    or next(
+                        (
+                            c
+                            for c in reversed(target.named_children)
+                            if c.type in spec.definitions or c.type in spec.wrappers
+                        ),
+                        None,
+                    )
+                )
                 if inner is None:
                     break
                 target = inner
@@ -203,9 +245,13 @@ class Syntax:
             if target.type == "type_spec":
                 inner_type = target.child_by_field_name("type")
                 kind = {"struct_type": "struct", "interface_type": "interface"}.get(
-                    inner_type.type if inner_type is not None else "", "type")
-                if target.parent is not None and target.parent.type == "type_declaration" \
-                        and len(target.parent.named_children) == 1:
+                    inner_type.type if inner_type is not None else "", "type"
+                )
+                if (
+                    target.parent is not None
+                    and target.parent.type == "type_declaration"
+                    and len(target.parent.named_children) == 1
+                ):
                     outer = target.parent
             if kind == "function" and parent is not None and parent.kind in _METHOD_HOSTS:
                 kind = "method"
@@ -215,8 +261,17 @@ class Syntax:
                 qual = f"{recv}.{qual}"
             elif parent is not None:
                 qual = f"{parent.qualname}.{qual}"
-            sym = Symbol(name.split("::")[-1], qual, kind, outer.start_point[0] + 1, outer.end_point[0] + 1,
-                         signature_of(target, outer), depth, target, outer)
+            sym = Symbol(
+                name.split("::")[-1],
+                qual,
+                kind,
+                outer.start_point[0] + 1,
+                outer.end_point[0] + 1,
+                signature_of(target, outer),
+                depth,
+                target,
+                outer,
+            )
             out.append(sym)
             stack.extend((c, sym, depth + 1) for c in reversed(target.named_children))
         return out
@@ -262,8 +317,7 @@ class Syntax:
         if not syms:
             lang = self.spec.name if self.spec else "plain text (no grammar for this file type)"
             raise UnknownSymbolError(f"{self.doc.name}: no symbols found ({lang}); use --lines A-B instead")
-        for rule in (lambda s: s.qualname == want, lambda s: s.name == want,
-                     lambda s: s.qualname.endswith("." + want)):
+        for rule in (lambda s: s.qualname == want, lambda s: s.name == want, lambda s: s.qualname.endswith("." + want)):
             hits = [s for s in syms if rule(s)]
             if len(hits) == 1:
                 return hits[0]
@@ -271,8 +325,7 @@ class Syntax:
                 distinct = {s.qualname for s in hits}
                 if len(distinct) == 1:  # overloads or a declaration pair: take the first
                     return hits[0]
-                raise UnknownSymbolError(f"{self.doc.name}: {name!r} is ambiguous: "
-                                         f"{', '.join(sorted(distinct))}")
+                raise UnknownSymbolError(f"{self.doc.name}: {name!r} is ambiguous: {', '.join(sorted(distinct))}")
         names = [s.qualname for s in syms]
         shown = ", ".join(names[:30]) + (f", … ({len(names)} in all)" if len(names) > 30 else "")
         raise UnknownSymbolError(f"{self.doc.name}: no symbol {name!r}; symbols: {shown}")

@@ -5,22 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from demi.assistant.document import Document
+from demi.assistant.facts import Facts, file_facts, range_facts, symbol_facts
+from demi.assistant.syntax import Symbol, Syntax, parse
 from demi.model.errors import DemiUserError
 
-from .document import Document
-from .facts import Facts, file_facts, range_facts, symbol_facts
-from .syntax import Symbol, Syntax, parse
-
 if TYPE_CHECKING:
-    from .context import CodeContext
+    from demi.assistant.context import CodeContext
 
 
 @dataclass
 class Target:
     doc: Document
     syntax: Syntax
-    kind: str                   # file | symbol | lines
-    first: int                  # 1-based inclusive line range
+    kind: str  # file | symbol | lines
+    first: int  # 1-based inclusive line range
     last: int
     facts: Facts
     symbol: Symbol | None = None
@@ -32,8 +31,9 @@ class Target:
         return f"lines {self.first}-{self.last}" if self.kind == "lines" else self.doc.name
 
 
-def resolve_target(doc: Document, symbol: str | None = None, lines: tuple[int, int] | None = None,
-                   syntax: Syntax | None = None) -> Target:
+def resolve_target(
+    doc: Document, symbol: str | None = None, lines: tuple[int, int] | None = None, syntax: Syntax | None = None
+) -> Target:
     """The target of explain/refactor; errors name what exists (symbols) or the file's length."""
     if symbol and lines:
         raise DemiUserError("give --symbol or --lines, not both")
@@ -48,12 +48,13 @@ def resolve_target(doc: Document, symbol: str | None = None, lines: tuple[int, i
     return Target(doc, syntax, "file", 1, max(1, facts.end_line), facts)
 
 
-def target_context(engine: Any, doc: Document, symbol: str | None, lines: tuple[int, int] | None,
-                   max_tokens: int, budget: int) -> tuple[Target, Any, "CodeContext", int]:
+def target_context(
+    engine: Any, doc: Document, symbol: str | None, lines: tuple[int, int] | None, max_tokens: int, budget: int
+) -> tuple[Target, Any, CodeContext, int]:
     """The target, the engine's info, and the code around the target cut to what is left of
     `budget` once the answer (`max_tokens`), the static facts and the prompt's own text fit."""
-    from .context import code_context
-    from .prompts import PROMPT_OVERHEAD, facts_lines
+    from demi.assistant.context import code_context
+    from demi.assistant.prompts import PROMPT_OVERHEAD, facts_lines
 
     target = resolve_target(doc, symbol, lines)
     info = engine.info()

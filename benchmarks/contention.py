@@ -21,8 +21,19 @@ BUSY = "import os\nos.sched_setaffinity(0, {max(os.sched_getaffinity(0))})\nwhil
 
 
 def bench(args: argparse.Namespace, env: dict) -> float:
-    cmd = [sys.executable, "-m", "demi", "bench", "--model", args.model, "--quant", args.quant, "--runs",
-           str(args.runs), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "demi",
+        "bench",
+        "--model",
+        args.model,
+        "--quant",
+        args.quant,
+        "--runs",
+        str(args.runs),
+        "--json",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["decode_tok_s"]
 
@@ -44,8 +55,16 @@ def main() -> int:
         busy.wait()
     quiet2 = bench(args, env)
     base = (quiet + quiet2) / 2
-    print(json.dumps({"quiet_tok_s": [round(quiet, 2), round(quiet2, 2)], "one_core_busy_tok_s": round(loaded, 2),
-                      "loss": round(1 - loaded / base, 3), "env": args.env}))
+    print(
+        json.dumps(
+            {
+                "quiet_tok_s": [round(quiet, 2), round(quiet2, 2)],
+                "one_core_busy_tok_s": round(loaded, 2),
+                "loss": round(1 - loaded / base, 3),
+                "env": args.env,
+            }
+        )
+    )
     return 0
 
 

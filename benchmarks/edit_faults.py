@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the report here")
     args = ap.parse_args()
     reports = []
-    for mode in (["apply", "undo"] if args.mode == "both" else [args.mode]):
+    for mode in ["apply", "undo"] if args.mode == "both" else [args.mode]:
         with tempfile.TemporaryDirectory(prefix="demi-edit-faults-") as d:
             report = run_kills(Path(d), args.runs, mode, args.mb, args.seed)
         reports.append(report.as_dict())

@@ -13,8 +13,9 @@ import argparse
 import statistics
 import time
 
-import demi  # noqa: F401  (first: it sets the OpenMP wait policy Demi runs with, before torch loads)
 import torch
+
+import demi  # noqa: F401  (first: it sets the OpenMP wait policy Demi runs with, before torch loads)
 from demi.model.decoder import KVCache
 from demi.model.engine import LocalModel
 
@@ -27,11 +28,11 @@ def measure(model: LocalModel, ids: list[int], prompt: int, decode: int, rounds:
     pre, dec = [], []
     with torch.inference_mode():
         for r in range(rounds):
-            chunk = torch.tensor([ids[1000 * r:1000 * r + prompt]])
+            chunk = torch.tensor([ids[1000 * r : 1000 * r + prompt]])
             cache = KVCache(net.config, prompt + decode + 1, dtype=net.dtype)
             t0 = time.perf_counter()
             for lo in range(0, prompt, 512):
-                net(chunk[:, lo:lo + 512], start=lo, cache=cache, last_only=True)
+                net(chunk[:, lo : lo + 512], start=lo, cache=cache, last_only=True)
             t1 = time.perf_counter()
             for i in range(decode):
                 net(chunk[:, -1:], start=prompt + i, cache=cache)
@@ -54,9 +55,12 @@ def main() -> None:
             torch.set_num_threads(threads)
             ids = model.tokenizer.encode(text)
             pre, dec = measure(model, ids, args.prompt, args.decode)
-            print(f"{threads} thread(s) {label}: prefill {args.prompt} tokens {pre * 1e3:.0f} ms, "
-                  f"decode {dec * 1e3:.2f} ms/token, prefill + {args.decode} tokens {(pre + args.decode * dec) * 1e3:.0f} ms",
-                  flush=True)
+            print(
+                f"{threads} thread(s) {label}: prefill {args.prompt} tokens {pre * 1e3:.0f} ms, "
+                f"decode {dec * 1e3:.2f} ms/token, "
+                f"prefill + {args.decode} tokens {(pre + args.decode * dec) * 1e3:.0f} ms",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

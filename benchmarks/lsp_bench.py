@@ -39,8 +39,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException
@@ -49,8 +50,8 @@ from pygls.lsp.client import LanguageClient
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / ".demi-build" / "demo-model"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-BENCH_FILE = STDLIB / "argparse.py"       # ~2,600 lines of ordinary Python
-HELDOUT_FILE = STDLIB / "textwrap.py"   # for a model that did not train on the standard library
+BENCH_FILE = STDLIB / "argparse.py"  # ~2,600 lines of ordinary Python
+HELDOUT_FILE = STDLIB / "textwrap.py"  # for a model that did not train on the standard library
 
 
 def heldout_files(model: Path, count: int = 6) -> list[Path]:
@@ -62,8 +63,11 @@ def heldout_files(model: Path, count: int = 6) -> list[Path]:
     except (OSError, ValueError):
         return [HELDOUT_FILE]
     prefix = "cpython-stdlib/"
-    names = [h[len(prefix):] for h in manifest.get("heldout", []) if h.startswith(prefix)
-             and (STDLIB / h[len(prefix):]).is_file()]
+    names = [
+        h[len(prefix) :]
+        for h in manifest.get("heldout", [])
+        if h.startswith(prefix) and (STDLIB / h[len(prefix) :]).is_file()
+    ]
     paths = sorted((STDLIB / n for n in names), key=lambda p: p.stat().st_size, reverse=True)
     return paths[:count] or [HELDOUT_FILE]
 
@@ -75,8 +79,13 @@ def pct(xs: list[float], q: float) -> float:
 
 def summary(xs: list[float]) -> dict[str, float]:
     ms = [x * 1000 for x in xs]
-    return {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 1), "p95_ms": round(pct(ms, 0.95), 1),
-            "mean_ms": round(statistics.fmean(ms), 1), "max_ms": round(max(ms), 1)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(pct(ms, 0.5), 1),
+        "p95_ms": round(pct(ms, 0.95), 1),
+        "mean_ms": round(statistics.fmean(ms), 1),
+        "max_ms": round(max(ms), 1),
+    }
 
 
 class Client(LanguageClient):
@@ -103,20 +112,31 @@ class Client(LanguageClient):
         return await self.protocol.send_request_async("demi/stats", {})
 
     def open(self, uri: str, text: str, version: int = 1) -> None:
-        self.text_document_did_open(t.DidOpenTextDocumentParams(
-            text_document=t.TextDocumentItem(uri=uri, language_id="python", version=version, text=text)))
+        self.text_document_did_open(
+            t.DidOpenTextDocumentParams(
+                text_document=t.TextDocumentItem(uri=uri, language_id="python", version=version, text=text)
+            )
+        )
 
     def insert(self, uri: str, version: int, line: int, col: int, text: str) -> None:
         pos = t.Position(line=line, character=col)
-        self.text_document_did_change(t.DidChangeTextDocumentParams(
-            text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[t.TextDocumentContentChangePartial(range=t.Range(pos, pos), text=text)]))
+        self.text_document_did_change(
+            t.DidChangeTextDocumentParams(
+                text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[t.TextDocumentContentChangePartial(range=t.Range(pos, pos), text=text)],
+            )
+        )
 
     def request(self, uri: str, line: int, col: int, invoked: bool) -> Any:
         kind = t.InlineCompletionTriggerKind.Invoked if invoked else t.InlineCompletionTriggerKind.Automatic
-        return self.protocol.send_request(t.TEXT_DOCUMENT_INLINE_COMPLETION, t.InlineCompletionParams(
-            text_document=t.TextDocumentIdentifier(uri=uri), position=t.Position(line=line, character=col),
-            context=t.InlineCompletionContext(trigger_kind=kind)))
+        return self.protocol.send_request(
+            t.TEXT_DOCUMENT_INLINE_COMPLETION,
+            t.InlineCompletionParams(
+                text_document=t.TextDocumentIdentifier(uri=uri),
+                position=t.Position(line=line, character=col),
+                context=t.InlineCompletionContext(trigger_kind=kind),
+            ),
+        )
 
     async def complete(self, uri: str, line: int, col: int, invoked: bool = True) -> str:
         result = await asyncio.wrap_future(self.request(uri, line, col, invoked))
@@ -126,8 +146,9 @@ class Client(LanguageClient):
         self.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"demi": settings}))
 
 
-async def start(model: Path, quant: str | None, workdir: Path, options: dict[str, Any],
-                threads: int | None = None) -> Client:
+async def start(
+    model: Path, quant: str | None, workdir: Path, options: dict[str, Any], threads: int | None = None
+) -> Client:
     client = Client()
     cmd = [sys.executable, "-m", "demi.lsp.server", "--model", str(model), "--log-file", str(workdir / "server.log")]
     if quant:
@@ -136,9 +157,13 @@ async def start(model: Path, quant: str | None, workdir: Path, options: dict[str
     if threads:
         env["DEMI_THREADS"] = str(threads)
     await client.start_io(*cmd, env=env)
-    await client.initialize_async(t.InitializeParams(
-        capabilities=t.ClientCapabilities(window=t.WindowClientCapabilities(work_done_progress=True)),
-        root_uri=workdir.as_uri(), initialization_options=options))
+    await client.initialize_async(
+        t.InitializeParams(
+            capabilities=t.ClientCapabilities(window=t.WindowClientCapabilities(work_done_progress=True)),
+            root_uri=workdir.as_uri(),
+            initialization_options=options,
+        )
+    )
     client.initialized(t.InitializedParams())
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -178,18 +203,23 @@ def prose_lines(text: str) -> set[int]:
     return out
 
 
-def line_starts(text: str, rng: random.Random, n: int, skip: int = 150,
-                code_only: bool = False) -> list[tuple[int, int]]:
+def line_starts(
+    text: str, rng: random.Random, n: int, skip: int = 150, code_only: bool = False
+) -> list[tuple[int, int]]:
     """(line, column) at the first non-blank character of random non-empty lines (with `code_only`,
     not comments or docstrings)."""
     lines = text.split("\n")
     prose = prose_lines(text) if code_only else set()
-    candidates = [(i, len(ln) - len(ln.lstrip())) for i, ln in enumerate(lines)
-                  if skip <= i < len(lines) - 20 and len(ln.strip()) >= 6 and i not in prose]
+    candidates = [
+        (i, len(ln) - len(ln.lstrip()))
+        for i, ln in enumerate(lines)
+        if skip <= i < len(lines) - 20 and len(ln.strip()) >= 6 and i not in prose
+    ]
     return rng.sample(candidates, min(n, len(candidates)))
 
 
 # -- 1. invoked completion ------------------------------------------------------------------------------------
+
 
 async def invoked(client: Client, workdir: Path, requests: int, caps: list[int], seed: int) -> dict[str, Any]:
     text = BENCH_FILE.read_text(encoding="utf-8")
@@ -219,8 +249,10 @@ async def invoked(client: Client, workdir: Path, requests: int, caps: list[int],
 
 # -- 2. typing ------------------------------------------------------------------------------------------------
 
-async def typing(client: Client, workdir: Path, runs: int, keys: int, gap: float, seed: int,
-                 tag: str = "") -> dict[str, Any]:
+
+async def typing(
+    client: Client, workdir: Path, runs: int, keys: int, gap: float, seed: int, tag: str = ""
+) -> dict[str, Any]:
     source = BENCH_FILE.read_text(encoding="utf-8")
     rng = random.Random(seed + 1)
     results = []
@@ -231,7 +263,7 @@ async def typing(client: Client, workdir: Path, runs: int, keys: int, gap: float
         target = lines[line].strip()
         if len(target) < keys:
             target = (target + " " + "x" * keys)[:keys]
-        doc_lines = lines[:line] + [" " * indent] + lines[line + 1:]
+        doc_lines = lines[:line] + [" " * indent] + lines[line + 1 :]
         uri = (workdir / f"typing{tag}_{r}.py").as_uri()
         client.open(uri, "\n".join(doc_lines))
         await client.complete(uri, line, indent)  # the pause before typing: a suggestion is shown
@@ -256,19 +288,40 @@ async def typing(client: Client, workdir: Path, runs: int, keys: int, gap: float
             answered += 1
         s1 = await client.stats()
         runs_started = s1.runsStarted - s0.runsStarted
-        results.append({"runs": runs_started, "final_ms": round(after_last * 1000, 1),
-                        "debounce_ms": s1.completions.last_delay_ms, "job_ms": s1.completions.last_job_ms,
-                        "cache_hits": s1.cacheHits - s0.cacheHits, "shown": bool(final.items)})
+        results.append(
+            {
+                "runs": runs_started,
+                "final_ms": round(after_last * 1000, 1),
+                "debounce_ms": s1.completions.last_delay_ms,
+                "job_ms": s1.completions.last_job_ms,
+                "cache_hits": s1.cacheHits - s0.cacheHits,
+                "shown": bool(final.items),
+            }
+        )
         print(f"typing run {r}: {results[-1]}", file=sys.stderr, flush=True)
     finals = [x["final_ms"] / 1000 for x in results]
-    return {"keystrokes": keys, "gap_ms": gap * 1000, "runs": results,
-            "max_model_runs": max(x["runs"] for x in results), "final_after_last_key": summary(finals)}
+    return {
+        "keystrokes": keys,
+        "gap_ms": gap * 1000,
+        "runs": results,
+        "max_model_runs": max(x["runs"] for x in results),
+        "final_after_last_key": summary(finals),
+    }
 
 
 # -- 3. held-out lines ------------------------------------------------------------------------------------------
 
-async def heldout(new_server: Callable[[], Awaitable[Client]], workdir: Path, model: Path, quant: str | None,
-                  n: int, context_tokens: int, max_tokens: int, seed: int) -> dict[str, Any]:
+
+async def heldout(
+    new_server: Callable[[], Awaitable[Client]],
+    workdir: Path,
+    model: Path,
+    quant: str | None,
+    n: int,
+    context_tokens: int,
+    max_tokens: int,
+    seed: int,
+) -> dict[str, Any]:
     """Each file on a fresh server (so no other file it has seen can be context), one document
     edited per case; the direct side builds the same prompt with no other files."""
     from demi.assistant.context import fim_context
@@ -294,10 +347,13 @@ async def heldout(new_server: Callable[[], Awaitable[Client]], workdir: Path, mo
         client.open(uri, text)
         for k, (line, col) in enumerate(cases):
             target = lines[line][col:].rstrip()
-            doc_text = "\n".join(lines[:line] + [lines[line][:col]] + lines[line + 1:])
-            client.text_document_did_change(t.DidChangeTextDocumentParams(
-                text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=k + 2),
-                content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)]))
+            doc_text = "\n".join(lines[:line] + [lines[line][:col]] + lines[line + 1 :])
+            client.text_document_did_change(
+                t.DidChangeTextDocumentParams(
+                    text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=k + 2),
+                    content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)],
+                )
+            )
             got = (await client.complete(uri, line, col)).split("\n")[0].rstrip()
             doc = Document.from_text(doc_text, name)
             offset = sum(len(x) + 1 for x in lines[:line]) + col
@@ -312,10 +368,14 @@ async def heldout(new_server: Callable[[], Awaitable[Client]], workdir: Path, mo
                 print(f"{source.name}:{line + 1} target={target!r} server={got!r} raw={raw!r}", file=sys.stderr)
         await stop(client)
     engine.close()
-    res = {"files": [str(p.relative_to(STDLIB)) if p.is_relative_to(STDLIB) else p.name for p in sources],
-           "lines": cases_run, "exact_match_server": server_hits / max(1, cases_run),
-           "exact_match_model_raw": direct_hits / max(1, cases_run),
-           "server_equals_raw_first_line": agree / max(1, cases_run), "matches_lost_by_the_server": lost}
+    res = {
+        "files": [str(p.relative_to(STDLIB)) if p.is_relative_to(STDLIB) else p.name for p in sources],
+        "lines": cases_run,
+        "exact_match_server": server_hits / max(1, cases_run),
+        "exact_match_model_raw": direct_hits / max(1, cases_run),
+        "server_equals_raw_first_line": agree / max(1, cases_run),
+        "matches_lost_by_the_server": lost,
+    }
     print(f"held-out: {json.dumps(res)}", file=sys.stderr, flush=True)
     return res
 
@@ -329,12 +389,20 @@ def ensure_model(path: Path) -> Path:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     model = Path(args.model) if args.model else ensure_model(DEFAULT_MODEL)
-    out: dict[str, Any] = {"model": str(model), "quant": args.quant or "default (auto: int8 on CPU)",
-                           "threads": args.threads,
-                           "label": "random weights (scaffold, demi-tiny's size class): latency is real, text is noise"
-                           if not args.model else args.model,
-                           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                       "python": platform.python_version(), "load_before": _load()}}
+    out: dict[str, Any] = {
+        "model": str(model),
+        "quant": args.quant or "default (auto: int8 on CPU)",
+        "threads": args.threads,
+        "label": "random weights (scaffold, demi-tiny's size class): latency is real, text is noise"
+        if not args.model
+        else args.model,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_before": _load(),
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="demi-lsp-bench-") as tmp:
         workdir = Path(tmp)
         options = {"contextTokens": args.context_tokens, "maxTokens": args.max_tokens[-1]}
@@ -348,17 +416,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 out["typing"] = {}
                 for cap in args.max_tokens:
                     client.configure({"maxTokens": cap})
-                    out["typing"][f"max_tokens_{cap}"] = await typing(client, workdir, args.typing_runs, 20, 0.05,
-                                                                      args.seed, tag=f"_{cap}")
+                    out["typing"][f"max_tokens_{cap}"] = await typing(
+                        client, workdir, args.typing_runs, 20, 0.05, args.seed, tag=f"_{cap}"
+                    )
             s = await client.stats()
-            out["server_stats"] = {"runs_started": s.runsStarted, "runs_skipped": s.runsSkipped,
-                                   "cache_hits": s.cacheHits}
+            out["server_stats"] = {
+                "runs_started": s.runsStarted,
+                "runs_skipped": s.runsSkipped,
+                "cache_hits": s.cacheHits,
+            }
         finally:
             await stop(client)
         if args.heldout:
-            out["heldout"] = await heldout(lambda: start(model, args.quant, workdir, options, args.threads), workdir,
-                                           model, args.quant, args.heldout, args.context_tokens, args.max_tokens[-1],
-                                           args.seed)
+            out["heldout"] = await heldout(
+                lambda: start(model, args.quant, workdir, options, args.threads),
+                workdir,
+                model,
+                args.quant,
+                args.heldout,
+                args.context_tokens,
+                args.max_tokens[-1],
+                args.seed,
+            )
     out["machine"]["load_after"] = _load()
     return out
 
@@ -374,8 +453,12 @@ def _load() -> list[float] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="model directory or name (default: .demi-build/demo-model, built if missing)")
-    ap.add_argument("--quant", default=None, choices=["none", "int8", "int4", "auto"],
-                    help="the server's quantization (default: its own default, auto = int8 on a CPU)")
+    ap.add_argument(
+        "--quant",
+        default=None,
+        choices=["none", "int8", "int4", "auto"],
+        help="the server's quantization (default: its own default, auto = int8 on a CPU)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the server (DEMI_THREADS)")
     ap.add_argument("--requests", type=int, default=40, help="invoked requests per token cap")
     ap.add_argument("--max-tokens", type=int, nargs="+", default=[16, 64], help="token caps to measure")

@@ -120,11 +120,17 @@ async def worker(client: Client, doc: Doc, tally: Tally, rng: random.Random, pid
         invoked = rng.random() < 0.8
         kind = t.InlineCompletionTriggerKind.Invoked if invoked else t.InlineCompletionTriggerKind.Automatic
         msg_id = f"soak-{n}"
-        fut = asyncio.wrap_future(client.protocol.send_request(
-            t.TEXT_DOCUMENT_INLINE_COMPLETION, t.InlineCompletionParams(
-                text_document=t.TextDocumentIdentifier(uri=doc.uri),
-                position=t.Position(line=doc.line, character=doc.col),
-                context=t.InlineCompletionContext(trigger_kind=kind)), msg_id=msg_id))
+        fut = asyncio.wrap_future(
+            client.protocol.send_request(
+                t.TEXT_DOCUMENT_INLINE_COMPLETION,
+                t.InlineCompletionParams(
+                    text_document=t.TextDocumentIdentifier(uri=doc.uri),
+                    position=t.Position(line=doc.line, character=doc.col),
+                    context=t.InlineCompletionContext(trigger_kind=kind),
+                ),
+                msg_id=msg_id,
+            )
+        )
         if n % 3 == 0:
             await asyncio.sleep(rng.uniform(0, 0.03))
             client.protocol.notify(t.CANCEL_REQUEST, t.CancelParams(id=msg_id))
@@ -150,8 +156,10 @@ async def type_or_reset(client: Client, doc: Doc, rng: random.Random) -> None:
     """Type one character at the cursor; after a dozen, delete the run and move to another line."""
     doc.version += 1
     if doc.typed >= 12:
-        start, end = t.Position(line=doc.line, character=doc.col - doc.typed), t.Position(line=doc.line,
-                                                                                          character=doc.col)
+        start, end = (
+            t.Position(line=doc.line, character=doc.col - doc.typed),
+            t.Position(line=doc.line, character=doc.col),
+        )
         change = t.TextDocumentContentChangePartial(range=t.Range(start, end), text="")
         doc.line = rng.randrange(len(doc.lines))
         doc.col, doc.typed = len(doc.lines[doc.line]), 0
@@ -160,8 +168,11 @@ async def type_or_reset(client: Client, doc: Doc, rng: random.Random) -> None:
         change = t.TextDocumentContentChangePartial(range=t.Range(pos, pos), text=rng.choice("abcxyz_(). "))
         doc.col += 1
         doc.typed += 1
-    client.text_document_did_change(t.DidChangeTextDocumentParams(
-        text_document=t.VersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version), content_changes=[change]))
+    client.text_document_did_change(
+        t.DidChangeTextDocumentParams(
+            text_document=t.VersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version), content_changes=[change]
+        )
+    )
     await asyncio.sleep(0)
 
 
@@ -173,31 +184,42 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--quant", args.quant]
     if args.context:
         cmd += ["--context", str(args.context)]
-    env = {**os.environ, "DEMI_LSP_NO_PROBE": "1", "DEMI_DATA_DIR": str(workdir / "data"),
-           "DEMI_CONFIG": str(workdir / "no-config.toml")}
+    env = {
+        **os.environ,
+        "DEMI_LSP_NO_PROBE": "1",
+        "DEMI_DATA_DIR": str(workdir / "data"),
+        "DEMI_CONFIG": str(workdir / "no-config.toml"),
+    }
     if args.threads:
         env["DEMI_THREADS"] = str(args.threads)
     client = Client()
     await client.start_io(*cmd, env=env)
     pid = client._server.pid
     options = {"maxTokens": args.max_tokens, "contextTokens": args.context_tokens, "history": False}
-    await client.initialize_async(t.InitializeParams(capabilities=t.ClientCapabilities(),
-                                                     root_uri=workdir.as_uri(), initialization_options=options))
+    await client.initialize_async(
+        t.InitializeParams(
+            capabilities=t.ClientCapabilities(), root_uri=workdir.as_uri(), initialization_options=options
+        )
+    )
     client.initialized(t.InitializedParams())
     await wait_ready(client)
     rng = random.Random(args.seed)
     docs = []
     for uri, text in documents(workdir, args.docs):
-        client.text_document_did_open(t.DidOpenTextDocumentParams(
-            text_document=t.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+        client.text_document_did_open(
+            t.DidOpenTextDocumentParams(
+                text_document=t.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+            )
+        )
         lines = text.split("\n")
         line = rng.randrange(len(lines))
         docs.append(Doc(uri, lines, line=line, col=len(lines[line])))
     tally = Tally(args.requests, args.warmup)
     rss_start = rss_kb(pid)
     started = time.monotonic()
-    await asyncio.gather(*(worker(client, d, tally, random.Random(args.seed + i + 1), pid, args.timeout)
-                           for i, d in enumerate(docs)))
+    await asyncio.gather(
+        *(worker(client, d, tally, random.Random(args.seed + i + 1), pid, args.timeout) for i, d in enumerate(docs))
+    )
     wall = time.monotonic() - started
     await asyncio.sleep(args.settle)
     rss_end = rss_kb(pid)
@@ -207,19 +229,34 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     warm = tally.rss_warmup_kb or rss_end
     growth = 100.0 * (rss_end - warm) / warm
     return {
-        "requests": tally.sent, "answered": tally.answered, "unanswered": len(tally.unanswered),
-        "unanswered_ids": tally.unanswered[:20], "cancelled": tally.cancels_sent,
+        "requests": tally.sent,
+        "answered": tally.answered,
+        "unanswered": len(tally.unanswered),
+        "unanswered_ids": tally.unanswered[:20],
+        "cancelled": tally.cancels_sent,
         "answers": {"result": tally.results, "result_with_text": tally.with_text, **tally.errors},
         "answered_cancelled": tally.errors.get(str(CANCELLED), 0),
-        "rss_start_kb": rss_start, "rss_after_warmup_kb": tally.rss_warmup_kb, "rss_end_kb": rss_end,
-        "warmup_requests": args.warmup, "rss_growth_pct": round(growth, 2), "max_growth_pct": args.max_growth,
-        "rss_samples": tally.rss_samples, "wall_s": round(wall, 1),
+        "rss_start_kb": rss_start,
+        "rss_after_warmup_kb": tally.rss_warmup_kb,
+        "rss_end_kb": rss_end,
+        "warmup_requests": args.warmup,
+        "rss_growth_pct": round(growth, 2),
+        "max_growth_pct": args.max_growth,
+        "rss_samples": tally.rss_samples,
+        "wall_s": round(wall, 1),
         "requests_per_s": round(tally.sent / wall, 1) if wall else None,
-        "model_runs": getattr(stats, "runsStarted", None), "runs_skipped": getattr(stats, "runsSkipped", None),
-        "server_alive_at_end": alive, "server_exit_code": exit_code,
-        "documents": args.docs, "max_tokens": args.max_tokens, "context_tokens": args.context_tokens,
-        "model": args.model, "command": shlex.join([sys.executable, *sys.argv]),
-        "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "model_runs": getattr(stats, "runsStarted", None),
+        "runs_skipped": getattr(stats, "runsSkipped", None),
+        "server_alive_at_end": alive,
+        "server_exit_code": exit_code,
+        "documents": args.docs,
+        "max_tokens": args.max_tokens,
+        "context_tokens": args.context_tokens,
+        "model": args.model,
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
         "workdir": str(workdir),
     }
 
@@ -250,8 +287,12 @@ async def stop(client: Client) -> int | None:
 
 
 def passed(r: dict[str, Any]) -> bool:
-    return (r["unanswered"] == 0 and r["server_alive_at_end"] and r["server_exit_code"] == 0
-            and r["rss_growth_pct"] <= r["max_growth_pct"])
+    return (
+        r["unanswered"] == 0
+        and r["server_alive_at_end"]
+        and r["server_exit_code"] == 0
+        and r["rss_growth_pct"] <= r["max_growth_pct"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,8 +74,7 @@ def fim_documents(tok: Tokenizer, n: int, tokens: int = 2000) -> list[tuple[str,
     return docs
 
 
-def fim_typing(model_dir: Path, quant: str = "int8", trials: int = 3,
-               lengths: tuple[int, ...] = (1, 4, 8, 16)) -> dict:
+def fim_typing(model_dir: Path, quant: str = "int8", trials: int = 3, lengths: tuple[int, ...] = (1, 4, 8, 16)) -> dict:
     """Cold FIM request vs the same request one typed character later, through demi serve, for
     completions of several lengths (the typed request's cost is mostly its decode steps)."""
     tok = Tokenizer.from_dir(model_dir)
@@ -86,24 +85,27 @@ def fim_typing(model_dir: Path, quant: str = "int8", trials: int = 3,
             client.post("/v1/completions", json={"prompt": "warm up", "max_tokens": 2}).raise_for_status()
             docs = fim_documents(tok, trials * len(lengths))
             for i, n in enumerate(lengths):
-                for prefix, suffix in docs[i * trials:(i + 1) * trials]:  # a fresh file: truly cold
+                for prefix, suffix in docs[i * trials : (i + 1) * trials]:  # a fresh file: truly cold
                     row = {"max_tokens": n}
                     for label, pre in (("cold", prefix), ("typed", prefix + "x")):
-                        body = {"prompt": pre, "suffix": suffix, "max_tokens": n, "temperature": 0,
-                                "ignore_eos": True}
+                        body = {"prompt": pre, "suffix": suffix, "max_tokens": n, "temperature": 0, "ignore_eos": True}
                         t0 = time.perf_counter()
                         r = client.post("/v1/completions", json=body)
                         r.raise_for_status()
                         usage = r.json()["usage"]
-                        row[label] = {"ms": 1e3 * (time.perf_counter() - t0), "prompt_tokens": usage["prompt_tokens"],
-                                      "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
-                                      "completion_tokens": usage["completion_tokens"]}
+                        row[label] = {
+                            "ms": 1e3 * (time.perf_counter() - t0),
+                            "prompt_tokens": usage["prompt_tokens"],
+                            "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
+                            "completion_tokens": usage["completion_tokens"],
+                        }
                     rows.append(row)
     finally:
         proc.terminate()
         proc.wait(30)
-    summary = {n: statistics.median(r["typed"]["ms"] / r["cold"]["ms"] for r in rows if r["max_tokens"] == n)
-               for n in lengths}
+    summary = {
+        n: statistics.median(r["typed"]["ms"] / r["cold"]["ms"] for r in rows if r["max_tokens"] == n) for n in lengths
+    }
     return {"quant": quant, "trials": rows, "typed_over_cold": summary}
 
 
@@ -111,52 +113,82 @@ def write_results(path: Path, model: str, mach: dict, sp: dict, fim: dict, args:
     tf = sp["transformers"]
     best_tf = max(tf, key=lambda k: tf[k]["decode_tok_s"])
     lines = [
-        "# Benchmark results", "",
-        f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/run_benchmarks.py` (command below) in one run.", "",
-        "Demi against llama.cpp, a table per CPU path: [RESULTS-cpu-paths.md](RESULTS-cpu-paths.md).", "",
+        "# Benchmark results",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/run_benchmarks.py` (command below) in one run.",
+        "",
+        "Demi against llama.cpp, a table per CPU path: [RESULTS-cpu-paths.md](RESULTS-cpu-paths.md).",
+        "",
         f"- Machine: {mach['cpu']}, {mach['logical_cpus']} logical CPUs, torch {mach['torch']}, "
         f"{sp['demi']['int8']['threads']} threads; CPU features: {' '.join(mach.get('cpu_features', [])) or '?'}",
         f"- Model: `{model}` shape, random weights; prompt {args.prompt_tokens} tokens, {args.new_tokens} new "
-        f"tokens, batch 1, greedy; median of {args.runs} runs after a warm-up", "",
-        "## Decode and prefill", "",
+        f"tokens, batch 1, greedy; median of {args.runs} runs after a warm-up",
+        "",
+        "## Decode and prefill",
+        "",
         "| engine | mode | decode tok/s | vs best transformers | prefill tok/s | TTFT ms | p50 / p95 / p99 ms | "
         "MiB read per token | bandwidth bound tok/s | of bound | peak RSS MB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in tf.items():
-        lines.append(f"| transformers | {name} | {r['decode_tok_s']:.2f} | "
-                     f"{r['decode_tok_s'] / tf[best_tf]['decode_tok_s']:.2f}x | {r['prefill_tok_s']:.0f} | "
-                     f"{r['ttft_ms']:.0f} | | | | | |")
+        lines.append(
+            f"| transformers | {name} | {r['decode_tok_s']:.2f} | "
+            f"{r['decode_tok_s'] / tf[best_tf]['decode_tok_s']:.2f}x | {r['prefill_tok_s']:.0f} | "
+            f"{r['ttft_ms']:.0f} | | | | | |"
+        )
     for mode, r in sp["demi"].items():
         lines.append(
             f"| demi | {mode if mode != 'none' else r['dtype']} | {r['decode_tok_s']:.2f} | "
             f"{r['decode_tok_s'] / tf[best_tf]['decode_tok_s']:.2f}x | {r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | "
             f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f} | {r['weight_bytes_per_token'] / 2**20:.0f} | "
-            f"{r['bandwidth_bound_tok_s']:.1f} | {100 * r['bandwidth_fraction']:.0f}% | {r['peak_rss_mb']:.0f} |")
-    lines += ["", "Bandwidth, measured in each Demi run: copy (bytes read + written, STREAM's convention; "
-              "the bound column uses it) and a read-only scan (what decoding does with the weights): "
-              + ", ".join(f"{m} copy {r['copy_gb_s']:.1f} / read {r['read_gb_s']:.1f} GB/s"
-                          for m, r in sp["demi"].items()) + ". Weights streamed while decoding: "
-              + ", ".join(f"{m} {r['weights_gb_s']:.1f} GB/s ({100 * r['read_bound_fraction']:.0f}% of read)"
-                          for m, r in sp["demi"].items()) + ".",
-              f"The faster transformers run is {best_tf}. Peak RSS is the process's high-water mark so far, "
-              "so later rows include earlier ones.", ""]
-    lines += ["## FIM while typing (through `demi serve`)", "",
-              "A 2,000-token FIM prompt (prefix 3/4, suffix 1/4; each trial a different standard-library file, "
-              f"so the cold request is truly cold), `--quant {fim['quant']}`, greedy, a fixed number of new tokens; "
-              "then the same request with one more character typed at the cursor. The demi-tiny FIM layout puts "
-              "the suffix first, so the typed prompt shares all but its last tokens with the cold one.", "",
-              "| new tokens | cold ms | typed ms | typed/cold | prompt tokens | reused by the typed request |",
-              "| --- | --- | --- | --- | --- | --- |"]
+            f"{r['bandwidth_bound_tok_s']:.1f} | {100 * r['bandwidth_fraction']:.0f}% | {r['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Bandwidth, measured in each Demi run: copy (bytes read + written, STREAM's convention; "
+        "the bound column uses it) and a read-only scan (what decoding does with the weights): "
+        + ", ".join(f"{m} copy {r['copy_gb_s']:.1f} / read {r['read_gb_s']:.1f} GB/s" for m, r in sp["demi"].items())
+        + ". Weights streamed while decoding: "
+        + ", ".join(
+            f"{m} {r['weights_gb_s']:.1f} GB/s ({100 * r['read_bound_fraction']:.0f}% of read)"
+            for m, r in sp["demi"].items()
+        )
+        + ".",
+        f"The faster transformers run is {best_tf}. Peak RSS is the process's high-water mark so far, "
+        "so later rows include earlier ones.",
+        "",
+    ]
+    lines += [
+        "## FIM while typing (through `demi serve`)",
+        "",
+        "A 2,000-token FIM prompt (prefix 3/4, suffix 1/4; each trial a different standard-library file, "
+        f"so the cold request is truly cold), `--quant {fim['quant']}`, greedy, a fixed number of new tokens; "
+        "then the same request with one more character typed at the cursor. The demi-tiny FIM layout puts "
+        "the suffix first, so the typed prompt shares all but its last tokens with the cold one.",
+        "",
+        "| new tokens | cold ms | typed ms | typed/cold | prompt tokens | reused by the typed request |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for t in fim["trials"]:
         c, ty = t["cold"], t["typed"]
-        lines.append(f"| {t['max_tokens']} | {c['ms']:.0f} | {ty['ms']:.0f} | {ty['ms'] / c['ms']:.1%} | "
-                     f"{ty['prompt_tokens']} | {ty['cached_tokens']} |")
-    lines += ["", "Median typed/cold by completion length: " + ", ".join(
-        f"{n} tokens {r:.1%}" for n, r in fim["typed_over_cold"].items()) + ".", "",
-              "## Reproduce", "", "```",
-              f".venv/bin/python benchmarks/run_benchmarks.py --model {model} --runs {args.runs}",
-              f".venv/bin/demi bench --model {model} --quant int8 --compare transformers", "```", ""]
+        lines.append(
+            f"| {t['max_tokens']} | {c['ms']:.0f} | {ty['ms']:.0f} | {ty['ms'] / c['ms']:.1%} | "
+            f"{ty['prompt_tokens']} | {ty['cached_tokens']} |"
+        )
+    lines += [
+        "",
+        "Median typed/cold by completion length: "
+        + ", ".join(f"{n} tokens {r:.1%}" for n, r in fim["typed_over_cold"].items())
+        + ".",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        f".venv/bin/python benchmarks/run_benchmarks.py --model {model} --runs {args.runs}",
+        f".venv/bin/demi bench --model {model} --quant int8 --compare transformers",
+        "```",
+        "",
+    ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 

@@ -6,7 +6,7 @@ Writers are separate processes (the chat UI and the language server are), each a
 messages through the real `Store` and logging what it committed; the report compares the
 messages written with those read back, checks SQLite's integrity and the full-text index, and
 for the kill rounds that every message a killed writer had committed is still there. The
-procedure is in tests/store_stress.py (tests/test_store.py runs 6 s and 6 rounds of it).
+procedure is in tests/store_stress.py (tests/assistant/test_store.py runs 6 s and 6 rounds of it).
 Exits 1 on any problem.
 """
 
@@ -39,8 +39,11 @@ def main() -> int:
     if args.kill_rounds > 0:
         with tempfile.TemporaryDirectory(prefix="demi-store-") as d:
             result, delays = kill_rounds(Path(d), args.kill_rounds, args.seed, args.writers)
-        report["kills"] = {**result.as_dict(), "rounds": args.kill_rounds,
-                           "kill_after_s": [round(x, 3) for x in delays]}
+        report["kills"] = {
+            **result.as_dict(),
+            "rounds": args.kill_rounds,
+            "kill_after_s": [round(x, 3) for x in delays],
+        }
         print(json.dumps({"kills": report["kills"]}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -40,9 +40,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50_ms": round(percentile(values, 50) * 1000, 1),
-            "p95_ms": round(percentile(values, 95) * 1000, 1), "max_ms": round(max(values) * 1000, 1),
-            "mean_ms": round(statistics.fmean(values) * 1000, 1)}
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(values, 50) * 1000, 1),
+        "p95_ms": round(percentile(values, 95) * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1),
+        "mean_ms": round(statistics.fmean(values) * 1000, 1),
+    }
 
 
 async def measure(model_dir: Path, rounds: int, data: Path, key_target: int = 150) -> dict:
@@ -105,9 +109,24 @@ async def measure(model_dir: Path, rounds: int, data: Path, key_target: int = 15
 
         PromptInput._on_key = timed
         try:
-            topics = ["a parser", "a cache", "an HTTP client", "a CSV reader", "a thread pool", "a trie",
-                      "a JSON encoder", "a rate limiter", "a priority queue", "a tokenizer", "a state machine",
-                      "a diff tool", "a file watcher", "a retry decorator", "a config loader", "an LRU map"]
+            topics = [
+                "a parser",
+                "a cache",
+                "an HTTP client",
+                "a CSV reader",
+                "a thread pool",
+                "a trie",
+                "a JSON encoder",
+                "a rate limiter",
+                "a priority queue",
+                "a tokenizer",
+                "a state machine",
+                "a diff tool",
+                "a file watcher",
+                "a retry decorator",
+                "a config loader",
+                "an LRU map",
+            ]
             for r in range(40):  # answers until enough keys were typed into live streams
                 if len(log) >= key_target:
                     break
@@ -130,16 +149,26 @@ async def measure(model_dir: Path, rounds: int, data: Path, key_target: int = 15
             PromptInput._on_key = original
         keys = [done - made for made, done in log]
     engine.close()
-    return {"first_token": summary(first_token), "key_while_streaming": summary(keys),
-            "samples": {"first_token_ms": [round(x * 1000, 1) for x in first_token],
-                        "key_ms": [[round(made, 4), round((done - made) * 1000, 1)] for made, done in log]},
-            "decode_tok_s_p50": round(statistics.median(tok_s), 1) if tok_s else None, "empty_answers": empty}
+    return {
+        "first_token": summary(first_token),
+        "key_while_streaming": summary(keys),
+        "samples": {
+            "first_token_ms": [round(x * 1000, 1) for x in first_token],
+            "key_ms": [[round(made, 4), round((done - made) * 1000, 1)] for made, done in log],
+        },
+        "decode_tok_s_p50": round(statistics.median(tok_s), 1) if tok_s else None,
+        "empty_answers": empty,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=ROOT / ".demi-build" / "demo-model",
-                    help="a model directory; the 4M random scaffold is written there when missing")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / ".demi-build" / "demo-model",
+        help="a model directory; the 4M random scaffold is written there when missing",
+    )
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -152,18 +181,29 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(measure(args.model, args.rounds, Path(tmp)))
     import torch
 
-    result["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                         "load_avg_1min_before": round(load_before, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
-                         "python": platform.python_version(), "platform": platform.platform()}
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1min_before": round(load_before, 2),
+        "load_avg_1min_after": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     result["model"] = str(args.model)
     ft, ks = result["first_token"], result["key_while_streaming"]
-    print(f"first token after Enter : p50 {ft['p50_ms']} ms, p95 {ft['p95_ms']} ms, max {ft['max_ms']} ms "
-          f"({ft['n']} answers; goal <= 300 ms)")
-    print(f"key while streaming     : p50 {ks['p50_ms']} ms, p95 {ks['p95_ms']} ms, max {ks['max_ms']} ms "
-          f"({ks['n']} keys; goal <= 50 ms)")
-    print(f"decode speed (status bar): {result['decode_tok_s_p50']} tok/s median; {os.cpu_count()} CPUs, "
-          f"load average {result['machine']['load_avg_1min_before']} before, "
-          f"{result['machine']['load_avg_1min_after']} after (other work on the machine skews the numbers)")
+    print(
+        f"first token after Enter : p50 {ft['p50_ms']} ms, p95 {ft['p95_ms']} ms, max {ft['max_ms']} ms "
+        f"({ft['n']} answers; goal <= 300 ms)"
+    )
+    print(
+        f"key while streaming     : p50 {ks['p50_ms']} ms, p95 {ks['p95_ms']} ms, max {ks['max_ms']} ms "
+        f"({ks['n']} keys; goal <= 50 ms)"
+    )
+    print(
+        f"decode speed (status bar): {result['decode_tok_s_p50']} tok/s median; {os.cpu_count()} CPUs, "
+        f"load average {result['machine']['load_avg_1min_before']} before, "
+        f"{result['machine']['load_avg_1min_after']} after (other work on the machine skews the numbers)"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

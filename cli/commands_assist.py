@@ -14,47 +14,73 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from .main import UsageError, emit_json
+from demi.cli.main import UsageError, emit_json
 
 log = logging.getLogger("demi")
 
 
 def register(sub, common) -> None:
     def engine_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", default=None, metavar="URL",
-                       help="an OpenAI-compatible server (demi serve, vLLM, llama.cpp, Ollama) instead of "
-                            "loading the model here (default: config, then $DEMI_SERVER)")
+        p.add_argument(
+            "--server",
+            default=None,
+            metavar="URL",
+            help="an OpenAI-compatible server (demi serve, vLLM, llama.cpp, Ollama) instead of "
+            "loading the model here (default: config, then $DEMI_SERVER)",
+        )
         p.add_argument("--max-tokens", "-n", type=int, default=None, help="new tokens at most")
         p.add_argument("--temperature", "-t", type=float, default=None, help="0 (default) is greedy")
         p.add_argument("--no-history", action="store_true", help="do not record this in the session store")
 
-    ex = sub.add_parser("explain", parents=[common()], help="explain a file, a symbol or a line range",
-                        description="Explain code as Markdown, streamed: facts from static analysis (certain) "
-                                    "and the model's explanation, each labelled.")
+    ex = sub.add_parser(
+        "explain",
+        parents=[common()],
+        help="explain a file, a symbol or a line range",
+        description="Explain code as Markdown, streamed: facts from static analysis (certain) "
+        "and the model's explanation, each labelled.",
+    )
     ex.add_argument("path", metavar="PATH")
     ex.add_argument("--symbol", "-s", help="a function, class or method (e.g. parse or Parser.parse)")
     ex.add_argument("--lines", "-l", metavar="A-B", help="a 1-based inclusive line range")
-    ex.add_argument("--lead", choices=("auto", "facts", "model"), default=None,
-                    help="which section comes first (auto: the model's when it is large)")
+    ex.add_argument(
+        "--lead",
+        choices=("auto", "facts", "model"),
+        default=None,
+        help="which section comes first (auto: the model's when it is large)",
+    )
     engine_opts(ex)
     ex.set_defaults(func=cmd_explain)
 
-    co = sub.add_parser("complete", parents=[common()], help="fill in the code at a position (FIM)",
-                        description="Complete the code at LINE:COL (1-based; COL may be one past the line's "
-                                    "end) and print the text to insert.")
+    co = sub.add_parser(
+        "complete",
+        parents=[common()],
+        help="fill in the code at a position (FIM)",
+        description="Complete the code at LINE:COL (1-based; COL may be one past the line's "
+        "end) and print the text to insert.",
+    )
     co.add_argument("path", metavar="PATH")
     co.add_argument("--at", required=False, metavar="LINE:COL", help="cursor position, 1-based")
-    co.add_argument("--context-file", action="append", default=[], metavar="FILE",
-                    help="another file to draw context from (repeatable)")
+    co.add_argument(
+        "--context-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="another file to draw context from (repeatable)",
+    )
     engine_opts(co)
     co.set_defaults(func=cmd_complete)
 
-    rf = sub.add_parser("refactor", parents=[common()], help="rewrite a symbol or range; prints a diff",
-                        description="Ask the model to rewrite a symbol, a line range or the file; the rewrite "
-                                    "is validated and printed as a unified diff. Only --apply writes (atomically, "
-                                    "with a backup that `demi undo PATH` restores).")
+    rf = sub.add_parser(
+        "refactor",
+        parents=[common()],
+        help="rewrite a symbol or range; prints a diff",
+        description="Ask the model to rewrite a symbol, a line range or the file; the rewrite "
+        "is validated and printed as a unified diff. Only --apply writes (atomically, "
+        "with a backup that `demi undo PATH` restores).",
+    )
     rf.add_argument("path", metavar="PATH")
     rf.add_argument("--instruction", "-i", help="what to change")
     rf.add_argument("--symbol", "-s")
@@ -83,20 +109,25 @@ def register(sub, common) -> None:
     sr.add_argument("--limit", type=int, default=20)
     sr.set_defaults(func=cmd_sessions_search)
 
-    cf = sub.add_parser("config", parents=[common(model=False)],
-                        help="effective settings and where each comes from")
+    cf = sub.add_parser("config", parents=[common(model=False)], help="effective settings and where each comes from")
     cf.set_defaults(func=cmd_config)
 
 
 # -- shared ---------------------------------------------------------------------------------------
 
+
 def _config(args: argparse.Namespace, **task: Any):
     from demi.assistant.config import load_config
 
-    flags = {"model": getattr(args, "model", None), "server": getattr(args, "server", None),
-             "device": getattr(args, "device", None), "context": getattr(args, "context", None),
-             "dtype": None if getattr(args, "dtype", "auto") == "auto" else args.dtype,
-             "quant": getattr(args, "quant", None), **task}
+    flags = {
+        "model": getattr(args, "model", None),
+        "server": getattr(args, "server", None),
+        "device": getattr(args, "device", None),
+        "context": getattr(args, "context", None),
+        "dtype": None if getattr(args, "dtype", "auto") == "auto" else args.dtype,
+        "quant": getattr(args, "quant", None),
+        **task,
+    }
     return load_config(flags)
 
 
@@ -156,8 +187,19 @@ def _warn(text: str) -> None:
     print(f"demi: warning: {text}", file=sys.stderr, flush=True)
 
 
-def _record(cfg, args: argparse.Namespace, kind: str, title: str, model: str, prompt: str, answer: str,
-            prompt_tokens: int, completion_tokens: int, seconds: float, meta: dict) -> str | None:
+def _record(
+    cfg,
+    args: argparse.Namespace,
+    kind: str,
+    title: str,
+    model: str,
+    prompt: str,
+    answer: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    seconds: float,
+    meta: dict,
+) -> str | None:
     """Keep the request in the session store; a store problem is a warning, never a lost answer."""
     if args.no_history or not cfg["history"]:
         return None
@@ -179,6 +221,7 @@ def _stdout(piece: str) -> None:
 
 # -- explain --------------------------------------------------------------------------------------
 
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from demi.assistant.document import parse_line_range
     from demi.assistant.explain import explain
@@ -190,20 +233,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
     doc = _load(args.path, cfg)
     resolve_target(doc, args.symbol, lines)  # a bad symbol or range fails here, before the model loads
     engine = _engine(cfg)
-    result = explain(engine, doc, args.symbol, lines, max_tokens=max_tokens,
-                     budget=cfg["explain.context_tokens"], lead=cfg["explain.lead"],
-                     on_text=None if args.json else _stdout, sampling=_sampling(args.temperature))
-    title = f"explain {doc.name}" + (f" {result.symbol}" if result.symbol else
-                                     f" lines {args.lines}" if args.lines else "")
-    _record(cfg, args, "explain", title, result.model, title, result.markdown, result.prompt_tokens,
-            result.completion_tokens, result.seconds, {"path": doc.name, "symbol": result.symbol,
-                                                       "lines": list(result.lines)})
+    result = explain(
+        engine,
+        doc,
+        args.symbol,
+        lines,
+        max_tokens=max_tokens,
+        budget=cfg["explain.context_tokens"],
+        lead=cfg["explain.lead"],
+        on_text=None if args.json else _stdout,
+        sampling=_sampling(args.temperature),
+    )
+    title = f"explain {doc.name}" + (
+        f" {result.symbol}" if result.symbol else f" lines {args.lines}" if args.lines else ""
+    )
+    _record(
+        cfg,
+        args,
+        "explain",
+        title,
+        result.model,
+        title,
+        result.markdown,
+        result.prompt_tokens,
+        result.completion_tokens,
+        result.seconds,
+        {"path": doc.name, "symbol": result.symbol, "lines": list(result.lines)},
+    )
     if args.json:
         emit_json(result.as_json())
     return 0
 
 
 # -- complete -------------------------------------------------------------------------------------
+
 
 def cmd_complete(args: argparse.Namespace) -> int:
     from demi.assistant.complete import complete
@@ -221,8 +284,15 @@ def cmd_complete(args: argparse.Namespace) -> int:
     for extra in args.context_file:
         recent.add(extra, _load(extra, cfg).text)
     engine = _engine(cfg)
-    result = complete(engine, doc, offset, max_tokens=max_tokens, budget=cfg["complete.context_tokens"],
-                      recent=recent, sampling=_sampling(cfg["complete.temperature"]))
+    result = complete(
+        engine,
+        doc,
+        offset,
+        max_tokens=max_tokens,
+        budget=cfg["complete.context_tokens"],
+        recent=recent,
+        sampling=_sampling(cfg["complete.temperature"]),
+    )
     for w in result.warnings:
         _warn(w)
     if args.json:
@@ -233,6 +303,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 # -- refactor -------------------------------------------------------------------------------------
+
 
 def cmd_refactor(args: argparse.Namespace) -> int:
     import json as _json
@@ -250,19 +321,37 @@ def cmd_refactor(args: argparse.Namespace) -> int:
     doc = _load(args.path, cfg)
     resolve_target(doc, args.symbol, lines)
     if args.apply and doc.lossy:
-        from demi.model.errors import DemiUserError
+        from demi.assistant.errors import DemiUserError
 
-        raise DemiUserError(f"{doc.name} is not valid UTF-8; Demi will not rewrite it (it would replace the "
-                            "undecodable bytes)")
+        raise DemiUserError(
+            f"{doc.name} is not valid UTF-8; Demi will not rewrite it (it would replace the undecodable bytes)"
+        )
     engine = _engine(cfg)
-    result = propose(engine, doc, args.instruction, args.symbol, lines, max_tokens=max_tokens,
-                     budget=cfg["refactor.context_tokens"], sampling=_sampling(args.temperature))
+    result = propose(
+        engine,
+        doc,
+        args.instruction,
+        args.symbol,
+        lines,
+        max_tokens=max_tokens,
+        budget=cfg["refactor.context_tokens"],
+        sampling=_sampling(args.temperature),
+    )
     if args.apply:
         apply(result, data_dir(cfg))
-    _record(cfg, args, "refactor", f"refactor {doc.name} {result.target}: {args.instruction.strip()[:60]}",
-            result.model, args.instruction, result.diff or "(no change)", result.prompt_tokens,
-            result.completion_tokens, result.seconds, {"path": doc.name, "target": result.target,
-                                                       "applied": result.applied})
+    _record(
+        cfg,
+        args,
+        "refactor",
+        f"refactor {doc.name} {result.target}: {args.instruction.strip()[:60]}",
+        result.model,
+        args.instruction,
+        result.diff or "(no change)",
+        result.prompt_tokens,
+        result.completion_tokens,
+        result.seconds,
+        {"path": doc.name, "target": result.target, "applied": result.applied},
+    )
     if args.json:
         emit_json(result.as_json())
         return 0
@@ -281,6 +370,7 @@ def cmd_refactor(args: argparse.Namespace) -> int:
 
 # -- undo -----------------------------------------------------------------------------------------
 
+
 def cmd_undo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -297,6 +387,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 # -- sessions -------------------------------------------------------------------------------------
+
 
 def _store(args: argparse.Namespace):
     from demi.assistant.config import data_dir
@@ -343,8 +434,20 @@ def cmd_sessions_search(args: argparse.Namespace) -> int:
     with _store(args) as store:
         hits = store.search(" ".join(args.query), args.limit)
     if args.json:
-        emit_json({"results": [{"session_id": m.session_id, "message_id": m.id, "role": m.role,
-                                "snippet": snip, "created": m.created} for m, snip in hits]})
+        emit_json(
+            {
+                "results": [
+                    {
+                        "session_id": m.session_id,
+                        "message_id": m.id,
+                        "role": m.role,
+                        "snippet": snip,
+                        "created": m.created,
+                    }
+                    for m, snip in hits
+                ]
+            }
+        )
         return 0
     if not hits:
         print("no matches")
@@ -354,6 +457,7 @@ def cmd_sessions_search(args: argparse.Namespace) -> int:
 
 
 # -- config ---------------------------------------------------------------------------------------
+
 
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = _config(args)

@@ -6,15 +6,19 @@ import argparse
 import sys
 import time
 
-from .main import UsageError, emit_json
+from demi.cli.main import UsageError, emit_json
 
 
 def register(sub, common) -> argparse._SubParsersAction:
     """`demi generate`, `demi eval perplexity` and `demi bench`; returns the `eval` command's
     sub-command table so other modules can add kinds to it (commands_train: fim, passk)."""
-    g = sub.add_parser("generate", parents=[common()], help="raw generation from a prompt",
-                       description="Generate from a prompt, encoded as the model's tokenizer does "
-                                   "by default; streams the text unless --json.")
+    g = sub.add_parser(
+        "generate",
+        parents=[common()],
+        help="raw generation from a prompt",
+        description="Generate from a prompt, encoded as the model's tokenizer does "
+        "by default; streams the text unless --json.",
+    )
     g.add_argument("--prompt", "-p", help="the prompt text ('-' reads standard input)")
     g.add_argument("--max-tokens", "-n", type=int, default=128)
     g.add_argument("--temperature", "-t", type=float, default=0.0, help="0 (default) is greedy")
@@ -24,31 +28,50 @@ def register(sub, common) -> argparse._SubParsersAction:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-    g.add_argument("--no-special-tokens", action="store_true",
-                   help="do not add the tokenizer's special tokens (e.g. BOS) to the prompt")
+    g.add_argument(
+        "--no-special-tokens",
+        action="store_true",
+        help="do not add the tokenizer's special tokens (e.g. BOS) to the prompt",
+    )
     g.set_defaults(func=cmd_generate)
 
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(
-        dest="eval_command", metavar="KIND", required=True)
-    ppl = ev.add_parser("perplexity", parents=[common()], help="mean NLL per token of text files",
-                        description="Mean negative log-likelihood per token (natural log) over the "
-                                    "files; each file tokenized as the tokenizer does by default and "
-                                    "its first token not scored.")
+        dest="eval_command", metavar="KIND", required=True
+    )
+    ppl = ev.add_parser(
+        "perplexity",
+        parents=[common()],
+        help="mean NLL per token of text files",
+        description="Mean negative log-likelihood per token (natural log) over the "
+        "files; each file tokenized as the tokenizer does by default and "
+        "its first token not scored.",
+    )
     ppl.add_argument("files", nargs="+", metavar="FILE")
     ppl.set_defaults(func=cmd_perplexity)
 
-    b = sub.add_parser("bench", parents=[common()], help="prefill/decode speed, latency, memory",
-                       description="Measure prefill and decode speed, per-token latency percentiles and "
-                                   "peak memory; a preset name (e.g. qwen2.5-coder-0.5b) is measured with "
-                                   "random weights in its real shape.")
+    b = sub.add_parser(
+        "bench",
+        parents=[common()],
+        help="prefill/decode speed, latency, memory",
+        description="Measure prefill and decode speed, per-token latency percentiles and "
+        "peak memory; a preset name (e.g. qwen2.5-coder-0.5b) is measured with "
+        "random weights in its real shape.",
+    )
     b.add_argument("--prompt-tokens", type=int, default=128)
     b.add_argument("--new-tokens", type=int, default=32)
     b.add_argument("--runs", type=int, default=3)
-    b.add_argument("--compare", choices=["transformers"], default=None,
-                   help="also time transformers' generate (fp32 and bf16) on the same checkpoint")
-    b.add_argument("--plan", action="store_true",
-                   help="measure and print the kernel plan: every candidate kernel's time per phase at this "
-                        "model's shapes, and the ones chosen (DEMI_KERNEL forces a family)")
+    b.add_argument(
+        "--compare",
+        choices=["transformers"],
+        default=None,
+        help="also time transformers' generate (fp32 and bf16) on the same checkpoint",
+    )
+    b.add_argument(
+        "--plan",
+        action="store_true",
+        help="measure and print the kernel plan: every candidate kernel's time per phase at this "
+        "model's shapes, and the ones chosen (DEMI_KERNEL forces a family)",
+    )
     b.set_defaults(func=cmd_bench)
     return ev
 
@@ -58,10 +81,18 @@ def _engine(args: argparse.Namespace):
     from demi.assistant.config import load_config
     from demi.assistant.engines import open_engine
 
-    cfg = load_config({"model": args.model, "device": args.device, "context": args.context,
-                       "dtype": None if args.dtype == "auto" else args.dtype, "quant": args.quant})
-    return open_engine(cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"],
-                       quant=cfg["quant"])
+    cfg = load_config(
+        {
+            "model": args.model,
+            "device": args.device,
+            "context": args.context,
+            "dtype": None if args.dtype == "auto" else args.dtype,
+            "quant": args.quant,
+        }
+    )
+    return open_engine(
+        cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"], quant=cfg["quant"]
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -77,14 +108,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     engine = _engine(args)
     stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-    result = engine.complete(prompt, on_text=stream, max_new_tokens=args.max_tokens, sampling=sampling,
-                             stop=args.stop, time_budget=args.time_budget,
-                             add_special_tokens=not args.no_special_tokens)
+    result = engine.complete(
+        prompt,
+        on_text=stream,
+        max_new_tokens=args.max_tokens,
+        sampling=sampling,
+        stop=args.stop,
+        time_budget=args.time_budget,
+        add_special_tokens=not args.no_special_tokens,
+    )
     if args.json:
-        emit_json({"text": result.text, "token_ids": result.token_ids, "model": engine.name,
-                   "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                   "finish_reason": result.finish_reason, "seconds": round(result.seconds, 4),
-                   "quant": getattr(getattr(engine, "local", None), "quantization", "server")})
+        emit_json(
+            {
+                "text": result.text,
+                "token_ids": result.token_ids,
+                "model": engine.name,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "finish_reason": result.finish_reason,
+                "seconds": round(result.seconds, 4),
+                "quant": getattr(getattr(engine, "local", None), "quantization", "server"),
+            }
+        )
     else:
         sys.stdout.write("\n")
     return 0
@@ -97,8 +142,14 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     engine = _engine(args)
     started = time.monotonic()
     res = engine.perplexity(texts)
-    out = {"tokens": res["tokens"], "nll": res["nll"], "perplexity": res["perplexity"],
-           "files": len(texts), "model": engine.name, "seconds": round(time.monotonic() - started, 4)}
+    out = {
+        "tokens": res["tokens"],
+        "nll": res["nll"],
+        "perplexity": res["perplexity"],
+        "files": len(texts),
+        "model": engine.name,
+        "seconds": round(time.monotonic() - started, 4),
+    }
     if args.json:
         emit_json(out)
     else:
@@ -113,28 +164,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _print_plan(args)
     if min(args.prompt_tokens, args.new_tokens, args.runs) < 1:
         raise UsageError("demi bench: --prompt-tokens, --new-tokens and --runs must be >= 1")
-    r = run(args.model, args.quant or "none", args.prompt_tokens, args.new_tokens, args.runs, args.compare,
-            args.device or "cpu", args.dtype)
+    r = run(
+        args.model,
+        args.quant or "none",
+        args.prompt_tokens,
+        args.new_tokens,
+        args.runs,
+        args.compare,
+        args.device or "cpu",
+        args.dtype,
+    )
     if args.json:
         emit_json(r)
         return 0
-    print(f"{r['model']}  quant {r['quant']}  dtype {r['dtype']}  {r['threads']} threads  "
-          f"prompt {r['prompt_tokens']}  new {r['new_tokens']}")
+    print(
+        f"{r['model']}  quant {r['quant']}  dtype {r['dtype']}  {r['threads']} threads  "
+        f"prompt {r['prompt_tokens']}  new {r['new_tokens']}"
+    )
     print(f"  prefill {r['prefill_tok_s']:8.1f} tok/s   ttft {r['ttft_ms']:7.1f} ms")
     if r["p50_ms"] is not None:
-        print(f"  decode  {r['decode_tok_s']:8.2f} tok/s   p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  "
-              f"p99 {r['p99_ms']:.1f} ms")
+        print(
+            f"  decode  {r['decode_tok_s']:8.2f} tok/s   p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  "
+            f"p99 {r['p99_ms']:.1f} ms"
+        )
     else:
         print("  decode  (one new token: no decode step to time)")
-    print(f"  memory  peak RSS {r['peak_rss_mb']:.0f} MB; {r['weight_bytes_per_token'] / 2**20:.0f} MiB read per "
-          f"token; copy bandwidth {r['copy_gb_s']:.1f} GB/s -> bound {r['bandwidth_bound_tok_s']:.1f} tok/s "
-          f"({100 * r['bandwidth_fraction']:.0f}% reached)")
+    print(
+        f"  memory  peak RSS {r['peak_rss_mb']:.0f} MB; {r['weight_bytes_per_token'] / 2**20:.0f} MiB read per "
+        f"token; copy bandwidth {r['copy_gb_s']:.1f} GB/s -> bound {r['bandwidth_bound_tok_s']:.1f} tok/s "
+        f"({100 * r['bandwidth_fraction']:.0f}% reached)"
+    )
     for dtype, ref in r.get("compare", {}).get("transformers", {}).items():
-        print(f"  transformers {dtype:8s}: prefill {ref['prefill_tok_s']:8.1f} tok/s  decode "
-              f"{ref['decode_tok_s']:6.2f} tok/s")
+        print(
+            f"  transformers {dtype:8s}: prefill {ref['prefill_tok_s']:8.1f} tok/s  decode "
+            f"{ref['decode_tok_s']:6.2f} tok/s"
+        )
     if "decode_ratio_vs_best_transformers" in r:
-        print(f"  decode: {r['decode_ratio_vs_best_transformers']:.2f}x the faster transformers run, "
-              f"{r['decode_ratio_vs_transformers_fp32']:.2f}x transformers fp32")
+        print(
+            f"  decode: {r['decode_ratio_vs_best_transformers']:.2f}x the faster transformers run, "
+            f"{r['decode_ratio_vs_transformers_fp32']:.2f}x transformers fp32"
+        )
     return 0
 
 
@@ -147,8 +216,10 @@ def _print_plan(args: argparse.Namespace) -> int:
         return 0
     plan, m = r["plan"], r["machine"]
     print(f"{m['cpu']}  {m['torch_threads']} threads  features: {' '.join(m['cpu_features']) or '(none)'}")
-    print(f"native paths: {', '.join(m['native_paths']) or '(none)'}"
-          + (f"  (forced: {m['kernel_forced']})" if m["kernel_forced"] else ""))
+    print(
+        f"native paths: {', '.join(m['native_paths']) or '(none)'}"
+        + (f"  (forced: {m['kernel_forced']})" if m["kernel_forced"] else "")
+    )
     for path, why in r["problems"].items():
         print(f"  {path}: {why}")
     print(f"{r['model']}  {plan['mode']}  shapes (N x K): {', '.join(f'{n}x{k}' for n, k in r['shapes'])}")

@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import argparse
 
-from .main import emit_json
+from demi.cli.main import emit_json
 
 
 def register(sub, common) -> None:
     models = sub.add_parser("models", parents=[common(model=False)], help="list models; `models info NAME`")
     models.set_defaults(func=cmd_models)
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
-    info = msub.add_parser("info", parents=[common(model=False)],
-                           help="parameters and memory of a preset, directory or cached hub model")
+    info = msub.add_parser(
+        "info", parents=[common(model=False)], help="parameters and memory of a preset, directory or cached hub model"
+    )
     info.add_argument("name", metavar="NAME")
     info.add_argument("--context", type=int, default=None, help="context for the KV cache figure")
-    info.add_argument("--target", choices=["mobile", "edge", "desktop", "server"], default=None,
-                      help="show the deployment plan for a device class (precision, context, memory)")
+    info.add_argument(
+        "--target",
+        choices=["mobile", "edge", "desktop", "server"],
+        default=None,
+        help="show the deployment plan for a device class (precision, context, memory)",
+    )
     info.set_defaults(func=cmd_models_info)
 
-    quant = msub.add_parser("quantize", parents=[common(model=False)],
-                            help="write an int8/int4 checkpoint that loads without re-quantizing")
+    quant = msub.add_parser(
+        "quantize", parents=[common(model=False)], help="write an int8/int4 checkpoint that loads without re-quantizing"
+    )
     quant.add_argument("src", metavar="SRC", help="model name, directory or hub id")
     quant.add_argument("dst", metavar="DST", help="new directory")
     quant.add_argument("--quant", choices=["int8", "int4"], required=True)
     quant.add_argument("--group", type=int, default=64, choices=[32, 64, 128], help="int4 group size")
     quant.set_defaults(func=cmd_models_quantize)
 
-    pull = sub.add_parser("pull", parents=[common(model=False)],
-                          help="download a model from the hub (safetensors and JSON only)")
+    pull = sub.add_parser(
+        "pull", parents=[common(model=False)], help="download a model from the hub (safetensors and JSON only)"
+    )
     pull.add_argument("repo_id", metavar="ID")
     pull.set_defaults(func=cmd_pull)
 
@@ -93,8 +100,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 print(f"  {row['key']:18s} {row['value']!s:30s} from {row['source']}")
             continue
         elif key == "model":
-            value = (f"{value['name']} -> {value['path']} ({value['model_type']})" if value["ok"]
-                     else f"{value['name']}: {value['problem']}")
+            value = (
+                f"{value['name']} -> {value['path']} ({value['model_type']})"
+                if value["ok"]
+                else f"{value['name']}: {value['problem']}"
+            )
         elif key == "cpu":
             _print_cpu(value)
             continue
@@ -123,8 +133,10 @@ def _print_cpu(cpu: dict) -> None:
         print(f"  {cpu['note']}")
     plan = cpu.get("plan")
     if plan and "problem" not in plan:
-        print(f"{'kernel plan':20s} {plan['mode']}: decode {plan['decode']}, prefill {plan['prefill']}, "
-              f"activations {plan['activations']} ({plan['source']})")
+        print(
+            f"{'kernel plan':20s} {plan['mode']}: decode {plan['decode']}, prefill {plan['prefill']}, "
+            f"activations {plan['activations']} ({plan['source']})"
+        )
         for phase, times in plan["times_ms"].items():
             row = ", ".join(f"{k} {v:.3f}" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
             unit = "ms per layer's weights" if phase == "convert" else "ms/row/layer"

@@ -11,69 +11,112 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .main import UsageError, emit_json
+from demi.cli.main import UsageError, emit_json
 
 SHAPES = {
     # name: decoder shape (vocab_size comes from the tokenizer)
-    "tiny": None,  # demi-tiny's own shape (model/train/tiny.py)
-    "small": dict(model_type="qwen2", hidden_size=256, intermediate_size=704, num_hidden_layers=6,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e5,
-                  qkv_bias=True, tie_word_embeddings=True),
-    "micro": dict(model_type="qwen2", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_theta=1e4,
-                  qkv_bias=True, tie_word_embeddings=True),
+    "tiny": None,  # demi-tiny's own shape (train/tiny.py)
+    "small": dict(
+        model_type="qwen2",
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rope_theta=1e5,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+    ),
+    "micro": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_theta=1e4,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+    ),
 }
 
 
 def register(sub, common, ev: argparse._SubParsersAction) -> None:
     """`demi train ACTION`, and `demi eval fim|passk` added to `ev`: the `eval` command's
     sub-command table, made by commands_engine and handed over by main.build_parser."""
-    train = sub.add_parser("train", help="build corpora and tokenizers, train and distill models",
-                           description="Demi's training pipeline (see model/train/).")
+    train = sub.add_parser(
+        "train",
+        help="build corpora and tokenizers, train and distill models",
+        description="Demi's training pipeline (see train/).",
+    )
     tsub = train.add_subparsers(dest="train_command", metavar="ACTION", required=True)
 
-    corpus = tsub.add_parser("corpus", parents=[common(model=False)],
-                             help="read, filter and deduplicate a corpus; print or write its manifest")
+    corpus = tsub.add_parser(
+        "corpus",
+        parents=[common(model=False)],
+        help="read, filter and deduplicate a corpus; print or write its manifest",
+    )
     _corpus_args(corpus)
     corpus.add_argument("--out", type=Path, help="write the manifest JSON here")
     corpus.set_defaults(func=cmd_corpus)
 
-    tok = tsub.add_parser("tokenizer", parents=[common(model=False)],
-                          help="train a byte-level BPE tokenizer with Demi's special tokens")
+    tok = tsub.add_parser(
+        "tokenizer", parents=[common(model=False)], help="train a byte-level BPE tokenizer with Demi's special tokens"
+    )
     _corpus_args(tok)
     tok.add_argument("--out", type=Path, required=True, help="directory for tokenizer.json + tokenizer_config.json")
     tok.add_argument("--vocab-size", type=int, default=8192)
     tok.set_defaults(func=cmd_tokenizer)
 
-    run = tsub.add_parser("run", parents=[common(model=False)], help="train a model on a corpus (resumable)",
-                          description="Train a decoder on source directories. A new --out builds the corpus "
-                                      "snapshot, manifest and tokenizer first; --resume continues a run from its "
-                                      "latest checkpoint.")
+    run = tsub.add_parser(
+        "run",
+        parents=[common(model=False)],
+        help="train a model on a corpus (resumable)",
+        description="Train a decoder on source directories. A new --out builds the corpus "
+        "snapshot, manifest and tokenizer first; --resume continues a run from its "
+        "latest checkpoint.",
+    )
     _run_args(run)
     run.set_defaults(func=cmd_run, distill=False)
 
-    dist = tsub.add_parser("distill", parents=[common(model=False)],
-                           help="train a student on a teacher's temperature-softened logits plus cross-entropy")
+    dist = tsub.add_parser(
+        "distill",
+        parents=[common(model=False)],
+        help="train a student on a teacher's temperature-softened logits plus cross-entropy",
+    )
     dist.add_argument("--teacher", required=True, help="teacher model directory (same tokenizer as the student)")
     dist.add_argument("--alpha", type=float, default=0.5, help="weight of the KL term (default 0.5)")
     dist.add_argument("--temperature", type=float, default=2.0)
     _run_args(dist)
     dist.set_defaults(func=cmd_run, distill=True)
 
-    tiny = tsub.add_parser("tiny", parents=[common(model=False)], help="reproduce demi-tiny from scratch (resumable)",
-                           description="Build demi-tiny: permissive Python from this machine, fixed seed. Rerun "
-                                       "the same command to resume from the latest checkpoint.")
+    tiny = tsub.add_parser(
+        "tiny",
+        parents=[common(model=False)],
+        help="reproduce demi-tiny from scratch (resumable)",
+        description="Build demi-tiny: permissive Python from this machine, fixed seed. Rerun "
+        "the same command to resume from the latest checkpoint.",
+    )
     tiny.add_argument("--out", type=Path, required=True, help="run directory")
     tiny.add_argument("--until", type=int, help="stop at this step (continue later with the same command)")
     tiny.add_argument("--steps", type=int, help="change the total number of steps")
-    tiny.add_argument("--ship", type=Path, metavar="DIR",
-                      help="after training, copy the model with its manifest and model card into DIR "
-                           "(model/builtin/demi-tiny); checks licenses and the 40 MB budget")
+    tiny.add_argument(
+        "--ship",
+        type=Path,
+        metavar="DIR",
+        help="after training, copy the model with its manifest and model card into DIR "
+        "(model/builtin/demi-tiny); checks licenses and the 40 MB budget",
+    )
     _speed_args(tiny)
     tiny.set_defaults(func=cmd_tiny)
 
-    exp = tsub.add_parser("export", parents=[common(model=False)],
-                          help="write a run's latest (or a given) checkpoint as a model directory")
+    exp = tsub.add_parser(
+        "export",
+        parents=[common(model=False)],
+        help="write a run's latest (or a given) checkpoint as a model directory",
+    )
     exp.add_argument("--run", type=Path, required=True, help="run directory")
     exp.add_argument("--to", type=Path, required=True, help="new model directory")
     exp.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the latest)")
@@ -92,10 +135,14 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, default=0)
     bench.set_defaults(func=cmd_bench)
 
-    fim = ev.add_parser("fim", parents=[common()], help="FIM line exact match and edit similarity",
-                        description="Put the cursor at the start of a code line or after a word in it, ask the "
-                                    "model (through demi complete's prompt) for the rest of the line, and score "
-                                    "exact match and edit similarity.")
+    fim = ev.add_parser(
+        "fim",
+        parents=[common()],
+        help="FIM line exact match and edit similarity",
+        description="Put the cursor at the start of a code line or after a word in it, ask the "
+        "model (through demi complete's prompt) for the rest of the line, and score "
+        "exact match and edit similarity.",
+    )
     fim.add_argument("files", nargs="*", metavar="PATH", help="files or directories (their *.py files)")
     fim.add_argument("--run", type=Path, help="use a training run's held-out files")
     fim.add_argument("--samples", type=int, default=100)
@@ -103,9 +150,13 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     fim.add_argument("--max-tokens", type=int, default=48)
     fim.set_defaults(func=cmd_eval_fim)
 
-    pk = ev.add_parser("passk", parents=[common()], help="execution-based pass@k on HumanEval-format JSONL",
-                       description="Generate completions for each problem and run each against its tests in a "
-                                   "sandboxed subprocess with a timeout and no network.")
+    pk = ev.add_parser(
+        "passk",
+        parents=[common()],
+        help="execution-based pass@k on HumanEval-format JSONL",
+        description="Generate completions for each problem and run each against its tests in a "
+        "sandboxed subprocess with a timeout and no network.",
+    )
     pk.add_argument("--problems", type=Path, help="HumanEval-format JSONL (default: Demi's tiny built-in set)")
     pk.add_argument("--samples", "-n", type=int, default=1, help="completions per problem")
     pk.add_argument("--k", default="1", help="comma-separated k values (each <= --samples)")
@@ -118,17 +169,27 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
 
 
 def _corpus_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", action="append", default=[], metavar="DIR",
-                   help="a directory (or file) of source files; repeatable")
+    p.add_argument(
+        "--corpus", action="append", default=[], metavar="DIR", help="a directory (or file) of source files; repeatable"
+    )
     p.add_argument("--stdlib", action="store_true", help="add this Python's standard library (PSF-2.0)")
-    p.add_argument("--site-packages", action="store_true",
-                   help="add the installed distributions (license from each one's METADATA)")
+    p.add_argument(
+        "--site-packages",
+        action="store_true",
+        help="add the installed distributions (license from each one's METADATA)",
+    )
     p.add_argument("--license", help="the SPDX license of the --corpus directories (else read from a LICENSE file)")
     p.add_argument("--ext", action="append", default=[], help="file extension to include (default .py); repeatable")
-    p.add_argument("--permissive-only", action="store_true",
-                   help="leave out sources that are not MIT/BSD/Apache/PSF/ISC (required for a shipped model)")
-    p.add_argument("--skip-bad-files", action="store_true",
-                   help="leave out unreadable, binary or non-UTF-8 files instead of stopping")
+    p.add_argument(
+        "--permissive-only",
+        action="store_true",
+        help="leave out sources that are not MIT/BSD/Apache/PSF/ISC (required for a shipped model)",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="leave out unreadable, binary or non-UTF-8 files instead of stopping",
+    )
     p.add_argument("--near-dup", type=float, default=0.85, help="near-duplicate Jaccard threshold (0 turns it off)")
     p.add_argument("--heldout", type=float, default=0.02, help="share of files held out for evaluation")
 
@@ -136,10 +197,18 @@ def _corpus_args(p: argparse.ArgumentParser) -> None:
 def _speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default=None, help="torch.compile (default auto)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help="bf16 autocast (default auto: with compile on CPUs with bf16 units, on CUDA)")
-    p.add_argument("--grad-checkpointing", action="store_true", default=None,
-                   help="recompute activations in the backward pass (less memory, ~30%% slower)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="bf16 autocast (default auto: with compile on CPUs with bf16 units, on CUDA)",
+    )
+    p.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations in the backward pass (less memory, ~30%% slower)",
+    )
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -163,8 +232,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-factor", type=float, default=1.25)
     p.add_argument("--tokenizer", type=Path, help="use this tokenizer directory instead of training one")
     p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000; with --resume: "
-                   "change the total)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (default 1000; with --resume: change the total)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=512)
@@ -183,12 +253,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 # -- helpers -------------------------------------------------------------------------------------
 
+
 def _log(msg: str) -> None:
     print(f"demi: {msg}", file=sys.stderr, flush=True)
 
 
 def _sources(args: argparse.Namespace) -> list:
-    from demi.model.train.corpus import directory_source, site_packages_sources, stdlib_source
+    from demi.train.corpus import directory_source, site_packages_sources, stdlib_source
 
     exts = tuple(e if e.startswith(".") else f".{e}" for e in args.ext) or (".py",)
     sources = [directory_source(d, license=args.license, extensions=exts) for d in args.corpus]
@@ -202,14 +273,23 @@ def _sources(args: argparse.Namespace) -> list:
 
 
 def _corpus_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(permissive_only=args.permissive_only, on_bad="skip" if args.skip_bad_files else "error",
-                near_threshold=args.near_dup or None, heldout_fraction=args.heldout)
+    return dict(
+        permissive_only=args.permissive_only,
+        on_bad="skip" if args.skip_bad_files else "error",
+        near_threshold=args.near_dup or None,
+        heldout_fraction=args.heldout,
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"threads": args.threads, "compile": args.compile, "precision": args.precision,
-            "grad_checkpointing": args.grad_checkpointing, "eval_every": args.eval_every,
-            "ckpt_every": args.ckpt_every}
+    return {
+        "threads": args.threads,
+        "compile": args.compile,
+        "precision": args.precision,
+        "grad_checkpointing": args.grad_checkpointing,
+        "eval_every": args.eval_every,
+        "ckpt_every": args.ckpt_every,
+    }
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -224,41 +304,56 @@ def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
         return
     ev = f", eval loss {summary['eval_loss']:.4f}" if summary.get("eval_loss") is not None else ""
     loss = f"{summary['loss']:.4f}" if summary.get("loss") is not None else "-"
-    print(f"step {summary['step']}/{summary['steps']}: loss {loss}{ev}; "
-          f"{summary['tokens_seen']:,} tokens in {summary['seconds']:.0f} s")
+    print(
+        f"step {summary['step']}/{summary['steps']}: loss {loss}{ev}; "
+        f"{summary['tokens_seen']:,} tokens in {summary['seconds']:.0f} s"
+    )
     if summary.get("model_dir"):
         print(f"model saved in {summary['model_dir']}")
     elif not summary.get("finished"):
-        print(f"stopped at step {summary['step']} (checkpoint written); continue with the same command"
-              f"{'' if 'tiny' in sys.argv else ' and --resume'} ({summary['run']})")
+        print(
+            f"stopped at step {summary['step']} (checkpoint written); continue with the same command"
+            f"{'' if 'tiny' in sys.argv else ' and --resume'} ({summary['run']})"
+        )
 
 
 # -- commands -------------------------------------------------------------------------------------
 
+
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from demi.model.train.corpus import build_corpus, source_summary, write_manifest
+    from demi.train.corpus import build_corpus, source_summary, write_manifest
 
     corpus = build_corpus(_sources(args), **_corpus_settings(args))
     if args.out:
         write_manifest(corpus, args.out)
     if args.json:
-        emit_json(corpus.manifest if not args.out else {"manifest": str(args.out), **{
-            k: corpus.manifest[k] for k in ("files", "train_files", "heldout_files", "bytes", "shippable")}})
+        emit_json(
+            corpus.manifest
+            if not args.out
+            else {
+                "manifest": str(args.out),
+                **{k: corpus.manifest[k] for k in ("files", "train_files", "heldout_files", "bytes", "shippable")},
+            }
+        )
         return 0
     for row in source_summary(corpus):
         note = f"  EXCLUDED: {row['excluded']}" if row["excluded"] else ""
-        print(f"{row['name']:24s} {row['version']:12s} {row['license'][:32]:32s} {row['files']:6d} files "
-              f"{row['bytes'] / 1e6:8.2f} MB{note}")
+        print(
+            f"{row['name']:24s} {row['version']:12s} {row['license'][:32]:32s} {row['files']:6d} files "
+            f"{row['bytes'] / 1e6:8.2f} MB{note}"
+        )
     m = corpus.manifest
-    print(f"{m['files']} files ({m['heldout_files']} held out), {m['bytes'] / 1e6:.1f} MB; "
-          f"duplicates removed: {m['dedup']['exact_removed']} exact, {m['dedup']['near_removed']} near; "
-          f"skipped {m['skipped_count']}; shippable: {m['shippable']}")
+    print(
+        f"{m['files']} files ({m['heldout_files']} held out), {m['bytes'] / 1e6:.1f} MB; "
+        f"duplicates removed: {m['dedup']['exact_removed']} exact, {m['dedup']['near_removed']} near; "
+        f"skipped {m['skipped_count']}; shippable: {m['shippable']}"
+    )
     return 0
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
     from demi.model.bpe_train import train_bpe_tokenizer
-    from demi.model.train.corpus import build_corpus
+    from demi.train.corpus import build_corpus
 
     corpus = build_corpus(_sources(args), **{**_corpus_settings(args), "heldout_fraction": 0.0})
     tok = train_bpe_tokenizer((d.text for d in corpus.train), args.out, vocab_size=args.vocab_size)
@@ -269,22 +364,31 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.shape == "tiny":
-        from demi.model.train.tiny import tiny_model_fields
+        from demi.train.tiny import tiny_model_fields
 
         fields = tiny_model_fields()
     else:
         fields = dict(SHAPES[args.shape])
-    for flag, key in (("layers", "num_hidden_layers"), ("hidden", "hidden_size"),
-                      ("intermediate", "intermediate_size"), ("heads", "num_attention_heads"),
-                      ("kv_heads", "num_key_value_heads")):
+    for flag, key in (
+        ("layers", "num_hidden_layers"),
+        ("hidden", "hidden_size"),
+        ("intermediate", "intermediate_size"),
+        ("heads", "num_attention_heads"),
+        ("kv_heads", "num_key_value_heads"),
+    ):
         if getattr(args, flag) is not None:
             fields[key] = getattr(args, flag)
     fields["max_position_embeddings"] = max(fields.get("max_position_embeddings", 0), args.seq_len)
     if args.experts:
         if not 0 < args.experts_per_token <= args.experts:
             raise UsageError("--experts-per-token must be between 1 and --experts")
-        fields.update(model_type="mixtral", num_experts=args.experts, num_experts_per_tok=args.experts_per_token,
-                      qkv_bias=False, router="softmax")
+        fields.update(
+            model_type="mixtral",
+            num_experts=args.experts,
+            num_experts_per_tok=args.experts_per_token,
+            qkv_bias=False,
+            router="softmax",
+        )
     for key, value in fields.items():
         if isinstance(value, int) and not isinstance(value, bool) and value < 1 and key.startswith("num_"):
             raise UsageError(f"{key} must be at least 1")
@@ -292,16 +396,17 @@ def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from demi.model.train.pipeline import RunSpec, prepare_run, train_run
+    from demi.train.pipeline import RunSpec, prepare_run, train_run
 
     run_json = args.out / "run.json"
     progress = not args.no_progress
     if run_json.is_file() and not (args.resume or args.resume_from):
-        raise UsageError(f"demi train: {args.out} already holds a run; pass --resume to continue it "
-                         "or choose a new --out")
+        raise UsageError(
+            f"demi train: {args.out} already holds a run; pass --resume to continue it or choose a new --out"
+        )
     if not run_json.is_file():
         if args.resume or args.resume_from:
-            from demi.model.train.errors import ResumeError
+            from demi.train.errors import ResumeError
 
             raise ResumeError(f"{args.out}: no run to resume (no run.json)")
         teacher = None
@@ -314,20 +419,48 @@ def cmd_run(args: argparse.Namespace) -> int:
             tokenizer = tokenizer or Path(teacher)
         steps = args.steps or 1000
         warmup = args.warmup if args.warmup is not None else max(1, steps // 20)
-        train = dict(steps=steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                     warmup_steps=warmup, weight_decay=args.weight_decay, clip=args.clip, seed=args.seed,
-                     save_dtype=args.save_dtype, moe_capacity_factor=args.capacity_factor,
-                     **{k: v for k, v in _overrides(args).items() if v is not None})
+        train = dict(
+            steps=steps,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            lr=args.lr,
+            warmup_steps=warmup,
+            weight_decay=args.weight_decay,
+            clip=args.clip,
+            seed=args.seed,
+            save_dtype=args.save_dtype,
+            moe_capacity_factor=args.capacity_factor,
+            **{k: v for k, v in _overrides(args).items() if v is not None},
+        )
         if args.distill:
             train.update(distill_alpha=args.alpha, distill_temperature=args.temperature)
-        spec = RunSpec(model=_model_fields(args), train=train, vocab_size=args.vocab_size, teacher=teacher,
-                       data=dict(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate,
-                                 repo_rate=args.repo_rate, seed=args.seed),
-                       corpus={**_corpus_settings(args), "pairs": not args.no_pairs}, name=args.out.name)
+        spec = RunSpec(
+            model=_model_fields(args),
+            train=train,
+            vocab_size=args.vocab_size,
+            teacher=teacher,
+            data=dict(
+                seq_len=args.seq_len,
+                fim_rate=args.fim_rate,
+                spm_rate=args.spm_rate,
+                repo_rate=args.repo_rate,
+                seed=args.seed,
+            ),
+            corpus={**_corpus_settings(args), "pairs": not args.no_pairs},
+            name=args.out.name,
+        )
         _validate(spec)
         prepare_run(args.out, spec, _sources(args), tokenizer_dir=tokenizer, log=_log)
-    summary = train_run(args.out, steps=args.steps, until=args.until, progress=progress,
-                        resume_from=args.resume_from, log=_log, overrides=_overrides(args), device=_device(args))
+    summary = train_run(
+        args.out,
+        steps=args.steps,
+        until=args.until,
+        progress=progress,
+        resume_from=args.resume_from,
+        log=_log,
+        overrides=_overrides(args),
+        device=_device(args),
+    )
     _print_summary(args, summary)
     return 130 if summary.get("interrupted") else 0
 
@@ -335,8 +468,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _validate(spec) -> None:
     """Catch bad settings before the corpus is read (that can take a minute)."""
     from demi.model.config import ModelConfig
-    from demi.model.train.data import DataOptions
-    from demi.model.train.trainer import TrainConfig
+    from demi.train.data import DataOptions
+    from demi.train.trainer import TrainConfig
 
     TrainConfig.from_dict(spec.train)
     DataOptions(**spec.data)
@@ -355,17 +488,24 @@ def _check_model_dir(path: str) -> None:
 def _check_teacher_vocab(teacher: str, tokenizer_dir: Path) -> None:
     from demi.model.config import load_config
     from demi.model.tokenizer import Tokenizer
-    from demi.model.train.pipeline import check_teacher
+    from demi.train.pipeline import check_teacher
 
     tok = Tokenizer.from_dir(tokenizer_dir)
     check_teacher(teacher, tok, load_config(teacher).replace(vocab_size=tok.vocab_size))
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from demi.model.train.tiny import build_tiny, ship
+    from demi.train.tiny import build_tiny, ship
 
-    summary = build_tiny(args.out, until=args.until, steps=args.steps, progress=not args.no_progress, log=_log,
-                         overrides=_overrides(args), device=_device(args))
+    summary = build_tiny(
+        args.out,
+        until=args.until,
+        steps=args.steps,
+        progress=not args.no_progress,
+        log=_log,
+        overrides=_overrides(args),
+        device=_device(args),
+    )
     if args.ship and summary.get("finished"):
         card = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
         summary["shipped"] = ship(args.out, args.ship, card)
@@ -375,7 +515,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from demi.model.train.pipeline import export_checkpoint
+    from demi.train.pipeline import export_checkpoint
 
     out = export_checkpoint(args.run, args.to, args.checkpoint, args.save_dtype)
     emit_json({"model_dir": str(out)}) if args.json else print(f"model written to {out}")
@@ -384,27 +524,37 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from demi.model.config import ModelConfig
-    from demi.model.train.bench import measure
-    from demi.model.train.tiny import tiny_model_fields
+    from demi.train.bench import measure
+    from demi.train.tiny import tiny_model_fields
 
     fields = tiny_model_fields() if args.shape == "tiny" else dict(SHAPES[args.shape])
     fields["max_position_embeddings"] = max(fields["max_position_embeddings"], args.seq_len)
-    r = measure(ModelConfig(**fields, vocab_size=8192), args.seq_len, args.batch_size, args.steps, args.warmup,
-                compile=args.compile, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
-                threads=args.threads).as_dict()
+    r = measure(
+        ModelConfig(**fields, vocab_size=8192),
+        args.seq_len,
+        args.batch_size,
+        args.steps,
+        args.warmup,
+        compile=args.compile,
+        precision=args.precision,
+        grad_checkpointing=args.grad_checkpointing,
+        threads=args.threads,
+    ).as_dict()
     if args.json:
         emit_json(r)
     else:
-        print(f"{r['params'] / 1e6:.2f}M params, seq {r['seq_len']} x batch {r['batch_size']}, "
-              f"{'compiled' if r['compiled'] else 'eager'}, {r['precision']}, "
-              f"{'fused' if r['fused_adamw'] else 'plain'} AdamW, {r['threads']} threads: "
-              f"{r['tok_s']:,.0f} tok/s ({r['step_s']:.3f} s/step; warm-up {r['warmup_s']:.1f} s; "
-              f"other processes used {100 * r['others_cpu']:.0f}% of the CPU meanwhile)")
+        print(
+            f"{r['params'] / 1e6:.2f}M params, seq {r['seq_len']} x batch {r['batch_size']}, "
+            f"{'compiled' if r['compiled'] else 'eager'}, {r['precision']}, "
+            f"{'fused' if r['fused_adamw'] else 'plain'} AdamW, {r['threads']} threads: "
+            f"{r['tok_s']:,.0f} tok/s ({r['step_s']:.3f} s/step; warm-up {r['warmup_s']:.1f} s; "
+            f"other processes used {100 * r['others_cpu']:.0f}% of the CPU meanwhile)"
+        )
     return 0
 
 
 def _engine(args: argparse.Namespace):
-    from .commands_engine import _engine as engine
+    from demi.cli.commands_engine import _engine as engine
 
     return engine(args)
 
@@ -436,7 +586,7 @@ def _fim_files(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def cmd_eval_fim(args: argparse.Namespace) -> int:
     from demi.assistant.context import FimContext
-    from demi.model.train.evaluate import evaluate_fim, line_samples
+    from demi.train.evaluate import evaluate_fim, line_samples
 
     if args.samples < 1 or args.max_tokens < 1:
         raise UsageError("demi eval fim: --samples and --max-tokens must be >= 1")
@@ -458,18 +608,21 @@ def cmd_eval_fim(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(res)
     else:
-        print(f"{res['samples']} lines from {len(files)} files: exact match {res['exact_match']:.3f}, "
-              f"edit similarity {res['edit_similarity']:.3f}  ({res['seconds']:.1f} s)")
+        print(
+            f"{res['samples']} lines from {len(files)} files: exact match {res['exact_match']:.3f}, "
+            f"edit similarity {res['edit_similarity']:.3f}  ({res['seconds']:.1f} s)"
+        )
         for kind, r in res["by_kind"].items():
             if r["samples"]:
-                print(f"  {kind:10s} {r['samples']:4d}  exact {r['exact_match']:.3f}  "
-                      f"edit sim {r['edit_similarity']:.3f}")
+                print(
+                    f"  {kind:10s} {r['samples']:4d}  exact {r['exact_match']:.3f}  edit sim {r['edit_similarity']:.3f}"
+                )
     return 0
 
 
 def cmd_eval_passk(args: argparse.Namespace) -> int:
     from demi.assistant.engines import Sampling
-    from demi.model.train.passk import STOP_STRINGS, evaluate, load_problems, truncate_completion
+    from demi.train.passk import STOP_STRINGS, evaluate, load_problems, truncate_completion
 
     try:
         ks = sorted({int(k) for k in str(args.k).split(",") if k.strip()})
@@ -486,10 +639,10 @@ def cmd_eval_passk(args: argparse.Namespace) -> int:
     for pi, p in enumerate(problems):
         outs = []
         for i in range(args.samples):
-            sampling = Sampling(temperature=temperature, top_p=0.95 if temperature else 1.0,
-                                seed=args.seed + 1000 * pi + i)
-            r = engine.complete(p["prompt"], max_new_tokens=args.max_tokens, sampling=sampling,
-                                stop=list(STOP_STRINGS))
+            sampling = Sampling(
+                temperature=temperature, top_p=0.95 if temperature else 1.0, seed=args.seed + 1000 * pi + i
+            )
+            r = engine.complete(p["prompt"], max_new_tokens=args.max_tokens, sampling=sampling, stop=list(STOP_STRINGS))
             outs.append(truncate_completion(r.text))
         completions[p["task_id"]] = outs
     res = evaluate(problems, completions, ks=ks, timeout=args.timeout)

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 EXIT_USER, EXIT_RUNTIME = 2, 1
 
@@ -31,14 +32,21 @@ class Parser(argparse.ArgumentParser):
 def common(json_flag: bool = True, model: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     if model:
-        p.add_argument("--model", "-m", help="model name, local directory or hub id "
-                       "(default: config, then $DEMI_MODEL, then demi-tiny)")
+        p.add_argument(
+            "--model",
+            "-m",
+            help="model name, local directory or hub id (default: config, then $DEMI_MODEL, then demi-tiny)",
+        )
         p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
         p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
         p.add_argument("--context", type=int, default=None, help="context window to allocate (tokens)")
-        p.add_argument("--quant", default=None, choices=["none", "int8", "int4", "nf4", "auto"],
-                       help="weight quantization: int8/int4 on CPU, int8/nf4 (bitsandbytes) on CUDA, "
-                            "auto picks by device and free memory (default: auto, int8 on CPU)")
+        p.add_argument(
+            "--quant",
+            default=None,
+            choices=["none", "int8", "int4", "nf4", "auto"],
+            help="weight quantization: int8/int4 on CPU, int8/nf4 (bitsandbytes) on CUDA, "
+            "auto picks by device and free memory (default: auto, int8 on CPU)",
+        )
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -46,18 +54,28 @@ def common(json_flag: bool = True, model: bool = True) -> argparse.ArgumentParse
 
 
 def build_parser() -> Parser:
-    from . import commands_engine, commands_models
+    from demi.cli import commands_engine, commands_models
 
     parser = Parser(prog="demi", description="Demi: a local, private coding assistant.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     eval_kinds = commands_engine.register(sub, common)  # `demi eval KIND`: commands_train adds kinds too
     commands_models.register(sub, common)
-    from . import commands_serve; commands_serve.register(sub, common)  # noqa: E702
-    from . import commands_assist; commands_assist.register(sub, common)  # noqa: E702
-    from . import commands_train; commands_train.register(sub, common, eval_kinds)  # noqa: E702
-    from . import commands_chat; commands_chat.register(sub, common)  # noqa: E702
-    from . import commands_lsp; commands_lsp.register(sub, common)  # noqa: E702
+    from demi.cli import commands_serve
+
+    commands_serve.register(sub, common)  # noqa: E702
+    from demi.cli import commands_assist
+
+    commands_assist.register(sub, common)  # noqa: E702
+    from demi.cli import commands_train
+
+    commands_train.register(sub, common, eval_kinds)  # noqa: E702
+    from demi.cli import commands_chat
+
+    commands_chat.register(sub, common)  # noqa: E702
+    from demi.cli import commands_lsp
+
+    commands_lsp.register(sub, common)  # noqa: E702
     return parser
 
 
@@ -94,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_RUNTIME
     except Exception as exc:  # the contract: one line, exit 2 for user errors, 1 otherwise
-        from demi.model.errors import DemiUserError
+        from demi.assistant.errors import DemiUserError
 
         if debug:
             traceback.print_exc()

@@ -29,9 +29,9 @@ from urllib.parse import unquote, urlsplit
 from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
-from .progress import Progress
-from .scheduler import StreamCancelled, set_priority
-from .textutil import lsp_lines, offset_at, replace_changed_lines
+from demi.lsp.progress import Progress
+from demi.lsp.scheduler import StreamCancelled, set_priority
+from demi.lsp.textutil import lsp_lines, offset_at, replace_changed_lines
 
 log = logging.getLogger("demi.lsp")
 
@@ -54,7 +54,7 @@ class Target:
     """What a command works on, in the assistant's terms."""
 
     uri: str
-    doc: Any                      # demi.assistant.document.Document
+    doc: Any  # demi.assistant.document.Document
     version: int | None
     symbol: str | None = None
     lines: tuple[int, int] | None = None
@@ -90,6 +90,7 @@ def _kind(kind: Any) -> str:
 
 
 # -- arguments ---------------------------------------------------------------------------------------
+
 
 def _range(value: Any) -> t.Range | None:
     if value is None:
@@ -132,8 +133,7 @@ def parse_arguments(arguments: Any, names: tuple[str, ...]) -> dict[str, Any]:
         out = dict(args[0])
     else:
         if len(args) > len(names):
-            raise JsonRpcInvalidParams(f"expected at most {len(names)} arguments ({', '.join(names)}), "
-                                       f"got {len(args)}")
+            raise JsonRpcInvalidParams(f"expected at most {len(names)} arguments ({', '.join(names)}), got {len(args)}")
         out = dict(zip(names, args))
     if not isinstance(out.get("uri"), str) or not out["uri"]:
         raise JsonRpcInvalidParams(f"the first argument must be the document's uri ({', '.join(names)})")
@@ -141,6 +141,7 @@ def parse_arguments(arguments: Any, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 # -- the service --------------------------------------------------------------------------------------
+
 
 class Actions:
     def __init__(self, server: Any):
@@ -169,8 +170,9 @@ class Actions:
             path = Path(unquote(parts.path))
             if path.is_file():
                 return Document.load(path), None
-        raise JsonRpcInvalidParams(f"unknown document {uri}: it is not open in the editor (textDocument/didOpen) "
-                                   "nor a file on disk")
+        raise JsonRpcInvalidParams(
+            f"unknown document {uri}: it is not open in the editor (textDocument/didOpen) nor a file on disk"
+        )
 
     async def target_now(self, uri: str, rng: t.Range | None) -> Target:
         """`target` for the document as it is when the request is handled: the text is taken
@@ -193,8 +195,9 @@ class Actions:
         count = len(lines) + (1 if not lines or lines[-1].endswith(("\n", "\r")) else 0)
         for pos in (rng.start, rng.end):
             if pos.line >= count:
-                raise JsonRpcInvalidParams(f"line {pos.line} is past the end of {doc.name} "
-                                           f"({count} lines, 0-based lines 0-{count - 1})")
+                raise JsonRpcInvalidParams(
+                    f"line {pos.line} is past the end of {doc.name} ({count} lines, 0-based lines 0-{count - 1})"
+                )
         enc = self.ls.workspace.position_encoding
         start = offset_at(doc.text, rng.start.line, rng.start.character, enc, lines)
         end = offset_at(doc.text, rng.end.line, rng.end.character, enc, lines)
@@ -222,35 +225,43 @@ class Actions:
             raise JsonRpcInvalidParams(f"unknown document {uri}: open it first (textDocument/didOpen)")
         only = list(params.context.only or []) if params.context else []
         selection = params.range.start != params.range.end
-        rng = {"start": {"line": params.range.start.line, "character": params.range.start.character},
-               "end": {"line": params.range.end.line, "character": params.range.end.character}}
+        rng = {
+            "start": {"line": params.range.start.line, "character": params.range.start.character},
+            "end": {"line": params.range.end.line, "character": params.range.end.character},
+        }
         out = []
-        for action, title, kind in (("explain", "Demi: Explain" + (" selection" if selection else ""), KIND_EXPLAIN),
-                                    ("refactor", "Demi: Refactor" + (" selection" if selection else "") + "...",
-                                     KIND_REFACTOR)):
+        for action, title, kind in (
+            ("explain", "Demi: Explain" + (" selection" if selection else ""), KIND_EXPLAIN),
+            ("refactor", "Demi: Refactor" + (" selection" if selection else "") + "...", KIND_REFACTOR),
+        ):
             k = _kind(kind)
             if only and not any(k == _kind(o) or k.startswith(f"{_kind(o)}.") for o in only):
                 continue
             data = {"action": action, "uri": uri, "range": rng, "version": doc.version}
             ca = t.CodeAction(title=title, kind=kind, data=data)
             if not self._resolve_supported():
-                ca.command = t.Command(title=title, command=EXPLAIN if action == "explain" else REFACTOR,
-                                       arguments=[uri, rng])
+                ca.command = t.Command(
+                    title=title, command=EXPLAIN if action == "explain" else REFACTOR, arguments=[uri, rng]
+                )
             out.append(ca)
         return out
 
     async def resolve(self, action: t.CodeAction) -> t.CodeAction:
         data = _plain(action.data)
-        if not isinstance(data, dict) or data.get("action") not in ("explain", "refactor") \
-                or not isinstance(data.get("uri"), str):
+        if (
+            not isinstance(data, dict)
+            or data.get("action") not in ("explain", "refactor")
+            or not isinstance(data.get("uri"), str)
+        ):
             raise JsonRpcInvalidParams("this code action was not made by Demi (its data is missing or unknown)")
         rng = _range(data.get("range"))
         target = await self.target_now(data["uri"], rng)
         verb = "Explain" if data["action"] == "explain" else "Refactor"
         action.title = f"Demi: {verb} {target.label}" + ("..." if verb == "Refactor" else "")
         args: list[Any] = [data["uri"], data.get("range")]
-        action.command = t.Command(title=action.title, command=EXPLAIN if verb == "Explain" else REFACTOR,
-                                   arguments=args)
+        action.command = t.Command(
+            title=action.title, command=EXPLAIN if verb == "Explain" else REFACTOR, arguments=args
+        )
         return action
 
     # commands --------------------------------------------------------------------------------------
@@ -286,31 +297,47 @@ class Actions:
 
             def on_text(piece: str) -> None:
                 pieces[0] += 1
-                progress.report(f"writing ({pieces[0]} pieces)",
-                                min(99, int(100 * pieces[0] / max(1, s.explain_max_tokens))))
+                progress.report(
+                    f"writing ({pieces[0]} pieces)", min(99, int(100 * pieces[0] / max(1, s.explain_max_tokens)))
+                )
 
             def job() -> Any:
                 from demi.assistant.explain import explain
 
                 set_priority(1)
                 engine = self.ls.host.engine()
-                return explain(engine, target.doc, target.symbol, target.lines, max_tokens=s.explain_max_tokens,
-                               budget=s.explain_context_tokens, lead=s.explain_lead, on_text=on_text, cancel=token)
+                return explain(
+                    engine,
+                    target.doc,
+                    target.symbol,
+                    target.lines,
+                    max_tokens=s.explain_max_tokens,
+                    budget=s.explain_context_tokens,
+                    lead=s.explain_lead,
+                    on_text=on_text,
+                    cancel=token,
+                )
 
             result = await self._run_task(job, token)
         if token.cancelled:
             raise asyncio.CancelledError()
-        self.ls.record_history("explain", f"explain {target.doc.name} {target.label}", result.model,
-                               f"explain {target.label}", result.markdown, result.prompt_tokens,
-                               result.completion_tokens, result.seconds,
-                               {"path": target.doc.name, "symbol": result.symbol, "lines": list(result.lines)})
+        self.ls.record_history(
+            "explain",
+            f"explain {target.doc.name} {target.label}",
+            result.model,
+            f"explain {target.label}",
+            result.markdown,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.seconds,
+            {"path": target.doc.name, "symbol": result.symbol, "lines": list(result.lines)},
+        )
         await self._show(target, result.markdown)
         return result.markdown
 
     async def _run_task(self, job: Any, token: Any) -> Any:
-        from demi.model.errors import DemiError, DemiUserError
-
-        from .engine_host import EngineUnavailable
+        from demi.assistant.errors import DemiError, DemiUserError
+        from demi.lsp.engine_host import EngineUnavailable
 
         try:
             return await self._in_pool(job, token)
@@ -339,8 +366,10 @@ class Actions:
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(target.doc.name).stem}-{target.label.strip('`')}")
             path = folder / f"{stem[:80]}.md"
             path.write_text(markdown, encoding="utf-8")
-            await asyncio.wait_for(self.ls.window_show_document_async(
-                t.ShowDocumentParams(uri=path.resolve().as_uri(), take_focus=True)), 5.0)
+            await asyncio.wait_for(
+                self.ls.window_show_document_async(t.ShowDocumentParams(uri=path.resolve().as_uri(), take_focus=True)),
+                5.0,
+            )
         except Exception:  # noqa: BLE001 - the markdown is still the command's answer
             log.warning("could not show the explanation", exc_info=True)
 
@@ -348,15 +377,21 @@ class Actions:
         caps = getattr(self.ls.protocol, "client_capabilities", None)
         window = getattr(caps, "window", None)
         if window is None or window.show_message is None:
-            raise JsonRpcInvalidParams("demi.refactor needs an instruction (the third argument): this editor "
-                                       "cannot ask for one")
+            raise JsonRpcInvalidParams(
+                "demi.refactor needs an instruction (the third argument): this editor cannot ask for one"
+            )
         try:
-            choice = await self.ls.window_show_message_request_async(t.ShowMessageRequestParams(
-                type=t.MessageType.Info, message=f"Demi: how should {target.label} change?",
-                actions=[t.MessageActionItem(title=x) for x in SUGGESTED_INSTRUCTIONS]))
+            choice = await self.ls.window_show_message_request_async(
+                t.ShowMessageRequestParams(
+                    type=t.MessageType.Info,
+                    message=f"Demi: how should {target.label} change?",
+                    actions=[t.MessageActionItem(title=x) for x in SUGGESTED_INSTRUCTIONS],
+                )
+            )
         except JsonRpcException as exc:  # a client that claims the capability but cannot answer
-            raise JsonRpcInvalidParams(f"demi.refactor needs an instruction (the third argument); asking for one "
-                                       f"failed: {exc}") from None
+            raise JsonRpcInvalidParams(
+                f"demi.refactor needs an instruction (the third argument); asking for one failed: {exc}"
+            ) from None
         return choice.title if choice is not None else None
 
     def workspace_edit(self, target: Target, old: str, new: str) -> t.WorkspaceEdit:
@@ -384,6 +419,7 @@ class Actions:
         s = self.ls.settings
         token = CancelToken()
         async with Progress(self.ls, f"Demi: refactoring {target.label}", token, client_token) as progress:
+
             def on_text(piece: str) -> None:
                 progress.report("rewriting")
 
@@ -392,28 +428,54 @@ class Actions:
 
                 set_priority(1)
                 engine = self.ls.host.engine()
-                return propose(engine, target.doc, instruction, target.symbol, target.lines,
-                               max_tokens=s.refactor_max_tokens, budget=s.refactor_context_tokens,
-                               cancel=token, on_text=on_text)
+                return propose(
+                    engine,
+                    target.doc,
+                    instruction,
+                    target.symbol,
+                    target.lines,
+                    max_tokens=s.refactor_max_tokens,
+                    budget=s.refactor_context_tokens,
+                    cancel=token,
+                    on_text=on_text,
+                )
 
             result = await self._run_task(job, token)
         if token.cancelled:
             raise asyncio.CancelledError()
         notes = list(result.notes)
-        self.ls.record_history("refactor", f"refactor {target.doc.name} {target.label}: {instruction[:60]}",
-                               result.model, instruction, result.diff or "(no change)", result.prompt_tokens,
-                               result.completion_tokens, result.seconds,
-                               {"path": target.doc.name, "target": result.target})
+        self.ls.record_history(
+            "refactor",
+            f"refactor {target.doc.name} {target.label}: {instruction[:60]}",
+            result.model,
+            instruction,
+            result.diff or "(no change)",
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.seconds,
+            {"path": target.doc.name, "target": result.target},
+        )
         if not result.edit.changed:
             return {"applied": False, "diff": "", "notes": notes}
         if result.completion_tokens >= s.refactor_max_tokens:  # cut off: the rest of the code would be lost
-            raise RequestFailed(f"the model stopped at refactorMaxTokens ({s.refactor_max_tokens}) before the end "
-                                f"of its rewrite of {target.label}; nothing was applied (raise refactorMaxTokens)")
+            raise RequestFailed(
+                f"the model stopped at refactorMaxTokens ({s.refactor_max_tokens}) before the end "
+                f"of its rewrite of {target.label}; nothing was applied (raise refactorMaxTokens)"
+            )
         open_doc = self.ls.open_document(target.uri)
         if target.version is not None and (open_doc is None or open_doc.version != target.version):
-            raise RequestFailed(f"{target.doc.name} changed while Demi was rewriting it; nothing was applied "
-                                "(run the refactor again)")
-        answer = await self.ls.workspace_apply_edit_async(t.ApplyWorkspaceEditParams(
-            edit=self.workspace_edit(target, result.edit.old, result.edit.new), label=f"Demi: refactor {target.label}"))
-        return {"applied": bool(answer.applied), "failureReason": answer.failure_reason, "diff": result.diff,
-                "notes": notes}
+            raise RequestFailed(
+                f"{target.doc.name} changed while Demi was rewriting it; nothing was applied (run the refactor again)"
+            )
+        answer = await self.ls.workspace_apply_edit_async(
+            t.ApplyWorkspaceEditParams(
+                edit=self.workspace_edit(target, result.edit.old, result.edit.new),
+                label=f"Demi: refactor {target.label}",
+            )
+        )
+        return {
+            "applied": bool(answer.applied),
+            "failureReason": answer.failure_reason,
+            "diff": result.diff,
+            "notes": notes,
+        }

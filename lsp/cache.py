@@ -24,9 +24,9 @@ class Entry:
 
 @dataclass
 class Hit:
-    text: str           # what to insert at the cursor
-    replace: int        # characters after the cursor the insertion replaces (auto-closed brackets)
-    typed: int          # characters of the suggestion the user had typed already
+    text: str  # what to insert at the cursor
+    replace: int  # characters after the cursor the insertion replaces (auto-closed brackets)
+    typed: int  # characters of the suggestion the user had typed already
 
 
 class CompletionCache:
@@ -42,7 +42,7 @@ class CompletionCache:
             entries = self._docs.pop(uri, [])
             entries = [e for e in entries if not (e.before == before and e.after == after)]
             entries.append(Entry(before, after, text))
-            self._docs[uri] = entries[-self.per_document:]
+            self._docs[uri] = entries[-self.per_document :]
             while len(self._docs) > self.documents:
                 self._docs.popitem(last=False)
 
@@ -71,15 +71,15 @@ class CompletionCache:
 def _match(e: Entry, before: str, after: str) -> Hit | None:
     if len(before) < len(e.before) or not before.startswith(e.before):
         return None
-    typed = before[len(e.before):]
+    typed = before[len(e.before) :]
     if typed and (len(typed) >= len(e.text) or not e.text.startswith(typed)):
         return None  # typed past the suggestion, or something else
-    rest = e.text[len(typed):]
+    rest = e.text[len(typed) :]
     if after == e.after:
         return Hit(rest, 0, len(typed))
     if not typed or len(after) <= len(e.after) or not after.endswith(e.after):
         return None
-    extra = after[:len(after) - len(e.after)]  # what the editor inserted after the cursor meanwhile
+    extra = after[: len(after) - len(e.after)]  # what the editor inserted after the cursor meanwhile
     first_line = rest.split("\n", 1)[0]
     if "\n" in extra or not first_line.endswith(extra) or len(first_line) <= len(extra):
         return None

@@ -21,17 +21,18 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .cache import CompletionCache
-from .debounce import Debouncer
-from .engine_host import EngineHost
-from .scheduler import StreamCancelled, set_priority
-from .settings import LspSettings
+from demi.lsp.cache import CompletionCache
+from demi.lsp.debounce import Debouncer
+from demi.lsp.engine_host import EngineHost
+from demi.lsp.scheduler import StreamCancelled, set_priority
+from demi.lsp.settings import LspSettings
 
 log = logging.getLogger("demi.lsp")
 
@@ -53,15 +54,15 @@ class Snapshot:
     text: str
     offset: int
     language_id: str | None
-    name: str            # the path the prompt shows (workspace-relative where possible)
+    name: str  # the path the prompt shows (workspace-relative where possible)
 
     @property
     def before(self) -> str:
-        return self.text[:self.offset]
+        return self.text[: self.offset]
 
     @property
     def after(self) -> str:
-        return self.text[self.offset:]
+        return self.text[self.offset :]
 
 
 def windowed(snap: Snapshot) -> Snapshot:
@@ -82,11 +83,11 @@ def windowed(snap: Snapshot) -> Snapshot:
 
 @dataclass
 class Outcome:
-    text: str                 # to insert at the cursor
-    replace: int = 0          # characters after the cursor it replaces
-    source: str = "model"     # model | cache | stale | disabled
+    text: str  # to insert at the cursor
+    replace: int = 0  # characters after the cursor it replaces
+    source: str = "model"  # model | cache | stale | disabled
     seconds: float = 0.0
-    result: Any = None        # the CompletionResult, for a model answer
+    result: Any = None  # the CompletionResult, for a model answer
 
 
 @dataclass
@@ -103,8 +104,8 @@ class Stats:
     last_prompt_tokens: int = 0
     last_completion_tokens: int = 0
     last_mode: str = ""
-    last_delay_ms: float = 0.0      # the debounce wait of the last automatic request that ran
-    last_job_ms: float = 0.0        # context, model and post-processing of the last job
+    last_delay_ms: float = 0.0  # the debounce wait of the last automatic request that ran
+    last_job_ms: float = 0.0  # context, model and post-processing of the last job
     latencies: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,8 +124,14 @@ class _Job:
 
 
 class CompletionService:
-    def __init__(self, host: EngineHost, pool: ThreadPoolExecutor, settings: Callable[[], LspSettings],
-                 recent: Any = None, on_result: Callable[[float], None] | None = None):
+    def __init__(
+        self,
+        host: EngineHost,
+        pool: ThreadPoolExecutor,
+        settings: Callable[[], LspSettings],
+        recent: Any = None,
+        on_result: Callable[[float], None] | None = None,
+    ):
         self.host, self.pool, self.settings, self.recent = host, pool, settings, recent
         self.cache = CompletionCache()
         self.debouncer = Debouncer()
@@ -180,8 +187,12 @@ class CompletionService:
 
     def _job_for(self, snap: Snapshot) -> _Job | None:
         job = self._jobs.get(snap.uri)
-        if job is not None and job.key == (snap.uri, snap.before, snap.after) and job.future is not None \
-                and not job.token.cancelled:
+        if (
+            job is not None
+            and job.key == (snap.uri, snap.before, snap.after)
+            and job.future is not None
+            and not job.token.cancelled
+        ):
             job.waiters += 1  # held for the caller until it awaits the job
             self.stats.joined += 1
             return job
@@ -202,8 +213,7 @@ class CompletionService:
         self.stats.jobs += 1
         return job
 
-    async def _wait(self, job: _Job, snap: Snapshot, version_now: Callable[[], int | None],
-                    started: float) -> Outcome:
+    async def _wait(self, job: _Job, snap: Snapshot, version_now: Callable[[], int | None], started: float) -> Outcome:
         assert job.future is not None
         try:
             result = await asyncio.shield(job.future)
@@ -214,7 +224,10 @@ class CompletionService:
             if self._jobs.get(snap.uri) is job and job.future.done():
                 del self._jobs[snap.uri]
         seconds = time.monotonic() - job.started
-        self.stats.last_prompt_tokens, self.stats.last_completion_tokens = result.prompt_tokens, result.completion_tokens
+        self.stats.last_prompt_tokens, self.stats.last_completion_tokens = (
+            result.prompt_tokens,
+            result.completion_tokens,
+        )
         self.stats.last_mode = result.mode
         self.stats.last_job_ms = round(seconds * 1000, 1)
         if result.finish_reason in ("stop", "length"):  # not a cut-short answer
@@ -248,8 +261,18 @@ class CompletionService:
         doc, syntax = self.parsed(snap)
         sampling = Sampling(temperature=s.temperature, top_p=0.95 if s.temperature else 1.0)
         budget = s.latency_budget_ms / 1000 if s.latency_budget_ms else None
-        return complete(engine, doc, snap.offset, max_tokens=s.max_tokens, budget=s.context_tokens,
-                        recent=self.recent, sampling=sampling, cancel=token, time_budget=budget, syntax=syntax)
+        return complete(
+            engine,
+            doc,
+            snap.offset,
+            max_tokens=s.max_tokens,
+            budget=s.context_tokens,
+            recent=self.recent,
+            sampling=sampling,
+            cancel=token,
+            time_budget=budget,
+            syntax=syntax,
+        )
 
     # -- parsed documents ------------------------------------------------------------------------------
     #
@@ -266,8 +289,12 @@ class CompletionService:
         from demi.assistant.syntax import parse
 
         def usable(entry: Any) -> bool:
-            return entry is not None and entry[0] == snap.version and entry[1] == snap.name and \
-                (entry[2] is snap.text or entry[2] == snap.text)
+            return (
+                entry is not None
+                and entry[0] == snap.version
+                and entry[1] == snap.name
+                and (entry[2] is snap.text or entry[2] == snap.text)
+            )
 
         with self._parse_lock:
             hit = self._parsed.get(snap.uri)

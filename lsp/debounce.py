@@ -23,21 +23,20 @@ from __future__ import annotations
 import threading
 import time
 
-PAUSE_S = 1.0          # a gap this long between edits is a pause, not typing speed
+PAUSE_S = 1.0  # a gap this long between edits is a pause, not typing speed
 DEFAULT_INTERVAL_S = 0.12
 INTERVAL_FACTOR = 1.3  # wait at least this much longer than a typical gap between keystrokes
-DEVIATIONS = 2.0       # ...and this many mean deviations of the gap over it
+DEVIATIONS = 2.0  # ...and this many mean deviations of the gap over it
 FAST_MODEL_RATIO = 0.5  # latency under half the typing interval...
-VISIBLE_S = 0.1         # ...and the suggestion on screen this long before the next key: suggest between keys
+VISIBLE_S = 0.1  # ...and the suggestion on screen this long before the next key: suggest between keys
 
 
 class Debouncer:
-    def __init__(self, min_s: float = 0.015, max_s: float = 0.3, fixed_s: float | None = None,
-                 alpha: float = 0.3):
+    def __init__(self, min_s: float = 0.015, max_s: float = 0.3, fixed_s: float | None = None, alpha: float = 0.3):
         self.min_s, self.max_s, self.fixed_s, self.alpha = min_s, max_s, fixed_s, alpha
-        self.interval_s: float | None = None   # typing interval (EMA)
-        self.deviation_s = 0.0                 # its mean deviation (EMA)
-        self.latency_s: float | None = None    # completion latency (EMA)
+        self.interval_s: float | None = None  # typing interval (EMA)
+        self.deviation_s = 0.0  # its mean deviation (EMA)
+        self.latency_s: float | None = None  # completion latency (EMA)
         self._last_edit: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -67,8 +66,9 @@ class Debouncer:
     def observed(self, latency_s: float) -> None:
         """A completion took `latency_s` from the model run's start to its answer."""
         with self._lock:
-            self.latency_s = latency_s if self.latency_s is None else \
-                (1 - self.alpha) * self.latency_s + self.alpha * latency_s
+            self.latency_s = (
+                latency_s if self.latency_s is None else (1 - self.alpha) * self.latency_s + self.alpha * latency_s
+            )
 
     def delay(self) -> float:
         """Seconds an automatic request waits now."""
@@ -84,6 +84,10 @@ class Debouncer:
         return min(self.max_s, max(self.min_s, wait))
 
     def as_dict(self) -> dict[str, float | None]:
-        ms = (lambda v: None if v is None else round(v * 1000, 1))
-        return {"typingIntervalMs": ms(self.interval_s), "deviationMs": ms(self.deviation_s),
-                "latencyMs": ms(self.latency_s), "delayMs": ms(self.delay())}
+        ms = lambda v: None if v is None else round(v * 1000, 1)
+        return {
+            "typingIntervalMs": ms(self.interval_s),
+            "deviationMs": ms(self.deviation_s),
+            "latencyMs": ms(self.latency_s),
+            "delayMs": ms(self.delay()),
+        }

@@ -7,7 +7,7 @@ import logging
 from lsprotocol import types as t
 from pygls.workspace import TextDocument, Workspace
 
-from .textutil import lsp_lines, offset_at, without_lone_surrogates
+from demi.lsp.textutil import lsp_lines, offset_at, without_lone_surrogates
 
 log = logging.getLogger("demi.lsp")
 
@@ -47,12 +47,19 @@ class LspTextDocument(TextDocument):
 
 
 class DemiWorkspace(Workspace):
-    def _create_text_document(self, doc_uri: str, source: str | None = None, version: int | None = None,
-                              language_id: str | None = None) -> TextDocument:
+    def _create_text_document(
+        self, doc_uri: str, source: str | None = None, version: int | None = None, language_id: str | None = None
+    ) -> TextDocument:
         if source is not None:
             clean = without_lone_surrogates(source)
             if clean is not source:
                 log.warning("%s: opened with lone surrogates (not Unicode text): each became U+FFFD", doc_uri)
                 source = clean
-        return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
-                               sync_kind=self._sync_kind, position_codec=self._position_codec)
+        return LspTextDocument(
+            doc_uri,
+            source=source,
+            version=version,
+            language_id=language_id,
+            sync_kind=self._sync_kind,
+            position_codec=self._position_codec,
+        )

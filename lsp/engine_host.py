@@ -17,13 +17,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .scheduler import ModelThread, SteppedModel, StreamCancelled
-from .settings import LspSettings
+from demi.lsp.scheduler import ModelThread, SteppedModel, StreamCancelled
+from demi.lsp.settings import LspSettings
 
 log = logging.getLogger("demi.lsp")
 
@@ -34,8 +35,9 @@ class EngineUnavailable(Exception):
     """No engine: loading failed (the message says why) or the server is shutting down."""
 
 
-def probe_demi_serve(url: str = DEMI_SERVE_URL, timeout: float = 0.3,
-                     api_key: str | None = None) -> dict[str, Any] | None:
+def probe_demi_serve(
+    url: str = DEMI_SERVE_URL, timeout: float = 0.3, api_key: str | None = None
+) -> dict[str, Any] | None:
     """`demi serve`'s /v1/demi/stats when one answers at `url`, else None (never raises)."""
     from urllib.parse import urlsplit
 
@@ -66,7 +68,7 @@ def _same_model(wanted: str | None, served: str | None) -> bool:
 class _Counted:
     """An engine that is not stepped on the model thread (HTTP, or a test's), with runs counted."""
 
-    def __init__(self, engine: Any, host: "EngineHost"):
+    def __init__(self, engine: Any, host: EngineHost):
         self._engine, self._host = engine, host
 
     def __getattr__(self, name: str) -> Any:
@@ -93,15 +95,19 @@ class _Counted:
 class EngineHost:
     """Holds the current engine and its state; thread-safe."""
 
-    def __init__(self, on_status: Callable[[dict[str, Any]], None] | None = None,
-                 factory: Callable[[LspSettings], Any] | None = None, probe: bool = True):
+    def __init__(
+        self,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+        factory: Callable[[LspSettings], Any] | None = None,
+        probe: bool = True,
+    ):
         self.thread = ModelThread()
         self.on_status = on_status
         self.factory = factory
         self.probe = probe
         self.state = "starting"
         self.message = ""
-        self.kind: str | None = None       # in-process | http
+        self.kind: str | None = None  # in-process | http
         self.url: str | None = None
         self.name: str | None = None
         self.load_seconds: float | None = None
@@ -151,8 +157,7 @@ class EngineHost:
         elif not old.done():
             old.set_exception(EngineUnavailable("the settings changed while the engine was loading"))
         self._set_state("loading", "")
-        threading.Thread(target=self._load, args=(settings, ready, generation), name="demi-load",
-                         daemon=True).start()
+        threading.Thread(target=self._load, args=(settings, ready, generation), name="demi-load", daemon=True).start()
         return ready
 
     def _load(self, s: LspSettings, ready: Future, generation: int) -> None:
@@ -204,8 +209,9 @@ class EngineHost:
         def load() -> Any:
             if s.threads:  # the engine reads DEMI_THREADS when it loads (small models decode faster on fewer)
                 os.environ["DEMI_THREADS"] = str(s.threads)
-            return open_engine(s.model, device=s.device or "cpu", dtype=s.dtype or "auto", context=s.context,
-                               quant=s.quant)
+            return open_engine(
+                s.model, device=s.device or "cpu", dtype=s.dtype or "auto", context=s.context, quant=s.quant
+            )
 
         plain = self.thread.call(load).result()
         engine = InProcessEngine(SteppedModel(plain.local, self.thread))
@@ -216,8 +222,13 @@ class EngineHost:
         # fast as later ones. About 0.2 s for demi-tiny; nothing for models that do not pad.
         budget = max(1, s.context_tokens)
         warm = self.thread.call(lambda: plain.local.warm_up(range(budget * 7 // 10, budget * 21 // 20 + 1)))
-        warm.add_done_callback(lambda f: log.info("warmed up prefill sizes %s", f.result())
-                               if not f.exception() else log.debug("warm-up failed: %s", f.exception()))
+        warm.add_done_callback(
+            lambda f: (
+                log.info("warmed up prefill sizes %s", f.result())
+                if not f.exception()
+                else log.debug("warm-up failed: %s", f.exception())
+            )
+        )
         return engine
 
     def engine(self, timeout: float | None = None) -> Any:
@@ -247,9 +258,14 @@ class EngineHost:
                 log.debug("status callback failed", exc_info=True)
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state, "model": self.name, "engine": self.kind, "server": self.url,
-                "message": self.message or None,
-                "loadSeconds": round(self.load_seconds, 3) if self.load_seconds is not None else None}
+        return {
+            "state": self.state,
+            "model": self.name,
+            "engine": self.kind,
+            "server": self.url,
+            "message": self.message or None,
+            "loadSeconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
+        }
 
     def close(self) -> None:
         with self._lock:

@@ -26,12 +26,13 @@ import asyncio
 import json
 import logging
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("demi.lsp")
 
 CHUNK = 65536
-MAX_HEADER_LINE = 1 << 20   # a "line" longer than this without a header is junk: dropped
+MAX_HEADER_LINE = 1 << 20  # a "line" longer than this without a header is junk: dropped
 _LENGTH = re.compile(rb"content-length:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _HEADER_START = re.compile(rb"content-length:", re.IGNORECASE)
 
@@ -63,8 +64,8 @@ class FrameReader:
         while True:
             i = self._buf.find(b"\n")
             if i >= 0:
-                line = bytes(self._buf[:i + 1])
-                del self._buf[:i + 1]
+                line = bytes(self._buf[: i + 1])
+                del self._buf[: i + 1]
                 return line
             if len(self._buf) > MAX_HEADER_LINE:
                 m = _HEADER_START.search(bytes(self._buf), 1)
@@ -94,7 +95,7 @@ class FrameReader:
                 body = bytes(self._buf[:n])
                 k = _header_prefix_at_end(body)
                 if k and _is_json(body[:-k]):  # the next header begins just before the declared end
-                    del self._buf[:n - k]
+                    del self._buf[: n - k]
                     return body[:-k], True
                 del self._buf[:n]
                 return body, False
@@ -111,7 +112,7 @@ def _header_prefix_at_end(body: bytes) -> int:
     ends like a JSON object does not, and costs nothing more."""
     if body.rstrip().endswith((b"}", b"]")):
         return 0
-    tail = body[-len(HEADER):].lower()
+    tail = body[-len(HEADER) :].lower()
     for k in range(min(len(HEADER), len(body)), 0, -1):
         if tail.endswith(HEADER[:k]):
             return k
@@ -151,9 +152,10 @@ async def run(reader: FrameReader, protocol: Any, stop: Any, on_error: Callable[
             m = _LENGTH.search(line)
             if m is None:
                 continue  # Content-Type and other headers, or junk
-            if m.start() > 0 and line[:m.start()].strip():
-                log.warning("skipped %d bytes before a message header (the previous Content-Length was short?)",
-                            m.start())
+            if m.start() > 0 and line[: m.start()].strip():
+                log.warning(
+                    "skipped %d bytes before a message header (the previous Content-Length was short?)", m.start()
+                )
             value = m.group(1).strip()
             if value.isdigit():
                 length, bad = int(value), None
@@ -184,6 +186,7 @@ async def run(reader: FrameReader, protocol: Any, stop: Any, on_error: Callable[
 
 
 # -- the transports: pygls's stdio and TCP servers with this reader -----------------------------------------
+
 
 def serve_stdio(server: Any, stdin: Any = None, stdout: Any = None) -> None:
     """LanguageServer.start_io's loop (pygls 2) with FrameReader; reads run on the server's pool."""

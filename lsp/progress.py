@@ -30,8 +30,15 @@ def client_supports_progress(ls: Any) -> bool:
 
 
 class Progress:
-    def __init__(self, ls: Any, title: str, cancel: Any = None, client_token: Any = None,
-                 delay: float = DELAY_S, cancellable: bool = True):
+    def __init__(
+        self,
+        ls: Any,
+        title: str,
+        cancel: Any = None,
+        client_token: Any = None,
+        delay: float = DELAY_S,
+        cancellable: bool = True,
+    ):
         self.ls, self.title, self.cancel = ls, title, cancel
         self.client_token, self.delay, self.cancellable = client_token, delay, cancellable
         self.token: Any = None
@@ -42,7 +49,7 @@ class Progress:
         self._last_report = 0.0
         self._message = ""
 
-    async def __aenter__(self) -> "Progress":
+    async def __aenter__(self) -> Progress:
         self._loop = asyncio.get_running_loop()
         if self.client_token is not None or client_supports_progress(self.ls):
             self._task = asyncio.ensure_future(self._begin_later())
@@ -61,9 +68,14 @@ class Progress:
         if self.ended:
             return
         self.token = token
-        self.ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(
-            title=self.title, cancellable=self.cancellable and self.cancel is not None,
-            message=self._message or None))
+        self.ls.work_done_progress.begin(
+            token,
+            t.WorkDoneProgressBegin(
+                title=self.title,
+                cancellable=self.cancellable and self.cancel is not None,
+                message=self._message or None,
+            ),
+        )
         self.begun = True
         fut = self.ls.work_done_progress.tokens.get(token)
         if fut is not None and self.cancel is not None:
@@ -82,8 +94,12 @@ class Progress:
 
     def _report(self, message: str, percentage: int | None) -> None:
         if self.begun and not self.ended:
-            self.ls.work_done_progress.report(self.token, t.WorkDoneProgressReport(
-                message=message, percentage=percentage, cancellable=self.cancellable and self.cancel is not None))
+            self.ls.work_done_progress.report(
+                self.token,
+                t.WorkDoneProgressReport(
+                    message=message, percentage=percentage, cancellable=self.cancellable and self.cancel is not None
+                ),
+            )
 
     async def __aexit__(self, *exc: Any) -> None:
         self.ended = True
@@ -91,6 +107,7 @@ class Progress:
             self._task.cancel()
         if self.begun:
             cancelled = self.cancel is not None and self.cancel.cancelled
-            self.ls.work_done_progress.end(self.token, t.WorkDoneProgressEnd(
-                message="cancelled" if cancelled else "done"))
+            self.ls.work_done_progress.end(
+                self.token, t.WorkDoneProgressEnd(message="cancelled" if cancelled else "done")
+            )
             self.ls.work_done_progress.tokens.pop(self.token, None)

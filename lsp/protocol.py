@@ -18,17 +18,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 from urllib.parse import unquote
 
 from lsprotocol import types as t
-from pygls.exceptions import (JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcParseError,
-                              JsonRpcServerNotInitialized)
+from pygls.exceptions import (
+    JsonRpcException,
+    JsonRpcInvalidParams,
+    JsonRpcInvalidRequest,
+    JsonRpcParseError,
+    JsonRpcServerNotInitialized,
+)
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 from pygls.workspace import Workspace
 
-from .documents import DemiWorkspace
+from demi.lsp.documents import DemiWorkspace
 
 log = logging.getLogger("demi.lsp")
 
@@ -48,8 +54,9 @@ class DemiProtocol(LanguageServerProtocol):
 
     def structure_message(self, data: dict[str, Any]) -> Any:
         if "jsonrpc" in data and "id" in data and not ({"method", "result", "error"} & data.keys()):
-            log.warning("a message with an id but no method, result or error: ignored: %.200s",
-                        json.dumps(data, default=str))
+            log.warning(
+                "a message with an id but no method, result or error: ignored: %.200s", json.dumps(data, default=str)
+            )
             return _Dropped()
         if "jsonrpc" in data and "method" in data:  # (pygls calls this for every JSON object)
             problem = _request_problem(data)
@@ -65,8 +72,9 @@ class DemiProtocol(LanguageServerProtocol):
             return super().structure_message(data)
         except JsonRpcException as exc:
             if isinstance(data, dict) and "id" in data and "method" in data:
-                self._send_error(data.get("id"), JsonRpcInvalidParams(
-                    f"invalid params for {data.get('method')!r}: {_reason(exc)}"))
+                self._send_error(
+                    data.get("id"), JsonRpcInvalidParams(f"invalid params for {data.get('method')!r}: {_reason(exc)}")
+                )
                 return _Dropped()
             raise
 
@@ -91,7 +99,7 @@ class DemiProtocol(LanguageServerProtocol):
             return
         if getattr(message, "jsonrpc", None) != self.VERSION:
             if getattr(message, "id", None) is not None and getattr(message, "method", None):
-                self._send_error(message.id, JsonRpcInvalidRequest(f"jsonrpc must be \"{self.VERSION}\""))
+                self._send_error(message.id, JsonRpcInvalidRequest(f'jsonrpc must be "{self.VERSION}"'))
             return
         method = getattr(message, "method", None)
         is_request = method is not None and getattr(message, "id", None) is not None
@@ -118,8 +126,9 @@ class DemiProtocol(LanguageServerProtocol):
 
     def _send_error(self, msg_id: Any, error: JsonRpcException) -> None:
         # a plain dict: the converter would drop a null id, which JSON-RPC requires here
-        self._send_data({"jsonrpc": self.VERSION, "id": msg_id,
-                         "error": {"code": error.code, "message": error.message}})
+        self._send_data(
+            {"jsonrpc": self.VERSION, "id": msg_id, "error": {"code": error.code, "message": error.message}}
+        )
 
     @lsp_method(t.INITIALIZE)
     def lsp_initialize(self, params: t.InitializeParams) -> Any:

@@ -23,12 +23,13 @@ import itertools
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator
+from typing import Any
 
 log = logging.getLogger("demi.lsp")
 
-AHEAD = 16        # pieces the model may run ahead of a stream's reader
+AHEAD = 16  # pieces the model may run ahead of a stream's reader
 NOTIFY_EVERY = 8  # wake the reader once this many pieces wait (or at the end): fewer thread switches
 _local = threading.local()
 
@@ -71,8 +72,8 @@ class ModelThread:
         self._streams: list[_Stream] = []
         self._turns = itertools.count(1)
         self._stopped = False
-        self.runs_started = 0      # streams the model actually began
-        self.runs_skipped = 0      # streams cancelled before their first step
+        self.runs_started = 0  # streams the model actually began
+        self.runs_skipped = 0  # streams cancelled before their first step
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -225,8 +226,7 @@ class SteppedModel:
 
     def stream(self, prompt: Any, **kwargs: Any) -> Iterator[str]:
         local = self._local
-        return self._thread.stream(lambda: local.stream(prompt, **kwargs), current_priority(),
-                                   kwargs.get("cancel"))
+        return self._thread.stream(lambda: local.stream(prompt, **kwargs), current_priority(), kwargs.get("cancel"))
 
     def complete(self, prompt: Any, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Any:
         from demi.assistant.engines import drain  # the model is loaded by now: no import cost
@@ -237,6 +237,7 @@ class SteppedModel:
             def step() -> None:
                 thread.steps += 1
 
-            return thread.call(lambda: drain(local.stream(prompt, **kwargs), on_text, step), kwargs.get("cancel"),
-                               run=True).result()
+            return thread.call(
+                lambda: drain(local.stream(prompt, **kwargs), on_text, step), kwargs.get("cancel"), run=True
+            ).result()
         return drain(self.stream(prompt, **kwargs), on_text)

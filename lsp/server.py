@@ -24,29 +24,30 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
 from lsprotocol import types as t
 from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from .actions import COMMANDS, KIND_EXPLAIN, KIND_REFACTOR, Actions, RequestFailed
-from .completion import HUGE_CHARS, CompletionService, Outcome, Snapshot, display_name, windowed
-from .engine_host import EngineHost, EngineUnavailable
-from .framing import FrameError, serve_stdio, serve_tcp
-from .progress import Progress
-from .protocol import DemiProtocol
-from .scheduler import StreamCancelled
-from .settings import LspSettings, from_config, merge
-from .textutil import advance, index_of_units, line_text, lsp_lines, units, word_before
+from demi.lsp.actions import COMMANDS, KIND_EXPLAIN, KIND_REFACTOR, Actions, RequestFailed
+from demi.lsp.completion import HUGE_CHARS, CompletionService, Outcome, Snapshot, display_name, windowed
+from demi.lsp.engine_host import EngineHost, EngineUnavailable
+from demi.lsp.framing import FrameError, serve_stdio, serve_tcp
+from demi.lsp.progress import Progress
+from demi.lsp.protocol import DemiProtocol
+from demi.lsp.scheduler import StreamCancelled
+from demi.lsp.settings import LspSettings, from_config, merge
+from demi.lsp.textutil import advance, index_of_units, line_text, lsp_lines, units, word_before
 
 log = logging.getLogger("demi.lsp")
 
-STATUS = "demi/status"      # notification: {state, model, engine, server, latencyMs, ...}
-STATS = "demi/stats"        # request: counters (model runs, cache hits, cancellations, latencies)
+STATUS = "demi/status"  # notification: {state, model, engine, server, latencyMs, ...}
+STATS = "demi/stats"  # request: counters (model runs, cache hits, cancellations, latencies)
 DOCUMENT_TEXT = "demi/documentText"  # request (debugging): {uri} -> the text the server holds for it
 TASK_THREADS = 4
 
@@ -61,10 +62,18 @@ def _version() -> str:
 
 
 class DemiLanguageServer(LanguageServer):
-    def __init__(self, base: LspSettings | None = None, engine_factory: Callable[[LspSettings], Any] | None = None,
-                 probe: bool = True):
-        super().__init__("demi-lsp", _version(), protocol_cls=DemiProtocol,
-                         text_document_sync_kind=t.TextDocumentSyncKind.Incremental)
+    def __init__(
+        self,
+        base: LspSettings | None = None,
+        engine_factory: Callable[[LspSettings], Any] | None = None,
+        probe: bool = True,
+    ):
+        super().__init__(
+            "demi-lsp",
+            _version(),
+            protocol_cls=DemiProtocol,
+            text_document_sync_kind=t.TextDocumentSyncKind.Incremental,
+        )
         self.base = base or LspSettings()
         self.settings = self.base
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -73,8 +82,9 @@ class DemiLanguageServer(LanguageServer):
         from demi.assistant.context import RecentFiles
 
         self.recent = RecentFiles()
-        self.completions = CompletionService(self.host, self.pool, lambda: self.settings, self.recent,
-                                             on_result=self._completion_done)
+        self.completions = CompletionService(
+            self.host, self.pool, lambda: self.settings, self.recent, on_result=self._completion_done
+        )
         self.actions = Actions(self)
         self._reported_error: str | None = None
         self._last_latency: float | None = None
@@ -89,8 +99,11 @@ class DemiLanguageServer(LanguageServer):
         if _answer_key(new) != _answer_key(self.settings):
             self.completions.cache.clear()  # suggestions made under other settings are not served again
         self.settings = new
-        self.completions.debouncer.configure(new.debounce_min_ms / 1000, new.debounce_max_ms / 1000,
-                                             new.debounce_ms / 1000 if new.debounce_ms is not None else None)
+        self.completions.debouncer.configure(
+            new.debounce_min_ms / 1000,
+            new.debounce_max_ms / 1000,
+            new.debounce_ms / 1000 if new.debounce_ms is not None else None,
+        )
         if not self._closed:
             self.host.configure(new)
 
@@ -100,8 +113,10 @@ class DemiLanguageServer(LanguageServer):
         if ws is None or not ws.configuration:
             return
         try:
-            items = await asyncio.wait_for(self.workspace_configuration_async(
-                t.ConfigurationParams(items=[t.ConfigurationItem(section="demi")])), 5.0)
+            items = await asyncio.wait_for(
+                self.workspace_configuration_async(t.ConfigurationParams(items=[t.ConfigurationItem(section="demi")])),
+                5.0,
+            )
         except Exception:  # noqa: BLE001 - a client that cannot answer keeps the settings it gave
             log.debug("workspace/configuration failed", exc_info=True)
             return
@@ -128,9 +143,13 @@ class DemiLanguageServer(LanguageServer):
     def status(self) -> dict[str, Any]:
         st = self.host.status()
         d = self.completions.debouncer
-        st.update({"latencyMs": round(d.latency_s * 1000, 1) if d.latency_s is not None else None,
-                   "lastLatencyMs": round(self._last_latency * 1000, 1) if self._last_latency is not None else None,
-                   "runs": self.host.runs_started})
+        st.update(
+            {
+                "latencyMs": round(d.latency_s * 1000, 1) if d.latency_s is not None else None,
+                "lastLatencyMs": round(self._last_latency * 1000, 1) if self._last_latency is not None else None,
+                "runs": self.host.runs_started,
+            }
+        )
         return st
 
     def send_status(self) -> None:
@@ -142,8 +161,7 @@ class DemiLanguageServer(LanguageServer):
         if st["state"] == "error" and st.get("message") != self._reported_error:
             self._reported_error = st.get("message")
             text = f"Demi: no model: {st.get('message')}"
-            self._on_loop(lambda: self.window_show_message(t.ShowMessageParams(type=t.MessageType.Error,
-                                                                               message=text)))
+            self._on_loop(lambda: self.window_show_message(t.ShowMessageParams(type=t.MessageType.Error, message=text)))
 
     def _completion_done(self, seconds: float) -> None:
         self._last_latency = seconds
@@ -155,8 +173,9 @@ class DemiLanguageServer(LanguageServer):
         return self.workspace.text_documents.get(unquote(uri))
 
     def display_name(self, uri: str, doc: Any) -> str:
-        return display_name(uri, doc.path if uri.startswith("file:") else None, self.workspace.root_path,
-                            doc.language_id)
+        return display_name(
+            uri, doc.path if uri.startswith("file:") else None, self.workspace.root_path, doc.language_id
+        )
 
     def snapshot(self, uri: str, position: t.Position) -> tuple[Snapshot, Any]:
         doc = self.open_document(uri)
@@ -166,21 +185,25 @@ class DemiLanguageServer(LanguageServer):
         lines = lsp_lines(text)
         count = len(lines) + (1 if not lines or lines[-1].endswith(("\n", "\r")) else 0)
         if position.line >= count:
-            raise JsonRpcInvalidParams(f"position line {position.line} is past the end of the document "
-                                       f"(0-based lines 0-{count - 1})")
+            raise JsonRpcInvalidParams(
+                f"position line {position.line} is past the end of the document (0-based lines 0-{count - 1})"
+            )
         current = line_text(lines[position.line]) if position.line < len(lines) else ""
         enc = self.workspace.position_encoding
         col = index_of_units(current, position.character, enc)
         if col is None:
-            raise JsonRpcInvalidParams(f"position character {position.character} is past the end of line "
-                                       f"{position.line} ({units(current, enc)} {enc or 'utf-16'} code units)")
-        offset = sum(len(x) for x in lines[:position.line]) + col
+            raise JsonRpcInvalidParams(
+                f"position character {position.character} is past the end of line "
+                f"{position.line} ({units(current, enc)} {enc or 'utf-16'} code units)"
+            )
+        offset = sum(len(x) for x in lines[: position.line]) + col
         return Snapshot(uri, doc.version, text, offset, doc.language_id, self.display_name(uri, doc)), doc
 
     def _version_of(self, uri: str) -> Callable[[], int | None]:
         def now() -> int | None:
             doc = self.open_document(uri)
             return doc.version if doc is not None else None
+
         return now
 
     def supports_document_changes(self) -> bool:
@@ -191,8 +214,9 @@ class DemiLanguageServer(LanguageServer):
 
     # -- completions --------------------------------------------------------------------------------
 
-    async def _complete(self, uri: str, position: t.Position, invoked: bool,
-                        selected: t.SelectedCompletionInfo | None = None) -> tuple[Outcome, Snapshot]:
+    async def _complete(
+        self, uri: str, position: t.Position, invoked: bool, selected: t.SelectedCompletionInfo | None = None
+    ) -> tuple[Outcome, Snapshot]:
         snap, doc = self.snapshot(uri, position)
         if not self.settings.enabled_for(doc.language_id):
             return Outcome("", 0, "disabled"), snap
@@ -214,7 +238,7 @@ class DemiLanguageServer(LanguageServer):
             raise
         except Exception as exc:  # noqa: BLE001 - a DemiError from the task: answer, never go silent
             self.completions.stats.errors += 1
-            from demi.model.errors import DemiUserError
+            from demi.assistant.errors import DemiUserError
 
             if isinstance(exc, DemiUserError):
                 raise JsonRpcInvalidParams(str(exc)) from None
@@ -229,10 +253,11 @@ class DemiLanguageServer(LanguageServer):
         if not outcome.text:
             return t.InlineCompletionList(items=[])
         enc = self.workspace.position_encoding
-        end = advance(params.position, snap.after[:outcome.replace], enc)
+        end = advance(params.position, snap.after[: outcome.replace], enc)
         if selected is not None:
-            item = t.InlineCompletionItem(insert_text=selected.text + outcome.text,
-                                          range=t.Range(selected.range.start, end))
+            item = t.InlineCompletionItem(
+                insert_text=selected.text + outcome.text, range=t.Range(selected.range.start, end)
+            )
         else:
             item = t.InlineCompletionItem(insert_text=outcome.text, range=t.Range(params.position, end))
         return t.InlineCompletionList(items=[item])
@@ -246,7 +271,7 @@ class DemiLanguageServer(LanguageServer):
         enc = self.workspace.position_encoding
         word = word_before(snap.before)
         start = t.Position(params.position.line, params.position.character - units(word, enc))
-        end = advance(params.position, snap.after[:outcome.replace], enc)
+        end = advance(params.position, snap.after[: outcome.replace], enc)
         new_text = word + outcome.text
         first = new_text.strip().split("\n", 1)[0]
         label = first if len(first) <= 60 else first[:59] + "…"
@@ -256,11 +281,16 @@ class DemiLanguageServer(LanguageServer):
         else:
             docs = new_text
         item = t.CompletionItem(
-            label=label or new_text.strip()[:60], kind=t.CompletionItemKind.Text, detail="Demi",
+            label=label or new_text.strip()[:60],
+            kind=t.CompletionItemKind.Text,
+            detail="Demi",
             documentation=docs,
-            filter_text=new_text, sort_text="0", preselect=True,
+            filter_text=new_text,
+            sort_text="0",
+            preselect=True,
             insert_text_format=t.InsertTextFormat.PlainText,
-            text_edit=t.TextEdit(range=t.Range(start, end), new_text=new_text))
+            text_edit=t.TextEdit(range=t.Range(start, end), new_text=new_text),
+        )
         return t.CompletionList(is_incomplete=True, items=[item])
 
     def _markdown_docs(self) -> bool:
@@ -283,8 +313,18 @@ class DemiLanguageServer(LanguageServer):
 
         return data_dir(None)
 
-    def record_history(self, kind: str, title: str, model: str, prompt: str, answer: str, prompt_tokens: int,
-                       completion_tokens: int, seconds: float, meta: dict[str, Any]) -> None:
+    def record_history(
+        self,
+        kind: str,
+        title: str,
+        model: str,
+        prompt: str,
+        answer: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        seconds: float,
+        meta: dict[str, Any],
+    ) -> None:
         if not self.settings.history:
             return
 
@@ -293,8 +333,17 @@ class DemiLanguageServer(LanguageServer):
 
             try:
                 with Store.open_default(self.data_dir()) as store:
-                    store.record(kind, title, model, prompt, answer, prompt_tokens, completion_tokens, seconds,
-                                 {**meta, "front_end": "lsp"})
+                    store.record(
+                        kind,
+                        title,
+                        model,
+                        prompt,
+                        answer,
+                        prompt_tokens,
+                        completion_tokens,
+                        seconds,
+                        {**meta, "front_end": "lsp"},
+                    )
             except (StoreError, OSError) as exc:
                 self.log_message(f"not saved to history: {exc}", t.MessageType.Warning)
 
@@ -302,17 +351,23 @@ class DemiLanguageServer(LanguageServer):
 
     def stats(self) -> dict[str, Any]:
         c = self.completions
-        return {"completions": c.stats.as_dict(), "cacheHits": c.cache.hits,
-                "runsStarted": self.host.runs_started, "runsSkipped": self.host.runs_skipped,
-                "modelSteps": self.host.thread.steps, "debounce": c.debouncer.as_dict(), "status": self.status(),
-                "handlersInFlight": len(self.protocol._request_futures),
-                "settings": self.settings.as_dict()}
+        return {
+            "completions": c.stats.as_dict(),
+            "cacheHits": c.cache.hits,
+            "runsStarted": self.host.runs_started,
+            "runsSkipped": self.host.runs_skipped,
+            "modelSteps": self.host.thread.steps,
+            "debounce": c.debouncer.as_dict(),
+            "status": self.status(),
+            "handlersInFlight": len(self.protocol._request_futures),
+            "settings": self.settings.as_dict(),
+        }
 
     def document_text(self, params: Any) -> dict[str, Any] | None:
         """demi/documentText: the server's copy of a document, to compare with the editor's."""
         uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
         if not isinstance(uri, str):
-            raise JsonRpcInvalidParams(f"{DOCUMENT_TEXT} takes {{\"uri\": string}}")
+            raise JsonRpcInvalidParams(f'{DOCUMENT_TEXT} takes {{"uri": string}}')
         doc = self.open_document(uri)
         if doc is None:
             return None
@@ -360,8 +415,9 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def build_server(base: LspSettings | None = None, engine_factory: Callable[[LspSettings], Any] | None = None,
-                 probe: bool = True) -> DemiLanguageServer:
+def build_server(
+    base: LspSettings | None = None, engine_factory: Callable[[LspSettings], Any] | None = None, probe: bool = True
+) -> DemiLanguageServer:
     server = DemiLanguageServer(base, engine_factory, probe)
 
     @server.feature(t.INITIALIZE)
@@ -419,8 +475,10 @@ def build_server(base: LspSettings | None = None, engine_factory: Callable[[LspS
     async def completion(ls: DemiLanguageServer, params: t.CompletionParams) -> t.CompletionList:
         return await ls.completion(params)
 
-    @server.feature(t.TEXT_DOCUMENT_CODE_ACTION,
-                    t.CodeActionOptions(code_action_kinds=[KIND_REFACTOR, KIND_EXPLAIN], resolve_provider=True))
+    @server.feature(
+        t.TEXT_DOCUMENT_CODE_ACTION,
+        t.CodeActionOptions(code_action_kinds=[KIND_REFACTOR, KIND_EXPLAIN], resolve_provider=True),
+    )
     def code_action(ls: DemiLanguageServer, params: t.CodeActionParams) -> list[t.CodeAction]:
         return ls.actions.code_actions(params)
 
@@ -448,16 +506,25 @@ def build_server(base: LspSettings | None = None, engine_factory: Callable[[LspS
 
 # -- command line ---------------------------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser, engine_flags: bool = True) -> None:
     p.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     p.add_argument("--tcp", type=int, metavar="PORT", default=None, help="listen on PORT instead of stdio")
     p.add_argument("--host", default="127.0.0.1", help="address for --tcp (default 127.0.0.1)")
     p.add_argument("--log-file", default=None, help="write the server's log here (stderr by default)")
     if engine_flags:
-        p.add_argument("--model", "-m", default=None, help="model name, directory or hub id "
-                       "(default: settings, config, $DEMI_MODEL, demi-tiny)")
-        p.add_argument("--server", default=None, metavar="URL",
-                       help="an OpenAI-compatible server (demi serve) instead of the in-process model")
+        p.add_argument(
+            "--model",
+            "-m",
+            default=None,
+            help="model name, directory or hub id (default: settings, config, $DEMI_MODEL, demi-tiny)",
+        )
+        p.add_argument(
+            "--server",
+            default=None,
+            metavar="URL",
+            help="an OpenAI-compatible server (demi serve) instead of the in-process model",
+        )
         p.add_argument("--quant", default=None, choices=["none", "int8", "int4", "nf4", "auto"])
         p.add_argument("--device", default=None)
         p.add_argument("--context", type=int, default=None)
@@ -482,14 +549,17 @@ def base_settings(args: argparse.Namespace) -> LspSettings:
 
 def serve(args: argparse.Namespace, engine_factory: Callable[[LspSettings], Any] | None = None) -> int:
     level = logging.DEBUG if getattr(args, "debug", False) else logging.WARNING
-    handler: logging.Handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s demi-lsp %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("pygls").setLevel(logging.DEBUG if level == logging.DEBUG else logging.ERROR)
-    server = build_server(base_settings(args), engine_factory,
-                          probe=os.environ.get("DEMI_LSP_NO_PROBE", "") in ("", "0"))
+    server = build_server(
+        base_settings(args), engine_factory, probe=os.environ.get("DEMI_LSP_NO_PROBE", "") in ("", "0")
+    )
     _preload()
     try:
         if args.tcp is not None:
@@ -513,7 +583,6 @@ def _preload() -> None:
         try:
             import demi.assistant.complete  # noqa: F401
             import demi.assistant.engines  # noqa: F401
-            import demi.model.generate  # noqa: F401
         except Exception:  # noqa: BLE001 - the first request will report it
             log.debug("preload failed", exc_info=True)
         log.debug("preloaded in %.2fs", time.monotonic() - started)
@@ -522,8 +591,11 @@ def _preload() -> None:
 
 
 def main(argv: list[str] | None = None, engine_factory: Callable[[LspSettings], Any] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="demi-lsp", description="Demi's language server: inline completion (LSP 3.18), "
-                                "completion, code actions to explain and refactor.")
+    p = argparse.ArgumentParser(
+        prog="demi-lsp",
+        description="Demi's language server: inline completion (LSP 3.18), "
+        "completion, code actions to explain and refactor.",
+    )
     add_arguments(p)
     args = p.parse_args(argv)
     return serve(args, engine_factory)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 # Languages that are prose, not code: off unless the user turns them on (Copilot does the same).
 DEFAULT_ENABLE = {"*": True, "plaintext": False, "markdown": False, "scminput": False}
@@ -24,19 +25,19 @@ ENGINE_KEYS = ("model", "server", "detect_server", "api_key", "quant", "device",
 
 @dataclass
 class LspSettings:
-    model: str | None = None            # a name, a directory or a hub id (None: config, then demi-tiny)
-    server: str | None = None           # an OpenAI-compatible server instead of the in-process engine
-    detect_server: bool | str = True    # use a `demi serve` already running on 127.0.0.1:8642 (or this URL)
+    model: str | None = None  # a name, a directory or a hub id (None: config, then demi-tiny)
+    server: str | None = None  # an OpenAI-compatible server instead of the in-process engine
+    detect_server: bool | str = True  # use a `demi serve` already running on 127.0.0.1:8642 (or this URL)
     api_key: str | None = None
     quant: str | None = None
     device: str | None = None
     dtype: str | None = None
     context: int | None = None
-    threads: int | None = None          # torch threads for the in-process model (None: DEMI_THREADS, physical cores)
-    max_tokens: int = 64                # new tokens for one completion
-    context_tokens: int = 1024          # prompt budget for FIM
+    threads: int | None = None  # torch threads for the in-process model (None: DEMI_THREADS, physical cores)
+    max_tokens: int = 64  # new tokens for one completion
+    context_tokens: int = 1024  # prompt budget for FIM
     temperature: float = 0.0
-    debounce_ms: float | None = None    # a fixed delay for automatic triggers; None adapts
+    debounce_ms: float | None = None  # a fixed delay for automatic triggers; None adapts
     debounce_min_ms: float = 15.0
     debounce_max_ms: float = 300.0
     latency_budget_ms: float | None = None  # stop decoding an automatic completion after this long
@@ -46,8 +47,8 @@ class LspSettings:
     explain_lead: str = "auto"
     refactor_max_tokens: int = 768
     refactor_context_tokens: int = 2048
-    history: bool = True                # record explain and refactor in the session store
-    status_notifications: bool = True   # send demi/status
+    history: bool = True  # record explain and refactor in the session store
+    status_notifications: bool = True  # send demi/status
     data_dir: str | None = None
 
     def engine_key(self) -> tuple[Any, ...]:
@@ -72,38 +73,79 @@ def _norm(key: str) -> str:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(LspSettings)}
 _ALIASES: dict[str, str] = {_norm(name): name for name in _FIELDS}
-_ALIASES.update({_norm(k): v for k, v in {
-    # the config file's dotted keys
-    "complete.max_tokens": "max_tokens", "complete.context_tokens": "context_tokens",
-    "complete.temperature": "temperature", "explain.max_tokens": "explain_max_tokens",
-    "explain.context_tokens": "explain_context_tokens", "explain.lead": "explain_lead",
-    "refactor.max_tokens": "refactor_max_tokens", "refactor.context_tokens": "refactor_context_tokens",
-    # names editors' users are likely to write
-    "serverUrl": "server", "url": "server", "detectDemiServe": "detect_server", "quantization": "quant",
-    "debounce": "debounce_ms", "enabled": "enable", "languages": "enable",
-    "maxLatencyMs": "latency_budget_ms", "timeBudgetMs": "latency_budget_ms",
-}.items()})
-_OPTIONAL = {"model", "server", "api_key", "quant", "device", "dtype", "context", "threads", "debounce_ms",
-             "latency_budget_ms", "data_dir"}
+_ALIASES.update(
+    {
+        _norm(k): v
+        for k, v in {
+            # the config file's dotted keys
+            "complete.max_tokens": "max_tokens",
+            "complete.context_tokens": "context_tokens",
+            "complete.temperature": "temperature",
+            "explain.max_tokens": "explain_max_tokens",
+            "explain.context_tokens": "explain_context_tokens",
+            "explain.lead": "explain_lead",
+            "refactor.max_tokens": "refactor_max_tokens",
+            "refactor.context_tokens": "refactor_context_tokens",
+            # names editors' users are likely to write
+            "serverUrl": "server",
+            "url": "server",
+            "detectDemiServe": "detect_server",
+            "quantization": "quant",
+            "debounce": "debounce_ms",
+            "enabled": "enable",
+            "languages": "enable",
+            "maxLatencyMs": "latency_budget_ms",
+            "timeBudgetMs": "latency_budget_ms",
+        }.items()
+    }
+)
+_OPTIONAL = {
+    "model",
+    "server",
+    "api_key",
+    "quant",
+    "device",
+    "dtype",
+    "context",
+    "threads",
+    "debounce_ms",
+    "latency_budget_ms",
+    "data_dir",
+}
 _CHOICES = {"quant": ("none", "int8", "int4", "nf4", "auto"), "explain_lead": ("auto", "facts", "model")}
 
 
 def from_config(cfg: Any) -> LspSettings:
     """The base settings from an effective `demi.assistant.config.Config`."""
     return LspSettings(
-        model=cfg["model"], server=cfg["server"], api_key=cfg["api_key"], quant=cfg["quant"],
-        device=cfg["device"], dtype=cfg["dtype"], context=cfg["context"],
-        max_tokens=cfg["complete.max_tokens"], context_tokens=cfg["complete.context_tokens"],
-        temperature=cfg["complete.temperature"], explain_max_tokens=cfg["explain.max_tokens"],
-        explain_context_tokens=cfg["explain.context_tokens"], explain_lead=cfg["explain.lead"],
-        refactor_max_tokens=cfg["refactor.max_tokens"], refactor_context_tokens=cfg["refactor.context_tokens"],
-        history=cfg["history"], data_dir=cfg["data_dir"])
+        model=cfg["model"],
+        server=cfg["server"],
+        api_key=cfg["api_key"],
+        quant=cfg["quant"],
+        device=cfg["device"],
+        dtype=cfg["dtype"],
+        context=cfg["context"],
+        max_tokens=cfg["complete.max_tokens"],
+        context_tokens=cfg["complete.context_tokens"],
+        temperature=cfg["complete.temperature"],
+        explain_max_tokens=cfg["explain.max_tokens"],
+        explain_context_tokens=cfg["explain.context_tokens"],
+        explain_lead=cfg["explain.lead"],
+        refactor_max_tokens=cfg["refactor.max_tokens"],
+        refactor_context_tokens=cfg["refactor.context_tokens"],
+        history=cfg["history"],
+        data_dir=cfg["data_dir"],
+    )
 
 
 def _coerce(name: str, value: Any) -> Any:
     """`value` as the type of setting `name`; ValueError with a readable reason otherwise."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")
-                         and name in _OPTIONAL and name != "quant"):
+    if value is None or (
+        isinstance(value, str)
+        and value.strip().lower() in ("", "null", "none")
+        and name in _OPTIONAL
+        and name != "quant"
+    ):
         if name in _OPTIONAL:
             return None
         raise ValueError("may not be empty")

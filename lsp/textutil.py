@@ -8,7 +8,7 @@ from lsprotocol import types as t
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _ODD_BREAKS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # str.splitlines breaks here; LSP does not
-_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")  # two UTF-16 code units each
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")  # two UTF-16 code units each
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON can carry them ("\\ud800"); UTF-8 cannot
 
 
@@ -42,8 +42,11 @@ def index_of_units(line: str, n: int, encoding: object) -> int | None:
     if n == 0:
         return 0
     enc = _enc(encoding)
-    if enc.endswith("32") or (not enc.endswith("8") and _ASTRAL.search(line, 0, n) is None) \
-            or (enc.endswith("8") and line[:n].isascii()):
+    if (
+        enc.endswith("32")
+        or (not enc.endswith("8") and _ASTRAL.search(line, 0, n) is None)
+        or (enc.endswith("8") and line[:n].isascii())
+    ):
         return n if n <= len(line) else None  # one unit per character up to n: no loop over a long line
     count = 0
     for i, c in enumerate(line):
@@ -101,8 +104,9 @@ def position_at(text: str, offset: int, encoding: object, lines: tuple[str, ...]
     lines = lsp_lines(text) if lines is None else lines
     start = 0
     for i, line in enumerate(lines):
-        if offset < start + len(line) or (offset == start + len(line) and i == len(lines) - 1
-                                          and not line.endswith(("\n", "\r"))):
+        if offset < start + len(line) or (
+            offset == start + len(line) and i == len(lines) - 1 and not line.endswith(("\n", "\r"))
+        ):
             return t.Position(line=i, character=units(text[start:offset], encoding))
         start += len(line)
     return t.Position(line=len(lines), character=0)  # the end of a text that ends with a line break
@@ -121,7 +125,8 @@ def replace_changed_lines(old: str, new: str, encoding: object) -> t.TextEdit | 
     while hi < len(a) - lo and hi < len(b) - lo and a[-1 - hi] == b[-1 - hi]:
         hi += 1
     start = sum(map(len, a[:lo]))
-    end = len(old) - sum(map(len, a[len(a) - hi:]))
-    text = new[start:len(new) - (len(old) - end)]
-    return t.TextEdit(range=t.Range(start=position_at(old, start, encoding, a), end=position_at(old, end, encoding, a)),
-                      new_text=text)
+    end = len(old) - sum(map(len, a[len(a) - hi :]))
+    text = new[start : len(new) - (len(old) - end)]
+    return t.TextEdit(
+        range=t.Range(start=position_at(old, start, encoding, a), end=position_at(old, end, encoding, a)), new_text=text
+    )

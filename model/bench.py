@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .decoder import KVCache, Transformer
-from .generate import generate_tokens
-from .loading import load_model
-from .quantize import RescoredHead
-from .threads import use_physical_cores
+from demi.model.decoder import KVCache, Transformer
+from demi.model.generate import generate_tokens
+from demi.model.loading import load_model
+from demi.model.quantize import RescoredHead
+from demi.model.threads import use_physical_cores
 
 
 def copy_bandwidth(mb: int = 512, repeats: int = 5) -> float:
@@ -58,8 +58,11 @@ def bytes_per_token(model: Transformer) -> int:
             continue
         if any(name.startswith(p) for p in ("lm_head.exact", "lm_head.shadow")):
             continue
-        own = [t for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-               if t.device.type != "meta"]
+        own = [
+            t
+            for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+            if t.device.type != "meta"
+        ]
         nbytes = sum(t.numel() * t.element_size() for t in own)
         if name == "model.embed_tokens":
             nbytes = cfg.hidden_size * own[0].element_size()
@@ -95,24 +98,33 @@ def time_generation(model: Transformer, prompt: list[int], new_tokens: int, runs
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
         steps.extend(gaps)
         decode_rates.append(len(gaps) / sum(gaps) if gaps else 0.0)
-    return {"ttft_ms": 1e3 * statistics.median(ttfts),
-            "prefill_tok_s": len(prompt) / statistics.median(ttfts),
-            "decode_tok_s": statistics.median(decode_rates),
-            **{f"p{q}_ms": None if (v := _percentile(steps, q)) is None else 1e3 * v for q in (50, 95, 99)}}
+    return {
+        "ttft_ms": 1e3 * statistics.median(ttfts),
+        "prefill_tok_s": len(prompt) / statistics.median(ttfts),
+        "decode_tok_s": statistics.median(decode_rates),
+        **{f"p{q}_ms": None if (v := _percentile(steps, q)) is None else 1e3 * v for q in (50, 95, 99)},
+    }
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench(model_dir: Path, quant: str = "none", prompt_tokens: int = 128, new_tokens: int = 32,
-          runs: int = 3, device: str = "cpu", dtype: str = "auto", seed: int = 0) -> dict:
+def bench(
+    model_dir: Path,
+    quant: str = "none",
+    prompt_tokens: int = 128,
+    new_tokens: int = 32,
+    runs: int = 3,
+    device: str = "cpu",
+    dtype: str = "auto",
+    seed: int = 0,
+) -> dict:
     """Measure Demi on `model_dir`; returns the DESIGN.md keys plus context for the report."""
     threads = use_physical_cores()
     bandwidth, read_bw = copy_bandwidth(), read_bandwidth()
     t = time.perf_counter()
-    model = load_model(model_dir, dtype=dtype, device=device, quant=quant,
-                       context=prompt_tokens + new_tokens + 8)
+    model = load_model(model_dir, dtype=dtype, device=device, quant=quant, context=prompt_tokens + new_tokens + 8)
     load_s = time.perf_counter() - t
     gen = torch.Generator().manual_seed(seed)
     high = min(model.config.vocab_size, 4000)
@@ -121,26 +133,41 @@ def bench(model_dir: Path, quant: str = "none", prompt_tokens: int = 128, new_to
         result = time_generation(model, prompt, new_tokens, runs)
     per_token = bytes_per_token(model)
     bound_tok_s = bandwidth * 1e9 / per_token
-    result.update({
-        "model": str(model_dir), "quant": getattr(model, "quantization", "none"),
-        "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device),
-        "threads": threads, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "runs": runs,
-        "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "copy_gb_s": round(bandwidth, 2), "weight_bytes_per_token": per_token,
-        "bandwidth_bound_tok_s": round(bound_tok_s, 2),
-        "bandwidth_fraction": round(result["decode_tok_s"] / bound_tok_s, 3),
-        "read_gb_s": round(read_bw, 2),
-        "weights_gb_s": round(per_token * result["decode_tok_s"] / 1e9, 2),
-        "read_bound_fraction": round(per_token * result["decode_tok_s"] / (read_bw * 1e9), 3),
-        "kernel_plan": plan.as_dict() if (plan := getattr(model, "kernel_plan", None)) else None,
-    })
+    result.update(
+        {
+            "model": str(model_dir),
+            "quant": getattr(model, "quantization", "none"),
+            "dtype": str(model.dtype).replace("torch.", ""),
+            "device": str(model.device),
+            "threads": threads,
+            "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens,
+            "runs": runs,
+            "load_s": round(load_s, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "copy_gb_s": round(bandwidth, 2),
+            "weight_bytes_per_token": per_token,
+            "bandwidth_bound_tok_s": round(bound_tok_s, 2),
+            "bandwidth_fraction": round(result["decode_tok_s"] / bound_tok_s, 3),
+            "read_gb_s": round(read_bw, 2),
+            "weights_gb_s": round(per_token * result["decode_tok_s"] / 1e9, 2),
+            "read_bound_fraction": round(per_token * result["decode_tok_s"] / (read_bw * 1e9), 3),
+            "kernel_plan": plan.as_dict() if (plan := getattr(model, "kernel_plan", None)) else None,
+        }
+    )
     del model
     gc.collect()
     return result
 
 
-def compare_transformers(model_dir: Path, prompt_tokens: int = 128, new_tokens: int = 32, runs: int = 3,
-                         dtypes: tuple[str, ...] = ("float32", "bfloat16"), seed: int = 0) -> dict:
+def compare_transformers(
+    model_dir: Path,
+    prompt_tokens: int = 128,
+    new_tokens: int = 32,
+    runs: int = 3,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    seed: int = 0,
+) -> dict:
     """transformers' `generate` (greedy, KV cache on) on the same checkpoint, per dtype."""
     import transformers
 
@@ -148,23 +175,28 @@ def compare_transformers(model_dir: Path, prompt_tokens: int = 128, new_tokens: 
     out = {}
     for name in dtypes:
         # safetensors only, as Demi itself: never a pickle fallback (pytorch_model.bin), never remote code
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, name),
-                                                                  use_safetensors=True).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, name), use_safetensors=True
+        ).eval()
         high = min(model.config.vocab_size, 4000)
         ids = torch.randint(10, high, (1, prompt_tokens), generator=gen)
 
-        def run(n: int, model=model) -> float:
+        def run(n: int, model=model, ids=ids) -> float:
             t = time.perf_counter()
             with torch.inference_mode():
-                model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                               pad_token_id=0, eos_token_id=None)
+                model.generate(
+                    ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
+                )
             return time.perf_counter() - t
 
         run(4)
         prefill = statistics.median(run(1) for _ in range(runs))
         full = statistics.median(run(new_tokens + 1) for _ in range(runs))
-        out[name] = {"prefill_tok_s": prompt_tokens / prefill, "ttft_ms": 1e3 * prefill,
-                     "decode_tok_s": new_tokens / max(full - prefill, 1e-9)}
+        out[name] = {
+            "prefill_tok_s": prompt_tokens / prefill,
+            "ttft_ms": 1e3 * prefill,
+            "decode_tok_s": new_tokens / max(full - prefill, 1e-9),
+        }
         del model
         gc.collect()
     return out
@@ -172,21 +204,44 @@ def compare_transformers(model_dir: Path, prompt_tokens: int = 128, new_tokens: 
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    from . import native_kernels
+    from demi.model import native_kernels
 
-    return {"cpu": native_kernels.cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cpu_features": cpu_features(),
-            "native_paths": native_kernels.runnable_paths(), "kernel_forced": native_kernels.forced()}
+    return {
+        "cpu": native_kernels.cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_features": cpu_features(),
+        "native_paths": native_kernels.runnable_paths(),
+        "kernel_forced": native_kernels.forced(),
+    }
 
 
 # The flags that decide which kernels run (the rest of /proc/cpuinfo's list is noise here).
-SPEED_FLAGS = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-               "avx512_fp16", "amx_bf16", "amx_int8", "asimd", "asimddp", "bf16", "i8mm", "sve")
+SPEED_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "bf16",
+    "i8mm",
+    "sve",
+)
 
 
 def cpu_features() -> list[str]:
     """This CPU's flags among those that decide Demi's kernels (SPEED_FLAGS)."""
-    from . import native_kernels
+    from demi.model import native_kernels
 
     have = native_kernels.cpu_flags()
     return [f for f in SPEED_FLAGS if f in have]

@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from .tokenizer import Tokenizer
+from demi.model.tokenizer import Tokenizer
 
 # Ids 0..8, in this order: the FIM and file tokens follow Qwen2.5-Coder's names so the same prompt
 # templates work for demi-tiny; ChatML's pair comes last.

@@ -16,25 +16,53 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import CheckpointError
+from demi.model.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-               "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+}
 # Weight formats Demi does not read, by suffix: named in the error when they are all there is.
-FOREIGN_WEIGHTS = {".bin": "PyTorch pickle", ".pt": "PyTorch pickle", ".pth": "PyTorch pickle",
-                   ".ckpt": "pickle", ".pkl": "pickle", ".pickle": "pickle", ".joblib": "pickle",
-                   ".gguf": "GGUF", ".ggml": "GGML", ".h5": "Keras HDF5", ".msgpack": "Flax msgpack",
-                   ".onnx": "ONNX", ".npz": "NumPy", ".npy": "NumPy"}
+FOREIGN_WEIGHTS = {
+    ".bin": "PyTorch pickle",
+    ".pt": "PyTorch pickle",
+    ".pth": "PyTorch pickle",
+    ".ckpt": "pickle",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+    ".joblib": "pickle",
+    ".gguf": "GGUF",
+    ".ggml": "GGML",
+    ".h5": "Keras HDF5",
+    ".msgpack": "Flax msgpack",
+    ".onnx": "ONNX",
+    ".npz": "NumPy",
+    ".npy": "NumPy",
+}
 
 
 @dataclass(frozen=True)
@@ -62,8 +90,9 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
         files = sorted({model_dir / name for name in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise CheckpointError(f"{model_dir}: shard(s) listed in {INDEX_NAME} are missing: "
-                                  + ", ".join(missing[:5]))
+            raise CheckpointError(
+                f"{model_dir}: shard(s) listed in {INDEX_NAME} are missing: " + ", ".join(missing[:5])
+            )
         return files
     if (model_dir / SINGLE_NAME).is_file():
         return [model_dir / SINGLE_NAME]
@@ -74,10 +103,11 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
             kinds = sorted({FOREIGN_WEIGHTS[Path(n).suffix.lower()] for n in foreign})
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             pickle = any("pickle" in k for k in kinds)
-            why = ("Demi never unpickles weights (unpickling can run code)" if pickle
-                   else "Demi reads only safetensors")
-            raise CheckpointError(f"{model_dir}: no *.safetensors weights, only {', '.join(foreign[:3])}{more} "
-                                  f"({', '.join(kinds)}); {why}: convert them to safetensors first")
+            why = "Demi never unpickles weights (unpickling can run code)" if pickle else "Demi reads only safetensors"
+            raise CheckpointError(
+                f"{model_dir}: no *.safetensors weights, only {', '.join(foreign[:3])}{more} "
+                f"({', '.join(kinds)}); {why}: convert them to safetensors first"
+            )
         raise CheckpointError(f"{model_dir}: no *.safetensors weights found")
     return files
 
@@ -105,21 +135,29 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             dtype, shape, (lo, hi) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt entry for {name!r} in the header") from None
-        if not all(type(d) is int and d >= 0 for d in shape) or not all(type(o) is int for o in (lo, hi)) \
-                or not 0 <= lo <= hi:
-            raise CheckpointError(f"{path}: corrupt entry for {name!r} in the header (shape {meta['shape']}, "
-                                  f"offsets {meta['data_offsets']})")
+        if (
+            not all(type(d) is int and d >= 0 for d in shape)
+            or not all(type(o) is int for o in (lo, hi))
+            or not 0 <= lo <= hi
+        ):
+            raise CheckpointError(
+                f"{path}: corrupt entry for {name!r} in the header (shape {meta['shape']}, "
+                f"offsets {meta['data_offsets']})"
+            )
         info = TensorInfo(path, dtype, shape)
         # A dtype not listed (packed 4-bit, complex, ...) is left to safetensors, and only matters
         # if the decoder needs that tensor.
         if dtype in DTYPE_BYTES and hi - lo != info.numel * DTYPE_BYTES[dtype]:
-            raise CheckpointError(f"{path}: tensor {name!r} has {hi - lo} bytes for shape {list(shape)} "
-                                  f"in {dtype} ({info.numel * DTYPE_BYTES[dtype]} expected)")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has {hi - lo} bytes for shape {list(shape)} "
+                f"in {dtype} ({info.numel * DTYPE_BYTES[dtype]} expected)"
+            )
         data_end = max(data_end, hi)
         out[name] = info
     if 8 + n + data_end > size:
-        raise CheckpointError(f"{path}: truncated: {size} bytes on disk, the header needs "
-                              f"{8 + n + data_end} (an interrupted download?)")
+        raise CheckpointError(
+            f"{path}: truncated: {size} bytes on disk, the header needs {8 + n + data_end} (an interrupted download?)"
+        )
     return out
 
 
@@ -134,8 +172,10 @@ def read_index(model_dir: Path) -> dict[str, TensorInfo]:
     for path in checkpoint_files(model_dir):
         for name, info in read_header(path).items():
             if name in tensors:
-                raise CheckpointError(f"{model_dir}: tensor {name!r} is in both {tensors[name].file.name} and "
-                                      f"{path.name}; which one is meant is unclear")
+                raise CheckpointError(
+                    f"{model_dir}: tensor {name!r} is in both {tensors[name].file.name} and "
+                    f"{path.name}; which one is meant is unclear"
+                )
             tensors[name] = info
     return tensors
 
@@ -154,8 +194,9 @@ def iter_tensors(tensors: dict[str, TensorInfo], names: list[str]) -> Iterator[t
             raise CheckpointError(f"{path}: cannot read tensors ({_first_line(exc)})") from exc
 
 
-def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor,
-                          block: tuple[int, int] | list[int] | None = None) -> torch.Tensor:
+def dequantize_fp8_blocks(
+    weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] | list[int] | None = None
+) -> torch.Tensor:
     """FP8 (e4m3) weight with one scale per block, as MiniMax-M2 and DeepSeek ship.
 
     `block` is quantization_config's `weight_block_size` (128x128 when not given). It cannot be
@@ -164,8 +205,10 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor,
     out_dim, in_dim = weight.shape
     bo, bi = (int(b) for b in (block or (128, 128)))
     if tuple(scale_inv.shape) != (-(-out_dim // bo), -(-in_dim // bi)):
-        raise CheckpointError(f"fp8 block scales of shape {list(scale_inv.shape)} do not fit a weight of "
-                              f"shape {[out_dim, in_dim]} in {bo}x{bi} blocks")
+        raise CheckpointError(
+            f"fp8 block scales of shape {list(scale_inv.shape)} do not fit a weight of "
+            f"shape {[out_dim, in_dim]} in {bo}x{bi} blocks"
+        )
     scale = scale_inv.float().repeat_interleave(bo, 0)[:out_dim].repeat_interleave(bi, 1)[:, :in_dim]
     return weight.float() * scale
 

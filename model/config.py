@@ -12,17 +12,27 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from demi.model.errors import ConfigError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "minimax_m2")
 
-_DEFAULT_THETA = {"llama": 10000.0, "mistral": 10000.0, "qwen2": 10000.0, "qwen3": 10000.0,
-                  "mixtral": 1e6, "minimax_m2": 5e6}
-_DEFAULT_EPS = {"llama": 1e-6, "mistral": 1e-6, "qwen2": 1e-6, "qwen3": 1e-6, "mixtral": 1e-5,
-                "minimax_m2": 1e-6}
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                  "mixtral": "MixtralForCausalLM", "minimax_m2": "MiniMaxM2ForCausalLM"}
+_DEFAULT_THETA = {
+    "llama": 10000.0,
+    "mistral": 10000.0,
+    "qwen2": 10000.0,
+    "qwen3": 10000.0,
+    "mixtral": 1e6,
+    "minimax_m2": 5e6,
+}
+_DEFAULT_EPS = {"llama": 1e-6, "mistral": 1e-6, "qwen2": 1e-6, "qwen3": 1e-6, "mixtral": 1e-5, "minimax_m2": 1e-6}
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "minimax_m2": "MiniMaxM2ForCausalLM",
+}
 
 
 @dataclass
@@ -66,7 +76,8 @@ class ModelConfig:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
-                f"num_key_value_heads ({self.num_key_value_heads})")
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
 
     @property
     def rotary_dim(self) -> int:
@@ -84,18 +95,17 @@ class ModelConfig:
     def is_moe(self) -> bool:
         return self.num_experts > 0
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return replace(self, **changes)
 
     # --- Hugging Face config.json -------------------------------------------------------
 
     @classmethod
-    def from_hf(cls, raw: dict[str, Any]) -> "ModelConfig":
+    def from_hf(cls, raw: dict[str, Any]) -> ModelConfig:
         """Read a parsed `config.json`; unknown families are a `ConfigError` listing the known ones."""
         mt = raw.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(f"unsupported model_type {mt!r}; Demi supports: "
-                              + ", ".join(SUPPORTED_MODEL_TYPES))
+            raise ConfigError(f"unsupported model_type {mt!r}; Demi supports: " + ", ".join(SUPPORTED_MODEL_TYPES))
         try:
             return cls._from_hf(mt, raw)
         except ConfigError:
@@ -104,7 +114,7 @@ class ModelConfig:
             raise ConfigError(f"config.json for {mt} is missing or has a bad value: {exc}") from exc
 
     @classmethod
-    def _from_hf(cls, mt: str, raw: dict[str, Any]) -> "ModelConfig":
+    def _from_hf(cls, mt: str, raw: dict[str, Any]) -> ModelConfig:
         hidden = int(raw["hidden_size"])
         heads = int(raw["num_attention_heads"])
         head_dim = int(raw.get("head_dim") or hidden // heads)
@@ -116,8 +126,7 @@ class ModelConfig:
             partial = int(raw["rotary_dim"]) / head_dim
         scaling = None
         if rope_type not in ("default", None):
-            scaling = {k: v for k, v in rope.items()
-                       if k not in ("rope_theta", "partial_rotary_factor", "type")}
+            scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor", "type")}
             scaling["rope_type"] = rope_type
         eos = raw.get("eos_token_id")
         attention_bias = bool(raw.get("attention_bias", False)) and mt not in ("mistral", "mixtral")
@@ -169,20 +178,26 @@ class ModelConfig:
     def to_hf(self) -> dict[str, Any]:
         """A `config.json` that transformers loads as the same model (or a ConfigError if none can)."""
         mt = self.model_type
-        fixed = {"qwen2": (self.qkv_bias and not self.o_bias, "qwen2 always has q/k/v bias and no o bias"),
-                 "qwen3": (self.qk_norm == "head", "qwen3 always has per-head QK norm"),
-                 "minimax_m2": (self.qk_norm == "whole" and self.router == "sigmoid" and self.routing_bias,
-                                "minimax_m2 always has whole-projection QK norm and a sigmoid router "
-                                "with a correction bias"),
-                 "llama": (self.qkv_bias == self.o_bias, "llama's attention_bias covers q, k, v and o "
-                                                          "together"),
-                 "mistral": (not (self.qkv_bias or self.o_bias), "mistral has no attention bias"),
-                 "mixtral": (not (self.qkv_bias or self.o_bias) and self.router == "softmax",
-                             "mixtral has no attention bias and a softmax router")}
+        fixed = {
+            "qwen2": (self.qkv_bias and not self.o_bias, "qwen2 always has q/k/v bias and no o bias"),
+            "qwen3": (self.qk_norm == "head", "qwen3 always has per-head QK norm"),
+            "minimax_m2": (
+                self.qk_norm == "whole" and self.router == "sigmoid" and self.routing_bias,
+                "minimax_m2 always has whole-projection QK norm and a sigmoid router with a correction bias",
+            ),
+            "llama": (self.qkv_bias == self.o_bias, "llama's attention_bias covers q, k, v and o together"),
+            "mistral": (not (self.qkv_bias or self.o_bias), "mistral has no attention bias"),
+            "mixtral": (
+                not (self.qkv_bias or self.o_bias) and self.router == "softmax",
+                "mixtral has no attention bias and a softmax router",
+            ),
+        }
         ok, why = fixed.get(mt, (True, ""))
         if not ok or (mt != "qwen3" and self.qk_norm == "head") or (mt != "minimax_m2" and self.qk_norm == "whole"):
-            raise ConfigError(f"this {mt} config cannot be written as a transformers config.json: "
-                              f"{why or 'QK norm is only in qwen3 and minimax_m2'}")
+            raise ConfigError(
+                f"this {mt} config cannot be written as a transformers config.json: "
+                f"{why or 'QK norm is only in qwen3 and minimax_m2'}"
+            )
         out: dict[str, Any] = {
             "architectures": [_ARCHITECTURES[mt]],
             "model_type": mt,
@@ -199,8 +214,7 @@ class ModelConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "hidden_act": self.hidden_act,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": (self.eos_token_id[0] if len(self.eos_token_id) == 1
-                             else (self.eos_token_id or None)),
+            "eos_token_id": (self.eos_token_id[0] if len(self.eos_token_id) == 1 else (self.eos_token_id or None)),
             "pad_token_id": self.pad_token_id,
             "torch_dtype": self.torch_dtype,
         }
@@ -222,8 +236,7 @@ class ModelConfig:
             out["num_local_experts"] = self.num_experts
             out["num_experts_per_tok"] = self.num_experts_per_tok
         if mt == "minimax_m2":
-            out.update(use_qk_norm=self.qk_norm == "whole", use_routing_bias=self.routing_bias,
-                       scoring_func="sigmoid")
+            out.update(use_qk_norm=self.qk_norm == "whole", use_routing_bias=self.routing_bias, scoring_func="sigmoid")
         if self.quantization_config:
             out["quantization_config"] = self.quantization_config
         return out
@@ -240,8 +253,9 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     """Read `<model_dir>/config.json`, with one-line errors for every way it can be wrong."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{path}: no config.json; a model directory needs config.json, "
-                          "tokenizer.json and *.safetensors")
+        raise ConfigError(
+            f"{path}: no config.json; a model directory needs config.json, tokenizer.json and *.safetensors"
+        )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

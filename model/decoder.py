@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .rope import RotaryTable, apply_rotary
+from demi.model.config import ModelConfig
+from demi.model.rope import RotaryTable, apply_rotary
 
 
 class RMSNorm(nn.Module):
@@ -32,8 +32,14 @@ class RMSNorm(nn.Module):
 class KVCache:
     """Preallocated keys and values for every layer: [batch, kv_heads, max_len, head_dim]."""
 
-    def __init__(self, cfg: ModelConfig, max_len: int, batch: int = 1,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        max_len: int,
+        batch: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
@@ -84,8 +90,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(q_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(kv_dim, cfg.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None,
-                cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
         b, t, _ = x.shape
         hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
         if hasattr(self, "qkv_proj"):
@@ -93,7 +100,7 @@ class Attention(nn.Module):
             if self.qk_norm == "none":  # one rotary pass over the adjacent q and k heads
                 qk = apply_rotary(qkv[..., : (hq + hkv) * d].view(b, t, hq + hkv, d).transpose(1, 2), cos, sin)
                 q, k = qk[:, :hq], qk[:, hq:]
-                v = qkv[..., (hq + hkv) * d:].view(b, t, hkv, d).transpose(1, 2)
+                v = qkv[..., (hq + hkv) * d :].view(b, t, hkv, d).transpose(1, 2)
                 return self._attend(q, k, v, b, t, start, mask, cache)
             q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
         else:
@@ -107,13 +114,15 @@ class Attention(nn.Module):
         v = v.view(b, t, hkv, d).transpose(1, 2)
         return self._attend(q, k, v, b, t, start, mask, cache)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, b: int, t: int, start: int, mask: Tensor | None,
-                cache: KVCache | None) -> Tensor:
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, b: int, t: int, start: int, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
         causal = mask is None and t > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           enable_gqa=self.n_kv != self.n_heads)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv != self.n_heads
+        )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -153,8 +162,7 @@ class MoE(nn.Module):
         super().__init__()
         self.top_k, self.router = cfg.num_experts_per_tok, cfg.router
         self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
-        self.experts = nn.ModuleList(Expert(cfg.hidden_size, cfg.intermediate_size)
-                                     for _ in range(cfg.num_experts))
+        self.experts = nn.ModuleList(Expert(cfg.hidden_size, cfg.intermediate_size) for _ in range(cfg.num_experts))
         if cfg.routing_bias:
             self.register_buffer("e_score_correction_bias", torch.zeros(cfg.num_experts))
         else:
@@ -199,8 +207,16 @@ class Block(nn.Module):
         else:
             self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None,
-                cache: KVCache | None, router_logits: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        start: int,
+        mask: Tensor | None,
+        cache: KVCache | None,
+        router_logits: list[Tensor] | None = None,
+    ) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, start, mask, cache)
         h = self.post_attention_layernorm(x)
         if hasattr(self, "mlp"):
@@ -240,8 +256,10 @@ def fuse_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def unfuse_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     """The Hugging Face names again: split fused rows back into q/k/v and gate/up."""
-    sizes = {"qkv_proj": [cfg.num_attention_heads * cfg.head_dim] + [cfg.num_key_value_heads * cfg.head_dim] * 2,
-             "gate_up_proj": [cfg.intermediate_size] * 2}
+    sizes = {
+        "qkv_proj": [cfg.num_attention_heads * cfg.head_dim] + [cfg.num_key_value_heads * cfg.head_dim] * 2,
+        "gate_up_proj": [cfg.intermediate_size] * 2,
+    }
     out = {}
     for key, value in state.items():
         fused = next((f for f in FUSIONS if f".{f}." in key), None)
@@ -261,8 +279,11 @@ def fuse_modules(model: nn.Module) -> None:
             if all(isinstance(getattr(module, p, None), nn.Linear) for p in parts):
                 linears = [getattr(module, p) for p in parts]
                 out = sum(l.out_features for l in linears)
-                setattr(module, fused, nn.Linear(linears[0].in_features, out, bias=linears[0].bias is not None,
-                                                 device="meta"))
+                setattr(
+                    module,
+                    fused,
+                    nn.Linear(linears[0].in_features, out, bias=linears[0].bias is not None, device="meta"),
+                )
                 for p in parts:
                     delattr(module, p)
 
@@ -295,8 +316,9 @@ class Transformer(nn.Module):
             self.rotary = RotaryTable(self.config, min(self.config.max_position_embeddings, 4096), device)
         return self.rotary
 
-    def hidden_states(self, tokens: Tensor, start: int = 0, cache: KVCache | None = None,
-                      router_logits: list[Tensor] | None = None) -> Tensor:
+    def hidden_states(
+        self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, router_logits: list[Tensor] | None = None
+    ) -> Tensor:
         """Final-normed hidden states [B, T, H] for tokens at positions start..start+T-1."""
         t = tokens.shape[1]
         x = self.model.embed_tokens(tokens)
@@ -309,8 +331,14 @@ class Transformer(nn.Module):
             cache.length = start + t
         return self.model.norm(x)
 
-    def forward(self, tokens: Tensor, start: int = 0, cache: KVCache | None = None,
-                router_logits: list[Tensor] | None = None, last_only: bool = False) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        router_logits: list[Tensor] | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
         """Logits [B, T, V] (or [B, 1, V] with last_only); with a cache, keys before `start` are reused."""
         x = self.hidden_states(tokens, start, cache, router_logits)
         return self.lm_head(x[:, -1:] if last_only else x)

@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .decoder import KVCache, Transformer
-from .errors import ContextOverflowError, DemiUserError
-from .generate import (PAD_BUCKETS, CancelToken, Sampling, StopState, generate_tokens, max_padding, padded_rows,
-                       prefill, worth_reusing)
-from .healing import ForcedPrefix
-from .loading import load_model, resolve_device
-from .prefix_cache import PrefixCache
-from .threads import use_physical_cores
-from .registry import resolve_model_dir
-from .tokenizer import StreamDecoder, Tokenizer
+from demi.model.decoder import KVCache, Transformer
+from demi.model.errors import ContextOverflowError, DemiUserError
+from demi.model.generate import (
+    PAD_BUCKETS,
+    CancelToken,
+    Sampling,
+    StopState,
+    generate_tokens,
+    max_padding,
+    padded_rows,
+    prefill,
+    worth_reusing,
+)
+from demi.model.healing import ForcedPrefix
+from demi.model.loading import load_model, resolve_device
+from demi.model.prefix_cache import PrefixCache
+from demi.model.registry import resolve_model_dir
+from demi.model.threads import use_physical_cores
+from demi.model.tokenizer import StreamDecoder, Tokenizer
 
 DEFAULT_CONTEXT = 4096
 # A long prompt is prefilled in chunks so that a scheduler can run other streams in between and a
@@ -59,8 +68,9 @@ class Completion:
         return len(self.token_ids)
 
 
-def drain(stream: Iterator[str], on_text: Callable[[str], None] | None = None,
-          on_step: Callable[[], None] | None = None) -> Completion:
+def drain(
+    stream: Iterator[str], on_text: Callable[[str], None] | None = None, on_step: Callable[[], None] | None = None
+) -> Completion:
     """Run a `stream` generator to its end and return its result (the generator's return value).
 
     One loop for every caller that wants the whole answer: non-empty pieces go to `on_text`;
@@ -93,7 +103,7 @@ def _param_count(model: Transformer) -> int:
     not the embedding lookup), from the config, so quantization layouts (an int8 head's int4
     shadow, kept bf16 copies) do not count twice; an exotic config counts the weight tensors."""
     try:
-        from .info import model_info
+        from demi.model.info import model_info
 
         return int(model_info(model.config).params.active_non_embedding)
     except Exception:  # noqa: BLE001 - a config model_info cannot read
@@ -122,8 +132,15 @@ def _unhealed(raw: str, heal: str) -> str:
 class LocalModel:
     """Model + tokenizer + a reusable KV cache, on one device."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str, path: Path | None = None,
-                 context: int | None = None, cache_slots: int = 4):
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        name: str,
+        path: Path | None = None,
+        context: int | None = None,
+        cache_slots: int = 4,
+    ):
         self.model, self.tokenizer, self.name, self.path = model, tokenizer, name, path
         cfg = model.config
         self.context = min(context or DEFAULT_CONTEXT, cfg.context_limit)
@@ -134,8 +151,14 @@ class LocalModel:
         self.max_pad = max_padding(self.params) if _builds_kernels_per_shape(model) else 0
 
     @classmethod
-    def load(cls, name: str | None = None, device: str | None = "cpu", dtype: str | None = "auto",
-             context: int | None = None, quant: str | None = "none") -> "LocalModel":
+    def load(
+        cls,
+        name: str | None = None,
+        device: str | None = "cpu",
+        dtype: str | None = "auto",
+        context: int | None = None,
+        quant: str | None = "none",
+    ) -> LocalModel:
         path = resolve_model_dir(name)
         dev = resolve_device(device)
         use_physical_cores()
@@ -158,10 +181,18 @@ class LocalModel:
     def encode(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens)
 
-    def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: Sampling | None = None,
-               stop: list[str] | None = None, cancel: CancelToken | None = None,
-               time_budget: float | None = None, stop_ids: set[int] | None = None,
-               add_special_tokens: bool = True, heal: str = "") -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str | list[int],
+        max_new_tokens: int = 256,
+        sampling: Sampling | None = None,
+        stop: list[str] | None = None,
+        cancel: CancelToken | None = None,
+        time_budget: float | None = None,
+        stop_ids: set[int] | None = None,
+        add_special_tokens: bool = True,
+        heal: str = "",
+    ) -> Iterator[str]:
         """Yield text pieces; the finished `Completion` is the generator's return value.
 
         `heal` is text cut off the end of the prompt (token healing, see `healing.py`): the first
@@ -178,24 +209,65 @@ class LocalModel:
         state, out_ids = StopState(), []
         constraint = ForcedPrefix(self.tokenizer, heal) if heal else None
         if len(ids) >= self.context:
-            raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is "
-                                       f"{self.context}")
+            raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is {self.context}")
         slot, reuse = self.prefix_cache.acquire(ids)
         reuse = worth_reusing(min(reuse, len(ids) - 1), len(ids))  # what generate_tokens will keep, reported as such
         try:
-            completion = yield from self._generate(ids, slot, reuse, max_new_tokens, sampling, stops, end_ids,
-                                                   cancel, deadline, started, state, decoder, out_ids,
-                                                   constraint, heal)
+            completion = yield from self._generate(
+                ids,
+                slot,
+                reuse,
+                max_new_tokens,
+                sampling,
+                stops,
+                end_ids,
+                cancel,
+                deadline,
+                started,
+                state,
+                decoder,
+                out_ids,
+                constraint,
+                heal,
+            )
         finally:
             self.prefix_cache.release(slot, ids + out_ids)
         return completion
 
-    def _generate(self, ids, slot, reuse, max_new_tokens, sampling, stops, end_ids, cancel, deadline,
-                  started, state, decoder, out_ids, constraint=None, heal="") -> Iterator[str]:
+    def _generate(
+        self,
+        ids,
+        slot,
+        reuse,
+        max_new_tokens,
+        sampling,
+        stops,
+        end_ids,
+        cancel,
+        deadline,
+        started,
+        state,
+        decoder,
+        out_ids,
+        constraint=None,
+        heal="",
+    ) -> Iterator[str]:
         raw, text, sent, first = "", "", 0, None
-        for token in generate_tokens(self.model, ids, max_new_tokens, sampling, end_ids, cancel,
-                                     deadline, slot.cache, state, reuse=reuse, prefill_chunk=self.prefill_chunk,
-                                     constraint=constraint, max_pad=self.max_pad):
+        for token in generate_tokens(
+            self.model,
+            ids,
+            max_new_tokens,
+            sampling,
+            end_ids,
+            cancel,
+            deadline,
+            slot.cache,
+            state,
+            reuse=reuse,
+            prefill_chunk=self.prefill_chunk,
+            constraint=constraint,
+            max_pad=self.max_pad,
+        ):
             if token is None:  # between prefill chunks: let a scheduler run something else
                 yield ""
                 continue
@@ -223,8 +295,15 @@ class LocalModel:
             text = _unhealed(raw, heal)
         if sent < len(text):
             yield text[sent:]
-        return Completion(text, out_ids, len(ids), state.reason, time.monotonic() - started, first,
-                          extra={"cached_tokens": reuse, "healed": len(heal)})
+        return Completion(
+            text,
+            out_ids,
+            len(ids),
+            state.reason,
+            time.monotonic() - started,
+            first,
+            extra={"cached_tokens": reuse, "healed": len(heal)},
+        )
 
     @torch.inference_mode()
     def warm_up(self, prompt_tokens: range | list[int], decode_steps: int = 4) -> list[int]:
@@ -256,8 +335,7 @@ class LocalModel:
             self.model(step, start=max(run) + pos, cache=cache)
         return sorted(run)
 
-    def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None,
-                 **kwargs) -> Completion:
+    def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs) -> Completion:
         """Run `stream` to the end, passing each piece to `on_text`."""
         return drain(self.stream(prompt, **kwargs), on_text)
 
@@ -278,8 +356,8 @@ class LocalModel:
             targets = tokens[0, 1:]
             first = scored_to - begin - 1  # positions before this were scored by the last window
             for lo in range(first, hidden.shape[0], chunk):
-                logits = self.model.lm_head(hidden[lo:lo + chunk]).float()
-                total += float(F.cross_entropy(logits, targets[lo:lo + chunk], reduction="sum"))
+                logits = self.model.lm_head(hidden[lo : lo + chunk]).float()
+                total += float(F.cross_entropy(logits, targets[lo : lo + chunk], reduction="sum"))
             count += hidden.shape[0] - first
             scored_to, begin = end, end - window + stride
         return total, count

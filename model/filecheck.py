@@ -20,8 +20,9 @@ class TooLarge(Exception):
         self.size, self.limit = size, limit
 
 
-def read_checked(path: Path, max_bytes: int, error: type[Exception], binary: str,
-                 binary_window: int | None = None) -> bytes:
+def read_checked(
+    path: Path, max_bytes: int, error: type[Exception], binary: str, binary_window: int | None = None
+) -> bytes:
     """`path`'s bytes. Raises TooLarge over `max_bytes`; `error("PATH: reason")` when it cannot be
     read, or when a NUL byte is in its first `binary_window` bytes (all of it when None), with
     `binary` as the reason."""

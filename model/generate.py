@@ -9,17 +9,16 @@ runs can be compared token for token.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from .cancel import CancelToken
-from .decoder import KVCache, Transformer
-from .errors import ContextOverflowError, DemiUserError
-from .healing import ForcedPrefix
-
+from demi.model.cancel import CancelToken
+from demi.model.decoder import KVCache, Transformer
+from demi.model.errors import ContextOverflowError, DemiUserError
+from demi.model.healing import ForcedPrefix
 
 MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (as vLLM does)
 # A prefill that starts after cached tokens needs an explicit mask, and SDPA with a mask runs at
@@ -58,7 +57,7 @@ def prefill(model: Transformer, tokens: Tensor, start: int, cache: KVCache, max_
     rows = padded_rows(count, cache.max_len - start, max_pad)
     if rows > count:
         tokens = torch.cat([tokens, tokens[:, -1:].expand(-1, rows - count)], dim=1)
-    hidden = model.hidden_states(tokens, start, cache)[:, count - 1:count]
+    hidden = model.hidden_states(tokens, start, cache)[:, count - 1 : count]
     cache.length = start + count
     return model.lm_head(hidden)[:, -1].float()
 
@@ -79,8 +78,9 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty < 0.01:
-            raise DemiUserError("sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
-                                "repetition_penalty >= 0.01")
+            raise DemiUserError(
+                "sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty >= 0.01"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -120,12 +120,21 @@ def sample_next(logits: Tensor, s: Sampling, generator: torch.Generator | None) 
 
 
 @torch.inference_mode()
-def generate_tokens(model: Transformer, prompt: list[int], max_new_tokens: int, sampling: Sampling | None = None,
-                    stop_ids: set[int] | frozenset[int] = frozenset(), cancel: CancelToken | None = None,
-                    deadline: float | None = None, cache: KVCache | None = None,
-                    state: StopState | None = None, reuse: int = 0,
-                    prefill_chunk: int | None = None, constraint: ForcedPrefix | None = None,
-                    max_pad: int = 0) -> Iterator[int | None]:
+def generate_tokens(
+    model: Transformer,
+    prompt: list[int],
+    max_new_tokens: int,
+    sampling: Sampling | None = None,
+    stop_ids: set[int] | frozenset[int] = frozenset(),
+    cancel: CancelToken | None = None,
+    deadline: float | None = None,
+    cache: KVCache | None = None,
+    state: StopState | None = None,
+    reuse: int = 0,
+    prefill_chunk: int | None = None,
+    constraint: ForcedPrefix | None = None,
+    max_pad: int = 0,
+) -> Iterator[int | None]:
     """Yield up to `max_new_tokens` new token ids after `prompt`.
 
     `deadline` is a `time.monotonic()` value; `reuse` is how many leading prompt tokens the

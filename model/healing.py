@@ -45,7 +45,7 @@ def split_heal(prefix: str, tokenizer: Any = None) -> tuple[str, str]:
         return prefix[: m.start()], m.group()
     if tokenizer is None or not prefix or not (prefix[-1].isalnum() or prefix[-1] == "_"):
         return prefix, ""
-    line = prefix[prefix.rfind("\n") + 1:][-MAX_HEAL_CHARS:]
+    line = prefix[prefix.rfind("\n") + 1 :][-MAX_HEAL_CHARS:]
     enc = tokenizer.backend.encode(line, add_special_tokens=False)
     if not enc.offsets:
         return prefix, ""
@@ -70,8 +70,9 @@ class TokenTexts:
         specials = set(tokenizer.special_tokens.values())
         # A special token never spells text; None also for ids whose bytes are not a whole character.
         self.texts: list[str | None] = [
-            None if i in specials or not t.startswith(base) or "\ufffd" in t[len(base):] else t[len(base):]
-            for i, t in enumerate(texts)]
+            None if i in specials or not t.startswith(base) or "\ufffd" in t[len(base) :] else t[len(base) :]
+            for i, t in enumerate(texts)
+        ]
         self._masks: dict[str, Tensor] = {}
 
     @classmethod
@@ -90,8 +91,11 @@ class TokenTexts:
         found = self._masks.get(key)
         if found is None:
             ok = torch.zeros(vocab, dtype=torch.bool)
-            ids = [i for i, t in enumerate(self.texts[:vocab])
-                   if t and (t.startswith(remainder) or remainder.startswith(t))]
+            ids = [
+                i
+                for i, t in enumerate(self.texts[:vocab])
+                if t and (t.startswith(remainder) or remainder.startswith(t))
+            ]
             ok[ids] = True
             if len(self._masks) < 512:
                 self._masks[key] = ok
@@ -123,4 +127,4 @@ class ForcedPrefix:
         if not self.left:
             return
         t = self.table.texts[token] if 0 <= token < len(self.table.texts) else None
-        self.left = self.left[len(t):] if t and self.left.startswith(t) else ""
+        self.left = self.left[len(t) :] if t and self.left.startswith(t) else ""

@@ -37,22 +37,34 @@ sequence (keys and values, every layer, ``context`` positions preallocated).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from .config import ModelConfig
-from .errors import DemiUserError
+from demi.model.config import ModelConfig
+from demi.model.errors import DemiUserError
 
 __all__ = [
-    "PRECISIONS", "INT4_GROUP_SIZE", "KV_DTYPE_BYTES", "TensorGroup", "ParamCounts",
-    "ModelInfo", "tensor_groups", "parameter_shapes", "count_parameters", "weight_bytes",
-    "kv_cache_bytes", "model_info", "format_info", "human_count", "human_bytes",
+    "PRECISIONS",
+    "INT4_GROUP_SIZE",
+    "KV_DTYPE_BYTES",
+    "TensorGroup",
+    "ParamCounts",
+    "ModelInfo",
+    "tensor_groups",
+    "parameter_shapes",
+    "count_parameters",
+    "weight_bytes",
+    "kv_cache_bytes",
+    "model_info",
+    "format_info",
+    "human_count",
+    "human_bytes",
 ]
 
 PRECISIONS = ("fp32", "bf16", "int8", "int4")
 INT4_GROUP_SIZE = 128
-KV_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2,
-                  "float16": 2, "fp8": 1, "int8": 1}
+KV_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1, "int8": 1}
 
 # Kinds of tensors: "linear" and "lm_head" are what int8/int4 quantize.
 _QUANTIZED_KINDS = ("linear", "lm_head")
@@ -114,8 +126,7 @@ def tensor_groups(cfg: ModelConfig) -> list[TensorGroup]:
         if cfg.routing_bias:
             per_layer(moe + "e_score_correction_bias", (E,), "buffer")
         for w, shape in (("w1", (I, H)), ("w3", (I, H)), ("w2", (H, I))):
-            out.append(TensorGroup(layer + moe + "experts.{e}." + w + ".weight", shape,
-                                   L * E, L * min(k, E), "linear"))
+            out.append(TensorGroup(layer + moe + "experts.{e}." + w + ".weight", shape, L * E, L * min(k, E), "linear"))
     else:
         per_layer("mlp.gate_proj.weight", (I, H), "linear")
         per_layer("mlp.up_proj.weight", (I, H), "linear")
@@ -161,8 +172,13 @@ def count_parameters(cfg: ModelConfig) -> ParamCounts:
     total = sum(g.numel * g.count for g in groups)
     active = sum(g.numel * g.active for g in groups)
     embedding = sum(g.numel * g.count for g in groups if g.kind in _EMBEDDING_KINDS)
-    return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding,
-                       active=active, active_non_embedding=active - embedding)
+    return ParamCounts(
+        total=total,
+        embedding=embedding,
+        non_embedding=total - embedding,
+        active=active,
+        active_non_embedding=active - embedding,
+    )
 
 
 def _group_bytes(g: TensorGroup, precision: str) -> int:
@@ -175,15 +191,13 @@ def _group_bytes(g: TensorGroup, precision: str) -> int:
         return rows * cols + 4 * rows
     if precision == "int4":
         return rows * math.ceil(cols / 2) + 4 * rows * math.ceil(cols / INT4_GROUP_SIZE)
-    raise DemiUserError(f"unknown precision {precision!r}; expected one of: "
-                        + ", ".join(PRECISIONS))
+    raise DemiUserError(f"unknown precision {precision!r}; expected one of: " + ", ".join(PRECISIONS))
 
 
 def weight_bytes(cfg: ModelConfig, precision: str) -> int:
     """Bytes of all weights at `precision` (fp32, bf16, int8, int4; see the module docstring)."""
     if precision not in PRECISIONS:
-        raise DemiUserError(f"unknown precision {precision!r}; expected one of: "
-                            + ", ".join(PRECISIONS))
+        raise DemiUserError(f"unknown precision {precision!r}; expected one of: " + ", ".join(PRECISIONS))
     return sum(_group_bytes(g, precision) * g.count for g in tensor_groups(cfg))
 
 
@@ -191,17 +205,24 @@ def _kv_bytes_per_value(kv_dtype: str) -> int:
     try:
         return KV_DTYPE_BYTES[kv_dtype.lower()]
     except KeyError:
-        raise DemiUserError(f"unknown KV cache dtype {kv_dtype!r}; expected one of: "
-                            + ", ".join(KV_DTYPE_BYTES)) from None
+        raise DemiUserError(
+            f"unknown KV cache dtype {kv_dtype!r}; expected one of: " + ", ".join(KV_DTYPE_BYTES)
+        ) from None
 
 
-def kv_cache_bytes(cfg: ModelConfig, context: int, kv_dtype: str = "bf16",
-                   batch: int = 1) -> int:
+def kv_cache_bytes(cfg: ModelConfig, context: int, kv_dtype: str = "bf16", batch: int = 1) -> int:
     """Keys and values of every layer for `context` positions: 2*L*kv_heads*head_dim*ctx*bytes."""
     if context < 0 or batch < 0:
         raise DemiUserError(f"context and batch must be >= 0, got {context} and {batch}")
-    return (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * context
-            * _kv_bytes_per_value(kv_dtype) * batch)
+    return (
+        2
+        * cfg.num_hidden_layers
+        * cfg.num_key_value_heads
+        * cfg.head_dim
+        * context
+        * _kv_bytes_per_value(kv_dtype)
+        * batch
+    )
 
 
 @dataclass(frozen=True)
@@ -220,10 +241,13 @@ class ModelInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "parameters": {"total": self.params.total, "embedding": self.params.embedding,
-                           "non_embedding": self.params.non_embedding,
-                           "active": self.params.active,
-                           "active_non_embedding": self.params.active_non_embedding},
+            "parameters": {
+                "total": self.params.total,
+                "embedding": self.params.embedding,
+                "non_embedding": self.params.non_embedding,
+                "active": self.params.active,
+                "active_non_embedding": self.params.active_non_embedding,
+            },
             "context": self.context,
             "kv_dtype": self.kv_dtype,
             "kv_cache_bytes": self.kv_cache,
@@ -232,17 +256,21 @@ class ModelInfo:
         }
 
 
-def model_info(cfg: ModelConfig, context: int | None = None,
-               kv_dtype: str = "bf16") -> ModelInfo:
+def model_info(cfg: ModelConfig, context: int | None = None, kv_dtype: str = "bf16") -> ModelInfo:
     """Counts, weight bytes per precision and the KV cache at `context` (default: the model's)."""
     ctx = cfg.max_position_embeddings if context is None else int(context)
     kv = kv_cache_bytes(cfg, ctx, kv_dtype)
-    return ModelInfo(params=count_parameters(cfg),
-                     weights={p: weight_bytes(cfg, p) for p in PRECISIONS},
-                     context=ctx, kv_dtype=kv_dtype.lower(), kv_cache=kv)
+    return ModelInfo(
+        params=count_parameters(cfg),
+        weights={p: weight_bytes(cfg, p) for p in PRECISIONS},
+        context=ctx,
+        kv_dtype=kv_dtype.lower(),
+        kv_cache=kv,
+    )
 
 
 # --- text -----------------------------------------------------------------------------------
+
 
 def human_count(n: int) -> str:
     """3085938688 -> '3.09B'."""
@@ -263,8 +291,7 @@ def human_bytes(n: int) -> str:
 
 
 def _describe(cfg: ModelConfig) -> list[str]:
-    heads = (f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} KV heads of dim "
-             f"{cfg.head_dim}")
+    heads = f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} KV heads of dim {cfg.head_dim}"
     if cfg.num_key_value_heads == cfg.num_attention_heads:
         heads += " (MHA)"
     elif cfg.num_key_value_heads == 1:
@@ -276,15 +303,23 @@ def _describe(cfg: ModelConfig) -> list[str]:
         rope += f" on {cfg.rotary_dim} of {cfg.head_dim} dims"
     if cfg.rope_scaling:
         rope += f", {cfg.rope_scaling.get('rope_type', 'scaled')} scaling"
-    extras = [x for x, on in (("qkv bias", cfg.qkv_bias), ("o bias", cfg.o_bias),
-                              ("mlp bias", cfg.mlp_bias),
-                              (f"QK norm ({cfg.qk_norm})", cfg.qk_norm != "none"),
-                              (f"sliding window {cfg.sliding_window}",
-                               bool(cfg.sliding_window))) if on]
+    extras = [
+        x
+        for x, on in (
+            ("qkv bias", cfg.qkv_bias),
+            ("o bias", cfg.o_bias),
+            ("mlp bias", cfg.mlp_bias),
+            (f"QK norm ({cfg.qk_norm})", cfg.qk_norm != "none"),
+            (f"sliding window {cfg.sliding_window}", bool(cfg.sliding_window)),
+        )
+        if on
+    ]
     if cfg.is_moe:
-        ffn = (f"MoE: {cfg.num_experts} experts of intermediate {cfg.intermediate_size}, "
-               f"top-{cfg.num_experts_per_tok}, {cfg.router} router"
-               + (" with correction bias" if cfg.routing_bias else ""))
+        ffn = (
+            f"MoE: {cfg.num_experts} experts of intermediate {cfg.intermediate_size}, "
+            f"top-{cfg.num_experts_per_tok}, {cfg.router} router"
+            + (" with correction bias" if cfg.routing_bias else "")
+        )
     else:
         ffn = f"dense SwiGLU, intermediate {cfg.intermediate_size}"
     return [
@@ -295,8 +330,14 @@ def _describe(cfg: ModelConfig) -> list[str]:
     ]
 
 
-def format_info(name: str, cfg: ModelConfig, ctx: int | None = None, *,
-                kv_dtype: str = "bf16", precisions: Sequence[str] | None = None) -> str:
+def format_info(
+    name: str,
+    cfg: ModelConfig,
+    ctx: int | None = None,
+    *,
+    kv_dtype: str = "bf16",
+    precisions: Sequence[str] | None = None,
+) -> str:
     """A human-readable summary: shape, parameter counts, memory per precision at `ctx`.
 
     `ctx` defaults to the model's context length; `precisions` picks rows (default: all of
@@ -306,39 +347,45 @@ def format_info(name: str, cfg: ModelConfig, ctx: int | None = None, *,
     rows = list(precisions) if precisions else list(PRECISIONS)
     for p in rows:
         if p not in PRECISIONS:
-            raise DemiUserError(f"unknown precision {p!r}; expected one of: "
-                                + ", ".join(PRECISIONS))
+            raise DemiUserError(f"unknown precision {p!r}; expected one of: " + ", ".join(PRECISIONS))
     pc = info.params
     lines = [name] + ["  " + line for line in _describe(cfg)]
     lines.append("")
     lines.append("parameters")
-    emb_note = ("embed_tokens, shared with lm_head" if cfg.tie_word_embeddings
-                else "embed_tokens + lm_head")
+    emb_note = "embed_tokens, shared with lm_head" if cfg.tie_word_embeddings else "embed_tokens + lm_head"
     table: list[tuple[str, int, str]] = [
         ("total", pc.total, ""),
         ("embedding", pc.embedding, emb_note),
         ("non-embedding", pc.non_embedding, ""),
     ]
     if cfg.is_moe:
-        table.append(("active per token", pc.active,
-                      f"top-{cfg.num_experts_per_tok} of {cfg.num_experts} experts; "
-                      f"{human_count(pc.active_non_embedding)} without embeddings"))
+        table.append(
+            (
+                "active per token",
+                pc.active,
+                f"top-{cfg.num_experts_per_tok} of {cfg.num_experts} experts; "
+                f"{human_count(pc.active_non_embedding)} without embeddings",
+            )
+        )
     for label, n, note in table:
         lines.append(f"  {label:<17}{human_count(n):>9}  {n:>17,}" + (f"  {note}" if note else ""))
     lines.append("")
     kv_head = f"KV @ {info.context} ({info.kv_dtype})"
     lines.append(f"memory{'':<6}{'weights':>12}  {kv_head:>22}  {'total':>12}")
     for p in rows:
-        lines.append(f"  {p:<10}{human_bytes(info.weights[p]):>12}  "
-                     f"{human_bytes(info.kv_cache):>22}  {human_bytes(info.total_bytes(p)):>12}")
+        lines.append(
+            f"  {p:<10}{human_bytes(info.weights[p]):>12}  "
+            f"{human_bytes(info.kv_cache):>22}  {human_bytes(info.total_bytes(p)):>12}"
+        )
     lines.append("")
     notes = {
-        "int8": "int8: weight-only per output channel (fp32 scale); embeddings, norms, "
-                "biases, router in bf16",
+        "int8": "int8: weight-only per output channel (fp32 scale); embeddings, norms, biases, router in bf16",
         "int4": f"int4: groups of {INT4_GROUP_SIZE} with bf16 scale + zero; the rest in bf16",
     }
     lines.extend(notes[p] for p in rows if p in notes)
-    lines.append(f"KV cache: 2 x {cfg.num_hidden_layers} layers x {cfg.num_key_value_heads} "
-                 f"KV heads x {cfg.head_dim} x {info.context} positions x "
-                 f"{_kv_bytes_per_value(kv_dtype)} bytes, one sequence")
+    lines.append(
+        f"KV cache: 2 x {cfg.num_hidden_layers} layers x {cfg.num_key_value_heads} "
+        f"KV heads x {cfg.head_dim} x {info.context} positions x "
+        f"{_kv_bytes_per_value(kv_dtype)} bytes, one sequence"
+    )
     return "\n".join(lines)

@@ -28,16 +28,16 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from . import native_kernels as nk
-from .config import ModelConfig
+from demi.model import native_kernels as nk
+from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
@@ -80,14 +80,13 @@ def has_bf16_hardware() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def guess(mode: str) -> KernelPlan:
     """A plan without measuring: what modules built outside `load_model` use (tests, tools)."""
     bf16 = has_bf16_hardware()
     decode = next((p for p in nk.candidate_paths() if nk.library(p) is not None), "torch")
     if mode == "int4":
-        return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode,
-                          "torch" if decode == "torch" else "fp32")
+        return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode, "torch" if decode == "torch" else "fp32")
     return KernelPlan("int8", "bfloat16" if bf16 else "float32", decode, "bf16" if bf16 else "fp32")
 
 
@@ -98,10 +97,12 @@ def matmul_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
     """(N, K) of a layer's quantized matmuls as Demi runs them (q/k/v and gate/up fused)."""
     hd = cfg.head_dim
     inter = cfg.intermediate_size
-    return [((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd, cfg.hidden_size),
-            (cfg.hidden_size, cfg.num_attention_heads * hd),
-            (2 * inter, cfg.hidden_size),
-            (cfg.hidden_size, inter)]
+    return [
+        ((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd, cfg.hidden_size),
+        (cfg.hidden_size, cfg.num_attention_heads * hd),
+        (2 * inter, cfg.hidden_size),
+        (cfg.hidden_size, inter),
+    ]
 
 
 def _timed(fn: Callable[[], object], deadline: float, reps: int = 3, warm: Callable[[], object] | None = None) -> float:
@@ -124,8 +125,10 @@ def last_level_cache_bytes() -> int:
     for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
         try:
             text = entry.read_text().strip().upper()
-            best = max(best, int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG"
-                       else int(text))
+            best = max(
+                best,
+                int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG" else int(text),
+            )
         except (OSError, ValueError):
             continue
     return best or 32 * 2**20
@@ -135,7 +138,7 @@ class _Shape:
     """Random weights of one (N, K) shape, in every layout a candidate needs."""
 
     def __init__(self, n: int, k: int, mode: str, group: int):
-        from .quantize import quantize_int4, quantize_int8
+        from demi.model.quantize import quantize_int4, quantize_int8
 
         self.n = -(-max(16, min(n, MAX_CALIBRATION_ELEMS // k)) // 16) * 16  # torch's int4 wants N % 16 == 0
         self.k, self.scale_up = k, n / self.n
@@ -154,7 +157,7 @@ class _Shape:
     def nbytes(self) -> int:
         return self.q8.numel() if not hasattr(self, "native4") else self.native4.numel()
 
-    def copy(self) -> "_Shape":
+    def copy(self) -> _Shape:
         """The same weights in fresh memory: decode is timed streaming them from DRAM, not cache."""
         other = object.__new__(_Shape)
         other.__dict__.update(self.__dict__)
@@ -168,18 +171,21 @@ def _sweep(copies: list[_Shape], one: Callable[[_Shape], object]) -> Callable[[]
     def run() -> None:
         for c in copies:
             one(c)
+
     return run
 
 
-def _int8_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str],
-                     decode_torch: bool) -> dict[str, Callable]:
+def _int8_candidates(
+    copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str], decode_torch: bool
+) -> dict[str, Callable]:
     s = copies[0]
     x = torch.randn(rows, s.k, dtype=dtype)
     out: dict[str, Callable] = {}
     if rows == 1:
         if decode_torch:
-            out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int8pack_mm(
-                x.to(torch.bfloat16), c.q8, c.s8_bf16).to(dtype))
+            out["torch"] = _sweep(
+                copies, lambda c: torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), c.q8, c.s8_bf16).to(dtype)
+            )
     else:  # the weight's conversion is timed on its own (_conversions): it is paid once per chunk
         w32, w16 = s.q8 * s.s8[:, None], s.q8.to(torch.bfloat16)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
@@ -191,14 +197,16 @@ def _int8_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths:
     return out
 
 
-def _int4_candidates(copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str],
-                     decode_torch: bool) -> dict[str, Callable]:
+def _int4_candidates(
+    copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str], decode_torch: bool
+) -> dict[str, Callable]:
     s = copies[0]
     x = torch.randn(rows, s.k, dtype=dtype)
     out: dict[str, Callable] = {}
     if decode_torch or not paths:
-        out["torch"] = _sweep(copies, lambda c: torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.to(torch.bfloat16), c.torch4, c.group, c.sz))
+        out["torch"] = _sweep(
+            copies, lambda c: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), c.torch4, c.group, c.sz)
+        )
     if rows > 1:
         w32 = nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
@@ -234,6 +242,7 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     def copies_of(s: _Shape) -> int:
         b = max(1, s.nbytes())
         return max(1, min(cfg.num_hidden_layers, -(-2 * llc // b), 2**30 // (b * len(built))))
+
     decode_torch = nk.forced() in (None, "torch")  # a forced native path is what decode measures
     times: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}, "convert": {}}
     counts: dict[tuple[str, str], int] = {}
@@ -257,8 +266,9 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
                     counts[phase, name] = counts.get((phase, name), 0) + 1
                 del copies
     # a candidate that cannot take every shape (K not a multiple of 32) does not serve every layer
-    times = {ph: {c: v for c, v in t.items() if ph == "convert" or counts[ph, c] == len(built)}
-             for ph, t in times.items()}
+    times = {
+        ph: {c: v for c, v in t.items() if ph == "convert" or counts[ph, c] == len(built)} for ph, t in times.items()
+    }
     plan = _choose(mode, times)
     plan.source, plan.seconds = "measured", round(time.perf_counter() - start, 3)
     plan.times_ms = {ph: {k: round(v, 5) for k, v in t.items()} for ph, t in times.items()}
@@ -285,8 +295,9 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
         prefill = _best(pre) or "fp32"
         activations = "bfloat16" if prefill == "bf16" else "float32"
         decode = _best(dec) or "torch"
-        return KernelPlan("int8", activations, decode, prefill,
-                          _crossover(times, prefill, decode) if decode != "torch" else 0)
+        return KernelPlan(
+            "int8", activations, decode, prefill, _crossover(times, prefill, decode) if decode != "torch" else 0
+        )
     native = [p for p in dec if p != "torch"]
     layouts = {"torch": ("torch", "torch")}
     if native:
@@ -298,8 +309,13 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
 
     decode, prefill = min(layouts.values(), key=score)
     bf16 = decode == prefill == "torch" and has_bf16_hardware()  # torch's int4 kernels take bf16 rows
-    return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode, prefill,
-                      _crossover(times, prefill, decode) if decode != "torch" and prefill == "fp32" else 0)
+    return KernelPlan(
+        "int4",
+        "bfloat16" if bf16 else "float32",
+        decode,
+        prefill,
+        _crossover(times, prefill, decode) if decode != "torch" and prefill == "fp32" else 0,
+    )
 
 
 # --- the cache -----------------------------------------------------------------------------
@@ -308,9 +324,16 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
 def cache_key() -> dict:
     """What a measured plan depends on besides the model's shapes."""
     flags = ",".join(sorted(nk.cpu_flags()))
-    return {"version": PLAN_VERSION, "cpu": nk.cpu_model(), "machine": platform.machine(),
-            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "kernels": nk.source_version(), "forced": nk.forced() or ""}
+    return {
+        "version": PLAN_VERSION,
+        "cpu": nk.cpu_model(),
+        "machine": platform.machine(),
+        "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "kernels": nk.source_version(),
+        "forced": nk.forced() or "",
+    }
 
 
 def cache_file(key: dict | None = None) -> Path:
@@ -372,8 +395,14 @@ def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = Fal
             pass
         log.warning("kernel plan cache %s holds an entry this version cannot use; measuring again", path)
     plan = calibrate(cfg, mode, group)
-    log.info("kernel plan for %s: decode %s, prefill %s, activations %s (%.2f s)", name, plan.decode,
-             plan.prefill, plan.activations, plan.seconds)
+    log.info(
+        "kernel plan for %s: decode %s, prefill %s, activations %s (%.2f s)",
+        name,
+        plan.decode,
+        plan.prefill,
+        plan.activations,
+        plan.seconds,
+    )
     entries[name] = plan.as_dict()
     try:
         _write(path, key, entries)

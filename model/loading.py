@@ -20,18 +20,31 @@ from pathlib import Path
 
 import torch
 
-from . import kernel_plan
-from .checkpoint import TensorInfo, dequantize_fp8_blocks, iter_tensors, read_index, save_checkpoint
-from .config import ModelConfig, load_config
-from .decoder import Transformer, fuse_modules, fuse_state_dict, unfuse_state_dict
-from .errors import CheckpointError, ConfigError, DemiUserError, InsufficientMemoryError
-from .quantize import (DEFAULT_GROUP, check_mode, check_quantization_config, module_from_stored,
-                       quantizable, quantize_linear, quantized_tensors)
+from demi.model import kernel_plan
+from demi.model.checkpoint import TensorInfo, dequantize_fp8_blocks, iter_tensors, read_index, save_checkpoint
+from demi.model.config import ModelConfig, load_config
+from demi.model.decoder import Transformer, fuse_modules, fuse_state_dict, unfuse_state_dict
+from demi.model.errors import CheckpointError, ConfigError, DemiUserError, InsufficientMemoryError
+from demi.model.quantize import (
+    DEFAULT_GROUP,
+    check_mode,
+    check_quantization_config,
+    module_from_stored,
+    quantizable,
+    quantize_linear,
+    quantized_tensors,
+)
 
 log = logging.getLogger("demi.model")
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 # Checkpoint tensors that are not weights of the decoder and are safe to skip.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".weight_scale_inv", ".input_scale")
 
@@ -74,8 +87,9 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def estimate_bytes(tensors: dict[str, TensorInfo], cfg: ModelConfig, dtype: torch.dtype,
-                   context: int, mode: str = "none") -> int:
+def estimate_bytes(
+    tensors: dict[str, TensorInfo], cfg: ModelConfig, dtype: torch.dtype, context: int, mode: str = "none"
+) -> int:
     """Weights in `dtype` (projections at 1 or 0.5 byte when quantized) plus a KV cache for
     `context` tokens plus 10% working room."""
     elem = torch.tensor([], dtype=dtype).element_size()
@@ -106,12 +120,19 @@ def check_fits(need: int, device: torch.device, what: str) -> None:
     if need > free:
         raise InsufficientMemoryError(
             f"{what} needs about {need / 2**30:.1f} GiB on {device.type} but only {free / 2**30:.1f} GiB "
-            "is free; try --dtype bfloat16, a quantized mode (--quant int8 or int4) or a smaller model")
+            "is free; try --dtype bfloat16, a quantized mode (--quant int8 or int4) or a smaller model"
+        )
 
 
-def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
-               device: str | torch.device | None = "cpu", context: int | None = None,
-               quant: str | None = "none", group: int = DEFAULT_GROUP, fuse: bool = True) -> Transformer:
+def load_model(
+    model_dir: str | Path,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = "cpu",
+    context: int | None = None,
+    quant: str | None = "none",
+    group: int = DEFAULT_GROUP,
+    fuse: bool = True,
+) -> Transformer:
     """Build the decoder for `model_dir` and fill it with the checkpoint's weights.
 
     With `quant` int8/int4 (or a checkpoint `demi models quantize` wrote) the projections and
@@ -143,7 +164,7 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = "auto",
         fuse_modules(model)
         targets = quantized_linears(model) if mode != "none" else []
     for name in targets:
-        stored = {k[len(name) + 1:]: state.pop(k) for k in list(state) if k.startswith(name + ".weight")}
+        stored = {k[len(name) + 1 :]: state.pop(k) for k in list(state) if k.startswith(name + ".weight")}
         bias = state.pop(f"{name}.bias", None)
         if mode == "nf4":
             module = quantize_linear(_linear(stored["weight"], bias), "nf4", group, name)
@@ -183,12 +204,18 @@ def checked_config(model_dir: Path) -> ModelConfig:
         cfg = load_config(model_dir)
     except ConfigError as exc:
         if code and "unsupported model_type" in str(exc):
-            raise ConfigError(f"{model_dir}: this model needs its own Python code ({', '.join(code[:3])}), which "
-                              f"Demi never runs (no trust_remote_code); {exc}") from None
+            raise ConfigError(
+                f"{model_dir}: this model needs its own Python code ({', '.join(code[:3])}), which "
+                f"Demi never runs (no trust_remote_code); {exc}"
+            ) from None
         raise
     if code:
-        log.info("ignoring %s in %s: Demi never runs a model's own code; using its %s decoder",
-                 ", ".join(code), model_dir, cfg.model_type)
+        log.info(
+            "ignoring %s in %s: Demi never runs a model's own code; using its %s decoder",
+            ", ".join(code),
+            model_dir,
+            cfg.model_type,
+        )
     return cfg
 
 
@@ -210,7 +237,7 @@ def _quant_mode(cfg: ModelConfig, quant: str | None, device: torch.device) -> st
         return stored
     quant = quant or "none"
     if quant == "auto":
-        from .plan import auto_quant
+        from demi.model.plan import auto_quant
 
         quant = auto_quant(cfg, device)
     return check_mode(quant, device)
@@ -220,9 +247,15 @@ def quantized_linears(model: Transformer) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and quantizable(n)]
 
 
-def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch.dtype,
-                device: torch.device, mode: str = "none", group: int = DEFAULT_GROUP,
-                targets: list[str] = ()) -> dict[str, torch.Tensor]:
+def _read_state(
+    model: Transformer,
+    tensors: dict[str, TensorInfo],
+    dtype: torch.dtype,
+    device: torch.device,
+    mode: str = "none",
+    group: int = DEFAULT_GROUP,
+    targets: list[str] = (),
+) -> dict[str, torch.Tensor]:
     """Every tensor the model needs, converted; weights of `targets` quantized as they are read."""
     cfg = model.config
     prequantized = (cfg.quantization_config or {}).get("quant_method") == "demi"
@@ -241,16 +274,17 @@ def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch
     missing = [k for k in expected if k not in tensors]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise CheckpointError(f"checkpoint is missing {', '.join(missing[:3])}{more} "
-                              f"(does config.json match the weights?)")
+        raise CheckpointError(
+            f"checkpoint is missing {', '.join(missing[:3])}{more} (does config.json match the weights?)"
+        )
     unexpected = [k for k in tensors if k not in expected and not k.endswith(_IGNORED_SUFFIXES)]
     if unexpected:
-        log.info("ignoring %d checkpoint tensors the decoder does not use, e.g. %s",
-                 len(unexpected), unexpected[0])
+        log.info("ignoring %d checkpoint tensors the decoder does not use, e.g. %s", len(unexpected), unexpected[0])
     for name, param in expected.items():
         if param is not None and tuple(tensors[name].shape) != tuple(param.shape):
-            raise CheckpointError(f"weight {name} has shape {list(tensors[name].shape)} but the config "
-                                  f"implies {list(param.shape)}")
+            raise CheckpointError(
+                f"weight {name} has shape {list(tensors[name].shape)} but the config implies {list(param.shape)}"
+            )
     fp8 = [k for k in expected if tensors[k].dtype.startswith("F8_")]
     scale_names = {k: k[: -len("weight")] + "weight_scale_inv" for k in fp8}
     absent = [s for s in scale_names.values() if s not in tensors]
@@ -278,8 +312,11 @@ def _read_state(model: Transformer, tensors: dict[str, TensorInfo], dtype: torch
         state[name] = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype, copy=True)
     if tied_head and "lm_head" in targets:  # the LM head gets its own quantized copy of the embedding
         emb = state["model.embed_tokens.weight"]
-        state.update(quantized_tensors("lm_head.weight", emb, mode, group) if mode in ("int8", "int4")
-                     else {"lm_head.weight": emb})
+        state.update(
+            quantized_tensors("lm_head.weight", emb, mode, group)
+            if mode in ("int8", "int4")
+            else {"lm_head.weight": emb}
+        )
     return state
 
 

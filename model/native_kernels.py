@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -48,8 +48,12 @@ _AVX2 = ("-mavx2", "-mfma", "-mf16c")
 _AVX512 = _AVX2 + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")
 # Fastest first: where several run, the plan times them all the same.
 PATHS = (
-    KernelPath("avx512vnni", _X86, frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
-               _AVX512 + ("-mavx512vnni",)),
+    KernelPath(
+        "avx512vnni",
+        _X86,
+        frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+        _AVX512 + ("-mavx512vnni",),
+    ),
     KernelPath("avx512", _X86, frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}), _AVX512),
     KernelPath("avxvnni", _X86, frozenset({"avx2", "fma", "f16c", "avx_vnni"}), _AVX2 + ("-mavxvnni",)),
     KernelPath("avx2", _X86, frozenset({"avx2", "fma", "f16c"}), _AVX2),
@@ -140,7 +144,7 @@ def _cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("demi")) / "native"
 
 
-_SELFTEST = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); sys.exit(lib.demi_selftest())")
+_SELFTEST = "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); sys.exit(lib.demi_selftest())"
 _problems: dict[str, str] = {}
 
 
@@ -149,7 +153,7 @@ def problem(name: str) -> str | None:
     return _problems.get(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def library(name: str) -> ctypes.CDLL | None:
     """The compiled, self-checked library for path `name`, or None (with the reason in `problem`)."""
     path = next(p for p in PATHS if p.name == name)
@@ -164,14 +168,21 @@ def library(name: str) -> ctypes.CDLL | None:
             lib.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
                 out = Path(tmp) / lib.name
-                subprocess.run([cc, "-O3", "-fopenmp", "-shared", "-fPIC", *path.cflags, "-o", str(out), str(SOURCE),
-                                "-lm"], check=True, capture_output=True, timeout=120)
+                subprocess.run(
+                    [cc, "-O3", "-fopenmp", "-shared", "-fPIC", *path.cflags, "-o", str(out), str(SOURCE), "-lm"],
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
                 os.replace(out, lib)  # never a half-written library, even if interrupted
         if not ok.is_file():
             check = subprocess.run([sys.executable, "-c", _SELFTEST, str(lib)], capture_output=True, timeout=60)
             if check.returncode != 0:
-                why = (f"killed by signal {-check.returncode}" if check.returncode < 0
-                       else f"wrong results (code {check.returncode})")
+                why = (
+                    f"killed by signal {-check.returncode}"
+                    if check.returncode < 0
+                    else f"wrong results (code {check.returncode})"
+                )
                 _problems[name] = f"self-check failed: {why}"
                 log.warning("native %s kernel failed its self-check (%s); using torch's kernel", name, why)
                 return None
@@ -216,15 +227,26 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return row.contiguous(), _KINDS[row.dtype if row.dtype in _KINDS else torch.float32]
 
 
-def linear_q8(lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
-              bias: torch.Tensor | None) -> torch.Tensor:
+def linear_q8(
+    lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """y [.., N] = x [.., K] @ (q * scale).T + bias in one native call, in x's dtype (fp32 and bf16
     natively, others through fp32). q int8 [N, K] contiguous, K % 32 == 0; scale and bias fp32."""
     row, kind = _rows(x)
     n, k = q.shape
     y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
-    lib.demi_linear_q8(row.data_ptr(), kind, row.numel() // k, q.data_ptr(), scale.data_ptr(),
-                       None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k)
+    lib.demi_linear_q8(
+        row.data_ptr(),
+        kind,
+        row.numel() // k,
+        q.data_ptr(),
+        scale.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        kind,
+        n,
+        k,
+    )
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
@@ -242,15 +264,34 @@ def dequantize_q4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
     return (q * scale[..., None] + offset[..., None]).reshape(n, k)
 
 
-def linear_q4(lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
-              group: int, bias: torch.Tensor | None) -> torch.Tensor:
+def linear_q4(
+    lib: ctypes.CDLL,
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    group: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
     """y = x @ W.T + bias for W = q * scale + offset, q in `pack_q4` layout, scale and offset fp32
     [N, K / group] (int4_offset converts Demi's stored zero points)."""
     row, kind = _rows(x)
     n, k = packed.shape[0], packed.shape[1] * 2
     y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
-    lib.demi_linear_q4(row.data_ptr(), kind, row.numel() // k, packed.data_ptr(), scale.data_ptr(),
-                       offset.data_ptr(), group, None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k)
+    lib.demi_linear_q4(
+        row.data_ptr(),
+        kind,
+        row.numel() // k,
+        packed.data_ptr(),
+        scale.data_ptr(),
+        offset.data_ptr(),
+        group,
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        kind,
+        n,
+        k,
+    )
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

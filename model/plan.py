@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ModelConfig
-from .errors import DemiUserError
-from .info import kv_cache_bytes, weight_bytes
+from demi.model.config import ModelConfig
+from demi.model.errors import DemiUserError
+from demi.model.info import kv_cache_bytes, weight_bytes
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,23 @@ def plan_for(cfg: ModelConfig, target: str, context: int | None = None) -> dict:
     weights = weight_bytes(cfg, t.precision)
     kv = kv_cache_bytes(cfg, ctx, "fp32" if t.precision == "fp32" else "bf16")
     budget = t.ram_gb[0] * 2**30
-    return {"target": t.name, "ram_gb": list(t.ram_gb), "precision": t.precision,
-            "quant": _QUANT_OF[t.precision], "context": ctx, "weight_bytes": weights, "kv_bytes": kv,
-            "total_bytes": weights + kv, "fits_low_end": weights + kv <= budget * 0.75}
+    return {
+        "target": t.name,
+        "ram_gb": list(t.ram_gb),
+        "precision": t.precision,
+        "quant": _QUANT_OF[t.precision],
+        "context": ctx,
+        "weight_bytes": weights,
+        "kv_bytes": kv,
+        "total_bytes": weights + kv,
+        "fits_low_end": weights + kv <= budget * 0.75,
+    }
 
 
 def auto_quant(cfg: ModelConfig, device: torch.device, free: int | None = None, context: int = 4096) -> str:
     """`--quant auto`: CPU prefers int8 (bandwidth-bound decode: fewer bytes is faster) unless only
     int4 fits; CUDA keeps half precision while it fits in 80% of free memory, then int8, then nf4."""
-    from .loading import available_memory
+    from demi.model.loading import available_memory
 
     free = available_memory(device) if free is None else free
     kv = kv_cache_bytes(cfg, context, "bf16")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ModelConfig
-from .decoder import KVCache
+from demi.model.config import ModelConfig
+from demi.model.decoder import KVCache
 
 
 @dataclass
@@ -37,8 +37,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class PrefixCache:
     """An LRU of `slots` KV caches of `context` tokens each, allocated on first use."""
 
-    def __init__(self, cfg: ModelConfig, context: int, dtype: torch.dtype, device: torch.device,
-                 slots: int = 4):
+    def __init__(self, cfg: ModelConfig, context: int, dtype: torch.dtype, device: torch.device, slots: int = 4):
         self.cfg, self.context, self.dtype, self.device = cfg, context, dtype, device
         self.max_slots = max(1, slots)
         self.slots: list[Slot] = []

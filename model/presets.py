@@ -23,8 +23,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from .config import ModelConfig
-from .errors import ModelNotFoundError
+from demi.model.config import ModelConfig
+from demi.model.errors import ModelNotFoundError
 
 __all__ = ["Preset", "PRESETS", "get_preset", "preset_names", "llama_intermediate_size"]
 
@@ -39,8 +39,7 @@ class Preset:
     config: ModelConfig
 
 
-def llama_intermediate_size(hidden: int, multiple_of: int = 256,
-                            ffn_dim_multiplier: float | None = None) -> int:
+def llama_intermediate_size(hidden: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
     """SwiGLU width as Meta's Llama code computes it: 2/3 of 4*hidden, scaled, rounded up."""
     width = int(2 * (4 * hidden) / 3)
     if ffn_dim_multiplier is not None:
@@ -51,71 +50,122 @@ def llama_intermediate_size(hidden: int, multiple_of: int = 256,
 DEMIURGIC_VOCAB = 32016  # 32000 Llama pieces + 4 FIM tokens + 12 reserved (multiple of 16)
 
 
-def _demiurgic(layers: int, hidden: int, heads: int, kv_heads: int, context: int,
-               intermediate: int) -> ModelConfig:
+def _demiurgic(layers: int, hidden: int, heads: int, kv_heads: int, context: int, intermediate: int) -> ModelConfig:
     return ModelConfig(
-        model_type="llama", vocab_size=DEMIURGIC_VOCAB, hidden_size=hidden,
-        intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, max_position_embeddings=context, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=[2],
-        torch_dtype="bfloat16")
+        model_type="llama",
+        vocab_size=DEMIURGIC_VOCAB,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=context,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=[2],
+        torch_dtype="bfloat16",
+    )
 
 
-def _qwen25(layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int,
-            tied: bool) -> ModelConfig:
+def _qwen25(layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, tied: bool) -> ModelConfig:
     return ModelConfig(
-        model_type="qwen2", vocab_size=151936, hidden_size=hidden,
-        intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, max_position_embeddings=32768, rms_norm_eps=1e-6,
-        rope_theta=1e6, qkv_bias=True, tie_word_embeddings=tied, bos_token_id=151643,
-        eos_token_id=[151643], torch_dtype="bfloat16")
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_theta=1e6,
+        qkv_bias=True,
+        tie_word_embeddings=tied,
+        bos_token_id=151643,
+        eos_token_id=[151643],
+        torch_dtype="bfloat16",
+    )
 
 
-_DEMIURGIC_SOURCE = ("Llama layout; layers/hidden/heads as Llama 7B/13B/70B (1B: 24 layers, "
-                     "hidden 2048); SwiGLU width by the Llama rule; vocab 32000 + FIM tokens, "
-                     "padded to 32016 (see module docstring)")
+_DEMIURGIC_SOURCE = (
+    "Llama layout; layers/hidden/heads as Llama 7B/13B/70B (1B: 24 layers, "
+    "hidden 2048); SwiGLU width by the Llama rule; vocab 32000 + FIM tokens, "
+    "padded to 32016 (see module docstring)"
+)
 
 _ALL = [
-    Preset("demiurgic-1b", "Demiurgic 1B: Llama-style dense code model, 24 layers, 4K context",
-           _DEMIURGIC_SOURCE + "; intermediate 5632 = 8/3*2048 rounded up to 256",
-           _demiurgic(24, 2048, 16, 16, 4096, llama_intermediate_size(2048))),
-    Preset("demiurgic-7b", "Demiurgic 7B: Llama-style dense code model, 32 layers, 4K context",
-           _DEMIURGIC_SOURCE + "; intermediate 11008 = 8/3*4096 rounded up to 256 (Llama 7B)",
-           _demiurgic(32, 4096, 32, 32, 4096, llama_intermediate_size(4096))),
-    Preset("demiurgic-13b", "Demiurgic 13B: Llama-style dense code model, 40 layers, 8K context",
-           _DEMIURGIC_SOURCE + "; intermediate 13824 = 8/3*5120 rounded up to 256 (Llama 13B)",
-           _demiurgic(40, 5120, 40, 40, 8192, llama_intermediate_size(5120))),
-    Preset("demiurgic-70b",
-           "Demiurgic 70B: Llama-style dense code model, 80 layers, GQA 64/8, 8K context",
-           _DEMIURGIC_SOURCE + "; intermediate 28672 = Llama 2 70B's (8/3*8192 * 1.3, rounded "
-           "up to 4096); the plain 256 rounding (22016) would give a ~56B model",
-           _demiurgic(80, 8192, 64, 8, 8192,
-                      llama_intermediate_size(8192, multiple_of=4096, ffn_dim_multiplier=1.3))),
-    Preset("sheikh-2.5-coder",
-           "Sheikh-2.5-Coder: the Qwen2.5-3B shape, 36 layers, GQA 16/2, 32K context, ~3.09B",
-           "Qwen/Qwen2.5-3B config.json: 36 layers, hidden 2048, intermediate 11008, 16/2 heads, "
-           "vocab 151936, rope theta 1e6, tied embeddings, qkv bias",
-           _qwen25(36, 2048, 11008, 16, 2, tied=True)),
-    Preset("qwen2.5-coder-0.5b",
-           "Qwen2.5-Coder-0.5B shape: 24 layers, hidden 896, GQA 14/2, 32K context, ~0.49B",
-           "Qwen/Qwen2.5-Coder-0.5B config.json: 24 layers, hidden 896, intermediate 4864, "
-           "14/2 heads, vocab 151936, rope theta 1e6, tied embeddings, qkv bias",
-           _qwen25(24, 896, 4864, 14, 2, tied=True)),
-    Preset("minimax-m2",
-           "MiniMax-M2: 62-layer MoE, 256 experts top-8, sigmoid router, ~229B total / ~10B active",
-           "MiniMaxAI/MiniMax-M2 config.json: hidden 3072, 48/8 heads of dim 128, expert "
-           "intermediate 1536, rotary_dim 64 of 128, QK RMSNorm over the whole projections, "
-           "rope theta 5e6, vocab 200064, context 196608, untied (the published weights are "
-           "FP8 block-quantized; the preset describes the bf16 shape, MTP heads not included)",
-           ModelConfig(
-               model_type="minimax_m2", vocab_size=200064, hidden_size=3072,
-               intermediate_size=1536, num_hidden_layers=62, num_attention_heads=48,
-               num_key_value_heads=8, head_dim=128, max_position_embeddings=196608,
-               rms_norm_eps=1e-6, rope_theta=5e6, partial_rotary_factor=0.5,
-               qk_norm="whole", tie_word_embeddings=False, num_experts=256,
-               num_experts_per_tok=8, router="sigmoid", routing_bias=True,
-               bos_token_id=200034, eos_token_id=[200020],  # transformers MiniMaxM2Config defaults
-               torch_dtype="bfloat16")),
+    Preset(
+        "demiurgic-1b",
+        "Demiurgic 1B: Llama-style dense code model, 24 layers, 4K context",
+        _DEMIURGIC_SOURCE + "; intermediate 5632 = 8/3*2048 rounded up to 256",
+        _demiurgic(24, 2048, 16, 16, 4096, llama_intermediate_size(2048)),
+    ),
+    Preset(
+        "demiurgic-7b",
+        "Demiurgic 7B: Llama-style dense code model, 32 layers, 4K context",
+        _DEMIURGIC_SOURCE + "; intermediate 11008 = 8/3*4096 rounded up to 256 (Llama 7B)",
+        _demiurgic(32, 4096, 32, 32, 4096, llama_intermediate_size(4096)),
+    ),
+    Preset(
+        "demiurgic-13b",
+        "Demiurgic 13B: Llama-style dense code model, 40 layers, 8K context",
+        _DEMIURGIC_SOURCE + "; intermediate 13824 = 8/3*5120 rounded up to 256 (Llama 13B)",
+        _demiurgic(40, 5120, 40, 40, 8192, llama_intermediate_size(5120)),
+    ),
+    Preset(
+        "demiurgic-70b",
+        "Demiurgic 70B: Llama-style dense code model, 80 layers, GQA 64/8, 8K context",
+        _DEMIURGIC_SOURCE + "; intermediate 28672 = Llama 2 70B's (8/3*8192 * 1.3, rounded "
+        "up to 4096); the plain 256 rounding (22016) would give a ~56B model",
+        _demiurgic(80, 8192, 64, 8, 8192, llama_intermediate_size(8192, multiple_of=4096, ffn_dim_multiplier=1.3)),
+    ),
+    Preset(
+        "sheikh-2.5-coder",
+        "Sheikh-2.5-Coder: the Qwen2.5-3B shape, 36 layers, GQA 16/2, 32K context, ~3.09B",
+        "Qwen/Qwen2.5-3B config.json: 36 layers, hidden 2048, intermediate 11008, 16/2 heads, "
+        "vocab 151936, rope theta 1e6, tied embeddings, qkv bias",
+        _qwen25(36, 2048, 11008, 16, 2, tied=True),
+    ),
+    Preset(
+        "qwen2.5-coder-0.5b",
+        "Qwen2.5-Coder-0.5B shape: 24 layers, hidden 896, GQA 14/2, 32K context, ~0.49B",
+        "Qwen/Qwen2.5-Coder-0.5B config.json: 24 layers, hidden 896, intermediate 4864, "
+        "14/2 heads, vocab 151936, rope theta 1e6, tied embeddings, qkv bias",
+        _qwen25(24, 896, 4864, 14, 2, tied=True),
+    ),
+    Preset(
+        "minimax-m2",
+        "MiniMax-M2: 62-layer MoE, 256 experts top-8, sigmoid router, ~229B total / ~10B active",
+        "MiniMaxAI/MiniMax-M2 config.json: hidden 3072, 48/8 heads of dim 128, expert "
+        "intermediate 1536, rotary_dim 64 of 128, QK RMSNorm over the whole projections, "
+        "rope theta 5e6, vocab 200064, context 196608, untied (the published weights are "
+        "FP8 block-quantized; the preset describes the bf16 shape, MTP heads not included)",
+        ModelConfig(
+            model_type="minimax_m2",
+            vocab_size=200064,
+            hidden_size=3072,
+            intermediate_size=1536,
+            num_hidden_layers=62,
+            num_attention_heads=48,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=196608,
+            rms_norm_eps=1e-6,
+            rope_theta=5e6,
+            partial_rotary_factor=0.5,
+            qk_norm="whole",
+            tie_word_embeddings=False,
+            num_experts=256,
+            num_experts_per_tok=8,
+            router="sigmoid",
+            routing_bias=True,
+            bos_token_id=200034,
+            eos_token_id=[200020],  # transformers MiniMaxM2Config defaults
+            torch_dtype="bfloat16",
+        ),
+    ),
 ]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
@@ -129,6 +179,5 @@ def get_preset(name: str) -> ModelConfig:
     """A fresh copy of the named preset's config; unknown names list the known ones."""
     preset = PRESETS.get(name.strip().lower())
     if preset is None:
-        raise ModelNotFoundError(f"unknown model preset {name!r}; presets: "
-                                 + ", ".join(PRESETS))
+        raise ModelNotFoundError(f"unknown model preset {name!r}; presets: " + ", ".join(PRESETS))
     return copy.deepcopy(preset.config)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernel_plan, native_kernels
-from .errors import CheckpointError, DemiUserError
-from .kernel_plan import KernelPlan
+from demi.model import kernel_plan, native_kernels
+from demi.model.errors import CheckpointError, DemiUserError
+from demi.model.kernel_plan import KernelPlan
 
 log = logging.getLogger("demi.model")
 
@@ -179,8 +179,9 @@ class Int4Linear(nn.Module):
     """Group-wise int4: torch's int4 kernels (`_weight_int4pack_mm_for_cpu`, CUDA's tinygemm), or
     the native int4 kernel with an fp32 or native prefill, as the KernelPlan chose."""
 
-    def __init__(self, q: Tensor, scale: Tensor, zero: Tensor, bias: Tensor | None = None,
-                 plan: KernelPlan | None = None):
+    def __init__(
+        self, q: Tensor, scale: Tensor, zero: Tensor, bias: Tensor | None = None, plan: KernelPlan | None = None
+    ):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group = self.in_features // scale.shape[1]
@@ -200,8 +201,7 @@ class Int4Linear(nn.Module):
         self.decode_lib = self.prefill_lib = None
         pad = -self.out_features % 16  # the kernels take N in multiples of 16: pad with zero rows
         if pad:
-            log.info("int4: padding %d output rows to %d for the kernel", self.out_features,
-                     self.out_features + pad)
+            log.info("int4: padding %d output rows to %d for the kernel", self.out_features, self.out_features + pad)
             q = F.pad(q, (0, 0, 0, pad), value=8)
             scale, zero = F.pad(scale, (0, 0, 0, pad)), F.pad(zero, (0, 0, 0, pad))
         self.padded = pad
@@ -210,8 +210,9 @@ class Int4Linear(nn.Module):
         else:  # the CUDA kernel's input packs the even column into the high nibble
             packed = torch.ops.aten._convert_weight_to_int4pack(((q[:, 0::2] << 4) | q[:, 1::2]).contiguous(), 8)
         self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1)
-                             .contiguous().to(torch.bfloat16))  # [K/group, N, 2]
+        self.register_buffer(
+            "scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        )  # [K/group, N, 2]
 
     @property
     def native(self) -> bool:
@@ -225,8 +226,7 @@ class Int4Linear(nn.Module):
             if lib is None and rows < self.float_prefill_rows:
                 lib = self.decode_lib  # too few rows to pay for dequantizing the weight
             if lib is not None:
-                return native_kernels.linear_q4(lib, x, self.packed, self.scale, self.zero, self.group,
-                                                self._bias_f32)
+                return native_kernels.linear_q4(lib, x, self.packed, self.scale, self.zero, self.group, self._bias_f32)
             w = native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group)
             y = F.linear(x.reshape(-1, self.in_features).float(), w, self._bias_f32)
             return y.reshape(*shape[:-1], self.out_features).to(dtype)
@@ -284,8 +284,7 @@ def check_mode(mode: str, device: torch.device) -> str:
     if mode not in QUANT_MODES:
         raise DemiUserError(f"unknown quantization {mode!r}; choose one of {', '.join(QUANT_MODES)}")
     if mode == "nf4" and device.type != "cuda":
-        raise DemiUserError("nf4 needs CUDA (bitsandbytes); on CPU use --quant int4 (group-wise, "
-                            "torch's own kernel)")
+        raise DemiUserError("nf4 needs CUDA (bitsandbytes); on CPU use --quant int4 (group-wise, torch's own kernel)")
     return mode
 
 
@@ -297,21 +296,25 @@ def _bnb_linear(linear: nn.Linear, mode: str) -> nn.Module:
         raise DemiUserError(f"--quant {mode} on CUDA needs bitsandbytes: pip install bitsandbytes") from exc
     bias = linear.bias is not None
     if mode == "int8":
-        new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias,
-                                  has_fp16_weights=False, threshold=6.0)
+        new = bnb.nn.Linear8bitLt(
+            linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False, threshold=6.0
+        )
         new.weight = bnb.nn.Int8Params(linear.weight.data.to("cpu", torch.float16), requires_grad=False)
     else:
-        new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias,
-                                compute_dtype=torch.bfloat16, quant_type="nf4")
-        new.weight = bnb.nn.Params4bit(linear.weight.data.to("cpu", torch.float16), requires_grad=False,
-                                       quant_type="nf4")
+        new = bnb.nn.Linear4bit(
+            linear.in_features, linear.out_features, bias=bias, compute_dtype=torch.bfloat16, quant_type="nf4"
+        )
+        new.weight = bnb.nn.Params4bit(
+            linear.weight.data.to("cpu", torch.float16), requires_grad=False, quant_type="nf4"
+        )
     if bias:
         new.bias = nn.Parameter(linear.bias.data.to(torch.float16), requires_grad=False)
     return new.to(linear.weight.device)
 
 
-def quantize_linear(linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, name: str = "",
-                    plan: KernelPlan | None = None) -> nn.Module:
+def quantize_linear(
+    linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, name: str = "", plan: KernelPlan | None = None
+) -> nn.Module:
     """The quantized replacement of one Linear (or the Linear itself where no kernel fits)."""
     w = linear.weight.data
     bias = None if linear.bias is None else linear.bias.data
@@ -324,8 +327,7 @@ def quantize_linear(linear: nn.Linear, mode: str, group: int = DEFAULT_GROUP, na
             mode = "int8"
         else:
             if g != group:
-                log.info("%s: in_features %d not divisible by group %d; using group %d", name,
-                         w.shape[1], group, g)
+                log.info("%s: in_features %d not divisible by group %d; using group %d", name, w.shape[1], group, g)
             return Int4Linear(*quantize_int4(w, g), bias=bias, plan=plan)
     q, scale = quantize_int8(w)
     return Int8Linear(q, scale, bias=bias, plan=_int8_plan(plan))
@@ -354,8 +356,7 @@ def quantized_tensors(name: str, w: Tensor, mode: str, group: int) -> dict[str, 
         g = next((g for g in (group, 128, 64, 32) if w.shape[1] % g == 0), None)
         if g is not None:
             q, scale, zero = quantize_int4(w, g)
-            return {f"{base}.weight": pack_nibbles(q), f"{base}.weight_scale": scale,
-                    f"{base}.weight_zero": zero}
+            return {f"{base}.weight": pack_nibbles(q), f"{base}.weight_scale": scale, f"{base}.weight_zero": zero}
     q, scale = quantize_int8(w)
     return {f"{base}.weight": q, f"{base}.weight_scale": scale}
 
@@ -368,16 +369,23 @@ def check_quantization_config(qc: dict) -> str:
     """The mode of a Demi-quantized checkpoint; a CheckpointError for other versions."""
     version = qc.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"quantized checkpoint format version {version!r} is not the one this Demi "
-                              f"reads ({FORMAT_VERSION}); quantize the original model again")
+        raise CheckpointError(
+            f"quantized checkpoint format version {version!r} is not the one this Demi "
+            f"reads ({FORMAT_VERSION}); quantize the original model again"
+        )
     mode = qc.get("mode")
     if mode not in ("int8", "int4"):
         raise CheckpointError(f"quantized checkpoint has unknown mode {mode!r}")
     return mode
 
 
-def module_from_stored(stored: dict[str, Tensor], bias: Tensor | None, device: torch.device,
-                       head: bool = False, plan: KernelPlan | None = None) -> nn.Module:
+def module_from_stored(
+    stored: dict[str, Tensor],
+    bias: Tensor | None,
+    device: torch.device,
+    head: bool = False,
+    plan: KernelPlan | None = None,
+) -> nn.Module:
     """Build the module for the stored tensors of one weight (keys: weight, weight_scale[, weight_zero])."""
     q, scale = stored["weight"].to(device), stored["weight_scale"].to(device)
     if head and "weight_zero" not in stored and device.type == "cpu" and bias is None and q.shape[0] >= 4096:
@@ -385,8 +393,7 @@ def module_from_stored(stored: dict[str, Tensor], bias: Tensor | None, device: t
     if "weight_zero" in stored:
         return Int4Linear(unpack_nibbles(q), scale, stored["weight_zero"].to(device), bias, plan=plan)
     if device.type == "cuda":  # bitsandbytes wants the float weight; dequantize once at load
-        linear = nn.Linear(q.shape[1], q.shape[0], bias=bias is not None, device=device,
-                           dtype=torch.float16)
+        linear = nn.Linear(q.shape[1], q.shape[0], bias=bias is not None, device=device, dtype=torch.float16)
         linear.weight.data = (q.float() * scale.float()[:, None]).to(device, torch.float16)
         if bias is not None:
             linear.bias.data = bias.to(device, torch.float16)

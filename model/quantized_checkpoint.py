@@ -13,19 +13,26 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_index, save_checkpoint
-from .config import load_config
-from .decoder import Transformer
-from .errors import DemiUserError
-from .loading import _read_state, quantized_linears
-from .quantize import DEFAULT_GROUP, quantization_config
+from demi.model.checkpoint import read_index, save_checkpoint
+from demi.model.config import load_config
+from demi.model.decoder import Transformer
+from demi.model.errors import DemiUserError
+from demi.model.loading import _read_state, quantized_linears
+from demi.model.quantize import DEFAULT_GROUP, quantization_config
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                   "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+)
 
 
-def quantize_checkpoint(src: str | Path, dst: str | Path, mode: str, group: int = DEFAULT_GROUP,
-                        max_shard_bytes: int = 2 * 2**30) -> Path:
+def quantize_checkpoint(
+    src: str | Path, dst: str | Path, mode: str, group: int = DEFAULT_GROUP, max_shard_bytes: int = 2 * 2**30
+) -> Path:
     """Quantize `src` (any loadable checkpoint, FP8 included) into `dst`; returns `dst`."""
     src, dst = Path(src), Path(dst)
     if mode not in ("int8", "int4"):
@@ -37,8 +44,9 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, mode: str, group: int 
         raise DemiUserError(f"{src}: already quantized by Demi ({cfg.quantization_config['mode']})")
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = _read_state(model, read_index(src), torch.bfloat16, torch.device("cpu"), mode, group,
-                        quantized_linears(model))
+    state = _read_state(
+        model, read_index(src), torch.bfloat16, torch.device("cpu"), mode, group, quantized_linears(model)
+    )
     save_checkpoint(state, dst, max_shard_bytes)
     raw = json.loads((src / "config.json").read_text(encoding="utf-8"))
     raw["quantization_config"] = quantization_config(mode, group)

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from demi.model.errors import ModelNotFoundError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 DEFAULT_MODEL = "demi-tiny"
@@ -28,8 +28,7 @@ def builtin_models() -> dict[str, Path]:
 
 
 def offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-               for v in ("DEMI_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("DEMI_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def resolve_model_dir(name: str | os.PathLike | None, download: bool = True) -> Path:
@@ -42,18 +41,23 @@ def resolve_model_dir(name: str | os.PathLike | None, download: bool = True) -> 
     if name in builtin:
         return builtin[name]
     if name == DEFAULT_MODEL:
-        raise ModelNotFoundError(f"the built-in model {DEFAULT_MODEL} is not installed here "
-                                 f"(expected under {BUILTIN_DIR}); pass --model DIR")
-    from .presets import PRESETS
+        raise ModelNotFoundError(
+            f"the built-in model {DEFAULT_MODEL} is not installed here (expected under {BUILTIN_DIR}); pass --model DIR"
+        )
+    from demi.model.presets import PRESETS
 
     if name in PRESETS:
-        raise ModelNotFoundError(f"{name} is a preset (a shape with no trained weights): use "
-                                 f"`demi models info {name}`, or `demi bench --model {name}` for speed")
+        raise ModelNotFoundError(
+            f"{name} is a preset (a shape with no trained weights): use "
+            f"`demi models info {name}`, or `demi bench --model {name}` for speed"
+        )
     if path.exists() or os.sep in name and not _HUB_ID.match(name):
         raise ModelNotFoundError(f"{name}: not a model directory")
     if not _HUB_ID.match(name):
-        raise ModelNotFoundError(f"unknown model {name!r}: not a directory, a built-in model "
-                                 f"({', '.join(builtin) or 'none installed'}) or a hub id like owner/name")
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: not a directory, a built-in model "
+            f"({', '.join(builtin) or 'none installed'}) or a hub id like owner/name"
+        )
     return hub_snapshot(name, download=download)
 
 
@@ -67,8 +71,9 @@ def hub_snapshot(repo_id: str, download: bool = True) -> Path:
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         pass
     if offline() or not download:
-        raise ModelNotFoundError(f"{repo_id} is not in the local hub cache and Demi is offline; "
-                                 f"run `demi pull {repo_id}` while online")
+        raise ModelNotFoundError(
+            f"{repo_id} is not in the local hub cache and Demi is offline; run `demi pull {repo_id}` while online"
+        )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:

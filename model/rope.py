@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .config import ModelConfig
-from .errors import ConfigError
+from demi.model.config import ModelConfig
+from demi.model.errors import ConfigError
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
@@ -96,8 +96,9 @@ class RotaryTable:
         self.cos, self.sin = self._table(inv_frequencies(cfg), torch.arange(self.length), device)
 
     @staticmethod
-    def _table(freq: tuple[torch.Tensor, float], pos: torch.Tensor,
-               device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _table(
+        freq: tuple[torch.Tensor, float], pos: torch.Tensor, device: torch.device | str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq, scale = freq
         angles = pos.to(device=device, dtype=torch.float32)[:, None] * inv_freq.to(device)[None, :]
         emb = torch.cat((angles, angles), dim=-1)
@@ -111,8 +112,7 @@ class RotaryTable:
             return self._table(inv_frequencies(self.cfg, seq_len=end), pos, device)
         if end > self.length:  # grow geometrically; rare (only past the allocated context)
             self.length = max(end, 2 * self.length)
-            self.cos, self.sin = self._table(inv_frequencies(self.cfg), torch.arange(self.length),
-                                             self.cos.device)
+            self.cos, self.sin = self._table(inv_frequencies(self.cfg), torch.arange(self.length), self.cos.device)
         return self.cos[start:end], self.sin[start:end]
 
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from .bpe_train import train_bpe_tokenizer
-from .config import ModelConfig
-from .decoder import Transformer
-from .loading import save_model
-from .presets import get_preset
+from demi.model.bpe_train import train_bpe_tokenizer
+from demi.model.config import ModelConfig
+from demi.model.decoder import Transformer
+from demi.model.loading import save_model
+from demi.model.presets import get_preset
 
 
 def stdlib_texts(max_bytes: int = 3_000_000) -> Iterator[str]:
@@ -59,8 +59,7 @@ def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02, residual_st
     return model.eval()
 
 
-def build(out_dir: Path, cfg: ModelConfig, vocab_size: int = 4096, seed: int = 0,
-          keep_vocab: bool = False) -> Path:
+def build(out_dir: Path, cfg: ModelConfig, vocab_size: int = 4096, seed: int = 0, keep_vocab: bool = False) -> Path:
     """Write tokenizer + config + random weights into `out_dir`.
 
     The model's vocabulary follows the tokenizer, or with `keep_vocab` stays the config's
@@ -69,20 +68,33 @@ def build(out_dir: Path, cfg: ModelConfig, vocab_size: int = 4096, seed: int = 0
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = train_bpe_tokenizer(stdlib_texts(), out_dir, vocab_size=vocab_size)
     vocab = max(cfg.vocab_size, tok.vocab_size) if keep_vocab else tok.vocab_size
-    cfg = cfg.replace(vocab_size=vocab, eos_token_id=tok.eos_token_ids, bos_token_id=None,
-                      pad_token_id=tok.pad_token_id)
+    cfg = cfg.replace(
+        vocab_size=vocab, eos_token_id=tok.eos_token_ids, bos_token_id=None, pad_token_id=tok.pad_token_id
+    )
     save_model(random_model(cfg, seed), out_dir)
     (out_dir / "README.md").write_text(
         "Random weights in a real tokenizer's vocabulary: output is not meaningful text.\n"
-        f"Built by `python -m demi.model.scaffold` (seed {seed}).\n", encoding="utf-8")
+        f"Built by `python -m demi.model.scaffold` (seed {seed}).\n",
+        encoding="utf-8",
+    )
     return out_dir
 
 
 def demo_config() -> ModelConfig:
     """A small Qwen2-style model: quick to build and to run on two CPU cores."""
-    return ModelConfig(model_type="qwen2", hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                       rope_theta=1e6, qkv_bias=True, tie_word_embeddings=True, rms_norm_eps=1e-6)
+    return ModelConfig(
+        model_type="qwen2",
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

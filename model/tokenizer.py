@@ -17,10 +17,9 @@ from typing import Any
 from tokenizers import AddedToken, decoders, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
-from .errors import TokenizerError
+from demi.model.errors import TokenizerError
 
-_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
-                   "mask_token")
+_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
@@ -54,8 +53,11 @@ def _like_hf_llama(backend: BackendTokenizer, cfg: dict[str, Any], raw: str) -> 
     Metaspace (no split, no normalizer): old Llama-2/Mistral files prepend "▁" in a normalizer, which
     gives other ids after special tokens or a leading space. Do the same so the ids match."""
     cls = str(cfg.get("tokenizer_class") or "").removesuffix("Fast")
-    if cls not in ("LlamaTokenizer", "CodeLlamaTokenizer") or type(backend.model).__name__ != "BPE" \
-            or '"ByteLevel"' in raw:  # byte-level files declared as Llama load as-is (Llama 3)
+    if (
+        cls not in ("LlamaTokenizer", "CodeLlamaTokenizer")
+        or type(backend.model).__name__ != "BPE"
+        or '"ByteLevel"' in raw
+    ):  # byte-level files declared as Llama load as-is (Llama 3)
         return
     prefix = cfg.get("add_prefix_space") is not False
     scheme = "never" if not prefix else "always" if cls == "LlamaTokenizer" and cfg.get("legacy") else "first"
@@ -70,8 +72,13 @@ def _like_hf_llama(backend: BackendTokenizer, cfg: dict[str, Any], raw: str) -> 
 class Tokenizer:
     """A fast tokenizer plus the special tokens and chat template a model directory declares."""
 
-    def __init__(self, backend: BackendTokenizer, special_tokens_map: dict[str, str | None] | None = None,
-                 chat_template: str | None = None, extra_eos_ids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        backend: BackendTokenizer,
+        special_tokens_map: dict[str, str | None] | None = None,
+        chat_template: str | None = None,
+        extra_eos_ids: Iterable[int] = (),
+    ) -> None:
         self.backend = backend
         self.special_tokens_map = {k: v for k, v in (special_tokens_map or {}).items() if v is not None}
         self._chat_template = chat_template
@@ -110,8 +117,12 @@ class Tokenizer:
                 backend.add_tokens([AddedToken(t["content"], **flags)])
                 present.add(t["content"])
         specials = {k: _token_str(cfg.get(k)) for k in _NAMED_SPECIALS}
-        extra_specials = [_token_str(t) for key in ("additional_special_tokens", "extra_special_tokens")
-                          if isinstance(cfg.get(key), list) for t in cfg[key]]
+        extra_specials = [
+            _token_str(t)
+            for key in ("additional_special_tokens", "extra_special_tokens")
+            if isinstance(cfg.get(key), list)
+            for t in cfg[key]
+        ]
         wanted = dict.fromkeys([*specials.values(), *extra_specials])
         missing = [s for s in wanted if s is not None and s not in present]
         if missing:
@@ -211,8 +222,9 @@ class Tokenizer:
     def chat_template(self) -> str | None:
         return self._chat_template
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
-                            **kwargs: Any) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
         """Render the chat template as transformers' `apply_chat_template(..., tokenize=False)` does."""
         if self._chat_template is None:
             raise TokenizerError("this model's tokenizer has no chat template")
@@ -224,8 +236,7 @@ class Tokenizer:
         msgs = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
         context = {**self.special_tokens_map, "tools": None, "documents": None, **kwargs}
         try:
-            return self._compiled.render(messages=msgs, add_generation_prompt=add_generation_prompt,
-                                         **context)
+            return self._compiled.render(messages=msgs, add_generation_prompt=add_generation_prompt, **context)
         except jinja2.TemplateError as exc:
             raise TokenizerError(f"chat template failed: {exc}") from None
 
@@ -253,13 +264,12 @@ def _compile_template(source: str) -> Any:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -281,8 +291,7 @@ class StreamDecoder:
     pieces add up to exactly `decode(ids)` even for invalid byte sequences from a random model.
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False,
-                 prefix_ids: Sequence[int] = ()) -> None:
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False, prefix_ids: Sequence[int] = ()) -> None:
         self._tok = tokenizer
         self._skip = skip_special_tokens
         self._byte_ids = tokenizer._byte_fallback_ids()
@@ -320,7 +329,7 @@ class StreamDecoder:
         text = self._decode(self._ids)
         if len(text) <= len(self._read_text) or (text.endswith("\ufffd") and not final):
             return ""
-        piece = text[len(self._read_text):]
+        piece = text[len(self._read_text) :]
         del self._ids[: self._read]  # the new window starts where the emitted text ended
         self._read, self._read_text = len(self._ids), None
         return piece

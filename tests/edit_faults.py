@@ -1,6 +1,6 @@
 """Kill a process with SIGKILL while it applies (or undoes) a large edit, and check what is left.
 
-Shared by tests/test_edit_faults.py (a quick run in the normal suite and a long `slow` one) and
+Shared by tests/assistant/test_edit_faults.py (a quick run in the normal suite and a long `slow` one) and
 benchmarks/edit_faults.py (any number of runs, a JSON report). Each run:
 
 1. the workspace file holds OLD (and Demi has no backup of it); for an undo run, the parent
@@ -77,21 +77,29 @@ def make_texts(megabytes: float, seed: int = 0) -> tuple[bytes, bytes]:
 @dataclass
 class Report:
     """What the kill runs found (JSON-ready through `as_dict`)."""
+
     mode: str
     runs: int = 0
     megabytes: float = 0.0
-    landed: Counter = field(default_factory=Counter)   # step the kill landed in -> runs
+    landed: Counter = field(default_factory=Counter)  # step the kill landed in -> runs
     outcome: Counter = field(default_factory=Counter)  # "old" / "new" -> runs
-    temps_seen: int = 0      # hidden Demi temp files present right after a kill (cleaned later)
+    temps_seen: int = 0  # hidden Demi temp files present right after a kill (cleaned later)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     calibration: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "runs": self.runs, "megabytes": self.megabytes,
-                "landed": dict(sorted(self.landed.items())), "outcome": dict(self.outcome),
-                "temps_seen_after_kill": self.temps_seen, "failures": self.failures,
-                "seconds": round(self.seconds, 1), "calibration_ms": self.calibration}
+        return {
+            "mode": self.mode,
+            "runs": self.runs,
+            "megabytes": self.megabytes,
+            "landed": dict(sorted(self.landed.items())),
+            "outcome": dict(self.outcome),
+            "temps_seen_after_kill": self.temps_seen,
+            "failures": self.failures,
+            "seconds": round(self.seconds, 1),
+            "calibration_ms": self.calibration,
+        }
 
 
 class Harness:
@@ -125,9 +133,23 @@ class Harness:
 
     def _spawn(self, mode: str) -> subprocess.Popen:
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        return subprocess.Popen([self.python, "-c", CHILD, mode, str(self.file), str(self.new_file),
-                                 str(self.data), str(self.ws), str(self.log)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return subprocess.Popen(
+            [
+                self.python,
+                "-c",
+                CHILD,
+                mode,
+                str(self.file),
+                str(self.new_file),
+                str(self.data),
+                str(self.ws),
+                str(self.log),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
     def _phases(self) -> list[tuple[float, str]]:
         out = []
@@ -192,8 +214,7 @@ class Harness:
         state = "new" if data == self.new else "old" if data == self.old else "mixed"
         report.outcome[state] += 1
         if state == "mixed":
-            report.failures.append(f"{where}: the file is neither the old nor the new content "
-                                   f"({len(data)} bytes)")
+            report.failures.append(f"{where}: the file is neither the old nor the new content ({len(data)} bytes)")
             return
         for entry in self.ws.iterdir():
             if entry == self.file:

@@ -13,16 +13,17 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from hf_models import save_family
 from tokenizers_fixture import make_bytelevel_tokenizer
 
 if TYPE_CHECKING:
-    from demi.assistant.server import ServerThread
+    from demi.serve.server import ServerThread
 
 # A small module for explain and refactor tests, and a valid rewrite of its `area` (what a capable
 # model would return for "add type hints").
@@ -51,16 +52,30 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The parent's environment without DEMI_/HF_/XDG_ settings, every user dir under `home`, offline:
     so a developer's own config or hub cache never leaks into a subprocess test."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(("DEMI_", "HF_", "XDG_"))}
-    out.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"),
-               XDG_CACHE_HOME=str(home / "cache"), HF_HOME=str(home / "hf"), DEMI_OFFLINE="1",
-               HF_HUB_OFFLINE="1", **extra)
+    out.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        HF_HOME=str(home / "hf"),
+        DEMI_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        **extra,
+    )
     return out
 
 
 def demi(env: dict[str, str], *args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`python -m demi ARGS` as a user runs it (arguments may be paths or numbers)."""
-    return subprocess.run([sys.executable, "-m", "demi", *map(str, args)], capture_output=True, text=True,
-                          encoding="utf-8", env=env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "demi", *map(str, args)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def one_json(proc: subprocess.CompletedProcess) -> dict:
@@ -83,7 +98,7 @@ def tiny_checkpoint(out: Path, family: str = "qwen2", **config: Any) -> Path:
 def serve(model: Any, **app_options: Any) -> Iterator[ServerThread]:
     """`demi serve`'s app for `model` on a background thread; the app and model ride on the handle
     so tests can inspect them. Imported here: the CLI tests need no web stack."""
-    from demi.assistant.server import ServerThread, create_app
+    from demi.serve.server import ServerThread, create_app
 
     app = create_app(model, **app_options)
     with ServerThread(app) as srv:
@@ -117,7 +132,7 @@ class ScriptedServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
                 for i in range(0, len(outer.reply), piece):
-                    chunk = {"choices": [{"index": 0, "delta": {"content": outer.reply[i:i + piece]}}]}
+                    chunk = {"choices": [{"index": 0, "delta": {"content": outer.reply[i : i + piece]}}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
                 usage = {"choices": [], "usage": {"prompt_tokens": 42, "completion_tokens": 17}}

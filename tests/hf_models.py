@@ -12,8 +12,15 @@ from pathlib import Path
 import torch
 
 VOCAB = 512
-BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+BASE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 # name -> (model_type, config overrides)
 FAMILIES: dict[str, tuple[str, dict]] = {
@@ -24,15 +31,19 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "qwen2": ("qwen2", dict(tie_word_embeddings=True)),
     "qwen3": ("qwen3", dict(head_dim=24)),
     "mixtral": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
-    "minimax_m2": ("minimax_m2", dict(num_local_experts=6, num_experts_per_tok=3, head_dim=16,
-                                      rotary_dim=8)),
+    "minimax_m2": ("minimax_m2", dict(num_local_experts=6, num_experts_per_tok=3, head_dim=16, rotary_dim=8)),
 }
 ROPE_VARIANTS: dict[str, dict] = {
     "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    },
 }
 
 

@@ -1,6 +1,6 @@
 """Writer processes on one session database: run side by side, or killed with SIGKILL mid-write.
 
-Shared by tests/test_store.py (short runs) and benchmarks/store_stress.py (a minute, or any
+Shared by tests/assistant/test_store.py (short runs) and benchmarks/store_stress.py (a minute, or any
 length). A writer is a fresh Python process (`python -c WRITER`) that appends messages through
 the real `Store.add_message` and, after each call returns (the message is committed), appends
 "ID I" to its own log file with a raw `os.write`, so the log survives a SIGKILL. Every 50
@@ -10,7 +10,6 @@ what the database holds.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
@@ -50,20 +49,29 @@ print(f"{i} {failures}", flush=True)
 @dataclass
 class Result:
     """Messages each writer committed (from its log) against what the database holds."""
+
     seconds: float
     written: dict[str, int] = field(default_factory=dict)
     read_back: dict[str, int] = field(default_factory=dict)
     unlogged: dict[str, int] = field(default_factory=dict)  # in the database, not yet in the log
     failures: dict[str, int] = field(default_factory=dict)
-    switches: int = 0        # writer changes along the id order: > 0 means they really interleaved
+    switches: int = 0  # writer changes along the id order: > 0 means they really interleaved
     problems: list[str] = field(default_factory=list)
     integrity: str = ""
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 1), "written": self.written, "read_back": self.read_back,
-                "written_total": sum(self.written.values()), "read_back_total": sum(self.read_back.values()),
-                "unlogged": self.unlogged, "writer_failures": self.failures, "interleavings": self.switches,
-                "integrity_check": self.integrity, "problems": self.problems}
+        return {
+            "seconds": round(self.seconds, 1),
+            "written": self.written,
+            "read_back": self.read_back,
+            "written_total": sum(self.written.values()),
+            "read_back_total": sum(self.read_back.values()),
+            "unlogged": self.unlogged,
+            "writer_failures": self.failures,
+            "interleavings": self.switches,
+            "integrity_check": self.integrity,
+            "problems": self.problems,
+        }
 
 
 def new_session(db: Path) -> str:
@@ -72,8 +80,12 @@ def new_session(db: Path) -> str:
 
 
 def spawn(db: Path, sid: str, name: str, seconds: float, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(db), sid, name, str(seconds), str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), sid, name, str(seconds), str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def read_log(log: Path) -> list[tuple[int, int]]:
@@ -86,8 +98,9 @@ def read_log(log: Path) -> list[tuple[int, int]]:
     return out
 
 
-def verify(db: Path, sid: str, logs: dict[str, Path], killed: set[str] = frozenset(),
-           result: Result | None = None) -> Result:
+def verify(
+    db: Path, sid: str, logs: dict[str, Path], killed: set[str] = frozenset(), result: Result | None = None
+) -> Result:
     """Every logged message must be in the database with its text, in order; a killed writer may
     have one more (committed, killed before it logged it), a clean one none."""
     result = result or Result(0.0)
@@ -170,8 +183,10 @@ def kill_rounds(base: Path, rounds: int, seed: int = 0, writers: int = 2) -> tup
         deadline = time.monotonic() + 120
         while not all(log.exists() and log.stat().st_size > 0 for log in logs.values()):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):
-                raise RuntimeError(f"round {r}: a writer did not start: "
-                                   + "; ".join(p.stderr.read() for p in procs.values() if p.poll() is not None))
+                raise RuntimeError(
+                    f"round {r}: a writer did not start: "
+                    + "; ".join(p.stderr.read() for p in procs.values() if p.poll() is not None)
+                )
             time.sleep(0.01)
         delay = rng.uniform(0.1, 1.2)
         delays.append(delay)

@@ -19,10 +19,20 @@ def train_tiny(out: Path, steps: int = 120, seed: int = 0) -> Path:
     tok = train_bpe_tokenizer(texts, out, vocab_size=1024)
     ids = torch.tensor([i for t in texts for i in tok.encode(t) + tok.eos_token_ids[:1]])
     held, ids = ids[-12_000:], ids[:-12_000]
-    cfg = ModelConfig(model_type="qwen2", vocab_size=tok.vocab_size, hidden_size=128, intermediate_size=384,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, qkv_bias=True, tie_word_embeddings=True, rope_theta=1e4,
-                      eos_token_id=tok.eos_token_ids)
+    cfg = ModelConfig(
+        model_type="qwen2",
+        vocab_size=tok.vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+        rope_theta=1e4,
+        eos_token_id=tok.eos_token_ids,
+    )
     torch.manual_seed(seed)
     model = random_model(cfg, seed).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
@@ -30,8 +40,8 @@ def train_tiny(out: Path, steps: int = 120, seed: int = 0) -> Path:
     span, batch = 128, 16
     for _ in range(steps):
         ix = torch.randint(0, len(ids) - span - 1, (batch,), generator=gen)
-        x = torch.stack([ids[i:i + span] for i in ix])
-        y = torch.stack([ids[i + 1:i + span + 1] for i in ix])
+        x = torch.stack([ids[i : i + span] for i in ix])
+        y = torch.stack([ids[i + 1 : i + span + 1] for i in ix])
         loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad()
         loss.backward()

@@ -19,8 +19,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.text import Text
 from textual import events, on, work
@@ -32,26 +33,55 @@ from textual.widgets import Footer, Input, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from demi.assistant.chat import (Attachment, EngineDetails, Turn, TargetSpec, answer, attachment_context,
-                                 chat_sampling, engine_details, load_attachment, load_mentions, parse_target,
-                                 prepare_chat, session_title, symbol_names, turns_from_messages)
-from demi.assistant.store import DB_NAME, Message as StoredMessage, Session, StoreError
-from demi.model.errors import DemiError, DemiUserError
-
-from . import commands as cmds
-from .completion import Completion, complete
-from .history import Conversation, History, SearchHit
-from .jobs import Flush, Job, Pacer
-from .outbox import Outbox, back_in_box
-from .style import CSS as STYLE
-from .widgets import (AssistantMessage, ConfirmScreen, DiffProposal, HelpNotice, Notice, Piece, PromptInput,
-                      RenameScreen, SessionList, Sidebar, StatusBar, UserMessage, last_code_block)
+from demi.assistant.chat import (
+    Attachment,
+    EngineDetails,
+    TargetSpec,
+    Turn,
+    answer,
+    attachment_context,
+    chat_sampling,
+    engine_details,
+    load_attachment,
+    load_mentions,
+    parse_target,
+    prepare_chat,
+    session_title,
+    symbol_names,
+    turns_from_messages,
+)
+from demi.assistant.errors import DemiError, DemiUserError
+from demi.assistant.store import DB_NAME, Session, StoreError
+from demi.assistant.store import Message as StoredMessage
+from demi.tui import commands as cmds
+from demi.tui.completion import Completion, complete
+from demi.tui.history import Conversation, History, SearchHit
+from demi.tui.jobs import Flush, Job, Pacer
+from demi.tui.outbox import Outbox, back_in_box
+from demi.tui.style import CSS as STYLE
+from demi.tui.widgets import (
+    AssistantMessage,
+    ConfirmScreen,
+    DiffProposal,
+    HelpNotice,
+    Notice,
+    Piece,
+    PromptInput,
+    RenameScreen,
+    SessionList,
+    Sidebar,
+    StatusBar,
+    UserMessage,
+    last_code_block,
+)
 
 FREEZE_EVERY = 0.3  # an answer from history is frozen (see tui/frozen.py) at most this often, while idle
 FLUSH_HZ = 10  # answer repaints per second at most (the first piece is shown at once; see Pacer)
-WELCOME = ("Ask about your code.  @path attaches a file, @path:symbol one definition, @path:10-40 lines.\n"
-           "/explain PATH[:SYMBOL]  ·  /refactor PATH[:SYMBOL] INSTRUCTION  ·  /model  ·  /help\n"
-           "Enter sends · ctrl+j new line · Tab completes · Esc stops the answer · ctrl+q quits")
+WELCOME = (
+    "Ask about your code.  @path attaches a file, @path:symbol one definition, @path:10-40 lines.\n"
+    "/explain PATH[:SYMBOL]  ·  /refactor PATH[:SYMBOL] INSTRUCTION  ·  /model  ·  /help\n"
+    "Enter sends · ctrl+j new line · Tab completes · Esc stops the answer · ctrl+q quits"
+)
 
 
 def settle_heap() -> None:
@@ -126,10 +156,18 @@ class DemiChat(App[None]):
         Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
-    def __init__(self, config: Any = None, *, flags: dict[str, Any] | None = None, engine: Any = None,
-                 engine_factory: Callable[[str | None, str | None], Any] | None = None,
-                 data_dir: Path | None = None, session: str | None = None, root: Path | None = None,
-                 sidebar: bool | None = None):
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        flags: dict[str, Any] | None = None,
+        engine: Any = None,
+        engine_factory: Callable[[str | None, str | None], Any] | None = None,
+        data_dir: Path | None = None,
+        session: str | None = None,
+        root: Path | None = None,
+        sidebar: bool | None = None,
+    ):
         super().__init__()
         from demi.assistant.config import data_dir as default_data_dir
         from demi.assistant.config import load_config
@@ -149,8 +187,11 @@ class DemiChat(App[None]):
         self.loading = False
         self.resume_id = session
         self.sidebar_wanted = sidebar
-        self.history = History(self.data_dir / DB_NAME, float(self.config["db_timeout"]),
-                               notify=lambda event, data: self.post_message(HistoryEvent(event, data)))
+        self.history = History(
+            self.data_dir / DB_NAME,
+            float(self.config["db_timeout"]),
+            notify=lambda event, data: self.post_message(HistoryEvent(event, data)),
+        )
         self.conv = Conversation(model=self.current_model)
         self.turns: list[Turn] = []
         self.job: Job | None = None
@@ -276,14 +317,23 @@ class DemiChat(App[None]):
         self.details = details
         self.conv.model = self.conv.model or details.model
         where = details.device or (details.url if details.kind == "http" else "")
-        quant = "server" if details.kind == "http" else (
-            details.dtype if details.quant in (None, "none") and details.dtype else details.quant)
-        self.status.set(model=model_label(details.model), quant=quant or "", device=where or "",
-                        context=f"ctx {details.context}" if details.context else "", speed="",
-                        state="ready" if not self.busy else self.status.fields["state"])
+        quant = (
+            "server"
+            if details.kind == "http"
+            else (details.dtype if details.quant in (None, "none") and details.dtype else details.quant)
+        )
+        self.status.set(
+            model=model_label(details.model),
+            quant=quant or "",
+            device=where or "",
+            context=f"ctx {details.context}" if details.context else "",
+            speed="",
+            state="ready" if not self.busy else self.status.fields["state"],
+        )
         if announce:
-            self.call_later(self.say, f"now using {model_label(details.model)} ({quant}, {where}); loaded in "
-                            f"{seconds:.1f}s")
+            self.call_later(
+                self.say, f"now using {model_label(details.model)} ({quant}, {where}); loaded in {seconds:.1f}s"
+            )
 
     async def _engine_failed(self, error: str, model: str | None) -> None:
         self.loading = False
@@ -292,7 +342,11 @@ class DemiChat(App[None]):
             await self.say(f"cannot load the model: {error}. Pick another with /model NAME (see /help).", "error")
         else:
             self.status.set(state="ready")
-            await self.say(f"cannot switch to {model}: {error}. Still using {self.details.model if self.details else 'the previous model'}.", "error")
+            await self.say(
+                f"cannot switch to {model}: {error}. "
+                f"Still using {self.details.model if self.details else 'the previous model'}.",
+                "error",
+            )
 
     def _wait_engine(self, job: Job) -> Any:
         """In a worker: the engine once it is loaded; None when loading failed or the job was stopped."""
@@ -399,14 +453,21 @@ class DemiChat(App[None]):
         if texts:
             self._to_box(texts)
             n = len(texts)
-            self.call_later(self.say, f"{why}: {'your queued message is' if n == 1 else f'{n} queued messages are'}"
-                            " back in the box (Enter sends)", "warning")
+            self.call_later(
+                self.say,
+                f"{why}: {'your queued message is' if n == 1 else f'{n} queued messages are'}"
+                " back in the box (Enter sends)",
+                "warning",
+            )
 
     async def _refuse_busy(self, then: str = "") -> bool:
         """While an answer streams, an action that needs the model or the session waits: say so."""
         if self.busy:
-            await self.say("Demi is still answering: Esc stops it" + (f", then {then}" if then else
-                                                                    "; your text stays in the box"), "warning")
+            await self.say(
+                "Demi is still answering: Esc stops it"
+                + (f", then {then}" if then else "; your text stays in the box"),
+                "warning",
+            )
             return True
         return False
 
@@ -421,8 +482,7 @@ class DemiChat(App[None]):
         self._accept(text)
         if not self.conv.session_id and not self.conv.title:
             self.conv.title = session_title(text)
-        job = await self._start_job("chat", UserMessage(text, [a.describe() for a in attachments]),
-                                    self._who(), at)
+        job = await self._start_job("chat", UserMessage(text, [a.describe() for a in attachments]), self._who(), at)
         self._chat_worker(job, text, attachments, list(self.turns))
 
     def _who(self, what: str = "") -> str:
@@ -522,12 +582,16 @@ class DemiChat(App[None]):
     def _chat_worker(self, job: Job, text: str, attachments: list[Attachment], history: list[Turn]) -> None:
         engine = self._wait_engine(job)
         if engine is None:
-            self._from_thread(self._chat_failed, job, text, None, self.engine_error or "stopped before the model was ready")
+            self._from_thread(
+                self._chat_failed, job, text, None, self.engine_error or "stopped before the model was ready"
+            )
             return
         max_tokens = int(self.config["chat.max_tokens"])
         try:
             sampling = chat_sampling(self.config["chat.temperature"])
-            built = prepare_chat(engine, history, text, attachments, max_tokens, int(self.config["chat.context_tokens"]))
+            built = prepare_chat(
+                engine, history, text, attachments, max_tokens, int(self.config["chat.context_tokens"])
+            )
         except DemiUserError as exc:
             self._from_thread(self._chat_failed, job, text, None, one_line(exc))
             return
@@ -543,15 +607,23 @@ class DemiChat(App[None]):
             return
         shown = job.text
         if shown.strip() or result.finish_reason != "cancelled":
-            self._save(job.conv, "assistant", shown, model=result.model, prompt_tokens=result.prompt_tokens,
-                       completion_tokens=result.completion_tokens, seconds=round(result.seconds, 4),
-                       meta=result.as_meta())
+            self._save(
+                job.conv,
+                "assistant",
+                shown,
+                model=result.model,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                seconds=round(result.seconds, 4),
+                meta=result.as_meta(),
+            )
         self._from_thread(self._chat_done, job, built.turn, result)
 
     def _save_partial(self, job: Job, engine: Any) -> None:
         if job.text.strip():
-            self._save(job.conv, "assistant", job.text, model=getattr(engine, "name", None),
-                       meta={"finish_reason": "error"})
+            self._save(
+                job.conv, "assistant", job.text, model=getattr(engine, "name", None), meta={"finish_reason": "error"}
+            )
 
     async def _chat_done(self, job: Job, turn: Turn, result: Any) -> None:
         if job.conv is self.conv:
@@ -571,8 +643,10 @@ class DemiChat(App[None]):
         self._show_speed(result.completion_tokens, tps, result.context_used, result.context)
 
     def _show_speed(self, tokens: int, tps: float | None, used: int | None, context: int | None) -> None:
-        self.status.set(speed=f"{tps:.1f} tok/s" if tps else "",
-                        context=(f"ctx {used}/{context}" if context else f"ctx {used}") if used else "")
+        self.status.set(
+            speed=f"{tps:.1f} tok/s" if tps else "",
+            context=(f"ctx {used}/{context}" if context else f"ctx {used}") if used else "",
+        )
 
     async def _chat_failed(self, job: Job, text: str, turn: Turn | None, error: str) -> None:
         got = bool(job.text.strip())
@@ -599,8 +673,10 @@ class DemiChat(App[None]):
         if handler is None or name not in cmds.BY_NAME:
             close = [c.name for c in cmds.COMMANDS if c.name.startswith(name[:2])] if name else []
             hint = f" (did you mean {', '.join('/' + c for c in close)}?)" if close else ""
-            await self.say(f"unknown command /{name}{hint}; /help lists them. Start with // to send a message "
-                           "that begins with /.", "error")
+            await self.say(
+                f"unknown command /{name}{hint}; /help lists them. Start with // to send a message that begins with /.",
+                "error",
+            )
             return
         await handler(rest, raw)
 
@@ -655,8 +731,14 @@ class DemiChat(App[None]):
         if not words:
             self._accept(raw)
             d = self.details
-            now = (f"using {d.model} ({d.kind}, {d.quant or 'server'}, {d.device or d.url or ''}, context "
-                   f"{d.context or 'unknown'})") if d else "no model loaded"
+            now = (
+                (
+                    f"using {d.model} ({d.kind}, {d.quant or 'server'}, {d.device or d.url or ''}, context "
+                    f"{d.context or 'unknown'})"
+                )
+                if d
+                else "no model loaded"
+            )
             await self.say(f"{now}. Switch with /model NAME [none|int8|int4|nf4|auto] or /model QUANT.")
             self._models_worker()
             return
@@ -669,8 +751,7 @@ class DemiChat(App[None]):
         name = " ".join(words[:-1] if quant else words) or self.current_model
         quant = quant or self.current_quant
         if self.config["server"] and quant not in (None, "none"):
-            await self.say("with a server the quantization is the server's choice; switching the model only",
-                           "warning")
+            await self.say("with a server the quantization is the server's choice; switching the model only", "warning")
             quant = None
         self._accept(raw)
         self._engine_ready.clear()
@@ -689,8 +770,11 @@ class DemiChat(App[None]):
             self._from_thread(self.say, f"cannot list models: {one_line(exc)}", "warning")
             return
         names = [m["name"] for m in found.get("builtin", [])] + [m["name"] for m in found.get("hub_cache", [])]
-        text = ("models here: " + ", ".join(names)) if names else \
-            "no built-in or cached models found; /model takes a model directory or a hub id too"
+        text = (
+            ("models here: " + ", ".join(names))
+            if names
+            else "no built-in or cached models found; /model takes a model directory or a hub id too"
+        )
         self._from_thread(self.say, text)
 
     # -- explain and refactor ------------------------------------------------------------------------
@@ -709,7 +793,7 @@ class DemiChat(App[None]):
         except DemiUserError as exc:
             message = str(exc)
             if message.startswith(f"{path}: "):
-                message = message[len(f"{path}: "):]
+                message = message[len(f"{path}: ") :]
             raise DemiUserError(f"{spec.label}: {message}") from None
         return spec, doc, target
 
@@ -741,9 +825,17 @@ class DemiChat(App[None]):
             return
         cfg = self.config
         try:
-            result = explain(engine, doc, spec.symbol, spec.lines, max_tokens=int(cfg["explain.max_tokens"]),
-                             budget=int(cfg["explain.context_tokens"]), lead=cfg["explain.lead"],
-                             on_text=job.push, cancel=job.cancel)
+            result = explain(
+                engine,
+                doc,
+                spec.symbol,
+                spec.lines,
+                max_tokens=int(cfg["explain.max_tokens"]),
+                budget=int(cfg["explain.context_tokens"]),
+                lead=cfg["explain.lead"],
+                on_text=job.push,
+                cancel=job.cancel,
+            )
         except Exception as exc:  # shown inline; what arrived stays
             self._from_thread(self._task_failed, job, one_line(exc))
             return
@@ -754,11 +846,19 @@ class DemiChat(App[None]):
         except DemiUserError:
             context = ""
         self._save(job.conv, "user", f"/explain {spec.label}", meta=dict(meta, context=context))
-        self._save(job.conv, "assistant", result.markdown, model=result.model, prompt_tokens=result.prompt_tokens,
-                   completion_tokens=result.completion_tokens, seconds=round(result.seconds, 4),
-                   meta=dict(meta, finish_reason=result.finish_reason))
-        turn = Turn("user", f"Explain `{spec.path}`" + (f" › `{result.symbol}`" if result.symbol else "") + ".",
-                    context)
+        self._save(
+            job.conv,
+            "assistant",
+            result.markdown,
+            model=result.model,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            seconds=round(result.seconds, 4),
+            meta=dict(meta, finish_reason=result.finish_reason),
+        )
+        turn = Turn(
+            "user", f"Explain `{spec.path}`" + (f" › `{result.symbol}`" if result.symbol else "") + ".", context
+        )
         self._from_thread(self._explain_done, job, turn, result)
 
     async def _explain_done(self, job: Job, turn: Turn, result: Any) -> None:
@@ -767,8 +867,12 @@ class DemiChat(App[None]):
         tps = result.completion_tokens / result.seconds if result.seconds > 0 and result.completion_tokens else None
         stopped = "stopped · " if result.finish_reason == "cancelled" else ""
         await self._end_job(job, stopped + fmt_speed(result.completion_tokens, tps), replace=result.markdown)
-        self._show_speed(result.completion_tokens, tps, result.prompt_tokens + result.completion_tokens,
-                         self.details.context if self.details else None)
+        self._show_speed(
+            result.completion_tokens,
+            tps,
+            result.prompt_tokens + result.completion_tokens,
+            self.details.context if self.details else None,
+        )
 
     async def _task_failed(self, job: Job, error: str) -> None:
         await self.say(error, "error")
@@ -790,8 +894,12 @@ class DemiChat(App[None]):
         self._accept(raw)
         if not self.conv.session_id and not self.conv.title:
             self.conv.title = session_title(f"refactor {spec.label}: {instruction}")
-        job = await self._start_job("refactor", UserMessage(f"/refactor {spec.label} {instruction}"),
-                                    self._who(f"rewriting {target.label}"), None)
+        job = await self._start_job(
+            "refactor",
+            UserMessage(f"/refactor {spec.label} {instruction}"),
+            self._who(f"rewriting {target.label}"),
+            None,
+        )
         self._refactor_worker(job, spec, doc, instruction)
 
     @work(thread=True, group="engine", exit_on_error=False)
@@ -803,22 +911,47 @@ class DemiChat(App[None]):
             self._from_thread(self._task_failed, job, self.engine_error or "stopped before the model was ready")
             return
         cfg = self.config
-        meta = {"command": "refactor", "path": spec.path, "symbol": spec.symbol,
-                "lines": list(spec.lines) if spec.lines else None, "instruction": instruction}
+        meta = {
+            "command": "refactor",
+            "path": spec.path,
+            "symbol": spec.symbol,
+            "lines": list(spec.lines) if spec.lines else None,
+            "instruction": instruction,
+        }
         self._save(job.conv, "user", f"/refactor {spec.label} {instruction}", meta=meta)
         try:
-            result = propose(engine, doc, instruction, spec.symbol, spec.lines,
-                             max_tokens=int(cfg["refactor.max_tokens"]), budget=int(cfg["refactor.context_tokens"]),
-                             cancel=job.cancel, on_text=job.push)
+            result = propose(
+                engine,
+                doc,
+                instruction,
+                spec.symbol,
+                spec.lines,
+                max_tokens=int(cfg["refactor.max_tokens"]),
+                budget=int(cfg["refactor.context_tokens"]),
+                cancel=job.cancel,
+                on_text=job.push,
+            )
         except Exception as exc:  # a rejected rewrite: the reason, and the file untouched
-            self._save(job.conv, "assistant", f"(no change: {one_line(exc)})", model=getattr(engine, "name", None),
-                       meta=dict(meta, rejected=True))
+            self._save(
+                job.conv,
+                "assistant",
+                f"(no change: {one_line(exc)})",
+                model=getattr(engine, "name", None),
+                meta=dict(meta, rejected=True),
+            )
             self._from_thread(self._task_failed, job, one_line(exc))
             return
         shown = self._display_diff(result)
-        self._save(job.conv, "assistant", shown or "(no change)", model=result.model,
-                   prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                   seconds=round(result.seconds, 4), meta=dict(meta, applied=False))
+        self._save(
+            job.conv,
+            "assistant",
+            shown or "(no change)",
+            model=result.model,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            seconds=round(result.seconds, 4),
+            meta=dict(meta, applied=False),
+        )
         self._from_thread(self._refactor_done, job, result, shown)
 
     def shown_path(self, path: Path | str) -> str:
@@ -841,16 +974,23 @@ class DemiChat(App[None]):
         await self._end_job(job, "rewrite: " + fmt_speed(result.completion_tokens, tps))
         job.widget.fold()  # the diff below shows what matters
         if job.conv is self.conv:
-            self.turns += [Turn("user", f"Rewrite `{self.shown_path(result.path)}` ({result.target})."),
-                           Turn("assistant", shown or "(no change)")]
-        card = DiffProposal(f"proposed change to {self.shown_path(result.path)} ({result.target})", shown, result.notes,
-                            result)
+            self.turns += [
+                Turn("user", f"Rewrite `{self.shown_path(result.path)}` ({result.target})."),
+                Turn("assistant", shown or "(no change)"),
+            ]
+        card = DiffProposal(
+            f"proposed change to {self.shown_path(result.path)} ({result.target})", shown, result.notes, result
+        )
         if self.proposal is not None and self.proposal.resolved is None:
             self.proposal.resolve("superseded by a newer proposal")
         self.proposal = card if result.edit.changed else None
         await self._mount(card)
-        self._show_speed(result.completion_tokens, tps, result.prompt_tokens + result.completion_tokens,
-                         self.details.context if self.details else None)
+        self._show_speed(
+            result.completion_tokens,
+            tps,
+            result.prompt_tokens + result.completion_tokens,
+            self.details.context if self.details else None,
+        )
 
     @on(DiffProposal.Decided)
     async def _decided(self, event: DiffProposal.Decided) -> None:
@@ -959,8 +1099,10 @@ class DemiChat(App[None]):
     async def _history_off(self, error: str) -> None:
         self.query_one("#history-state", Static).update(Text(f"history is off: {error}"))
         self.status.set(state="history off")
-        await self.say(f"history is off: {error}. This conversation is kept on screen and retried when the "
-                       "database is available.", "warning")
+        await self.say(
+            f"history is off: {error}. This conversation is kept on screen and retried when the database is available.",
+            "warning",
+        )
 
     def _refresh_sessions(self) -> None:
         """The session list again (or the current search's hits)."""
@@ -1051,8 +1193,9 @@ class DemiChat(App[None]):
         self.proposal = None
         self.conv = Conversation(session.id, session.title, session.model, session.kind)
         self.turns = turns_from_messages(messages)
-        widgets: list[Any] = [Notice(f"session {session.id}: {session.title or '(untitled)'} · "
-                                     f"{session.kind} · {len(messages)} messages")]
+        widgets: list[Any] = [
+            Notice(f"session {session.id}: {session.title or '(untitled)'} · {session.kind} · {len(messages)} messages")
+        ]
         for m in messages:
             widgets.append(self._render_stored(m))
         await self.log_view.mount_all(widgets)
@@ -1075,9 +1218,16 @@ class DemiChat(App[None]):
         if m.role == "assistant":
             if m.content.startswith("--- ") and "\n+++ " in m.content and not meta.get("rejected"):
                 where = meta.get("path") or m.content.split("\n", 1)[0][4:].removeprefix("a/")
-                return DiffProposal(f"proposed change to {where}", m.content, [], None,
-                                    resolved="applied (from the command line)" if meta.get("applied") else
-                                    "proposed earlier (run /refactor again to apply a new one)", id=wid)
+                return DiffProposal(
+                    f"proposed change to {where}",
+                    m.content,
+                    [],
+                    None,
+                    resolved="applied (from the command line)"
+                    if meta.get("applied")
+                    else "proposed earlier (run /refactor again to apply a new one)",
+                    id=wid,
+                )
             info = []
             if m.completion_tokens:
                 tps = m.completion_tokens / m.seconds if m.seconds else None
@@ -1102,6 +1252,7 @@ class DemiChat(App[None]):
         sid = event.option_id.partition("#")[0]
         title = self._titles.get(sid, "")
         if event.action == "rename":
+
             def renamed(new: str | None) -> None:
                 if new:
                     if self.conv.session_id == sid:
@@ -1193,8 +1344,10 @@ class DemiChat(App[None]):
             return
         self.copy_to_clipboard(code)
         n = code.count("\n")
-        self.notify(f"copied {n} line{'s' if n != 1 else ''} (OSC 52: the terminal, or tmux with "
-                    "set-clipboard on, puts it on the clipboard)")
+        self.notify(
+            f"copied {n} line{'s' if n != 1 else ''} (OSC 52: the terminal, or tmux with "
+            "set-clipboard on, puts it on the clipboard)"
+        )
 
     async def action_help(self) -> None:
         await self._mount(HelpNotice(cmds.help_markdown()))
@@ -1212,36 +1365,53 @@ class DemiChat(App[None]):
 
 # -- entry points ------------------------------------------------------------------------------------
 
+
 def build_parser(prog: str = "demi-chat") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Demi's terminal chat: chat about code, explain files, "
-                                "apply refactors; sessions are kept in the session store.")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Demi's terminal chat: chat about code, explain files, "
+        "apply refactors; sessions are kept in the session store.",
+    )
     add_arguments(p)
     return p
 
 
 def add_arguments(p: argparse.ArgumentParser, model_flags: bool = True) -> None:
     p.add_argument("--session", "-S", metavar="ID", help="resume a session (an id or a unique prefix)")
-    p.add_argument("--server", metavar="URL", help="an OpenAI-compatible server (demi serve) instead of "
-                   "loading the model here")
+    p.add_argument(
+        "--server", metavar="URL", help="an OpenAI-compatible server (demi serve) instead of loading the model here"
+    )
     if model_flags:
-        p.add_argument("--model", "-m", help="model name, directory or hub id (default: config, $DEMI_MODEL, "
-                       "demi-tiny)")
+        p.add_argument(
+            "--model", "-m", help="model name, directory or hub id (default: config, $DEMI_MODEL, demi-tiny)"
+        )
         p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
         p.add_argument("--dtype", default=None, help="auto (fp32 on CPU), float32, bfloat16, float16")
         p.add_argument("--context", type=int, default=None, help="context window to allocate (tokens)")
         p.add_argument("--quant", choices=cmds.QUANTS, default=None, help="weight quantization")
         p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
-    p.add_argument("--temperature", "-t", type=float, default=None, metavar="T",
-                   help="sampling temperature for chat answers (default: chat.temperature in the config, "
-                        "$DEMI_CHAT_TEMPERATURE, 0 = greedy)")
+    p.add_argument(
+        "--temperature",
+        "-t",
+        type=float,
+        default=None,
+        metavar="T",
+        help="sampling temperature for chat answers (default: chat.temperature in the config, "
+        "$DEMI_CHAT_TEMPERATURE, 0 = greedy)",
+    )
 
 
 def flags_from(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(args, "dtype", None)
-    return {"model": getattr(args, "model", None), "server": getattr(args, "server", None),
-            "device": getattr(args, "device", None), "context": getattr(args, "context", None),
-            "dtype": None if dtype in (None, "auto") else dtype, "quant": getattr(args, "quant", None),
-            "chat.temperature": getattr(args, "temperature", None)}
+    return {
+        "model": getattr(args, "model", None),
+        "server": getattr(args, "server", None),
+        "device": getattr(args, "device", None),
+        "context": getattr(args, "context", None),
+        "dtype": None if dtype in (None, "auto") else dtype,
+        "quant": getattr(args, "quant", None),
+        "chat.temperature": getattr(args, "temperature", None),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1254,8 +1424,10 @@ def run(args: argparse.Namespace) -> int:
     app = DemiChat(config, flags=flags, session=getattr(args, "session", None))
     app.run()
     if app.unsaved_file is not None:
-        print(f"demi-chat: the session database could not be written; this session's messages are in "
-              f"{app.unsaved_file}", file=sys.stderr)
+        print(
+            f"demi-chat: the session database could not be written; this session's messages are in {app.unsaved_file}",
+            file=sys.stderr,
+        )
     return 0
 
 

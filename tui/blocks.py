@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
-_WHOLE = re.compile(r"^ {0,3}(\[[^\]\n]+\]:|<(?:!--|pre|script|style|textarea|\?|![A-Za-z]|!\[CDATA\[))",
-                    re.MULTILINE | re.IGNORECASE)
+_WHOLE = re.compile(
+    r"^ {0,3}(\[[^\]\n]+\]:|<(?:!--|pre|script|style|textarea|\?|![A-Za-z]|!\[CDATA\[))", re.MULTILINE | re.IGNORECASE
+)
 
 
 def needs_whole(text: str) -> bool:
@@ -58,13 +59,13 @@ class BlockCuts:
     there on should be held back until it is decided, so nothing shown has to be taken back)."""
 
     def __init__(self) -> None:
-        self.pos = 0                            # characters fed so far
-        self.line = ""                          # the current, unfinished line
+        self.pos = 0  # characters fed so far
+        self.line = ""  # the current, unfinished line
         self.line_start = 0
         self.fence: tuple[str, int] | None = None
-        self.after_blank = False                # the current line follows a blank line
-        self.seen_text = False                  # a non-blank line came before (no cut at the top)
-        self._decided = False                   # the current line's cut question is settled
+        self.after_blank = False  # the current line follows a blank line
+        self.seen_text = False  # a non-blank line came before (no cut at the top)
+        self._decided = False  # the current line's cut question is settled
 
     @property
     def undecided(self) -> int | None:
@@ -79,8 +80,8 @@ class BlockCuts:
         cuts: list[int] = []
         while text:
             newline = text.find("\n")
-            part = text if newline < 0 else text[:newline + 1]
-            text = "" if newline < 0 else text[newline + 1:]
+            part = text if newline < 0 else text[: newline + 1]
+            text = "" if newline < 0 else text[newline + 1 :]
             self.line += part
             self.pos += len(part)
             if self._candidate() and not self._decided and self.line.strip():
@@ -98,12 +99,12 @@ class BlockCuts:
         if self.fence is not None:
             m = _FENCE.match(line)
             char, size = self.fence
-            if m and m.group(1)[0] == char and len(m.group(1)) >= size and line[m.end():].strip() == "":
+            if m and m.group(1)[0] == char and len(m.group(1)) >= size and line[m.end() :].strip() == "":
                 self.fence = None
             blank = False  # a blank line inside a fence ends nothing
         elif not blank:
             m = _FENCE.match(line)
-            if m and not (m.group(1)[0] == "`" and "`" in line[m.end():]):
+            if m and not (m.group(1)[0] == "`" and "`" in line[m.end() :]):
                 self.fence = (m.group(1)[0], len(m.group(1)))
         if not blank:
             self.seen_text = True

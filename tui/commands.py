@@ -13,21 +13,35 @@ class Command:
     usage: str
     help: str
     takes_path: bool = False
-    waits: bool = False      # typed while an answer streams, it is queued until the answer ends
+    waits: bool = False  # typed while an answer streams, it is queued until the answer ends
 
 
 COMMANDS: tuple[Command, ...] = (
     Command("help", "/help", "commands and keys"),
     Command("new", "/new", "start a new session", waits=True),
-    Command("explain", "/explain PATH[:SYMBOL|:A-B]", "explain a file, a symbol or a line range (streamed)", True,
-            waits=True),
-    Command("refactor", "/refactor PATH[:SYMBOL|:A-B] INSTRUCTION",
-            "propose a rewrite as a diff; Apply writes it (with a backup), Reject drops it", True, waits=True),
+    Command(
+        "explain",
+        "/explain PATH[:SYMBOL|:A-B]",
+        "explain a file, a symbol or a line range (streamed)",
+        True,
+        waits=True,
+    ),
+    Command(
+        "refactor",
+        "/refactor PATH[:SYMBOL|:A-B] INSTRUCTION",
+        "propose a rewrite as a diff; Apply writes it (with a backup), Reject drops it",
+        True,
+        waits=True,
+    ),
     Command("apply", "/apply", "apply the proposed refactor"),
     Command("reject", "/reject", "reject the proposed refactor"),
     Command("undo", "/undo [--force] [PATH]", "restore the file Demi last changed from its backup", True),
-    Command("model", "/model [NAME] [none|int8|int4|nf4|auto]", "show the model, or switch model and quantization",
-            waits=True),
+    Command(
+        "model",
+        "/model [NAME] [none|int8|int4|nf4|auto]",
+        "show the model, or switch model and quantization",
+        waits=True,
+    ),
     Command("sessions", "/sessions", "show or hide the session list"),
     Command("search", "/search TEXT", "search all history (chat, explain and refactor from every front end)"),
     Command("rename", "/rename TITLE", "rename this session"),
@@ -42,8 +56,11 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("ctrl+j / alt+enter", "new line (shift+enter too where the terminal reports it)"),
     ("tab", "complete @path, @path:symbol and /commands"),
     ("up / down", "earlier messages, when the cursor is on the first / last line"),
-    ("esc", "stop the answer (what arrived is kept; queued messages come back to the box); otherwise back "
-            "to the message box"),
+    (
+        "esc",
+        "stop the answer (what arrived is kept; queued messages come back to the box); otherwise back "
+        "to the message box",
+    ),
     ("ctrl+n", "new session"),
     ("ctrl+s", "session list: enter opens, r renames, d deletes"),
     ("ctrl+f", "search history"),
@@ -74,10 +91,15 @@ def waits_for_answer(text: str) -> bool:
 
 
 def help_markdown() -> str:
-    rows = ["## demi-chat", "",
-            "Ask about code. `@path` attaches a file, `@path:symbol` one function or class, `@path:10-40` "
-            "a line range. Start a line with `//` to send a message that begins with `/`.", "",
-            "| command | does |", "| --- | --- |"]
+    rows = [
+        "## demi-chat",
+        "",
+        "Ask about code. `@path` attaches a file, `@path:symbol` one function or class, `@path:10-40` "
+        "a line range. Start a line with `//` to send a message that begins with `/`.",
+        "",
+        "| command | does |",
+        "| --- | --- |",
+    ]
     rows += [f"| `{c.usage}` | {c.help} |" for c in COMMANDS]
     rows += ["", "| key | does |", "| --- | --- |"]
     rows += [f"| `{k}` | {v} |" for k, v in KEYS]

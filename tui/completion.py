@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from .commands import BY_NAME, COMMANDS, QUANTS
+from demi.tui.commands import BY_NAME, COMMANDS, QUANTS
 
 MAX_CANDIDATES = 200
 
 
 @dataclass
 class Completion:
-    start: int               # text[start:end] is replaced by a candidate
+    start: int  # text[start:end] is replaced by a candidate
     end: int
     candidates: list[str]
 
@@ -55,8 +55,9 @@ def _paths(partial: str, root: Path, dirs_only: bool = False) -> list[str]:
     return out
 
 
-def complete(text: str, cursor: int, root: Path,
-             symbols: Callable[[Path], list[str]] | None = None) -> Completion | None:
+def complete(
+    text: str, cursor: int, root: Path, symbols: Callable[[Path], list[str]] | None = None
+) -> Completion | None:
     """What Tab offers at `cursor`, or None when nothing applies."""
     start = _token_start(text, cursor)
     token = text[start:cursor]
@@ -77,8 +78,9 @@ def complete(text: str, cursor: int, root: Path,
     return None
 
 
-def _complete_target(partial: str, start: int, cursor: int, root: Path,
-                     symbols: Callable[[Path], list[str]] | None) -> Completion | None:
+def _complete_target(
+    partial: str, start: int, cursor: int, root: Path, symbols: Callable[[Path], list[str]] | None
+) -> Completion | None:
     if ":" in partial and symbols is not None:
         path, _, prefix = partial.partition(":")
         file = Path(path).expanduser()

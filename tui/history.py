@@ -14,9 +14,10 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from demi.assistant.store import Message, Session, Store, StoreError
 
@@ -50,8 +51,7 @@ class _Write:
 class History:
     """Thread-safe front of `Store` for the UI; `notify(event, data)` is called from the writer thread."""
 
-    def __init__(self, path: Path | None, timeout: float = 5.0,
-                 notify: Callable[[str, Any], None] | None = None):
+    def __init__(self, path: Path | None, timeout: float = 5.0, notify: Callable[[str, Any], None] | None = None):
         self.path, self.timeout = path, timeout
         self.notify = notify or (lambda event, data: None)
         self.error: str | None = None
@@ -114,8 +114,7 @@ class History:
                         titles[m.session_id] = store.session(m.session_id).title
                     except StoreError:
                         titles[m.session_id] = ""
-                hits.append(SearchHit(m.session_id, m.id, m.role, " ".join(snippet.split()),
-                                      titles[m.session_id]))
+                hits.append(SearchHit(m.session_id, m.id, m.role, " ".join(snippet.split()), titles[m.session_id]))
             return hits
 
         return self._read(run, [])
@@ -174,8 +173,9 @@ class History:
             items = list(self._pending)
         if not items or self.path is None:
             return None
-        rows = [{"session_id": w.conv.session_id, "title": w.conv.title, "kind": w.conv.kind, **w.fields}
-                for w in items]
+        rows = [
+            {"session_id": w.conv.session_id, "title": w.conv.title, "kind": w.conv.kind, **w.fields} for w in items
+        ]
         out = self.path.parent / "unsaved" / f"chat-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
         try:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,17 +16,17 @@ from typing import Any
 
 from textual.message import Message
 
-from demi.model.cancel import CancelToken  # standard library only: no torch on the screen's thread
+from demi.assistant.errors import CancelToken  # standard library only: no torch on the screen's thread
 
 
 @dataclass
 class Job:
     """One answer in flight: where its text goes and how to stop it."""
 
-    kind: str                                  # chat | explain | refactor
-    widget: Any                                # the AssistantMessage it streams into
-    conv: Any                                  # the Conversation it belongs to
-    app: Any                                   # the app: pieces are announced with app.post_message
+    kind: str  # chat | explain | refactor
+    widget: Any  # the AssistantMessage it streams into
+    conv: Any  # the Conversation it belongs to
+    app: Any  # the app: pieces are announced with app.post_message
     submitted_at: float
     cancel: CancelToken = field(default_factory=CancelToken)
     received: list[str] = field(default_factory=list)
@@ -77,9 +77,9 @@ class Pacer:
     """When the next batch of an answer may be drawn (all times from `time.monotonic()`)."""
 
     def __init__(self, hz: float = 10.0, share: float = 0.25) -> None:
-        self.interval = 1.0 / hz     # the shortest time between two batches
-        self.share = share           # drawing the answer takes at most this share of the time
-        self.frame_cost = 0.0        # the last batch's time from its write to its repaint
+        self.interval = 1.0 / hz  # the shortest time between two batches
+        self.share = share  # drawing the answer takes at most this share of the time
+        self.frame_cost = 0.0  # the last batch's time from its write to its repaint
 
     def painted(self, seconds: float) -> None:
         """A batch took `seconds` from its write to its repaint (a cheap measure of a frame's cost)."""

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Markdown, OptionList, Static, TextArea
-from textual.await_complete import AwaitComplete
 from textual.widgets.markdown import MarkdownStream
 
-from .blocks import BlockCuts, needs_whole
-from .completion import Completion
-from .frozen import Frozen, draw
+from demi.tui.blocks import BlockCuts, needs_whole
+from demi.tui.completion import Completion
+from demi.tui.frozen import Frozen, draw
 
 
 def fence(code: str, language: str = "") -> str:
@@ -122,7 +123,7 @@ class PromptInput(TextArea):
             self.post_message(self.Hints([]))
             return False
         common = comp.common()
-        current = self.text[comp.start:comp.end]
+        current = self.text[comp.start : comp.end]
         if len(comp.candidates) == 1:
             self._replace(comp.start, comp.end, comp.candidates[0])
             self.post_message(self.Hints([]))
@@ -202,8 +203,8 @@ class Piece(Vertical):
         super().__init__(classes="piece")
         self.markdown = markdown
         self.frozen: Frozen | None = None
-        self.sealed = False      # its text is final: it may be frozen
-        self.held_open = False   # the mouse wanted the real widgets: never frozen again
+        self.sealed = False  # its text is final: it may be frozen
+        self.held_open = False  # the mouse wanted the real widgets: never frozen again
         self._tries = 0
         self._freezing = False
 
@@ -266,7 +267,7 @@ class Piece(Vertical):
     class Thawed(Message):
         """A frozen piece is Markdown again after a change of width: the app freezes it when idle."""
 
-        def __init__(self, piece: "Piece") -> None:
+        def __init__(self, piece: Piece) -> None:
             super().__init__()
             self.piece = piece
 
@@ -295,8 +296,8 @@ class AssistantMessage(Vertical):
         self._stream: MarkdownStream | None = None
         self._live: Markdown | None = None
         self._cuts = BlockCuts()
-        self._shown = 0          # self.text[:_shown] has been handed to the pieces
-        self._piece_start = 0    # where the growing piece's text begins
+        self._shown = 0  # self.text[:_shown] has been handed to the pieces
+        self._piece_start = 0  # where the growing piece's text begins
         self._writing = asyncio.Lock()  # one write at a time: a write may wait while a piece is sealed
         self._unfrozen: list[Piece] = []  # sealed while streaming: frozen with the next write
         self.first_write_at: float | None = None
@@ -348,7 +349,7 @@ class AssistantMessage(Vertical):
 
     async def _show(self, upto: int) -> None:
         if upto > self._shown and self._stream is not None:
-            piece, self._shown = self.text[self._shown:upto], upto
+            piece, self._shown = self.text[self._shown : upto], upto
             await self._stream.write(piece)
 
     async def _seal(self, cut: int) -> None:
@@ -439,12 +440,13 @@ class DiffProposal(Vertical):
     """A proposed refactor: the diff (highlighted), notes, and Apply / Reject."""
 
     class Decided(Message):
-        def __init__(self, proposal: "DiffProposal", apply: bool) -> None:
+        def __init__(self, proposal: DiffProposal, apply: bool) -> None:
             super().__init__()
             self.proposal, self.apply = proposal, apply
 
-    def __init__(self, title: str, diff: str, notes: list[str], result: Any = None, resolved: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, title: str, diff: str, notes: list[str], result: Any = None, resolved: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.title, self.diff, self.notes, self.result = title, diff, notes, result
         self.resolved = resolved
@@ -454,9 +456,15 @@ class DiffProposal(Vertical):
         yield Markdown(fence(self.diff, "diff") if self.diff.strip() else "_(no change)_", classes="diff")
         if self.notes:
             yield Static(Text("\n".join(f"note: {n}" for n in self.notes)), classes="meta")
-        yield Static(Text("Apply writes it (atomically, with a backup: /undo restores it); Reject drops it. "
-                          "Or type /apply or /reject." if self.resolved is None else self.resolved),
-                     classes="meta state")
+        yield Static(
+            Text(
+                "Apply writes it (atomically, with a backup: /undo restores it); Reject drops it. "
+                "Or type /apply or /reject."
+                if self.resolved is None
+                else self.resolved
+            ),
+            classes="meta state",
+        )
         with Horizontal(classes="buttons"):
             yield Button("Apply", id="apply", variant="success", compact=True)
             yield Button("Reject", id="reject", variant="error", compact=True)
@@ -485,8 +493,14 @@ class StatusBar(Static):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("", **kwargs)
-        self.fields: dict[str, str] = {"model": "no model yet", "quant": "", "device": "", "speed": "",
-                                       "context": "", "state": ""}
+        self.fields: dict[str, str] = {
+            "model": "no model yet",
+            "quant": "",
+            "device": "",
+            "speed": "",
+            "context": "",
+            "state": "",
+        }
 
     def set(self, **fields: str) -> None:
         self.fields.update({k: v for k, v in fields.items() if v is not None})
@@ -604,4 +618,3 @@ def last_code_block(texts: list[str]) -> str | None:
         if blocks:
             return blocks[-1] + "\n"
     return None
-

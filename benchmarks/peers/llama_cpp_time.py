@@ -27,8 +27,9 @@ if not os.path.exists(path):
     params.nthread = threads
     if llama_cpp.llama_model_quantize(src.encode(), path.encode(), ctypes.byref(params)) != 0:
         sys.exit(f"llama.cpp could not quantize {src} to {kind}")
-llm = llama_cpp.Llama(path, n_threads=threads, n_threads_batch=threads, n_ctx=max(2048, long_prompt + 64),
-                      n_batch=512, verbose=False)
+llm = llama_cpp.Llama(
+    path, n_threads=threads, n_threads_batch=threads, n_ctx=max(2048, long_prompt + 64), n_batch=512, verbose=False
+)
 rng = random.Random(0)
 
 
@@ -51,7 +52,17 @@ for run in range(runs + 1):
     if run:
         decode.append(d)
         prefill.append(p)
-print(json.dumps({"kind": kind, "gguf": path, "decode_tok_s": statistics.median(decode),
-                  "prefill_tok_s": statistics.median(prefill), "decode_runs": decode, "prefill_runs": prefill,
-                  "llama_cpp_python": llama_cpp.__version__,
-                  "system_info": llama_cpp.llama_print_system_info().decode().strip()}))
+print(
+    json.dumps(
+        {
+            "kind": kind,
+            "gguf": path,
+            "decode_tok_s": statistics.median(decode),
+            "prefill_tok_s": statistics.median(prefill),
+            "decode_runs": decode,
+            "prefill_runs": prefill,
+            "llama_cpp_python": llama_cpp.__version__,
+            "system_info": llama_cpp.llama_print_system_info().decode().strip(),
+        }
+    )
+)

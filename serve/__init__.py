@@ -1,0 +1,1 @@
+"""`demi serve`: the OpenAI-compatible HTTP front end."""

@@ -1,0 +1,177 @@
+"""The kernel plan: measured per machine and model shape, cached, forced by DEMI_KERNEL, and robust
+to corrupt or foreign cache files, interrupted writes, failing self-checks and missing compilers."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from demi.model import kernel_plan, native_kernels
+from demi.model.config import ModelConfig
+from demi.model.kernel_plan import KernelPlan, calibrate, plan_for
+
+CFG = ModelConfig(
+    vocab_size=256,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Every test gets an empty user cache (plans and compiled kernels) and forgets loaded paths."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DEMI_KERNEL", raising=False)
+    monkeypatch.delenv("DEMI_NATIVE", raising=False)
+    native_kernels.library.cache_clear()
+    native_kernels._problems.clear()
+    kernel_plan.guess.cache_clear()
+    yield
+    native_kernels.library.cache_clear()
+    native_kernels._problems.clear()
+    kernel_plan.guess.cache_clear()
+
+
+def test_calibration_times_every_candidate_and_picks_the_fastest():
+    plan = calibrate(CFG, "int8")
+    usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
+    vector = [p for p in usable if p != "generic"] or usable
+    assert set(plan.times_ms["decode"]) == {"torch", *vector}
+    assert set(plan.times_ms["prefill"]) == {"fp32", "bf16", *vector}
+    assert all(t > 0 for phase in plan.times_ms.values() for t in phase.values())
+    assert plan.decode == min(plan.times_ms["decode"], key=plan.times_ms["decode"].get)
+    assert plan.prefill == min(plan.times_ms["prefill"], key=plan.times_ms["prefill"].get)
+    assert plan.activations == ("bfloat16" if plan.prefill == "bf16" else "float32")
+    assert plan.source == "measured" and plan.seconds > 0
+    four = calibrate(CFG, "int4")
+    assert four.mode == "int4" and "torch" in four.times_ms["decode"]
+    if four.decode != "torch":
+        assert four.prefill in (four.decode, "fp32")
+
+
+def test_a_plan_is_cached_per_machine_and_shape(caplog):
+    first = plan_for(CFG, "int8")
+    path = kernel_plan.cache_file()
+    data = json.loads(path.read_text())
+    assert data["key"] == kernel_plan.cache_key() and data["key"]["torch"] == torch.__version__
+    again = plan_for(CFG, "int8")
+    assert again.source == "cache" and (again.decode, again.prefill) == (first.decode, first.prefill)
+    other = ModelConfig(
+        **{**CFG.__dict__, "hidden_size": 96, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 32}
+    )
+    assert plan_for(other, "int8").source == "measured"  # another shape is another entry
+    assert len(json.loads(path.read_text())["entries"]) == 2
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2]), json.dumps({"key": {}, "entries": "x"})])
+def test_a_corrupt_cache_file_is_ignored_with_a_warning(content, caplog):
+    path = kernel_plan.cache_file()
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with caplog.at_level(logging.WARNING, logger="demi.model"):
+        plan = plan_for(CFG, "int8")
+    assert plan.source == "measured" and "unreadable" in caplog.text
+    assert json.loads(path.read_text())["key"] == kernel_plan.cache_key()  # replaced by a good one
+
+
+def test_a_foreign_cache_file_is_ignored_with_a_warning(caplog):
+    plan_for(CFG, "int8")
+    path = kernel_plan.cache_file()
+    data = json.loads(path.read_text())
+    data["key"]["cpu"] = "Some Other CPU"
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="demi.model"):
+        assert plan_for(CFG, "int8").source == "measured"
+    assert "another machine" in caplog.text
+
+
+def test_an_interrupted_write_leaves_the_old_cache_and_no_temporary_file(monkeypatch):
+    plan_for(CFG, "int8")
+    path = kernel_plan.cache_file()
+    before = path.read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kernel_plan.json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plan_for(CFG, "int8", remeasure=True)
+    assert path.read_text() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_demi_kernel_forces_one_family(monkeypatch, caplog):
+    runnable = native_kernels.runnable_paths()
+    slowest = runnable[-1] if runnable else None
+    if slowest:
+        monkeypatch.setenv("DEMI_KERNEL", slowest)
+        assert native_kernels.candidate_paths() == [slowest]
+        plan = plan_for(CFG, "int8")
+        assert plan.decode == slowest and set(plan.times_ms["decode"]) == {slowest}
+        assert kernel_plan.cache_key()["forced"] == slowest
+    monkeypatch.setenv("DEMI_KERNEL", "torch")
+    assert native_kernels.candidate_paths() == []
+    assert plan_for(CFG, "int8").decode == "torch"
+    monkeypatch.setenv("DEMI_KERNEL", "sse9000")
+    with caplog.at_level(logging.WARNING, logger="demi.model"):
+        assert native_kernels.forced() is None
+    assert "not a kernel family" in caplog.text
+
+
+def test_a_path_this_cpu_lacks_is_never_offered(monkeypatch, caplog):
+    missing = next((p.name for p in native_kernels.PATHS if p.name not in native_kernels.runnable_paths()), None)
+    if missing is None:
+        pytest.skip("this CPU runs every path")
+    monkeypatch.setenv("DEMI_KERNEL", missing)
+    with caplog.at_level(logging.WARNING, logger="demi.model"):
+        assert native_kernels.candidate_paths() == []
+    assert "lacks the flags" in caplog.text
+
+
+@pytest.mark.parametrize("exit_code, why", [(-4, "killed by signal 4"), (1, "wrong results")])
+def test_a_failing_self_check_falls_back_to_torch_with_one_warning(monkeypatch, caplog, exit_code, why):
+    """A CPU flag that lies (SIGILL) or a miscompiled path: the self-check runs in a child process,
+    so the library is refused, the reason kept, and torch's kernel used."""
+    path = (native_kernels.runnable_paths() or ["generic"])[0]
+    if exit_code < 0:
+        check = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
+    else:
+        check = f"import sys; sys.exit({exit_code})"
+    monkeypatch.setattr(native_kernels, "_SELFTEST", check)
+    monkeypatch.setattr(native_kernels, "runnable_paths", lambda: [path])
+    with caplog.at_level(logging.WARNING, logger="demi.model"):
+        assert native_kernels.library(path) is None
+    assert why in native_kernels.problem(path) and why in caplog.text
+    assert not list((native_kernels._cache_dir()).glob("*.ok"))  # a refused library is checked again next time
+    assert kernel_plan.guess("int8").decode == "torch"
+    from demi.model.quantize import Int8Linear, quantize_int8
+
+    lin = Int8Linear(*quantize_int8(torch.randn(32, 64)))
+    assert not lin.native and lin(torch.randn(1, 64)).shape == (1, 32)
+
+
+def test_no_compiler_means_torch_kernels_and_a_note(monkeypatch):
+    monkeypatch.setattr(native_kernels, "compiler", lambda: None)
+    for path in native_kernels.runnable_paths():
+        assert native_kernels.library(path) is None
+        assert "no C compiler" in native_kernels.problem(path)
+    plan = plan_for(CFG, "int8")
+    assert plan.decode == "torch" and plan.prefill in ("fp32", "bf16")
+    from demi.assistant.catalog import _cpu_report
+
+    report = _cpu_report(CFG)
+    assert report["native_usable"] == [] and "no C compiler" in report["note"]
+    assert report["plan"]["decode"] == "torch"
+
+
+def test_guess_without_measuring_matches_the_hardware():
+    plan = kernel_plan.guess("int8")
+    assert isinstance(plan, KernelPlan) and plan.source == "guess"
+    assert plan.prefill == ("bf16" if kernel_plan.has_bf16_hardware() else "fp32")

@@ -1,0 +1,383 @@
+"""Training corpora: sources of files, read with clear errors, deduplicated, split and recorded.
+
+A `Source` is a set of files under one license: a directory the user names, CPython's
+standard library, or one installed distribution in a site-packages directory (its files from the
+dist-info RECORD, its license from METADATA). `build_corpus` reads every file, drops what is not
+usable text (unreadable or binary files are an error unless `on_bad="skip"`; files too large or
+that look generated are always skipped, and recorded), removes exact and near duplicates, splits
+off held-out files by a hash of their path, and returns the documents and a manifest: package,
+version, license, files and (once tokenized) tokens per source, plus what was left out and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sysconfig
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from email.parser import HeaderParser
+from pathlib import Path
+from typing import Any
+
+from demi.model.filecheck import TooLarge, read_checked
+from demi.train.dedup import deduplicate
+from demi.train.errors import CorpusError
+from demi.train.licenses import License, from_license_file, from_metadata, named
+
+DEFAULT_EXTENSIONS = (".py",)
+SKIP_DIRS = frozenset(
+    {
+        "__pycache__",
+        ".git",
+        ".hg",
+        ".svn",
+        "node_modules",
+        ".venv",
+        "venv",
+        ".tox",
+        ".mypy_cache",
+        ".pytest_cache",
+        "site-packages",
+        "dist-packages",
+        ".eggs",
+        "build",
+    }
+)
+MAX_FILE_BYTES = 512 * 1024  # larger source files are almost always generated tables
+MAX_LINE_CHARS = 1000  # a longer line means minified or generated code
+
+
+@dataclass
+class Source:
+    """Files under one license. `files` are absolute paths below `root`."""
+
+    name: str
+    version: str
+    license: License
+    root: Path
+    files: list[Path]
+    kind: str = "directory"  # directory | stdlib | distribution
+
+
+@dataclass
+class Document:
+    source: str  # Source.name
+    path: str  # relative to the source's root, with "/" separators (what a <|file_sep|> header shows)
+    text: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.path}"
+
+
+@dataclass
+class Corpus:
+    train: list[Document]
+    heldout: list[Document]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shippable(self) -> bool:
+        return bool(self.manifest.get("shippable"))
+
+
+# -- sources ----------------------------------------------------------------------------------------
+
+
+def _walk(root: Path, extensions: Sequence[str]) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        for f in sorted(filenames):
+            if f.endswith(tuple(extensions)):
+                out.append(Path(dirpath) / f)
+    return out
+
+
+def directory_source(
+    root: str | Path,
+    name: str | None = None,
+    license: str | None = None,
+    version: str = "",
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+) -> Source:
+    """A directory of source files. Its license is `license` (an SPDX id) or read from a
+    LICENSE/COPYING file at its top; unknown counts as not permissive."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise CorpusError(f"{root}: no such corpus directory")
+    if root.is_file():
+        files = [root.resolve()]
+        root = root.parent
+    else:
+        files = [p.resolve() for p in _walk(root, extensions)]
+    lic = named(license) if license else from_license_file(root)
+    return Source(name or root.resolve().name, version, lic, root.resolve(), files)
+
+
+def stdlib_source() -> Source:
+    """This interpreter's standard library (PSF-2.0), without site-packages."""
+    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    return Source(
+        "cpython-stdlib",
+        platform.python_version(),
+        License("PSF-2.0", "PSF-2.0", True),
+        root,
+        [p.resolve() for p in _walk(root, (".py",))],
+        kind="stdlib",
+    )
+
+
+def site_packages_sources(site_dir: str | Path | None = None, exclude: Iterable[str] = ("demi",)) -> list[Source]:
+    """One source per installed distribution with Python files: name, version and license from
+    its dist-info METADATA, files from its RECORD (only those inside `site_dir`)."""
+    site = Path(site_dir or sysconfig.get_paths()["purelib"]).resolve()
+    skip = {e.lower() for e in exclude}
+    out = []
+    for info in sorted(site.glob("*.dist-info")):
+        try:
+            meta_text = (info / "METADATA").read_text(encoding="utf-8", errors="replace")
+            record = (info / "RECORD").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        meta = HeaderParser().parsestr(meta_text)
+        name = meta.get("Name") or info.name.split("-")[0]
+        if name.lower() in skip:
+            continue
+        files = []
+        for line in record.splitlines():
+            rel = line.split(",", 1)[0]
+            if not rel.endswith(".py") or rel.startswith("..") or "__pycache__" in rel:
+                continue
+            path = (site / rel).resolve()
+            if path.is_file() and site in path.parents:
+                files.append(path)
+        if files:
+            out.append(
+                Source(
+                    name, meta.get("Version") or "", from_metadata(meta_text), site, sorted(files), kind="distribution"
+                )
+            )
+    return out
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+class _Skip(Exception):
+    """A file that is left out without being an error (too big, generated)."""
+
+
+def read_source_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """The file's text. Unreadable, binary or non-UTF-8 files raise CorpusError; files over
+    `max_bytes` or with lines over MAX_LINE_CHARS raise _Skip."""
+    try:
+        data = read_checked(path, max_bytes, CorpusError, "binary file (it has NUL bytes)")
+    except TooLarge as exc:
+        raise _Skip(str(exc)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    text = text.replace("\r\n", "\n")
+    if any(len(line) > MAX_LINE_CHARS for line in text.split("\n")):
+        raise _Skip(f"a line over {MAX_LINE_CHARS} characters (generated or minified)")
+    return text
+
+
+def is_heldout(key: str, fraction: float, seed: int = 0) -> bool:
+    """A file's split, from a hash of its name: stable when other files come and go."""
+    if fraction <= 0:
+        return False
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16)
+    return h / float(1 << 48) < fraction
+
+
+# -- the corpus ------------------------------------------------------------------------------------
+
+
+def build_corpus(
+    sources: Sequence[Source],
+    *,
+    permissive_only: bool = False,
+    on_bad: str = "error",
+    near_threshold: float | None = 0.85,
+    heldout_fraction: float = 0.02,
+    seed: int = 0,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_source_bytes: dict[str, int] | int | None = None,
+    max_skipped_listed: int = 200,
+) -> Corpus:
+    """Read, filter, deduplicate and split; see the module docstring. Raises CorpusError when
+    nothing usable is left, with the reason.
+
+    `max_source_bytes` caps what one source contributes (an int for every source, or a dict by
+    source name with "*" for the rest), so one huge package cannot dominate the mixture; the
+    files kept are chosen by a hash of their name, so the choice is stable."""
+    if on_bad not in ("error", "skip"):
+        raise ValueError("on_bad must be 'error' or 'skip'")
+    if not 0 <= heldout_fraction < 1:
+        raise CorpusError("the held-out fraction must be in [0, 1)")
+    entries: list[dict[str, Any]] = []
+    docs: list[Document] = []
+    skipped: list[dict[str, str]] = []
+    seen_keys: set[str] = set()
+    for src in sources:
+        entry = {
+            "name": src.name,
+            "version": src.version,
+            "kind": src.kind,
+            "root": str(src.root),
+            "license": {
+                "declared": src.license.expression,
+                "spdx": src.license.spdx,
+                "permissive": src.license.permissive,
+            },
+            "files_found": len(src.files),
+            "files": 0,
+            "bytes": 0,
+            "tokens": None,
+            "excluded": None,
+        }
+        entries.append(entry)
+        if permissive_only and not src.license.permissive:
+            entry["excluded"] = f"license {src.license.spdx!r} is not permissive"
+            continue
+        for path in src.files:
+            try:
+                rel = path.relative_to(src.root).as_posix()
+            except ValueError:
+                rel = path.name
+            doc_key = f"{src.name}/{rel}"
+            if doc_key in seen_keys:
+                continue
+            seen_keys.add(doc_key)
+            try:
+                text = read_source_file(path, max_bytes)
+            except _Skip as why:
+                skipped.append({"file": doc_key, "reason": str(why)})
+                continue
+            except CorpusError as exc:
+                if on_bad == "error":
+                    raise CorpusError(f"{exc} (pass --skip-bad-files to leave such files out)") from None
+                skipped.append({"file": doc_key, "reason": str(exc).split(": ", 1)[-1]})
+                continue
+            if not text.strip():
+                skipped.append({"file": doc_key, "reason": "empty"})
+                continue
+            docs.append(Document(src.name, rel, text))
+    if not docs:
+        what = ", ".join(str(s.root) for s in sources) or "no sources given"
+        why = (
+            "no source files with the wanted extensions"
+            if not skipped
+            else f"all {len(skipped)} files were left out (e.g. {skipped[0]['file']}: {skipped[0]['reason']})"
+        )
+        if permissive_only and all(e["excluded"] for e in entries) and entries:
+            why = "no source has a permissive license (use --license SPDX to state one)"
+        raise CorpusError(f"empty corpus ({what}): {why}")
+    result = deduplicate([d.text for d in docs], near_threshold=near_threshold, seed=seed)
+    kept = [docs[i] for i in result.keep]
+    capped: dict[str, int] = {}
+    if max_source_bytes:
+        kept, capped = _cap_sources(kept, max_source_bytes, seed)
+    train = [d for d in kept if not is_heldout(d.key, heldout_fraction, seed)]
+    heldout = [d for d in kept if is_heldout(d.key, heldout_fraction, seed)]
+    if not train:
+        raise CorpusError("every file landed in the held-out split; use a smaller held-out fraction")
+    by_source = {e["name"]: e for e in entries}
+    for d in kept:
+        by_source[d.source]["files"] += 1
+        by_source[d.source]["bytes"] += len(d.text.encode("utf-8", "surrogatepass"))
+    used = [e for e in entries if e["files"]]
+    manifest = {
+        "format": "demi-corpus-manifest/1",
+        "sources": entries,
+        "files": len(kept),
+        "train_files": len(train),
+        "heldout_files": len(heldout),
+        "heldout_fraction": heldout_fraction,
+        "heldout": sorted(d.key for d in heldout),
+        "bytes": sum(e["bytes"] for e in entries),
+        "dedup": {
+            "exact_removed": len(result.exact),
+            "near_removed": len(result.near),
+            "near_threshold": near_threshold,
+            "near_examples": [[docs[a].key, docs[b].key, round(s, 3)] for a, b, s in result.near[:20]],
+        },
+        "capped": capped,
+        "skipped": skipped[:max_skipped_listed],
+        "skipped_count": len(skipped),
+        "permissive_only": permissive_only,
+        "shippable": all(e["license"]["permissive"] for e in used),
+        "seed": seed,
+    }
+    return Corpus(train, heldout, manifest)
+
+
+def _cap_sources(docs: list[Document], limit: dict[str, int] | int, seed: int) -> tuple[list[Document], dict[str, int]]:
+    """Keep, per source, files in hash order until the source's byte budget is used up."""
+
+    def budget(name: str) -> int | None:
+        if isinstance(limit, int):
+            return limit
+        return limit.get(name, limit.get("*"))
+
+    by_source: dict[str, list[Document]] = {}
+    for d in docs:
+        by_source.setdefault(d.source, []).append(d)
+    keep: set[str] = set()
+    capped: dict[str, int] = {}
+    for name, group in by_source.items():
+        cap = budget(name)
+        size = sum(len(d.text.encode("utf-8", "surrogatepass")) for d in group)
+        if cap is None or size <= cap:
+            keep.update(d.key for d in group)
+            continue
+        used = 0
+        for d in sorted(group, key=lambda d: hashlib.sha256(f"{seed}:cap:{d.key}".encode()).hexdigest()):
+            n = len(d.text.encode("utf-8", "surrogatepass"))
+            if used + n <= cap:
+                keep.add(d.key)
+                used += n
+        capped[name] = size - used  # bytes left out
+    return [d for d in docs if d.key in keep], capped
+
+
+def record_tokens(corpus: Corpus, count_tokens) -> None:
+    """Fill in each source's token count (plain text, no FIM) with `count_tokens(list[str]) -> list[int]`."""
+    totals: dict[str, int] = {}
+    docs = corpus.train + corpus.heldout
+    for d, n in zip(docs, count_tokens([d.text for d in docs])):
+        totals[d.source] = totals.get(d.source, 0) + n
+    for entry in corpus.manifest["sources"]:
+        if entry["files"]:
+            entry["tokens"] = totals.get(entry["name"], 0)
+    corpus.manifest["tokens"] = sum(totals.values())
+
+
+def write_manifest(corpus: Corpus, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(corpus.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def source_summary(corpus: Corpus) -> list[dict[str, Any]]:
+    """One row per source for printing: name, version, license, files, bytes, tokens, excluded."""
+    return [
+        {
+            k: (e["license"]["spdx"] if k == "license" else e[k])
+            for k in ("name", "version", "license", "files", "bytes", "tokens", "excluded")
+        }
+        for e in corpus.manifest["sources"]
+    ]
+
+
+def as_dicts(docs: Sequence[Document]) -> list[dict[str, str]]:
+    return [asdict(d) for d in docs]

@@ -1,0 +1,366 @@
+"""A training run on disk, from sources to a saved model, resumable across sessions.
+
+    RUN/run.json                  every setting of the run (model shape, trainer, data and its later
+                                  phases, corpus)
+    RUN/corpus/train.jsonl.gz     the corpus snapshot the run trains on (so a resume sees the same
+    RUN/corpus/heldout.jsonl.gz   files even if the machine's packages changed in between)
+    RUN/manifest.json             what went in: package, version, license, files, tokens
+    RUN/tokenizer/                tokenizer.json + tokenizer_config.json
+    RUN/checkpoints/              training checkpoints (see checkpoints.py)
+    RUN/log.jsonl                 loss, learning rate, tokens/s, eval loss
+    RUN/model/                    the trained model in Hugging Face layout (at the end)
+
+`prepare_run` does the first four once; `train_run` trains (resuming from the latest checkpoint
+when there is one) and exports `RUN/model` when the last step is done.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from demi.model.config import ModelConfig
+from demi.model.errors import DemiUserError
+from demi.model.tokenizer import Tokenizer
+from demi.train import checkpoints
+from demi.train.corpus import Corpus, Document, Source, build_corpus, record_tokens, write_manifest
+from demi.train.data import DataOptions, PackedData, SegmentEncoder
+from demi.train.errors import CorpusError, ResumeError, TrainConfigError, VocabularyMismatchError
+from demi.train.pairs import extract_pairs
+from demi.train.trainer import TrainConfig, Trainer, init_model, write_json
+
+RUN_FORMAT = "demi-train-run/1"
+
+
+@dataclass
+class CorpusOptions:
+    permissive_only: bool = False
+    on_bad: str = "error"  # error | skip
+    near_threshold: float | None = 0.85
+    heldout_fraction: float = 0.02
+    pairs: bool = True  # docstring <-> code chat samples
+    max_bytes: int = 512 * 1024
+    max_source_bytes: dict[str, int] | int | None = None  # cap per source ("*": every other source)
+
+
+@dataclass
+class RunSpec:
+    """Everything a run is made of; stored as run.json."""
+
+    model: dict[str, Any]  # ModelConfig fields (vocab_size is set from the tokenizer)
+    train: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    corpus: dict[str, Any] = field(default_factory=dict)
+    vocab_size: int = 8192
+    teacher: str | None = None
+    name: str = "run"
+    # Later data mixes: [{"from_step": N, "data": {...}}] changes `data` for the steps after N
+    # (each phase on top of the ones before), from the first row of the new mix.
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "format": RUN_FORMAT,
+            "name": self.name,
+            "model": self.model,
+            "train": self.train,
+            "data": self.data,
+            "corpus": self.corpus,
+            "vocab_size": self.vocab_size,
+            "teacher": self.teacher,
+        }
+        if self.phases:
+            out["phases"] = self.phases
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(
+            d["model"],
+            d.get("train", {}),
+            d.get("data", {}),
+            d.get("corpus", {}),
+            int(d.get("vocab_size", 8192)),
+            d.get("teacher"),
+            d.get("name", "run"),
+            d.get("phases") or [],
+        )
+
+    def boundaries(self) -> list[int]:
+        """The steps after which each later phase begins, checked to be increasing."""
+        out = []
+        for p in self.phases:
+            if (
+                not isinstance(p, dict)
+                or not isinstance(p.get("from_step"), int)
+                or not isinstance(p.get("data"), dict)
+            ):
+                raise TrainConfigError(f"bad phase in run.json: {p!r} (want {{'from_step': N, 'data': {{...}}}})")
+            if p["from_step"] <= (out[-1] if out else 0):
+                raise TrainConfigError("phases in run.json must start at increasing steps above 0")
+            if "seq_len" in p["data"]:
+                raise TrainConfigError("a data phase cannot change seq_len")
+            out.append(p["from_step"])
+        return out
+
+    def phase_at(self, step: int) -> int:
+        """The phase the step after `step` trains in (0: the base data)."""
+        return sum(1 for b in self.boundaries() if b <= step)
+
+    def data_options(self, phase: int) -> DataOptions:
+        fields = dict(self.data)
+        for p in self.phases[:phase]:
+            fields.update(p["data"])
+        try:
+            return DataOptions(**fields)
+        except TypeError as exc:
+            raise TrainConfigError(f"bad data settings in run.json: {exc}") from None
+
+
+def _write_docs(path: Path, docs: Sequence[Document]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"source": d.source, "path": d.path, "text": d.text}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_docs(path: Path) -> list[Document]:
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [Document(**json.loads(line)) for line in f if line.strip()]
+    except (OSError, EOFError, ValueError, TypeError) as exc:
+        raise ResumeError(f"{path}: corrupt corpus snapshot ({exc}); delete the run directory to start over") from None
+
+
+def load_run(run_dir: Path) -> RunSpec:
+    path = Path(run_dir) / "run.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResumeError(f"{run_dir}: not a training run (no run.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"{path}: corrupt ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != RUN_FORMAT:
+        raise ResumeError(f"{path}: not a Demi training run")
+    return RunSpec.from_json(raw)
+
+
+def prepare_run(
+    run_dir: str | Path, spec: RunSpec, sources: Sequence[Source], tokenizer_dir: str | Path | None = None, log=print
+) -> Corpus:
+    """Build the corpus snapshot, the manifest and the tokenizer, and write run.json.
+
+    With `tokenizer_dir` the run uses that tokenizer (a teacher's, say) instead of training one.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    copts = CorpusOptions(**spec.corpus)
+    seed = int(spec.train.get("seed", 0))
+    corpus = build_corpus(
+        sources,
+        permissive_only=copts.permissive_only,
+        on_bad=copts.on_bad,
+        near_threshold=copts.near_threshold,
+        heldout_fraction=copts.heldout_fraction,
+        seed=seed,
+        max_bytes=copts.max_bytes,
+        max_source_bytes=copts.max_source_bytes,
+    )
+    m = corpus.manifest
+    log(
+        f"corpus: {m['files']} files ({m['train_files']} train, {m['heldout_files']} held out), "
+        f"{m['bytes'] / 1e6:.1f} MB; removed {m['dedup']['exact_removed']} exact and "
+        f"{m['dedup']['near_removed']} near duplicates; skipped {m['skipped_count']}"
+    )
+    (run / "corpus").mkdir(exist_ok=True)
+    _write_docs(run / "corpus" / "train.jsonl.gz", corpus.train)
+    _write_docs(run / "corpus" / "heldout.jsonl.gz", corpus.heldout)
+    tok_dir = run / "tokenizer"
+    if tokenizer_dir is not None:
+        tok_dir.mkdir(exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            src = Path(tokenizer_dir) / name
+            if not src.is_file():
+                raise DemiUserError(f"{tokenizer_dir}: no {name}")
+            shutil.copyfile(src, tok_dir / name)
+        tok = Tokenizer.from_dir(tok_dir)
+    else:
+        from demi.model.bpe_train import train_bpe_tokenizer
+
+        log(f"tokenizer: training a {spec.vocab_size}-token byte-level BPE")
+        tok = train_bpe_tokenizer(
+            (d.text for d in corpus.train),
+            tok_dir,
+            vocab_size=spec.vocab_size,
+            model_max_length=int(spec.model.get("max_position_embeddings", 4096)),
+        )
+    enc = SegmentEncoder(tok)
+    record_tokens(corpus, lambda texts: [len(ids) for ids in enc.encode_texts(texts)])
+    m["tokenizer"] = {
+        "vocab_size": tok.vocab_size,
+        "chars_per_token": round(sum(len(d.text) for d in corpus.train + corpus.heldout) / max(1, m["tokens"]), 3),
+    }
+    write_manifest(corpus, run / "manifest.json")
+    spec.model["vocab_size"] = tok.vocab_size
+    write_json(run / "run.json", spec.to_json())
+    return corpus
+
+
+def model_config(spec: RunSpec, tok: Tokenizer) -> ModelConfig:
+    fields = dict(spec.model)
+    fields.setdefault("vocab_size", tok.vocab_size)
+    fields["eos_token_id"] = list(tok.eos_token_ids)
+    fields["pad_token_id"] = tok.pad_token_id
+    fields["bos_token_id"] = None
+    try:
+        return ModelConfig(**fields)
+    except TypeError as exc:
+        raise TrainConfigError(f"bad model settings in run.json: {exc}") from None
+
+
+def check_teacher(teacher_dir: str | Path, tok: Tokenizer, cfg: ModelConfig) -> None:
+    """The teacher must produce logits over the student's vocabulary, token for token."""
+    from demi.model.config import load_config
+
+    tcfg = load_config(teacher_dir)
+    ttok = Tokenizer.from_dir(teacher_dir)
+    if tcfg.vocab_size != cfg.vocab_size or ttok.backend.get_vocab(True) != tok.backend.get_vocab(True):
+        raise VocabularyMismatchError(
+            f"the teacher {teacher_dir} has a different vocabulary ({tcfg.vocab_size} logits, "
+            f"{ttok.vocab_size} tokens) from the student's ({cfg.vocab_size} logits, {tok.vocab_size} tokens); "
+            "distillation compares the two distributions token by token, so the student must use the "
+            "teacher's tokenizer (leave out --tokenizer)"
+        )
+
+
+def train_run(
+    run_dir: str | Path,
+    steps: int | None = None,
+    until: int | None = None,
+    progress: bool = True,
+    resume_from: str | Path | None = None,
+    log=print,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train the run in `run_dir` (resuming from its latest checkpoint), export RUN/model at the end.
+
+    `steps` changes the total (to extend a finished run); `until` stops early at that step (the
+    rest of the run can follow in another session); `overrides` changes speed settings that do
+    not affect the math (threads, compile, log/eval/checkpoint intervals)."""
+    run = Path(run_dir)
+    spec = load_run(run)
+    train_fields = dict(spec.train)
+    if steps is not None and steps != train_fields.get("steps"):
+        train_fields["steps"] = spec.train["steps"] = steps
+        write_json(run / "run.json", spec.to_json())  # later sessions keep the new total
+    speed_only = {
+        "threads",
+        "compile",
+        "precision",
+        "eval_every",
+        "ckpt_every",
+        "log_every",
+        "keep_checkpoints",
+        "eval_rows",
+        "grad_checkpointing",
+    }
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in speed_only:
+            raise TrainConfigError(f"{k} cannot change in an existing run")
+        train_fields[k] = v
+    tcfg = TrainConfig.from_dict(train_fields)
+    tok = Tokenizer.from_dir(run / "tokenizer")
+    cfg = model_config(spec, tok)
+    boundaries = spec.boundaries()
+    ck = Path(resume_from) if resume_from else checkpoints.latest_checkpoint(run)
+    start = checkpoints.saved_step(ck)
+    phase = spec.phase_at(start)
+    train_docs = _read_docs(run / "corpus" / "train.jsonl.gz")
+    heldout = _read_docs(run / "corpus" / "heldout.jsonl.gz")
+    if not train_docs:
+        raise CorpusError(f"{run}: the corpus snapshot is empty")
+    pairs = extract_pairs(train_docs, seed=tcfg.seed) if spec.corpus.get("pairs", True) else []
+
+    def phase_data(k: int) -> PackedData:
+        return PackedData(train_docs, tok, spec.data_options(k), pairs, heldout)
+
+    data = phase_data(phase)
+    dopts = data.options
+    teacher = None
+    if spec.teacher:
+        from demi.model.loading import load_model
+
+        check_teacher(spec.teacher, tok, cfg)
+        teacher = load_model(spec.teacher, dtype="float32", device=device)
+    model = init_model(cfg, tcfg.seed)
+    trainer = Trainer(model, data, tcfg, run, teacher=teacher, progress=progress, device=device)
+    if ck is not None:
+        trainer.resume(ck, new_phase=phase > 0 and start == boundaries[phase - 1])
+        log(f"resumed from {ck.name} (step {trainer.step}, {trainer.tokens_seen:,} tokens seen)")
+    log(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+        f"{data.rows_per_epoch(trainer.position.epoch):,} rows of {dopts.seq_len} tokens per epoch; "
+        f"{'compiled' if trainer.compiled else 'eager'}, {'bf16 autocast' if trainer.amp else 'fp32'}, "
+        f"{'fused ' if trainer.fused else ''}AdamW, {__import__('torch').get_num_threads()} threads"
+    )
+    target = min(until or tcfg.steps, tcfg.steps)
+    while True:
+        if phase:
+            log(f"data phase {phase} (steps after {boundaries[phase - 1]}): {spec.phases[phase - 1]['data']}")
+        stop_at = min(target, boundaries[phase]) if phase < len(boundaries) else target
+        summary = trainer.train(stop_at, handle_signals=True)
+        if summary["interrupted"] or trainer.step < stop_at or stop_at >= target:
+            break
+        phase += 1
+        trainer.start_phase(phase_data(phase))
+    summary["run"] = str(run)
+    if summary["finished"]:
+        out = trainer.export(run / "model", run / "tokenizer")
+        summary["model_dir"] = str(out)
+        write_json(run / "model" / "training.json", {"run": spec.to_json(), "summary": summary})
+    return summary
+
+
+def export_checkpoint(
+    run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None, dtype: str = "float32"
+) -> Path:
+    """Write the weights of a checkpoint (default: the latest) as a model directory, to evaluate a
+    run that is still going (`demi eval fim --model OUT`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from demi.model.decoder import Transformer
+    from demi.model.loading import save_model
+
+    run = Path(run_dir)
+    spec = load_run(run)
+    tok = Tokenizer.from_dir(run / "tokenizer")
+    cfg = model_config(spec, tok)
+    ck = Path(checkpoint) if checkpoint else checkpoints.latest_checkpoint(run)
+    if ck is None:
+        raise ResumeError(f"{run}: no checkpoint yet")
+    checkpoints.load_state(ck)  # verifies the hashes
+    model = Transformer(cfg.replace(torch_dtype=dtype))
+    state = load_file(str(ck / "model.safetensors"))
+    try:
+        model.load_state_dict(state, strict=not cfg.tie_word_embeddings)
+    except RuntimeError as exc:
+        raise ResumeError(f"{ck}: weights do not fit the run's model ({str(exc).splitlines()[0]})") from None
+    model.tie_weights()
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    out = Path(out_dir)
+    save_model(model.eval(), out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(run / "tokenizer" / name, out / name)
+    return out
