@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,7 @@ from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.generate import (
     PAD_BUCKETS,
-    CancelToken,
-    Sampling,
+    GenerationRequest,
     StopState,
     generate_tokens,
     max_padding,
@@ -181,22 +181,18 @@ class LocalModel:
     def encode(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens)
 
-    def stream(
-        self,
-        prompt: str | list[int],
-        max_new_tokens: int = 256,
-        sampling: Sampling | None = None,
-        stop: list[str] | None = None,
-        cancel: CancelToken | None = None,
-        time_budget: float | None = None,
-        stop_ids: set[int] | None = None,
-        add_special_tokens: bool = True,
-        heal: str = "",
-    ) -> Iterator[str]:
+    def stream(self, prompt: str | list[int], **fields: Any) -> Iterator[str]:
+        """`run` with the request's fields as keywords (see `GenerationRequest`)."""
+        return self.run(GenerationRequest(prompt, **fields))
+
+    def run(self, request: GenerationRequest) -> Iterator[str]:
         """Yield text pieces; the finished `Completion` is the generator's return value.
 
-        `heal` is text cut off the end of the prompt (token healing, see `healing.py`): the first
-        tokens are constrained to spell it and it is not part of the answer."""
+        `request.heal` is text cut off the end of the prompt (token healing, see `healing.py`): the
+        first tokens are constrained to spell it and it is not part of the answer."""
+        prompt, max_new_tokens, sampling = request.prompt, request.max_new_tokens, request.sampling
+        stop, cancel, time_budget, stop_ids = request.stop, request.cancel, request.time_budget, request.stop_ids
+        add_special_tokens, heal = request.add_special_tokens, request.heal
         started = time.monotonic()
         ids = self.encode(prompt, add_special_tokens)
         if max_new_tokens < 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -86,6 +86,22 @@ class Sampling:
     def greedy(self) -> bool:
         """Temperatures this small are greedy: dividing logits by them overflows to inf and NaN."""
         return self.temperature < MIN_TEMPERATURE
+
+
+@dataclass
+class GenerationRequest:
+    """Everything one generation needs, in one value: what the model runner queues and the
+    engine runs (`LocalModel.run`)."""
+
+    prompt: str | list[int]
+    max_new_tokens: int = 256
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: list[str] = field(default_factory=list)  # stop strings (cut from the answer)
+    stop_ids: set[int] | None = None  # stop tokens; None: the model's end-of-sequence tokens
+    heal: str = ""  # text cut off the prompt's end for token healing (see healing.py)
+    cancel: CancelToken | None = None
+    time_budget: float | None = None  # seconds from the start, then the answer ends ("time")
+    add_special_tokens: bool = True
 
 
 @dataclass
