@@ -139,6 +139,6 @@ def _cpu_report(cfg: Any) -> dict[str, Any]:
                 "source": plan.source,
                 "times_ms": plan.times_ms,
             }
-        except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
+        except Exception as exc:  # doctor reports, never crashes
             report["plan"] = {"problem": str(exc)}
     return report

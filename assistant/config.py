@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,11 +149,11 @@ def read_file(path: Path) -> dict[str, Any]:
     """Flattened keys of the TOML file; {} when there is none."""
     if not path.is_file():
         return {}
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise ConfigFileError(f"{path}: reading TOML on Python 3.10 needs the tomli package") from None
     try:

@@ -15,7 +15,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,17 +24,20 @@ from urllib.parse import urlsplit
 
 from demi.assistant.budget import approx_tokens
 from demi.assistant.context import FimContext
-from demi.assistant.prompts import ChatPrompt, looks_instruct, render_chat
+from demi.assistant.generation import END_OF_TURN, build_chat, build_fim
+from demi.assistant.prompts import ChatPrompt, looks_instruct
+from demi.assistant.runner import ModelRunner
 from demi.model.engine import Completion, LocalModel, drain
 from demi.model.errors import DemiError, DemiUserError
-from demi.model.generate import CancelToken, Sampling
-from demi.model.healing import split_heal
+from demi.model.generate import CancelToken, GenerationRequest, Sampling
 
 __all__ = [
     "CancelToken",
     "Completion",
+    "END_OF_TURN",
     "Engine",
     "EngineInfo",
+    "GenerationRequest",
     "HttpEngine",
     "InProcessEngine",
     "Sampling",
@@ -46,17 +50,6 @@ __all__ = [
 
 log = logging.getLogger("demi")
 
-# End-of-turn tokens of common chat formats: a chat answer stops on whichever the vocabulary has.
-END_OF_TURN = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|EOT|>",
-    "<end_of_turn>",
-    "<|end|>",
-    "<|endoftext|>",
-    "</s>",
-    "<｜end▁of▁sentence｜>",
-)
 LARGE_MODEL_PARAMS = 300_000_000  # from about here a model's explanation is worth leading with
 
 
@@ -97,27 +90,48 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-class InProcessEngine:
-    """A `LocalModel` behind the engine interface."""
+def _generation(prompt: str | list[int], fields: dict[str, Any]) -> GenerationRequest:
+    """The engine's request from the engine interface's keywords (`sampling=None`: the default)."""
+    if fields.get("sampling", 0) is None:
+        fields = {k: v for k, v in fields.items() if k != "sampling"}
+    return GenerationRequest(prompt, **fields)
 
-    def __init__(self, local: LocalModel):
+
+class InProcessEngine:
+    """A `LocalModel` behind the engine interface; every model call goes through the one model
+    runner (`runner.ModelRunner`): its own, or the one given (the language server's, shared by
+    the models it loads). Generations take the calling thread's priority (`runner.set_priority`):
+    at 0 (the default: an editor's completion, the CLI, the terminal UI) `complete` runs whole on
+    the model thread; at 1 (a long answer in the editor) it is stepped between other work."""
+
+    def __init__(self, local: LocalModel, runner: ModelRunner | None = None):
         self.local = local
         self.name = local.name
+        self._owns_runner = runner is None
+        self.runner = runner if runner is not None else ModelRunner(local)
+        if runner is not None:
+            runner.attach(local)
         self._info: EngineInfo | None = None
         self._fim: Any = False  # not looked up yet
 
     # -- raw ---------------------------------------------------------------------------------------
 
     def stream(self, prompt: str | list[int], **kwargs: Any) -> Iterator[str]:
-        return self.local.stream(prompt, **kwargs)
+        return self.runner.stream(_generation(prompt, kwargs), model=self.local)
 
     def complete(
         self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs: Any
     ) -> Completion:
-        return self.local.complete(prompt, on_text=on_text, **kwargs)
+        result: Completion = self.runner.complete(_generation(prompt, kwargs), on_text, model=self.local)
+        return result
 
     def perplexity(self, texts: list[str]) -> dict[str, float]:
-        return self.local.perplexity(texts)
+        return self.runner.call(lambda: self.local.perplexity(texts)).result()
+
+    def warm_up(self, prompt_tokens: range | list[int]) -> Future[list[int]]:
+        """Build the prefill kernels of these prompt sizes on the model thread, queued behind what is
+        there (see `LocalModel.warm_up`); the sizes run, when done."""
+        return self.runner.call(lambda: self.local.warm_up(prompt_tokens))
 
     def tokenize(self, text: str) -> list[int]:
         return self.local.encode(text)
@@ -144,16 +158,10 @@ class InProcessEngine:
     ) -> Completion:
         """FIM through the model family's template; plain prefix continuation without one."""
         tpl = self.fim_template
-        stops = list(stop or [])
-        prefix, heal = split_heal(ctx.prefix, self.local.tokenizer)  # token healing: demi.model.healing
-        if tpl is None:
-            prompt, ids = prefix or "\n", self.local.stop_ids
-        else:
-            prompt = tpl.build(prefix, ctx.suffix, path=ctx.path, other_files=ctx.other_files)
-            tok = self.local.tokenizer
-            stops += [s for s in tpl.stop_strings if tok.token_to_id(s) is None]
-            ids = self.local.stop_ids | set(tpl.stop_token_ids)
-        result = self.complete(prompt, on_text=on_text, stop=stops, stop_ids=ids, heal=heal, **kwargs)
+        built = build_fim(self.local.tokenizer, tpl, ctx.prefix, ctx.suffix, ctx.path, ctx.other_files)
+        stops = list(stop or []) + built.stop
+        ids = self.local.stop_ids | built.stop_ids
+        result = self.complete(built.prompt, on_text=on_text, stop=stops, stop_ids=ids, heal=built.heal, **kwargs)
         result.extra["fim"] = tpl.family if tpl is not None else None
         return result
 
@@ -165,18 +173,11 @@ class InProcessEngine:
         **kwargs: Any,
     ) -> Completion:
         """The chat template when the tokenizer has one, else the prompt's completion-style text."""
-        tok = self.local.tokenizer
-        text, templated = render_chat(tok, prompt)
-        stops = list(stop or [])
-        if templated:
-            ids = tok.encode(text, add_special_tokens=False)  # the template writes BOS itself
-            turn = {tok.token_to_id(t) for t in END_OF_TURN} - {None}
-            end_ids = self.local.stop_ids | turn
-        else:
-            ids, end_ids = tok.encode(text), self.local.stop_ids
-            stops += prompt.plain_stops
-        result = self.complete(ids, on_text=on_text, stop=stops, stop_ids=end_ids, **kwargs)
-        result.extra["chat_template"] = templated
+        built = build_chat(self.local.tokenizer, prompt)
+        stops = list(stop or []) + built.stop
+        end_ids = self.local.stop_ids | built.stop_ids
+        result = self.complete(built.prompt, on_text=on_text, stop=stops, stop_ids=end_ids, **kwargs)
+        result.extra["chat_template"] = built.templated
         return result
 
     def info(self) -> EngineInfo:
@@ -201,7 +202,9 @@ class InProcessEngine:
         return self._info
 
     def close(self) -> None:
-        pass
+        """Stop the engine's own runner (a shared one belongs to whoever passed it)."""
+        if self._owns_runner:
+            self.runner.stop()
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -289,7 +292,7 @@ class HttpEngine:
         if resp.status >= 400:
             raw = resp.read(65536)
             conn.close()
-            message = raw.decode("utf-8", errors="replace").strip()
+            message: Any = raw.decode("utf-8", errors="replace").strip()
             try:
                 err = json.loads(message)
                 message = (
@@ -331,8 +334,8 @@ class HttpEngine:
                 by_name = Path(wanted).name
                 self._model = by_name if by_name in ids else ids[0] if len(ids) == 1 else wanted
             self._resolved = True
-            self.name = self._model
-        return self._model
+            self.name = self._model or "default"
+        return self._model or "default"
 
     def _body(self, max_new_tokens: int, sampling: Sampling | None, stop: list[str] | None) -> dict[str, Any]:
         s = sampling or Sampling()
@@ -357,7 +360,7 @@ class HttpEngine:
 
     def _events(
         self, path: str, body: dict[str, Any], cancel: CancelToken | None, time_budget: float | None
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, Completion]:
         """Text pieces from an SSE stream; the Completion is the generator's return value."""
         started = time.monotonic()
         deadline = started + time_budget if time_budget else None
@@ -372,7 +375,8 @@ class HttpEngine:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        text, reason, usage, first = [], "length", {}, None
+        text: list[str] = []
+        reason, usage, first = "length", dict[str, Any](), None
         try:
             while True:
                 try:
@@ -505,17 +509,19 @@ def open_engine(
     api_key: str | None = None,
     timeout: float = 120.0,
     quant: str | None = None,
+    runner: ModelRunner | None = None,
 ) -> InProcessEngine | HttpEngine:
     """Load `model` in this process, or talk to `server` (a name, a directory or a hub id;
     None means the config file, then DEMI_MODEL, then demi-tiny; no `quant` means "auto", the config's
-    default: int8 on a CPU)."""
+    default: int8 on a CPU). An in-process model runs on `runner` when given, else on its own."""
     if server:  # `model` names the server's model; a local copy, if any, gives exact token counts
         return HttpEngine(server, model, api_key=api_key, timeout=timeout, tokenizer=_local_tokenizer(model))
     if model is None:
         from demi.assistant.config import load_config
 
         model = load_config()["model"]
-    return InProcessEngine(LocalModel.load(model, device=device, dtype=dtype, context=context, quant=quant or "auto"))
+    local = LocalModel.load(model, device=device, dtype=dtype, context=context, quant=quant or "auto")
+    return InProcessEngine(local, runner)
 
 
 def load_local_model(cfg: Any) -> LocalModel:

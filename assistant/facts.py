@@ -104,10 +104,10 @@ def _param(node: Any) -> Param | None:
         if declarator is None and t == "spread_parameter":
             declarator = next((c for c in node.named_children if c.type == "variable_declarator"), None)
             ty = next((c for c in node.named_children if c.type.endswith("type") or c.type == "type_identifier"), ty)
-        name = _innermost_name(declarator) if declarator is not None else None
+        declared = _innermost_name(declarator) if declarator is not None else None
         type_text = text_of(ty) if ty is not None else ""
-        if declarator is not None and name and t in ("parameter_declaration", "optional_parameter_declaration"):
-            extra = text_of(declarator).replace(name, "", 1).strip()  # C: `*b`, `&v`, `[]`
+        if declarator is not None and declared and t in ("parameter_declaration", "optional_parameter_declaration"):
+            extra = text_of(declarator).replace(declared, "", 1).strip()  # C: `*b`, `&v`, `[]`
             type_text = f"{type_text} {extra}".strip()
         if t in ("variadic_parameter_declaration", "spread_parameter"):
             type_text = "..." + type_text
@@ -121,7 +121,7 @@ def _param(node: Any) -> Param | None:
             if len(names) > 1:  # go: a, b int
                 return Param(", ".join(names), _clean_type(type_text))
         return Param(
-            name or one_line(text_of(node), 60),
+            declared or one_line(text_of(node), 60),
             _clean_type(type_text) if type_text else None,
             one_line(text_of(default), 60) if default is not None else None,
         )
@@ -433,7 +433,7 @@ def file_facts(syntax: Syntax) -> Facts:
     ]
     if syntax.spec is not None and syntax.spec.name == "python":
         f.docstring = _python_docstring(syntax.root)
-    elif syntax.root is not None:
+    elif syntax.spec is not None and syntax.root is not None:
         first = syntax.root.named_children[0] if syntax.root.named_children else None
         if first is not None and first.type in syntax.spec.comments and first.start_point[0] == 0:
             f.docstring = _strip_comment(text_of(first)) or None

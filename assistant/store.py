@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,10 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-try:
+if sys.platform != "win32":
     import fcntl
-except ImportError:  # Windows: moving aside is not serialised between processes
-    fcntl = None  # type: ignore[assignment]
 
 from demi.model.errors import DemiUserError
 
@@ -131,10 +130,15 @@ class _Corrupt(Exception):
     """The database file is damaged (internal: turned into moving it aside)."""
 
 
+# SQLite's primary result codes for a damaged file (sqlite3 names them only from Python 3.11 on,
+# as it sets `sqlite_errorcode` on its exceptions only from 3.11 on).
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
 def _is_corrupt(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     text = str(exc)
     return "not a database" in text or "malformed" in text or "corrupt" in text
 
@@ -178,7 +182,7 @@ def _aside_name(path: Path) -> Path:
 def _folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on the data folder while a database is moved aside, so two processes that
     find it corrupt at once move it once (and never move the new one the first one started)."""
-    if fcntl is None:
+    if sys.platform == "win32":  # no fcntl: moving aside is not serialised between processes
         yield
         return
     try:
@@ -436,7 +440,8 @@ class Store:
                         ),
                     )
                     c.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
-                    return int(cur.lastrowid)
+                    assert cur.lastrowid is not None  # set by the INSERT just above
+                    return cur.lastrowid
             except sqlite3.IntegrityError:
                 raise StoreError(f"no session {session_id!r}") from None
 

@@ -60,7 +60,7 @@ def _settings(args: argparse.Namespace):
 def _stop_on_sigterm() -> None:
     """SIGTERM (systemd, docker stop) stops the server like Ctrl-C: a clean shutdown and exit 0."""
 
-    def handler(signum, frame):  # noqa: ARG001 - signal API
+    def handler(signum, frame):
         raise KeyboardInterrupt
 
     if hasattr(signal, "SIGTERM"):

@@ -13,7 +13,7 @@ from typing import Any
 
 from demi.cli.main import UsageError, emit_json
 
-SHAPES = {
+SHAPES: dict[str, dict[str, Any] | None] = {
     # name: decoder shape (vocab_size comes from the tokenizer)
     "tiny": None,  # demi-tiny's own shape (train/tiny.py)
     "small": dict(
@@ -362,13 +362,18 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
-    if args.shape == "tiny":
+def _shape_fields(shape: str) -> dict[str, Any]:
+    """The decoder fields of a --shape (a fresh dict)."""
+    fields = SHAPES[shape]
+    if fields is None:  # tiny
         from demi.train.tiny import tiny_model_fields
 
-        fields = tiny_model_fields()
-    else:
-        fields = dict(SHAPES[args.shape])
+        return tiny_model_fields()
+    return dict(fields)
+
+
+def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields = _shape_fields(args.shape)
     for flag, key in (
         ("layers", "num_hidden_layers"),
         ("hidden", "hidden_size"),
@@ -525,9 +530,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from demi.model.config import ModelConfig
     from demi.train.bench import measure
-    from demi.train.tiny import tiny_model_fields
 
-    fields = tiny_model_fields() if args.shape == "tiny" else dict(SHAPES[args.shape])
+    fields = _shape_fields(args.shape)
     fields["max_position_embeddings"] = max(fields["max_position_embeddings"], args.seq_len)
     r = measure(
         ModelConfig(**fields, vocab_size=8192),
@@ -574,9 +578,9 @@ def _fim_files(args: argparse.Namespace) -> list[tuple[str, str]]:
     for name in args.files:
         p = Path(name)
         if p.is_dir():
-            for f in sorted(p.rglob("*.py")):
-                if "__pycache__" not in f.parts:
-                    files.append((f.relative_to(p).as_posix(), read_text_file(f)))
+            for source in sorted(p.rglob("*.py")):
+                if "__pycache__" not in source.parts:
+                    files.append((source.relative_to(p).as_posix(), read_text_file(source)))
         else:
             files.append((p.name, read_text_file(p)))
     if not files:

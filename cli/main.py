@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USER, EXIT_RUNTIME = 2, 1
 
@@ -25,7 +25,7 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2."""
 
-    def error(self, message: str) -> None:  # noqa: D102 - argparse API
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -63,19 +63,19 @@ def build_parser() -> Parser:
     commands_models.register(sub, common)
     from demi.cli import commands_serve
 
-    commands_serve.register(sub, common)  # noqa: E702
+    commands_serve.register(sub, common)
     from demi.cli import commands_assist
 
-    commands_assist.register(sub, common)  # noqa: E702
+    commands_assist.register(sub, common)
     from demi.cli import commands_train
 
-    commands_train.register(sub, common, eval_kinds)  # noqa: E702
+    commands_train.register(sub, common, eval_kinds)
     from demi.cli import commands_chat
 
-    commands_chat.register(sub, common)  # noqa: E702
+    commands_chat.register(sub, common)
     from demi.cli import commands_lsp
 
-    commands_lsp.register(sub, common)  # noqa: E702
+    commands_lsp.register(sub, common)
     return parser
 
 

@@ -4,8 +4,8 @@
     protocol.py     error answers for malformed messages; cancellable executeCommand
     completion.py   inline completion / completion: debounce, cache, one job per document, versions
     actions.py      code actions Explain / Refactor..., resolve, demi.explain / demi.refactor
-    engine_host.py  which engine (in-process, configured server, a running demi serve), loading, state
-    scheduler.py    the one model thread: completions whole, long answers a step at a time
+    engine_host.py  which engine (in-process, configured server, a running demi serve), loading, state;
+                    in-process models run on the session layer's one model runner (demi.assistant.runner)
     debounce.py     the adaptive wait for automatic triggers
     cache.py        the type-through cache
     progress.py     $/progress for work over half a second, cancellable

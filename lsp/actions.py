@@ -29,8 +29,8 @@ from urllib.parse import unquote, urlsplit
 from lsprotocol import types as t
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
+from demi.assistant.runner import RunCancelled, set_priority
 from demi.lsp.progress import Progress
-from demi.lsp.scheduler import StreamCancelled, set_priority
 from demi.lsp.textutil import lsp_lines, offset_at, replace_changed_lines
 
 log = logging.getLogger("demi.lsp")
@@ -341,7 +341,7 @@ class Actions:
 
         try:
             return await self._in_pool(job, token)
-        except (StreamCancelled, asyncio.CancelledError):
+        except (RunCancelled, asyncio.CancelledError):
             token.cancel()
             raise asyncio.CancelledError() from None
         except EngineUnavailable as exc:
@@ -370,7 +370,7 @@ class Actions:
                 self.ls.window_show_document_async(t.ShowDocumentParams(uri=path.resolve().as_uri(), take_focus=True)),
                 5.0,
             )
-        except Exception:  # noqa: BLE001 - the markdown is still the command's answer
+        except Exception:  # the markdown is still the command's answer
             log.warning("could not show the explanation", exc_info=True)
 
     async def _ask_instruction(self, target: Target) -> str | None:

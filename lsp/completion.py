@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demi.assistant.runner import RunCancelled, set_priority
 from demi.lsp.cache import CompletionCache
 from demi.lsp.debounce import Debouncer
 from demi.lsp.engine_host import EngineHost
-from demi.lsp.scheduler import StreamCancelled, set_priority
 from demi.lsp.settings import LspSettings
 
 log = logging.getLogger("demi.lsp")
@@ -253,7 +253,7 @@ class CompletionService:
         engine = None
         while engine is None:  # wait for a loading engine, but not past a cancellation
             if token.cancelled:
-                raise StreamCancelled("cancelled while the engine loaded")
+                raise RunCancelled("cancelled while the engine loaded")
             try:
                 engine = self.host.engine(timeout=0.1)
             except (TimeoutError, FutureTimeout):  # still loading
@@ -302,11 +302,11 @@ class CompletionService:
                 return hit[1], hit[2]
             pending = self._parsing.get(snap.uri)
             mine = pending is None or not usable(pending)
-            if mine:
+            if pending is not None and not mine:
+                done = pending[3]
+            else:
                 done = threading.Event()
                 self._parsing[snap.uri] = (snap.version, snap.name, snap.text, done)
-            else:
-                done = pending[3]
         if not mine:
             done.wait(2.0)
             with self._parse_lock:

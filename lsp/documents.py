@@ -26,7 +26,7 @@ class LspTextDocument(TextDocument):
     """
 
     @property
-    def lines(self) -> tuple[str, ...]:  # type: ignore[override]
+    def lines(self) -> tuple[str, ...]:
         return lsp_lines(self.source)
 
     def apply_change(self, change: t.TextDocumentContentChangeEvent) -> None:

@@ -3,7 +3,8 @@
 In order: the server the settings name (`server`, `DEMI_SERVER`, config); else a `demi serve`
 already running on this machine's default port (so the terminal UI and the editor share one
 model in memory) when it serves the configured model or none is configured; else the model
-in-process, loaded on the model thread. Loading runs in the background: requests that arrive
+in-process, loaded on the model runner's thread (`demi.assistant.runner`), which every model the
+server loads shares. Loading runs in the background: requests that arrive
 meanwhile wait for it (or are cancelled), and `demi/status` says "loading" then "ready" or
 "error". A settings change that touches the engine (model, server, quantization...) loads the
 new one and drops the old.
@@ -23,7 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from demi.lsp.scheduler import ModelThread, SteppedModel, StreamCancelled
+from demi.assistant.runner import ModelRunner, RunCancelled
 from demi.lsp.settings import LspSettings
 
 log = logging.getLogger("demi.lsp")
@@ -66,7 +67,7 @@ def _same_model(wanted: str | None, served: str | None) -> bool:
 
 
 class _Counted:
-    """An engine that is not stepped on the model thread (HTTP, or a test's), with runs counted."""
+    """An engine that does not run on the model runner (HTTP, or a test's), with runs counted."""
 
     def __init__(self, engine: Any, host: EngineHost):
         self._engine, self._host = engine, host
@@ -78,7 +79,7 @@ class _Counted:
         cancel = kwargs.get("cancel")
         if cancel is not None and cancel.cancelled:
             self._host.count_run(skipped=True)
-            raise StreamCancelled("cancelled before it started")
+            raise RunCancelled("cancelled before it started")
         self._host.count_run()
         return getattr(self._engine, method)(*args, **kwargs)
 
@@ -101,7 +102,7 @@ class EngineHost:
         factory: Callable[[LspSettings], Any] | None = None,
         probe: bool = True,
     ):
-        self.thread = ModelThread()
+        self.runner = ModelRunner(name="demi-model")
         self.on_status = on_status
         self.factory = factory
         self.probe = probe
@@ -129,11 +130,16 @@ class EngineHost:
 
     @property
     def runs_started(self) -> int:
-        return self.thread.runs_started + self._counted_runs
+        return self.runner.runs_started + self._counted_runs
 
     @property
     def runs_skipped(self) -> int:
-        return self.thread.runs_skipped + self._counted_skips
+        return self.runner.runs_skipped + self._counted_skips
+
+    @property
+    def steps(self) -> int:
+        """Model steps the runner took (generation steps of every in-process model)."""
+        return self.runner.steps
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -199,6 +205,7 @@ class EngineHost:
                 log.info("using the demi serve running at %s (model %s)", url, found.get("model"))
         if url:
             engine = open_engine(s.model, server=url, api_key=s.api_key)
+            assert isinstance(engine, HttpEngine)
             self.kind, self.url = "http", engine.url
             engine.info()  # resolves the model name: fails fast when nothing answers
             self.name = engine.name
@@ -206,22 +213,28 @@ class EngineHost:
         self.kind, self.url = "in-process", None
         self.name = s.model or "(default model)"
 
-        def load() -> Any:
+        def load() -> InProcessEngine:
             if s.threads:  # the engine reads DEMI_THREADS when it loads (small models decode faster on fewer)
                 os.environ["DEMI_THREADS"] = str(s.threads)
-            return open_engine(
-                s.model, device=s.device or "cpu", dtype=s.dtype or "auto", context=s.context, quant=s.quant
+            engine = open_engine(
+                s.model,
+                device=s.device or "cpu",
+                dtype=s.dtype or "auto",
+                context=s.context,
+                quant=s.quant,
+                runner=self.runner,
             )
+            assert isinstance(engine, InProcessEngine)
+            return engine
 
-        plain = self.thread.call(load).result()
-        engine = InProcessEngine(SteppedModel(plain.local, self.thread))
+        engine = self.runner.call(load).result()
         self.name = engine.name
-        self.thread.call(engine.info).result()  # parameter count and FIM template, once, off the hot path
+        self.runner.call(engine.info).result()  # parameter count and FIM template, once, off the hot path
         # Build the kernels of the prompt sizes completions will have (a prompt fills most of the
         # budget unless the file is short), queued behind loading: the first completions then run as
         # fast as later ones. About 0.2 s for demi-tiny; nothing for models that do not pad.
         budget = max(1, s.context_tokens)
-        warm = self.thread.call(lambda: plain.local.warm_up(range(budget * 7 // 10, budget * 21 // 20 + 1)))
+        warm = engine.warm_up(range(budget * 7 // 10, budget * 21 // 20 + 1))
         warm.add_done_callback(
             lambda f: (
                 log.info("warmed up prefill sizes %s", f.result())
@@ -273,4 +286,4 @@ class EngineHost:
             ready = self._ready
         if not ready.done():
             ready.set_exception(EngineUnavailable("the server is shutting down"))
-        self.thread.stop()
+        self.runner.stop(timeout=None)  # live runs close at their next step; nobody waits for it

@@ -50,6 +50,7 @@ class DemiProtocol(LanguageServerProtocol):
 
     def __init__(self, server: Any, converter: Any):
         super().__init__(server, converter)
+        self.fm.add_builtin_feature(t.WORKSPACE_EXECUTE_COMMAND, self.execute_command)
         strict_scalars(converter)
 
     def structure_message(self, data: dict[str, Any]) -> Any:
@@ -199,8 +200,9 @@ class DemiProtocol(LanguageServerProtocol):
             return
         yield from super().lsp_text_document__did_change(params)
 
-    @lsp_method(t.WORKSPACE_EXECUTE_COMMAND)
-    async def lsp_workspace__execute_command(self, params: t.ExecuteCommandParams) -> Any:
+    async def execute_command(self, params: t.ExecuteCommandParams) -> Any:
+        """workspace/executeCommand as a coroutine, its own task (pygls' built-in, a generator, is
+        registered in its place in __init__: an override would not have the built-in's type)."""
         run = getattr(self._server, "run_command", None)
         if run is None:
             raise JsonRpcInvalidParams(f"unknown command {params.command!r}")
@@ -253,6 +255,6 @@ def _reason(exc: BaseException) -> str:
             from cattrs import transform_error
 
             return "; ".join(transform_error(cause)) or str(cause)
-        except Exception:  # noqa: BLE001 - only the message's wording is at stake
+        except Exception:  # only the message's wording is at stake
             return str(cause)
     return str(exc) or type(exc).__name__

@@ -2,7 +2,7 @@
 
 Threads: the asyncio loop (the protocol, debounce timers, every message sent to the client);
 task threads (context, tree-sitter, post-processing, HTTP engines); and one model thread that
-runs every step of the in-process model (see scheduler.py). Nothing here builds a prompt or
+runs every step of the in-process model (the model runner, demi.assistant.runner). Nothing here builds a prompt or
 touches a model: completions, explanations and refactors come from `demi.assistant`.
 
     demi-lsp                 # stdio (what editors start)
@@ -27,20 +27,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from lsprotocol import types as t
 from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
+from demi.assistant.runner import RunCancelled
 from demi.lsp.actions import COMMANDS, KIND_EXPLAIN, KIND_REFACTOR, Actions, RequestFailed
 from demi.lsp.completion import HUGE_CHARS, CompletionService, Outcome, Snapshot, display_name, windowed
 from demi.lsp.engine_host import EngineHost, EngineUnavailable
 from demi.lsp.framing import FrameError, serve_stdio, serve_tcp
 from demi.lsp.progress import Progress
 from demi.lsp.protocol import DemiProtocol
-from demi.lsp.scheduler import StreamCancelled
 from demi.lsp.settings import LspSettings, from_config, merge
 from demi.lsp.textutil import advance, index_of_units, line_text, lsp_lines, units, word_before
 
@@ -228,7 +228,7 @@ class DemiLanguageServer(LanguageServer):
         snap = windowed(snap)
         try:
             return await self.completions.complete(snap, invoked, self._version_of(uri)), snap
-        except StreamCancelled:
+        except RunCancelled:
             raise asyncio.CancelledError() from None
         except EngineUnavailable as exc:
             if invoked:
@@ -294,7 +294,7 @@ class DemiLanguageServer(LanguageServer):
         return t.CompletionList(is_incomplete=True, items=[item])
 
     def _markdown_docs(self) -> bool:
-        caps = getattr(self.protocol, "client_capabilities", None)
+        caps: Any = getattr(self.protocol, "client_capabilities", None)
         try:
             formats = caps.text_document.completion.completion_item.documentation_format or []
         except AttributeError:
@@ -356,7 +356,7 @@ class DemiLanguageServer(LanguageServer):
             "cacheHits": c.cache.hits,
             "runsStarted": self.host.runs_started,
             "runsSkipped": self.host.runs_skipped,
-            "modelSteps": self.host.thread.steps,
+            "modelSteps": self.host.steps,
             "debounce": c.debouncer.as_dict(),
             "status": self.status(),
             "handlersInFlight": len(self.protocol._request_futures),
@@ -379,7 +379,7 @@ class DemiLanguageServer(LanguageServer):
         """A body that is not JSON, or a frame that cannot be read, gets a ParseError answer; other
         out-of-band errors go to the log (pygls would pop them up in the editor)."""
         if isinstance(error, (json.JSONDecodeError, FrameError)):
-            self.protocol.parse_error(error)
+            cast(DemiProtocol, self.protocol).parse_error(error)
             return
         if source is FeatureRequestError:
             return  # already answered to the request

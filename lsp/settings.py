@@ -185,12 +185,12 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError("must be a number")
         try:
-            number = float(value)
+            real = float(value)
         except ValueError:
             raise ValueError("must be a number") from None
-        if number < 0:
+        if real < 0:
             raise ValueError("must not be negative")
-        return number
+        return real
     if not isinstance(value, str):
         raise ValueError("must be a string")
     if name in _CHOICES and value not in _CHOICES[name]:

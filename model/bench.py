@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from demi.model.decoder import KVCache, Transformer
-from demi.model.generate import generate_tokens
+from demi.model.generate import GenerationRequest, generate
 from demi.model.loading import load_model
 from demi.model.quantize import RescoredHead
 from demi.model.threads import use_physical_cores
@@ -87,12 +87,12 @@ def _percentile(values: list[float], q: float) -> float | None:
 def time_generation(model: Transformer, prompt: list[int], new_tokens: int, runs: int = 3) -> dict:
     """TTFT, decode rate and per-token latencies over `runs` runs (after one warm-up)."""
     cache = KVCache(model.config, len(prompt) + new_tokens + 1, dtype=model.dtype, device=model.device)
-    list(generate_tokens(model, prompt, 4, cache=cache))  # warm-up: kernels, allocator, caches
+    list(generate(model, GenerationRequest(prompt, 4), cache))  # warm-up: kernels, allocator, caches
     ttfts, decode_rates, steps = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
         stamps = []
-        for _tok in generate_tokens(model, prompt, new_tokens, cache=cache):
+        for _tok in generate(model, GenerationRequest(prompt, new_tokens), cache):
             stamps.append(time.perf_counter())
         ttfts.append(stamps[0] - t0)
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]

@@ -73,14 +73,14 @@ def attention_mask(start: int, count: int, window: int | None, device: torch.dev
 
 
 class Attention(nn.Module):
+    """Grouped-query attention with q, k and v projected separately, as checkpoints store them."""
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, q_dim, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=cfg.qkv_bias)
+        self.projections(cfg.hidden_size, q_dim, kv_dim, cfg.qkv_bias)
         self.o_proj = nn.Linear(q_dim, cfg.hidden_size, bias=cfg.o_bias)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm == "head":
@@ -90,33 +90,30 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(q_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(kv_dim, cfg.rms_norm_eps)
 
+    def projections(self, hidden: int, q_dim: int, kv_dim: int, bias: bool) -> None:
+        self.q_proj = nn.Linear(hidden, q_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, kv_dim, bias=bias)
+
+    def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values [B, heads, T, D], QK-normed and rotated."""
+        return self.heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos, sin)
+
+    def heads(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = q.shape
+        if self.qk_norm == "whole":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.view(b, t, self.n_heads, self.head_dim), k.view(b, t, self.n_kv, self.head_dim)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q.transpose(1, 2), cos, sin), apply_rotary(k.transpose(1, 2), cos, sin)
+        return q, k, v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None, cache: KVCache | None
     ) -> Tensor:
         b, t, _ = x.shape
-        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
-        if hasattr(self, "qkv_proj"):
-            qkv = self.qkv_proj(x)
-            if self.qk_norm == "none":  # one rotary pass over the adjacent q and k heads
-                qk = apply_rotary(qkv[..., : (hq + hkv) * d].view(b, t, hq + hkv, d).transpose(1, 2), cos, sin)
-                q, k = qk[:, :hq], qk[:, hq:]
-                v = qkv[..., (hq + hkv) * d :].view(b, t, hkv, d).transpose(1, 2)
-                return self._attend(q, k, v, b, t, start, mask, cache)
-            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.qk_norm == "whole":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.view(b, t, hq, d), k.view(b, t, hkv, d)
-        if self.qk_norm == "head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q.transpose(1, 2), cos, sin), apply_rotary(k.transpose(1, 2), cos, sin)
-        v = v.view(b, t, hkv, d).transpose(1, 2)
-        return self._attend(q, k, v, b, t, start, mask, cache)
-
-    def _attend(
-        self, q: Tensor, k: Tensor, v: Tensor, b: int, t: int, start: int, mask: Tensor | None, cache: KVCache | None
-    ) -> Tensor:
+        q, k, v = self.qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
         causal = mask is None and t > 1
@@ -136,9 +133,6 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(inter, hidden, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if hasattr(self, "gate_up_proj"):
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -202,10 +196,11 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg, layer)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.is_moe = cfg.is_moe
         if cfg.is_moe:
             self.block_sparse_moe = MoE(cfg)
         else:
-            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
+            self.mlp: nn.Module = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)  # or fusion.FusedMLP
 
     def forward(
         self,
@@ -219,7 +214,7 @@ class Block(nn.Module):
     ) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, start, mask, cache)
         h = self.post_attention_layernorm(x)
-        if hasattr(self, "mlp"):
+        if not self.is_moe:
             return x + self.mlp(h)
         out, logits = self.block_sparse_moe(h)
         if router_logits is not None:
@@ -233,59 +228,6 @@ class Backbone(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-# Projections that read the same input are fused into one matmul for inference.
-FUSIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-
-
-def fuse_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Concatenate the rows of fused projections (weights, biases and any per-row scales)."""
-    out = dict(state)
-    for key in list(state):
-        for fused, parts in FUSIONS.items():
-            tag = f".{parts[0]}."
-            if tag not in key:
-                continue
-            prefix, suffix = key.split(tag, 1)
-            names = [f"{prefix}.{p}.{suffix}" for p in parts]
-            if all(n in out for n in names):
-                out[f"{prefix}.{fused}.{suffix}"] = torch.cat([out.pop(n) for n in names], dim=0)
-    return out
-
-
-def unfuse_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    """The Hugging Face names again: split fused rows back into q/k/v and gate/up."""
-    sizes = {
-        "qkv_proj": [cfg.num_attention_heads * cfg.head_dim] + [cfg.num_key_value_heads * cfg.head_dim] * 2,
-        "gate_up_proj": [cfg.intermediate_size] * 2,
-    }
-    out = {}
-    for key, value in state.items():
-        fused = next((f for f in FUSIONS if f".{f}." in key), None)
-        if fused is None:
-            out[key] = value
-            continue
-        prefix, suffix = key.split(f".{fused}.", 1)
-        for part, piece in zip(FUSIONS[fused], value.split(sizes[fused], dim=0)):
-            out[f"{prefix}.{part}.{suffix}"] = piece
-    return out
-
-
-def fuse_modules(model: nn.Module) -> None:
-    """Swap the separate projections for fused meta-device Linears (weights come from the state)."""
-    for module in list(model.modules()):
-        for fused, parts in FUSIONS.items():
-            if all(isinstance(getattr(module, p, None), nn.Linear) for p in parts):
-                linears = [getattr(module, p) for p in parts]
-                out = sum(l.out_features for l in linears)
-                setattr(
-                    module,
-                    fused,
-                    nn.Linear(linears[0].in_features, out, bias=linears[0].bias is not None, device="meta"),
-                )
-                for p in parts:
-                    delattr(module, p)
 
 
 class Transformer(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.generate import (
     PAD_BUCKETS,
     GenerationRequest,
-    StopState,
-    generate_tokens,
+    Run,
+    generate,
     max_padding,
     padded_rows,
     prefill,
@@ -181,124 +181,83 @@ class LocalModel:
     def encode(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt, add_special_tokens)
 
-    def stream(self, prompt: str | list[int], **fields: Any) -> Iterator[str]:
+    def stream(self, prompt: str | list[int], **fields: Any) -> Generator[str, None, Completion]:
         """`run` with the request's fields as keywords (see `GenerationRequest`)."""
         return self.run(GenerationRequest(prompt, **fields))
 
-    def run(self, request: GenerationRequest) -> Iterator[str]:
+    def run(self, request: GenerationRequest) -> Generator[str, None, Completion]:
         """Yield text pieces; the finished `Completion` is the generator's return value.
 
         `request.heal` is text cut off the end of the prompt (token healing, see `healing.py`): the
         first tokens are constrained to spell it and it is not part of the answer."""
-        prompt, max_new_tokens, sampling = request.prompt, request.max_new_tokens, request.sampling
-        stop, cancel, time_budget, stop_ids = request.stop, request.cancel, request.time_budget, request.stop_ids
-        add_special_tokens, heal = request.add_special_tokens, request.heal
         started = time.monotonic()
-        ids = self.encode(prompt, add_special_tokens)
-        if max_new_tokens < 0:
+        ids = self.encode(request.prompt, request.add_special_tokens)
+        if request.max_new_tokens < 0:
             raise DemiUserError("max_new_tokens must be >= 0")
-        stops = [s for s in (stop or []) if s]
-        end_ids = self.stop_ids if stop_ids is None else stop_ids
-        deadline = started + time_budget if time_budget else None
-        # With healing the window starts in the prompt, so a SentencePiece decoder keeps the space.
-        decoder = StreamDecoder(self.tokenizer, prefix_ids=ids[-4:] if heal else ())
-        state, out_ids = StopState(), []
-        constraint = ForcedPrefix(self.tokenizer, heal) if heal else None
+        constraint = ForcedPrefix(self.tokenizer, request.heal) if request.heal else None
         if len(ids) >= self.context:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is {self.context}")
         slot, reuse = self.prefix_cache.acquire(ids)
-        reuse = worth_reusing(min(reuse, len(ids) - 1), len(ids))  # what generate_tokens will keep, reported as such
-        try:
-            completion = yield from self._generate(
-                ids,
-                slot,
-                reuse,
-                max_new_tokens,
-                sampling,
-                stops,
-                end_ids,
-                cancel,
-                deadline,
-                started,
-                state,
-                decoder,
-                out_ids,
-                constraint,
-                heal,
-            )
-        finally:
-            self.prefix_cache.release(slot, ids + out_ids)
-        return completion
-
-    def _generate(
-        self,
-        ids,
-        slot,
-        reuse,
-        max_new_tokens,
-        sampling,
-        stops,
-        end_ids,
-        cancel,
-        deadline,
-        started,
-        state,
-        decoder,
-        out_ids,
-        constraint=None,
-        heal="",
-    ) -> Iterator[str]:
-        raw, text, sent, first = "", "", 0, None
-        for token in generate_tokens(
-            self.model,
+        run = Run(
             ids,
-            max_new_tokens,
-            sampling,
-            end_ids,
-            cancel,
-            deadline,
-            slot.cache,
-            state,
-            reuse=reuse,
-            prefill_chunk=self.prefill_chunk,
-            constraint=constraint,
+            stop_ids=self.stop_ids if request.stop_ids is None else request.stop_ids,
+            deadline=started + request.time_budget if request.time_budget else None,
+            reuse=worth_reusing(min(reuse, len(ids) - 1), len(ids)),  # what generate keeps, reported as such
+            chunk=self.prefill_chunk,
             max_pad=self.max_pad,
-        ):
+            constraint=constraint,
+            started=started,
+        )
+        try:
+            return (yield from self._generate(request, run, slot.cache))
+        finally:
+            self.prefix_cache.release(slot, ids + run.tokens)
+
+    def _generate(self, request: GenerationRequest, run: Run, cache: KVCache) -> Generator[str, None, Completion]:
+        """`generate`'s tokens as text pieces, cut at the request's stop strings (never streaming part
+        of one); returns the Completion."""
+        heal, stops = request.heal, [s for s in (request.stop or []) if s]
+        # With healing the window starts in the prompt, so a SentencePiece decoder keeps the space.
+        decoder = StreamDecoder(self.tokenizer, prefix_ids=run.ids[-4:] if heal else ())
+        raw, text, sent, first = "", "", 0, None
+        tokens = generate(self.model, request, cache, run)
+        while True:
+            try:
+                token = next(tokens)
+            except StopIteration as end:  # generate's return value: why it ended
+                reason = end.value
+                raw += decoder.flush()
+                text = _unhealed(raw, heal)
+                break
             if token is None:  # between prefill chunks: let a scheduler run something else
                 yield ""
                 continue
             if first is None:
-                first = time.monotonic() - started
-            out_ids.append(token)
-            if token in end_ids:  # the loop stops here, so generate_tokens never records why
-                state.reason = "stop"
-                raw += decoder.flush()
-                text = _unhealed(raw, heal)
-                break
+                first = time.monotonic() - run.started
+            if token in run.stop_ids:  # its text is not part of the answer; generate returns "stop" next
+                continue
             raw += decoder.push(token)
             text = _unhealed(raw, heal)
             cut = min((text.find(s, max(0, sent - len(s))) for s in stops if s in text), default=-1)
             if cut >= 0:
-                text, state.reason = text[:cut], "stop"
+                text, reason = text[:cut], "stop"
+                tokens.close()
                 break
             safe = len(text) - _held_back(text, stops)
             # Yield on every token, text or not, so a scheduler advancing several streams
             # one step each is never stuck in a run of held-back tokens.
             yield text[sent:safe] if safe > sent else ""
             sent = max(sent, safe)
-        else:
-            raw += decoder.flush()
-            text = _unhealed(raw, heal)
         if sent < len(text):
             yield text[sent:]
         return Completion(
             text,
-            out_ids,
-            len(ids),
-            state.reason,
-            time.monotonic() - started,
+            run.tokens,
+            len(run.ids),
+            reason,
+            time.monotonic() - run.started,
             first,
-            extra={"cached_tokens": reuse, "healed": len(heal)},
+            extra={"cached_tokens": run.reuse, "healed": len(heal)},
         )
 
     @torch.inference_mode()

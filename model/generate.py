@@ -1,15 +1,17 @@
-"""Token generation: prefill once, then decode one token at a time into a preallocated KV cache.
+"""Token generation in the manner of gpt-fast's generate.py: `prefill` the prompt into a
+preallocated KV cache, `decode_one_token` at a time after it, and `generate`, which runs the two for
+one request and returns why it stopped.
 
-The loop yields token ids as they come so callers can stream; it checks a cancellation
-token and a wall-clock deadline every step, and stops on stop tokens. Sampling follows
-Hugging Face's order (repetition penalty, temperature, top-k, top-p) so greedy and seeded
-runs can be compared token for token.
+`generate` yields token ids as they come so callers can stream; it checks the request's
+cancellation token and deadline every step, and stops on stop tokens. Sampling follows Hugging
+Face's order (repetition penalty, temperature, top-k, top-p) so greedy and seeded runs can be
+compared token for token.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Set
 from dataclasses import dataclass, field
 
 import torch
@@ -105,10 +107,37 @@ class GenerationRequest:
 
 
 @dataclass
-class StopState:
-    """Why a generation ended: stop, length, cancelled or time."""
+class Run:
+    """One generation in flight: its prompt's token ids, what its request resolved to, how the
+    prompt is prefilled, and the tokens made so far (`generate` appends each before yielding it)."""
 
-    reason: str = "length"
+    ids: list[int]
+    stop_ids: Set[int] = frozenset()
+    deadline: float | None = None  # a time.monotonic() value; then the answer ends ("time")
+    reuse: int = 0  # leading prompt tokens the cache already holds (kept when `worth_reusing`)
+    chunk: int | None = None  # prefill this many prompt tokens at a time, yielding None in between
+    max_pad: int = 0  # prefill rows may be padded by up to this many tokens (see PAD_BUCKETS)
+    constraint: ForcedPrefix | None = None  # token healing: the first tokens spell its text
+    started: float = field(default_factory=time.monotonic)
+    tokens: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, request: GenerationRequest) -> Run:
+        """A request with a token-id prompt run on its own: its stop ids (None: none, as the model's
+        end tokens need its tokenizer: `LocalModel.run` resolves them), nothing cached."""
+        if not isinstance(request.prompt, list):
+            raise DemiUserError("generate takes the prompt as token ids; LocalModel.run encodes text")
+        started = time.monotonic()
+        deadline = started + request.time_budget if request.time_budget else None
+        return cls(list(request.prompt), frozenset(request.stop_ids or ()), deadline, started=started)
+
+    def interrupted(self, cancel: CancelToken | None) -> str | None:
+        """Why the run must end now ("cancelled" or "time"), or None."""
+        if cancel is not None and cancel.cancelled:
+            return "cancelled"
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return "time"
+        return None
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
@@ -135,83 +164,71 @@ def sample_next(logits: Tensor, s: Sampling, generator: torch.Generator | None) 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
-def generate_tokens(
-    model: Transformer,
-    prompt: list[int],
-    max_new_tokens: int,
-    sampling: Sampling | None = None,
-    stop_ids: set[int] | frozenset[int] = frozenset(),
-    cancel: CancelToken | None = None,
-    deadline: float | None = None,
-    cache: KVCache | None = None,
-    state: StopState | None = None,
-    reuse: int = 0,
-    prefill_chunk: int | None = None,
-    constraint: ForcedPrefix | None = None,
-    max_pad: int = 0,
-) -> Iterator[int | None]:
-    """Yield up to `max_new_tokens` new token ids after `prompt`.
+def next_token(
+    logits: Tensor, seen: Tensor, s: Sampling, generator: torch.Generator | None, constraint: ForcedPrefix | None
+) -> Tensor:
+    """Next token [B] from last-position logits [B, V]: the repetition penalty over `seen`, the
+    healing constraint's mask, then `sample_next`."""
+    if s.repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
+    allowed = constraint.mask(logits.shape[-1], logits.device) if constraint is not None else None
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    return sample_next(logits, s, generator)
 
-    `deadline` is a `time.monotonic()` value; `reuse` is how many leading prompt tokens the
-    given cache already holds (they are not prefilled again). `state.reason` tells why it ended.
-    With `prefill_chunk`, a long prompt is prefilled that many tokens at a time and `None` is
-    yielded between chunks, so a scheduler can interleave other work and a cancellation
-    lands within one chunk instead of after the whole prompt. A `constraint` (token healing) masks
-    the logits of the first steps until the output has spelled its text. `max_pad` lets prefill rows
-    be padded by up to that many tokens to a bucket size (see PAD_BUCKETS).
+
+def decode_one_token(model: Transformer, token: Tensor, pos: int, cache: KVCache) -> Tensor:
+    """Logits [B, V] after `token` [B, 1] at position `pos`, its keys and values written into `cache`."""
+    return model(token, start=pos, cache=cache)[:, -1].float()
+
+
+@torch.inference_mode()
+def generate(
+    model: Transformer, request: GenerationRequest, cache: KVCache | None = None, run: Run | None = None
+) -> Generator[int | None, None, str]:
+    """Yield up to `request.max_new_tokens` new token ids after the prompt; return why it ended:
+    "stop" (a stop token, yielded last), "length", "cancelled" or "time".
+
+    The prompt's ids and what the request resolved to come from `run` (`Run.of(request)` without
+    one); `cache` (a fresh one without) may already hold `run.reuse` of its leading tokens, which
+    are then not prefilled again. With `run.chunk`, a long prompt is prefilled that many tokens at
+    a time and None is yielded between chunks, so a scheduler can interleave other work and a
+    cancellation lands within one chunk instead of after the whole prompt.
     """
-    sampling = sampling or Sampling()
-    state = state if state is not None else StopState()
+    run = run if run is not None else Run.of(request)
+    ids, s = run.ids, request.sampling
     ctx = cache.max_len if cache is not None else model.config.context_limit
-    if not prompt:
+    if not ids:
         raise DemiUserError("the prompt is empty")
-    if len(prompt) >= ctx:
-        raise ContextOverflowError(f"the prompt has {len(prompt)} tokens but the context window is {ctx}")
-    max_new_tokens = min(max_new_tokens, ctx - len(prompt))
-    device = model.device
+    if len(ids) >= ctx:
+        raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is {ctx}")
+    end = len(ids) + min(request.max_new_tokens, ctx - len(ids))
     if cache is None:
-        dtype = model.dtype
-        cache = KVCache(model.config, min(ctx, len(prompt) + max_new_tokens), dtype=dtype, device=device)
-    generator = None
-    if sampling.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    seen = torch.tensor([prompt], device=device)
-    reuse = worth_reusing(min(reuse, len(prompt) - 1), len(prompt))
-    state.reason = "length"
-    step_size = prefill_chunk or len(prompt)
-    for lo in range(reuse, len(prompt), step_size):
-        hi = min(lo + step_size, len(prompt))
-        logits = prefill(model, seen[:, lo:hi], lo, cache, max_pad)
-        if hi < len(prompt):
+        cache = KVCache(model.config, min(ctx, end), dtype=model.dtype, device=model.device)
+    generator = None if s.seed is None else torch.Generator(device=model.device).manual_seed(s.seed)
+    seen = torch.tensor([ids], device=model.device)
+    step = run.chunk or len(ids)
+    for lo in range(worth_reusing(min(run.reuse, len(ids) - 1), len(ids)), len(ids), step):
+        hi = min(lo + step, len(ids))
+        logits = prefill(model, seen[:, lo:hi], lo, cache, run.max_pad)
+        if hi < len(ids):
             yield None
-            if (cancel is not None and cancel.cancelled) or (deadline is not None and time.monotonic() > deadline):
-                state.reason = "cancelled" if cancel is not None and cancel.cancelled else "time"
-                return
-    pos = len(prompt)
-    for step in range(max_new_tokens):
-        if cancel is not None and cancel.cancelled:
-            state.reason = "cancelled"
-            return
-        if deadline is not None and time.monotonic() > deadline:
-            state.reason = "time"
-            return
-        if sampling.repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, seen, sampling.repetition_penalty)
-        allowed = constraint.mask(logits.shape[-1], logits.device) if constraint is not None else None
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed, float("-inf"))
-        nxt = sample_next(logits, sampling, generator)
+            if reason := run.interrupted(request.cancel):
+                return reason
+    for pos in range(len(ids), end):
+        if reason := run.interrupted(request.cancel):
+            return reason
+        nxt = next_token(logits, seen, s, generator, run.constraint)
         token = int(nxt.item())  # the one host round-trip per token: the stream needs the id
-        if constraint is not None:
-            constraint.advance(token)
+        if run.constraint is not None:
+            run.constraint.advance(token)
+        run.tokens.append(token)
         yield token
-        if token in stop_ids:
-            state.reason = "stop"
-            return
-        if step == max_new_tokens - 1:
-            return
-        if sampling.repetition_penalty != 1.0:  # the history is only needed for the penalty
+        if token in run.stop_ids:
+            return "stop"
+        if pos + 1 == end:
+            break
+        if s.repetition_penalty != 1.0:  # the history is only needed for the penalty
             seen = torch.cat([seen, nxt.view(1, 1)], dim=1)
-        logits = model(nxt.view(1, 1), start=pos, cache=cache)[:, -1].float()
-        pos += 1
+        logits = decode_one_token(model, nxt.view(1, 1), pos, cache)
+    return "length"

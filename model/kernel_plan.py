@@ -21,6 +21,7 @@ kernel family (native_kernels.forced) and is part of the cache key.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -192,9 +193,22 @@ def _int8_candidates(
         out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), w16) * c.s8_bf16)
     if s.k % nk.QBLOCK == 0:
         for p in paths:
-            lib = nk.library(p)
-            out[p] = _sweep(copies, lambda c, lib=lib: nk.linear_q8(lib, x, c.q8, c.s8, None))
+            out[p] = _sweep(copies, _native_q8(_loaded(p), x))
     return out
+
+
+def _loaded(path: str) -> ctypes.CDLL:
+    lib = nk.library(path)
+    assert lib is not None, path  # the paths given are those nk.prepare loaded
+    return lib
+
+
+def _native_q8(lib: ctypes.CDLL, x: torch.Tensor) -> Callable[[_Shape], object]:
+    return lambda c: nk.linear_q8(lib, x, c.q8, c.s8, None)
+
+
+def _native_q4(lib: ctypes.CDLL, x: torch.Tensor) -> Callable[[_Shape], object]:
+    return lambda c: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None)
 
 
 def _int4_candidates(
@@ -211,8 +225,7 @@ def _int4_candidates(
         w32 = nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
     for p in paths:
-        lib = nk.library(p)
-        out[p] = _sweep(copies, lambda c, lib=lib: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None))
+        out[p] = _sweep(copies, _native_q4(_loaded(p), x))
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,8 +24,9 @@ import torch
 from demi.model import kernel_plan
 from demi.model.checkpoint import TensorInfo, dequantize_fp8_blocks, iter_tensors, read_index, save_checkpoint
 from demi.model.config import ModelConfig, load_config
-from demi.model.decoder import Transformer, fuse_modules, fuse_state_dict, unfuse_state_dict
+from demi.model.decoder import Transformer
 from demi.model.errors import CheckpointError, ConfigError, DemiUserError, InsufficientMemoryError
+from demi.model.fusion import fuse_modules, fuse_state_dict, unfuse_state_dict
 from demi.model.quantize import (
     DEFAULT_GROUP,
     check_mode,
@@ -159,7 +161,7 @@ def load_model(
         model = Transformer(cfg)
     targets = quantized_linears(model) if mode != "none" else []
     state = _read_state(model, tensors, dtype, device, mode, group, targets)
-    if fuse:
+    if fuse:  # the inference layout, chosen here once (fusion.py)
         state = fuse_state_dict(state)
         fuse_modules(model)
         targets = quantized_linears(model) if mode != "none" else []
@@ -175,8 +177,8 @@ def load_model(
     model.load_state_dict(state, strict=False, assign=True)
     if mode == "none":
         model.tie_weights()
-    model.quantization = mode  # type: ignore[attr-defined]
-    model.kernel_plan = plan  # type: ignore[attr-defined]
+    model.quantization = mode  # type: ignore[assignment]  # nn.Module's __setattr__ takes tensors and modules
+    model.kernel_plan = plan  # type: ignore[assignment]
     return model.eval()
 
 
@@ -254,7 +256,7 @@ def _read_state(
     device: torch.device,
     mode: str = "none",
     group: int = DEFAULT_GROUP,
-    targets: list[str] = (),
+    targets: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """Every tensor the model needs, converted; weights of `targets` quantized as they are read."""
     cfg = model.config

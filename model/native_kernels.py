@@ -75,7 +75,8 @@ def cpu_model() -> str:
 
 @lru_cache(maxsize=1)
 def _cpu_info() -> tuple[str, frozenset[str]]:
-    name, flags = "", set()
+    name = ""
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:

@@ -14,6 +14,7 @@ Kernel layouts (the CPU int4 packing, bitsandbytes' formats on CUDA) are made on
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import weakref
 
@@ -99,7 +100,7 @@ def _int8_plan(plan: KernelPlan | None) -> KernelPlan | None:
     return plan if plan is None or plan.mode == "int8" else None
 
 
-def _native_lib(path: str, k: int):
+def _native_lib(path: str, k: int) -> ctypes.CDLL | None:
     """The native library for plan entry `path` if it names one and takes K, else None."""
     if path in ("torch", "fp32", "bf16") or k % native_kernels.QBLOCK:
         return None
@@ -110,6 +111,9 @@ class Int8Linear(nn.Module):
     """y = x @ (q * scale).T + b with the kernels a KernelPlan chose for this CPU: a native or
     torch GEMV for decode-sized inputs, an fp32/bf16 matmul (scaling the outputs) or a native
     kernel for prefill."""
+
+    weight: Tensor  # buffers (register_buffer)
+    weight_scale: Tensor
 
     def __init__(self, q: Tensor, scale: Tensor, bias: Tensor | None = None, plan: KernelPlan | None = None):
         super().__init__()
@@ -170,7 +174,7 @@ class Int8Linear(nn.Module):
                 y = y * self._scale_bf16  # scale the outputs, not K*N weights
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self._scale_bf16)
-        if self.bias is not None:
+        if self.bias is not None and self._bias_f32 is not None:  # (both or neither)
             y = y + (self._bias_f32 if y.dtype == torch.float32 else self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
@@ -178,6 +182,13 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """Group-wise int4: torch's int4 kernels (`_weight_int4pack_mm_for_cpu`, CUDA's tinygemm), or
     the native int4 kernel with an fp32 or native prefill, as the KernelPlan chose."""
+
+    # buffers (register_buffer): packed, scale and zero for the native kernels; packed and
+    # scales_and_zeros for torch's
+    packed: Tensor
+    scale: Tensor
+    zero: Tensor
+    scales_and_zeros: Tensor
 
     def __init__(
         self, q: Tensor, scale: Tensor, zero: Tensor, bias: Tensor | None = None, plan: KernelPlan | None = None
@@ -331,19 +342,6 @@ def quantize_linear(
             return Int4Linear(*quantize_int4(w, g), bias=bias, plan=plan)
     q, scale = quantize_int8(w)
     return Int8Linear(q, scale, bias=bias, plan=_int8_plan(plan))
-
-
-def quantize_model(model: nn.Module, mode: str, group: int = DEFAULT_GROUP) -> nn.Module:
-    """Replace every quantizable Linear of `model` in place; frees each float weight as it goes."""
-    if mode in ("none", None):
-        return model
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and quantizable(n)]
-    for name, linear in targets:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, leaf, quantize_linear(linear, mode, group, name))
-    model.quantization = mode  # type: ignore[attr-defined]
-    return model
 
 
 # --- portable quantized checkpoints ---------------------------------------------------------

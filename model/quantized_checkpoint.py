@@ -40,8 +40,9 @@ def quantize_checkpoint(
     if dst.exists() and any(dst.iterdir()):
         raise DemiUserError(f"{dst}: exists and is not empty; choose a new directory")
     cfg = load_config(src)
-    if (cfg.quantization_config or {}).get("quant_method") == "demi":
-        raise DemiUserError(f"{src}: already quantized by Demi ({cfg.quantization_config['mode']})")
+    quantized = cfg.quantization_config or {}
+    if quantized.get("quant_method") == "demi":
+        raise DemiUserError(f"{src}: already quantized by Demi ({quantized['mode']})")
     with torch.device("meta"):
         model = Transformer(cfg)
     state = _read_state(

@@ -106,12 +106,12 @@ PromptIdLists = Annotated[
 ]
 
 # `stream_options` needs `stream: true` (OpenAI's rule too).
-_STREAM_OPTIONS_RULE = {
+_STREAM_OPTIONS_RULE: dict[str, Any] = {
     "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
     "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
 }
 # A `suffix` (FIM) needs a text prompt: token ids cannot be put around the FIM tokens.
-_SUFFIX_RULE = {
+_SUFFIX_RULE: dict[str, Any] = {
     "if": {"required": ["prompt"], "properties": {"prompt": {"type": "array", "items": {"not": {"type": "string"}}}}},
     "then": {"properties": {"suffix": {"type": "null"}}},
 }
@@ -389,7 +389,7 @@ class JobSummary(_Doc):
 
 
 class Stats(_Doc):
-    """The scheduler's counters (`server_sched.Scheduler.stats`)."""
+    """The model runner's counters (`demi.assistant.runner.ModelRunner.stats`)."""
 
     model: str
     context: int

@@ -2,12 +2,12 @@
 
 Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions` (a `suffix` makes it a FIM
 request through `fim.py`), `POST /v1/chat/completions` (the tokenizer's chat template, or a plain
-`role: content` transcript for base models without one), `GET /v1/demi/stats` (scheduler counters)
+`role: content` transcript for base models without one), `GET /v1/demi/stats` (the model runner's counters)
 and `GET /health`. `stream: true` answers with Server-Sent Events in OpenAI's format, ending with
 `data: [DONE]`; `stream_options.include_usage` adds a last chunk with `usage` (and empty `choices`).
 With one model loaded, `model` may be omitted or name anything.
 
-Generation runs on the scheduler's single worker thread (server_sched.py); request coroutines only
+Generation runs on the model runner's single thread (`demi.assistant.runner`); request coroutines only
 validate, tokenize (in the thread pool) and relay events. A client that disconnects, before or during
 its stream, cancels its generation. Errors use OpenAI's shape (server_api.py); bad input is always a
 4xx and never stops the server.
@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +44,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from demi.assistant.engines import GenerationRequest, Sampling
+from demi.assistant.errors import CancelToken, ContextOverflowError, DemiUserError
 from demi.assistant.fim import FimTemplate, detect_fim
-from demi.model.errors import ContextOverflowError, DemiUserError
-from demi.model.generate import Sampling
-from demi.model.healing import split_heal
+from demi.assistant.generation import build_chat, build_fim, end_of_turn_ids, transcript_prompt
+from demi.assistant.runner import ModelRunner, QueueFull, Run, RunnerStopped, RunRequest
 from demi.serve.api import (
     GENERATION_ERRORS,
     GREEDY_BELOW,
@@ -74,7 +75,6 @@ from demi.serve.api import (
     unsupported,
     validation_error,
 )
-from demi.serve.sched import GenParams, Job, QueueFull, Scheduler
 
 log = logging.getLogger("demi.serve")
 
@@ -82,18 +82,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0  # a request body must arrive in full within this (408 otherwise)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions; chat: the rest of the context
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-# End-of-turn tokens of common chat formats: generation stops on whichever the vocabulary has.
-END_OF_TURN = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|EOT|>",
-    "<end_of_turn>",
-    "<|end|>",
-    "<|endoftext|>",
-    "</s>",
-    "<｜end▁of▁sentence｜>",
-)
-FALLBACK_STOPS = ["\nuser:", "\nsystem:"]
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class ClientGone(Exception):
@@ -136,9 +125,9 @@ def check_binding(host: str, api_key: str | None) -> None:
 
 @dataclass
 class Prepared:
-    """A validated request, ready for the scheduler."""
+    """A validated request, ready for the model runner."""
 
-    params: GenParams
+    params: GenerationRequest
     stream: bool
     include_usage: bool
     strip_leading: bool = False  # plain chat transcript: the model answers after "assistant:"
@@ -157,8 +146,7 @@ class ModelInfo:
         self.vocab_size = int(getattr(cfg, "vocab_size", 0) or self.tokenizer.vocab_size)
         self.stop_ids: set[int] = set(getattr(model, "stop_ids", None) or self.tokenizer.eos_token_ids)
         self.fim: FimTemplate | None = detect_fim(self.tokenizer)
-        ids = (self.tokenizer.token_to_id(t) for t in END_OF_TURN)
-        self.turn_ids = {i for i in ids if i is not None}
+        self.turn_ids = end_of_turn_ids(self.tokenizer)
         self.created = int(time.time())
 
 
@@ -235,7 +223,7 @@ def _max_tokens(
     return n
 
 
-def _end_ids(info: ModelInfo, ignore_eos: bool, extra: set[int] = frozenset()) -> set[int]:
+def _end_ids(info: ModelInfo, ignore_eos: bool, extra: Iterable[int] = ()) -> set[int]:
     return set() if ignore_eos else info.stop_ids | set(extra)
 
 
@@ -274,15 +262,15 @@ def prepare_completion(info: ModelInfo, req: CompletionRequest) -> Prepared:
                     param="suffix",
                     code="fim_not_supported",
                 )
-            prompt, heal = split_heal(prompt, info.tokenizer)  # token healing, as in-process engines do
-            text = info.fim.build(prompt, req.suffix)
-            stops += [s for s in info.fim.stop_strings if info.tokenizer.token_to_id(s) is None]
-            extra_ids = set(info.fim.stop_token_ids)
+            built = build_fim(info.tokenizer, info.fim, prompt, req.suffix)  # healed, as in-process engines do
+            text, heal = str(built.prompt), built.heal
+            stops += built.stop
+            extra_ids = built.stop_ids
         ids = info.tokenizer.encode(text)
     if not ids:
         raise invalid("prompt", "the prompt is empty")
     n = _max_tokens(req.max_tokens, DEFAULT_COMPLETION_TOKENS, len(ids), info.context, "max_tokens", 0, "prompt")
-    params = GenParams(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, extra_ids), heal)
+    params = GenerationRequest(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, extra_ids), heal)
     include = bool(req.stream_options and req.stream_options.include_usage)
     return Prepared(params, req.stream, include)
 
@@ -324,17 +312,13 @@ def prepare_chat(info: ModelInfo, req: ChatRequest) -> Prepared:
         if m.name:
             msg["name"] = m.name
         messages.append(msg)
-    tok = info.tokenizer
-    strip = False
-    if tok.chat_template:
-        text = tok.apply_chat_template(messages, add_generation_prompt=True)
-        ids = tok.encode(text, add_special_tokens=False)  # the template writes BOS itself, if any
-        end_ids = info.turn_ids
-    else:  # a base model: a plain transcript it can continue
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        ids = tok.encode(text)
-        stops += FALLBACK_STOPS
-        end_ids, strip = set(), True
+    # The chat template (ending on an end-of-turn token), or for a base model a plain transcript it
+    # continues after "assistant:" (the session layer's one chat prompt path).
+    built = build_chat(info.tokenizer, transcript_prompt(messages))
+    assert isinstance(built.prompt, list)  # build_chat encodes
+    ids = built.prompt
+    stops += built.stop
+    end_ids, strip = built.stop_ids, not built.templated
     if not ids:
         raise invalid("messages", "the conversation is empty")
     default = info.context - len(ids)
@@ -343,7 +327,7 @@ def prepare_chat(info: ModelInfo, req: ChatRequest) -> Prepared:
         n = _max_tokens(
             req.max_completion_tokens, default, len(ids), info.context, "max_completion_tokens", 1, "messages"
         )
-    params = GenParams(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, end_ids))
+    params = GenerationRequest(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, end_ids))
     include = bool(req.stream_options and req.stream_options.include_usage)
     return Prepared(params, req.stream, include, strip_leading=strip)
 
@@ -385,6 +369,8 @@ def _error_response(err: ApiError, headers: Any = None) -> JSONResponse:
 def _engine_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, RunnerStopped):
+        return ApiError(503, SHUTTING_DOWN, code="server_busy", type_="server_error")
     if isinstance(exc, QueueFull):
         return ApiError(503, str(exc), code="server_busy", type_="server_error")
     if isinstance(exc, ContextOverflowError):
@@ -431,6 +417,28 @@ async def _race_disconnect(request: Request, awaitable: Any) -> Any:
     raise ClientGone
 
 
+class Job:
+    """One request's run on the model runner; the runner's events land on this event loop's queue."""
+
+    def __init__(self, runner: ModelRunner, params: GenerationRequest, kind: str):
+        loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def sink(event: str, value: Any) -> None:  # on the model thread
+            try:
+                loop.call_soon_threadsafe(self.events.put_nowait, (event, value))
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
+
+        if params.cancel is None:  # the engine's own token: a step already running stops early too
+            params.cancel = CancelToken()
+        self.run: Run = runner.submit(RunRequest(params, kind=kind), sink)
+
+    def cancel(self) -> None:
+        """The client is gone: drop the run if queued, stop it if running. Safe from any thread."""
+        self.run.cancel()
+
+
 async def _collect(job: Job, strip: _LeadStrip) -> tuple[str, Any]:
     pieces = []
     while True:
@@ -450,10 +458,12 @@ async def _generate(
     render: Callable[[str, Any, str, int], dict[str, Any]],
     chunk: Callable[[str | None, str | None, bool, str, int], dict[str, Any]],
 ) -> Response:
-    """Run one prepared request on the scheduler; answer JSON or an SSE stream."""
-    sched: Scheduler = request.app.state.scheduler
+    """Run one prepared request on the model runner; answer JSON or an SSE stream."""
+    runner: ModelRunner = request.app.state.runner
     try:
-        job = sched.submit(prep.params, kind)
+        job = Job(runner, prep.params, kind)
+    except RunnerStopped:
+        raise ApiError(429, SHUTTING_DOWN, code="queue_full") from None
     except QueueFull as exc:
         raise ApiError(429, str(exc), code="queue_full") from None
     rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -533,22 +543,22 @@ def create_app(
     body_timeout_s: float = BODY_TIMEOUT_S,
     loopback_hosts_only: bool = True,
     log_requests: bool = False,
-) -> FastAPI:
+) -> _Guard:
     """The ASGI app serving `model` (a LocalModel or anything with the same stream/tokenizer API).
 
     `loopback_hosts_only`: without an API key, answer only requests whose Host header is a loopback
     name (set it False when binding a non-loopback address behind a proxy that rewrites Host).
     """
     info = ModelInfo(model)
-    scheduler = Scheduler(model, max_active=max_active, max_queue=max_queue)
+    runner = ModelRunner(model, max_live=max_active, max_queue=max_queue, name="demi-serve-worker")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
+        runner.start()
         try:
             yield
         finally:
-            scheduler.stop()
+            runner.stop()
 
     app = FastAPI(
         title="Demi",
@@ -557,7 +567,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.scheduler, app.state.info = scheduler, info
+    app.state.runner, app.state.info = runner, info
+    app.state.scheduler = runner  # its older name
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -642,7 +653,7 @@ def create_app(
 
     @app.get("/v1/demi/stats", response_model=None, responses={200: {"model": Stats}})
     async def stats() -> dict[str, Any]:
-        return {"model": info.name, "context": info.context, **scheduler.stats()}
+        return {"model": info.name, "context": info.context, **runner.stats()}
 
     @app.post(
         "/v1/completions",
@@ -772,9 +783,9 @@ class _Guard:
         self.body_timeout_s = body_timeout_s
         self.check_host = loopback_hosts_only and not self.api_key
         self.log_requests = log_requests
-        self.state = app.state  # tests and callers reach the scheduler through here too
+        self.state = app.state  # tests and callers reach the runner through here too
 
-    async def _reject(self, send: Any, err: ApiError, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    async def _reject(self, send: Any, err: ApiError, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         body = json.dumps(err.body()).encode()
         await send(
             {
@@ -796,7 +807,7 @@ class _Guard:
         started = time.monotonic()
         status = {"code": 0}
 
-        async def logged_send(message: dict) -> None:
+        async def logged_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)

@@ -150,7 +150,7 @@ def compare(
     warmup: int = 3,
     seed: int = 0,
     threads: int = 0,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | str]]:
     """Speed of several switch settings measured *interleaved* in one process (a few steps of each
     in turn), so that load from other processes on a shared machine hits them all alike.
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = tiny_model_config() if args.preset == "tiny" else five_m_config()
     if args.compare:
-        variants = {
+        variants: dict[str, dict[str, Any]] = {
             "eager fp32, plain AdamW": {"fused": False},
             "eager fp32, fused AdamW": {},
             "eager bf16 autocast": {"precision": "bf16"},

@@ -273,14 +273,14 @@ def build_corpus(
             docs.append(Document(src.name, rel, text))
     if not docs:
         what = ", ".join(str(s.root) for s in sources) or "no sources given"
-        why = (
+        reason = (
             "no source files with the wanted extensions"
             if not skipped
             else f"all {len(skipped)} files were left out (e.g. {skipped[0]['file']}: {skipped[0]['reason']})"
         )
         if permissive_only and all(e["excluded"] for e in entries) and entries:
-            why = "no source has a permissive license (use --license SPDX to state one)"
-        raise CorpusError(f"empty corpus ({what}): {why}")
+            reason = "no source has a permissive license (use --license SPDX to state one)"
+        raise CorpusError(f"empty corpus ({what}): {reason}")
     result = deduplicate([d.text for d in docs], near_threshold=near_threshold, seed=seed)
     kept = [docs[i] for i in result.keep]
     capped: dict[str, int] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 
@@ -61,6 +62,16 @@ class Position:
     row: int = 0
 
 
+class RowSource(Protocol):
+    """What a Trainer reads rows from: PackedData, or a stand-in (train/bench.py's random rows)."""
+
+    options: DataOptions
+
+    def take(self, pos: Position, n: int) -> tuple[torch.Tensor, Position]: ...
+
+    def eval_rows(self, max_rows: int) -> torch.Tensor: ...
+
+
 class SegmentEncoder:
     """Token ids for samples: raw text through the tokenizer (special-token strings as text),
     `Special` segments as their single ids."""
@@ -74,7 +85,9 @@ class SegmentEncoder:
         self.backend.no_padding()
         self.special_ids: dict[str, int] = {}
         for token in tokenizer.special_tokens:
-            self.special_ids[token] = tokenizer.token_to_id(token)
+            token_id = tokenizer.token_to_id(token)
+            if token_id is not None:  # (one missing from the vocabulary: `special` says so)
+                self.special_ids[token] = token_id
 
     def special(self, token: str) -> int:
         try:
@@ -226,7 +239,7 @@ class PackedData:
         """Held-out files as plain text (no FIM), packed: the first `max_rows` rows."""
         if not self.heldout or max_rows <= 0:
             return torch.empty((0, self.options.seq_len + 1), dtype=torch.long)
-        samples = [[d.text, Special("<|endoftext|>")] for d in self.heldout]
+        samples: list[Sample] = [[d.text, Special("<|endoftext|>")] for d in self.heldout]
         return pack(self.encoder.encode_flat(samples), self.options.seq_len)[:max_rows].long()
 
     def rows_per_epoch(self, epoch: int = 0) -> int:

@@ -147,7 +147,9 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
     (a single longer line stays whole), so a FIM sample fits in a training sequence."""
     if len(text) <= max_chars:
         return [text]
-    out, cur, size = [], [], 0
+    out: list[str] = []
+    cur: list[str] = []
+    size = 0
     for line in text.splitlines(keepends=True):
         if cur and size + len(line) > max_chars:
             out.append("".join(cur))

@@ -76,10 +76,11 @@ def enable_moe_training(model: Transformer, capacity_factor: float = 1.25) -> li
     """Switch the model's MoE blocks to `TrainingMoE` in place; returns them."""
     if capacity_factor <= 0:
         raise ValueError("capacity_factor must be > 0")
-    blocks = []
+    blocks: list[TrainingMoE] = []
     for module in model.modules():
         if isinstance(module, MoE):
             module.__class__ = TrainingMoE
+            assert isinstance(module, TrainingMoE)
             module.capacity_factor = capacity_factor
             module.last_losses = None
             blocks.append(module)

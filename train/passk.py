@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -203,7 +203,7 @@ def truncate_completion(text: str, stops: Sequence[str] = STOP_STRINGS) -> str:
 
 def evaluate(
     problems: Sequence[dict[str, Any]],
-    completions: dict[str, Sequence[str]],
+    completions: Mapping[str, Sequence[str]],
     ks: Sequence[int] = (1,),
     timeout: float = 5.0,
     workers: int = 2,
@@ -220,7 +220,7 @@ def evaluate(
             done += 1
             if on_result:
                 on_result(done, len(futures))
-    per_problem = {}
+    per_problem: dict[str, dict[str, Any]] = {}
     for p in problems:
         rs = results[p["task_id"]]
         per_problem[p["task_id"]] = {
@@ -229,7 +229,7 @@ def evaluate(
             "statuses": [r.status for r in rs],
             "first_error": next((r.detail for r in rs if not r.passed), ""),
         }
-    scores = {}
+    scores: dict[str, float] = {}
     for k in ks:
         usable = [v for v in per_problem.values() if v["n"] >= k]
         if len(usable) != len(per_problem):

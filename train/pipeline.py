@@ -94,7 +94,7 @@ class RunSpec:
 
     def boundaries(self) -> list[int]:
         """The steps after which each later phase begins, checked to be increasing."""
-        out = []
+        out: list[int] = []
         for p in self.phases:
             if (
                 not isinstance(p, dict)

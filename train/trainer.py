@@ -39,7 +39,7 @@ from demi.model.decoder import Transformer, attention_mask
 from demi.model.loading import save_model
 from demi.model.scaffold import random_model
 from demi.train import checkpoints
-from demi.train.data import DataOptions, PackedData, Position
+from demi.train.data import DataOptions, PackedData, Position, RowSource
 from demi.train.errors import ResumeError, TrainConfigError
 from demi.train.moe import collect_losses, enable_moe_training
 
@@ -225,7 +225,7 @@ class Trainer:
     def __init__(
         self,
         model: Transformer,
-        data: PackedData,
+        data: RowSource,
         cfg: TrainConfig,
         run_dir: str | Path,
         teacher: Transformer | None = None,
@@ -253,12 +253,12 @@ class Trainer:
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        betas = (cfg.beta1, cfg.beta2)
         try:
-            self.optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, fused=True)
             self.fused = True
         except (RuntimeError, TypeError):  # a torch or device without the fused kernel
-            self.optimizer = torch.optim.AdamW(groups, **kwargs)
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
             self.fused = False
         self.step = 0
         self.position = Position()

@@ -52,8 +52,8 @@ def main():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("qwen2-assist"), max_position_embeddings=CONTEXT)
+def model_dir(tiny_checkpoints) -> Path:
+    return tiny_checkpoints("qwen2", max_position_embeddings=CONTEXT)
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("llama-cli"), "llama")
+def model_dir(tiny_checkpoints) -> Path:
+    return tiny_checkpoints("llama")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CODE, REWRITE, ScriptedServer, clean_env, demi, one_json, tiny_checkpoint
+from helpers import CODE, REWRITE, ScriptedServer, clean_env, demi, one_json
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("qwen2-cli"), max_position_embeddings=1024)
+def model_dir(tiny_checkpoints) -> Path:
+    return tiny_checkpoints("qwen2", max_position_embeddings=1024)
 
 
 @pytest.fixture()

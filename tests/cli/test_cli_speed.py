@@ -8,16 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from hf_models import save_family
-from tokenizers_fixture import make_bytelevel_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("speed")
-    save_family("qwen2", d)
-    make_bytelevel_tokenizer(d)
-    return d
+def model_dir(tiny_checkpoints):
+    return tiny_checkpoints("qwen2")
 
 
 def demi(*args, home):

@@ -1,16 +1,12 @@
-"""The language server's parts on their own: settings, the type-through cache, the debounce, the
-model thread's scheduling and cancellation, and position arithmetic."""
+"""The language server's parts on their own: settings, the type-through cache, the debounce and
+position arithmetic (the model thread's scheduling is tests/assistant/test_runner.py's)."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import pytest
 
 from demi.lsp.cache import CompletionCache
 from demi.lsp.debounce import Debouncer
-from demi.lsp.scheduler import ModelThread, StreamCancelled, set_priority
 from demi.lsp.settings import LspSettings, merge
 from demi.lsp.textutil import index_of_units, units, word_before
 
@@ -124,105 +120,6 @@ def test_debounce_is_minimal_for_a_fast_model_and_a_slow_typist():
     assert d.delay() == 0.2
 
 
-# -- the model thread ------------------------------------------------------------------------------------------
-
-
-def _gen(name: str, n: int, seen: list, closed: list, delay: float = 0.0):
-    try:
-        for i in range(n):
-            seen.append((name, threading.current_thread().name))
-            if delay:
-                time.sleep(delay)
-            yield f"{name}{i}"
-        return f"{name}-done"
-    finally:
-        closed.append((name, threading.current_thread().name))
-
-
-def _drain(it):
-    out = []
-    while True:
-        try:
-            out.append(next(it))
-        except StopIteration as stop:
-            return out, stop.value
-
-
-def test_every_step_runs_on_the_model_thread():
-    mt = ModelThread("test-model")
-    seen, closed = [], []
-    pieces, value = _drain(mt.stream(lambda: _gen("a", 5, seen, closed)))
-    assert pieces == ["a0", "a1", "a2", "a3", "a4"] and value == "a-done"
-    assert {t for _, t in seen} == {"test-model"} and closed == [("a", "test-model")]
-    assert mt.call(lambda: threading.current_thread().name).result(5) == "test-model"
-    assert mt.runs_started == 1
-    mt.stop()
-
-
-def test_priority_zero_goes_first():
-    mt = ModelThread()
-    seen, closed = [], []
-    order = []
-
-    def consume(name, prio, n):
-        set_priority(prio)
-        for piece in mt.stream(lambda: _gen(name, n, seen, closed, 0.002), prio):
-            order.append(piece)
-
-    slow = threading.Thread(target=consume, args=("explain", 1, 40))
-    slow.start()
-    time.sleep(0.02)
-    fast = threading.Thread(target=consume, args=("complete", 0, 10))
-    fast.start()
-    fast.join(10)
-    slow.join(10)
-    last_complete = max(i for i, p in enumerate(order) if p.startswith("complete"))
-    explain_between = [p for p in order[order.index("complete0") : last_complete] if p.startswith("explain")]
-    assert len(explain_between) <= 3  # the completion ran almost alone once it arrived
-    mt.stop()
-
-
-def test_cancelled_before_start_never_runs():
-    from demi.model.generate import CancelToken
-
-    mt = ModelThread()
-    token = CancelToken()
-    token.cancel()
-    seen, closed = [], []
-    with pytest.raises(StreamCancelled):
-        _drain(mt.stream(lambda: _gen("x", 3, seen, closed), 0, token))
-    assert seen == [] and mt.runs_started == 0 and mt.runs_skipped == 1
-    mt.stop()
-
-
-def test_an_abandoned_stream_is_closed_on_the_model_thread():
-    mt = ModelThread("closer")
-    seen, closed = [], []
-    it = mt.stream(lambda: _gen("y", 100, seen, closed, 0.001))
-    assert next(it) == "y0"
-    it.close()  # the reader stops early (a cancelled request)
-    for _ in range(100):
-        if closed:
-            break
-        time.sleep(0.01)
-    assert closed == [("y", "closer")] and len(seen) < 10
-    mt.stop()
-
-
-def test_errors_reach_the_reader():
-    mt = ModelThread()
-
-    def bad():
-        yield "a"
-        raise ValueError("boom")
-
-    it = mt.stream(bad)
-    assert next(it) == "a"
-    with pytest.raises(ValueError, match="boom"):
-        next(it)
-    mt.stop()
-
-
 # -- positions -------------------------------------------------------------------------------------------------
 
 
@@ -232,19 +129,6 @@ def test_units_and_indexes():
     assert index_of_units(line, 3, "utf-16") == 2 and index_of_units(line, 4, "utf-16") == 3
     assert index_of_units(line, 5, "utf-16") is None and index_of_units(line, 0, None) == 0
     assert word_before("x = foo_bar") == "foo_bar" and word_before("x(") == ""
-
-
-def test_stop_fails_queued_calls_instead_of_hanging():
-    mt = ModelThread()
-    gate = threading.Event()
-    first = mt.call(lambda: gate.wait(5))
-    queued = mt.call(lambda: "never")
-    time.sleep(0.05)
-    mt.stop()
-    gate.set()
-    assert first.result(5) is True
-    with pytest.raises(RuntimeError, match="stopped"):
-        queued.result(5)
 
 
 def test_debounce_tolerates_jitter_within_bounds():

@@ -10,23 +10,18 @@ import threading
 
 import pytest
 import torch
-from hf_models import save_family
-from tokenizers_fixture import make_bytelevel_tokenizer
 
 from demi.model.engine import LocalModel
 from demi.model.errors import DemiUserError
-from demi.model.generate import CancelToken, Sampling, generate_tokens
+from demi.model.generate import CancelToken, GenerationRequest, Run, Sampling, generate
 
 transformers = pytest.importorskip("transformers")
 PROMPT = "def read_config(path: str) -> dict:\n    "
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("llama-gen")
-    save_family("llama", out)
-    make_bytelevel_tokenizer(out)
-    return out
+def model_dir(tiny_checkpoints):
+    return tiny_checkpoints("llama")
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +62,9 @@ def _run(lm: LocalModel, prompt, **kwargs):
 
 def test_repetition_penalty_greedy_matches_transformers(lm, hf, prompt_ids):
     ref = _hf_generate(hf, prompt_ids, 32, do_sample=False, repetition_penalty=1.3)
-    got = list(generate_tokens(lm.model, prompt_ids, 32, Sampling(repetition_penalty=1.3)))
+    got = list(generate(lm.model, GenerationRequest(prompt_ids, 32, Sampling(repetition_penalty=1.3))))
     assert got == ref
-    plain = list(generate_tokens(lm.model, prompt_ids, 32))
+    plain = list(generate(lm.model, GenerationRequest(prompt_ids, 32)))
     assert plain != got  # the penalty really changed the output
     assert len(set(got)) > len(set(plain))
 
@@ -89,7 +84,7 @@ def test_sampling_matches_transformers_with_the_same_global_seed(lm, hf, prompt_
         torch.manual_seed(seed)
         ref = _hf_generate(hf, prompt_ids, 32, do_sample=True, **kw)
         torch.manual_seed(seed)
-        got = list(generate_tokens(lm.model, prompt_ids, 32, Sampling(**kw)))
+        got = list(generate(lm.model, GenerationRequest(prompt_ids, 32, Sampling(**kw))))
         assert got == ref, (seed, kw)
 
 
@@ -101,9 +96,9 @@ def test_transformers_samples_with_an_implicit_top_k_of_50(lm, hf, prompt_ids):
         torch.manual_seed(seed)
         ref = _hf_generate(hf, prompt_ids, 32, do_sample=True, temperature=1.5)
         torch.manual_seed(seed)
-        with_k = list(generate_tokens(lm.model, prompt_ids, 32, Sampling(temperature=1.5, top_k=50)))
+        with_k = list(generate(lm.model, GenerationRequest(prompt_ids, 32, Sampling(temperature=1.5, top_k=50))))
         torch.manual_seed(seed)
-        without = list(generate_tokens(lm.model, prompt_ids, 32, Sampling(temperature=1.5)))
+        without = list(generate(lm.model, GenerationRequest(prompt_ids, 32, Sampling(temperature=1.5))))
         assert with_k == ref
         assert without != ref
 
@@ -113,7 +108,7 @@ def test_top_k_and_top_p_change_what_is_sampled(lm, prompt_ids):
 
     def draw(**kw):
         torch.manual_seed(3)
-        return list(generate_tokens(lm.model, prompt_ids, 32, Sampling(temperature=1.0, **kw)))
+        return list(generate(lm.model, GenerationRequest(prompt_ids, 32, Sampling(temperature=1.0, **kw))))
 
     plain = draw()
     assert draw(top_k=5) != plain
@@ -125,7 +120,7 @@ def test_top_k_and_top_p_change_what_is_sampled(lm, prompt_ids):
 
 def test_seed_is_reproducible_and_leaves_the_global_rng_alone(lm, prompt_ids):
     def draw(seed: int) -> list[int]:
-        return list(generate_tokens(lm.model, prompt_ids, 24, Sampling(temperature=1.5, seed=seed)))
+        return list(generate(lm.model, GenerationRequest(prompt_ids, 24, Sampling(temperature=1.5, seed=seed))))
 
     torch.manual_seed(123)
     before = torch.get_rng_state()
@@ -136,10 +131,13 @@ def test_seed_is_reproducible_and_leaves_the_global_rng_alone(lm, prompt_ids):
 
 
 def test_top_k_1_is_greedy(lm, prompt_ids):
-    greedy = list(generate_tokens(lm.model, prompt_ids, 32))
+    greedy = list(generate(lm.model, GenerationRequest(prompt_ids, 32)))
     torch.manual_seed(0)
-    assert list(generate_tokens(lm.model, prompt_ids, 32, Sampling(temperature=0.8, top_k=1))) == greedy
-    assert list(generate_tokens(lm.model, prompt_ids, 32, Sampling(temperature=5.0, top_k=1, seed=4))) == greedy
+    assert list(generate(lm.model, GenerationRequest(prompt_ids, 32, Sampling(temperature=0.8, top_k=1)))) == greedy
+    assert (
+        list(generate(lm.model, GenerationRequest(prompt_ids, 32, Sampling(temperature=5.0, top_k=1, seed=4))))
+        == greedy
+    )
 
 
 @pytest.mark.parametrize(
@@ -268,8 +266,30 @@ def test_cancel_from_another_thread(lm, prompt_ids):
     assert "".join(pieces) == c.text
 
 
+def _tokens_and_reason(stream) -> tuple[list, str]:
+    out = []
+    while True:
+        try:
+            out.append(next(stream))
+        except StopIteration as end:
+            return out, end.value
+
+
+def test_generate_returns_why_it_ended(lm, prompt_ids, greedy_full):
+    """The reason is `generate`'s return value: a stop token (yielded last), the length, the clock."""
+    ids = greedy_full.token_ids
+    stop = ids[5]
+    got, reason = _tokens_and_reason(generate(lm.model, GenerationRequest(prompt_ids, 48, stop_ids={stop})))
+    assert reason == "stop" and got == ids[: ids.index(stop) + 1]
+    assert _tokens_and_reason(generate(lm.model, GenerationRequest(prompt_ids, 7))) == (ids[:7], "length")
+    got, reason = _tokens_and_reason(generate(lm.model, GenerationRequest(prompt_ids, 48, time_budget=1e-9)))
+    assert reason == "time" and got == []
+    with pytest.raises(DemiUserError):  # the core takes token ids; LocalModel.run encodes text
+        next(generate(lm.model, GenerationRequest(PROMPT, 4)))
+
+
 def test_max_new_tokens_zero_yields_nothing(lm, prompt_ids):
-    assert list(generate_tokens(lm.model, prompt_ids, 0)) == []
+    assert list(generate(lm.model, GenerationRequest(prompt_ids, 0))) == []
     pieces, c = _run(lm, prompt_ids, max_new_tokens=0)
     assert pieces == [] and c.text == "" and c.token_ids == []
     assert c.finish_reason == "length" and c.prompt_tokens == len(prompt_ids)
@@ -368,16 +388,23 @@ def test_a_short_cached_head_is_recomputed_and_a_long_one_reused():
 def test_greedy_output_is_the_same_with_and_without_a_reused_head(lm, prompt_ids):
     """The second request shares a short head with the first; whether it is reused or recomputed,
     the tokens are those of a cold run."""
-    cold = list(generate_tokens(lm.model, prompt_ids + [7] * 40, 12))
+    cold = list(generate(lm.model, GenerationRequest(prompt_ids + [7] * 40, 12)))
     lm.prefix_cache.clear()
     other = prompt_ids[:3] + [9] * 50
     slot, _ = lm.prefix_cache.acquire(other)
-    list(generate_tokens(lm.model, other, 1, cache=slot.cache))
+    list(generate(lm.model, GenerationRequest(other, 1), slot.cache))
     lm.prefix_cache.release(slot, other)
     slot, reuse = lm.prefix_cache.acquire(prompt_ids + [7] * 40)
     try:
         assert reuse == 3
-        warm = list(generate_tokens(lm.model, prompt_ids + [7] * 40, 12, cache=slot.cache, reuse=reuse))
+        warm = list(
+            generate(
+                lm.model,
+                GenerationRequest(prompt_ids + [7] * 40, 12),
+                slot.cache,
+                Run(prompt_ids + [7] * 40, reuse=reuse),
+            )
+        )
     finally:
         lm.prefix_cache.release(slot, prompt_ids + [7] * 40)
     assert warm == cold
@@ -394,7 +421,7 @@ def test_warm_up_runs_each_padded_size_once_within_its_budget(lm, prompt_ids, gr
     slots = [list(s.tokens) for s in lm.prefix_cache.slots]
     assert lm.warm_up(range(100, 200)) == [112, 128, 144, 160, 176, 192, 208]
     assert [list(s.tokens) for s in lm.prefix_cache.slots] == slots  # a scratch cache, not a slot
-    assert list(generate_tokens(lm.model, prompt_ids, 48)) == greedy_full.token_ids
+    assert list(generate(lm.model, GenerationRequest(prompt_ids, 48))) == greedy_full.token_ids
     monkeypatch.setattr(engine, "WARM_UP_FLOPS", 2 * engine._param_count(lm.model) * 300)
     assert lm.warm_up(range(100, 200)) == [128, 144]  # nearest the middle (~150) first, while they fit
     monkeypatch.setattr(lm, "max_pad", 2)

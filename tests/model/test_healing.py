@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import tiny_checkpoint
 
 from demi.assistant.context import FimContext
 from demi.assistant.engines import InProcessEngine
@@ -23,9 +22,9 @@ def tiny_tok() -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def random_model(tmp_path_factory: pytest.TempPathFactory) -> LocalModel:
+def random_model(tiny_checkpoints) -> LocalModel:
     """Random weights: whatever the model prefers, the constraint alone must make it spell the text."""
-    return LocalModel.load(str(tiny_checkpoint(tmp_path_factory.mktemp("heal") / "m")), context=512)
+    return LocalModel.load(str(tiny_checkpoints("qwen2")), context=512)
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,12 @@ import torch
 from hf_models import VOCAB, save_family
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tokenizers_fixture import make_bytelevel_tokenizer
 
 from demi.model import loading
-from demi.model.decoder import unfuse_state_dict
 from demi.model.engine import LocalModel
 from demi.model.errors import CheckpointError, ConfigError, ContextOverflowError, DemiUserError, InsufficientMemoryError
-from demi.model.generate import generate_tokens
+from demi.model.fusion import unfuse_state_dict
+from demi.model.generate import GenerationRequest, generate
 from demi.model.loading import load_model, save_model
 from demi.model.tokenizer import Tokenizer
 
@@ -62,12 +61,9 @@ def _read_all(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
+def llama_dir(tiny_checkpoints) -> Path:
     """Tiny llama saved by transformers, with the byte-level tokenizer beside it."""
-    out = tmp_path_factory.mktemp("llama")
-    save_family("llama", out)
-    make_bytelevel_tokenizer(out)
-    return out
+    return tiny_checkpoints("llama")
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +148,20 @@ def test_save_model_tied_sharded_is_loadable_by_both(tmp_path, tied_dir):
     ids = _ids(40, seed=5)
     assert _max_diff(hf, model, ids) < TOL
     assert _max_diff(hf, back, ids) < TOL
+
+
+def test_fused_layout_is_swapped_in_once_at_load(llama_dir):
+    """q/k/v and gate/up are fused by swapping modules at load (the forward never asks which layout
+    it has); the unfused model, as checkpoints and training keep it, gives the same logits."""
+    from demi.model.decoder import MLP, Attention
+    from demi.model.fusion import FusedAttention, FusedMLP
+
+    fused, plain = load_model(llama_dir), load_model(llama_dir, fuse=False)
+    assert all(type(b.self_attn) is FusedAttention and type(b.mlp) is FusedMLP for b in fused.model.layers)
+    assert all(type(b.self_attn) is Attention and type(b.mlp) is MLP for b in plain.model.layers)
+    ids = torch.randint(0, VOCAB, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids), plain(ids), rtol=1e-5, atol=1e-5)
 
 
 # --- dtypes ----------------------------------------------------------------------------------
@@ -416,7 +426,7 @@ def _missing_shard(tmp, env, mp):
 
 def _overflow_generate(tmp, env, mp):
     model = env["model"]
-    list(generate_tokens(model, [5] * model.config.max_position_embeddings, 4))
+    list(generate(model, GenerationRequest([5] * model.config.max_position_embeddings, 4)))
 
 
 def _overflow_stream(tmp, env, mp):

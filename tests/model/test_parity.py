@@ -15,7 +15,7 @@ import torch
 from hf_models import FAMILIES, ROPE_VARIANTS, VOCAB, save_family
 
 from demi.model.decoder import KVCache
-from demi.model.generate import generate_tokens
+from demi.model.generate import GenerationRequest, generate
 from demi.model.loading import load_model
 
 transformers = pytest.importorskip("transformers")
@@ -77,7 +77,7 @@ def test_greedy_generation_is_token_identical(pair):
     prompt = _ids(12, seed=3)
     with torch.no_grad():
         ref = hf.generate(prompt, max_new_tokens=32, do_sample=False, pad_token_id=0)[0, 12:].tolist()
-    got = list(generate_tokens(ours, prompt[0].tolist(), 32))
+    got = list(generate(ours, GenerationRequest(prompt[0].tolist(), 32)))
     assert got == ref
 
 

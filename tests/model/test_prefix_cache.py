@@ -4,8 +4,6 @@ checked out so interleaved generations never share one, and every ending returns
 from __future__ import annotations
 
 import pytest
-from hf_models import save_family
-from tokenizers_fixture import make_bytelevel_tokenizer
 
 from demi.model.engine import LocalModel
 from demi.model.errors import ContextOverflowError
@@ -16,11 +14,8 @@ PROMPT = list(range(40, 140))
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pc")
-    save_family("qwen2", d)
-    make_bytelevel_tokenizer(d)
-    return str(d)
+def model_dir(tiny_checkpoints):
+    return str(tiny_checkpoints("qwen2"))
 
 
 def fresh(model_dir: str) -> LocalModel:
@@ -114,18 +109,20 @@ def test_prompt_over_the_context_is_refused_before_taking_a_slot(model_dir):
 
 
 def test_chunked_prefill_gives_the_same_tokens_and_can_be_cancelled(model_dir):
-    from demi.model.generate import StopState, generate_tokens
+    from demi.model.generate import GenerationRequest, Run, generate
 
     m = fresh(model_dir)
-    whole = list(generate_tokens(m.model, PROMPT, 10))
-    chunked = list(generate_tokens(m.model, PROMPT, 10, prefill_chunk=16))
+    whole = list(generate(m.model, GenerationRequest(PROMPT, 10)))
+    chunked = list(generate(m.model, GenerationRequest(PROMPT, 10), run=Run(PROMPT, chunk=16)))
     assert [t for t in chunked if t is not None] == whole
     assert chunked[:6] == [None] * 6 and chunked[6] is not None  # 100 tokens: 7 chunks, 6 ticks
-    token, state = CancelToken(), StopState()
-    gen = generate_tokens(m.model, PROMPT, 10, cancel=token, state=state, prefill_chunk=16)
+    token = CancelToken()
+    gen = generate(m.model, GenerationRequest(PROMPT, 10, cancel=token), run=Run(PROMPT, chunk=16))
     assert next(gen) is None
     token.cancel()
-    assert list(gen) == [] and state.reason == "cancelled"
+    with pytest.raises(StopIteration) as end:  # the stop reason is generate's return value
+        next(gen)
+    assert end.value.value == "cancelled"
 
 
 def test_prefill_chunks_scale_with_model_size():

@@ -250,7 +250,7 @@ def test_modules_follow_the_plan_and_step_aside_where_a_kernel_cannot_run():
 
 def test_native_and_torch_int8_decode_agree(trained):
     """Greedy tokens through the native kernel equal the ones through torch's int8 kernel."""
-    from demi.model.generate import generate_tokens
+    from demi.model.generate import GenerationRequest, generate
 
     paths = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
     if not paths:
@@ -261,10 +261,10 @@ def test_native_and_torch_int8_decode_agree(trained):
     with torch.inference_mode():
         for lin in lins:
             lin.use_plan(KernelPlan("int8", "float32", "torch", "fp32"))
-        plain = list(generate_tokens(model, prompt, 24))
+        plain = list(generate(model, GenerationRequest(prompt, 24)))
         for lin in lins:
             lin.use_plan(KernelPlan("int8", "float32", paths[0], paths[0]))
-        native = list(generate_tokens(model, prompt, 24))
+        native = list(generate(model, GenerationRequest(prompt, 24)))
     assert sum(a == b for a, b in zip(plain, native)) >= 22  # near-ties may flip
 
 

@@ -292,7 +292,7 @@ def test_chat_fallback_transcript_without_template(ref):
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "max_tokens": 4}
     )
     prep = prepare_chat(ModelInfo(model), req)
-    assert tok.decode(prep.params.prompt_ids) == "system: Be brief.\nuser: hi\nassistant:"
+    assert tok.decode(prep.params.prompt) == "system: Be brief.\nuser: hi\nassistant:"
     assert "\nuser:" in prep.params.stop and prep.strip_leading
 
 

@@ -1,0 +1,97 @@
+"""The inference layout: projections that read the same input fused into one matmul.
+
+Checkpoints (and training) keep Hugging Face's separate q/k/v and gate/up projections. For
+inference `load_model` swaps each layer's attention and dense MLP for a fused module here, once,
+before the weights are assigned (as gpt-fast swaps in quantized modules), so no `forward` asks
+which layout it has; the checkpoint's rows are concatenated to match (`fuse_state_dict`) and split
+again when a model is saved (`unfuse_state_dict`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from demi.model.config import ModelConfig
+from demi.model.decoder import Attention, Block, Transformer
+from demi.model.rope import apply_rotary
+
+# fused name: the separate projections it concatenates, in row order
+FUSIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+class FusedAttention(Attention):
+    """Attention with q, k and v in one matmul (and without QK norm one rotary pass over the
+    adjacent q and k heads): the inference layout `fuse_modules` swaps in."""
+
+    def projections(self, hidden: int, q_dim: int, kv_dim: int, bias: bool) -> None:
+        self.qkv_proj = nn.Linear(hidden, q_dim + 2 * kv_dim, bias=bias)
+
+    def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
+        qkv = self.qkv_proj(x)
+        if self.qk_norm != "none":
+            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+            return self.heads(q, k, v, cos, sin)
+        qk = apply_rotary(qkv[..., : (hq + hkv) * d].view(b, t, hq + hkv, d).transpose(1, 2), cos, sin)
+        return qk[:, :hq], qk[:, hq:], qkv[..., (hq + hkv) * d :].view(b, t, hkv, d).transpose(1, 2)
+
+
+class FusedMLP(nn.Module):
+    """SwiGLU with gate and up in one matmul (swapped in at load, like FusedAttention)."""
+
+    def __init__(self, hidden: int, inter: int, bias: bool = False):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=bias)
+        self.down_proj = nn.Linear(inter, hidden, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def fuse_modules(model: Transformer) -> None:
+    """Swap every layer's attention and dense MLP for its fused form, on the meta device: the
+    weights come from a fused state (`fuse_state_dict`) assigned afterwards."""
+    cfg = model.config
+    with torch.device("meta"):
+        for i, block in enumerate(model.model.layers):
+            assert isinstance(block, Block)
+            block.self_attn = FusedAttention(cfg, i)
+            if not block.is_moe:
+                block.mlp = FusedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
+
+
+def fuse_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Concatenate the rows of fused projections (weights, biases and any per-row scales)."""
+    out = dict(state)
+    for key in list(state):
+        for fused, parts in FUSIONS.items():
+            tag = f".{parts[0]}."
+            if tag not in key:
+                continue
+            prefix, suffix = key.split(tag, 1)
+            names = [f"{prefix}.{p}.{suffix}" for p in parts]
+            if all(n in out for n in names):
+                out[f"{prefix}.{fused}.{suffix}"] = torch.cat([out.pop(n) for n in names], dim=0)
+    return out
+
+
+def unfuse_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """The Hugging Face names again: split fused rows back into q/k/v and gate/up."""
+    sizes = {
+        "qkv_proj": [cfg.num_attention_heads * cfg.head_dim] + [cfg.num_key_value_heads * cfg.head_dim] * 2,
+        "gate_up_proj": [cfg.intermediate_size] * 2,
+    }
+    out = {}
+    for key, value in state.items():
+        fused = next((f for f in FUSIONS if f".{f}." in key), None)
+        if fused is None:
+            out[key] = value
+            continue
+        prefix, suffix = key.split(f".{fused}.", 1)
+        for part, piece in zip(FUSIONS[fused], value.split(sizes[fused], dim=0)):
+            out[f"{prefix}.{part}.{suffix}"] = piece
+    return out
