@@ -32,4 +32,4 @@ def total_items(stock: dict[str, int]) -> int:
 def mean_count(stock: dict[str, int]) -> float:
     if not stock:
         return 0.0
-    return
+    return 
