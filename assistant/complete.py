@@ -34,6 +34,7 @@ class CompletionResult:
     fim: str | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    speculation: dict[str, int] | None = None  # speculative decoding's figures (None: off)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class CompletionResult:
             "fim": self.fim,
             "notes": self.notes,
             "warnings": self.warnings,
+            "speculation": self.speculation,
         }
 
 
@@ -126,4 +128,5 @@ def complete(
         result.extra.get("fim"),
         ctx.notes,
         warnings,
+        result.extra.get("speculation"),
     )

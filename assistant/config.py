@@ -62,6 +62,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("db_timeout", float, 5.0, "seconds to wait for a locked session database"),
     Setting("max_file_mb", float, 2.0, "files larger than this are refused"),
     Setting("server_timeout", float, 120.0, "seconds to wait for a server's next bytes"),
+    Setting(
+        "server_fim",
+        str,
+        None,
+        "FIM template family of the server's model: Demi then builds FIM prompts itself and sends them raw "
+        "(None: send `suffix` and let the server build them)",
+        (
+            "qwen",
+            "qwen2.5-coder",
+            "demi-tiny",
+            "starcoder",
+            "starcoder2",
+            "codellama",
+            "deepseek",
+            "deepseek-coder",
+            "codestral",
+        ),
+    ),
+    Setting(
+        "speculate",
+        int,
+        8,
+        "speculative decoding from the prompt (prompt lookup) for explain, refactor and chat with an "
+        "in-process model: draft tokens checked per step; 0 = off. Greedy output is unchanged",
+    ),
     Setting("complete.max_tokens", int, 64, "new tokens for one completion"),
     Setting("complete.context_tokens", int, 1024, "prompt budget for FIM (prefix:suffix about 3:1)"),
     Setting("complete.temperature", float, 0.0, "0 is greedy"),

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -51,6 +51,11 @@ __all__ = [
 log = logging.getLogger("demi")
 
 LARGE_MODEL_PARAMS = 300_000_000  # from about here a model's explanation is worth leading with
+# Draft tokens per step for speculative decoding from the prompt (`GenerationRequest.speculate`),
+# the config's `speculate` default. Chat-style answers (explain, refactor, chat) copy names and code
+# from their prompt, so drafts are often right; short FIM completions gain nothing (see
+# benchmarks/RESULTS-speculation.md), so `infill` does not speculate.
+DEFAULT_SPECULATE = 8
 
 
 @dataclass
@@ -63,6 +68,7 @@ class EngineInfo:
     chat_template: bool | None = None
     instruct: bool = False
     url: str | None = None
+    fim_layout: str | None = None  # psm | spm: the FIM prompt's order (None: no template, or the server's)
 
     @property
     def large(self) -> bool:
@@ -102,10 +108,12 @@ class InProcessEngine:
     runner (`runner.ModelRunner`): its own, or the one given (the language server's, shared by
     the models it loads). Generations take the calling thread's priority (`runner.set_priority`):
     at 0 (the default: an editor's completion, the CLI, the terminal UI) `complete` runs whole on
-    the model thread; at 1 (a long answer in the editor) it is stepped between other work."""
+    the model thread; at 1 (a long answer in the editor) it is stepped between other work.
+    `speculate` is the default draft depth of `chat` (0: off); a caller's `speculate=` wins."""
 
-    def __init__(self, local: LocalModel, runner: ModelRunner | None = None):
+    def __init__(self, local: LocalModel, runner: ModelRunner | None = None, speculate: int = DEFAULT_SPECULATE):
         self.local = local
+        self.speculate = max(0, int(speculate))
         self.name = local.name
         self._owns_runner = runner is None
         self.runner = runner if runner is not None else ModelRunner(local)
@@ -176,6 +184,7 @@ class InProcessEngine:
         built = build_chat(self.local.tokenizer, prompt)
         stops = list(stop or []) + built.stop
         end_ids = self.local.stop_ids | built.stop_ids
+        kwargs.setdefault("speculate", self.speculate)
         result = self.complete(built.prompt, on_text=on_text, stop=stops, stop_ids=end_ids, **kwargs)
         result.extra["chat_template"] = built.templated
         return result
@@ -198,6 +207,7 @@ class InProcessEngine:
                 tpl.family if tpl is not None else None,
                 bool(self.local.tokenizer.chat_template),
                 looks_instruct(self.name, self.local.path),
+                fim_layout=tpl.order if tpl is not None else None,
             )
         return self._info
 
@@ -234,7 +244,13 @@ class _Response:
 
 
 class HttpEngine:
-    """An OpenAI-compatible server behind the engine interface (standard library only)."""
+    """An OpenAI-compatible server behind the engine interface (standard library only).
+
+    FIM: with `fim` naming the remote model's template family (the `server_fim` setting: qwen,
+    starcoder, starcoder2, codellama, deepseek, codestral, demi-tiny), the prompt is built here by
+    `generation.build_fim` with the same template code as in-process (a local copy of the model's
+    tokenizer, when there is one, gives its exact template) and sent as a raw prompt with the
+    template's stop strings; without it, `suffix` goes to /v1/completions and the server builds it."""
 
     def __init__(
         self,
@@ -244,6 +260,7 @@ class HttpEngine:
         timeout: float = 120.0,
         connect_timeout: float = 5.0,
         tokenizer: Any = None,
+        fim: str | None = None,
     ):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -257,6 +274,7 @@ class HttpEngine:
         self.tokenizer = tokenizer
         self._model, self._resolved = model, False
         self.name = model or "server"
+        self.fim_template = _client_fim_template(fim, tokenizer) if fim else None
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -446,9 +464,26 @@ class HttpEngine:
     ) -> Completion:
         return drain(self.stream(prompt, **kwargs), on_text)
 
-    def infill(self, ctx: FimContext, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Completion:
-        """`suffix` on /v1/completions: the server applies its model's FIM template."""
+    def infill(
+        self,
+        ctx: FimContext,
+        on_text: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Completion:
+        """With a known FIM family: the prompt built here (`build_fim`, no token healing: a server
+        cannot constrain the first token) and sent raw with the template's stop strings. Otherwise
+        `suffix` on /v1/completions: the server applies its model's FIM template."""
         kwargs.pop("stop_ids", None)
+        tpl = self.fim_template
+        if tpl is not None:
+            built = build_fim(None, tpl, ctx.prefix, ctx.suffix, ctx.path, ctx.other_files, heal=False)
+            stops = list(dict.fromkeys([*(stop or []), *built.stop]))  # the caller's first: a server takes 4
+            result = self.complete(built.prompt, on_text=on_text, stop=stops, **kwargs)
+            result.extra["fim"] = tpl.family
+            return result
+        if stop is not None:
+            kwargs["stop"] = stop
         prefix = ctx.prefix
         if ctx.other_files:  # the server's template takes prefix and suffix only: other files go in comments
             from demi.assistant.fim import line_comment
@@ -481,10 +516,28 @@ class HttpEngine:
         return approx_tokens(text)
 
     def info(self) -> EngineInfo:
-        return EngineInfo(self.model, "http", None, None, "server", None, looks_instruct(self.model), self.url)
+        tpl = self.fim_template
+        fim, layout = (tpl.family, tpl.order) if tpl is not None else ("server", None)
+        return EngineInfo(self.model, "http", None, None, fim, None, looks_instruct(self.model), self.url, layout)
 
     def close(self) -> None:
         pass
+
+
+def _client_fim_template(family: str, tokenizer: Any) -> Any:
+    """The FIM template the HTTP client builds prompts with for a remote model of `family`: the one
+    detected on a local copy of the model's tokenizer when it has that format (its exact stops and
+    spacing, in the family's order), else the family's template from its name alone."""
+    from demi.assistant.fim import detect_fim, fim_template_for
+
+    try:
+        tpl = fim_template_for(family)
+    except ValueError as exc:
+        raise DemiUserError(f"server_fim: {exc}") from None
+    local = detect_fim(tokenizer, layout=tpl.order if tpl.style == "qwen" else None) if tokenizer is not None else None
+    if local is not None and local.style == tpl.style:
+        return replace(local, family=tpl.family, stop_token_ids=frozenset())
+    return tpl
 
 
 def _local_tokenizer(model: str | None) -> Any:
@@ -510,18 +563,23 @@ def open_engine(
     timeout: float = 120.0,
     quant: str | None = None,
     runner: ModelRunner | None = None,
+    speculate: int = DEFAULT_SPECULATE,
+    server_fim: str | None = None,
 ) -> InProcessEngine | HttpEngine:
     """Load `model` in this process, or talk to `server` (a name, a directory or a hub id;
     None means the config file, then DEMI_MODEL, then demi-tiny; no `quant` means "auto", the config's
-    default: int8 on a CPU). An in-process model runs on `runner` when given, else on its own."""
+    default: int8 on a CPU). An in-process model runs on `runner` when given, else on its own, and
+    speculates `speculate` draft tokens per step in chat-style answers (0: off)."""
     if server:  # `model` names the server's model; a local copy, if any, gives exact token counts
-        return HttpEngine(server, model, api_key=api_key, timeout=timeout, tokenizer=_local_tokenizer(model))
+        # `server_fim` names that model's FIM family: the client then builds FIM prompts itself
+        tok = _local_tokenizer(model)
+        return HttpEngine(server, model, api_key=api_key, timeout=timeout, tokenizer=tok, fim=server_fim)
     if model is None:
         from demi.assistant.config import load_config
 
         model = load_config()["model"]
     local = LocalModel.load(model, device=device, dtype=dtype, context=context, quant=quant or "auto")
-    return InProcessEngine(local, runner)
+    return InProcessEngine(local, runner, speculate)
 
 
 def load_local_model(cfg: Any) -> LocalModel:
@@ -542,4 +600,6 @@ def engine_from_config(cfg: Any) -> InProcessEngine | HttpEngine:
         api_key=cfg["api_key"],
         timeout=cfg["server_timeout"],
         quant=cfg["quant"],
+        speculate=cfg["speculate"],
+        server_fim=cfg["server_fim"],
     )

@@ -37,6 +37,7 @@ class Explanation:
     seconds: float = 0.0
     finish_reason: str = ""
     notes: list[str] = field(default_factory=list)
+    speculation: dict[str, int] | None = None  # speculative decoding's figures (None: off)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class Explanation:
             "seconds": round(self.seconds, 4),
             "finish_reason": self.finish_reason,
             "notes": self.notes,
+            "speculation": self.speculation,
         }
 
 
@@ -216,4 +218,5 @@ def explain(
         time.monotonic() - started,
         result.finish_reason,
         notes,
+        result.extra.get("speculation"),
     )

@@ -1,7 +1,13 @@
 """Fill-in-the-middle prompt templates, one per model family, picked from the tokenizer's special tokens.
 
 `detect_fim(tokenizer)` looks at which FIM tokens the vocabulary has and returns a `FimTemplate`
-(or None for a model without FIM tokens: callers fall back to plain prefix completion).
+(or None for a model without FIM tokens: callers fall back to plain prefix completion). The tokens
+give the *format*; the *order* comes from the model's own metadata, never from a guess:
+tokenizer_config.json's `"fim_layout"` (`"psm"`, prefix first, the default for every model, or
+`"spm"`, suffix first) and `"fim_family"` (a name in `FAMILIES`, e.g. demi-tiny's `"demi-tiny"`;
+without it a model with Qwen's FIM tokens is Qwen2.5-Coder, whatever else its vocabulary holds).
+`fim_template_for(family)` is the same template from a family's name alone (token strings, no
+tokenizer): what the HTTP client uses to build the prompt for a remote model whose family is known.
 `FimTemplate.build(prefix, suffix, path, repo, other_files)` renders the prompt *text*; encode it
 with the tokenizer's defaults (`add_special_tokens=True`): BOS, where a family has one, comes from
 the tokenizer, not from the template. Generation stops on `stop_token_ids` (the family's
@@ -39,7 +45,10 @@ In PSM (every family but Codestral) typing at the cursor only changes the *end* 
 request re-uses everything up to the edit point and re-prefills the last few prefix tokens plus the
 suffix (editors cap the suffix, so that is short). In SPM (Codestral) the suffix comes first and the
 prefix last, so typing only appends to the end of the prompt: nearly everything is reused.
-demi-tiny is trained by our own pipeline on both orders, so it takes the suffix-first order too.
+demi-tiny is trained by our own pipeline on both orders and says so in its tokenizer_config.json
+(`"fim_family": "demi-tiny", "fim_layout": "spm"`, written by model/bpe_train.py), so it takes the
+suffix-first order too. A family's own default order applies when the metadata names the family but
+no layout (demi-tiny: SPM); only the Qwen-style format has an SPM variant besides Codestral's.
 
 Families without file tokens (StarCoder 1, CodeLlama, DeepSeek-Coder, Codestral) get other files as
 line-comment blocks ("# path" then the content, as DeepSeek-Coder's repository examples do) at the
@@ -49,17 +58,23 @@ start of the prefix text, followed by a comment with the current file's path.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-__all__ = ["FimTemplate", "detect_fim", "FAMILIES"]
+__all__ = ["FAMILIES", "FIM_LAYOUTS", "FimTemplate", "detect_fim", "family_name", "fim_template_for"]
 
 FAMILIES = ("qwen2.5-coder", "demi-tiny", "starcoder", "starcoder2", "codellama", "deepseek-coder", "codestral")
+FIM_LAYOUTS = ("psm", "spm")
+# Short names accepted where a person writes a family (the `server_fim` setting).
+ALIASES = {"qwen": "qwen2.5-coder", "deepseek": "deepseek-coder"}
+# A family's own order when its metadata names it without a layout (Codestral is SPM by format).
+_DEFAULT_LAYOUT = {"demi-tiny": "spm"}
 
-# demi-tiny's tokenizer (model/bpe_train.py) has exactly these special tokens, Qwen2.5-Coder's names.
-_DEMI_TINY_TOKENS = frozenset(
-    {
+# Each family's tokens as its vocabulary spells them (end of sequence first): `fim_template_for`
+# detects the template on this vocabulary, so a named family gets exactly what detection would.
+_FAMILY_TOKENS: dict[str, tuple[str, ...]] = {
+    "qwen2.5-coder": (
         "<|endoftext|>",
         "<|fim_prefix|>",
         "<|fim_middle|>",
@@ -69,8 +84,23 @@ _DEMI_TINY_TOKENS = frozenset(
         "<|file_sep|>",
         "<|im_start|>",
         "<|im_end|>",
-    }
-)
+    ),
+    "starcoder": ("<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"),
+    "starcoder2": (
+        "<|endoftext|>",
+        "<fim_prefix>",
+        "<fim_middle>",
+        "<fim_suffix>",
+        "<fim_pad>",
+        "<repo_name>",
+        "<file_sep>",
+    ),
+    # the documented text form ("<PRE> {pre} <SUF>{suf} <MID>"): a server's tokenizer reads the text
+    "codellama": ("</s>", "<PRE>", "<SUF>", "<MID>", "<EOT>"),
+    "deepseek-coder": ("<｜end▁of▁sentence｜>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<|EOT|>"),
+    "codestral": ("</s>", "[PREFIX]", "[SUFFIX]", "[MIDDLE]"),
+}
+_FAMILY_TOKENS["demi-tiny"] = _FAMILY_TOKENS["qwen2.5-coder"]
 
 _LINE_COMMENT = {
     **dict.fromkeys(
@@ -220,9 +250,33 @@ def _adds_dummy_prefix(tok: Any) -> bool:
         return False
 
 
-def detect_fim(tokenizer: _Tok) -> FimTemplate | None:
-    """The FIM template for this tokenizer's model family, or None if it has no FIM tokens."""
+def family_name(name: str | None) -> str | None:
+    """A family as `FAMILIES` spells it (aliases and case accepted), or None for an unknown name."""
+    if not name:
+        return None
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    return key if key in FAMILIES else None
+
+
+def fim_metadata(tokenizer: Any) -> tuple[str | None, str | None]:
+    """The (family, layout) the model declares about its FIM prompt (tokenizer_config.json's
+    `fim_family` and `fim_layout`, as `demi.model.tokenizer.Tokenizer.fim_metadata` holds them);
+    None for what it does not declare, or declares as something unknown."""
+    meta = getattr(tokenizer, "fim_metadata", None) or {}
+    family = family_name(meta.get("fim_family")) if isinstance(meta, dict) else None
+    layout = str(meta.get("fim_layout") or "").strip().lower() if isinstance(meta, dict) else ""
+    return family, layout if layout in FIM_LAYOUTS else None
+
+
+def detect_fim(tokenizer: _Tok, layout: str | None = None) -> FimTemplate | None:
+    """The FIM template for this tokenizer's model family, or None if it has no FIM tokens. The order
+    is `layout` when given, else the model's metadata (`fim_metadata`), else PSM (see the module
+    docstring)."""
     t = tokenizer
+    declared_family, declared_layout = fim_metadata(t)
+    if layout is not None and layout not in FIM_LAYOUTS:
+        raise ValueError(f"FIM layout must be one of {', '.join(FIM_LAYOUTS)}, not {layout!r}")
     if _has(t, "<|fim_prefix|>") and _has(t, "<|fim_suffix|>") and _has(t, "<|fim_middle|>"):
         names, ids = _stops(
             t,
@@ -238,8 +292,10 @@ def detect_fim(tokenizer: _Tok) -> FimTemplate | None:
                 "<|fim_middle|>",
             ),
         )
-        specials = set(getattr(t, "special_tokens", {}) or {})
-        family = "demi-tiny" if specials and specials <= _DEMI_TINY_TOKENS else "qwen2.5-coder"
+        # The family and order are what the model declares, never a guess from the rest of its
+        # vocabulary (a fine-tune with a trimmed vocabulary is still Qwen2.5-Coder, prefix first).
+        family = declared_family if declared_family in ("qwen2.5-coder", "demi-tiny") else "qwen2.5-coder"
+        order = layout or declared_layout or _DEFAULT_LAYOUT.get(family, "psm")
         return FimTemplate(
             family,
             "qwen",
@@ -250,7 +306,7 @@ def detect_fim(tokenizer: _Tok) -> FimTemplate | None:
             ids,
             "<|repo_name|>" if _has(t, "<|repo_name|>") else None,
             "<|file_sep|>" if _has(t, "<|file_sep|>") else None,
-            suffix_first=family == "demi-tiny",
+            suffix_first=order == "spm",
         )
     if _has(t, "<fim_prefix>") and _has(t, "<fim_suffix>") and _has(t, "<fim_middle>"):
         names, ids = _stops(
@@ -287,3 +343,31 @@ def detect_fim(tokenizer: _Tok) -> FimTemplate | None:
             "codestral", "codestral", "[PREFIX]", "[SUFFIX]", None, names, ids, lead_space=_adds_dummy_prefix(t)
         )
     return None
+
+
+class _FamilyVocab:
+    """A vocabulary of one family's FIM tokens alone (byte-level: no SentencePiece space), with an
+    optional declared layout: what `detect_fim` reads to build that family's template by name."""
+
+    def __init__(self, tokens: Sequence[str], family: str, layout: str | None):
+        self.vocab = {tok: i for i, tok in enumerate(tokens)}
+        self.special_tokens_map = {"eos_token": tokens[0]}
+        self.eos_token_ids = [0]
+        self.fim_metadata = {"fim_family": family, **({"fim_layout": layout} if layout else {})}
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.vocab.get(token)
+
+
+def fim_template_for(family: str, layout: str | None = None) -> FimTemplate:
+    """The FIM template of a named family (an alias such as "qwen" or "deepseek" works) without its
+    tokenizer: the prompt as text with the family's token strings, and its stop strings (there are
+    no token ids: `stop_token_ids` is empty). For a client whose server encodes the text, so the
+    special-token strings become the tokens. `layout` overrides the family's order (Qwen style)."""
+    name = family_name(family)
+    if name is None:
+        known = ", ".join([*FAMILIES, *ALIASES])
+        raise ValueError(f"unknown FIM family {family!r} (known: {known})")
+    tpl = detect_fim(_FamilyVocab(_FAMILY_TOKENS[name], name, layout))
+    assert tpl is not None and tpl.family == name, (name, tpl)
+    return replace(tpl, stop_token_ids=frozenset())

@@ -5,7 +5,9 @@ last token, the template's stop strings and tokens); `build_chat` the chat promp
 chat template ending on `END_OF_TURN`, or a base model's completion-style text and its stops);
 `transcript_prompt` the plain fallback for a client's own chat messages. The in-process engine
 (`engines.InProcessEngine`) and `demi serve` both use them, so an editor and an OpenAI client get
-the same prompt for the same request.
+the same prompt for the same request; the HTTP client (`engines.HttpEngine`) builds FIM prompts
+with `build_fim` too when it knows the remote model's family (text with the template's token
+strings, no tokenizer).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class ModelPrompt:
 
 
 def build_fim(
-    tokenizer: Any,
+    tokenizer: Any | None,
     template: FimTemplate | None,
     prefix: str,
     suffix: str,
@@ -65,15 +67,18 @@ def build_fim(
 ) -> ModelPrompt:
     """The prompt to fill `prefix`<cursor>`suffix`. With `heal`, the prefix's last token is cut off
     and the answer constrained to spell it first (token healing). Without a template: the prefix
-    alone, continued (a newline when it is empty)."""
+    alone, continued (a newline when it is empty). Without a tokenizer (a client whose server
+    encodes the text): no healing, and every stop of the template as a string."""
     from demi.model.healing import split_heal  # the tokenizer's own view of the last token
 
     cut = ""
-    if heal:
+    if heal and tokenizer is not None:
         prefix, cut = split_heal(prefix, tokenizer)
     if template is None:
         return ModelPrompt(prefix or "\n", heal=cut)
     text = template.build(prefix, suffix, path=path, other_files=other_files)
+    if tokenizer is None:
+        return ModelPrompt(text, list(template.stop_strings), set(), templated=True)
     stops = [s for s in template.stop_strings if tokenizer.token_to_id(s) is None]
     return ModelPrompt(text, stops, set(template.stop_token_ids), cut, templated=True)
 

@@ -47,6 +47,7 @@ class RefactorResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     lossy: bool = False
+    speculation: dict[str, int] | None = None  # speculative decoding's figures (None: off)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class RefactorResult:
             "completion_tokens": self.completion_tokens,
             "seconds": round(self.seconds, 4),
             "notes": self.notes,
+            "speculation": self.speculation,
         }
 
 
@@ -215,6 +217,7 @@ def propose(
         seconds=time.monotonic() - started,
         notes=notes,
         lossy=doc.lossy,
+        speculation=result.extra.get("speculation"),
     )
 
 

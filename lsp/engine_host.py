@@ -204,7 +204,7 @@ class EngineHost:
                 url = where
                 log.info("using the demi serve running at %s (model %s)", url, found.get("model"))
         if url:
-            engine = open_engine(s.model, server=url, api_key=s.api_key)
+            engine = open_engine(s.model, server=url, api_key=s.api_key, server_fim=s.server_fim)
             assert isinstance(engine, HttpEngine)
             self.kind, self.url = "http", engine.url
             engine.info()  # resolves the model name: fails fast when nothing answers
@@ -223,6 +223,7 @@ class EngineHost:
                 context=s.context,
                 quant=s.quant,
                 runner=self.runner,
+                speculate=s.speculate,
             )
             assert isinstance(engine, InProcessEngine)
             return engine

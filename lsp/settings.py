@@ -20,7 +20,19 @@ from typing import Any
 DEFAULT_ENABLE = {"*": True, "plaintext": False, "markdown": False, "scminput": False}
 
 # What makes the engine itself change (a reload); everything else applies to the next request.
-ENGINE_KEYS = ("model", "server", "detect_server", "api_key", "quant", "device", "dtype", "context", "threads")
+ENGINE_KEYS = (
+    "model",
+    "server",
+    "detect_server",
+    "api_key",
+    "server_fim",
+    "quant",
+    "device",
+    "dtype",
+    "context",
+    "threads",
+    "speculate",
+)
 
 
 @dataclass
@@ -29,11 +41,13 @@ class LspSettings:
     server: str | None = None  # an OpenAI-compatible server instead of the in-process engine
     detect_server: bool | str = True  # use a `demi serve` already running on 127.0.0.1:8642 (or this URL)
     api_key: str | None = None
+    server_fim: str | None = None  # the server's model's FIM family: Demi builds FIM prompts itself
     quant: str | None = None
     device: str | None = None
     dtype: str | None = None
     context: int | None = None
     threads: int | None = None  # torch threads for the in-process model (None: DEMI_THREADS, physical cores)
+    speculate: int = 8  # speculative decoding's draft tokens per step for explain and refactor (0: off)
     max_tokens: int = 64  # new tokens for one completion
     context_tokens: int = 1024  # prompt budget for FIM
     temperature: float = 0.0
@@ -90,6 +104,7 @@ _ALIASES.update(
             "serverUrl": "server",
             "url": "server",
             "detectDemiServe": "detect_server",
+            "serverFim": "server_fim",
             "quantization": "quant",
             "debounce": "debounce_ms",
             "enabled": "enable",
@@ -103,6 +118,7 @@ _OPTIONAL = {
     "model",
     "server",
     "api_key",
+    "server_fim",
     "quant",
     "device",
     "dtype",
@@ -121,10 +137,12 @@ def from_config(cfg: Any) -> LspSettings:
         model=cfg["model"],
         server=cfg["server"],
         api_key=cfg["api_key"],
+        server_fim=cfg["server_fim"],
         quant=cfg["quant"],
         device=cfg["device"],
         dtype=cfg["dtype"],
         context=cfg["context"],
+        speculate=cfg["speculate"],
         max_tokens=cfg["complete.max_tokens"],
         context_tokens=cfg["complete.context_tokens"],
         temperature=cfg["complete.temperature"],

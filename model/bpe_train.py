@@ -97,6 +97,10 @@ def train_bpe_tokenizer(
             for i, token in enumerate(SPECIAL_TOKENS)
         },
         "chat_template": CHATML_TEMPLATE,
+        # The FIM prompt a model trained by Demi's pipeline takes (assistant/fim.py reads these): the
+        # Qwen-style format, suffix first (the pipeline trains both orders, SPM the more often).
+        "fim_family": "demi-tiny",
+        "fim_layout": "spm",
     }
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     (out / "tokenizer_config.json").write_text(text, encoding="utf-8")

@@ -56,6 +56,11 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
+# An attention mask: None (causal or a single query), a boolean tensor, or one per query row (each
+# query attended on its own, exactly as a one-token decode step does: `hidden_states(rowwise=True)`).
+Mask = Tensor | list[Tensor | None] | None
+
+
 def attention_mask(start: int, count: int, window: int | None, device: torch.device) -> Tensor | None:
     """Boolean mask [count, start+count] (True = attend), or None where SDPA needs none."""
     total = start + count
@@ -109,17 +114,26 @@ class Attention(nn.Module):
         q, k = apply_rotary(q.transpose(1, 2), cos, sin), apply_rotary(k.transpose(1, 2), cos, sin)
         return q, k, v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None, cache: KVCache | None
-    ) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Mask, cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
-        causal = mask is None and t > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv != self.n_heads
-        )
+        gqa = self.n_kv != self.n_heads
+        if isinstance(mask, list):  # row by row, as decode steps would (see Transformer.hidden_states)
+            end = k.shape[2] - t + 1
+            y = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        q[:, :, i : i + 1], k[:, :, : end + i], v[:, :, : end + i], attn_mask=m, enable_gqa=gqa
+                    )
+                    for i, m in enumerate(mask)
+                ],
+                dim=2,
+            )
+        else:
+            causal = mask is None and t > 1
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -208,7 +222,7 @@ class Block(nn.Module):
         cos: Tensor,
         sin: Tensor,
         start: int,
-        mask: Tensor | None,
+        mask: Mask,
         cache: KVCache | None,
         router_logits: list[Tensor] | None = None,
     ) -> Tensor:
@@ -259,14 +273,30 @@ class Transformer(nn.Module):
         return self.rotary
 
     def hidden_states(
-        self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, router_logits: list[Tensor] | None = None
+        self,
+        tokens: Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        router_logits: list[Tensor] | None = None,
+        rowwise: bool = False,
     ) -> Tensor:
-        """Final-normed hidden states [B, T, H] for tokens at positions start..start+T-1."""
+        """Final-normed hidden states [B, T, H] for tokens at positions start..start+T-1.
+
+        With `rowwise` (and a cache), attention runs one query row at a time with the mask a
+        one-token step at that position gets, so each row's result is bit for bit a decode step's
+        (speculative decoding's check; the other layers work row by row already). Quantized kernels
+        that round activations would otherwise turn SDPA's last-bit differences between one and
+        many queries into different logits."""
         t = tokens.shape[1]
         x = self.model.embed_tokens(tokens)
         cos, sin = self.rotary_table(x.device).lookup(start, t, x.device)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once per forward, not per layer
-        mask = attention_mask(start if cache is not None else 0, t, self.config.sliding_window, x.device)
+        window = self.config.sliding_window
+        mask: Mask
+        if rowwise and cache is not None and t > 1:
+            mask = [attention_mask(start + i, 1, window, x.device) for i in range(t)]
+        else:
+            mask = attention_mask(start if cache is not None else 0, t, window, x.device)
         for layer in self.model.layers:
             x = layer(x, cos, sin, start, mask, cache, router_logits)
         if cache is not None:

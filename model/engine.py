@@ -257,7 +257,7 @@ class LocalModel:
             reason,
             time.monotonic() - run.started,
             first,
-            extra={"cached_tokens": run.reuse, "healed": len(heal)},
+            extra={"cached_tokens": run.reuse, "healed": len(heal), "speculation": run.speculation()},
         )
 
     @torch.inference_mode()

@@ -6,6 +6,14 @@ one request and returns why it stopped.
 cancellation token and deadline every step, and stops on stop tokens. Sampling follows Hugging
 Face's order (repetition penalty, temperature, top-k, top-p) so greedy and seeded runs can be
 compared token for token.
+
+With `GenerationRequest.speculate` = k > 0, decoding is speculative from the prompt (prompt lookup
+decoding): `lookup.PromptLookup` drafts up to k tokens from an earlier occurrence of the last few
+tokens, one forward pass checks the token just chosen plus the drafts (`_decode_speculative`), and
+the longest run the model agrees with is kept, so one step yields 1 to k+1 tokens. Greedy output is
+the plain loop's, token for token; sampled output follows the same distribution (`accept_draft`).
+No speculation with a repetition penalty (each accepted token would change the next row's
+penalty), nor while a token-healing constraint is still spelling its text.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from demi.model.cancel import CancelToken
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.healing import ForcedPrefix
+from demi.model.lookup import PromptLookup
+from demi.model.quantize import DECODE_ROWS, RescoredHead
 
 MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (as vLLM does)
 # A prefill that starts after cached tokens needs an explicit mask, and SDPA with a mask runs at
@@ -104,6 +114,7 @@ class GenerationRequest:
     cancel: CancelToken | None = None
     time_budget: float | None = None  # seconds from the start, then the answer ends ("time")
     add_special_tokens: bool = True
+    speculate: int = 0  # draft tokens per step from prompt lookup (see `_decode_speculative`); 0 = off
 
 
 @dataclass
@@ -120,6 +131,17 @@ class Run:
     constraint: ForcedPrefix | None = None  # token healing: the first tokens spell its text
     started: float = field(default_factory=time.monotonic)
     tokens: list[int] = field(default_factory=list)
+    # speculative decoding: the depth used (0: off), draft tokens checked and accepted, decode passes
+    speculate: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    steps: int = 0
+
+    def speculation(self) -> dict[str, int] | None:
+        """What speculative decoding did (for `Completion.extra`), or None when it was off."""
+        if not self.speculate:
+            return None
+        return {"k": self.speculate, "drafted": self.drafted, "accepted": self.accepted, "steps": self.steps}
 
     @classmethod
     def of(cls, request: GenerationRequest) -> Run:
@@ -150,6 +172,13 @@ def sample_next(logits: Tensor, s: Sampling, generator: torch.Generator | None) 
     """Next token [B] from last-position logits [B, V] (already penalised)."""
     if s.greedy:
         return logits.argmax(-1)
+    probs = processed_logits(logits, s).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def processed_logits(logits: Tensor, s: Sampling) -> Tensor:
+    """Logits [..., V] after temperature, top-k and top-p (not greedy): their softmax is the
+    distribution `sample_next` draws from."""
     logits = (logits.float() - logits.float().amax(-1, keepdim=True)) / s.temperature  # no overflow
     if s.top_k:
         kth = torch.topk(logits, min(s.top_k, logits.shape[-1])).values[..., -1, None]
@@ -160,8 +189,26 @@ def sample_next(logits: Tensor, s: Sampling, generator: torch.Generator | None) 
         drop = cum <= 1 - s.top_p
         drop[..., -1] = False  # always keep the most likely token
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits
+
+
+def accept_draft(logits: Tensor, draft: int, s: Sampling, generator: torch.Generator | None) -> tuple[bool, int]:
+    """Check one draft token against the model's logits [V] at its position: (accepted, the token).
+
+    Greedy: accepted when it is the argmax, else the argmax replaces it. Sampling: the speculative
+    sampling rule for a deterministic (one-hot) draft: accept with probability p(draft) under the
+    processed distribution, else draw from p with the draft removed (renormalised). Either way the
+    token kept is distributed exactly as `sample_next`'s would be."""
+    if s.greedy:
+        best = int(logits.argmax(-1).item())
+        return best == draft, best
+    probs = processed_logits(logits, s).softmax(-1).reshape(-1)
+    if float(torch.rand((), generator=generator, device=probs.device)) < float(probs[draft]):
+        return True, draft
+    probs[draft] = 0.0
+    if not float(probs.sum()) > 0.0:  # all the mass was on the draft (up to rounding)
+        return True, draft
+    return False, int(torch.multinomial(probs, 1, generator=generator).item())
 
 
 def next_token(
@@ -180,6 +227,28 @@ def next_token(
 def decode_one_token(model: Transformer, token: Tensor, pos: int, cache: KVCache) -> Tensor:
     """Logits [B, V] after `token` [B, 1] at position `pos`, its keys and values written into `cache`."""
     return model(token, start=pos, cache=cache)[:, -1].float()
+
+
+def max_verify_rows(model: Transformer) -> int | None:
+    """The most tokens one speculative verification pass may hold so that each row's logits are
+    the ones a decode step of that token gives (greedy output must not change): a quantized CPU
+    model runs its decode kernels, which work row by row, only up to DECODE_ROWS rows; more go
+    through the prefill path, whose rounding differs (measured: a near-tie on demi-tiny int8 flipped)."""
+    if getattr(model, "quantization", "none") in ("int8", "int4") and model.device.type == "cpu":
+        return DECODE_ROWS
+    return None
+
+
+def verify_logits(model: Transformer, tokens: Tensor, pos: int, cache: KVCache) -> Tensor:
+    """Logits [T, V] after each of `tokens` [1, T] at positions pos.., written into `cache`: one pass
+    through the layers, attention row by row (`hidden_states(rowwise=True)`), and an int8 head that
+    decodes through an int4 shadow (`RescoredHead`) also row by row, as its one-row path is not its
+    many-row one: each row is what a decode step of that token computes."""
+    hidden = model.hidden_states(tokens, pos, cache, rowwise=True)
+    head = model.lm_head
+    if isinstance(head, RescoredHead):
+        return torch.cat([head(hidden[:, i : i + 1]) for i in range(hidden.shape[1])], dim=1)[0].float()
+    return head(hidden)[0].float()
 
 
 @torch.inference_mode()
@@ -215,7 +284,13 @@ def generate(
             yield None
             if reason := run.interrupted(request.cancel):
                 return reason
+    run.speculate = max(0, request.speculate) if s.repetition_penalty == 1.0 else 0
+    if (rows := max_verify_rows(model)) is not None:
+        run.speculate = min(run.speculate, rows - 1)
+    if run.speculate > 0:
+        return (yield from _decode_speculative(model, request, run, cache, logits, seen, generator, end))
     for pos in range(len(ids), end):
+        run.steps += pos > len(ids)
         if reason := run.interrupted(request.cancel):
             return reason
         nxt = next_token(logits, seen, s, generator, run.constraint)
@@ -231,4 +306,78 @@ def generate(
         if s.repetition_penalty != 1.0:  # the history is only needed for the penalty
             seen = torch.cat([seen, nxt.view(1, 1)], dim=1)
         logits = decode_one_token(model, nxt.view(1, 1), pos, cache)
+    return "length"
+
+
+def _decode_speculative(
+    model: Transformer,
+    request: GenerationRequest,
+    run: Run,
+    cache: KVCache,
+    logits: Tensor,
+    seen: Tensor,
+    generator: torch.Generator | None,
+    end: int,
+) -> Generator[int, None, str]:
+    """`generate`'s decode loop with prompt lookup drafts (`run.speculate` = k of them at most).
+
+    Each step: pick the next token as the plain loop does (or take the one a rejected draft left),
+    yield it, draft up to k tokens that may follow it, and run [token, drafts] through the model in
+    one pass at positions pos..pos+k. Row i's logits check draft i+1 (`accept_draft`); accepted
+    drafts are yielded, the first rejected one is replaced by the model's own choice (yielded at the
+    next step, which feeds it), and when all are accepted the last row gives the next token. The
+    cache's length is set back to the tokens kept, so the rejected drafts' entries are overwritten
+    later. Stop tokens, `end` and the cancel/deadline check per step work as in the plain loop."""
+    s = request.sampling
+    lookup = PromptLookup(run.ids)
+    pos, pending = len(run.ids), None  # invariant at the loop's top: len(ids) + len(tokens) == pos
+    while pos < end:
+        if reason := run.interrupted(request.cancel):
+            return reason
+        if pending is None:
+            token = int(next_token(logits, seen, s, generator, run.constraint).item())
+        else:
+            token, pending = pending, None
+        if run.constraint is not None:
+            run.constraint.advance(token)
+        run.tokens.append(token)
+        lookup.extend((token,))
+        yield token
+        if token in run.stop_ids:
+            return "stop"
+        if pos + 1 == end:
+            break
+        healing = run.constraint is not None and not run.constraint.done
+        drafts = [] if healing else lookup.propose(min(run.speculate, end - pos - 1))
+        rows = torch.tensor([[token, *drafts]], device=model.device)
+        run.steps += 1
+        if not drafts:
+            logits = decode_one_token(model, rows, pos, cache)
+            pos += 1
+            continue
+        out = verify_logits(model, rows, pos, cache)  # [1 + drafts, V]
+        run.drafted += len(drafts)
+        pos += 1  # `token` is in the cache now
+        cache.length = pos
+        best = out[: len(drafts)].argmax(-1).tolist() if s.greedy else None
+        for i, draft in enumerate(drafts):
+            if best is not None:
+                ok, chosen = best[i] == draft, best[i]
+            else:
+                ok, chosen = accept_draft(out[i], draft, s, generator)
+            if not ok:
+                pending = chosen
+                break
+            run.accepted += 1
+            run.tokens.append(draft)
+            lookup.extend((draft,))
+            pos += 1
+            cache.length = pos
+            yield draft
+            if draft in run.stop_ids:
+                return "stop"
+            if pos == end:
+                return "length"
+        else:
+            logits = out[len(drafts)].unsqueeze(0)
     return "length"

@@ -34,6 +34,9 @@ DEFAULT_GROUP = 64
 # Up to this many rows of activations (decode, a short verify block) the native kernels read each
 # weight once for all rows; more rows (prefill) go to the plan's prefill kernel.
 _PREFILL_ROWS = 8
+# Public: speculative decoding verifies at most this many tokens in one pass on a quantized CPU
+# model, so every row runs the decode kernel (row by row the same rounding as one decode step).
+DECODE_ROWS = _PREFILL_ROWS
 # Prefill multiplies by a float copy of each weight (fp32 where bf16 is emulated, bf16 where it is
 # not). Small models keep the converted copy instead of redoing it for every prompt chunk; this caps
 # those copies per process, so a large model keeps its int8 memory saving (only its first layers

@@ -20,6 +20,9 @@ from tokenizers import Tokenizer as BackendTokenizer
 from demi.model.errors import TokenizerError
 
 _NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Demi's keys in tokenizer_config.json for the model's FIM prompt: its template family (e.g. "demi-tiny")
+# and its order, "psm" (prefix first) or "spm" (suffix first). transformers keeps unknown keys and ignores them.
+FIM_METADATA_KEYS = ("fim_family", "fim_layout")
 
 
 def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
@@ -85,6 +88,9 @@ class Tokenizer:
         self._compiled: Any = None
         eos = [self.token_to_id(self.special_tokens_map.get("eos_token", ""))]
         self.eos_token_ids: list[int] = [i for i in dict.fromkeys([*eos, *extra_eos_ids]) if i is not None]
+        # The model's own word on its FIM prompt (tokenizer_config.json's `fim_family`, `fim_layout`):
+        # read by assistant/fim.py's `detect_fim`, which otherwise goes by the FIM tokens alone.
+        self.fim_metadata: dict[str, str] = {}
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -146,7 +152,10 @@ class Tokenizer:
             text_cfg = data.get("text_config")
             nested = text_cfg.get("eos_token_id") if isinstance(text_cfg, dict) else None  # multimodal
             extra += _ids(data.get("eos_token_id")) + _ids(nested)
-        return cls(backend, specials, template if isinstance(template, str) else None, extra)
+        tok = cls(backend, specials, template if isinstance(template, str) else None, extra)
+        fim = {k: cfg.get(k) for k in FIM_METADATA_KEYS}
+        tok.fim_metadata = {k: v.strip().lower() for k, v in fim.items() if isinstance(v, str) and v.strip()}
+        return tok
 
     # -- vocabulary -------------------------------------------------------------------------------
 

@@ -284,3 +284,103 @@ def test_no_repo_context_means_plain_fim(family):
     vocab = QWEN if family == "qwen" else STARCODER2
     t = detect_fim(Vocab(vocab, vocab[0]))
     assert t.build("a", "b") == f"{t.prefix_token}a{t.suffix_token}b{t.middle_token}"
+
+
+# -- the layout comes from the model's metadata --------------------------------------------------
+
+
+def _declaring(specials: list[str], **meta: str) -> Vocab:
+    """A vocabulary whose tokenizer_config.json declared `meta` (fim_family, fim_layout)."""
+    v = Vocab(specials, specials[0])
+    v.fim_metadata = dict(meta)  # type: ignore[attr-defined]
+    return v
+
+
+# demi-tiny's exact special tokens: what a Qwen2.5-Coder fine-tune with a trimmed vocabulary (no
+# vision, box or tool tokens) also holds. The old family guess took such a model for demi-tiny.
+TRIMMED_QWEN = QWEN[:9]
+
+
+def test_psm_unless_the_model_declares_otherwise():
+    for vocab in (QWEN, TRIMMED_QWEN):
+        t = detect_fim(Vocab(vocab, vocab[0]))
+        assert t.family == "qwen2.5-coder" and t.order == "psm"
+        assert t.build(PRE, SUF).startswith("<|fim_prefix|>")
+    assert detect_fim(_declaring(QWEN, fim_layout="spm")).order == "spm"
+    assert detect_fim(_declaring(QWEN, fim_layout="psm"), layout="spm").order == "spm"  # the caller's word wins
+    assert detect_fim(_declaring(TRIMMED_QWEN, fim_layout="bogus")).order == "psm"  # unknown: ignored
+    assert detect_fim(_declaring(STARCODER, fim_layout="spm")).order == "psm"  # no SPM variant there
+    assert detect_fim(_declaring(CODESTRAL)).order == "spm"  # SPM by format
+    with pytest.raises(ValueError):
+        detect_fim(Vocab(QWEN, QWEN[0]), layout="middle-first")
+
+
+def test_demi_tiny_only_when_declared():
+    t = detect_fim(_declaring(TRIMMED_QWEN, fim_family="demi-tiny"))
+    assert t.family == "demi-tiny" and t.order == "spm"  # the family's own order
+    t = detect_fim(_declaring(TRIMMED_QWEN, fim_family="demi-tiny", fim_layout="psm"))
+    assert t.family == "demi-tiny" and t.order == "psm"
+    # a family name that does not fit the tokens is not believed
+    t = detect_fim(_declaring(QWEN, fim_family="starcoder2"))
+    assert t.family == "qwen2.5-coder" and t.order == "psm"
+
+
+def test_metadata_is_read_from_tokenizer_config(tmp_path):
+    out = tmp_path / "tok"
+    tok = make_bytelevel_tokenizer(out)  # Demi's own tokenizer trainer writes the metadata
+    assert tok.fim_metadata == {"fim_family": "demi-tiny", "fim_layout": "spm"}
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    for key in ("fim_family", "fim_layout"):
+        del cfg[key]
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    from demi.model.tokenizer import Tokenizer
+
+    bare = Tokenizer.from_dir(out)  # the same vocabulary, nothing declared: a Qwen-style model
+    assert bare.fim_metadata == {}
+    t = detect_fim(bare)
+    assert t.family == "qwen2.5-coder" and t.order == "psm"
+    cfg["fim_layout"] = " SPM "
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert detect_fim(Tokenizer.from_dir(out)).order == "spm"
+
+
+def test_builtin_demi_tiny_declares_its_layout():
+    root = Path(__file__).resolve().parents[2] / "model" / "builtin" / "demi-tiny"
+    cfg = json.loads((root / "tokenizer_config.json").read_text())
+    assert (cfg["fim_family"], cfg["fim_layout"]) == ("demi-tiny", "spm")
+
+
+# -- a template from the family's name (the HTTP client's) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,vocab",
+    [
+        ("qwen", QWEN),
+        ("qwen2.5-coder", TRIMMED_QWEN),
+        ("starcoder", STARCODER),
+        ("starcoder2", STARCODER2),
+        ("deepseek", DEEPSEEK),
+    ],
+)
+def test_template_by_name_is_the_detected_one(name, vocab):
+    from demi.assistant.fim import fim_template_for
+
+    by_name = fim_template_for(name)
+    detected = detect_fim(Vocab(vocab, "<｜end▁of▁sentence｜>" if name == "deepseek" else vocab[0]))
+    assert by_name.family == detected.family and by_name.order == detected.order
+    for args in ((PRE, SUF), (PRE, SUF, "pkg/a.py", "demo", OTHER)):
+        assert by_name.build(*args) == detected.build(*args)
+    assert set(detected.stop_strings) <= set(by_name.stop_strings) and not by_name.stop_token_ids
+
+
+def test_template_by_name_text_forms():
+    from demi.assistant.fim import fim_template_for
+
+    assert fim_template_for("codellama").build(PRE, SUF) == f"<PRE> {PRE} <SUF>{SUF} <MID>"
+    assert fim_template_for("codestral").build(PRE, SUF) == f"[SUFFIX]{SUF}[PREFIX]{PRE}"
+    tiny = fim_template_for("demi-tiny")
+    assert tiny.order == "spm" and tiny.build(PRE, SUF) == f"<|fim_suffix|>{SUF}<|fim_prefix|>{PRE}<|fim_middle|>"
+    assert fim_template_for("QWEN", layout="spm").order == "spm"
+    with pytest.raises(ValueError, match="unknown FIM family"):
+        fim_template_for("gpt-4")

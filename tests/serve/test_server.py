@@ -90,6 +90,7 @@ class ScriptedModel:
         stop_ids=None,
         add_special_tokens=True,
         heal="",
+        speculate=0,  # GenerationRequest's field: this scripted engine never drafts
     ):
         if self.fail_with is not None:
             raise self.fail_with

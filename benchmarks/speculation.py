@@ -1,0 +1,232 @@
+"""Speculative decoding from the prompt (prompt lookup), measured.
+
+Part 1 (`tasks`): `demi refactor` and `demi explain` generations with the built-in demi-tiny on
+examples/*.py and a few held-out Python standard library modules, greedy, plain (speculate=0)
+against speculative (speculate=k), interleaved and repeated (the best time of each counts): tokens
+per second, acceptance, tokens per model step, and whether the output is token-for-token the same.
+
+Part 2 (`verify`): on a random-weight model of the Qwen2.5-Coder-0.5B shape (`demi bench`'s cached
+preset, int8), the time of one forward pass over k+1 tokens at an offset into a 512-token cache
+against one decode step: what a speculative step costs when every draft is rejected.
+
+    .venv/bin/python benchmarks/speculation.py tasks --k 2 4 7 --repeat 2
+    .venv/bin/python benchmarks/speculation.py tasks --k 2 4 7 --repeat 2 --fixed 256
+    .venv/bin/python benchmarks/speculation.py verify --k 4 8 16
+    .venv/bin/python benchmarks/speculation.py all --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+HELD_OUT = ["textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "graphlib.py"]
+INSTRUCTIONS = ["add type hints", "rename the variables to clearer names"]
+
+
+class Recorder:
+    """An engine that remembers the last Completion its `chat` returned (the tasks keep only text).
+
+    With `fixed`, the task's chat prompt runs for exactly that many tokens, end-of-turn and stop
+    strings ignored: demi-tiny ends most answers after 5 to 30 tokens, too short to time."""
+
+    def __init__(self, engine: Any, fixed: int = 0):
+        self.engine, self.fixed = engine, fixed
+        self.last: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def chat(self, prompt: Any, on_text: Any = None, **kwargs: Any) -> Any:
+        self.engine.local.prefix_cache.clear()  # every run prefills its whole prompt
+        if not self.fixed:
+            self.last = self.engine.chat(prompt, on_text=on_text, **kwargs)
+            return self.last
+        from demi.assistant.generation import build_chat
+
+        built = build_chat(self.engine.local.tokenizer, prompt)
+        kwargs.update(max_new_tokens=self.fixed, stop_ids=set(), speculate=self.engine.speculate)
+        self.last = self.engine.complete(built.prompt, on_text=on_text, **kwargs)
+        return self.last
+
+
+def symbols(path: Path, per_file: int) -> list[str]:
+    """Top-level functions and classes of 6 to 45 lines, the first `per_file` of them."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and 6 <= (node.end_lineno or 0) - node.lineno + 1 <= 45:
+            out.append(node.name)
+    return out[:per_file]
+
+
+def task_cases(per_file: int) -> list[tuple[Path, str, str]]:
+    files = sorted((ROOT / "examples").glob("*.py")) + [STDLIB / f for f in HELD_OUT if (STDLIB / f).is_file()]
+    cases = []
+    for path in files:
+        for i, sym in enumerate(symbols(path, per_file)):
+            cases.append((path, sym, "explain"))
+            cases.append((path, sym, "refactor:" + INSTRUCTIONS[i % len(INSTRUCTIONS)]))
+    return cases
+
+
+def run_case(engine: Recorder, path: Path, symbol: str, task: str, k: int) -> Any:
+    from demi.assistant.document import Document
+    from demi.assistant.explain import explain
+    from demi.assistant.refactor import propose
+
+    doc = Document.load(path)
+    engine.engine.speculate = k
+    engine.last = None
+    if task == "explain":
+        explain(engine, doc, symbol=symbol, lead="facts")
+    else:
+        try:
+            propose(engine, doc, task.split(":", 1)[1], symbol=symbol)
+        except Exception:  # noqa: BLE001 - a rewrite demi-tiny got wrong still measured its generation
+            pass
+    return engine.last
+
+
+def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int) -> dict[str, Any]:
+    from demi.assistant.engines import open_engine
+
+    engine = Recorder(open_engine(model, speculate=0), fixed)
+    cases = task_cases(per_file)
+    run_case(engine, *cases[0], 0)  # warm-up: kernels, caches
+    rows = []
+    for path, symbol, task in cases:
+        best: dict[int, Any] = {}
+        for _ in range(repeat):
+            for k in [0, *ks]:
+                c = run_case(engine, path, symbol, task, k)
+                if k not in best or c.seconds < best[k].seconds:
+                    best[k] = c
+        plain = best[0]
+        row: dict[str, Any] = {
+            "file": path.name,
+            "symbol": symbol,
+            "task": task.split(":")[0],
+            "tokens": plain.completion_tokens,
+            "plain_s": round(plain.seconds, 4),
+            "plain_decode_s": round(plain.seconds - (plain.first_token_seconds or 0), 4),
+        }
+        for k in ks:
+            c = best[k]
+            spec = c.extra.get("speculation") or {}
+            row[f"k{k}"] = {
+                "s": round(c.seconds, 4),
+                "decode_s": round(c.seconds - (c.first_token_seconds or 0), 4),
+                "identical": c.token_ids == plain.token_ids,
+                **spec,
+            }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    summary: dict[str, Any] = {}
+    for group in ("all", "explain", "refactor"):
+        sel = [r for r in rows if group == "all" or r["task"] == group]
+        tokens = sum(r["tokens"] for r in sel)
+        plain_s = sum(r["plain_s"] for r in sel)
+        plain_d = sum(r["plain_decode_s"] for r in sel)
+        per_k = {}
+        for k in ks:
+            s = sum(r[f"k{k}"]["s"] for r in sel)
+            d = sum(r[f"k{k}"]["decode_s"] for r in sel)
+            drafted = sum(r[f"k{k}"].get("drafted", 0) for r in sel)
+            accepted = sum(r[f"k{k}"].get("accepted", 0) for r in sel)
+            steps = sum(r[f"k{k}"].get("steps", 0) for r in sel)
+            per_k[f"k{k}"] = {
+                "tok_s": round(tokens / s, 1),
+                "speedup": round(plain_s / s, 2),
+                "decode_speedup": round(plain_d / d, 2),
+                "acceptance": round(accepted / drafted, 3) if drafted else None,
+                "tokens_per_step": round(tokens / steps, 2) if steps else None,
+                "identical": sum(r[f"k{k}"]["identical"] for r in sel),
+            }
+        summary[group] = {"cases": len(sel), "tokens": tokens, "plain_tok_s": round(tokens / plain_s, 1), **per_k}
+    quant = engine.engine.local.quantization
+    return {"model": model, "quant": quant, "fixed": fixed, "cases": rows, "summary": summary}
+
+
+def verify(ks: list[int], preset: str, quant: str, context: int, reps: int) -> dict[str, Any]:
+    import torch
+
+    from demi.assistant.benchmark import model_dir_for_bench
+    from demi.model.decoder import KVCache
+    from demi.model.engine import LocalModel
+    from demi.model.generate import verify_logits
+
+    local = LocalModel.load(str(model_dir_for_bench(preset)), quant=quant, context=context + 64)
+    model = local.model
+    cache = KVCache(model.config, context + 64, dtype=model.dtype, device=model.device)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, context + 32), generator=gen)
+    with torch.inference_mode():
+        model(ids[:, :context], 0, cache)
+
+        def timed(rows: int, rowwise: bool = False) -> float:
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                if rowwise:  # what speculative decoding runs: attention (and a rescored head) row by row
+                    verify_logits(model, ids[:, context : context + rows], context, cache)
+                else:
+                    model(ids[:, context : context + rows], context, cache)
+                times.append(time.perf_counter() - t)
+                cache.length = context
+            return statistics.median(times)
+
+        for rows in (1, *[k + 1 for k in ks]):  # warm-up: each row count's kernels
+            timed(rows)
+        one = timed(1)
+        out: dict[str, Any] = {"decode_ms": round(one * 1000, 2)}
+        for k in ks:
+            t, r = timed(k + 1), timed(k + 1, rowwise=True)
+            out[f"k{k}"] = {
+                "batched_ms": round(t * 1000, 2),
+                "batched_ratio": round(t / one, 2),
+                "verify_ms": round(r * 1000, 2),
+                "verify_ratio": round(r / one, 2),
+            }
+    return {"preset": preset, "quant": local.quantization, "context": context, "reps": reps, **out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["tasks", "verify", "all"])
+    ap.add_argument("--k", type=int, nargs="+", default=[8])
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--per-file", type=int, default=2)
+    ap.add_argument("--model", default="demi-tiny")
+    ap.add_argument("--fixed", type=int, default=0, help="generate exactly N tokens per task (end tokens ignored)")
+    ap.add_argument("--preset", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--quant", default="int8")
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    import torch
+
+    result: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    if args.part in ("tasks", "all"):
+        result["tasks"] = tasks(args.k, args.repeat, args.per_file, args.model, args.fixed)
+        print(json.dumps(result["tasks"]["summary"], indent=1))
+    if args.part in ("verify", "all"):
+        result["verify"] = verify(args.k, args.preset, args.quant, args.context, args.reps)
+        print(json.dumps(result["verify"], indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
