@@ -85,7 +85,8 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         8,
         "speculative decoding from the prompt (prompt lookup) for explain, refactor and chat with an "
-        "in-process model: draft tokens checked per step; 0 = off. Greedy output is unchanged",
+        "in-process model, demi generate and demi serve's chat requests: draft tokens checked per step; "
+        "0 = off. Greedy output is unchanged",
     ),
     Setting("complete.max_tokens", int, 64, "new tokens for one completion"),
     Setting("complete.context_tokens", int, 1024, "prompt budget for FIM (prefix:suffix about 3:1)"),

@@ -12,6 +12,12 @@ editor starts it; every number is taken on the client side of the pipe.
 2. Typing simulation: at a place where the user paused (and got a suggestion), 20 keystrokes
    50 ms apart, each followed by an automatic inline request, as editors send them. Counts the
    model runs those started and the time from the last keystroke to the final suggestion.
+   With --typed-files N: one typed character vs cold (`typed_vs_cold`): at held-out positions
+   (demi-tiny's held-out files, 200+ lines apart) an invoked request with nothing of the document
+   in the prefix cache, then one more character typed and the same request: typed_ms, cold_ms,
+   their ratio (median), and the prompt tokens the typed run took from the prefix cache vs
+   recomputed (demi/stats' promptTokens, cachedTokens). A prefix-first (PSM) model recomputes
+   everything after the cursor; a suffix-first one (demi-tiny) only appends.
 3. Held-out lines: a code line (not a comment or docstring) of a file the model never saw has its
    text removed and the server is asked to complete it at its indentation; exact match of the
    server's answer and of the model's own first raw line (the same file's context through the
@@ -309,6 +315,88 @@ async def typing(
     }
 
 
+# -- 2b. one typed character vs cold ---------------------------------------------------------------------------
+
+
+def spread_positions(text: str, rng: random.Random, n: int, gap: int = 200) -> list[tuple[int, int]]:
+    """Up to `n` code-line starts at least `gap` lines apart (so no two share a prompt's start)."""
+    picked: list[tuple[int, int]] = []
+    for line, col in sorted(line_starts(text, rng, 400, skip=20, code_only=True), key=lambda _: rng.random()):
+        if all(abs(line - other) >= gap for other, _ in picked):
+            picked.append((line, col))
+        if len(picked) == n:
+            break
+    return sorted(picked)
+
+
+async def typed_vs_cold(
+    client: Client, workdir: Path, files: list[Path], per_file: int, seed: int, tag: str = ""
+) -> dict[str, Any]:
+    """The cost of a request after one more typed character, against a cold one. At a held-out
+    position (a code line with its text removed, as in 3.) of a document the server has not seen:
+    an invoked request on a prefix cache holding nothing of that document (cold), then the line's
+    next character typed and the same request one column further (typed). Times are the client's;
+    `promptTokens`/`cachedTokens` from demi/stats say what the prefix cache gave each run. The
+    typed character is the line's own unless the suggestion starts with it (the server would answer
+    from its completion cache without a model run): then "x"."""
+    rng = random.Random(seed + 3)
+    pairs = []
+    for f, source in enumerate(files):
+        text = source.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        for k, (line, col) in enumerate(spread_positions(text, rng, per_file)):
+            target = lines[line][col:]
+            doc_lines = lines[:line] + [lines[line][:col]] + lines[line + 1 :]
+            uri = (workdir / f"typed{tag}_{f}_{k}.py").as_uri()
+            client.open(uri, "\n".join(doc_lines))
+            s0 = await client.stats()
+            started = time.perf_counter()
+            shown = await client.complete(uri, line, col)
+            cold = time.perf_counter() - started
+            s1 = await client.stats()
+            ch = target[0] if not shown.startswith(target[0]) else "x"
+            client.insert(uri, 2, line, col, ch)
+            started = time.perf_counter()
+            await client.complete(uri, line, col + 1)
+            typed = time.perf_counter() - started
+            s2 = await client.stats()
+            pair = {
+                "file": source.name,
+                "line": line + 1,
+                "cold_ms": round(cold * 1000, 1),
+                "typed_ms": round(typed * 1000, 1),
+                "ratio": round(typed / cold, 3),
+                "cold_job_ms": s1.completions.last_job_ms,
+                "typed_job_ms": s2.completions.last_job_ms,
+                "cold_prompt_tokens": s1.promptTokens - s0.promptTokens,
+                "cold_cached_tokens": s1.cachedTokens - s0.cachedTokens,
+                "typed_prompt_tokens": s2.promptTokens - s1.promptTokens,
+                "typed_cached_tokens": s2.cachedTokens - s1.cachedTokens,
+                "typed_completion_tokens": s2.completions.last_completion_tokens,
+                "model_runs": [s1.runsStarted - s0.runsStarted, s2.runsStarted - s1.runsStarted],
+            }
+            pair["typed_recomputed_tokens"] = pair["typed_prompt_tokens"] - pair["typed_cached_tokens"]
+            pairs.append(pair)
+            print(f"typed vs cold: {pair}", file=sys.stderr, flush=True)
+    med = statistics.median
+    res = {
+        "files": sorted({p["file"] for p in pairs}),
+        "pairs": len(pairs),
+        "cold_ms": round(med(p["cold_ms"] for p in pairs), 1),
+        "typed_ms": round(med(p["typed_ms"] for p in pairs), 1),
+        "ratio_of_medians": round(med(p["typed_ms"] for p in pairs) / med(p["cold_ms"] for p in pairs), 3),
+        "ratio_median": round(med(p["ratio"] for p in pairs), 3),
+        "cold_prompt_tokens": med(p["cold_prompt_tokens"] for p in pairs),
+        "cold_cached_tokens": med(p["cold_cached_tokens"] for p in pairs),
+        "typed_prompt_tokens": med(p["typed_prompt_tokens"] for p in pairs),
+        "typed_cached_tokens": med(p["typed_cached_tokens"] for p in pairs),
+        "typed_recomputed_tokens": med(p["typed_recomputed_tokens"] for p in pairs),
+        "detail": pairs,
+    }
+    print(f"typed vs cold: {json.dumps({k: v for k, v in res.items() if k != 'detail'})}", file=sys.stderr, flush=True)
+    return res
+
+
 # -- 3. held-out lines ------------------------------------------------------------------------------------------
 
 
@@ -419,6 +507,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     out["typing"][f"max_tokens_{cap}"] = await typing(
                         client, workdir, args.typing_runs, 20, 0.05, args.seed, tag=f"_{cap}"
                     )
+            if args.typed_files:
+                from demi.model.registry import resolve_model_dir
+
+                files = heldout_files(resolve_model_dir("demi-tiny", download=False))[: args.typed_files]
+                out["typed_vs_cold"] = {}
+                warm = (workdir / "typed_warmup.py").as_uri()  # first-run costs off the clock
+                client.open(warm, BENCH_FILE.read_text(encoding="utf-8"))
+                await client.complete(warm, 400, 0)
+                for cap in args.max_tokens:
+                    client.configure({"maxTokens": cap})
+                    await asyncio.sleep(0.1)
+                    out["typed_vs_cold"][f"max_tokens_{cap}"] = await typed_vs_cold(
+                        client, workdir, files, args.typed_positions, args.seed, tag=f"_{cap}"
+                    )
             s = await client.stats()
             out["server_stats"] = {
                 "runs_started": s.runsStarted,
@@ -465,6 +567,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context-tokens", type=int, default=1536, help="prompt budget (about 1,500 tokens)")
     ap.add_argument("--typing-runs", type=int, default=10)
     ap.add_argument("--heldout", type=int, default=30, help="held-out lines for exact match (0 skips)")
+    ap.add_argument(
+        "--typed-files",
+        type=int,
+        default=0,
+        help="one-typed-character vs cold requests on this many of demi-tiny's held-out files (0 skips)",
+    )
+    ap.add_argument("--typed-positions", type=int, default=3, help="positions per file for --typed-files")
     ap.add_argument("--skip-invoked", action="store_true")
     ap.add_argument("--skip-typing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)

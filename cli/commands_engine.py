@@ -29,6 +29,14 @@ def register(sub, common) -> argparse._SubParsersAction:
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     g.add_argument(
+        "--speculate",
+        type=int,
+        default=None,
+        metavar="K",
+        help="draft tokens per step of speculative decoding from the prompt (default: the config's "
+        "`speculate`, 8; 0 = off; greedy output is unchanged)",
+    )
+    g.add_argument(
         "--no-special-tokens",
         action="store_true",
         help="do not add the tokenizer's special tokens (e.g. BOS) to the prompt",
@@ -77,7 +85,8 @@ def register(sub, common) -> argparse._SubParsersAction:
 
 
 def _engine(args: argparse.Namespace):
-    """The in-process engine, with flags over `DEMI_*` variables over the config file."""
+    """The in-process engine, with flags over `DEMI_*` variables over the config file (its
+    `speculate` the `--speculate` flag's, else the config's)."""
     from demi.assistant.config import load_config
     from demi.assistant.engines import open_engine
 
@@ -88,10 +97,16 @@ def _engine(args: argparse.Namespace):
             "context": args.context,
             "dtype": None if args.dtype == "auto" else args.dtype,
             "quant": args.quant,
+            "speculate": getattr(args, "speculate", None),
         }
     )
     return open_engine(
-        cfg["model"], device=cfg["device"] or "cpu", dtype=cfg["dtype"], context=cfg["context"], quant=cfg["quant"]
+        cfg["model"],
+        device=cfg["device"] or "cpu",
+        dtype=cfg["dtype"],
+        context=cfg["context"],
+        quant=cfg["quant"],
+        speculate=cfg["speculate"],
     )
 
 
@@ -105,6 +120,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if args.max_tokens < 0:
         raise UsageError("demi generate: --max-tokens must be >= 0")
+    if args.speculate is not None and args.speculate < 0:
+        raise UsageError(f"demi generate: --speculate must be >= 0 (0 turns it off), got {args.speculate}")
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     engine = _engine(args)
     stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
@@ -116,6 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         time_budget=args.time_budget,
         add_special_tokens=not args.no_special_tokens,
+        speculate=getattr(engine, "speculate", 0),
     )
     if args.json:
         emit_json(
@@ -128,6 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "finish_reason": result.finish_reason,
                 "seconds": round(result.seconds, 4),
                 "quant": getattr(getattr(engine, "local", None), "quantization", "server"),
+                "speculation": result.extra.get("speculation"),
             }
         )
     else:

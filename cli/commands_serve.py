@@ -38,6 +38,15 @@ def register(sub, common) -> None:
         help="generations advanced at once, round-robin (capped by the engine's KV slots; default 4)",
     )
     s.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot (default 64)")
+    s.add_argument(
+        "--speculate",
+        type=int,
+        default=None,
+        metavar="K",
+        help="draft tokens per step of speculative decoding from the prompt for chat requests "
+        "(default: the config's `speculate`, 8; 0 = off; greedy output is unchanged; a request's "
+        "`speculate` field wins, and completions speculate only when they ask)",
+    )
     s.add_argument("--verbose", "-v", action="store_true", help="log one line per request")
     s.set_defaults(func=cmd_serve)
 
@@ -53,6 +62,7 @@ def _settings(args: argparse.Namespace):
             "context": args.context,
             "dtype": None if args.dtype == "auto" else args.dtype,
             "quant": getattr(args, "quant", None),
+            "speculate": getattr(args, "speculate", None),
         }
     )
 
@@ -72,6 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"demi serve: --port must be between 0 and 65535, got {args.port}")
     if args.parallel < 1 or args.max_queue < 0:
         raise UsageError("demi serve: --parallel must be >= 1 and --max-queue >= 0")
+    if args.speculate is not None and args.speculate < 0:
+        raise UsageError(f"demi serve: --speculate must be >= 0 (0 turns it off), got {args.speculate}")
     from demi.serve.server import BindingRefused, check_binding
 
     api_key = args.api_key if args.api_key is not None else os.environ.get("DEMI_API_KEY") or None
@@ -91,13 +103,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reason = exc.strerror or exc
         raise UsageError(f"demi serve: cannot listen on {args.host}:{args.port}: {reason}") from None
     try:
-        model = load_local_model(_settings(args))
+        cfg = _settings(args)
+        model = load_local_model(cfg)
         app = create_app(
             model,
             api_key=api_key,
             max_active=args.parallel,
             max_queue=args.max_queue,
             log_requests=bool(args.verbose or args.debug),
+            speculate=cfg["speculate"],
         )
         url = url_for(sock)
 

@@ -357,6 +357,9 @@ class DemiLanguageServer(LanguageServer):
             "runsStarted": self.host.runs_started,
             "runsSkipped": self.host.runs_skipped,
             "modelSteps": self.host.steps,
+            # prompt tokens of in-process runs, and how many of them came from the prefix cache
+            "promptTokens": self.host.runner.counts["prompt_tokens"],
+            "cachedTokens": self.host.runner.counts["cached_tokens"],
             "debounce": c.debouncer.as_dict(),
             "status": self.status(),
             "handlersInFlight": len(self.protocol._request_futures),

@@ -14,8 +14,11 @@ Validation is strict and every failure is a 400 in OpenAI's error shape
   code `context_length_exceeded`.
 
 Extensions over OpenAI: `top_k`, `repetition_penalty` (Hugging Face style, multiplicative; OpenAI's
-additive `frequency_penalty`/`presence_penalty` are not the same thing and are rejected unless 0) and
-`ignore_eos` (generate exactly `max_tokens`, for benchmarks).
+additive `frequency_penalty`/`presence_penalty` are not the same thing and are rejected unless 0),
+`ignore_eos` (generate exactly `max_tokens`, for benchmarks) and `speculate` (draft tokens per step of
+speculative decoding from the prompt, 0 to `MAX_SPECULATE`; 0 is off; default: the server's setting for
+chat, 0 for completions). In answers, `usage.speculation` (`k`, `drafted`, `accepted`, `steps`; absent
+when the run did not speculate) beside `usage.prompt_tokens_details.cached_tokens`.
 
 The OpenAPI document (`/openapi.json`) states every rule the handlers enforce that JSON Schema can say
 (ranges, neutral-only values, `stream_options` only with `stream: true`, `suffix` only with a text
@@ -42,6 +45,8 @@ GREEDY_BELOW = 1e-5
 # logits to infinity. Below 1 it favours repeating; sensible values are 1.0 to 1.3.
 MIN_REPETITION_PENALTY = 0.01
 MAX_REPETITION_PENALTY = 10.0
+# The most draft tokens per step a request may ask for (`speculate`); the engine may check fewer.
+MAX_SPECULATE = 16
 
 
 class ApiError(Exception):
@@ -90,6 +95,7 @@ TopK = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 0})]
 RepetitionPenalty = Annotated[
     float, WithJsonSchema({"type": "number", "minimum": MIN_REPETITION_PENALTY, "maximum": MAX_REPETITION_PENALTY})
 ]
+Speculate = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_SPECULATE})]
 Seed = Annotated[JsonInt, WithJsonSchema({"type": "integer"})]  # any integer, taken modulo 2**64 (as torch does)
 MaxTokens0 = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 0})]  # `document` adds the maximum
 MaxTokens1 = Annotated[JsonInt, WithJsonSchema({"type": "integer", "minimum": 1})]
@@ -135,6 +141,7 @@ class _Common(_Strict):
     top_k: TopK | None = None  # extension
     repetition_penalty: RepetitionPenalty | None = None  # extension
     ignore_eos: bool = False  # extension
+    speculate: Speculate | None = None  # extension: draft tokens per step (null: the route's default)
     stop: StopText | StopList | None = None
     seed: Seed | None = None
     stream: bool = False
@@ -248,11 +255,24 @@ class CachedTokens(_Doc):
     cached_tokens: int = Field(ge=0)
 
 
+class Speculation(_Doc):
+    """A Demi extension: what speculative decoding from the prompt did in this run."""
+
+    k: int = Field(ge=1, description="draft tokens per step (the engine's cap on the requested depth)")
+    drafted: int = Field(ge=0, description="draft tokens checked")
+    accepted: int = Field(ge=0, description="draft tokens accepted")
+    steps: int = Field(ge=0, description="decode passes")
+
+
 class Usage(_Doc):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
     prompt_tokens_details: CachedTokens
+    speculation: Speculation | None = Field(
+        default=None,
+        description="Demi extension: speculative decoding's figures; absent when the run did not speculate",
+    )
 
 
 class CompletionChoice(_Doc):

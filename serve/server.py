@@ -44,7 +44,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from demi.assistant.engines import GenerationRequest, Sampling
+from demi.assistant.engines import DEFAULT_SPECULATE, GenerationRequest, Sampling
 from demi.assistant.errors import CancelToken, ContextOverflowError, DemiUserError
 from demi.assistant.fim import FimTemplate, detect_fim
 from demi.assistant.generation import build_chat, build_fim, end_of_turn_ids, transcript_prompt
@@ -53,6 +53,7 @@ from demi.serve.api import (
     GENERATION_ERRORS,
     GREEDY_BELOW,
     MAX_REPETITION_PENALTY,
+    MAX_SPECULATE,
     MAX_STOP,
     MAX_STOP_LEN,
     MIN_REPETITION_PENALTY,
@@ -135,10 +136,12 @@ class Prepared:
 
 
 class ModelInfo:
-    """What the routes need to know about the loaded model, computed once."""
+    """What the routes need to know about the loaded model, computed once; `speculate`: chat's
+    default draft depth (0: off)."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, speculate: int = 0):
         self.model = model
+        self.speculate = max(0, int(speculate))
         self.name = str(getattr(model, "name", "model"))
         self.tokenizer = model.tokenizer
         self.context = int(model.context)
@@ -186,6 +189,17 @@ def _sampling(req: CompletionRequest | ChatRequest) -> Sampling:
     if t < GREEDY_BELOW:
         t = 0.0
     return Sampling(temperature=t, top_k=top_k, top_p=top_p, repetition_penalty=rep, seed=seed)
+
+
+def _speculate(req: CompletionRequest | ChatRequest, default: int) -> int:
+    """Draft tokens per step for this request: its `speculate` extension, else the route's default."""
+    if req.speculate is None:
+        return default
+    if not 0 <= req.speculate <= MAX_SPECULATE:
+        raise invalid(
+            "speculate", f"speculate must be between 0 and {MAX_SPECULATE} (0 turns it off), got {req.speculate}"
+        )
+    return req.speculate
 
 
 def _common_checks(req: CompletionRequest | ChatRequest) -> None:
@@ -236,7 +250,7 @@ def prepare_completion(info: ModelInfo, req: CompletionRequest) -> Prepared:
         raise unsupported("best_of", "only best_of=1 is supported")
     if req.logprobs is not None:
         raise unsupported("logprobs", "logprobs are not supported")
-    sampling, stops = _sampling(req), _stop_list(req.stop)
+    sampling, stops, speculate = _sampling(req), _stop_list(req.stop), _speculate(req, 0)  # FIM gains nothing
     prompt: Any = req.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) != 1:
@@ -270,7 +284,9 @@ def prepare_completion(info: ModelInfo, req: CompletionRequest) -> Prepared:
     if not ids:
         raise invalid("prompt", "the prompt is empty")
     n = _max_tokens(req.max_tokens, DEFAULT_COMPLETION_TOKENS, len(ids), info.context, "max_tokens", 0, "prompt")
-    params = GenerationRequest(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, extra_ids), heal)
+    params = GenerationRequest(
+        ids, n, sampling, stops, _end_ids(info, req.ignore_eos, extra_ids), heal, speculate=speculate
+    )
     include = bool(req.stream_options and req.stream_options.include_usage)
     return Prepared(params, req.stream, include)
 
@@ -292,7 +308,8 @@ def _message_text(i: int, content: Any) -> str:
 
 
 def prepare_chat(info: ModelInfo, req: ChatRequest) -> Prepared:
-    """Validate a /v1/chat/completions body and render its prompt (runs in the thread pool)."""
+    """Validate a /v1/chat/completions body and render its prompt (runs in the thread pool). Chat
+    speculates `info.speculate` draft tokens per step unless the request's `speculate` says otherwise."""
     _common_checks(req)
     if req.logprobs or req.top_logprobs:
         raise unsupported("logprobs", "logprobs are not supported")
@@ -302,7 +319,7 @@ def prepare_chat(info: ModelInfo, req: ChatRequest) -> Prepared:
         raise unsupported("tool_choice", "tool_choice is not supported")
     if req.response_format not in (None, {"type": "text"}):
         raise unsupported("response_format", 'only response_format {"type": "text"} is supported')
-    sampling, stops = _sampling(req), _stop_list(req.stop)
+    sampling, stops, speculate = _sampling(req), _stop_list(req.stop), _speculate(req, info.speculate)
     messages = []
     for i, m in enumerate(req.messages):
         if m.tool_calls:
@@ -327,7 +344,7 @@ def prepare_chat(info: ModelInfo, req: ChatRequest) -> Prepared:
         n = _max_tokens(
             req.max_completion_tokens, default, len(ids), info.context, "max_completion_tokens", 1, "messages"
         )
-    params = GenerationRequest(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, end_ids))
+    params = GenerationRequest(ids, n, sampling, stops, _end_ids(info, req.ignore_eos, end_ids), speculate=speculate)
     include = bool(req.stream_options and req.stream_options.include_usage)
     return Prepared(params, req.stream, include, strip_leading=strip)
 
@@ -341,13 +358,18 @@ def _finish(reason: str | None) -> str:
 
 def _usage(c: Any) -> dict[str, Any]:
     prompt, completion = int(c.prompt_tokens), len(c.token_ids)
-    cached = int((getattr(c, "extra", None) or {}).get("cached_tokens", 0) or 0)
-    return {
+    extra = getattr(c, "extra", None) or {}
+    cached = int(extra.get("cached_tokens", 0) or 0)
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     }
+    spec = extra.get("speculation")  # a Demi extension, only when the run speculated
+    if spec:
+        usage["speculation"] = {key: int(spec[key]) for key in ("k", "drafted", "accepted", "steps")}
+    return usage
 
 
 def _sse(obj: Any, ascii_only: bool = False) -> str:
@@ -543,13 +565,17 @@ def create_app(
     body_timeout_s: float = BODY_TIMEOUT_S,
     loopback_hosts_only: bool = True,
     log_requests: bool = False,
+    speculate: int = DEFAULT_SPECULATE,
 ) -> _Guard:
     """The ASGI app serving `model` (a LocalModel or anything with the same stream/tokenizer API).
+
+    `speculate`: draft tokens per step of speculative decoding from the prompt for chat requests (the
+    config's `speculate`; 0: off; a request's `speculate` wins). Completions speculate only when asked.
 
     `loopback_hosts_only`: without an API key, answer only requests whose Host header is a loopback
     name (set it False when binding a non-loopback address behind a proxy that rewrites Host).
     """
-    info = ModelInfo(model)
+    info = ModelInfo(model, speculate)
     runner = ModelRunner(model, max_live=max_active, max_queue=max_queue, name="demi-serve-worker")
 
     @asynccontextmanager

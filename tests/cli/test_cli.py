@@ -92,6 +92,22 @@ def test_generate_json_matches_transformers_greedy(generated, model_dir, hf, hf_
     assert isinstance(out["seconds"], (int, float)) and out["seconds"] >= 0
 
 
+def test_generate_speculates_with_identical_greedy_output(env, model_dir, generated):
+    """`--speculate K` drafts from the prompt (the default is the config's `speculate`, on); greedy output
+    is the same as with it off (`DEMI_SPECULATE=0` here), and `--json` reports the figures."""
+    prompt = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return a + b\n"
+    args = ("generate", "--model", model_dir, "--prompt", prompt, "--max-tokens", 32, "--json")
+    spec = one_json(demi(env, *args, "--speculate", 4))
+    plain = one_json(demi({**env, "DEMI_SPECULATE": "0"}, *args))
+    assert spec["token_ids"] == plain["token_ids"] and spec["text"] == plain["text"]
+    assert plain["speculation"] is None
+    stats = spec["speculation"]
+    assert set(stats) == {"k", "drafted", "accepted", "steps"} and stats["k"] == 4
+    assert stats["drafted"] > 0 and 0 <= stats["accepted"] <= stats["drafted"]
+    assert 1 <= stats["steps"] <= spec["completion_tokens"]
+    assert generated["speculation"]["k"] >= 1  # on by default (the config's `speculate`)
+
+
 def test_generate_streams_text_without_json(env, model_dir, generated):
     proc = demi(env, "generate", "--model", model_dir, "--quant", "none", "--prompt", PROMPT, "--max-tokens", 16)
     assert proc.returncode == 0, proc.stderr
@@ -190,6 +206,7 @@ ERRORS = {
     ),
     "perplexity-binary-file": (["eval", "perplexity", "--model", "{model}", "{binary}"], "binary"),
     "bad-flag": (["generate", "--model", "{model}", "--no-such-flag"], "--no-such-flag"),
+    "negative-speculate": (["generate", "--model", "{model}", "--prompt", "x", "--speculate", "-1"], "--speculate"),
 }
 
 

@@ -285,6 +285,67 @@ def test_chat_completions(client, ref):
     assert _no_cache(events[-2]["usage"]) == _no_cache(body["usage"])
 
 
+# -- speculative decoding from the prompt ------------------------------------------------------------
+
+# A chat whose answer copies from its prompt is where prompt lookup drafts; ignore_eos keeps the
+# random model going long enough to draft.
+SPEC_CHAT = {
+    "messages": [
+        {"role": "system", "content": "Repeat the code."},
+        {"role": "user", "content": "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return a + b\n"},
+    ],
+    "max_tokens": 48,
+    "temperature": 0,
+    "ignore_eos": True,
+}
+
+
+def _speculation_ok(spec: dict, usage: dict, k: int) -> None:
+    assert set(spec) == {"k", "drafted", "accepted", "steps"}
+    assert 1 <= spec["k"] <= k and spec["drafted"] > 0 and 0 <= spec["accepted"] <= spec["drafted"]
+    assert 1 <= spec["steps"] <= usage["completion_tokens"]
+
+
+def test_chat_speculates_by_default_with_identical_greedy_text(client, model_dir):
+    on = client.post("/v1/chat/completions", json=SPEC_CHAT)
+    assert on.status_code == 200, on.text
+    body = on.json()
+    usage = body["usage"]
+    _speculation_ok(usage["speculation"], usage, 8)  # create_app's default: DEFAULT_SPECULATE
+    text = body["choices"][0]["message"]["content"]
+    assert usage["completion_tokens"] == 48 and set(usage) >= {"prompt_tokens", "total_tokens"}
+    # off for this request only: the same text, no figures
+    off = client.post("/v1/chat/completions", json={**SPEC_CHAT, "speculate": 0}).json()
+    assert off["choices"][0]["message"]["content"] == text and "speculation" not in off["usage"]
+    # another depth, and streamed: the same text, the figures in the usage chunk
+    events = stream_events(
+        client, "/v1/chat/completions", {**SPEC_CHAT, "speculate": 3, "stream_options": {"include_usage": True}}
+    )
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in events[:-1] if c["choices"]) == text
+    _speculation_ok(events[-2]["usage"]["speculation"], events[-2]["usage"], 3)
+    # a server started with speculation off (`demi serve --speculate 0`): the same text
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT), speculate=0) as plain:
+        r = httpx.post(f"{plain.url}/v1/chat/completions", json=SPEC_CHAT, timeout=60).json()
+    assert r["choices"][0]["message"]["content"] == text and "speculation" not in r["usage"]
+
+
+def test_completions_speculate_only_when_asked(client, ref):
+    req = {"prompt": SPEC_CHAT["messages"][1]["content"], "max_tokens": 32, "temperature": 0, "ignore_eos": True}
+    want = ref.complete(req["prompt"], max_new_tokens=32, stop_ids=set()).text
+    plain = client.post("/v1/completions", json=req).json()
+    assert plain["choices"][0]["text"] == want and "speculation" not in plain["usage"]
+    r = client.post("/v1/completions", json={**req, "speculate": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == want
+    _speculation_ok(r.json()["usage"]["speculation"], r.json()["usage"], 4)
+    for bad in (17, -1):
+        err = client.post("/v1/completions", json={**req, "speculate": bad})
+        assert err.status_code == 400, err.text
+        e = err.json()["error"]
+        assert e["param"] == "speculate" and e["code"] == "invalid_value" and "\n" not in e["message"]
+        assert "between 0 and 16" in e["message"]
+
+
 def test_chat_fallback_transcript_without_template(ref):
     tok = copy.copy(ref.tokenizer)
     tok._chat_template = None
@@ -746,6 +807,23 @@ BAD = [
         None,
     ),
     ("not UTF-8", "/v1/completions", b'{"prompt": "a\xff\xfe"}', 400, "invalid_json", None),
+    ("speculate too high", "/v1/completions", {"prompt": "x", "speculate": 17}, 400, "invalid_value", "speculate"),
+    (
+        "speculate negative",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "speculate": -1},
+        400,
+        "invalid_value",
+        "speculate",
+    ),
+    (
+        "speculate not an integer",
+        "/v1/completions",
+        {"prompt": "x", "speculate": "4"},
+        400,
+        "invalid_type",
+        "speculate",
+    ),
     (
         "response_format json",
         "/v1/chat/completions",
@@ -823,6 +901,16 @@ ACCEPTED = [
         "the lowest repetition_penalty with a tiny temperature",
         "/v1/completions",
         {"prompt": PROMPT, "max_tokens": 4, "repetition_penalty": 0.01, "temperature": 1e-30},
+    ),
+]
+
+
+ACCEPTED += [
+    ("speculate at its maximum", "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "speculate": 16}),
+    (
+        "speculate 0 on chat",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "speculate": 0},
     ),
 ]
 
