@@ -27,15 +27,19 @@ demo: $(STAMP)
 	$(BIN)/demi complete --model demi-tiny $(EXAMPLE) --at 35:12 --no-history
 	$(BIN)/demi explain --model demi-tiny $(EXAMPLE) --symbol reserve --max-tokens 48 --no-history
 
-# The VS Code extension's type check runs when npm is here (its test is skipped otherwise). The ARM
-# kernels are checked under qemu-user with Debian's aarch64 cross compiler, installed here as root.
+# The VS Code extension's type check runs when npm is here (its test is skipped otherwise). Tools
+# the tests drive are installed here as root with apt when missing: headless Neovim (the editor
+# tests in tests/lsp/test_lsp_editors.py), and Debian's aarch64 cross compiler with qemu-user (the
+# ARM kernels, checked under emulation in tests/model/test_native_arm.py).
 test: check
 	-command -v npm >/dev/null && cd editors/vscode && npm ci --no-audit --no-fund --loglevel=error
-	@if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
-	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) \
-	      >/dev/null 2>&1 || echo "could not install the aarch64 toolchain and qemu-user: test_native_arm.py skips"; \
-	  fi; \
+	@missing=""; \
+	command -v nvim >/dev/null || missing="$$missing neovim"; \
+	command -v aarch64-linux-gnu-gcc >/dev/null || missing="$$missing gcc-aarch64-linux-gnu libc6-dev-arm64-cross"; \
+	command -v qemu-aarch64 >/dev/null || missing="$$missing qemu-user"; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null 2>&1 \
+	    || echo "could not install$$missing: the tests that need them skip"; \
 	fi
 	$(BIN)/python -m pytest -q
 
