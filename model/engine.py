@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from demi.model.healing import ForcedPrefix
 from demi.model.loading import load_model, resolve_device
 from demi.model.prefix_cache import PrefixCache
 from demi.model.registry import resolve_model_dir
+from demi.model.rope import shift_keys, shifts_exactly
 from demi.model.threads import use_physical_cores
 from demi.model.tokenizer import StreamDecoder, Tokenizer
 
@@ -145,7 +147,8 @@ class LocalModel:
         cfg = model.config
         self.context = min(context or DEFAULT_CONTEXT, cfg.context_limit)
         self.device = model.device
-        self.prefix_cache = PrefixCache(cfg, self.context, model.dtype, self.device, cache_slots)
+        shift = partial(shift_keys, cfg) if shifts_exactly(cfg) else None
+        self.prefix_cache = PrefixCache(cfg, self.context, model.dtype, self.device, cache_slots, shift)
         self.params = _param_count(model)  # per prompt token, for the prefill budgets below and warm-up
         self.prefill_chunk = prefill_chunk_for(self.params)
         self.max_pad = max_padding(self.params) if _builds_kernels_per_shape(model) else 0
@@ -197,12 +200,17 @@ class LocalModel:
         constraint = ForcedPrefix(self.tokenizer, request.heal) if request.heal else None
         if len(ids) >= self.context:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context window is {self.context}")
-        slot, reuse = self.prefix_cache.acquire(ids)
+
+        def kept(reuse: int) -> int:  # what generate keeps of the cached head, reported as such
+            return worth_reusing(min(reuse, len(ids) - 1), len(ids))
+
+        slot, reuse = self.prefix_cache.acquire(ids, kept, request.cache_shift)
         run = Run(
             ids,
             stop_ids=self.stop_ids if request.stop_ids is None else request.stop_ids,
             deadline=started + request.time_budget if request.time_budget else None,
-            reuse=worth_reusing(min(reuse, len(ids) - 1), len(ids)),  # what generate keeps, reported as such
+            reuse=kept(reuse),
+            shifted=slot.shifted,
             chunk=self.prefill_chunk,
             max_pad=self.max_pad,
             constraint=constraint,
@@ -257,7 +265,12 @@ class LocalModel:
             reason,
             time.monotonic() - run.started,
             first,
-            extra={"cached_tokens": run.reuse, "healed": len(heal), "speculation": run.speculation()},
+            extra={
+                "cached_tokens": run.reuse,
+                "shifted_tokens": len(run.shifted or ()),
+                "healed": len(heal),
+                "speculation": run.speculation(),
+            },
         )
 
     @torch.inference_mode()

@@ -62,16 +62,30 @@ def padded_rows(count: int, room: int, max_pad: int) -> int:
     return padded if padded <= room and padded - count <= max_pad else count
 
 
-def prefill(model: Transformer, tokens: Tensor, start: int, cache: KVCache, max_pad: int = 0) -> Tensor:
+def prefill(
+    model: Transformer, tokens: Tensor, start: int, cache: KVCache, max_pad: int = 0, limit: int | None = None
+) -> Tensor:
     """Logits [B, V] of the last of `tokens` at positions start.., written into `cache`; with
-    `max_pad`, the rows are padded to a bucket size (see PAD_BUCKETS)."""
+    `max_pad`, the rows are padded to a bucket size (see PAD_BUCKETS), never past position `limit`
+    (rows there already hold keys and values: a shifted run, see prefix_cache.py)."""
     count = tokens.shape[1]
-    rows = padded_rows(count, cache.max_len - start, max_pad)
+    rows = padded_rows(count, (cache.max_len if limit is None else limit) - start, max_pad)
     if rows > count:
         tokens = torch.cat([tokens, tokens[:, -1:].expand(-1, rows - count)], dim=1)
     hidden = model.hidden_states(tokens, start, cache)[:, count - 1 : count]
     cache.length = start + count
     return model.lm_head(hidden)[:, -1].float()
+
+
+def prefill_spans(run: Run, step: int) -> list[tuple[int, int, int | None]]:
+    """(start, end, padding limit) of each prefill pass: the prompt after its cached head in
+    chunks of `step`, skipping the positions a shifted run already fills."""
+    ids = run.ids
+    start = worth_reusing(min(run.reuse, len(ids) - 1), len(ids))
+    gaps = [(start, len(ids), None)]
+    if run.shifted is not None and start == run.reuse:
+        gaps = [(start, run.shifted.start, run.shifted.start), (run.shifted.stop, len(ids), None)]
+    return [(lo, min(lo + step, end), limit) for begin, end, limit in gaps for lo in range(begin, end, step)]
 
 
 def worth_reusing(reuse: int, prompt_len: int) -> int:
@@ -115,6 +129,9 @@ class GenerationRequest:
     time_budget: float | None = None  # seconds from the start, then the answer ends ("time")
     add_special_tokens: bool = True
     speculate: int = 0  # draft tokens per step from prompt lookup (see `_decode_speculative`); 0 = off
+    # reuse cached runs of at least this many tokens found later in the prompt, moved and re-rotated
+    # (an approximation, see prefix_cache.py; for prefix-first FIM while typing); 0 = exact reuse only
+    cache_shift: int = 0
 
 
 @dataclass
@@ -131,6 +148,7 @@ class Run:
     constraint: ForcedPrefix | None = None  # token healing: the first tokens spell its text
     started: float = field(default_factory=time.monotonic)
     tokens: list[int] = field(default_factory=list)
+    shifted: range | None = None  # prompt positions the cache already holds, moved there (prefix_cache.py)
     # speculative decoding: the depth used (0: off), draft tokens checked and accepted, decode passes
     speculate: int = 0
     drafted: int = 0
@@ -277,9 +295,8 @@ def generate(
     generator = None if s.seed is None else torch.Generator(device=model.device).manual_seed(s.seed)
     seen = torch.tensor([ids], device=model.device)
     step = run.chunk or len(ids)
-    for lo in range(worth_reusing(min(run.reuse, len(ids) - 1), len(ids)), len(ids), step):
-        hi = min(lo + step, len(ids))
-        logits = prefill(model, seen[:, lo:hi], lo, cache, run.max_pad)
+    for lo, hi, limit in prefill_spans(run, step):
+        logits = prefill(model, seen[:, lo:hi], lo, cache, run.max_pad, limit)
         if hi < len(ids):
             yield None
             if reason := run.interrupted(request.cancel):

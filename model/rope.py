@@ -125,3 +125,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
     out = x_rot * cos + rotated * sin
     return out if x_pass is None else torch.cat((out, x_pass), dim=-1)
+
+
+def shifts_exactly(cfg: ModelConfig) -> bool:
+    """Whether cached keys can be moved to other positions by one more rotation: every scaling but
+    dynamic NTK, whose frequencies change with the sequence length."""
+    return (cfg.rope_scaling or {}).get("rope_type", "default") != "dynamic"
+
+
+def shift_keys(cfg: ModelConfig, k: torch.Tensor, delta: int) -> torch.Tensor:
+    """Keys [B, heads, T, D] rotated at position p, as if rotated at p + delta: rotations add up, so
+    one more rotation by delta (without YaRN's attention factor, already in the keys) moves them."""
+    inv_freq, _ = inv_frequencies(cfg)
+    angles = (float(delta) * inv_freq.to(k.device))[None, :]
+    emb = torch.cat((angles, angles), dim=-1)
+    return apply_rotary(k, emb.cos(), emb.sin())
