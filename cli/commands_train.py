@@ -1,13 +1,17 @@
 """`demi train ...` (corpus, tokenizer, run, distill, tiny, bench) and `demi eval fim|passk`.
 
-Progress and notes go to stderr; `--json` prints one JSON object on stdout at the end.
+Progress and notes go to stderr; `--json` prints one JSON object on stdout at the end. Under
+torchrun (`torchrun --nproc_per_node N -m demi train run ...`) only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +216,14 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument(
+        "--parallel",
+        choices=["none", "ddp", "fsdp"],
+        default=None,
+        help="under torchrun: ddp (a model replica per process; the default with several processes) or "
+        "fsdp (parameters, gradients and optimizer state sharded over the processes, for models that do "
+        "not fit on one device)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -221,7 +233,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--resume-from", type=Path, help="continue from this checkpoint directory")
     p.add_argument("--until", type=int, help="stop at this step (resume later)")
-    p.add_argument("--shape", default="small", choices=sorted(SHAPES), help="model shape (default small)")
+    p.add_argument(
+        "--shape",
+        default="small",
+        choices=_shape_names(),
+        help="model shape: tiny, small, micro or a preset (demiurgic-1b, ...; default small)",
+    )
     p.add_argument("--layers", type=int)
     p.add_argument("--hidden", type=int)
     p.add_argument("--intermediate", type=int)
@@ -255,7 +272,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _log(msg: str) -> None:
-    print(f"demi: {msg}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(f"demi: {msg}", file=sys.stderr, flush=True)
 
 
 def _sources(args: argparse.Namespace) -> list:
@@ -296,6 +314,22 @@ def _device(args: argparse.Namespace) -> str:
     from demi.model.loading import resolve_device
 
     return str(resolve_device(args.device))  # a DemiUserError when CUDA is asked for and absent
+
+
+@contextmanager
+def _process_group(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
+    """(DistEnv, device) for this process: under torchrun it joins the process group for the
+    command's length; a rank that waited for rank 0's failure exits quietly with its code
+    (rank 0 prints the one line)."""
+    from demi.train import distributed
+
+    env, device = distributed.init(args.parallel, _device(args))
+    try:
+        yield env, device
+    except distributed.PeerError as exc:
+        raise SystemExit(2 if exc.user else 1) from None
+    finally:
+        distributed.shutdown(env)
 
 
 def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
@@ -362,8 +396,31 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+# A preset's fields that come from the run's tokenizer (or do not describe the weights' shape).
+_NOT_SHAPE = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "quantization_config")
+
+
+def _shape_names() -> list[str]:
+    from demi.model.presets import preset_names
+
+    return sorted(SHAPES) + preset_names()
+
+
 def _shape_fields(shape: str) -> dict[str, Any]:
-    """The decoder fields of a --shape (a fresh dict)."""
+    """The decoder fields of a --shape (a fresh dict): one of SHAPES, or a preset of
+    `demi models` (demiurgic-1b, ...), its vocabulary size coming from the tokenizer."""
+    if shape not in SHAPES:
+        import dataclasses
+
+        from demi.model.presets import get_preset
+
+        cfg = get_preset(shape)
+        dense = not cfg.is_moe  # (a dense preset leaves the expert counts at 0)
+        return {
+            f.name: getattr(cfg, f.name)
+            for f in dataclasses.fields(cfg)
+            if f.name not in _NOT_SHAPE and not (dense and f.name.startswith("num_experts"))
+        }
     fields = SHAPES[shape]
     if fields is None:  # tiny
         from demi.train.tiny import tiny_model_fields
@@ -401,10 +458,33 @@ def _model_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from demi.train.pipeline import RunSpec, prepare_run, train_run
+    from demi.train import distributed
+    from demi.train.pipeline import train_run
+
+    with _process_group(args) as (env, device):
+        distributed.on_main(env, lambda: _prepare_run(args, env.world_size))
+        summary = train_run(
+            args.out,
+            steps=args.steps,
+            until=args.until,
+            progress=not args.no_progress,
+            resume_from=args.resume_from,
+            log=_log,
+            overrides=_overrides(args),
+            device=device,
+            dist=env,
+        )
+    if env.is_main:
+        _print_summary(args, summary)
+    return 130 if summary.get("interrupted") else 0
+
+
+def _prepare_run(args: argparse.Namespace, world_size: int) -> None:
+    """Check the arguments against --out and, for a new run, build its corpus snapshot, manifest,
+    tokenizer and run.json (rank 0 alone under torchrun)."""
+    from demi.train.pipeline import RunSpec, prepare_run
 
     run_json = args.out / "run.json"
-    progress = not args.no_progress
     if run_json.is_file() and not (args.resume or args.resume_from):
         raise UsageError(
             f"demi train: {args.out} already holds a run; pass --resume to continue it or choose a new --out"
@@ -439,6 +519,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         if args.distill:
             train.update(distill_alpha=args.alpha, distill_temperature=args.temperature)
+        if world_size > 1:  # batch_size and grad_accum are per process, for this many
+            train["world_size"] = world_size
         spec = RunSpec(
             model=_model_fields(args),
             train=train,
@@ -456,18 +538,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         _validate(spec)
         prepare_run(args.out, spec, _sources(args), tokenizer_dir=tokenizer, log=_log)
-    summary = train_run(
-        args.out,
-        steps=args.steps,
-        until=args.until,
-        progress=progress,
-        resume_from=args.resume_from,
-        log=_log,
-        overrides=_overrides(args),
-        device=_device(args),
-    )
-    _print_summary(args, summary)
-    return 130 if summary.get("interrupted") else 0
 
 
 def _validate(spec) -> None:
@@ -502,15 +572,19 @@ def _check_teacher_vocab(teacher: str, tokenizer_dir: Path) -> None:
 def cmd_tiny(args: argparse.Namespace) -> int:
     from demi.train.tiny import build_tiny, ship
 
-    summary = build_tiny(
-        args.out,
-        until=args.until,
-        steps=args.steps,
-        progress=not args.no_progress,
-        log=_log,
-        overrides=_overrides(args),
-        device=_device(args),
-    )
+    with _process_group(args) as (env, device):
+        summary = build_tiny(
+            args.out,
+            until=args.until,
+            steps=args.steps,
+            progress=not args.no_progress,
+            log=_log,
+            overrides=_overrides(args),
+            device=device,
+            dist=env,
+        )
+    if not env.is_main:
+        return 130 if summary.get("interrupted") else 0
     if args.ship and summary.get("finished"):
         card = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
         summary["shipped"] = ship(args.out, args.ship, card)

@@ -32,6 +32,27 @@ Weight memory (`weight_bytes`), one figure per precision:
 
 KV cache (`kv_cache_bytes`): ``2 * layers * kv_heads * head_dim * context * bytes`` per
 sequence (keys and values, every layer, ``context`` positions preallocated).
+
+Training memory per GPU under FSDP2 (`fsdp_training_bytes`, as `demi train run --parallel fsdp`
+runs it: bf16 compute, fp32 master weights, gradients and AdamW state, one FSDP group per
+decoder block plus one for the embeddings, final norm and head), an estimate for planning:
+
+- ``sharded``: ``16 * total / gpus``: fp32 weights, fp32 gradients, AdamW's two moments.
+- ``gathered``: what FSDP2 holds unsharded at once: the root group (embeddings, head, final
+  norm) as bf16 weights and gradients for the whole step (4 bytes per parameter) and two blocks
+  (the one running and the one prefetched) as bf16 weights, bf16 gradients and the fp32
+  reduce-scatter buffer (8 bytes per parameter). A mixture of experts gathers every expert of a
+  block (no expert parallelism).
+- ``activations``: what autograd keeps per token, counted from the decoder's forward with bf16
+  weights: per block ``20H + 2 * (3q + 2kv + 4I)`` bytes: each RMSNorm keeps its input and
+  normalized value in fp32 and its output in bf16 (``10H``), then in bf16 the queries and keys
+  after RoPE, the values, the attention output and its reshaped copy, the SwiGLU gate, its
+  SiLU, up and product (``I`` times the ``k`` active experts for a MoE); plus ``10 * vocab``
+  bytes for the logits (bf16, the fp32 copy, the log-softmax kept for backward). Checked against
+  the tensors autograd saves for a block (tests/train/test_train_distributed.py). With gradient
+  checkpointing each block keeps only its bf16 input (``2H``) and one block's activations exist
+  at a time. Not counted: the CUDA context and the allocator's slack
+  (typically 1-3 GiB), and the pipeline's data.
 """
 
 from __future__ import annotations
@@ -57,6 +78,9 @@ __all__ = [
     "weight_bytes",
     "kv_cache_bytes",
     "model_info",
+    "FsdpMemory",
+    "FSDP_GPUS",
+    "fsdp_training_bytes",
     "format_info",
     "human_count",
     "human_bytes",
@@ -225,6 +249,64 @@ def kv_cache_bytes(cfg: ModelConfig, context: int, kv_dtype: str = "bf16", batch
     )
 
 
+FSDP_GPUS = (1, 8, 64)  # the GPU counts `demi models info` shows
+
+
+@dataclass(frozen=True)
+class FsdpMemory:
+    """Bytes per GPU to train under FSDP2 on `gpus` GPUs, `tokens` per GPU per micro-batch."""
+
+    gpus: int
+    tokens: int
+    sharded: int  # fp32 weights + gradients + AdamW moments, 1/gpus of each
+    gathered: int  # unsharded bf16 copies held at once: root group + two blocks
+    activations: int  # with gradient checkpointing
+    activations_full: int  # without
+
+    @property
+    def total(self) -> int:
+        return self.sharded + self.gathered + self.activations
+
+    @property
+    def total_full(self) -> int:
+        return self.sharded + self.gathered + self.activations_full
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "gpus": self.gpus,
+            "tokens": self.tokens,
+            "sharded_state_bytes": self.sharded,
+            "gathered_bytes": self.gathered,
+            "activation_bytes_checkpointing": self.activations,
+            "activation_bytes": self.activations_full,
+            "total_bytes_checkpointing": self.total,
+            "total_bytes": self.total_full,
+        }
+
+
+def fsdp_training_bytes(cfg: ModelConfig, gpus: int, tokens: int) -> FsdpMemory:
+    """Per-GPU training memory under FSDP2 (see the module docstring for what is counted)."""
+    if gpus < 1 or tokens < 0:
+        raise DemiUserError(f"gpus must be >= 1 and tokens >= 0, got {gpus} and {tokens}")
+    groups = tensor_groups(cfg)
+    total = sum(g.numel * g.count for g in groups)
+    root = sum(g.numel * g.count for g in groups if "{i}" not in g.name)
+    block = (total - root) // max(1, cfg.num_hidden_layers)
+    H, L = cfg.hidden_size, cfg.num_hidden_layers
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    inter = cfg.intermediate_size * (min(cfg.num_experts_per_tok, cfg.num_experts) if cfg.is_moe else 1)
+    per_block = 20 * H + 2 * (3 * q + 2 * kv + 4 * inter)
+    logits = 10 * cfg.vocab_size
+    return FsdpMemory(
+        gpus=gpus,
+        tokens=tokens,
+        sharded=math.ceil(16 * total / gpus),
+        gathered=4 * root + 2 * 8 * block,
+        activations=tokens * (L * 2 * H + per_block + logits),
+        activations_full=tokens * (L * per_block + logits),
+    )
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Everything `format_info` shows, as numbers (`as_dict` for `--json`)."""
@@ -234,6 +316,7 @@ class ModelInfo:
     context: int
     kv_dtype: str
     kv_cache: int  # bytes for one sequence of `context` positions
+    fsdp: tuple[FsdpMemory, ...] = ()  # training per GPU under FSDP2, one sequence of `context` per GPU
 
     def total_bytes(self, precision: str) -> int:
         """Weights at `precision` plus the KV cache."""
@@ -253,6 +336,7 @@ class ModelInfo:
             "kv_cache_bytes": self.kv_cache,
             "weight_bytes": dict(self.weights),
             "total_bytes": {p: self.total_bytes(p) for p in self.weights},
+            "fsdp_training_per_gpu": [m.as_dict() for m in self.fsdp],
         }
 
 
@@ -266,6 +350,7 @@ def model_info(cfg: ModelConfig, context: int | None = None, kv_dtype: str = "bf
         context=ctx,
         kv_dtype=kv_dtype.lower(),
         kv_cache=kv,
+        fsdp=tuple(fsdp_training_bytes(cfg, n, ctx) for n in FSDP_GPUS),
     )
 
 
@@ -388,4 +473,18 @@ def format_info(
         f"KV heads x {cfg.head_dim} x {info.context} positions x "
         f"{_kv_bytes_per_value(kv_dtype)} bytes, one sequence"
     )
+    lines.append("")
+    lines.append(
+        f"training per GPU under FSDP2 (bf16 compute; fp32 weights, gradients and AdamW state sharded; "
+        f"one {info.context}-token sequence per GPU)"
+    )
+    lines.append(f"  {'GPUs':>5}  {'sharded':>10}  {'gathered':>10}  {'activations':>22}  {'total':>22}")
+    lines.append(f"  {'':>5}  {'':>10}  {'':>10}  {'checkpointed / all':>22}  {'checkpointed / all':>22}")
+    for m in info.fsdp:
+        lines.append(
+            f"  {m.gpus:>5}  {human_bytes(m.sharded):>10}  {human_bytes(m.gathered):>10}  "
+            f"{human_bytes(m.activations) + ' / ' + human_bytes(m.activations_full):>22}  "
+            f"{human_bytes(m.total) + ' / ' + human_bytes(m.total_full):>22}"
+        )
+    lines.append("(an estimate: plus the CUDA context and allocator slack, typically 1-3 GiB; see model/info.py)")
     return "\n".join(lines)

@@ -16,7 +16,10 @@ Modules, in the order data flows through them:
                auxiliary loss and router z-loss.
 - `trainer`    AdamW, warmup + cosine, gradient accumulation, clipping, bf16 autocast,
                torch.compile, gradient checkpointing, evaluation, distillation, checkpoints.
-- `checkpoints` atomic training checkpoints (safetensors + JSON, no pickle) and exact resume.
+- `distributed` torchrun: the process group, DDP or FSDP2 around the model, the collectives the
+               trainer needs; N processes compute what one process computes with their global batch.
+- `checkpoints` atomic training checkpoints (safetensors + JSON, no pickle) and exact resume; the
+               sharded layout (torch.distributed.checkpoint) of a distributed run.
 - `evaluate`   FIM line exact match and edit similarity on held-out files.
 - `passk`      execution-based pass@k on HumanEval-format JSONL, each program in a subprocess.
 - `tiny`       the demi-tiny recipe: corpus, tokenizer, model shape and schedule, one command.

@@ -72,6 +72,17 @@ class RowSource(Protocol):
     def eval_rows(self, max_rows: int) -> torch.Tensor: ...
 
 
+def take_shard(source: RowSource, pos: Position, per_rank: int, rank: int, world: int) -> tuple[torch.Tensor, Position]:
+    """Rank `rank`'s rows of the next micro-batch of `per_rank * world` rows: the slice
+    [rank * per_rank, (rank + 1) * per_rank) of what a one-process run with that batch reads.
+    The ranks' slices are disjoint and together are exactly those rows, so N processes see the
+    data one process would, in the same steps; every rank moves to the same next position."""
+    if world == 1:
+        return source.take(pos, per_rank)
+    rows, nxt = source.take(pos, per_rank * world)
+    return rows[rank * per_rank : (rank + 1) * per_rank], nxt
+
+
 class SegmentEncoder:
     """Token ids for samples: raw text through the tokenizer (special-token strings as text),
     `Special` segments as their single ids."""

@@ -12,6 +12,12 @@
 
 `prepare_run` does the first four once; `train_run` trains (resuming from the latest checkpoint
 when there is one) and exports `RUN/model` when the last step is done.
+
+Under torchrun, rank 0 alone prepares the run (the others wait, see `distributed.on_main`) and
+every rank trains. `train.batch_size` and `train.grad_accum` in run.json are per process for the
+`train.world_size` processes the run was made with; the global batch they make is the run's, so
+a session on another number of processes changes the per-process batch or the accumulation to
+keep it (`per_process_batch`) and the steps compute what they would have.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from demi.model.tokenizer import Tokenizer
 from demi.train import checkpoints
 from demi.train.corpus import Corpus, Document, Source, build_corpus, record_tokens, write_manifest
 from demi.train.data import DataOptions, PackedData, SegmentEncoder
+from demi.train.distributed import SINGLE, DistEnv
 from demi.train.errors import CorpusError, ResumeError, TrainConfigError, VocabularyMismatchError
 from demi.train.pairs import extract_pairs
 from demi.train.trainer import TrainConfig, Trainer, init_model, write_json
@@ -240,6 +247,29 @@ def check_teacher(teacher_dir: str | Path, tok: Tokenizer, cfg: ModelConfig) -> 
         )
 
 
+def _quiet(*_: Any) -> None:
+    pass
+
+
+def per_process_batch(batch_size: int, grad_accum: int, made_for: int, world: int) -> tuple[int, int]:
+    """(batch_size, grad_accum) per process that keep the global batch of `batch_size` x
+    `grad_accum` rows on each of `made_for` processes when the run goes on with `world`:
+    the batch stays and the accumulation changes when that divides, else the reverse, else
+    one micro-batch of global / world rows; a global batch `world` does not divide is an error."""
+    rows = batch_size * grad_accum * made_for
+    if world == made_for:
+        return batch_size, grad_accum
+    if rows % (batch_size * world) == 0:
+        return batch_size, rows // (batch_size * world)
+    if rows % (grad_accum * world) == 0:
+        return rows // (grad_accum * world), grad_accum
+    if rows % world == 0:
+        return rows // world, 1
+    raise TrainConfigError(
+        f"the run's global batch of {rows} rows does not split over {world} processes; use a world size that divides it"
+    )
+
+
 def train_run(
     run_dir: str | Path,
     steps: int | None = None,
@@ -249,18 +279,33 @@ def train_run(
     log=print,
     overrides: dict[str, Any] | None = None,
     device: str = "cpu",
+    dist: DistEnv = SINGLE,
 ) -> dict[str, Any]:
     """Train the run in `run_dir` (resuming from its latest checkpoint), export RUN/model at the end.
 
     `steps` changes the total (to extend a finished run); `until` stops early at that step (the
     rest of the run can follow in another session); `overrides` changes speed settings that do
-    not affect the math (threads, compile, log/eval/checkpoint intervals)."""
+    not affect the math (threads, compile, log/eval/checkpoint intervals). Under torchrun every
+    rank calls this with its `dist`."""
     run = Path(run_dir)
+    if not dist.is_main:
+        log = _quiet  # rank 0 speaks for the run
     spec = load_run(run)
     train_fields = dict(spec.train)
     if steps is not None and steps != train_fields.get("steps"):
         train_fields["steps"] = spec.train["steps"] = steps
-        write_json(run / "run.json", spec.to_json())  # later sessions keep the new total
+        if dist.is_main:
+            write_json(run / "run.json", spec.to_json())  # later sessions keep the new total
+    made_for = int(train_fields.pop("world_size", 1))
+    batch = (int(train_fields.get("batch_size", 16)), int(train_fields.get("grad_accum", 1)))
+    per_process = per_process_batch(*batch, made_for, dist.world_size)
+    if per_process != batch:
+        procs = f"{dist.world_size} process{'es' if dist.world_size > 1 else ''}"
+        log(
+            f"{procs}: batch {per_process[0]} x {per_process[1]} micro-batches each keeps the run's global "
+            f"batch of {batch[0] * batch[1] * made_for} rows (made as {batch[0]} x {batch[1]} on {made_for})"
+        )
+        train_fields["batch_size"], train_fields["grad_accum"] = per_process
     speed_only = {
         "threads",
         "compile",
@@ -303,7 +348,7 @@ def train_run(
         check_teacher(spec.teacher, tok, cfg)
         teacher = load_model(spec.teacher, dtype="float32", device=device)
     model = init_model(cfg, tcfg.seed)
-    trainer = Trainer(model, data, tcfg, run, teacher=teacher, progress=progress, device=device)
+    trainer = Trainer(model, data, tcfg, run, teacher=teacher, progress=progress, device=device, dist=dist)
     if ck is not None:
         trainer.resume(ck, new_phase=phase > 0 and start == boundaries[phase - 1])
         log(f"resumed from {ck.name} (step {trainer.step}, {trainer.tokens_seen:,} tokens seen)")
@@ -312,6 +357,7 @@ def train_run(
         f"{data.rows_per_epoch(trainer.position.epoch):,} rows of {dopts.seq_len} tokens per epoch; "
         f"{'compiled' if trainer.compiled else 'eager'}, {'bf16 autocast' if trainer.amp else 'fp32'}, "
         f"{'fused ' if trainer.fused else ''}AdamW, {__import__('torch').get_num_threads()} threads"
+        + (f"; {dist.mode.upper()} over {dist.world_size} processes" if dist.active else "")
     )
     target = min(until or tcfg.steps, tcfg.steps)
     while True:
@@ -327,7 +373,8 @@ def train_run(
     if summary["finished"]:
         out = trainer.export(run / "model", run / "tokenizer")
         summary["model_dir"] = str(out)
-        write_json(run / "model" / "training.json", {"run": spec.to_json(), "summary": summary})
+        if dist.is_main:
+            write_json(run / "model" / "training.json", {"run": spec.to_json(), "summary": summary})
     return summary
 
 
@@ -349,13 +396,18 @@ def export_checkpoint(
     ck = Path(checkpoint) if checkpoint else checkpoints.latest_checkpoint(run)
     if ck is None:
         raise ResumeError(f"{run}: no checkpoint yet")
-    checkpoints.load_state(ck)  # verifies the hashes
+    saved = checkpoints.load_state(ck)  # verifies the hashes
     model = Transformer(cfg.replace(torch_dtype=dtype))
-    state = load_file(str(ck / "model.safetensors"))
-    try:
-        model.load_state_dict(state, strict=not cfg.tie_word_embeddings)
-    except RuntimeError as exc:
-        raise ResumeError(f"{ck}: weights do not fit the run's model ({str(exc).splitlines()[0]})") from None
+    if checkpoints.is_sharded(saved):  # written by several processes: read every shard here
+        from demi.train.trainer import TrainingForward
+
+        checkpoints.load_sharded_weights(ck, TrainingForward(model))
+    else:
+        state = load_file(str(ck / "model.safetensors"))
+        try:
+            model.load_state_dict(state, strict=not cfg.tie_word_embeddings)
+        except RuntimeError as exc:
+            raise ResumeError(f"{ck}: weights do not fit the run's model ({str(exc).splitlines()[0]})") from None
     model.tie_weights()
     if dtype == "bfloat16":
         model = model.to(torch.bfloat16)

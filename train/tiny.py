@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from demi.model.config import ModelConfig
+from demi.train import distributed
 from demi.train.corpus import site_packages_sources, stdlib_source
+from demi.train.distributed import SINGLE, DistEnv
 from demi.train.errors import TrainConfigError
 from demi.train.pipeline import RunSpec, load_run, prepare_run, train_run
 from demi.train.trainer import write_json
@@ -136,6 +138,17 @@ def tiny_sources():
     return [stdlib_source(), *site_packages_sources()]
 
 
+def prepare_tiny(out: str | Path, log=print) -> None:
+    """The corpus, tokenizer and run.json the first time; the recipe's data phases adopted later."""
+    out = Path(out)
+    if not (out / "run.json").is_file():
+        prepare_run(out, tiny_spec(), tiny_sources(), log=log)
+    else:
+        spec = load_run(out)
+        log(f"{out}: continuing the {spec.name} run")
+        _adopt_phases(out, spec, log)
+
+
 def build_tiny(
     out: str | Path,
     until: int | None = None,
@@ -144,16 +157,14 @@ def build_tiny(
     log=print,
     overrides: dict[str, Any] | None = None,
     device: str = "cpu",
+    dist: DistEnv = SINGLE,
 ) -> dict[str, Any]:
-    """Prepare (first time only) and train demi-tiny in `out`; resumable at any point."""
-    out = Path(out)
-    if not (out / "run.json").is_file():
-        prepare_run(out, tiny_spec(), tiny_sources(), log=log)
-    else:
-        spec = load_run(out)
-        log(f"{out}: continuing the {spec.name} run")
-        _adopt_phases(out, spec, log)
-    return train_run(out, steps=steps, until=until, progress=progress, log=log, overrides=overrides, device=device)
+    """Prepare (first time only) and train demi-tiny in `out`; resumable at any point. Under
+    torchrun rank 0 prepares while the others wait, then all train."""
+    distributed.on_main(dist, lambda: prepare_tiny(out, log))
+    return train_run(
+        Path(out), steps=steps, until=until, progress=progress, log=log, overrides=overrides, device=device, dist=dist
+    )
 
 
 def ship(run_dir: str | Path, dest: str | Path, card: str | Path | None = None) -> dict[str, Any]:

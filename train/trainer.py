@@ -14,6 +14,11 @@ bf16 autocast runs the matmuls on the CPU's bf16 units (AMX) with fp32 master we
 optimizer state, so "auto" precision is bf16 on CPUs that have such units and on CUDA, fp32
 elsewhere; "auto" compile is on for dense models and runs of 300 steps or more (compiling takes
 10-60 s).
+
+Under torchrun (`dist`, see distributed.py) every rank runs this same loop on its slice of each
+micro-batch, inside DDP or FSDP2: the losses it logs are means over the ranks, rank 0 alone logs
+and writes, checkpoints are sharded (checkpoints.py) and the exported model is one ordinary
+checkpoint, gathered on rank 0.
 """
 
 from __future__ import annotations
@@ -27,19 +32,20 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from demi.model.config import ModelConfig
 from demi.model.decoder import Transformer, attention_mask
 from demi.model.loading import save_model
 from demi.model.scaffold import random_model
-from demi.train import checkpoints
-from demi.train.data import DataOptions, PackedData, Position, RowSource
+from demi.train import checkpoints, distributed
+from demi.train.data import DataOptions, PackedData, Position, RowSource, take_shard
+from demi.train.distributed import SINGLE, DistEnv
 from demi.train.errors import ResumeError, TrainConfigError
 from demi.train.moe import collect_losses, enable_moe_training
 
@@ -99,8 +105,9 @@ class TrainConfig:
         return asdict(self)
 
 
-# Settings that change which tokens a step sees or how it is computed: a resume must keep them.
-_RESUME_FIXED = ("batch_size", "grad_accum", "seed")
+# Settings that change which tokens a step sees: a resume must keep them (and the global batch,
+# batch_size x grad_accum x world size, which `Trainer.resume` checks on its own).
+_RESUME_FIXED = ("seed",)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -132,6 +139,23 @@ def forward_hidden(model: Transformer, tokens: Tensor, checkpointing: bool = Fal
         else:
             x = layer(x, cos, sin, 0, mask, None, None)
     return model.model.norm(x)
+
+
+class TrainingForward(nn.Module):
+    """The decoder's training forward (logits for full sequences from position 0) as one module
+    call: DDP and FSDP2 act in a module's forward, so they wrap this. Its state dict is the
+    decoder's with `PREFIX` in front."""
+
+    def __init__(self, decoder: Transformer, checkpointing: bool = False):
+        super().__init__()
+        self.decoder = decoder
+        self.checkpointing = checkpointing
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.decoder.lm_head(forward_hidden(self.decoder, tokens, self.checkpointing and self.training))
+
+
+PREFIX = "decoder."
 
 
 def distill_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -232,9 +256,11 @@ class Trainer:
         progress: bool = True,
         device: str | torch.device = "cpu",
         on_step: Callable[[int, StepResult], None] | None = None,
+        dist: DistEnv = SINGLE,
     ):
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.device = torch.device(device)
+        self.dist = dist
         seq = data.options.seq_len
         if seq > model.config.max_position_embeddings:
             raise TrainConfigError(
@@ -250,8 +276,15 @@ class Trainer:
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.moe_blocks = enable_moe_training(self.model, cfg.moe_capacity_factor) if model.config.is_moe else []
         self.compiled, self.amp = resolve_speed(cfg, self.device, bool(self.moe_blocks))
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        net = TrainingForward(self.model, cfg.grad_checkpointing)
+        # DDP or FSDP2 under torchrun (FSDP2 shards the parameters in place: the optimizer below
+        # gets the shards); the plain module otherwise.
+        self.net = distributed.wrap(net, list(self.model.model.layers), dist, self.amp, bool(self.moe_blocks))
+        named = list(self.model.named_parameters())
+        decay = [p for n, p in named if p.ndim >= 2]
+        no_decay = [p for n, p in named if p.ndim < 2]
+        # The optimizer's parameters in order, by name: how a single-process checkpoint numbers them.
+        self._param_names = [n for n, p in named if p.ndim >= 2] + [n for n, p in named if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         betas = (cfg.beta1, cfg.beta2)
         try:
@@ -265,7 +298,7 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed = 0.0
         self.on_step = on_step
-        self.progress = Progress(cfg.steps, every=cfg.log_every, enabled=progress)
+        self.progress = Progress(cfg.steps, every=cfg.log_every, enabled=progress and dist.is_main)
         self._loss_fn = self._loss
         self._compile_checked = False
         if self.compiled:
@@ -276,8 +309,7 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------
 
     def _loss(self, x: Tensor, y: Tensor, teacher_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        hidden = forward_hidden(self.model, x, self.cfg.grad_checkpointing)
-        logits = self.model.lm_head(hidden).float()
+        logits = self.net(x).float()
         ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         if teacher_logits is None:
             return ce, ce
@@ -294,30 +326,33 @@ class Trainer:
             g["lr"] = lr
         total = ce_total = 0.0
         extra: dict[str, float] = {}
-        for _ in range(cfg.grad_accum):
-            rows, self.position = self.data.take(self.position, cfg.batch_size)
+        rank, world = self.dist.rank, self.dist.world_size
+        for i in range(cfg.grad_accum):
+            rows, self.position = take_shard(self.data, self.position, cfg.batch_size, rank, world)
             rows = rows.to(self.device)
             x, y = rows[:, :-1], rows[:, 1:]
             teacher_logits = None
             if self.teacher is not None:
                 with torch.no_grad(), self._autocast():
                     teacher_logits = self.teacher(x).float()
-            with self._autocast():
-                loss, ce = self._run_loss(x, y, teacher_logits)
-            if self.moe_blocks:
-                moe = collect_losses(self.moe_blocks)
-                loss = loss + cfg.moe_aux_weight * moe["balance"] + cfg.moe_z_weight * moe["z"]
-                for k, v in moe.items():
-                    extra[f"moe_{k}"] = extra.get(f"moe_{k}", 0.0) + float(v.detach()) / cfg.grad_accum
-            (loss / cfg.grad_accum).backward()
+            last = i == cfg.grad_accum - 1
+            with distributed.accumulating(self.net, self.dist, last):
+                with self._autocast():
+                    loss, ce = self._run_loss(x, y, teacher_logits)
+                if self.moe_blocks:
+                    moe = collect_losses(self.moe_blocks)
+                    loss = loss + cfg.moe_aux_weight * moe["balance"] + cfg.moe_z_weight * moe["z"]
+                    for k, v in moe.items():
+                        extra[f"moe_{k}"] = extra.get(f"moe_{k}", 0.0) + float(v.detach()) / cfg.grad_accum
+                (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
             ce_total += float(ce.detach()) / cfg.grad_accum
-            self.tokens_seen += x.numel()
+            self.tokens_seen += x.numel() * world
+        if self.dist.active:  # what the whole global batch scored, as one process would report it
+            total, ce_total, *rest = distributed.mean([total, ce_total, *extra.values()], self.dist)
+            extra = dict(zip(extra, rest))
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if cfg.clip > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        norm = grad_norm(params, cfg.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -343,19 +378,26 @@ class Trainer:
         rows = self._eval_rows
         if len(rows) == 0:
             return None
-        self.model.eval()
+        net = distributed.unwrapped(self.net)  # (FSDP2's forward gathers the shards: every rank runs it)
+        net.eval()
         total, count = 0.0, 0
+        bs, rank, world = self.cfg.batch_size, self.dist.rank, self.dist.world_size
+        batches = math.ceil(len(rows) / bs)
         try:
-            for lo in range(0, len(rows), self.cfg.batch_size):
-                batch = rows[lo : lo + self.cfg.batch_size].to(self.device)
+            # Rank r scores batches r, r + world, ...; all run the same number of forwards (a rank
+            # out of batches repeats the first one and counts nothing), as FSDP2 needs.
+            for first in range(0, batches, world):
+                index = first + rank
+                batch = rows[(index if index < batches else 0) * bs :][:bs].to(self.device)
                 with self._autocast():
-                    hidden = forward_hidden(self.model, batch[:, :-1])
-                    logits = self.model.lm_head(hidden).float()
-                total += float(F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
-                count += batch[:, 1:].numel()
+                    logits = net(batch[:, :-1]).float()
+                if index < batches:
+                    total += float(F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
+                    count += batch[:, 1:].numel()
         finally:
-            self.model.train()
-        self.last_eval = total / count
+            net.train()
+        summed, tokens = distributed.total([total, count], self.dist)
+        self.last_eval = summed / tokens
         return self.last_eval
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -369,9 +411,15 @@ class Trainer:
             "data_options": self.data.options.as_dict(),
             "model_config": self.model.config.to_hf(),
             "last_eval": self.last_eval,
+            "world_size": self.dist.world_size,
+            "parallel": self.dist.mode,
         }
 
     def save_checkpoint(self) -> Path:
+        if self.dist.active:
+            return checkpoints.save_sharded(
+                self.run_dir, self.step, self.net, self.optimizer, self.state(), self.dist, self.cfg.keep_checkpoints
+            )
         return checkpoints.save(
             self.run_dir, self.step, self.model, self.optimizer, self.state(), self.cfg.keep_checkpoints
         )
@@ -384,9 +432,17 @@ class Trainer:
         path = Path(path) if path else checkpoints.latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        saved = checkpoints.load_state(path)
+        saved = checkpoints.load_state(path, self.dist)
         old = saved.get("train_config", {})
         changed = [k for k in _RESUME_FIXED if k in old and old[k] != getattr(self.cfg, k)]
+        was = (old.get("batch_size", self.cfg.batch_size), old.get("grad_accum", self.cfg.grad_accum))
+        was_world = int(saved.get("world_size", 1))
+        now = (self.cfg.batch_size, self.cfg.grad_accum, self.dist.world_size)
+        if math.prod(was) * was_world != math.prod(now):
+            changed.append(
+                f"global batch (batch_size x grad_accum x world size: saved {was[0]} x {was[1]} x {was_world} = "
+                f"{math.prod(was) * was_world}, now {now[0]} x {now[1]} x {now[2]} = {math.prod(now)})"
+            )
         if not new_phase and _with_defaults(saved.get("data_options")) != self.data.options.as_dict():
             changed.append("data options (seq_len, FIM rates, seed)")
         if _weights_shape(saved.get("model_config")) != _weights_shape(self.model.config.to_hf()):
@@ -395,7 +451,12 @@ class Trainer:
             raise ResumeError(
                 f"{path}: cannot resume with different {', '.join(changed)} (start a new run directory instead)"
             )
-        state = checkpoints.restore(path, self.model, self.optimizer)
+        if checkpoints.is_sharded(saved):
+            state = checkpoints.restore_sharded(path, self.net, self.optimizer, saved)
+        elif self.dist.active:
+            state = checkpoints.restore_full(path, self.net, self.optimizer, self._param_names, saved, PREFIX)
+        else:
+            state = checkpoints.restore(path, self.model, self.optimizer)
         self.step = int(state["step"])
         self.position = Position() if new_phase else Position(*state["position"])
         self.tokens_seen = int(state["tokens_seen"])
@@ -413,6 +474,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -467,6 +530,8 @@ class Trainer:
             self.progress.update(self.step, smooth, tok_s, eta, extra)
             if self.on_step is not None:
                 self.on_step(self.step, result)
+            if distributed.any_rank(bool(stop.requested), self.dist) and not stop.requested:
+                stop.requested = "a signal to another rank"  # every rank stops after the same step
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < until:
                 self.save_checkpoint()
             if stop.requested:
@@ -493,13 +558,23 @@ class Trainer:
         }
 
     def export(self, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
-        """Save the model in Hugging Face layout (config.json, safetensors) plus the tokenizer files."""
+        """Save the model in Hugging Face layout (config.json, safetensors) plus the tokenizer files.
+        Under torchrun every rank takes part (the weights are gathered) and rank 0 writes."""
         out = Path(out_dir)
         model = self.model
+        if self.dist.active:
+            gathered = self._gathered_model()
+            if gathered is None:
+                distributed.barrier(self.dist)
+                return out
+            model = gathered
         if self.cfg.save_dtype == "bfloat16":
-            model = Transformer(model.config.replace(torch_dtype="bfloat16"))
-            model.load_state_dict(self.model.state_dict())
+            if model is self.model:  # the training weights stay fp32
+                copy = Transformer(model.config)
+                copy.load_state_dict(model.state_dict())
+                model = copy
             model = model.to(torch.bfloat16)
+            model.config = model.config.replace(torch_dtype="bfloat16")
         else:
             model.config = model.config.replace(torch_dtype="float32")
         save_model(model, out)
@@ -508,7 +583,30 @@ class Trainer:
                 src = Path(tokenizer_dir) / name
                 if src.is_file() and src.resolve() != (out / name).resolve():
                     shutil.copyfile(src, out / name)
+        distributed.barrier(self.dist)
         return out
+
+    def _gathered_model(self) -> Transformer | None:
+        """The whole model in fp32 on rank 0's CPU (None on the other ranks), gathered from the
+        shards or DDP's replica: what `export` saves."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.dist.is_main:
+            return None
+        with torch.device("meta"):
+            model = Transformer(self.model.config)
+        model.load_state_dict({k.removeprefix(PREFIX): cast(Tensor, v).float() for k, v in full.items()}, assign=True)
+        model.tie_weights()
+        return model.eval()
+
+
+def grad_norm(params: list[Tensor], clip: float) -> float:
+    """The global gradient norm, clipping to `clip` first when it is > 0. FSDP2's gradients are
+    shards (DTensors): their norm is reduced over the ranks into the whole gradient's."""
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+    full = getattr(norm, "full_tensor", None)
+    return float(full() if full is not None else norm)
 
 
 class _StopOnSignal:
