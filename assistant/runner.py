@@ -289,6 +289,7 @@ class ModelRunner:
             "completion_tokens": 0,
             "prompt_tokens": 0,
             "cached_tokens": 0,
+            "shifted_tokens": 0,
         }
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
 
@@ -631,6 +632,7 @@ class ModelRunner:
             self.counts["completion_tokens"] += run.completion_tokens
             self.counts["prompt_tokens"] += run.prompt_tokens
             self.counts["cached_tokens"] += int(extra.get("cached_tokens", 0) or 0)
+            self.counts["shifted_tokens"] += int(extra.get("shifted_tokens", 0) or 0)
         self._finish(run, "cancelled" if run.finish_reason == "cancelled" else "done", value=completion)
 
     def _fail(self, run: Run, exc: BaseException) -> None:

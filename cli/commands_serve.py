@@ -20,16 +20,24 @@ def register(sub, common) -> None:
         help="OpenAI-compatible HTTP server for one model",
         description="Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/completions with "
         "`suffix` for FIM, /v1/chat/completions, SSE streaming). Binds 127.0.0.1 by default; "
-        "any other address needs an API key. Prints 'demi serve: listening on URL (model NAME)' "
-        "on stderr when ready (with --json, also one JSON object on stdout).",
+        "any other address needs an API key or a keys file. Prints 'demi serve: listening on URL (model NAME)' "
+        "on stderr when ready (with --json, also one JSON object on stdout). For a team: named keys in a "
+        "keys file (`demi serve keys add NAME`), usage per key at /v1/demi/usage, Prometheus metrics at /metrics.",
     )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     s.add_argument(
         "--api-key",
         default=None,
-        help="require 'Authorization: Bearer KEY' on every request (default: $DEMI_API_KEY); "
-        "mandatory on a non-loopback --host",
+        help="require 'Authorization: Bearer KEY' on every request (default: $DEMI_API_KEY); one key named "
+        "'default' with the admin role. A non-loopback --host needs this or --keys-file",
+    )
+    s.add_argument(
+        "--keys-file",
+        default=None,
+        metavar="PATH",
+        help="named API keys (TOML, SHA-256 of each key; written by `demi serve keys add`), re-read when it "
+        "changes so a revoked key stops working at once (default: $DEMI_KEYS_FILE)",
     )
     s.add_argument(
         "--parallel",
@@ -49,6 +57,101 @@ def register(sub, common) -> None:
     )
     s.add_argument("--verbose", "-v", action="store_true", help="log one line per request")
     s.set_defaults(func=cmd_serve)
+    _register_keys(s, common)
+
+
+def _register_keys(serve: argparse.ArgumentParser, common) -> None:
+    """`demi serve keys add|list|revoke`: the keys file, edited atomically (mode 0600)."""
+    from demi.serve.keys import ROLES
+
+    sub = serve.add_subparsers(dest="serve_command", metavar="keys")
+    keys = sub.add_parser(
+        "keys",
+        help="manage the named API keys of `demi serve --keys-file`",
+        description="Add, list and revoke the named API keys a team's `demi serve --keys-file PATH` accepts. The "
+        "file holds only each key's SHA-256; a running server re-reads it when it changes.",
+    )
+    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+
+    def action(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, parents=[common(model=False)], help=help, description=help)
+        p.add_argument(
+            "--keys-file",
+            default=argparse.SUPPRESS,  # `demi serve --keys-file X keys ...` keeps X
+            metavar="PATH",
+            help="the keys file (default: $DEMI_KEYS_FILE, then serve-keys.toml in Demi's config folder)",
+        )
+        p.set_defaults(func=func)
+        return p
+
+    add = action("add", "add a key: prints the new key once, on stdout (the file keeps only its SHA-256)", cmd_keys_add)
+    add.add_argument("name", help="the key's name: letters, digits, '_' or '-' (it labels usage and metrics)")
+    add.add_argument(
+        "--role",
+        choices=ROLES,
+        default="user",
+        help="user: every route but /metrics, its own usage (default); admin: everything, everyone's usage; "
+        "metrics: /metrics and /health only (a Prometheus scraper)",
+    )
+    action("list", "list the keys: name, role, creation time, fingerprint (never the key)", cmd_keys_list)
+    revoke = action("revoke", "remove a key; a running server refuses it from its next request", cmd_keys_revoke)
+    revoke.add_argument("name", help="the key's name")
+
+
+def _keys_path(args: argparse.Namespace):
+    from pathlib import Path
+
+    from demi.serve.keys import default_keys_path
+
+    given = getattr(args, "keys_file", None) or os.environ.get("DEMI_KEYS_FILE")
+    return Path(given).expanduser() if given else default_keys_path()
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    from demi.serve.keys import add_key
+
+    path = _keys_path(args)
+    key = add_key(path, args.name, args.role)
+    if args.json:
+        emit_json({"name": args.name, "role": args.role, "key": key, "keys_file": str(path)})
+    else:
+        print(key, flush=True)
+    print(
+        f"demi serve: added key {args.name!r} (role {args.role}) to {path}; it is shown only this once. "
+        f"Serve with: demi serve --keys-file {path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from demi.serve.keys import read_keys
+
+    path = _keys_path(args)
+    keys = sorted(read_keys(path).values(), key=lambda k: k.name)
+    rows = [{"name": k.name, "role": k.role, "created": k.created, "sha256": k.sha256} for k in keys]
+    if args.json:
+        emit_json({"keys_file": str(path), "keys": rows})
+        return 0
+    print(f"{len(keys)} key{'s' if len(keys) != 1 else ''} in {path}")
+    width = max([len(k.name) for k in keys] + [4])
+    for k in keys:
+        print(f"  {k.name:<{width}}  {k.role:<7}  {k.created or '-':<20}  sha256:{k.sha256[:12]}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from demi.serve.keys import revoke_key
+
+    path = _keys_path(args)
+    revoke_key(path, args.name)
+    if args.json:
+        emit_json({"revoked": args.name, "keys_file": str(path)})
+    print(
+        f"demi serve: revoked key {args.name!r} in {path}; a running server refuses it from its next request",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _settings(args: argparse.Namespace):
@@ -84,13 +187,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("demi serve: --parallel must be >= 1 and --max-queue >= 0")
     if args.speculate is not None and args.speculate < 0:
         raise UsageError(f"demi serve: --speculate must be >= 0 (0 turns it off), got {args.speculate}")
-    from demi.serve.server import BindingRefused, check_binding
+    from demi.serve.binding import BindingRefused, check_binding
+    from demi.serve.keys import KeyRing
 
     api_key = args.api_key if args.api_key is not None else os.environ.get("DEMI_API_KEY") or None
+    keys_file = args.keys_file or os.environ.get("DEMI_KEYS_FILE") or None
     try:
-        check_binding(args.host, api_key)  # before loading the model: a refusal is instant
+        check_binding(args.host, api_key, keys_file)  # before loading the model: a refusal is instant
     except BindingRefused as exc:
         raise UsageError(str(exc)) from None
+    KeyRing(api_key, keys_file)  # a bad keys file: one line now, not after loading the model
     if args.verbose or args.debug:
         logging.getLogger("demi.serve").setLevel(logging.INFO)
 
@@ -108,6 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(
             model,
             api_key=api_key,
+            keys_file=keys_file,
             max_active=args.parallel,
             max_queue=args.max_queue,
             log_requests=bool(args.verbose or args.debug),

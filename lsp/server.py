@@ -360,6 +360,7 @@ class DemiLanguageServer(LanguageServer):
             # prompt tokens of in-process runs, and how many of them came from the prefix cache
             "promptTokens": self.host.runner.counts["prompt_tokens"],
             "cachedTokens": self.host.runner.counts["cached_tokens"],
+            "shiftedTokens": self.host.runner.counts["shifted_tokens"],
             "debounce": c.debouncer.as_dict(),
             "status": self.status(),
             "handlersInFlight": len(self.protocol._request_futures),

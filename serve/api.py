@@ -426,8 +426,30 @@ class Stats(_Doc):
     completion_tokens: int
     prompt_tokens: int
     cached_tokens: int
+    shifted_tokens: int = Field(default=0, description="prompt tokens reused from a shifted KV run (cache_shift)")
     active_jobs: list[JobSummary]
     recent: list[JobSummary]
+
+
+class KeyUsageEntry(_Doc):
+    """One key's generation usage since the server started (`demi.serve.metrics`)."""
+
+    key: str = Field(description="the key's name (`default` for --api-key, `local` on a server without keys)")
+    role: Literal["user", "admin", "metrics"]
+    active: bool = Field(description="false once the key is revoked (its usage stays until the server restarts)")
+    requests: int = Field(ge=0, description="generation requests (POST /v1/completions, /v1/chat/completions)")
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    errors: int = Field(ge=0, description="generation requests answered with an error")
+    last_request: float | None = Field(description="Unix time of the last generation request")
+
+
+class UsageReport(_Doc):
+    """Usage per key: a `user` key sees its own entry, an `admin` key (and a server without keys) every key's."""
+
+    object: Literal["usage"]
+    since: float = Field(description="Unix time the counts start from (the server's start)")
+    keys: list[KeyUsageEntry]
 
 
 def _err(description: str) -> dict[str, Any]:
@@ -446,7 +468,14 @@ GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def document(
-    schema: dict[str, Any], *, context: int, vocab_size: int, fim: bool, api_key: bool, host_check: bool
+    schema: dict[str, Any],
+    *,
+    context: int,
+    vocab_size: int,
+    fim: bool,
+    api_key: bool,
+    host_check: bool,
+    roles: bool = False,
 ) -> dict[str, Any]:
     """A copy of the app's OpenAPI document, made exact for this model and these guards.
 
@@ -455,7 +484,8 @@ def document(
     is fine beside a `suffix` (the cursor at the start of a file); without them, only an empty `suffix`
     is (code `fim_not_supported`). Replaces FastAPI's 422 (validation errors are 400s here), and
     declares what the guard in front of every route answers: 401 with `api_key` (and a bearer security
-    scheme), 403 with `host_check` (a Host header that is not a loopback name), 408 (body too slow),
+    scheme), 403 with `host_check` (a Host header that is not a loopback name) or with `roles` (a keys
+    file: a key whose role does not allow the route, code `permission_denied`), 408 (body too slow),
     413 (body too large) and, on POST, 415 (not JSON).
     """
     schema = copy.deepcopy(schema)
@@ -518,6 +548,8 @@ def document(
                 guard["401"] = "Missing or wrong API key (code `invalid_api_key`)"
             if host_check:
                 guard["403"] = "The Host header is not a loopback name (code `forbidden_host`)"
+            elif roles:
+                guard["403"] = "The key's role does not allow this route (code `permission_denied`)"
             if method == "post":
                 guard["415"] = "The body is not JSON (code `unsupported_media_type`)"
             for status, text in guard.items():

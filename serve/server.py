@@ -2,22 +2,26 @@
 
 Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions` (a `suffix` makes it a FIM
 request through `fim.py`), `POST /v1/chat/completions` (the tokenizer's chat template, or a plain
-`role: content` transcript for base models without one), `GET /v1/demi/stats` (the model runner's counters)
-and `GET /health`. `stream: true` answers with Server-Sent Events in OpenAI's format, ending with
-`data: [DONE]`; `stream_options.include_usage` adds a last chunk with `usage` (and empty `choices`).
-With one model loaded, `model` may be omitted or name anything.
+`role: content` transcript for base models without one), `GET /v1/demi/stats` (the model runner's
+counters), `GET /v1/demi/usage`, `GET /metrics` and `GET /health`. `stream: true` answers with
+Server-Sent Events in OpenAI's format, ending with `data: [DONE]`; `stream_options.include_usage` adds
+a last chunk with `usage` (and empty `choices`). With one model loaded, `model` may be omitted or name anything.
 
 Generation runs on the model runner's single thread (`demi.assistant.runner`); request coroutines only
 validate, tokenize (in the thread pool) and relay events. A client that disconnects, before or during
 its stream, cancels its generation. Errors use OpenAI's shape (server_api.py); bad input is always a
 4xx and never stops the server.
 
-Guards, in front of every route (404s included): a Bearer API key when one is configured (401
-otherwise); without a key, the Host header must name the loopback (403 otherwise: a web page cannot
+For a team: `GET /metrics` (Prometheus) and `GET /v1/demi/usage` (usage per key), in `team_routes.py`,
+counted by `metrics.py`.
+
+Guards, in front of every route (404s included; `guard.py`): a Bearer API key when keys are configured
+(`--api-key`, or named keys in a keys file, `keys.py`; 401 otherwise, 403 for a route the key's role does
+not allow); without keys, the Host header must name the loopback (403 otherwise: a web page cannot
 reach the model through DNS rebinding); POST bodies must be JSON (415 for text/plain or forms, which
 browsers send cross-site without a CORS preflight); a request body limit (413, 4 MB by default) and
-a time limit for the body to arrive (408, 30 s by default). Binding
-a non-loopback address needs an API key (`check_binding`: the CLI, `run` and `ServerThread` refuse otherwise).
+a time limit for the body to arrive (408, 30 s by default). Binding a non-loopback address needs an
+API key or a keys file (`check_binding`: the CLI, `run` and `ServerThread` refuse otherwise).
 
 `/openapi.json` describes every route exactly, errors and Server-Sent Events included (see
 `server_api.document`); `tests/serve/test_server_fuzz.py` fuzzes a live server from it.
@@ -26,14 +30,14 @@ a non-loopback address needs an API key (`check_binding`: the CLI, `run` and `Se
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,49 +80,18 @@ from demi.serve.api import (
     unsupported,
     validation_error,
 )
+from demi.serve.binding import BindingRefused, check_binding, is_loopback  # noqa: F401 - their older home
+from demi.serve.guard import ClientGone, Guard
+from demi.serve.keys import KeyRing
+from demi.serve.metrics import Metrics
+from demi.serve.team_routes import add_team_routes
 
 log = logging.getLogger("demi.serve")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0  # a request body must arrive in full within this (408 otherwise)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions; chat: the rest of the context
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SHUTTING_DOWN = "the server is shutting down"
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-class BindingRefused(ValueError):
-    """A non-loopback address without an API key: the model would be open to the whole network."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (an address or "localhost") only reaches this machine; anything else, a host name
-    or the empty string (all interfaces) included, counts as reachable from the network."""
-    import ipaddress
-
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def check_binding(host: str, api_key: str | None) -> None:
-    """Refuse to serve a non-loopback address without a (non-blank) API key. The CLI checks before it loads
-    the model; `run` and `ServerThread` check again with the bound address, so embedding the server
-    cannot skip the rule."""
-    if api_key is not None and not api_key.strip():
-        raise BindingRefused("demi serve: the API key is empty; pass a non-blank --api-key KEY or DEMI_API_KEY")
-    if not is_loopback(host) and not api_key:
-        raise BindingRefused(
-            f"demi serve: binding {host or '(all interfaces)'} (not a loopback address) needs "
-            "an API key: pass --api-key KEY or set DEMI_API_KEY"
-        )
 
 
 # -- request -> generation ----------------------------------------------------------------------
@@ -445,8 +418,11 @@ class Job:
     def __init__(self, runner: ModelRunner, params: GenerationRequest, kind: str):
         loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.first_piece: float | None = None  # time.monotonic() of the first text piece (metrics)
 
         def sink(event: str, value: Any) -> None:  # on the model thread
+            if event == "piece" and self.first_piece is None:
+                self.first_piece = time.monotonic()
             try:
                 loop.call_soon_threadsafe(self.events.put_nowait, (event, value))
             except RuntimeError:  # the event loop is closed: nobody is listening any more
@@ -488,6 +464,7 @@ async def _generate(
         raise ApiError(429, SHUTTING_DOWN, code="queue_full") from None
     except QueueFull as exc:
         raise ApiError(429, str(exc), code="queue_full") from None
+    request.state.job = job  # the guard reads its time to first token
     rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     strip = _LeadStrip(prep.strip_leading)
@@ -541,6 +518,7 @@ async def _generate(
                     yield "data: [DONE]\n\n"
                     return
                 else:
+                    request.state.failed = True  # a 200 that failed: an error in the usage counts
                     yield _sse(_engine_error(value).body(), ascii_only=True)
                     yield "data: [DONE]\n\n"
                     return
@@ -559,6 +537,7 @@ def create_app(
     model: Any,
     *,
     api_key: str | None = None,
+    keys_file: str | os.PathLike[str] | None = None,
     max_active: int = 4,
     max_queue: int = 64,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -566,17 +545,22 @@ def create_app(
     loopback_hosts_only: bool = True,
     log_requests: bool = False,
     speculate: int = DEFAULT_SPECULATE,
-) -> _Guard:
+) -> Guard:
     """The ASGI app serving `model` (a LocalModel or anything with the same stream/tokenizer API).
 
     `speculate`: draft tokens per step of speculative decoding from the prompt for chat requests (the
     config's `speculate`; 0: off; a request's `speculate` wins). Completions speculate only when asked.
 
-    `loopback_hosts_only`: without an API key, answer only requests whose Host header is a loopback
+    `api_key` (one key, named "default", role admin) and/or `keys_file` (named keys, see
+    `demi.serve.keys`; read here, so a bad file raises KeysFileError before anything starts).
+
+    `loopback_hosts_only`: without keys, answer only requests whose Host header is a loopback
     name (set it False when binding a non-loopback address behind a proxy that rewrites Host).
     """
+    keyring = KeyRing(api_key, keys_file)  # first: a bad keys file fails before anything starts
     info = ModelInfo(model, speculate)
     runner = ModelRunner(model, max_live=max_active, max_queue=max_queue, name="demi-serve-worker")
+    metrics = Metrics(runner.stats, keyring)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -593,7 +577,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.runner, app.state.info = runner, info
+    app.state.runner, app.state.info, app.state.metrics = runner, info, metrics
     app.state.scheduler = runner  # its older name
 
     def openapi() -> dict[str, Any]:
@@ -606,9 +590,10 @@ def create_app(
                 context=info.context,
                 vocab_size=info.vocab_size,
                 fim=info.fim is not None,
-                api_key=bool(api_key),
-                host_check=loopback_hosts_only and not api_key,
-            )  # as _Guard decides
+                api_key=keyring.enabled,
+                host_check=loopback_hosts_only and not keyring.enabled,
+                roles=keyring.path is not None,
+            )  # as Guard decides
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -753,8 +738,11 @@ def create_app(
 
         return await _generate(request, prep, "chat", render, chunk)
 
-    return _Guard(
+    add_team_routes(app, metrics)
+    return Guard(
         app,
+        keyring,
+        metrics,
         api_key=api_key,
         max_body=max_body_bytes,
         body_timeout_s=body_timeout_s,
@@ -788,150 +776,6 @@ async def _prepare(fn: Callable[[ModelInfo, Any], Prepared], info: ModelInfo, bo
         raise
     except DemiUserError as exc:  # e.g. a chat template that rejects the conversation
         raise _engine_error(exc) from None
-
-
-# -- guards and logging (plain ASGI, so they cover every route) ---------------------------------
-
-
-class _Guard:
-    """API key, Host check, body size and time limits, and the per-request log line."""
-
-    def __init__(
-        self,
-        app: FastAPI,
-        api_key: str | None,
-        max_body: int,
-        body_timeout_s: float,
-        loopback_hosts_only: bool,
-        log_requests: bool,
-    ):
-        self.app, self.api_key, self.max_body = app, api_key or None, max_body
-        self.body_timeout_s = body_timeout_s
-        self.check_host = loopback_hosts_only and not self.api_key
-        self.log_requests = log_requests
-        self.state = app.state  # tests and callers reach the runner through here too
-
-    async def _reject(self, send: Any, err: ApiError, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        body = json.dumps(err.body()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": err.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        status = {"code": 0}
-
-        async def logged_send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-            if self.log_requests and message["type"] == "http.response.body" and not message.get("more_body"):
-                self._log(scope, status["code"], started)
-
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        err = self._check(headers)
-        if err is None and scope.get("method") == "POST" and not _is_json(headers.get("content-type")):
-            err = ApiError(415, "Content-Type must be application/json.", code="unsupported_media_type")
-        if err is not None:
-            extra = [(b"www-authenticate", b"Bearer")] if err.status == 401 else []
-            await self._reject(logged_send, err, extra)
-            return
-        try:
-            body = await self._read_body(receive, headers)
-        except ApiError as exc:
-            await self._reject(logged_send, exc, [(b"connection", b"close")])
-            return
-        except ClientGone:
-            return
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, logged_send)
-
-    def _check(self, headers: dict[str, str]) -> ApiError | None:
-        if self.api_key:
-            auth = headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return ApiError(
-                    401, "Missing API key: send the header 'Authorization: Bearer KEY'.", code="invalid_api_key"
-                )
-            if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-                return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        if self.check_host:
-            host = headers.get("host", "")
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if host.startswith("[") and "]" in host:
-                name = host[: host.index("]") + 1]
-            if name.lower() not in LOOPBACK_NAMES:
-                return ApiError(
-                    403,
-                    f"Host {host!r} is not a loopback name; this server answers local "
-                    "clients only (start it with --api-key to serve other hosts).",
-                    code="forbidden_host",
-                )
-        return None
-
-    async def _read_body(self, receive: Any, headers: dict[str, str]) -> bytes:
-        too_big = ApiError(413, f"The request body is larger than {self.max_body} bytes.", code="request_too_large")
-        length = headers.get("content-length")
-        if length is not None:
-            try:
-                if int(length) > self.max_body:
-                    raise too_big
-            except ValueError:
-                raise ApiError(400, "invalid Content-Length header", code="invalid_body") from None
-        chunks, size = [], 0
-        deadline = time.monotonic() + self.body_timeout_s
-        while True:
-            try:  # a client that stalls mid-body must not hold its connection (and coroutine) forever
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise ApiError(
-                    408, f"The request body did not arrive within {self.body_timeout_s:g} s.", code="request_timeout"
-                ) from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            data = message.get("body", b"")
-            size += len(data)
-            if size > self.max_body:
-                raise too_big
-            chunks.append(data)
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
-    def _log(self, scope: dict, status: int, started: float) -> None:
-        usage = (scope.get("state") or {}).get("usage")
-        tokens = f" {usage[0]}+{usage[1]} tokens" if usage else ""
-        ms = (time.monotonic() - started) * 1000
-        log.info("%s %s %s%s %.0f ms", scope.get("method"), scope.get("path"), status, tokens, ms)
-
-
-def _is_json(content_type: str | None) -> bool:
-    """A missing Content-Type is read as JSON; text/plain or a form is not (a web page can send those
-    cross-site without a CORS preflight, so accepting them would let any page drive the model)."""
-    if not content_type:
-        return True
-    kind = content_type.split(";", 1)[0].strip().lower()
-    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 # -- running it ---------------------------------------------------------------------------------
@@ -975,7 +819,7 @@ def _uvicorn_server(app: Any, on_ready: Callable[[], None] | None):
 
 def run(app: Any, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
     """Serve `app` on the bound socket until interrupted (Ctrl-C or SIGTERM)."""
-    check_binding(str(sock.getsockname()[0]), getattr(app, "api_key", None))
+    check_binding(str(sock.getsockname()[0]), getattr(app, "api_key", None), getattr(app, "keys_file", None))
     _uvicorn_server(app, on_ready).run(sockets=[sock])
 
 
@@ -983,7 +827,7 @@ class ServerThread:
     """The server on a background thread (tests, or embedding it in another program)."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
-        check_binding(host, getattr(app, "api_key", None))
+        check_binding(host, getattr(app, "api_key", None), getattr(app, "keys_file", None))
         self.sock = bind_socket(host, port)
         self.url = url_for(self.sock)
         self.port = self.sock.getsockname()[1]

@@ -91,6 +91,7 @@ class ScriptedModel:
         add_special_tokens=True,
         heal="",
         speculate=0,  # GenerationRequest's field: this scripted engine never drafts
+        cache_shift=0,  # GenerationRequest's field: this scripted engine has no KV cache to shift
     ):
         if self.fail_with is not None:
             raise self.fail_with
