@@ -227,14 +227,16 @@ def line_starts(
 # -- 1. invoked completion ------------------------------------------------------------------------------------
 
 
-async def invoked(client: Client, workdir: Path, requests: int, caps: list[int], seed: int) -> dict[str, Any]:
+async def invoked(
+    client: Client, workdir: Path, requests: int, caps: list[int], seed: int, options: dict[str, Any]
+) -> dict[str, Any]:
     text = BENCH_FILE.read_text(encoding="utf-8")
     uri = (workdir / "argparse_copy.py").as_uri()
     client.open(uri, text)
     out: dict[str, Any] = {"file": BENCH_FILE.name, "lines": text.count("\n")}
     rng = random.Random(seed)
     for cap in caps:
-        client.configure({"maxTokens": cap})
+        client.configure({**options, "maxTokens": cap})
         await asyncio.sleep(0.1)
         positions = line_starts(text, rng, requests + 3)
         for line, col in positions[:3]:  # warm-up
@@ -372,10 +374,13 @@ async def typed_vs_cold(
                 "cold_cached_tokens": s1.cachedTokens - s0.cachedTokens,
                 "typed_prompt_tokens": s2.promptTokens - s1.promptTokens,
                 "typed_cached_tokens": s2.cachedTokens - s1.cachedTokens,
+                "typed_shifted_tokens": s2.shiftedTokens - s1.shiftedTokens,
                 "typed_completion_tokens": s2.completions.last_completion_tokens,
                 "model_runs": [s1.runsStarted - s0.runsStarted, s2.runsStarted - s1.runsStarted],
             }
-            pair["typed_recomputed_tokens"] = pair["typed_prompt_tokens"] - pair["typed_cached_tokens"]
+            pair["typed_recomputed_tokens"] = (
+                pair["typed_prompt_tokens"] - pair["typed_cached_tokens"] - pair["typed_shifted_tokens"]
+            )
             pairs.append(pair)
             print(f"typed vs cold: {pair}", file=sys.stderr, flush=True)
     med = statistics.median
@@ -390,6 +395,7 @@ async def typed_vs_cold(
         "cold_cached_tokens": med(p["cold_cached_tokens"] for p in pairs),
         "typed_prompt_tokens": med(p["typed_prompt_tokens"] for p in pairs),
         "typed_cached_tokens": med(p["typed_cached_tokens"] for p in pairs),
+        "typed_shifted_tokens": med(p["typed_shifted_tokens"] for p in pairs),
         "typed_recomputed_tokens": med(p["typed_recomputed_tokens"] for p in pairs),
         "detail": pairs,
     }
@@ -409,20 +415,27 @@ async def heldout(
     context_tokens: int,
     max_tokens: int,
     seed: int,
+    typed: int = 0,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Each file on a fresh server (so no other file it has seen can be context), one document
-    edited per case; the direct side builds the same prompt with no other files."""
+    edited per case; the direct side builds the same prompt with no other files and reuses no
+    cached rows but an exact prefix (`cache_reuse=0`). With `typed` = M, the first M characters of
+    the line are typed one at a time, each followed by a request as an editor makes, and the
+    request after the last is the one measured (against the rest of the line): the server's
+    prefix cache, and shifted reuse if on, then hold rows from the requests before."""
     from demi.assistant.context import fim_context
     from demi.assistant.document import Document
     from demi.assistant.engines import open_engine
     from demi.assistant.syntax import parse
 
-    engine = open_engine(str(model), quant=quant)
+    engine = open_engine(str(model), quant=quant, cache_reuse=0)
     from demi.model.registry import resolve_model_dir
 
     sources = heldout_files(resolve_model_dir(str(model), download=False))
     rng = random.Random(seed + 2)
     server_hits = direct_hits = agree = cases_run = lost = 0
+    shifted = 0
     for f, source in enumerate(sources):
         text = source.read_text(encoding="utf-8")
         cases = line_starts(text, rng, n // len(sources) + (f < n % len(sources)), skip=20, code_only=True)
@@ -430,19 +443,25 @@ async def heldout(
         name = f"heldout_{f}.py"
         uri = (workdir / name).as_uri()
         client = await new_server()
-        client.configure({"maxTokens": max_tokens})
+        client.configure({**(options or {}), "maxTokens": max_tokens})  # the whole section, as editors send it
         await asyncio.sleep(0.1)
         client.open(uri, text)
-        for k, (line, col) in enumerate(cases):
+        version = 1
+        for line, start in cases:
+            col = start + min(typed, max(0, len(lines[line].rstrip()) - start - 2))
             target = lines[line][col:].rstrip()
-            doc_text = "\n".join(lines[:line] + [lines[line][:col]] + lines[line + 1 :])
-            client.text_document_did_change(
-                t.DidChangeTextDocumentParams(
-                    text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=k + 2),
-                    content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)],
+            before = (await client.stats()).shiftedTokens
+            for c in range(start, col + 1):  # the typed characters, a request after each
+                doc_text = "\n".join(lines[:line] + [lines[line][:c]] + lines[line + 1 :])
+                version += 1
+                client.text_document_did_change(
+                    t.DidChangeTextDocumentParams(
+                        text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                        content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)],
+                    )
                 )
-            )
-            got = (await client.complete(uri, line, col)).split("\n")[0].rstrip()
+                got = (await client.complete(uri, line, c)).split("\n")[0].rstrip()
+            shifted += (await client.stats()).shiftedTokens > before
             doc = Document.from_text(doc_text, name)
             offset = sum(len(x) + 1 for x in lines[:line]) + col
             ctx = fim_context(doc, offset, engine.count_tokens, context_tokens, parse(doc), None)
@@ -463,6 +482,8 @@ async def heldout(
         "exact_match_model_raw": direct_hits / max(1, cases_run),
         "server_equals_raw_first_line": agree / max(1, cases_run),
         "matches_lost_by_the_server": lost,
+        "typed_before_request": typed,
+        "cases_with_shifted_rows": shifted,
     }
     print(f"held-out: {json.dumps(res)}", file=sys.stderr, flush=True)
     return res
@@ -494,16 +515,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="demi-lsp-bench-") as tmp:
         workdir = Path(tmp)
         options = {"contextTokens": args.context_tokens, "maxTokens": args.max_tokens[-1]}
+        if args.cache_reuse is not None:
+            options["cacheReuse"] = args.cache_reuse
         client = await start(model, args.quant, workdir, options, args.threads)
         try:
             st = (await client.stats()).status
             out["engine"] = {"model": st.model, "load_seconds": st.loadSeconds}
             if not args.skip_invoked:
-                out["invoked"] = await invoked(client, workdir, args.requests, args.max_tokens, args.seed)
+                out["invoked"] = await invoked(client, workdir, args.requests, args.max_tokens, args.seed, options)
             if not args.skip_typing:
                 out["typing"] = {}
                 for cap in args.max_tokens:
-                    client.configure({"maxTokens": cap})
+                    client.configure({**options, "maxTokens": cap})
                     out["typing"][f"max_tokens_{cap}"] = await typing(
                         client, workdir, args.typing_runs, 20, 0.05, args.seed, tag=f"_{cap}"
                     )
@@ -516,7 +539,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 client.open(warm, BENCH_FILE.read_text(encoding="utf-8"))
                 await client.complete(warm, 400, 0)
                 for cap in args.max_tokens:
-                    client.configure({"maxTokens": cap})
+                    client.configure({**options, "maxTokens": cap})
                     await asyncio.sleep(0.1)
                     out["typed_vs_cold"][f"max_tokens_{cap}"] = await typed_vs_cold(
                         client, workdir, files, args.typed_positions, args.seed, tag=f"_{cap}"
@@ -539,6 +562,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 args.context_tokens,
                 args.max_tokens[-1],
                 args.seed,
+                args.heldout_typed,
+                options,
             )
     out["machine"]["load_after"] = _load()
     return out
@@ -567,6 +592,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context-tokens", type=int, default=1536, help="prompt budget (about 1,500 tokens)")
     ap.add_argument("--typing-runs", type=int, default=10)
     ap.add_argument("--heldout", type=int, default=30, help="held-out lines for exact match (0 skips)")
+    ap.add_argument(
+        "--heldout-typed",
+        type=int,
+        default=0,
+        help="type this many characters of each held-out line one at a time, a request after each, before the "
+        "measured request",
+    )
+    ap.add_argument(
+        "--cache-reuse",
+        type=int,
+        default=None,
+        help="the server's cacheReuse setting: shortest cached run reused at shifted positions (0: exact reuse only)",
+    )
     ap.add_argument(
         "--typed-files",
         type=int,

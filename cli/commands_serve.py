@@ -55,6 +55,15 @@ def register(sub, common) -> None:
         "(default: the config's `speculate`, 8; 0 = off; greedy output is unchanged; a request's "
         "`speculate` field wins, and completions speculate only when they ask)",
     )
+    s.add_argument(
+        "--cache-reuse",
+        type=int,
+        default=None,
+        metavar="N",
+        help="completions: reuse cached runs of at least N tokens found later in a changed prompt (the suffix of "
+        "a prefix-first FIM prompt as the user types) at their new positions instead of recomputing them; "
+        "approximate, drift-bounded (default: the config's `cache_reuse`, 16; 0 = exact reuse only)",
+    )
     s.add_argument("--verbose", "-v", action="store_true", help="log one line per request")
     s.set_defaults(func=cmd_serve)
     _register_keys(s, common)
@@ -166,6 +175,7 @@ def _settings(args: argparse.Namespace):
             "dtype": None if args.dtype == "auto" else args.dtype,
             "quant": getattr(args, "quant", None),
             "speculate": getattr(args, "speculate", None),
+            "cache_reuse": getattr(args, "cache_reuse", None),
         }
     )
 
@@ -187,6 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("demi serve: --parallel must be >= 1 and --max-queue >= 0")
     if args.speculate is not None and args.speculate < 0:
         raise UsageError(f"demi serve: --speculate must be >= 0 (0 turns it off), got {args.speculate}")
+    if args.cache_reuse is not None and args.cache_reuse < 0:
+        raise UsageError(f"demi serve: --cache-reuse must be >= 0 (0 turns it off), got {args.cache_reuse}")
     from demi.serve.binding import BindingRefused, check_binding
     from demi.serve.keys import KeyRing
 
@@ -219,6 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             log_requests=bool(args.verbose or args.debug),
             speculate=cfg["speculate"],
+            cache_reuse=cfg["cache_reuse"],
         )
         url = url_for(sock)
 

@@ -82,7 +82,7 @@ def prefill_spans(run: Run, step: int) -> list[tuple[int, int, int | None]]:
     chunks of `step`, skipping the positions a shifted run already fills."""
     ids = run.ids
     start = worth_reusing(min(run.reuse, len(ids) - 1), len(ids))
-    gaps = [(start, len(ids), None)]
+    gaps: list[tuple[int, int, int | None]] = [(start, len(ids), None)]
     if run.shifted is not None and start == run.reuse:
         gaps = [(start, run.shifted.start, run.shifted.start), (run.shifted.stop, len(ids), None)]
     return [(lo, min(lo + step, end), limit) for begin, end, limit in gaps for lo in range(begin, end, step)]

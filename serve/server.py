@@ -110,11 +110,12 @@ class Prepared:
 
 class ModelInfo:
     """What the routes need to know about the loaded model, computed once; `speculate`: chat's
-    default draft depth (0: off)."""
+    default draft depth (0: off); `cache_reuse`: completions' shortest cached run reused shifted (0: off)."""
 
-    def __init__(self, model: Any, speculate: int = 0):
+    def __init__(self, model: Any, speculate: int = 0, cache_reuse: int = 0):
         self.model = model
         self.speculate = max(0, int(speculate))
+        self.cache_reuse = max(0, int(cache_reuse))
         self.name = str(getattr(model, "name", "model"))
         self.tokenizer = model.tokenizer
         self.context = int(model.context)
@@ -258,7 +259,14 @@ def prepare_completion(info: ModelInfo, req: CompletionRequest) -> Prepared:
         raise invalid("prompt", "the prompt is empty")
     n = _max_tokens(req.max_tokens, DEFAULT_COMPLETION_TOKENS, len(ids), info.context, "max_tokens", 0, "prompt")
     params = GenerationRequest(
-        ids, n, sampling, stops, _end_ids(info, req.ignore_eos, extra_ids), heal, speculate=speculate
+        ids,
+        n,
+        sampling,
+        stops,
+        _end_ids(info, req.ignore_eos, extra_ids),
+        heal,
+        speculate=speculate,
+        cache_shift=info.cache_reuse,  # a FIM prompt, built here or by the client, changes mid-prompt
     )
     include = bool(req.stream_options and req.stream_options.include_usage)
     return Prepared(params, req.stream, include)
@@ -545,11 +553,14 @@ def create_app(
     loopback_hosts_only: bool = True,
     log_requests: bool = False,
     speculate: int = DEFAULT_SPECULATE,
+    cache_reuse: int = 0,
 ) -> Guard:
     """The ASGI app serving `model` (a LocalModel or anything with the same stream/tokenizer API).
 
     `speculate`: draft tokens per step of speculative decoding from the prompt for chat requests (the
     config's `speculate`; 0: off; a request's `speculate` wins). Completions speculate only when asked.
+    `cache_reuse`: completions reuse cached runs of at least this many tokens at shifted positions
+    (the config's `cache_reuse`; 0: exact reuse only; see demi.model.prefix_cache).
 
     `api_key` (one key, named "default", role admin) and/or `keys_file` (named keys, see
     `demi.serve.keys`; read here, so a bad file raises KeysFileError before anything starts).
@@ -558,7 +569,7 @@ def create_app(
     name (set it False when binding a non-loopback address behind a proxy that rewrites Host).
     """
     keyring = KeyRing(api_key, keys_file)  # first: a bad keys file fails before anything starts
-    info = ModelInfo(model, speculate)
+    info = ModelInfo(model, speculate, cache_reuse)
     runner = ModelRunner(model, max_live=max_active, max_queue=max_queue, name="demi-serve-worker")
     metrics = Metrics(runner.stats, keyring)
 

@@ -77,3 +77,13 @@ def test_paths_follow_platformdirs_and_overrides(tmp_path, monkeypatch):
     assert config_path({"DEMI_CONFIG": str(tmp_path / "other.toml")}) == tmp_path / "other.toml"
     cfg = load_config({}, environ={"DEMI_DATA_DIR": str(tmp_path / "d2")}, path=tmp_path / "x.toml")
     assert data_dir(cfg) == tmp_path / "d2"
+
+
+def test_cache_reuse_setting_defaults_and_reads_its_environment_variable(tmp_path):
+    from demi.assistant.config import DEFAULT_CACHE_REUSE, SETTINGS
+
+    setting = next(s for s in SETTINGS if s.key == "cache_reuse")
+    assert setting.default == DEFAULT_CACHE_REUSE == 16 and setting.env == "DEMI_CACHE_REUSE"
+    missing = tmp_path / "none.toml"
+    assert load_config(environ={}, path=missing)["cache_reuse"] == 16
+    assert load_config(environ={"DEMI_CACHE_REUSE": "0"}, path=missing)["cache_reuse"] == 0

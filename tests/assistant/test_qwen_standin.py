@@ -167,3 +167,20 @@ def test_client_built_fim_prompt_through_demi_serve(standin_dir):
         plain = HttpEngine(srv.url)  # no family: `suffix`, the server's template (no repository tokens)
         res2 = plain.infill(FimContext(PREFIX, SUFFIX, "geo.py"), max_new_tokens=4)
         assert res2.extra["fim"] == "server" and res2.prompt_tokens > 0
+
+
+def test_typing_ahead_of_the_suffix_reuses_its_rows_shifted_only_when_asked(engine):
+    """A prefix-first prompt: a typed word changes it before the suffix. With `cache_reuse` the
+    suffix's cached rows are moved (shifted_tokens), without it they are recomputed (exact)."""
+    suffix = "\n\ndef perimeter(r):\n    return 2 * 3.14159 * r\n\n\nprint(area(2), perimeter(2))\n" * 3
+    before, after = FimContext(PREFIX, suffix, "geo.py"), FimContext(PREFIX + " * r", suffix, "geo.py")
+    engine.local.prefix_cache.clear()
+    engine.infill(before, max_new_tokens=2, cache_shift=0)
+    exact = engine.infill(after, max_new_tokens=2, cache_shift=0)
+    assert exact.extra["shifted_tokens"] == 0 and 0 < exact.extra["cached_tokens"] < exact.prompt_tokens - 40
+    engine.local.prefix_cache.clear()
+    engine.infill(before, max_new_tokens=2, cache_shift=16)
+    shifted = engine.infill(after, max_new_tokens=2, cache_shift=16)
+    suffix_tokens = len(engine.local.tokenizer.encode(suffix, add_special_tokens=False))
+    assert shifted.extra["cached_tokens"] == exact.extra["cached_tokens"]
+    assert suffix_tokens - 2 <= shifted.extra["shifted_tokens"] <= suffix_tokens + 1

@@ -40,6 +40,15 @@ def test_settings_problems_keep_the_old_value():
     assert merge(base, "not an object")[1] and merge(base, None) == (base, [])
 
 
+def test_zero_turns_speculation_and_shifted_reuse_off_but_not_other_counts():
+    s, problems = merge(LspSettings(), {"speculate": 0, "cacheReuse": 0, "maxTokens": 0})
+    assert (s.speculate, s.cache_reuse, s.max_tokens) == (0, 0, LspSettings().max_tokens)
+    assert problems == ["setting 'maxTokens': must be at least 1 (got 0); kept 64"]
+    s, problems = merge(LspSettings(), {"cacheReuse": -1})
+    assert s.cache_reuse == LspSettings().cache_reuse and "at least 0 (0: off)" in problems[0]
+    assert merge(LspSettings(), {"cacheReuse": 32})[0].engine_key() != LspSettings().engine_key()
+
+
 def test_enable_per_language():
     s, _ = merge(LspSettings(), {"enable": {"python": False}})
     assert not s.enabled_for("python") and s.enabled_for("rust") and not s.enabled_for("markdown")

@@ -1201,3 +1201,18 @@ def test_cli_serve_port_0_with_key_from_env(model_dir):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("reuse", [16, 0])
+def test_completions_reuse_a_moved_run_of_the_cached_prompt_only_with_cache_reuse(model_dir, reuse):
+    """`--cache-reuse N`: a completion whose prompt changed before a run of cached tokens (a FIM
+    suffix after a typed character) moves that run instead of recomputing it; 0 is exact reuse."""
+    head, run, last = list(range(10, 50)), list(range(100, 160)), [7]
+    with serve(LocalModel.load(str(model_dir), context=CONTEXT), cache_reuse=reuse) as srv:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            for prompt in (head + [1] + run + last, head + [1, 2, 3] + run + last):
+                r = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2, "temperature": 0})
+                assert r.status_code == 200, r.text
+                assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] in (0, 41)
+            stats = c.get("/v1/demi/stats").json()
+    assert stats["shifted_tokens"] == (len(run) if reuse else 0)
