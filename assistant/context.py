@@ -122,9 +122,12 @@ def used_definitions(
     last_line: int,
     visible: tuple[int, int] | None = None,
     exclude: Symbol | None = None,
+    cursor_line: int | None = None,
 ) -> list[Symbol]:
     """Same-file definitions of names used in first..last (1-based), skipping those wholly
-    inside the `visible` line window and the `exclude` symbol itself."""
+    inside the `visible` line window, the `exclude` symbol itself and any that holds `cursor_line`
+    (its text is the code being typed: copied ahead of the prefix it would change the prompt's start
+    at every keystroke, and the prefix cache could not reuse it)."""
     names = set(syntax.identifiers(first_line, last_line))
     out = []
     for sym in syntax.symbols():
@@ -132,6 +135,8 @@ def used_definitions(
             continue
         if sym.start_line <= first_line and sym.end_line >= last_line:
             continue  # the enclosing definition itself
+        if cursor_line is not None and sym.start_line <= cursor_line <= sym.end_line:
+            continue
         if visible and visible[0] <= sym.start_line and sym.end_line <= visible[1]:
             continue
         out.append(sym)
@@ -181,7 +186,7 @@ def fim_context(
         first_visible = doc.line_of(offset - len(prefix))
         last_visible = doc.line_of(min(len(doc.text), offset + len(suffix)))
         near_first, near_last = max(1, cursor_line - 15), min(doc.line_count, cursor_line + 3)
-        syms = used_definitions(syntax, near_first, near_last, (first_visible, last_visible))
+        syms = used_definitions(syntax, near_first, near_last, (first_visible, last_visible), cursor_line=cursor_line)
         defs, used = [], 0
         for sym in syms:
             for text in (_definition_text(doc, sym), _definition_text(doc, sym, max_lines=1)):

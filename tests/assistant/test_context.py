@@ -288,6 +288,17 @@ def test_code_context_outline_and_used_definitions(files, count):
     assert [s.name for s in uses] == []  # `helper` is not defined in this file
 
 
+def test_a_definition_holding_the_cursor_is_never_copied_ahead_of_the_prefix():
+    """Its text is the code being typed: copied into the prompt's head it would change the prompt's
+    start at every keystroke (seen on a held-out file: one character moved the prompt 330 tokens in)."""
+    code = "def helper(x):\n    return x\n\n\ndef test_pipe(self):\n    helper(1)\n    \n    test_pipe(2)\n"
+    syn = parse(Document.from_text(code, "t.py"))
+    names = {s.name for s in used_definitions(syn, 1, 8)}
+    assert names == {"helper", "test_pipe"}  # without the cursor: both are used near these lines
+    names = {s.name for s in used_definitions(syn, 1, 8, cursor_line=7)}
+    assert names == {"helper"}
+
+
 def test_fim_cuts_stay_put_while_typing(count):
     """Typing at the cursor appends to the prompt; the cut ends must not move with each keystroke,
     or the prefix cache could reuse almost nothing (the prompt would differ near its start)."""
