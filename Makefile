@@ -30,18 +30,25 @@ demo: $(STAMP)
 # The VS Code extension's type check runs when npm is here (its test is skipped otherwise). Tools
 # the tests drive are installed here as root with apt when missing: headless Neovim (the editor
 # tests in tests/lsp/test_lsp_editors.py), and Debian's aarch64 cross compiler with qemu-user (the
-# ARM kernels, checked under emulation in tests/model/test_native_arm.py).
+# ARM kernels, checked under emulation in tests/model/test_native_arm.py), and cmake with a C++
+# compiler for the model servers the remote-engine tests talk to: `tests/peers.py install` builds
+# llama.cpp's llama-server and installs llama-cpp-python[server] in a venv of its own, once, under
+# ~/.cache/demi-peers ($DEMI_PEERS_DIR), from the llama-cpp-python 0.3.36 sdist (a no-op when they are
+# there). DEMI_REQUIRE_PEERS=1 makes a missing peer fail its tests instead of skipping them.
 test: check
 	-command -v npm >/dev/null && cd editors/vscode && npm ci --no-audit --no-fund --loglevel=error
 	@missing=""; \
 	command -v nvim >/dev/null || missing="$$missing neovim"; \
 	command -v aarch64-linux-gnu-gcc >/dev/null || missing="$$missing gcc-aarch64-linux-gnu libc6-dev-arm64-cross"; \
 	command -v qemu-aarch64 >/dev/null || missing="$$missing qemu-user"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null 2>&1 \
 	    || echo "could not install$$missing: the tests that need them skip"; \
 	fi
-	$(BIN)/python -m pytest -q
+	$(BIN)/python tests/peers.py install
+	DEMI_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q
 
 # Lint and format (ruff), types (mypy) and the layers' import contracts (import-linter, see
 # pyproject.toml). The static tools read the package through a tree of links laid out as it is

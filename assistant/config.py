@@ -23,6 +23,8 @@ from typing import Any
 from demi.model.errors import DemiUserError
 
 log = logging.getLogger("demi")
+# The `cache_reuse` default: the shortest cached run moved rather than recomputed (see model/prefix_cache.py).
+DEFAULT_CACHE_REUSE = 16
 APP = "demi"
 
 
@@ -42,6 +44,19 @@ class Setting:
     def env(self) -> str:
         return "DEMI_" + self.key.replace(".", "_").upper()
 
+
+# FIM families a server's model may have (demi.assistant.fim's FAMILIES and their short names).
+_FIM_FAMILIES = (
+    "qwen",
+    "qwen2.5-coder",
+    "demi-tiny",
+    "starcoder",
+    "starcoder2",
+    "codellama",
+    "deepseek",
+    "deepseek-coder",
+    "codestral",
+)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("model", str, None, "model name, directory or hub id (None: demi-tiny)"),
@@ -63,23 +78,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_file_mb", float, 2.0, "files larger than this are refused"),
     Setting("server_timeout", float, 120.0, "seconds to wait for a server's next bytes"),
     Setting(
-        "server_fim",
+        "server_kind",
         str,
         None,
-        "FIM template family of the server's model: Demi then builds FIM prompts itself and sends them raw "
-        "(None: send `suffix` and let the server build them)",
-        (
-            "qwen",
-            "qwen2.5-coder",
-            "demi-tiny",
-            "starcoder",
-            "starcoder2",
-            "codellama",
-            "deepseek",
-            "deepseek-coder",
-            "codestral",
-        ),
+        "what serves at `server`: demi, llama.cpp, llama-cpp-python, ollama, vllm, tgi or openai "
+        "(None or auto: detected once from the routes it answers)",
+        ("auto", "demi", "llama.cpp", "llama-server", "llama-cpp-python", "ollama", "vllm", "tgi", "openai"),
     ),
+    Setting(
+        "server_model_family",
+        str,
+        None,
+        "FIM template family of the server's model: Demi then builds FIM prompts itself and sends them as a "
+        "plain prompt (None: the server's native FIM where it has one, else the family its model's name says)",
+        _FIM_FAMILIES,
+    ),
+    Setting("server_fim", str, None, "the old name of server_model_family (still read)", _FIM_FAMILIES),
     Setting(
         "speculate",
         int,
@@ -87,6 +101,14 @@ SETTINGS: tuple[Setting, ...] = (
         "speculative decoding from the prompt (prompt lookup) for explain, refactor and chat with an "
         "in-process model, demi generate and demi serve's chat requests: draft tokens checked per step; "
         "0 = off. Greedy output is unchanged",
+    ),
+    Setting(
+        "cache_reuse",
+        int,
+        DEFAULT_CACHE_REUSE,
+        "prefix-first FIM while typing, in-process: reuse cached runs of at least this many tokens (the "
+        "code after the cursor) at their new positions instead of recomputing them, as llama.cpp's "
+        "--cache-reuse does; approximate (docs/ARCHITECTURE.md); 0 = exact reuse only",
     ),
     Setting("complete.max_tokens", int, 64, "new tokens for one completion"),
     Setting("complete.context_tokens", int, 1024, "prompt budget for FIM (prefix:suffix about 3:1)"),

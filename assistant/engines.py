@@ -1,18 +1,15 @@
 """Engine clients: the one way the session layer and the front ends reach a model.
 
 `InProcessEngine` runs the model in this process (the default: nothing to start).
-`HttpEngine` talks to any OpenAI-compatible server (`demi serve`, vLLM, llama.cpp's server,
-Ollama) with the standard library only. Both stream text pieces, take a `CancelToken` and a
-time budget, and return the same `Completion`, so tasks never know which one they have.
+`HttpEngine` talks to a model server (`demi serve`, llama.cpp's server, llama-cpp-python, Ollama,
+vLLM, TGI or any OpenAI-compatible one) through the one HTTP client (`http_client`), in the dialect
+of the server's kind (`server_kinds`). Both stream text pieces, take a `CancelToken` and a time
+budget, and return the same `Completion`, so tasks never know which one they have.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -20,13 +17,23 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from demi.assistant.budget import approx_tokens
 from demi.assistant.context import FimContext
+from demi.assistant.fim import FAMILIES
 from demi.assistant.generation import END_OF_TURN, build_chat, build_fim
+from demi.assistant.http_client import HttpClient, ServerError, ServerRejected, ServerUnreachableError
 from demi.assistant.prompts import ChatPrompt, looks_instruct
 from demi.assistant.runner import ModelRunner
+from demi.assistant.server_kinds import (
+    Dialect,
+    Params,
+    ServerFacts,
+    detect,
+    dialect_for,
+    family_from_model_name,
+    kind_name,
+)
 from demi.model.engine import Completion, LocalModel, drain
 from demi.model.errors import DemiError, DemiUserError
 from demi.model.generate import CancelToken, GenerationRequest, Sampling
@@ -69,6 +76,7 @@ class EngineInfo:
     instruct: bool = False
     url: str | None = None
     fim_layout: str | None = None  # psm | spm: the FIM prompt's order (None: no template, or the server's)
+    server_kind: str | None = None  # http: demi | llama.cpp | llama-cpp-python | ollama | vllm | tgi | openai
 
     @property
     def large(self) -> bool:
@@ -111,9 +119,16 @@ class InProcessEngine:
     the model thread; at 1 (a long answer in the editor) it is stepped between other work.
     `speculate` is the default draft depth of `chat` (0: off); a caller's `speculate=` wins."""
 
-    def __init__(self, local: LocalModel, runner: ModelRunner | None = None, speculate: int = DEFAULT_SPECULATE):
+    def __init__(
+        self,
+        local: LocalModel,
+        runner: ModelRunner | None = None,
+        speculate: int = DEFAULT_SPECULATE,
+        cache_reuse: int = 0,
+    ):
         self.local = local
         self.speculate = max(0, int(speculate))
+        self.cache_reuse = max(0, int(cache_reuse))  # FIM: shortest cached run reused shifted (0: exact)
         self.name = local.name
         self._owns_runner = runner is None
         self.runner = runner if runner is not None else ModelRunner(local)
@@ -169,6 +184,7 @@ class InProcessEngine:
         built = build_fim(self.local.tokenizer, tpl, ctx.prefix, ctx.suffix, ctx.path, ctx.other_files)
         stops = list(stop or []) + built.stop
         ids = self.local.stop_ids | built.stop_ids
+        kwargs.setdefault("cache_shift", self.cache_reuse)
         result = self.complete(built.prompt, on_text=on_text, stop=stops, stop_ids=ids, heal=built.heal, **kwargs)
         result.extra["fim"] = tpl.family if tpl is not None else None
         return result
@@ -220,37 +236,49 @@ class InProcessEngine:
 # -- HTTP ------------------------------------------------------------------------------------------
 
 
-class ServerUnreachableError(DemiUserError):
-    """--server names a host or port where nothing answers."""
+class _StopCut:
+    """Stop strings enforced on the client, so every kind of server stops at the same place (a
+    server takes only a few stops, and some leave end-of-turn markers in the text). Text that could
+    be the start of a stop is held back until it is clear, as the in-process engine does."""
 
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in dict.fromkeys(stops) if s]
+        self.held = ""
+        self.hit = False
 
-class ServerError(DemiError):
-    """The server answered with an error (a runtime failure: exit 1)."""
+    def push(self, piece: str) -> str:
+        text = self.held + piece
+        cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.hit, self.held = True, ""
+            return text[: min(cuts)]
+        hold = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:n]):
+                    hold = n
+                    break
+        self.held = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold]
 
-
-class _Response:
-    """An open HTTP response; `close` from another thread aborts a blocked read."""
-
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse):
-        self.conn, self.resp = conn, resp
-
-    def close(self) -> None:
-        try:
-            if self.conn.sock is not None:
-                self.conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.conn.close()
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
 
 
 class HttpEngine:
-    """An OpenAI-compatible server behind the engine interface (standard library only).
+    """A model server behind the engine interface: `demi serve`, llama.cpp's `llama-server`,
+    llama-cpp-python, Ollama, vLLM, TGI or any OpenAI-compatible server (`server_kinds`).
 
-    FIM: with `fim` naming the remote model's template family (the `server_fim` setting: qwen,
-    starcoder, starcoder2, codellama, deepseek, codestral, demi-tiny), the prompt is built here by
-    `generation.build_fim` with the same template code as in-process (a local copy of the model's
-    tokenizer, when there is one, gives its exact template) and sent as a raw prompt with the
-    template's stop strings; without it, `suffix` goes to /v1/completions and the server builds it."""
+    The server's kind is detected once, on first use (or named by `kind`, the `server_kind`
+    setting); requests go through one pooled `http_client.HttpClient`. FIM, in order: with `fim`
+    naming the remote model's template family (the `server_model_family` setting, formerly
+    `server_fim`) the prompt is built here by `generation.build_fim` (the same template code as
+    in-process; a local copy of the model's tokenizer, when there is one, gives its exact template)
+    and sent as a plain prompt with the template's stop strings; else the server's native FIM where
+    it has one (llama.cpp's `/infill`, `suffix` for demi serve and Ollama); else the family named by
+    the served model's name, built here; else, on an unknown OpenAI server, `suffix`; else the
+    prefix alone (a warning says so)."""
 
     def __init__(
         self,
@@ -261,78 +289,45 @@ class HttpEngine:
         connect_timeout: float = 5.0,
         tokenizer: Any = None,
         fim: str | None = None,
+        kind: str | None = None,
     ):
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DemiUserError(f"bad server URL {url!r}: use http://HOST:PORT")
-        self.url = f"{parts.scheme}://{parts.netloc}"
-        base = parts.path.rstrip("/")
-        self.base_path = base if base.endswith("/v1") else base + "/v1"
-        self.scheme, self.host = parts.scheme, parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.api_key, self.timeout, self.connect_timeout = api_key, timeout, connect_timeout
+        self.client = HttpClient(url, api_key, timeout=timeout, connect_timeout=connect_timeout)
+        self.url = self.client.url
+        try:
+            self._forced_kind = kind_name(kind)
+        except ValueError as exc:
+            raise DemiUserError(f"server_kind: {exc}") from None
         self.tokenizer = tokenizer
         self._model, self._resolved = model, False
         self.name = model or "server"
-        self.fim_template = _client_fim_template(fim, tokenizer) if fim else None
+        self._forced_fim = _client_fim_template(fim, tokenizer) if fim else None
+        self._facts: ServerFacts | None = None
+        self._dialect: Dialect | None = None
+        self._native_failed = False
+        self._warned_blind = False
+        self._lock = threading.Lock()
 
-    # -- plumbing ----------------------------------------------------------------------------------
+    # -- the server ------------------------------------------------------------------------------
 
-    def _connect(self) -> http.client.HTTPConnection:
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.connect_timeout, context=ssl.create_default_context()
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+    @property
+    def facts(self) -> ServerFacts:
+        """What serves at the URL (detected once; `ServerUnreachableError` when nothing answers)."""
+        with self._lock:
+            if self._facts is None:
+                self._facts = detect(self.client, self._forced_kind)
+                self._dialect = dialect_for(self._facts)
+                log.info("server %s: %s, models %s", self.url, self._facts.kind, self._facts.models)
+            return self._facts
 
-    def _open(self, method: str, path: str, body: dict | None = None) -> _Response:
-        conn = self._connect()
-        headers = {"Accept": "application/json, text/event-stream", "User-Agent": "demi"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        try:
-            conn.connect()
-            conn.sock.settimeout(self.timeout)
-            conn.request(method, self.base_path + path, body=data, headers=headers)
-            resp = conn.getresponse()
-        except (ConnectionError, socket.gaierror, TimeoutError, OSError) as exc:
-            conn.close()
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            if isinstance(exc, (socket.timeout, TimeoutError)):
-                reason = "timed out"
-            raise ServerUnreachableError(
-                f"cannot reach the server at {self.url}: {reason} (is it running? check --server or DEMI_SERVER)"
-            ) from None
-        if resp.status >= 400:
-            raw = resp.read(65536)
-            conn.close()
-            message: Any = raw.decode("utf-8", errors="replace").strip()
-            try:
-                err = json.loads(message)
-                message = (
-                    (err.get("error") or {}).get("message")
-                    if isinstance(err.get("error"), dict)
-                    else err.get("error") or err.get("detail") or message
-                )
-            except (ValueError, AttributeError):
-                pass
-            first = str(message).strip().splitlines()[0] if str(message).strip() else resp.reason
-            cls = DemiUserError if resp.status in (400, 401, 403, 404, 413, 422) else ServerError
-            raise cls(f"server {self.url} answered {resp.status}: {first}")
-        return _Response(conn, resp)
+    @property
+    def kind(self) -> str:
+        return self.facts.kind
 
-    def _json(self, method: str, path: str, body: dict | None = None) -> Any:
-        r = self._open(method, path, body)
-        try:
-            return json.loads(r.resp.read().decode("utf-8"))
-        except ValueError as exc:
-            raise ServerError(f"server {self.url} sent something that is not JSON ({exc})") from None
-        finally:
-            r.close()
+    @property
+    def dialect(self) -> Dialect:
+        self.facts  # noqa: B018 - detection sets the dialect
+        assert self._dialect is not None
+        return self._dialect
 
     @property
     def model(self) -> str:
@@ -340,11 +335,7 @@ class HttpEngine:
         name it does not list, that name's last path part or the server's only model; with no
         name, the first model the server lists."""
         if not self._resolved:
-            try:
-                data = self._json("GET", "/models").get("data") or []
-                ids = [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
-            except (ServerError, KeyError, TypeError, AttributeError):
-                ids = []
+            ids = self.facts.models
             wanted = self._model
             if not wanted:
                 self._model = ids[0] if ids else "default"
@@ -353,94 +344,93 @@ class HttpEngine:
                 self._model = by_name if by_name in ids else ids[0] if len(ids) == 1 else wanted
             self._resolved = True
             self.name = self._model or "default"
+            if self.tokenizer is None and self._model:  # a server on this machine (demi serve): its files
+                self.tokenizer = _local_tokenizer(self._model)
         return self._model or "default"
 
-    def _body(self, max_new_tokens: int, sampling: Sampling | None, stop: list[str] | None) -> dict[str, Any]:
-        s = sampling or Sampling()
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": max_new_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-        }
-        if s.top_k:
-            body["top_k"] = s.top_k
-        if s.repetition_penalty != 1.0:
-            body["repetition_penalty"] = s.repetition_penalty
-        if s.seed is not None:
-            body["seed"] = s.seed
-        stops = [x for x in (stop or []) if x][:4]  # OpenAI's limit
-        if stops:
-            body["stop"] = stops
-        return body
+    @property
+    def fim_template(self) -> Any:
+        """The template the client builds FIM prompts with (None: the server's native FIM, or none)."""
+        return self._fim_plan()[1]
 
-    def _events(
-        self, path: str, body: dict[str, Any], cancel: CancelToken | None, time_budget: float | None
+    def _fim_plan(self) -> tuple[str, Any]:
+        """How `infill` fills in the middle: ("prompt", template) built here; ("infill" | "suffix",
+        None) the server's native FIM; ("prefix", None) the prefix alone."""
+        if self._forced_fim is not None:
+            return "prompt", self._forced_fim
+        dialect = self.dialect
+        if dialect.native_fim and not self._native_failed:
+            return dialect.native_fim, None
+        family = self.facts.fim_family or family_from_model_name(self.model)
+        if family is not None:
+            return "prompt", _client_fim_template(family, self.tokenizer)
+        if dialect.kind == "openai":  # OpenAI's API has `suffix`: the server may know its template
+            return "suffix", None
+        return "prefix", None
+
+    # -- streaming -------------------------------------------------------------------------------
+
+    def _params(self, max_new_tokens: int, sampling: Sampling | None, stop: list[str] | None) -> Params:
+        return Params(max_new_tokens, sampling or Sampling(), [s for s in (stop or []) if s])
+
+    def _run(
+        self,
+        route: tuple[str, dict[str, Any]],
+        stops: list[str],
+        cancel: CancelToken | None,
+        time_budget: float | None,
+        prompt: str | list[int] = "",
     ) -> Generator[str, None, Completion]:
-        """Text pieces from an SSE stream; the Completion is the generator's return value."""
+        """Text pieces of one streamed request, cut at `stops`; the Completion is the return value.
+        Prompt tokens are the server's count, or counted here (`prompt`) when the stream was closed
+        before the server said (a stop found here, a cancel) or it never says (llama-cpp-python)."""
+        path, body = route
         started = time.monotonic()
         deadline = started + time_budget if time_budget else None
-        r = self._open("POST", path, body)
-        done = threading.Event()
-
-        def watch() -> None:  # close the socket as soon as the caller cancels (a read may be blocked)
-            while not done.wait(0.05):
-                if (cancel is not None and cancel.cancelled) or (deadline and time.monotonic() > deadline):
-                    r.close()
-                    return
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
+        cut = _StopCut(stops)
         text: list[str] = []
-        reason, usage, first = "length", dict[str, Any](), None
+        reason, first = "length", None
+        prompt_tokens = completion_tokens = cached = None
+        events = self.client.events(path, body, cancel, deadline)
         try:
-            while True:
-                try:
-                    line = r.resp.readline()
-                except (OSError, ValueError, AttributeError, http.client.HTTPException):  # closed by `watch`
-                    line = b""
-                if not line:
+            for event in events:
+                got = self.dialect.read(event)
+                prompt_tokens = got.prompt_tokens if got.prompt_tokens is not None else prompt_tokens
+                completion_tokens = got.completion_tokens if got.completion_tokens is not None else completion_tokens
+                cached = got.cached_tokens if got.cached_tokens is not None else cached
+                reason = got.finish or reason
+                piece = cut.push(got.text) if got.text else ""
+                if piece:
+                    if first is None:
+                        first = time.monotonic() - started
+                    text.append(piece)
+                    yield piece
+                if cut.hit:  # a stop string: close the stream, the server stops generating
+                    reason = "stop"
                     break
-                line = line.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    break
-                try:
-                    event = json.loads(payload)
-                except ValueError:
-                    continue
-                if isinstance(event.get("error"), dict):
-                    raise ServerError(f"server {self.url}: {event['error'].get('message', 'error')}")
-                usage = event.get("usage") or usage
-                for choice in event.get("choices") or []:
-                    piece = choice.get("text")
-                    if piece is None:
-                        piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        if first is None:
-                            first = time.monotonic() - started
-                        text.append(piece)
-                        yield piece
-                    if choice.get("finish_reason"):
-                        reason = choice["finish_reason"]
         finally:
-            done.set()
-            r.close()
+            events.close()  # type: ignore[attr-defined]
+        tail = cut.flush()
+        if tail:
+            text.append(tail)
+            yield tail
         if cancel is not None and cancel.cancelled:
             reason = "cancelled"
         elif deadline and time.monotonic() > deadline and reason == "length":
             reason = "time"
         full = "".join(text)
-        completion_tokens = int(usage.get("completion_tokens") or 0) or self.count_tokens(full)
-        out = Completion(full, [], int(usage.get("prompt_tokens") or 0), reason, time.monotonic() - started, first)
-        out.extra["completion_tokens"] = completion_tokens
+        counted = "server" if prompt_tokens is not None else "client"
+        if prompt_tokens is None:
+            prompt_tokens = len(prompt) if isinstance(prompt, list) else self.count_tokens(prompt)
+        out = Completion(full, [], prompt_tokens, reason, time.monotonic() - started, first)
+        out.extra["prompt_tokens_from"] = counted
+        out.extra["completion_tokens"] = completion_tokens or self.count_tokens(full)
+        out.extra["server_kind"] = self.facts.kind
+        if cached is not None:
+            out.extra["cached_tokens"] = cached
         return out
 
-    # -- engine interface --------------------------------------------------------------------------
+    # -- engine interface ------------------------------------------------------------------------
 
     def stream(
         self,
@@ -453,11 +443,10 @@ class HttpEngine:
         suffix: str | None = None,
         **_: Any,
     ) -> Iterator[str]:
-        body = self._body(max_new_tokens, sampling, stop)
-        body["prompt"] = prompt
-        if suffix is not None:
-            body["suffix"] = suffix
-        return self._events("/completions", body, cancel, time_budget)
+        params = self._params(max_new_tokens, sampling, stop)
+        route = self.dialect.completion(self.model, prompt, params, suffix)  # type: ignore[arg-type]
+        text = prompt + (suffix or "") if isinstance(prompt, str) else prompt
+        return self._run(route, params.stop, cancel, time_budget, text)
 
     def complete(
         self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs: Any
@@ -471,28 +460,54 @@ class HttpEngine:
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Completion:
-        """With a known FIM family: the prompt built here (`build_fim`, no token healing: a server
-        cannot constrain the first token) and sent raw with the template's stop strings. Otherwise
-        `suffix` on /v1/completions: the server applies its model's FIM template."""
+        """Fill in the middle as `_fim_plan` says. Built here: no token healing (a server cannot
+        constrain the first token), the caller's stops first, then the template's (a server takes
+        a few; the client enforces all). A native FIM the server turns down (llama.cpp without FIM
+        tokens) is not tried again: the next plan is used from then on."""
         kwargs.pop("stop_ids", None)
-        tpl = self.fim_template
-        if tpl is not None:
+        plan, tpl = self._fim_plan()
+        if plan == "prompt":
             built = build_fim(None, tpl, ctx.prefix, ctx.suffix, ctx.path, ctx.other_files, heal=False)
-            stops = list(dict.fromkeys([*(stop or []), *built.stop]))  # the caller's first: a server takes 4
+            stops = list(dict.fromkeys([*(stop or []), *built.stop]))
             result = self.complete(built.prompt, on_text=on_text, stop=stops, **kwargs)
             result.extra["fim"] = tpl.family
             return result
+        if plan == "infill":
+            params = self._params(kwargs.pop("max_new_tokens", 256), kwargs.pop("sampling", None), stop)
+            route = self.dialect.infill(self.model, ctx.prefix, ctx.suffix, list(ctx.other_files), ctx.path, params)
+            try:
+                text = ctx.prefix + ctx.suffix + "".join(c for _, c in ctx.other_files)
+                run = self._run(route, params.stop, kwargs.get("cancel"), kwargs.get("time_budget"), text)
+                result = drain(run, on_text)
+            except (ServerRejected, ServerError) as exc:
+                if getattr(exc, "status", None) not in (400, 404, 405, 500, 501):
+                    raise
+                log.warning("%s: /infill refused (%s); building FIM prompts here instead", self.url, exc)
+                self._native_failed = True
+                return self.infill(
+                    ctx, on_text, stop, max_new_tokens=params.max_tokens, sampling=params.sampling, **kwargs
+                )
+            result.extra["fim"] = "server"
+            return result
         if stop is not None:
             kwargs["stop"] = stop
-        prefix = ctx.prefix
-        if ctx.other_files:  # the server's template takes prefix and suffix only: other files go in comments
-            from demi.assistant.fim import line_comment
-
-            mark = line_comment(ctx.path or ctx.other_files[0][0])
-            head = "".join(f"{mark} {p}\n{c}" + ("" if c.endswith("\n") else "\n") + "\n" for p, c in ctx.other_files)
-            prefix = head + (f"{mark} {ctx.path}\n" if ctx.path else "") + prefix
-        result = self.complete(prefix, on_text=on_text, suffix=ctx.suffix, **kwargs)
-        result.extra["fim"] = "server"
+        prefix = _with_other_files(ctx)
+        if plan == "suffix":
+            result = self.complete(prefix, on_text=on_text, suffix=ctx.suffix, **kwargs)
+            result.extra["fim"] = "server"
+            return result
+        if not self._warned_blind:
+            self._warned_blind = True
+            log.warning(
+                "%s (%s): the FIM template of %r is unknown: completing the prefix alone "
+                "(set server_model_family to one of %s)",
+                self.url,
+                self.facts.kind,
+                self.model,
+                ", ".join(FAMILIES),
+            )
+        result = self.complete(prefix or "\n", on_text=on_text, **kwargs)
+        result.extra["fim"] = None
         return result
 
     def chat(
@@ -506,9 +521,12 @@ class HttpEngine:
         time_budget: float | None = None,
         **_: Any,
     ) -> Completion:
-        body = self._body(max_new_tokens, sampling, stop)
-        body["messages"] = prompt.messages
-        return drain(self._events("/chat/completions", body, cancel, time_budget), on_text)
+        """The server's chat route (it applies its model's chat template); the end-of-turn markers
+        are stops here too, for servers that let them through as text."""
+        params = self._params(max_new_tokens, sampling, stop)
+        route = self.dialect.chat(self.model, prompt.messages, params)
+        text = "".join(str(m.get("content") or "") for m in prompt.messages)
+        return drain(self._run(route, [*params.stop, *END_OF_TURN], cancel, time_budget, text), on_text)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is not None:
@@ -516,12 +534,59 @@ class HttpEngine:
         return approx_tokens(text)
 
     def info(self) -> EngineInfo:
-        tpl = self.fim_template
-        fim, layout = (tpl.family, tpl.order) if tpl is not None else ("server", None)
-        return EngineInfo(self.model, "http", None, None, fim, None, looks_instruct(self.model), self.url, layout)
+        plan, tpl = self._fim_plan()
+        fim = tpl.family if tpl is not None else ("server" if plan in ("infill", "suffix") else None)
+        layout = tpl.order if tpl is not None else None
+        facts = self.facts
+        return EngineInfo(
+            self.model, "http", facts.context, None, fim, None, looks_instruct(self.model), self.url, layout, facts.kind
+        )
+
+    def check(self) -> dict[str, Any]:
+        """What `demi doctor` and the language server's status report: the server, its kind, its
+        model, how FIM is sent and a round trip in milliseconds; or a one-line reason it is unusable
+        (`ok` false). Never raises."""
+        report: dict[str, Any] = {"url": self.url, "ok": False}
+        try:
+            facts = self.facts
+            report.update({"kind": facts.kind, "detected": facts.detected, "version": facts.version})
+            report["model"] = self.model
+            if facts.models and self.model not in facts.models:
+                report["problem"] = f"the server has no model {self.model!r} (it has {', '.join(facts.models)})"
+                return report
+            _, seconds = self.client.timed("/v1/models" if facts.kind != "tgi" else "/info", timeout=10.0)
+            plan, tpl = self._fim_plan()
+            report.update(
+                {
+                    "round_trip_ms": round(seconds * 1000, 1),
+                    "context": facts.context,
+                    "fim": {
+                        "prompt": f"built here ({tpl.family if tpl else '?'})",
+                        "infill": "/infill",
+                        "suffix": "suffix",
+                        "prefix": "none: prefix only",
+                    }[plan],  # fmt: skip
+                    "ok": True,
+                }
+            )
+        except DemiError as exc:
+            report["problem"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return report
 
     def close(self) -> None:
-        pass
+        self.client.close()
+
+
+def _with_other_files(ctx: FimContext) -> str:
+    """The prefix with the other files in front as line-comment blocks (for a server's template,
+    which takes prefix and suffix only)."""
+    if not ctx.other_files:
+        return ctx.prefix
+    from demi.assistant.fim import line_comment
+
+    mark = line_comment(ctx.path or ctx.other_files[0][0])
+    head = "".join(f"{mark} {p}\n{c}" + ("" if c.endswith("\n") else "\n") + "\n" for p, c in ctx.other_files)
+    return head + (f"{mark} {ctx.path}\n" if ctx.path else "") + ctx.prefix
 
 
 def _client_fim_template(family: str, tokenizer: Any) -> Any:
@@ -533,7 +598,7 @@ def _client_fim_template(family: str, tokenizer: Any) -> Any:
     try:
         tpl = fim_template_for(family)
     except ValueError as exc:
-        raise DemiUserError(f"server_fim: {exc}") from None
+        raise DemiUserError(f"server_model_family: {exc}") from None
     local = detect_fim(tokenizer, layout=tpl.order if tpl.style == "qwen" else None) if tokenizer is not None else None
     if local is not None and local.style == tpl.style:
         return replace(local, family=tpl.family, stop_token_ids=frozenset())
@@ -565,21 +630,26 @@ def open_engine(
     runner: ModelRunner | None = None,
     speculate: int = DEFAULT_SPECULATE,
     server_fim: str | None = None,
+    cache_reuse: int = 0,
+    server_kind: str | None = None,
 ) -> InProcessEngine | HttpEngine:
     """Load `model` in this process, or talk to `server` (a name, a directory or a hub id;
     None means the config file, then DEMI_MODEL, then demi-tiny; no `quant` means "auto", the config's
     default: int8 on a CPU). An in-process model runs on `runner` when given, else on its own, and
     speculates `speculate` draft tokens per step in chat-style answers (0: off)."""
     if server:  # `model` names the server's model; a local copy, if any, gives exact token counts
-        # `server_fim` names that model's FIM family: the client then builds FIM prompts itself
+        # `server_fim` (the `server_model_family` setting) names that model's FIM family: the client
+        # then builds FIM prompts itself; `server_kind` skips detecting the kind of server
         tok = _local_tokenizer(model)
-        return HttpEngine(server, model, api_key=api_key, timeout=timeout, tokenizer=tok, fim=server_fim)
+        return HttpEngine(
+            server, model, api_key=api_key, timeout=timeout, tokenizer=tok, fim=server_fim, kind=server_kind
+        )
     if model is None:
         from demi.assistant.config import load_config
 
         model = load_config()["model"]
     local = LocalModel.load(model, device=device, dtype=dtype, context=context, quant=quant or "auto")
-    return InProcessEngine(local, runner, speculate)
+    return InProcessEngine(local, runner, speculate, cache_reuse)
 
 
 def load_local_model(cfg: Any) -> LocalModel:
@@ -601,5 +671,7 @@ def engine_from_config(cfg: Any) -> InProcessEngine | HttpEngine:
         timeout=cfg["server_timeout"],
         quant=cfg["quant"],
         speculate=cfg["speculate"],
-        server_fim=cfg["server_fim"],
+        server_fim=cfg["server_model_family"] or cfg["server_fim"],
+        cache_reuse=cfg["cache_reuse"],
+        server_kind=cfg["server_kind"],
     )

@@ -39,7 +39,10 @@ def register(sub, common) -> None:
     pull.add_argument("repo_id", metavar="ID")
     pull.set_defaults(func=cmd_pull)
 
-    doc = sub.add_parser("doctor", parents=[common()], help="check the install and the model")
+    doc = sub.add_parser("doctor", parents=[common()], help="check the install, the model and the server")
+    doc.add_argument(
+        "--server", default=None, help="check this server (default: the config's `server`, then $DEMI_SERVER)"
+    )
     doc.set_defaults(func=cmd_doctor)
 
 
@@ -87,6 +90,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from demi.assistant.catalog import doctor
 
     report = doctor(args.model)
+    server = _server_report(args.model, args.server)
+    if server is not None:  # with a server, the model runs there: the server must be usable, not a local copy
+        report["server"] = server
+        report["ok"] = report["packages"]["torch"] is not None and server["ok"]
     if args.json:
         emit_json(report)
         return 0 if report["ok"] else 1
@@ -108,6 +115,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         elif key == "cpu":
             _print_cpu(value)
             continue
+        elif key == "server":
+            _print_server(value)
+            continue
         print(f"{key:20s} {value}")
     return 0 if report["ok"] else 1
 
@@ -121,6 +131,41 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.quant} checkpoint to {out}")
     return 0
+
+
+def _server_report(model: str | None, server: str | None) -> dict | None:
+    """The configured server contacted: kind, model, round trip, or why it is unusable (None
+    when no server is configured)."""
+    from demi.assistant.config import ConfigFileError, load_config
+    from demi.assistant.engines import HttpEngine, engine_from_config
+    from demi.assistant.errors import DemiError
+
+    try:
+        cfg = load_config({"model": model, "server": server})
+    except ConfigFileError:
+        return None  # the config's own problem is in the report already
+    if not cfg["server"]:
+        return None
+    try:
+        engine = engine_from_config(cfg)
+    except DemiError as exc:
+        return {"url": cfg["server"], "ok": False, "problem": str(exc).strip().splitlines()[0]}
+    assert isinstance(engine, HttpEngine)
+    try:
+        return engine.check()
+    finally:
+        engine.close()
+
+
+def _print_server(s: dict) -> None:
+    if not s["ok"]:
+        print(f"{'server':20s} {s['url']}: unusable: {s.get('problem')}")
+        return
+    how = "detected" if s.get("detected") else "from server_kind"
+    version = f" {s['version']}" if s.get("version") else ""
+    where = f"{s['url']}: {s['kind']}{version} ({how})"
+    print(f"{'server':20s} {where}, model {s['model']}, round trip {s['round_trip_ms']} ms")
+    print(f"{'server FIM':20s} {s['fim']}" + (f", context {s['context']}" if s.get("context") else ""))
 
 
 def _print_cpu(cpu: dict) -> None:

@@ -12,8 +12,6 @@ new one and drops the old.
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import os
 import threading
@@ -40,22 +38,15 @@ def probe_demi_serve(
     url: str = DEMI_SERVE_URL, timeout: float = 0.3, api_key: str | None = None
 ) -> dict[str, Any] | None:
     """`demi serve`'s /v1/demi/stats when one answers at `url`, else None (never raises)."""
-    from urllib.parse import urlsplit
+    from demi.assistant.errors import DemiError
+    from demi.assistant.http_client import HttpClient
 
-    parts = urlsplit(url)
     try:
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        conn.request("GET", "/v1/demi/stats", headers=headers)
-        resp = conn.getresponse()
-        body = resp.read(65536)
-        conn.close()
-        if resp.status != 200:
-            return None
-        data = json.loads(body.decode("utf-8"))
-        return data if isinstance(data, dict) and "model" in data else None
-    except (OSError, ValueError, http.client.HTTPException):
+        with HttpClient(url, api_key, timeout=timeout, connect_timeout=timeout) as client:
+            data = client.probe("/v1/demi/stats", timeout=timeout)
+    except DemiError:
         return None
+    return data if isinstance(data, dict) and "model" in data else None
 
 
 def _same_model(wanted: str | None, served: str | None) -> bool:
@@ -112,6 +103,7 @@ class EngineHost:
         self.url: str | None = None
         self.name: str | None = None
         self.load_seconds: float | None = None
+        self.server_report: dict[str, Any] | None = None  # an HTTP engine's check(): kind, model, round trip
         self._counted_runs = 0
         self._counted_skips = 0
         self._lock = threading.Lock()
@@ -204,13 +196,23 @@ class EngineHost:
                 url = where
                 log.info("using the demi serve running at %s (model %s)", url, found.get("model"))
         if url:
-            engine = open_engine(s.model, server=url, api_key=s.api_key, server_fim=s.server_fim)
+            engine = open_engine(
+                s.model,
+                server=url,
+                api_key=s.api_key,
+                server_fim=s.server_model_family or s.server_fim,
+                server_kind=s.server_kind,
+            )
             assert isinstance(engine, HttpEngine)
             self.kind, self.url = "http", engine.url
-            engine.info()  # resolves the model name: fails fast when nothing answers
+            report = engine.check()  # the kind, the model and a round trip: fails fast when unusable
+            self.server_report = report
+            if not report["ok"]:
+                engine.close()
+                raise EngineUnavailable(report.get("problem") or f"the server at {engine.url} is unusable")
             self.name = engine.name
             return _Counted(engine, self)
-        self.kind, self.url = "in-process", None
+        self.kind, self.url, self.server_report = "in-process", None, None
         self.name = s.model or "(default model)"
 
         def load() -> InProcessEngine:
@@ -224,6 +226,7 @@ class EngineHost:
                 quant=s.quant,
                 runner=self.runner,
                 speculate=s.speculate,
+                cache_reuse=s.cache_reuse,
             )
             assert isinstance(engine, InProcessEngine)
             return engine
@@ -272,6 +275,7 @@ class EngineHost:
                 log.debug("status callback failed", exc_info=True)
 
     def status(self) -> dict[str, Any]:
+        report = self.server_report if self.kind == "http" else None
         return {
             "state": self.state,
             "model": self.name,
@@ -279,6 +283,11 @@ class EngineHost:
             "server": self.url,
             "message": self.message or None,
             "loadSeconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
+            # with a server: what kind it is, the model it serves, a round trip, and how FIM is sent
+            "serverKind": report.get("kind") if report else None,
+            "serverModel": report.get("model") if report else None,
+            "roundTripMs": report.get("round_trip_ms") if report else None,
+            "serverFim": report.get("fim") if report else None,
         }
 
     def close(self) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from demi.assistant.config import DEFAULT_CACHE_REUSE
+
 # Languages that are prose, not code: off unless the user turns them on (Copilot does the same).
 DEFAULT_ENABLE = {"*": True, "plaintext": False, "markdown": False, "scminput": False}
 
@@ -32,6 +34,7 @@ ENGINE_KEYS = (
     "context",
     "threads",
     "speculate",
+    "cache_reuse",
 )
 
 
@@ -41,13 +44,16 @@ class LspSettings:
     server: str | None = None  # an OpenAI-compatible server instead of the in-process engine
     detect_server: bool | str = True  # use a `demi serve` already running on 127.0.0.1:8642 (or this URL)
     api_key: str | None = None
-    server_fim: str | None = None  # the server's model's FIM family: Demi builds FIM prompts itself
+    server_fim: str | None = None  # the old name of server_model_family (still read)
+    server_kind: str | None = None  # demi | llama.cpp | llama-cpp-python | ollama | vllm | tgi | openai (None: detect)
+    server_model_family: str | None = None  # the server's model's FIM family: Demi builds FIM prompts itself
     quant: str | None = None
     device: str | None = None
     dtype: str | None = None
     context: int | None = None
     threads: int | None = None  # torch threads for the in-process model (None: DEMI_THREADS, physical cores)
     speculate: int = 8  # speculative decoding's draft tokens per step for explain and refactor (0: off)
+    cache_reuse: int = DEFAULT_CACHE_REUSE  # prefix-first FIM: shortest cached run reused shifted (0: exact)
     max_tokens: int = 64  # new tokens for one completion
     context_tokens: int = 1024  # prompt budget for FIM
     temperature: float = 0.0
@@ -105,6 +111,8 @@ _ALIASES.update(
             "url": "server",
             "detectDemiServe": "detect_server",
             "serverFim": "server_fim",
+            "serverKind": "server_kind",
+            "serverModelFamily": "server_model_family",
             "quantization": "quant",
             "debounce": "debounce_ms",
             "enabled": "enable",
@@ -119,6 +127,8 @@ _OPTIONAL = {
     "server",
     "api_key",
     "server_fim",
+    "server_kind",
+    "server_model_family",
     "quant",
     "device",
     "dtype",
@@ -128,6 +138,7 @@ _OPTIONAL = {
     "latency_budget_ms",
     "data_dir",
 }
+_ZERO_OFF = {"speculate", "cache_reuse"}  # whole-number settings where 0 turns the feature off
 _CHOICES = {"quant": ("none", "int8", "int4", "nf4", "auto"), "explain_lead": ("auto", "facts", "model")}
 
 
@@ -138,11 +149,14 @@ def from_config(cfg: Any) -> LspSettings:
         server=cfg["server"],
         api_key=cfg["api_key"],
         server_fim=cfg["server_fim"],
+        server_kind=cfg["server_kind"],
+        server_model_family=cfg["server_model_family"],
         quant=cfg["quant"],
         device=cfg["device"],
         dtype=cfg["dtype"],
         context=cfg["context"],
         speculate=cfg["speculate"],
+        cache_reuse=cfg["cache_reuse"],
         max_tokens=cfg["complete.max_tokens"],
         context_tokens=cfg["complete.context_tokens"],
         temperature=cfg["complete.temperature"],
@@ -196,8 +210,8 @@ def _coerce(name: str, value: Any) -> Any:
             number = int(float(value))
         except ValueError:
             raise ValueError("must be a whole number") from None
-        if number < 1:
-            raise ValueError("must be at least 1")
+        if number < (0 if name in _ZERO_OFF else 1):
+            raise ValueError("must be at least 0 (0: off)" if name in _ZERO_OFF else "must be at least 1")
         return number
     if kind.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
