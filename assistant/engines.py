@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from demi.assistant.budget import approx_tokens
+from demi.assistant.config import DEFAULT_CACHE_REUSE
 from demi.assistant.context import FimContext
 from demi.assistant.fim import FAMILIES
 from demi.assistant.generation import END_OF_TURN, build_chat, build_fim
@@ -124,7 +125,7 @@ class InProcessEngine:
         local: LocalModel,
         runner: ModelRunner | None = None,
         speculate: int = DEFAULT_SPECULATE,
-        cache_reuse: int = 0,
+        cache_reuse: int = DEFAULT_CACHE_REUSE,
     ):
         self.local = local
         self.speculate = max(0, int(speculate))
@@ -630,7 +631,7 @@ def open_engine(
     runner: ModelRunner | None = None,
     speculate: int = DEFAULT_SPECULATE,
     server_fim: str | None = None,
-    cache_reuse: int = 0,
+    cache_reuse: int = DEFAULT_CACHE_REUSE,
     server_kind: str | None = None,
 ) -> InProcessEngine | HttpEngine:
     """Load `model` in this process, or talk to `server` (a name, a directory or a hub id;
