@@ -1,11 +1,15 @@
 """The real servers the remote-engine tests talk to ("peers"), built once and cached outside the repository.
 
 Demi is a client of the servers teams already run. Two of them run on a CPU here and are built from one
-source release, llama-cpp-python's sdist (`LLAMA_CPP_PYTHON`), which vendors llama.cpp:
+source release, llama-cpp-python's sdist (`LLAMA_CPP_PYTHON`), which vendors llama.cpp. llama.cpp is
+compiled once, with cmake, into shared libraries (libllama, libggml*) and the `llama-server` binary
+beside them (`LIB_DIR`); both peers use that one build:
 
-- llama.cpp's own `llama-server`, built with cmake from the vendored sources (only that target);
+- llama.cpp's own `llama-server`;
 - llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`), installed with its
-  `[server]` extra in a virtual environment of its own: peers are test peers, never Demi's dependencies;
+  `[server]` extra in a virtual environment of its own (peers are test peers, never Demi's dependencies)
+  with `LLAMA_BUILD=OFF`: its bindings compile nothing and load libllama from `LLAMA_CPP_LIB_PATH`,
+  which a test passes when it starts that server (`llama_cpp_python_env()`);
 - the sdist's `convert_hf_to_gguf.py` (with its own `gguf-py`), which turns a random-weight checkpoint
   into the GGUF both servers load.
 
@@ -29,34 +33,59 @@ LLAMA_CPP_PYTHON = "0.3.36"
 PEERS_DIR = Path(os.environ.get("DEMI_PEERS_DIR") or Path.home() / ".cache" / "demi-peers")
 SDIST_DIR = PEERS_DIR / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
 LLAMA_CPP = SDIST_DIR / "vendor" / "llama.cpp"
-BUILD_DIR = PEERS_DIR / f"llama-server-{LLAMA_CPP_PYTHON}-build"
-SERVER_VENV = PEERS_DIR / f"llama-cpp-python-{LLAMA_CPP_PYTHON}-venv"
+# "-shared" names the layout (one shared-library build both peers use); the earlier layout's folders,
+# a static llama-server and a venv with its own compiled copy, are removed by `install`.
+BUILD_DIR = PEERS_DIR / f"llama.cpp-{LLAMA_CPP_PYTHON}-shared-build"
+LIB_DIR = BUILD_DIR / "bin"  # llama.cpp puts libraries and programs together
+SERVER_VENV = PEERS_DIR / f"llama-cpp-python-{LLAMA_CPP_PYTHON}-shared-venv"
+OLD_LAYOUT = [f"llama-server-{LLAMA_CPP_PYTHON}-build", f"llama-cpp-python-{LLAMA_CPP_PYTHON}-venv"]
 INSTALL_HINT = "build them with `python tests/peers.py install` (make test does)"
 
-# llama-server only: no tests, examples, web UI (it would be fetched), HTTPS or curl.
+# Shared libraries and llama-server only: no tests, examples, other tools, web UI (it would be fetched),
+# HTTPS or curl. -O1: the peers serve a 2-layer model, so compile time counts and run time does not
+# (-O1 compiles in about half the CPU time of Release's -O3). ggml picks up ccache by itself if present.
 CMAKE_OPTIONS = [
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",
+    "-DCMAKE_C_FLAGS_RELEASE=-O1 -DNDEBUG",
+    "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG",
+    "-DBUILD_SHARED_LIBS=ON",
     "-DGGML_NATIVE=ON",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",  # the folder llama-server is in; only the targets below are built
+    "-DLLAMA_BUILD_SERVER=ON",
     "-DLLAMA_BUILD_UI=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_ALL_WARNINGS=OFF",
 ]
+CMAKE_TARGETS = ["llama", "llama-server"]
+SHARED_LIB = LIB_DIR / ("libllama.dylib" if sys.platform == "darwin" else "libllama.so")
+
+
+READY = ".demi-peer-ready"  # written last, so a build or install cut short is never taken for done
 
 
 def llama_server() -> Path | None:
-    """The built `llama-server` binary, or None."""
-    path = BUILD_DIR / "bin" / "llama-server"
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    """The built `llama-server` binary (its libraries beside it), or None."""
+    path = LIB_DIR / "llama-server"
+    return path if (BUILD_DIR / READY).is_file() and os.access(path, os.X_OK) and SHARED_LIB.is_file() else None
 
 
 def llama_cpp_python() -> Path | None:
-    """The Python of the virtual environment that has `llama_cpp.server`, or None."""
+    """The Python of the virtual environment that has `llama_cpp.server`, or None. It runs with
+    `llama_cpp_python_env()` in its environment."""
     python = SERVER_VENV / "bin" / "python"
-    return python if (SERVER_VENV / ".demi-peer-ready").is_file() and python.is_file() else None
+    ready = (SERVER_VENV / READY).is_file() and python.is_file() and llama_server() is not None
+    return python if ready else None
+
+
+def llama_cpp_python_env() -> dict[str, str]:
+    """What llama-cpp-python's processes need in their environment: its bindings were installed without
+    a library of their own (`LLAMA_BUILD=OFF`) and load the shared libllama built here."""
+    return {"LLAMA_CPP_LIB_PATH": str(LIB_DIR)}
 
 
 def converter() -> Path | None:
@@ -156,25 +185,31 @@ def fetch_sdist(python: str) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
-def build_llama_server(jobs: int) -> None:
-    """cmake, the `llama-server` target only; an interrupted build resumes where it stopped."""
+def build_llama_cpp(jobs: int) -> None:
+    """cmake: llama.cpp's shared libraries and `llama-server`, the one compile both peers use; an
+    interrupted build resumes where it stopped."""
     if llama_server() is not None:
         return
+    (BUILD_DIR / READY).unlink(missing_ok=True)
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    _run(["cmake", "-S", str(LLAMA_CPP), "-B", str(BUILD_DIR), *generator, *CMAKE_OPTIONS])
-    _run(["cmake", "--build", str(BUILD_DIR), "--target", "llama-server", "-j", str(jobs)])
+    _run(["cmake", "-S", str(LLAMA_CPP), "-B", str(BUILD_DIR), *generator, *CMAKE_OPTIONS], stdout=subprocess.DEVNULL)
+    _run(["cmake", "--build", str(BUILD_DIR), "--target", *CMAKE_TARGETS, "-j", str(jobs)])
+    (BUILD_DIR / READY).touch()
 
 
 def install_llama_cpp_python(python: str) -> None:
-    """llama-cpp-python[server] in its own virtual environment (pip builds its wheel once and caches it)."""
+    """llama-cpp-python[server] from the unpacked sdist into its own virtual environment, compiling
+    nothing (`LLAMA_BUILD=OFF`): its bindings load the libllama `build_llama_cpp` made, which is
+    checked here by importing them."""
     if llama_cpp_python() is not None:
         return
+    shutil.rmtree(SERVER_VENV, ignore_errors=True)
     _run([python, "-m", "venv", str(SERVER_VENV)])
-    pip = [str(SERVER_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    # libllama and ggml only: no multimodal library (llama_cpp imports it only for image chats)
-    env = dict(os.environ, CMAKE_ARGS=os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF"))
-    _run([*pip, f"llama-cpp-python[server]=={LLAMA_CPP_PYTHON}"], env=env)
-    (SERVER_VENV / ".demi-peer-ready").touch()
+    venv_python = str(SERVER_VENV / "bin" / "python")
+    env = dict(os.environ, CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF")
+    _run([venv_python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{SDIST_DIR}[server]"], env=env)
+    _run([venv_python, "-c", "import llama_cpp, llama_cpp.server.app"], env=dict(os.environ, **llama_cpp_python_env()))
+    (SERVER_VENV / READY).touch()
 
 
 def install_converter_libs(python: str) -> None:
@@ -188,12 +223,21 @@ def install_converter_libs(python: str) -> None:
     )  # fmt: skip
 
 
+def remove_old_layout() -> None:
+    """The folders of the layout before the shared build (each peer compiled llama.cpp on its own)."""
+    for name in OLD_LAYOUT:
+        if (PEERS_DIR / name).exists():
+            print(f"peers: removing {PEERS_DIR / name} (earlier layout)", flush=True)
+            shutil.rmtree(PEERS_DIR / name)
+
+
 def install(jobs: int) -> None:
     PEERS_DIR.mkdir(parents=True, exist_ok=True)
+    remove_old_layout()
     python = sys.executable
     fetch_sdist(python)
     install_converter_libs(python)
-    build_llama_server(jobs)
+    build_llama_cpp(jobs)
     install_llama_cpp_python(python)
     tiny_gguf()
     print(f"peers: ready in {PEERS_DIR}")
@@ -211,6 +255,7 @@ def main() -> None:
     else:
         for name, found in (("llama-server", llama_server()), ("llama-cpp-python", llama_cpp_python())):
             print(f"{name}: {found or 'missing'}")
+        print(f"LLAMA_CPP_LIB_PATH={LIB_DIR}")
 
 
 if __name__ == "__main__":

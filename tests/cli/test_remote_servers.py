@@ -113,6 +113,7 @@ def peer(request, tiny_dir, tmp_path_factory) -> Iterator[Peer]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp / "server.log"
+    env = _demi_env(tmp)
     if kind == "llama.cpp":
         binary = peers.require_llama_server()
         gguf = peers.tiny_gguf()
@@ -125,12 +126,13 @@ def peer(request, tiny_dir, tmp_path_factory) -> Iterator[Peer]:
         cmd = [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", peers.TINY_MODEL,
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT), "--n_threads", "2"]  # fmt: skip
         ready = "/v1/models"
+        env.update(peers.llama_cpp_python_env())  # where its bindings find libllama
     else:
         cmd = [sys.executable, "-m", "demi", "serve", "--model", str(tiny_dir), "--port", str(port),
                "--context", str(CONTEXT), "--quant", "none"]  # fmt: skip
         ready = "/health"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_demi_env(tmp))
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_ready(url, ready, proc, log)
         proxy = RecordingProxy(url)
