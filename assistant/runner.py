@@ -34,21 +34,34 @@ AHEAD pieces ahead of it); `submit(..., sink=...)` calls `sink(kind, value)` on 
 with ("piece", text), ("done", Completion) or ("error", exception) (`demi serve` forwards these to
 its asyncio queues); `complete()` waits for the whole answer.
 
-Counters: `runs_started`, `runs_skipped`, `steps` (the language server's), and `stats()`, the
+Counters: `runs_started`, `runs_skipped`, `steps` (the language server's), `batch_steps` and
+`batched_tokens` (continuous batching, below), and `stats()`, the
 dict `demi serve` answers on /v1/demi/stats (active, queued, submitted, completed, cancelled,
 dropped, errors, tokens, the active jobs and the recent ones).
 
-The seam for batching and speculative decoding: everything the thread does to a run goes through
-`_advance` (one step of one run: today one `next()` of the engine's generator) and `_pick` (which
-runs go next). Continuous batching replaces `_advance` for the live runs with one batched engine
-step that advances all of them (the engine then yields per-run pieces) and keeps `_pick` for
-admission and priority; speculative decoding stays inside the engine's generator (a step that may
-yield several tokens), so the runner's contract (pieces, a `Completion`, a step count) does not
-change for either.
+Continuous batching: an engine with `decode_batch` (the in-process `LocalModel`) runs stepped runs in
+batch mode (`model.run(request, batch=True)`): a run's generator yields text pieces, and in place of
+each one-token decode step it yields a step request (anything that is not text; the engine's
+`DecodeStep`) and waits. Such a run is *parked*. The thread treats the parked runs of one engine as
+one scheduling unit, the batch, which takes its turn in the round-robin like a run (its priority and
+turn are its members' best): one `decode_batch` call computes every member's step (each weight read
+once for all of them, attention per run against its own KV cache), each member is sent its logits
+and advanced to its next step request. A run's prefill chunks, speculative verification passes and
+cancellation stay its own, so a new request's prefill runs between two batch steps and joins the
+batch after its first token; a cancelled run is closed at its next turn instead of joining the next
+batch (the engine's `finally` frees its KV slot); whole runs never batch and still go first. Runs
+whose reader is AHEAD pieces behind sit out until it catches up. The runner counts `batch_steps`
+(batched forward passes) and `batched_tokens` (the rows they held).
+
+Everything the thread does to a run goes through `_advance` (one `next()` of the engine's generator,
+or a `send` of its step's logits) and `_pick` (what goes next: a call, a whole run, a step of one
+run, or a batch); speculative decoding stays inside the engine's generator (a step that may yield
+several tokens), so the runner's contract (pieces, a `Completion`, a step count) does not change.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import threading
@@ -151,9 +164,24 @@ class RunRequest:
     model: Any = None  # the engine to run it on; None: the runner's
 
 
-def _start_generation(model: Any, request: GenerationRequest) -> Generator[str, None, Any]:
-    """The engine's generator for `request`: `model.run(request)`, or for an engine with only the
-    keyword API, `model.stream(prompt, **fields)`."""
+def batches(model: Any) -> bool:
+    """Whether `model` can run stepped runs as a batch: it has `decode_batch(steps)` and a `run`
+    that takes `batch` (`run(request, batch=True)` yields step requests for it, see the module
+    docstring). A wrapper that forwards `decode_batch` but overrides `run` without `batch` does not."""
+    run = getattr(model, "run", None)
+    if not callable(getattr(model, "decode_batch", None)) or not callable(run):
+        return False
+    try:
+        return "batch" in inspect.signature(run).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+
+
+def _start_generation(model: Any, request: GenerationRequest, batch: bool = False) -> Generator[Any, Any, Any]:
+    """The engine's generator for `request`: `model.run(request)` (in batch mode where asked and the
+    engine `batches`), or for an engine with only the keyword API, `model.stream(prompt, **fields)`."""
+    if batch and batches(model):
+        return model.run(request, batch=True)
     run = getattr(model, "run", None)
     if callable(run):
         return run(request)
@@ -188,15 +216,16 @@ class Run:
         self.runner, self.request, self.sink, self.seq = runner, request, sink, seq
         self.model = request.model if request.model is not None else runner.model
         self.state: State = "queued"
-        self.steps = 0  # engine steps (next() calls) this run took
+        self.steps = 0  # engine steps that gave a piece (next() calls, or batched steps' sends)
         self.created = time.monotonic()
         self.started: float | None = None
         self.finished: float | None = None
         self.finish_reason: str | None = None
         self.completion_tokens: int | None = None
         self.prompt_tokens: int | None = None
-        self.gen: Generator[str, None, Any] | None = None
+        self.gen: Generator[Any, Any, Any] | None = None
         self.began = False  # the engine's generator was started
+        self.pending: Any = None  # parked: the step request (a DecodeStep) it waits on, run in a batch
         self.buffer: deque[str] = deque()
         self.done = False
         self.value: Any = None  # the generator's return value (a Completion)
@@ -265,9 +294,11 @@ class ModelRunner:
         max_queue: int = 64,
         name: str = "demi-model",
         recent: int = RECENT,
+        batching: bool = True,
     ):
         self.model = model
         self.name = name
+        self.batching = batching  # run stepped runs as batches on engines that can (see the module docstring)
         self.live_limit = None if max_live is None else max(1, int(max_live))
         self.max_queue = max(0, int(max_queue))
         self._cv = threading.Condition()
@@ -291,6 +322,8 @@ class ModelRunner:
             "cached_tokens": 0,
             "shifted_tokens": 0,
         }
+        self.batch_steps = 0  # batched forward passes (`decode_batch` calls)
+        self.batched_tokens = 0  # the decode steps they held, all runs together
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
 
     # -- configuration ------------------------------------------------------------------------------
@@ -488,6 +521,8 @@ class ModelRunner:
                 "max_queue": self.max_queue,
                 "engine_capacity": engine_capacity(self.model),
                 **self.counts,
+                "batch_steps": self.batch_steps,
+                "batched_tokens": self.batched_tokens,
                 "active_jobs": [r.summary() for r in self._live],
                 "recent": list(self.recent),
             }
@@ -512,9 +547,27 @@ class ModelRunner:
         ready = [r for r in self._live if r.runnable and not r.request.whole]
         if not ready:
             return None
-        run = min(ready, key=lambda r: (r.closing is None, r.priority, r.turn))  # close the cancelled first
-        run.turn = next(self._turns)
-        return "step", run
+        closing = [r for r in ready if r.closing is not None]
+        if closing:  # close the cancelled first, parked or not: they leave before the next batch
+            run = min(closing, key=lambda r: r.turn)
+            run.turn = next(self._turns)
+            return "step", run
+        # Candidates: each run that is not parked, and per engine the batch of its parked runs, which
+        # takes its turn as one unit (its members' best priority, their oldest turn).
+        options: list[tuple[tuple[int, int], str, Any]] = [
+            ((r.priority, r.turn), "step", r) for r in ready if r.pending is None
+        ]
+        groups: dict[int, list[Run]] = {}
+        for r in ready:
+            if r.pending is not None:
+                groups.setdefault(id(r.model), []).append(r)
+        for members in groups.values():
+            options.append(((min(r.priority for r in members), min(r.turn for r in members)), "batch", members))
+        _, kind, item = min(options, key=lambda option: option[0])
+        turn = next(self._turns)
+        for r in item if kind == "batch" else [item]:
+            r.turn = turn
+        return kind, item
 
     def _loop(self) -> None:
         while True:
@@ -535,6 +588,8 @@ class ModelRunner:
                         fut.set_exception(exc)
             elif kind == "whole":
                 self._run_whole(item)
+            elif kind == "batch":
+                self._batch(item)
             else:
                 self._step(item)
 
@@ -544,7 +599,8 @@ class ModelRunner:
             self._finish(run, "dropped", error=run.closing or RunCancelled("cancelled before it started"))
             return False
         try:
-            run.gen = _start_generation(run.model, run.request.generation)
+            batch = self.batching and not run.request.whole
+            run.gen = _start_generation(run.model, run.request.generation, batch)
         except Exception as exc:  # noqa: BLE001 - the reader gets it
             self._fail(run, exc)
             return False
@@ -554,17 +610,19 @@ class ModelRunner:
             self.runs_started += 1
         return True
 
-    def _advance(self, run: Run) -> tuple[bool, Any]:
-        """One engine step of `run` (the seam where batched and speculative steps plug in):
-        (True, piece), or (False, the generation's return value) at its end."""
+    def _advance(self, run: Run, reply: Any = None) -> tuple[bool, Any]:
+        """One engine step of `run`: `next()` of its generator, or with `reply` (a batched step's
+        logits) `send(reply)`. (True, a piece or a step request), or (False, the generation's return
+        value) at its end."""
         assert run.gen is not None
         try:
-            piece = next(run.gen)
+            piece = next(run.gen) if reply is None else run.gen.send(reply)
         except StopIteration as done:
             run.gen = None
             return False, done.value
-        run.steps += 1
-        self.steps += 1
+        if isinstance(piece, str):
+            run.steps += 1
+            self.steps += 1
         return True, piece
 
     def _run_whole(self, run: Run) -> None:
@@ -581,6 +639,8 @@ class ModelRunner:
                 if not more:
                     self._done(run, value)
                     return
+                if not isinstance(value, str):  # whole runs are started without batch mode
+                    raise TypeError(f"the engine yielded {type(value).__name__}, not text, to a whole run")
                 if value:
                     if on_text is not None:
                         on_text(value)
@@ -590,7 +650,33 @@ class ModelRunner:
             self._close(run)
             self._fail(run, exc)
 
-    def _step(self, run: Run) -> None:
+    def _batch(self, runs: list[Run]) -> None:
+        """One batched step: the parked `runs` (of one engine) have their step requests run by one
+        `decode_batch` call; each is sent its logits (its next piece) and advanced once more, to its
+        next step request (or its end, or a step of its own such as a speculative check)."""
+        model = runs[0].model
+        steps = [r.pending for r in runs]
+        for r in runs:
+            r.pending = None
+        try:
+            outputs = list(model.decode_batch(steps))
+            if len(outputs) != len(runs):
+                raise RuntimeError(f"decode_batch answered {len(outputs)} steps for {len(runs)}")
+        except Exception as exc:  # noqa: BLE001 - every member's reader gets it; the thread keeps serving
+            for r in runs:
+                self._close(r)
+                self._fail(r, exc)
+            return
+        with self._cv:
+            self.batch_steps += 1
+            self.batched_tokens += len(runs)
+        for r, logits in zip(runs, outputs):
+            self._step(r, logits)
+            if not r.done and r.gen is not None and r.pending is None and r.runnable and r.closing is None:
+                self._step(r)
+
+    def _step(self, run: Run, reply: Any = None) -> None:
+        """One step of one run (`reply`: its batched step's logits), its piece delivered."""
         if run.closing is not None:
             self._close(run)
             self._finish(run, "cancelled" if run.began else "dropped", error=run.closing)
@@ -598,13 +684,15 @@ class ModelRunner:
         if run.gen is None and not self._begin(run):
             return
         try:
-            more, value = self._advance(run)
+            more, value = self._advance(run, reply)
         except Exception as exc:  # noqa: BLE001 - reported to the reader; the thread keeps serving
             self._close(run)
             self._fail(run, exc)
             return
         if not more:
             self._done(run, value)
+        elif not isinstance(value, str):
+            run.pending = value  # parked: it waits for the next batch
         elif run.sink is not None:
             if value:
                 run.sink("piece", value)

@@ -43,7 +43,7 @@ def register(sub, common) -> None:
         "--parallel",
         type=int,
         default=4,
-        help="generations advanced at once, round-robin (capped by the engine's KV slots; default 4)",
+        help="generations advanced at once, their decode steps batched (capped by the engine's KV slots; default 4)",
     )
     s.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot (default 64)")
     s.add_argument(

@@ -4,6 +4,11 @@ This is the in-process engine the session layer talks to. It owns one KV cache s
 the context it was loaded for and reuses it across requests, turns token ids into text
 pieces that never split a character, and cuts the text at stop strings without ever
 streaming part of one.
+
+Continuous batching: `run(request, batch=True)` gives a generator that also yields `DecodeStep`s
+(see batch.py), each waiting for its logits; a scheduler that holds several such runs sends them
+what `decode_batch` computed for all their steps at once. The model runner does this for its
+stepped runs (assistant/runner.py).
 """
 
 from __future__ import annotations
@@ -14,17 +19,19 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
 
+from demi.model.batch import DecodeStep, decode_batch
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.generate import (
     PAD_BUCKETS,
     GenerationRequest,
     Run,
+    decode_one_token,
     generate,
     max_padding,
     padded_rows,
@@ -188,11 +195,19 @@ class LocalModel:
         """`run` with the request's fields as keywords (see `GenerationRequest`)."""
         return self.run(GenerationRequest(prompt, **fields))
 
-    def run(self, request: GenerationRequest) -> Generator[str, None, Completion]:
+    @overload
+    def run(self, request: GenerationRequest, batch: Literal[False] = False) -> Generator[str, None, Completion]: ...
+
+    @overload
+    def run(self, request: GenerationRequest, batch: Literal[True]) -> Generator[str | DecodeStep, Any, Completion]: ...
+
+    def run(self, request: GenerationRequest, batch: bool = False) -> Generator[str | DecodeStep, Any, Completion]:
         """Yield text pieces; the finished `Completion` is the generator's return value.
 
         `request.heal` is text cut off the end of the prompt (token healing, see `healing.py`): the
-        first tokens are constrained to spell it and it is not part of the answer."""
+        first tokens are constrained to spell it and it is not part of the answer. With `batch`, the
+        generator also yields a `DecodeStep` for each one-token decode step and must then be sent
+        that step's logits (one of `decode_batch`'s rows); it yields only text without."""
         started = time.monotonic()
         ids = self.encode(request.prompt, request.add_special_tokens)
         if request.max_new_tokens < 0:
@@ -215,28 +230,48 @@ class LocalModel:
             max_pad=self.max_pad,
             constraint=constraint,
             started=started,
+            batch=batch,
         )
         try:
             return (yield from self._generate(request, run, slot.cache))
         finally:
             self.prefix_cache.release(slot, ids + run.tokens)
 
-    def _generate(self, request: GenerationRequest, run: Run, cache: KVCache) -> Generator[str, None, Completion]:
+    @torch.inference_mode()
+    def decode_batch(self, steps: list[DecodeStep]) -> list[torch.Tensor]:
+        """Run the decode steps of several batch-mode runs (`run(..., batch=True)`) as one batch:
+        the logits [1, V] to send each of them, in order."""
+        if len(steps) == 1:  # a batch of one: the plain step
+            step = steps[0]
+            return [decode_one_token(self.model, step.token.view(1, 1), step.pos, step.cache)]
+        tokens = torch.cat([step.token.reshape(1) for step in steps])
+        logits = decode_batch(self.model, tokens, [s.pos for s in steps], [s.cache for s in steps])
+        return list(logits.split(1))
+
+    def _generate(
+        self, request: GenerationRequest, run: Run, cache: KVCache
+    ) -> Generator[str | DecodeStep, Any, Completion]:
         """`generate`'s tokens as text pieces, cut at the request's stop strings (never streaming part
-        of one); returns the Completion."""
+        of one); returns the Completion. A batch-mode run's decode steps pass through to the driver
+        and its logits back."""
         heal, stops = request.heal, [s for s in (request.stop or []) if s]
         # With healing the window starts in the prompt, so a SentencePiece decoder keeps the space.
         decoder = StreamDecoder(self.tokenizer, prefix_ids=run.ids[-4:] if heal else ())
         raw, text, sent, first = "", "", 0, None
         tokens = generate(self.model, request, cache, run)
+        reply = None  # a decode step's logits, from the batching driver
         while True:
             try:
-                token = next(tokens)
+                token = tokens.send(reply)
             except StopIteration as end:  # generate's return value: why it ended
                 reason = end.value
                 raw += decoder.flush()
                 text = _unhealed(raw, heal)
                 break
+            reply = None
+            if isinstance(token, DecodeStep):
+                reply = yield token
+                continue
             if token is None:  # between prefill chunks: let a scheduler run something else
                 yield ""
                 continue

@@ -14,6 +14,11 @@ the longest run the model agrees with is kept, so one step yields 1 to k+1 token
 the plain loop's, token for token; sampled output follows the same distribution (`accept_draft`).
 No speculation with a repetition penalty (each accepted token would change the next row's
 penalty), nor while a token-healing constraint is still spelling its text.
+
+With `Run.batch` (continuous batching, see batch.py), `generate` does not run its one-token decode
+steps itself: it yields a `batch.DecodeStep` and the driver sends back that step's logits, computed
+together with other sequences' steps (`batch.decode_batch`). Prefill and speculative verification
+passes stay the run's own. Without it (the default) the loop is the plain one.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from demi.model.batch import DecodeStep, decode_rows
 from demi.model.cancel import CancelToken
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.healing import ForcedPrefix
 from demi.model.lookup import PromptLookup
-from demi.model.quantize import DECODE_ROWS, RescoredHead
+from demi.model.quantize import RescoredHead
 
 MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (as vLLM does)
 # A prefill that starts after cached tokens needs an explicit mask, and SDPA with a mask runs at
@@ -154,6 +160,7 @@ class Run:
     drafted: int = 0
     accepted: int = 0
     steps: int = 0
+    batch: bool = False  # yield a DecodeStep for each one-token decode step (a batching driver runs it)
 
     def speculation(self) -> dict[str, int] | None:
         """What speculative decoding did (for `Completion.extra`), or None when it was off."""
@@ -252,9 +259,7 @@ def max_verify_rows(model: Transformer) -> int | None:
     the ones a decode step of that token gives (greedy output must not change): a quantized CPU
     model runs its decode kernels, which work row by row, only up to DECODE_ROWS rows; more go
     through the prefill path, whose rounding differs (measured: a near-tie on demi-tiny int8 flipped)."""
-    if getattr(model, "quantization", "none") in ("int8", "int4") and model.device.type == "cpu":
-        return DECODE_ROWS
-    return None
+    return decode_rows(model)
 
 
 def verify_logits(model: Transformer, tokens: Tensor, pos: int, cache: KVCache) -> Tensor:
@@ -269,10 +274,15 @@ def verify_logits(model: Transformer, tokens: Tensor, pos: int, cache: KVCache) 
     return head(hidden)[0].float()
 
 
+# What `generate` yields: a token id, None between prefill chunks, or (batch mode) a decode step to
+# be run by the driver, which sends its logits [1, V] back.
+Yielded = int | None | DecodeStep
+
+
 @torch.inference_mode()
 def generate(
     model: Transformer, request: GenerationRequest, cache: KVCache | None = None, run: Run | None = None
-) -> Generator[int | None, None, str]:
+) -> Generator[Yielded, Tensor | None, str]:
     """Yield up to `request.max_new_tokens` new token ids after the prompt; return why it ended:
     "stop" (a stop token, yielded last), "length", "cancelled" or "time".
 
@@ -280,7 +290,8 @@ def generate(
     one); `cache` (a fresh one without) may already hold `run.reuse` of its leading tokens, which
     are then not prefilled again. With `run.chunk`, a long prompt is prefilled that many tokens at
     a time and None is yielded between chunks, so a scheduler can interleave other work and a
-    cancellation lands within one chunk instead of after the whole prompt.
+    cancellation lands within one chunk instead of after the whole prompt. With `run.batch`, each
+    one-token decode step is yielded as a `DecodeStep` and its logits are what the driver sends.
     """
     run = run if run is not None else Run.of(request)
     ids, s = run.ids, request.sampling
@@ -322,8 +333,19 @@ def generate(
             break
         if s.repetition_penalty != 1.0:  # the history is only needed for the penalty
             seen = torch.cat([seen, nxt.view(1, 1)], dim=1)
-        logits = decode_one_token(model, nxt.view(1, 1), pos, cache)
+        if run.batch:
+            logits = yield from _batched_step(nxt.view(1, 1), pos, cache)
+        else:
+            logits = decode_one_token(model, nxt.view(1, 1), pos, cache)
     return "length"
+
+
+def _batched_step(token: Tensor, pos: int, cache: KVCache) -> Generator[DecodeStep, Tensor | None, Tensor]:
+    """Hand one decode step to the batching driver; the logits [1, V] it sends back."""
+    logits = yield DecodeStep(token, pos, cache)
+    if logits is None:
+        raise RuntimeError("a batched generation was resumed without its decode step's logits")
+    return logits
 
 
 def _decode_speculative(
@@ -335,7 +357,7 @@ def _decode_speculative(
     seen: Tensor,
     generator: torch.Generator | None,
     end: int,
-) -> Generator[int, None, str]:
+) -> Generator[int | DecodeStep, Tensor | None, str]:
     """`generate`'s decode loop with prompt lookup drafts (`run.speculate` = k of them at most).
 
     Each step: pick the next token as the plain loop does (or take the one a rejected draft left),
@@ -368,8 +390,11 @@ def _decode_speculative(
         drafts = [] if healing else lookup.propose(min(run.speculate, end - pos - 1))
         rows = torch.tensor([[token, *drafts]], device=model.device)
         run.steps += 1
-        if not drafts:
-            logits = decode_one_token(model, rows, pos, cache)
+        if not drafts:  # nothing to verify: a plain step, batched with others' in batch mode
+            if run.batch:
+                logits = yield from _batched_step(rows, pos, cache)
+            else:
+                logits = decode_one_token(model, rows, pos, cache)
             pos += 1
             continue
         out = verify_logits(model, rows, pos, cache)  # [1 + drafts, V]

@@ -427,6 +427,8 @@ class Stats(_Doc):
     prompt_tokens: int
     cached_tokens: int
     shifted_tokens: int = Field(default=0, description="prompt tokens reused from a shifted KV run (cache_shift)")
+    batch_steps: int = Field(default=0, description="continuous batching: batched decode passes")
+    batched_tokens: int = Field(default=0, description="continuous batching: decode steps those passes held")
     active_jobs: list[JobSummary]
     recent: list[JobSummary]
 

@@ -1,0 +1,136 @@
+"""Continuous batching, the engine's half: one decode step for several sequences at once.
+
+Decoding on a CPU is bound by memory bandwidth: every token reads every weight. B sequences
+decoded together read each weight once for all of them. `decode_batch` runs the linear layers
+(qkv, o_proj, the MLP, the LM head) on the B rows in one call each, and attention per sequence,
+each against its own KV cache at its own position with its own rotation and mask, so a row's
+logits are what that sequence's own `generate.decode_one_token` gives.
+
+A generation in batch mode (`generate.Run.batch`) does not run its decode steps itself: it yields
+a `DecodeStep` and waits to be sent that step's logits. The scheduler (assistant/runner.py)
+collects the steps its live runs are waiting on, has `LocalModel.decode_batch` run them together,
+and sends each run its row. Everything else about a run (sampling, token healing, stop tokens and
+strings, cancellation, deadlines, speculative verification) stays in its own generator.
+
+Exactness: on a quantized CPU model the native kernels take up to `DECODE_ROWS` rows and work row
+by row, so each row is bit for bit a one-row step; bigger batches are cut into groups of that many.
+The int8 head's int4 shadow (`RescoredHead`) is run on all rows at once and rescored row by row, as
+its one-row path does. A mixture of experts runs per row (each row picks its own experts anyway).
+Float (fp32/bf16) matmuls may round a many-row product differently from a one-row one (a
+different kernel blocking), so there greedy output matches a lone run except on near-ties: the
+tests compare logits with a tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from demi.model.decoder import Attention, Block, KVCache, Transformer, attention_mask
+from demi.model.quantize import DECODE_ROWS, RescoredHead
+
+__all__ = ["DecodeStep", "decode_batch", "decode_rows"]
+
+
+@dataclass(eq=False)
+class DecodeStep:
+    """One sequence's next decode step, yielded by a generation in batch mode: `token` [1, 1] at
+    position `pos`, its keys and values to be written into `cache`. Send the logits [1, V] back."""
+
+    token: Tensor
+    pos: int
+    cache: KVCache
+
+
+def decode_rows(model: Transformer) -> int | None:
+    """The most rows one pass may hold so that each row is computed as a one-row decode step: a
+    quantized CPU model's native kernels work row by row only up to DECODE_ROWS rows (more go
+    through the prefill path, whose rounding differs); None: no limit."""
+    if getattr(model, "quantization", "none") in ("int8", "int4") and model.device.type == "cpu":
+        return DECODE_ROWS
+    return None
+
+
+@torch.inference_mode()
+def decode_batch(model: Transformer, tokens: Tensor, positions: list[int], caches: list[KVCache]) -> Tensor:
+    """Logits [B, V] (fp32) after each of `tokens` [B], sequence i's token at `positions[i]`, its
+    keys and values written into `caches[i]` (whose length becomes positions[i] + 1)."""
+    if not len(positions) == len(caches) == tokens.numel():
+        raise ValueError("decode_batch needs one position and one cache per token")
+    if len(set(map(id, caches))) != len(caches):
+        raise ValueError("decode_batch needs a cache of its own for every sequence")
+    limit = decode_rows(model) or len(positions)
+    flat = tokens.reshape(-1)
+    parts = [
+        _decode(model, flat[lo : lo + limit], positions[lo : lo + limit], caches[lo : lo + limit])
+        for lo in range(0, len(positions), limit)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _decode(model: Transformer, tokens: Tensor, positions: list[int], caches: list[KVCache]) -> Tensor:
+    if len(positions) == 1:  # a batch of one is exactly the plain step
+        return model(tokens.view(1, 1), start=positions[0], cache=caches[0])[:, -1].float()
+    b = len(positions)
+    x = model.model.embed_tokens(tokens.view(b, 1))
+    table = model.rotary_table(x.device)
+    rotations = [table.lookup(p, 1, x.device) for p in positions]
+    # [B, 1, 1, rot]: row i's rotation broadcast over its heads (apply_rotary takes x [B, heads, 1, D])
+    cos = torch.stack([c for c, _ in rotations]).unsqueeze(1).to(x.dtype)
+    sin = torch.stack([s for _, s in rotations]).unsqueeze(1).to(x.dtype)
+    window = model.config.sliding_window
+    masks = [attention_mask(p, 1, window, x.device) for p in positions]
+    for layer in model.model.layers:
+        assert isinstance(layer, Block)
+        x = x + _attend(layer.self_attn, layer.input_layernorm(x), cos, sin, positions, caches, masks)
+        h = layer.post_attention_layernorm(x)
+        if layer.is_moe:  # each row routes to its own experts, as a one-row step does
+            x = x + torch.cat([layer.block_sparse_moe(h[i : i + 1])[0] for i in range(b)])
+        else:
+            x = x + layer.mlp(h)
+    for pos, cache in zip(positions, caches):
+        cache.length = pos + 1
+    return _head(model.lm_head, model.model.norm(x))
+
+
+def _attend(
+    attn: Attention,
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    positions: list[int],
+    caches: list[KVCache],
+    masks: list[Tensor | None],
+) -> Tensor:
+    """Attention's forward for B sequences of one token: q, k, v and the output projection for all
+    rows in one matmul each, attention row by row against each sequence's own cache."""
+    b = x.shape[0]
+    q, k, v = attn.qkv(x, cos, sin)  # [B, heads, 1, D]
+    gqa = attn.n_kv != attn.n_heads
+    rows = []
+    for i, (pos, cache, mask) in enumerate(zip(positions, caches, masks)):
+        keys, values = cache.update(attn.layer, pos, k[i : i + 1], v[i : i + 1])
+        rows.append(F.scaled_dot_product_attention(q[i : i + 1], keys, values, attn_mask=mask, enable_gqa=gqa))
+    y = torch.cat(rows)
+    return attn.o_proj(y.transpose(1, 2).reshape(b, 1, -1))
+
+
+def _head(head: torch.nn.Module, hidden: Tensor) -> Tensor:
+    """Logits [B, V] (fp32) for hidden [B, 1, H]. An int8 head with an int4 shadow (`RescoredHead`)
+    runs the shadow once for every row, then rescores each row's candidates from the exact int8 rows
+    as its one-row path does (its many-row path is exact int8 throughout, which a lone decode step
+    never runs)."""
+    if not isinstance(head, RescoredHead):
+        return head(hidden)[:, -1].float()
+    x2 = hidden.reshape(-1, head.in_features)
+    shadow = head.shadow(x2)
+    out = []
+    for i in range(x2.shape[0]):
+        top = shadow[i : i + 1].topk(head.candidates, dim=-1).indices[0]
+        rows = head.exact.weight.index_select(0, top).float()
+        exact = (x2[i : i + 1].float() @ rows.T) * head.exact.weight_scale.index_select(0, top)
+        out.append(shadow[i : i + 1].float().index_copy_(1, top, exact))
+    return torch.cat(out)
