@@ -28,7 +28,8 @@ demo: $(STAMP)
 	$(BIN)/demi explain --model demi-tiny $(EXAMPLE) --symbol reserve --max-tokens 48 --no-history
 
 # The VS Code extension's type check runs when npm is here (its test is skipped otherwise). Tools
-# the tests drive are installed here as root with apt when missing: headless Neovim (the editor
+# the tests drive are installed here as root with apt when missing: zsh and fish (the shell
+# completion tests), headless Neovim (the editor
 # tests in tests/lsp/test_lsp_editors.py), and Debian's aarch64 cross compiler with qemu-user (the
 # ARM kernels, checked under emulation in tests/model/test_native_arm.py), and cmake with a C++
 # compiler for the model servers the remote-engine tests talk to: `tests/peers.py install` builds
@@ -43,6 +44,8 @@ test: check
 	command -v qemu-aarch64 >/dev/null || missing="$$missing qemu-user"; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v zsh >/dev/null || missing="$$missing zsh"; \
+	command -v fish >/dev/null || missing="$$missing fish"; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null 2>&1 \
 	    || echo "could not install$$missing: the tests that need them skip"; \

@@ -601,6 +601,7 @@ def main(argv: list[str] | None = None, engine_factory: Callable[[LspSettings], 
         "completion, code actions to explain and refactor.",
     )
     add_arguments(p)
+    p.add_argument("--version", action="version", version=f"demi-lsp {_version()}")
     args = p.parse_args(argv)
     return serve(args, engine_factory)
 

@@ -362,7 +362,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from demi import __version__
+
+    parser = build_parser()
+    parser.add_argument("--version", action="version", version=f"demi-chat {__version__}")
+    args = parser.parse_args(argv)
     try:
         return run(args)
     except DemiUserError as exc:

@@ -1,0 +1,146 @@
+"""Installing Demi as a user does (`pipx install .`, `uv tool install .`): the project is built into a
+wheel and an sdist by its own build backend, the wheel is installed into a fresh virtual environment,
+and the console scripts it puts on PATH run from there: `demi`, `demi-lsp` and `demi-chat --version`,
+`demi completion bash`. The wheel is installed with --no-deps and the fresh environment sees this
+environment's site-packages through a .pth file, so nothing (torch above all) is downloaded; the
+package itself must come from the wheel, never from this checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+VERSION = PYPROJECT["project"]["version"]
+SCRIPTS = sorted(PYPROJECT["project"]["scripts"])
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory) -> dict[str, Path]:
+    """The wheel and the sdist, built by the build backend from a copy of the files they are made of
+    (so the build's scratch folders never land in the checkout)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    for folder in set(PYPROJECT["tool"]["setuptools"]["package-dir"].values()):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+    out = tmp_path_factory.mktemp("dist")
+    built = {}
+    for kind in ("wheel", "sdist"):  # one process per hook, as build front ends call them
+        hook = f"import sys; from setuptools import build_meta as b; print('built', b.build_{kind}(sys.argv[1]))"
+        proc = _run([sys.executable, "-c", hook, str(out)], cwd=src)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        name = [line for line in proc.stdout.splitlines() if line.startswith("built ")][-1].split()[1]
+        built[kind] = out / name
+        assert built[kind].is_file(), sorted(p.name for p in out.iterdir())
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv(dists, tmp_path_factory) -> Path:
+    """A fresh virtual environment with only the wheel installed; its dependencies resolve from this
+    environment's site-packages (a .pth line), which holds no `demi` of its own on that path."""
+    home = tmp_path_factory.mktemp("venv")
+    path = home / "env"
+    proc = _run([sys.executable, "-m", "venv", "--without-pip", str(path)], cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    python = path / "bin" / "python"
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index"]
+    proc = _run([*install, "--disable-pip-version-check", "-q", str(dists["wheel"])], cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=home)
+    ours = sysconfig.get_paths()
+    lines = dict.fromkeys([ours["purelib"], ours["platlib"]])
+    (Path(site.stdout.strip()) / "demi-test-deps.pth").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_wheel_declares_license_scripts_and_dependencies(dists):
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        info = f"demi-{VERSION}.dist-info"
+        names = whl.namelist()
+        meta = whl.read(f"{info}/METADATA").decode()
+        entry_points = whl.read(f"{info}/entry_points.txt").decode()
+        license_text = whl.read(f"{info}/licenses/LICENSE").decode()
+    headers = meta.split("\n\n", 1)[0].splitlines()
+    assert "License-Expression: Apache-2.0" in headers
+    assert "License-File: LICENSE" in headers
+    assert any(h.startswith("Requires-Dist: shtab") for h in headers)
+    assert license_text == (ROOT / "LICENSE").read_text() and "Apache License" in license_text
+    for script in SCRIPTS:
+        assert f"{script} = {PYPROJECT['project']['scripts'][script]}" in entry_points
+    # the built-in model travels with the package: `demi` works with nothing downloaded
+    assert any(n.startswith("demi/model/builtin/") and n.endswith(".safetensors") for n in names)
+    assert not any("__pycache__" in n for n in names)
+
+
+def test_sdist_carries_the_license(dists):
+    with tarfile.open(dists["sdist"]) as sdist:
+        names = sdist.getnames()
+        pkg_info = sdist.extractfile(f"demi-{VERSION}/PKG-INFO").read().decode()  # type: ignore[union-attr]
+    assert f"demi-{VERSION}/LICENSE" in names
+    assert "License-Expression: Apache-2.0" in pkg_info.split("\n\n", 1)[0].splitlines()
+
+
+def test_the_package_comes_from_the_wheel(venv, tmp_path):
+    probe = "import demi, importlib.metadata as m; print(demi.__file__); print(m.version('demi'))"
+    proc = _run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    where, version = proc.stdout.split()
+    assert Path(where).is_relative_to(venv) and version == VERSION
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_console_scripts_print_the_version(venv, tmp_path, script):
+    assert SCRIPTS == ["demi", "demi-chat", "demi-lsp"]
+    proc = _run([str(venv / "bin" / script), "--version"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{script} {VERSION}\n"
+
+
+@pytest.mark.parametrize(
+    ("module", "prog"), [("demi.cli.main", "demi"), ("demi.lsp.server", "demi-lsp"), ("demi.tui.app", "demi-chat")]
+)
+def test_version_does_not_load_torch(venv, tmp_path, module, prog):
+    """`--version` (what an editor or an install check runs first) answers without loading the engine."""
+    probe = (
+        "import sys; from importlib import import_module\n"
+        f"sys.argv = [{prog!r}, '--version']\n"
+        "try:\n"
+        f"    import_module({module!r}).main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
+    )
+    proc = _run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{prog} {VERSION}", "torch not loaded"]
+
+
+def test_installed_demi_prints_a_completion_script_bash_accepts(venv, tmp_path):
+    bash = shutil.which("bash")
+    assert bash, "bash is needed to check the completion script"
+    demi = venv / "bin" / "demi"
+    proc = _run([bash, "-c", f"source <({demi} completion bash) && complete -p demi"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(" demi") and "-F _shtab_demi" in proc.stdout
