@@ -1,4 +1,8 @@
-"""`complete`: FIM at a position, stopped early at the end of the block, then post-processed."""
+"""`complete`: FIM at a position, stopped early at the end of the block, then post-processed.
+
+The last step (`demi.assistant.overlap`) weighs the suggestion against the text right of the
+cursor: one that repeats it is dropped, one that rewrites it replaces it (`replace` characters).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from demi.assistant.context import RecentFiles, fim_context
 from demi.assistant.document import Document
+from demi.assistant.overlap import resolve_overlap
 from demi.assistant.postprocess import BlockWatcher, decide_mode, postprocess
 from demi.assistant.prompts import instruct_warning
 from demi.assistant.syntax import Syntax, parse
@@ -35,6 +40,12 @@ class CompletionResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     speculation: dict[str, int] | None = None  # speculative decoding's figures (None: off)
+    replace: int = 0  # characters right of the cursor (on its line) the completion replaces
+
+    @property
+    def replace_end(self) -> tuple[int, int]:
+        """(line, col), 1-based, where the replaced text ends: (line, col) itself when nothing is."""
+        return self.line, self.col + self.replace
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +64,8 @@ class CompletionResult:
             "notes": self.notes,
             "warnings": self.warnings,
             "speculation": self.speculation,
+            "replace": self.replace,
+            "replace_end": {"line": self.replace_end[0], "col": self.replace_end[1]},
         }
 
 
@@ -68,7 +81,8 @@ def complete(
     time_budget: float | None = None,
     syntax: Syntax | None = None,
 ) -> CompletionResult:
-    """The text to insert at character `offset` of `doc` (`syntax`: `doc` already parsed, to reuse)."""
+    """The text to insert at character `offset` of `doc`, in place of the result's `replace`
+    characters after it (`syntax`: `doc` already parsed, to reuse)."""
     started = time.monotonic()
     info = engine.info()
     if info.context:  # room for the template's markers and the file path too
@@ -101,6 +115,9 @@ def complete(
         time_budget=time_budget,
     )
     processed = postprocess(prefix_tail, result.text, suffix_head, doc.lang, mode)
+    overlap = resolve_overlap(prefix_tail, processed.text, suffix_head, doc.lang)
+    if overlap.action != "insert":  # it repeats the text right of the cursor, or replaces it
+        processed.steps.append(f"overlap_{overlap.action}")
     warnings = []
     if info.instruct:
         warnings.append(instruct_warning(info.name))
@@ -114,7 +131,7 @@ def complete(
     line, col = doc.position(offset)
     tokens = result.extra.get("completion_tokens", result.completion_tokens)
     return CompletionResult(
-        processed.text,
+        overlap.text,
         result.text,
         mode,
         processed.steps,
@@ -129,4 +146,5 @@ def complete(
         ctx.notes,
         warnings,
         result.extra.get("speculation"),
+        overlap.replace,
     )

@@ -6,6 +6,8 @@ characters that begin the suggestion, and the text after the cursor is unchanged
 is the rest of the suggestion, with no model run. Brackets and quotes an editor auto-closes
 while the user types (`(` brings a `)` after the cursor) are accepted when the rest of the
 suggestion's line ends with them; the answer then replaces them, so nothing is doubled.
+A suggestion that replaces text right of the cursor (`demi.assistant.overlap`) keeps replacing
+the same text while the user types into it, as long as that text is unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Entry:
     before: str
     after: str
     text: str
+    replace: int = 0  # characters of `after` the suggestion replaces
 
 
 @dataclass
@@ -37,11 +40,11 @@ class CompletionCache:
         self.hits = 0
         self.misses = 0
 
-    def put(self, uri: str, before: str, after: str, text: str) -> None:
+    def put(self, uri: str, before: str, after: str, text: str, replace: int = 0) -> None:
         with self._lock:
             entries = self._docs.pop(uri, [])
             entries = [e for e in entries if not (e.before == before and e.after == after)]
-            entries.append(Entry(before, after, text))
+            entries.append(Entry(before, after, text, replace))
             self._docs[uri] = entries[-self.per_document :]
             while len(self._docs) > self.documents:
                 self._docs.popitem(last=False)
@@ -76,8 +79,8 @@ def _match(e: Entry, before: str, after: str) -> Hit | None:
         return None  # typed past the suggestion, or something else
     rest = e.text[len(typed) :]
     if after == e.after:
-        return Hit(rest, 0, len(typed))
-    if not typed or len(after) <= len(e.after) or not after.endswith(e.after):
+        return Hit(rest, e.replace, len(typed))
+    if e.replace or not typed or len(after) <= len(e.after) or not after.endswith(e.after):
         return None
     extra = after[: len(after) - len(e.after)]  # what the editor inserted after the cursor meanwhile
     first_line = rest.split("\n", 1)[0]

@@ -84,7 +84,7 @@ def windowed(snap: Snapshot) -> Snapshot:
 @dataclass
 class Outcome:
     text: str  # to insert at the cursor
-    replace: int = 0  # characters after the cursor it replaces
+    replace: int = 0  # characters after the cursor it replaces (on the cursor's line)
     source: str = "model"  # model | cache | stale | disabled
     seconds: float = 0.0
     result: Any = None  # the CompletionResult, for a model answer
@@ -231,7 +231,7 @@ class CompletionService:
         self.stats.last_mode = result.mode
         self.stats.last_job_ms = round(seconds * 1000, 1)
         if result.finish_reason in ("stop", "length"):  # not a cut-short answer
-            self.cache.put(snap.uri, snap.before, snap.after, result.completion)
+            self.cache.put(snap.uri, snap.before, snap.after, result.completion, result.replace)
         self.debouncer.observed(seconds)
         self.stats.latencies.append(time.monotonic() - started)
         if len(self.stats.latencies) > 1000:
@@ -241,7 +241,7 @@ class CompletionService:
         if version_now() != snap.version:
             self.stats.stale += 1
             return Outcome("", 0, "stale", time.monotonic() - started, result)
-        return Outcome(result.completion, 0, "model", time.monotonic() - started, result)
+        return Outcome(result.completion, result.replace, "model", time.monotonic() - started, result)
 
     # -- the job (a task thread) -----------------------------------------------------------------------
 
