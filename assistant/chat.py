@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from demi.assistant.budget import keep_head
 from demi.assistant.document import Document, parse_line_range
 from demi.assistant.files import MAX_FILE_BYTES
+from demi.assistant.loop_guard import AnswerLoopGuard
 from demi.assistant.prompts import SYSTEM, ChatPrompt
 from demi.assistant.target import resolve_target
 from demi.model.errors import DemiUserError
@@ -422,7 +423,8 @@ def answer(
     sampling: Sampling | None = None,
     time_budget: float | None = None,
 ) -> ChatAnswer:
-    """Stream the model's answer to a prepared prompt; `on_text` gets it piece by piece."""
+    """Stream the model's answer to a prepared prompt; `on_text` gets it piece by piece. An answer
+    that falls into a loop is stopped and ends before the repeats (finish_reason "loop")."""
     began = False
 
     def emit(piece: str) -> None:  # leading blank lines would only push the answer down
@@ -435,14 +437,21 @@ def answer(
 
     if built.max_tokens:
         max_tokens = min(max_tokens, built.max_tokens)
+    guard = AnswerLoopGuard(emit, cancel)
     result = engine.chat(
-        built.prompt, on_text=emit, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel, time_budget=time_budget
+        built.prompt,
+        on_text=guard.push,
+        max_new_tokens=max_tokens,
+        sampling=sampling,
+        cancel=guard.token,
+        time_budget=time_budget,
     )
+    text = guard.finish(result.text)
     info = engine.info()
     return ChatAnswer(
-        result.text.strip(),
+        text.strip(),
         info.name,
-        result.finish_reason,
+        guard.finish_reason(result.finish_reason),
         result.prompt_tokens or built.tokens,
         int(result.extra.get("completion_tokens", result.completion_tokens)),
         result.seconds,

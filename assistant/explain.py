@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from demi.assistant.document import Document
 from demi.assistant.facts import Facts
+from demi.assistant.loop_guard import AnswerLoopGuard
 from demi.assistant.prompts import explain_prompt
 from demi.assistant.target import Target, target_context
 
@@ -185,10 +186,17 @@ def explain(
         if piece:
             emit(piece)
 
+    guard = AnswerLoopGuard(emit_model, cancel)  # a looping explanation is stopped and cut
     result = engine.chat(
-        prompt, on_text=emit_model, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel, time_budget=time_budget
+        prompt,
+        on_text=guard.push,
+        max_new_tokens=max_tokens,
+        sampling=sampling,
+        cancel=guard.token,
+        time_budget=time_budget,
     )
-    model_text = result.text.lstrip()
+    model_text = guard.finish(result.text).lstrip()
+    finish_reason = guard.finish_reason(result.finish_reason)
     if not model_text.strip():
         emit("_(the model wrote nothing)_\n")
     elif not model_text.endswith("\n"):
@@ -198,7 +206,9 @@ def explain(
     notes = []
     if ctx.code_cut:
         notes.append(f"the code was cut to fit {budget} tokens")
-    if result.finish_reason == "length":
+    if finish_reason == "loop":
+        notes.append("the model started repeating itself; the repeats were cut")
+    elif finish_reason == "length":
         notes.append(f"the explanation stopped at --max-tokens {max_tokens}")
     if notes:
         text = "; ".join(notes)
@@ -216,7 +226,7 @@ def explain(
         result.prompt_tokens,
         int(tokens),
         time.monotonic() - started,
-        result.finish_reason,
+        finish_reason,
         notes,
         result.extra.get("speculation"),
     )

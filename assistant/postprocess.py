@@ -12,6 +12,7 @@ mid-expression. Each step here fixes one of those and is tested on golden string
 - `syntax_trim`: with tree-sitter, drop trailing lines that make the file parse worse.
 
 `BlockWatcher` applies the block rule while tokens stream, so generation stops early.
+`loop_tails` and `repeat_hold` also serve `loop_guard`, which guards chat answers and explanations.
 """
 
 from __future__ import annotations
@@ -235,26 +236,65 @@ class BlockWatcher:
 LOOP_MIN_REPEATS, LOOP_MAX_UNIT, LOOP_MIN_SHARE = 4, 40, 0.4
 
 
+def _periodic_start(text: str, unit: int) -> int:
+    """Where the tail of `text` that repeats with period `unit` begins (a first copy included)."""
+    i = len(text) - 1
+    while i >= unit and text[i] == text[i - unit]:
+        i -= 1
+    return i + 1 - unit if i >= unit else 0
+
+
+def _loop_unit(text: str, start: int, unit: int) -> bool:
+    """A unit that can loop: at least two different characters, a letter or digit among them."""
+    chars = set(text[start : start + unit])
+    return len(chars) >= 2 and any(c.isalnum() for c in chars)
+
+
+def loop_tails(
+    text: str,
+    repeats: int = LOOP_MIN_REPEATS,
+    max_unit: int = LOOP_MAX_UNIT,
+    min_share: float = LOOP_MIN_SHARE,
+    min_chars: int | None = None,
+) -> list[tuple[int, int]]:
+    """(start, unit) of every looping tail: the text from `start` on is `repeats` or more copies of
+    one unit of 2 to `max_unit` characters (see `_loop_unit`; maybe a partial copy last), covering
+    at least `min_share` of the text, or at least `min_chars` characters when that is given."""
+    n = len(text)
+    out = []
+    for unit in range(2, min(max_unit, n // repeats) + 1):
+        start = _periodic_start(text, unit)  # text[start:] repeats with period `unit`
+        long_enough = n - start >= min_share * n or (min_chars is not None and n - start >= min_chars)
+        if (n - start) // unit < repeats or not long_enough:
+            continue
+        if _loop_unit(text, start, unit):
+            out.append((start, unit))
+    return out
+
+
 def loop_start(text: str, repeats: int = LOOP_MIN_REPEATS) -> int | None:
     """Where a looping tail begins: the text ends in `repeats` or more copies of one unit of 2-40
     characters, at least two different ones and a letter or digit among them (and maybe a
     partial copy), covering at least 40% of the text; None when it does not. Small models fall
     into such loops and run to the token cap; code that repeats on purpose ("[0, 0, 0, 0]",
     "# ====", "0xffffffff") ends in something else or repeats a single character."""
+    return min((start for start, _ in loop_tails(text, repeats)), default=None)
+
+
+def repeat_hold(text: str, max_unit: int, slack: int) -> int:
+    """How much of a growing text can be passed on without showing more than `slack` characters of
+    the second copy of a loop that may still form: the end of the first copy of every tail that
+    already repeats (period 2 to `max_unit`) for `slack` characters or more, else the whole text.
+    Normal prose holds back little or nothing; a loop's repeats stay held back until it is cut."""
     n = len(text)
-    best: int | None = None
-    for unit in range(2, min(LOOP_MAX_UNIT, n // repeats) + 1):
-        i = n - 1
-        while i >= unit and text[i] == text[i - unit]:
-            i -= 1
-        start = i + 1 - unit if i >= unit else 0  # text[start:] repeats with period `unit`
-        if (n - start) // unit < repeats or n - start < LOOP_MIN_SHARE * n:
+    hold = n
+    for unit in range(2, min(max_unit, n - slack) + 1):
+        if text[n - slack : n] != text[n - slack - unit : n - unit]:
             continue
-        chars = set(text[start : start + unit])
-        if len(chars) < 2 or not any(c.isalnum() for c in chars):
-            continue
-        best = start if best is None else min(best, start)
-    return best
+        start = _periodic_start(text, unit)
+        if start + unit < hold and _loop_unit(text, start, unit):
+            hold = start + unit
+    return hold
 
 
 def cut_loop(completion: str) -> str:

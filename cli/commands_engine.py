@@ -52,9 +52,10 @@ def register(sub, common) -> argparse._SubParsersAction:
         help="mean NLL per token of text files",
         description="Mean negative log-likelihood per token (natural log) over the "
         "files; each file tokenized as the tokenizer does by default and "
-        "its first token not scored.",
+        "its first token not scored. The checkpoint runs at full precision unless --quant is given.",
     )
     ppl.add_argument("files", nargs="+", metavar="FILE")
+    eval_quant_help(ppl)
     ppl.set_defaults(func=cmd_perplexity)
 
     b = sub.add_parser(
@@ -110,6 +111,35 @@ def _engine(args: argparse.Namespace):
     )
 
 
+def eval_quant_help(parser: argparse.ArgumentParser) -> None:
+    """An evaluation's `--quant` defaults to none (see `eval_engine`); say so in its help."""
+    for action in parser._actions:
+        if action.dest == "quant":
+            action.help = "weight quantization to evaluate (default: none, the checkpoint at full precision)"
+
+
+def eval_engine(args: argparse.Namespace):
+    """The engine an evaluation measures: the checkpoint at full precision (quant "none") unless
+    `--quant` asks for one, so a score is the checkpoint's own, not its int8 copy's (the config's
+    `quant` and $DEMI_QUANT are for serving, not for measuring)."""
+    return _engine(argparse.Namespace(**{**vars(args), "quant": args.quant or "none"}))
+
+
+def precision(engine) -> dict[str, str]:
+    """What an evaluation ran at: the weights' quantization and the dtype of the rest."""
+    local = getattr(engine, "local", None)
+    quant = str(getattr(local, "quantization", None) or "none")
+    dtype = str(getattr(getattr(local, "model", None), "dtype", "") or "").replace("torch.", "") or "unknown"
+    return {"quant": quant, "dtype": dtype}
+
+
+def precision_line(p: dict[str, str]) -> str:
+    """`precision: float32, not quantized` or `precision: int8 weights, float32 elsewhere`."""
+    if p["quant"] == "none":
+        return f"precision: {p['dtype']}, not quantized"
+    return f"precision: {p['quant']} weights, {p['dtype']} elsewhere"
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from demi.assistant.engines import Sampling
 
@@ -158,7 +188,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     from demi.assistant.files import read_text_file
 
     texts = [read_text_file(f) for f in args.files]  # fail on a bad file before loading the model
-    engine = _engine(args)
+    engine = eval_engine(args)
     started = time.monotonic()
     res = engine.perplexity(texts)
     out = {
@@ -167,12 +197,15 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         "perplexity": res["perplexity"],
         "files": len(texts),
         "model": engine.name,
+        **precision(engine),
         "seconds": round(time.monotonic() - started, 4),
     }
     if args.json:
         emit_json(out)
     else:
-        print(f"{out['tokens']} tokens  nll {out['nll']:.4f}  perplexity {out['perplexity']:.3f}")
+        print(
+            f"{out['tokens']} tokens  nll {out['nll']:.4f}  perplexity {out['perplexity']:.3f}  {precision_line(out)}"
+        )
     return 0
 
 

@@ -50,6 +50,8 @@ SHAPES: dict[str, dict[str, Any] | None] = {
 def register(sub, common, ev: argparse._SubParsersAction) -> None:
     """`demi train ACTION`, and `demi eval fim|passk` added to `ev`: the `eval` command's
     sub-command table, made by commands_engine and handed over by main.build_parser."""
+    from demi.cli.commands_engine import eval_quant_help
+
     train = sub.add_parser(
         "train",
         help="build corpora and tokenizers, train and distill models",
@@ -153,6 +155,7 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     fim.add_argument("--seed", type=int, default=0)
     fim.add_argument("--max-tokens", type=int, default=48)
     fim.set_defaults(func=cmd_eval_fim)
+    eval_quant_help(fim)
 
     pk = ev.add_parser(
         "passk",
@@ -170,6 +173,7 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     pk.add_argument("--seed", type=int, default=0)
     pk.add_argument("--limit", type=int, default=None, help="only the first N problems")
     pk.set_defaults(func=cmd_eval_passk)
+    eval_quant_help(pk)
 
 
 def _corpus_args(p: argparse.ArgumentParser) -> None:
@@ -632,9 +636,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace):
-    from demi.cli.commands_engine import _engine as engine
+    """The evaluated engine: full precision unless --quant (see commands_engine.eval_engine)."""
+    from demi.cli.commands_engine import eval_engine
 
-    return engine(args)
+    return eval_engine(args)
 
 
 def _fim_files(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -682,13 +687,15 @@ def cmd_eval_fim(args: argparse.Namespace) -> int:
         return engine.infill(FimContext(prefix, suffix, path), stop=["\n"], max_new_tokens=args.max_tokens).text
 
     res = evaluate_fim(infill, samples)
-    res.update(model=engine.name, fim=engine.fim_template.family, files=len(files))
+    from demi.cli.commands_engine import precision, precision_line
+
+    res.update(model=engine.name, fim=engine.fim_template.family, files=len(files), **precision(engine))
     if args.json:
         emit_json(res)
     else:
         print(
             f"{res['samples']} lines from {len(files)} files: exact match {res['exact_match']:.3f}, "
-            f"edit similarity {res['edit_similarity']:.3f}  ({res['seconds']:.1f} s)"
+            f"edit similarity {res['edit_similarity']:.3f}  ({res['seconds']:.1f} s; {precision_line(res)})"
         )
         for kind, r in res["by_kind"].items():
             if r["samples"]:
@@ -724,10 +731,15 @@ def cmd_eval_passk(args: argparse.Namespace) -> int:
             outs.append(truncate_completion(r.text))
         completions[p["task_id"]] = outs
     res = evaluate(problems, completions, ks=ks, timeout=args.timeout)
-    res.update(model=engine.name, temperature=temperature)
+    from demi.cli.commands_engine import precision, precision_line
+
+    res.update(model=engine.name, temperature=temperature, **precision(engine))
     if args.json:
         emit_json(res)
     else:
         scores = "  ".join(f"{k} {res[k]:.3f}" for k in res if k.startswith("pass@"))
-        print(f"{res['problems']} problems x {args.samples} samples: {scores}  (sandbox: {res['isolation']})")
+        print(
+            f"{res['problems']} problems x {args.samples} samples: {scores}  "
+            f"(sandbox: {res['isolation']}; {precision_line(res)})"
+        )
     return 0
