@@ -179,9 +179,13 @@ def _aside_name(path: Path) -> Path:
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def _folder_lock(folder: Path, shared: bool = False) -> Iterator[None]:
     """An exclusive lock on the data folder while a database is moved aside, so two processes that
-    find it corrupt at once move it once (and never move the new one the first one started)."""
+    find it corrupt at once move it once (and never move the new one the first one started); a
+    shared one while a database is opened and checked, so no open runs between the renames of a
+    move (it would start a new database whose -wal and -shm the mover then renames away: the
+    opener's next statement is a disk I/O error). flock locks belong to their own descriptor, so
+    closing it leaves SQLite's POSIX locks alone."""
     if sys.platform == "win32":  # no fcntl: moving aside is not serialised between processes
         yield
         return
@@ -191,7 +195,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -215,7 +219,8 @@ class Store:
             raise StoreError(f"cannot create {self.path.parent} ({exc.strerror or exc})") from None
         for attempt in range(3):  # a second try after moving a corrupt file aside; a third if raced
             try:
-                self._connect()
+                with _folder_lock(self.path.parent, shared=True):
+                    self._connect()
                 return
             except _Corrupt as exc:
                 reason, ident = exc.args
@@ -332,7 +337,8 @@ class Store:
         ident = self._ident
         self.conn.close()
         self._move_aside(reason, ident)
-        self._connect()
+        with _folder_lock(self.path.parent, shared=True):
+            self._connect()
         return True
 
     @classmethod
