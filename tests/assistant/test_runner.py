@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from helpers import tiny_checkpoint
+from runner_support import Events, drain, wait_for
 
 from demi.assistant.engines import CancelToken, Completion, GenerationRequest, InProcessEngine, open_engine
 from demi.assistant.runner import (
@@ -70,42 +71,6 @@ class Scripted:
 
 def gen(name: str, n: int = 3, cancel: CancelToken | None = None) -> GenerationRequest:
     return GenerationRequest(name, max_new_tokens=n, cancel=cancel)
-
-
-def drain(it: Iterator[str]) -> tuple[list[str], Any]:
-    out = []
-    while True:
-        try:
-            out.append(next(it))
-        except StopIteration as stop:
-            return out, stop.value
-
-
-def wait_for(cond: Any, timeout: float = 10.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError("timed out")
-
-
-class Events:
-    """A sink that records (kind, value) events, as `demi serve` forwards them."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []
-        self.finished = threading.Event()
-
-    def __call__(self, kind: str, value: Any) -> None:
-        self.items.append((kind, value))
-        if kind != "piece":
-            self.finished.set()
-
-    @property
-    def pieces(self) -> list[str]:
-        return [v for k, v in self.items if k == "piece"]
 
 
 @pytest.fixture()
