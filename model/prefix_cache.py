@@ -142,10 +142,11 @@ class PrefixCache:
         if drift > self.shift_drift:
             return None
         cache = slot.cache
-        for layer in range(len(cache.k)):
-            k = cache.k[layer][:, :, j : j + n].float()
-            cache.k[layer][:, :, i : i + n] = self.shift_keys(k, i - j).to(cache.k[layer].dtype)
-            cache.v[layer][:, :, i : i + n] = cache.v[layer][:, :, j : j + n].clone()
+        # every layer's keys in one rotation (its angles computed once), copied before any row is written
+        keys = self.shift_keys(torch.stack([k[:, :, j : j + n] for k in cache.k]).float(), i - j)
+        for layer, (k, v) in enumerate(zip(cache.k, cache.v)):
+            k[:, :, i : i + n] = keys[layer].to(k.dtype)
+            v[:, :, i : i + n] = v[:, :, j : j + n].clone()
         slot.approx_from = i if slot.approx_from is None or slot.approx_from >= reuse else slot.approx_from
         slot.drift = drift
         return range(i, i + n)

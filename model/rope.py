@@ -134,7 +134,7 @@ def shifts_exactly(cfg: ModelConfig) -> bool:
 
 
 def shift_keys(cfg: ModelConfig, k: torch.Tensor, delta: int) -> torch.Tensor:
-    """Keys [B, heads, T, D] rotated at position p, as if rotated at p + delta: rotations add up, so
+    """Keys [..., T, D] rotated at position p, as if rotated at p + delta: rotations add up, so
     one more rotation by delta (without YaRN's attention factor, already in the keys) moves them."""
     inv_freq, _ = inv_frequencies(cfg)
     angles = (float(delta) * inv_freq.to(k.device))[None, :]
