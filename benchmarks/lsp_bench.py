@@ -224,6 +224,12 @@ def line_starts(
     return rng.sample(candidates, min(n, len(candidates)))
 
 
+def typed_column(line: str, start: int, typed: int) -> int:
+    """The column after typing up to `typed` characters of `line` from `start`, leaving at least two
+    for the completion to write."""
+    return start + min(typed, max(0, len(line.rstrip()) - start - 2))
+
+
 # -- 1. invoked completion ------------------------------------------------------------------------------------
 
 
@@ -448,7 +454,7 @@ async def heldout(
         client.open(uri, text)
         version = 1
         for line, start in cases:
-            col = start + min(typed, max(0, len(lines[line].rstrip()) - start - 2))
+            col = typed_column(lines[line], start, typed)
             target = lines[line][col:].rstrip()
             before = (await client.stats()).shiftedTokens
             for c in range(start, col + 1):  # the typed characters, a request after each

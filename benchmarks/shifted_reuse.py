@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lsp_bench import heldout_files, line_starts  # noqa: E402
+from lsp_bench import heldout_files, line_starts, typed_column  # noqa: E402
 
 
 def make_psm(out: Path) -> Path:
@@ -61,7 +61,7 @@ def run(model: str, lines: int, typed: int, shift: int, context_tokens: int, max
         picks = line_starts(text, rng, lines // len(sources) + (f < lines % len(sources)), skip=20, code_only=True)
         for line, start in picks:
             full = rows[line]
-            col = start + min(typed, max(0, len(full.rstrip()) - start - 2))
+            col = typed_column(full, start, typed)
             target = full[col:].rstrip()
             answers: dict[int, str] = {}
             for mode in (0, shift):

@@ -7,8 +7,7 @@ typed character that leaves the suggestion makes a run that moves the suffix's c
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import pytest_asyncio
 from lsp_support import inline_params, open_doc, server_env, start_client, stats, stop_client, type_text
 from lsprotocol import types as t
 
-from demi.model.registry import resolve_model_dir
-
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = '''"""Stock levels for a small shop."""
 
 from __future__ import annotations
@@ -70,13 +68,12 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def psm_model(workdir) -> Path:
-    out = workdir / "demi-tiny-psm"
-    shutil.copytree(resolve_model_dir("demi-tiny", download=False), out)
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["fim_layout"] = "psm"
-    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
-    return out
+    """demi-tiny with PSM metadata, made as benchmarks/shifted_reuse.py makes it."""
+    spec = importlib.util.spec_from_file_location("shifted_reuse", ROOT / "benchmarks" / "shifted_reuse.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_psm(workdir / "demi-tiny-psm")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
