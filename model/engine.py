@@ -219,13 +219,13 @@ class LocalModel:
         def kept(reuse: int) -> int:  # what generate keeps of the cached head, reported as such
             return worth_reusing(min(reuse, len(ids) - 1), len(ids))
 
-        slot, reuse = self.prefix_cache.acquire(ids, kept, request.cache_shift)
+        slot, reuse, shifted = self.prefix_cache.acquire(ids, kept, request.cache_shift)
         run = Run(
             ids,
             stop_ids=self.stop_ids if request.stop_ids is None else request.stop_ids,
             deadline=started + request.time_budget if request.time_budget else None,
             reuse=kept(reuse),
-            shifted=slot.shifted,
+            shifted=shifted,
             chunk=self.prefill_chunk,
             max_pad=self.max_pad,
             constraint=constraint,

@@ -43,7 +43,6 @@ class Slot:
     # `drift` tokens have changed ahead of them since they were computed exactly
     approx_from: int | None = None
     drift: int = 0
-    shifted: range | None = None  # this request: prompt positions already in place by a shift
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -98,12 +97,14 @@ class PrefixCache:
         self._lock = threading.Lock()
         self.shift_keys, self.shift_drift = shift_keys, shift_drift
 
-    def acquire(self, ids: list[int], keep: Callable[[int], int] | None = None, shift_min: int = 0) -> tuple[Slot, int]:
-        """A free slot and how many leading tokens of `ids` it already holds.
+    def acquire(
+        self, ids: list[int], keep: Callable[[int], int] | None = None, shift_min: int = 0
+    ) -> tuple[Slot, int, range | None]:
+        """A free slot, how many leading tokens of `ids` it already holds, and the later prompt
+        positions a shifted run of at least `shift_min` cached rows already fills (None: none).
 
         `keep(reuse)` says how many of those the caller will keep (see `generate.worth_reusing`);
-        when it keeps them all and `shift_min` > 0, `slot.shifted` names the later prompt positions
-        that a shifted run of at least `shift_min` cached rows already fills (None: none)."""
+        a run is shifted only when it keeps them all and `shift_min` > 0."""
         with self._lock:
             free = [s for s in self.slots if not s.busy]
             best = max(free, key=lambda s: (common_prefix(s.tokens, ids), s.last_used), default=None)
@@ -112,7 +113,7 @@ class PrefixCache:
                 best, reuse = Slot(KVCache(self.cfg, self.context, dtype=self.dtype, device=self.device)), 0
                 self.slots.append(best)
             elif best is None:  # every slot busy: a temporary cache, not kept afterwards
-                return Slot(KVCache(self.cfg, self.context, dtype=self.dtype, device=self.device)), 0
+                return Slot(KVCache(self.cfg, self.context, dtype=self.dtype, device=self.device)), 0, None
             if reuse == 0:  # no overlap anywhere: take the least recently used free slot
                 best = min((s for s in self.slots if not s.busy), key=lambda s: s.last_used)
             best.busy = True
@@ -120,10 +121,10 @@ class PrefixCache:
             best.tokens = old[:reuse]
             best.cache.length = reuse
         kept = keep(reuse) if keep is not None else reuse
-        best.shifted = self._shift(best, old, ids, reuse, shift_min) if kept == reuse else None
-        if best.approx_from is not None and best.shifted is None and best.approx_from >= kept:
+        shifted = self._shift(best, old, ids, reuse, shift_min) if kept == reuse else None
+        if best.approx_from is not None and shifted is None and best.approx_from >= kept:
             best.approx_from, best.drift = None, 0  # the approximate rows are recomputed
-        return best, reuse
+        return best, reuse, shifted
 
     def _shift(self, slot: Slot, old: list[int], ids: list[int], reuse: int, shift_min: int) -> range | None:
         """Move the longest cached run found again after `reuse` to its place in `ids` (never the
@@ -156,7 +157,6 @@ class PrefixCache:
         with self._lock:
             self._clock += 1
             slot.tokens, slot.last_used, slot.busy = tokens[: slot.cache.length], self._clock, False
-            slot.shifted = None
             if slot.approx_from is not None and slot.approx_from >= slot.cache.length:
                 slot.approx_from, slot.drift = None, 0
 

@@ -391,10 +391,10 @@ def test_greedy_output_is_the_same_with_and_without_a_reused_head(lm, prompt_ids
     cold = list(generate(lm.model, GenerationRequest(prompt_ids + [7] * 40, 12)))
     lm.prefix_cache.clear()
     other = prompt_ids[:3] + [9] * 50
-    slot, _ = lm.prefix_cache.acquire(other)
+    slot, _, _ = lm.prefix_cache.acquire(other)
     list(generate(lm.model, GenerationRequest(other, 1), slot.cache))
     lm.prefix_cache.release(slot, other)
-    slot, reuse = lm.prefix_cache.acquire(prompt_ids + [7] * 40)
+    slot, reuse, _ = lm.prefix_cache.acquire(prompt_ids + [7] * 40)
     try:
         assert reuse == 3
         warm = list(
