@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from hf_models import save_family
 from tokenizers_fixture import make_bytelevel_tokenizer
 
@@ -91,6 +92,40 @@ def tiny_checkpoint(out: Path, family: str = "qwen2", **config: Any) -> Path:
     """A random-weight checkpoint of `family` with the byte-level tokenizer (FIM and ChatML tokens)."""
     save_family(family, out, **config)
     make_bytelevel_tokenizer(out)
+    return out
+
+
+def looping_checkpoint(out: Path, phrase: str = " the stock of") -> Path:
+    """A tiny llama checkpoint that writes `phrase` over and over whatever the prompt, on every CPU.
+
+    A random model's greedy text depends on the machine's float rounding, so whether it loops
+    differs between CPUs. Here every layer's output projection is zero (the residual stream is the
+    token's own embedding), the phrase's tokens have orthogonal embeddings and every other token
+    shares one more, and the output head maps each phrase token to the next (any other token to the
+    first) with a margin far above rounding."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tiny_checkpoint(out, "llama", max_position_embeddings=2048)
+    ids = Tokenizer.from_file(str(out / "tokenizer.json")).encode(phrase, add_special_tokens=False).ids
+    model = AutoModelForCausalLM.from_pretrained(out)
+    hidden = model.config.hidden_size
+    assert len(set(ids)) == len(ids) < hidden, f"{phrase!r} needs distinct tokens, fewer than {hidden}: {ids}"
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed.zero_()
+        embed[:, 0] = 1.0  # every token not in the phrase: direction 0
+        head.zero_()
+        head[ids[0], 0] = 1.0  # ... is followed by the phrase's first token
+        for i, tok in enumerate(ids):
+            embed[tok].zero_()
+            embed[tok, i + 1] = 1.0
+            head[ids[(i + 1) % len(ids)], i + 1] = 1.0
+    model.save_pretrained(out)
     return out
 
 

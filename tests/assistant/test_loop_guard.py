@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import looping_checkpoint
 
 from demi.assistant.chat import chat, load_mentions
 from demi.assistant.document import Document
@@ -131,9 +132,9 @@ def test_demi_tiny_chat_stops_at_its_loop(demi_tiny):
     assert "".join(shown).strip() == result.text and loop_end(result.text) is None
 
 
-def test_a_looping_explanation_is_stopped_and_says_so(tiny_checkpoints):
-    """A random tiny model loops at once: explain stops it, and the streamed Markdown is the result's."""
-    engine = open_engine(str(tiny_checkpoints("llama", max_position_embeddings=2048)), quant="none")
+def test_a_looping_explanation_is_stopped_and_says_so(tmp_path):
+    """A model that loops at once on every CPU: explain stops it, and the streamed Markdown is the result's."""
+    engine = open_engine(str(looping_checkpoint(tmp_path / "looping")), quant="none")
     shown: list[str] = []
     doc = Document.load(ROOT / "examples" / "inventory.py")
     result = explain(engine, doc, "reserve", max_tokens=300, on_text=shown.append)
@@ -141,3 +142,4 @@ def test_a_looping_explanation_is_stopped_and_says_so(tiny_checkpoints):
     assert "".join(shown) == result.markdown
     assert "the model started repeating itself; the repeats were cut" in result.notes
     assert loop_end(result.model_text) is None
+    assert result.model_text.count("the stock of") == 1  # the first copy is kept, the repeats are cut
