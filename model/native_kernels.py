@@ -32,6 +32,7 @@ import torch
 log = logging.getLogger("demi.model")
 SOURCE = Path(__file__).parent / "native" / "qmatmul.c"
 QBLOCK = 32  # activation block; int8 layers need K % 32 == 0, int4 groups are multiples of it
+QCHUNK = 128  # int4 weights are packed in chunks of this many (see pack_q4), the rest in blocks of 32
 _X86 = ("x86_64", "amd64", "i686", "i386")
 _ARM = ("aarch64", "arm64")
 
@@ -260,8 +261,17 @@ def int4_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
 def dequantize_q4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group: int) -> torch.Tensor:
     """fp32 [N, K] from the `pack_q4` layout: q * scale + offset (offset from int4_offset)."""
     n, k = packed.shape[0], packed.shape[1] * 2
-    blocks = packed.reshape(n, k // QBLOCK, QBLOCK // 2)
-    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).reshape(n, k // group, group).float()
+    main = k // QCHUNK * QCHUNK
+    chunks = packed[:, : main // 2].reshape(n, main // QCHUNK, 1, QCHUNK // 2)
+    blocks = packed[:, main // 2 :].reshape(n, (k - main) // QBLOCK, 1, QBLOCK // 2)
+    q = torch.cat(
+        [
+            torch.cat([chunks & 0xF, chunks >> 4], dim=2).reshape(n, main),
+            torch.cat([blocks & 0xF, blocks >> 4], dim=2).reshape(n, k - main),
+        ],
+        dim=1,
+    )
+    q = q.reshape(n, k // group, group).float()
     return (q * scale[..., None] + offset[..., None]).reshape(n, k)
 
 
@@ -297,7 +307,17 @@ def linear_q4(
 
 
 def pack_q4(q: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, K] in 0..15 -> [N, K / 2] bytes by blocks of 32: low nibbles k 0..15, high k 16..31."""
+    """uint8 [N, K] in 0..15 -> [N, K / 2] bytes as the kernels read them: chunks of 128 weights in 64
+    bytes (byte i: k = i low nibble, k = 64 + i high), then the rest (K % 128) in blocks of 32 in 16
+    bytes (byte i: k = i low, k = 16 + i high)."""
     n, k = q.shape
-    blocks = q.reshape(n, k // QBLOCK, 2, QBLOCK // 2)
-    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    main = k // QCHUNK * QCHUNK
+    chunks = q[:, :main].reshape(n, main // QCHUNK, 2, QCHUNK // 2)
+    blocks = q[:, main:].reshape(n, (k - main) // QBLOCK, 2, QBLOCK // 2)
+    return torch.cat(
+        [
+            (chunks[:, :, 0] | (chunks[:, :, 1] << 4)).reshape(n, main // 2),
+            (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, (k - main) // 2),
+        ],
+        dim=1,
+    ).contiguous()

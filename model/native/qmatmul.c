@@ -50,11 +50,18 @@
 #define DEMI_PATH "generic"
 #endif
 
-/* Software prefetch of the weights, PREFETCH_BYTES ahead of each row stream (-DPREFETCH_BYTES=N).
- * Off by default: with four rows streamed at once the hardware prefetcher does better; measured on a
- * Xeon (AVX-512 VNNI, 2 cores) over a 0.5B model's layers: none 18.5 GB/s, 1 KB 15.6, 4 KB 12.6. */
-#if defined(PREFETCH_BYTES) && PREFETCH_BYTES > 0 && defined(__GNUC__)
-#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES, 0, 0)
+/* Software prefetch of the weights, PREFETCH_BYTES ahead of each row stream (a few rows ahead: a
+ * row is K or K / 2 bytes), into every cache level. One core alone cannot keep enough misses in
+ * flight to stream memory, so without it decode reads weights well below the machine's bandwidth.
+ * Measured on a Xeon (AVX-512 VNNI, 2 cores), 600,000 x 896 weights from memory, GB/s int8 / int4
+ * (int4 counting its scales): none 21.0 / 14.4; 1 KB ahead 23.7 / -; 2 KB 25.5 / 22.6; 4 KB
+ * 28.5 / 24.5; 8 KB 28.2 / 24.1; 16 KB 27.7 / 23.8 (the AVX2 build alike: 4 KB 25.8 / 24.9 against
+ * 20.9 / 13.8). A non-temporal prefetch (locality 0) is worse than none for int8. */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 4096
+#endif
+#if PREFETCH_BYTES > 0 && defined(__GNUC__)
+#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES, 0, 3)
 #else
 #define PREFETCH(p) ((void)0)
 #endif
@@ -300,101 +307,153 @@ void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t 
 
 /* int4 weights are unsigned nibbles q in 0..15 with W = q * scale + offset per group (offset is the
  * stored zero point minus 8 scales), so the unsigned-by-signed byte dot (vpmaddubsw, vpdpbusd) takes
- * them as they are: 15 * 127 * 2 never saturates. A block of 32 weights is 16 bytes: low nibbles are
- * k 0..15, high nibbles k 16..31. These return sum over blocks of scale_g * d_b * sum_k q[k] xq[k];
- * the offsets are added by the caller from each group's sum of x. */
+ * them as they are: 15 * 127 * 2 never saturates. A row is packed in chunks of 128 weights in 64
+ * bytes, byte i holding k = i in its low nibble and k = 64 + i in its high one, so one 64-byte load
+ * and two masks give two runs of 64 weights in k order (no shuffles); the rest of the row (K % 128, a
+ * multiple of 32) in blocks of 32 weights in 16 bytes, byte i holding k = i low and k = 16 + i high.
+ * These return sum over blocks of scale_g * d_b * sum_k q[k] xq[k]; the offsets are added by the
+ * caller from each group's sum of x. */
+#define QC 128 /* int4 chunk */
+
 #if defined(__AVX2__)
+/* One tail block of 32 weights (16 bytes) as a vector of 32 nibbles in k order. */
 static inline __m256i nibbles(const uint8_t *p) {
     __m128i raw = _mm_loadu_si128((const __m128i *)p);
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
 }
-
-
 #endif
 
-static inline float dot_q4(const uint8_t *restrict w, const float *restrict ws, int64_t bpg,
-                           const int8_t *restrict xq, const float *restrict xs, int64_t K) {
-    int64_t nb = K / QB, b = 0;
+/* The tail blocks (from block b0 on) of one row. */
+static inline float tail_q4(const uint8_t *restrict w, const float *restrict ws, int64_t group,
+                            const int8_t *restrict xq, const float *restrict xs, int64_t b0, int64_t nb) {
     float total = 0.0f;
+    for (int64_t b = b0; b < nb; b++) {
+        const uint8_t *wb = w + b * 16;
+        float f = xs[b * 8] * ws[b * QB / group];
 #if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
-    for (; b < nb; b++) {
-        __m256i p = udot(nibbles(w + b * 16), _mm256_loadu_si256((const __m256i *)(xq + b * QB)));
-        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_loadu_ps(xs + b * 8));
-        acc = _mm256_fmadd_ps(f, _mm256_set1_ps(ws[b / bpg]), acc);
-    }
-    total = hsum256(acc);
+        __m256i p = udot(nibbles(wb), _mm256_loadu_si256((const __m256i *)(xq + b * QB)));
+        total += hsum256(_mm256_cvtepi32_ps(p)) * f;
 #elif defined(__ARM_NEON)
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    const uint8x16_t low = vdupq_n_u8(0x0F);
-    for (; b < nb; b++) {
-        uint8x16_t raw = vld1q_u8(w + b * 16);
-        int8x16_t w0 = vreinterpretq_s8_u8(vandq_u8(raw, low)); /* 0..15: the same as signed */
+        uint8x16_t raw = vld1q_u8(wb);
+        int8x16_t w0 = vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0F)));
         int8x16_t w1 = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
-        int8x16_t x0 = vld1q_s8(xq + b * QB), x1 = vld1q_s8(xq + b * QB + 16);
-        int32x4_t p = neon_dot32(x0, x1, w0, w1);
-        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), xs[b * 8] * ws[b / bpg]);
-    }
-    total = vaddvq_f32(acc);
+        total += (float)vaddvq_s32(neon_dot32(vld1q_s8(xq + b * QB), vld1q_s8(xq + b * QB + 16), w0, w1)) * f;
 #else
-    for (; b < nb; b++) {
         int32_t s = 0;
         for (int i = 0; i < 16; i++) {
-            s += (int32_t)xq[b * QB + i] * (int32_t)(w[b * 16 + i] & 0x0F);
-            s += (int32_t)xq[b * QB + 16 + i] * (int32_t)(w[b * 16 + i] >> 4);
+            s += (int32_t)xq[b * QB + i] * (int32_t)(wb[i] & 0x0F);
+            s += (int32_t)xq[b * QB + 16 + i] * (int32_t)(wb[i] >> 4);
         }
-        total += (float)s * xs[b * 8] * ws[b / bpg];
-    }
+        total += (float)s * f;
 #endif
+    }
     return total;
 }
 
-/* Four int4 rows (row stride K / 2 bytes, scale stride `groups`) against one activation row. */
-static inline void dot4_q4(const uint8_t *restrict w, const float *restrict ws, int64_t groups, int64_t bpg,
-                           const int8_t *restrict xq, const float *restrict xs, int64_t K, float out[4]) {
+/* R (1 or 4) int4 rows (row stride K / 2 bytes, scale stride `groups`) against one activation row:
+ * the activation side (its loads and block scales) is shared by the rows. */
+static inline __attribute__((always_inline)) void dotn_q4(int R, const uint8_t *restrict w,
+                                                          const float *restrict ws, int64_t groups,
+                                                          int64_t group, const int8_t *restrict xq,
+                                                          const float *restrict xs, int64_t K, float *out) {
+    const int64_t nc = K / QC, stride = K / 2;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    /* two blocks (64 weights) per step: the 32 bytes' low and high nibbles are put in k order */
-    int64_t nb = K / QB, stride = K / 2, b = 0;
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     const __m512i low = _mm512_set1_epi8(0x0F);
-    for (; b + 2 <= nb; b += 2) {
-        __m512i xv = _mm512_loadu_si512((const void *)(xq + b * QB));
-        __m512 sc = _mm512_loadu_ps(xs + b * 8);
-        int64_t g0 = b / bpg, g1 = (b + 1) / bpg;
-        for (int r = 0; r < 4; r++) {
-            __m256i raw = _mm256_loadu_si256((const __m256i *)(w + r * stride + b * 16));
-            __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1);
-            __m512i q = _mm512_and_si512(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 1, 2, 0)), low);
-            __m512i p = udot512(q, xv);
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t k0 = c * QC, g0 = k0 / group, g1 = (k0 + 64) / group;
+        /* a run of 64 weights spans two groups only when groups are 32 (or not a multiple of 64) */
+        const int split0 = (k0 + 32) / group != g0, split1 = (k0 + 96) / group != g1;
+        __m512i x0 = _mm512_loadu_si512((const void *)(xq + k0)), x1 = _mm512_loadu_si512((const void *)(xq + k0 + 64));
+        __m512 s0 = _mm512_loadu_ps(xs + (k0 / QB) * 8), s1 = _mm512_loadu_ps(xs + (k0 / QB + 2) * 8);
+        for (int r = 0; r < R; r++) {
+            PREFETCH(w + r * stride + c * 64);
+            __m512i raw = _mm512_loadu_si512((const void *)(w + r * stride + c * 64));
+            __m512i p0 = udot512(_mm512_and_si512(raw, low), x0);
+            __m512i p1 = udot512(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low), x1);
             const float *wr = ws + r * groups;
-            __m512 gs = g0 == g1 ? _mm512_set1_ps(wr[g0])
-                                 : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(wr[g0])),
-                                                      _mm256_set1_ps(wr[g1]), 1);
-            a[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(p), sc), gs, a[r]);
+            __m512 gs0 = split0 ? _mm512_insertf32x8(_mm512_set1_ps(wr[g0]), _mm256_set1_ps(wr[(k0 + 32) / group]), 1)
+                                : _mm512_set1_ps(wr[g0]);
+            __m512 gs1 = split1 ? _mm512_insertf32x8(_mm512_set1_ps(wr[g1]), _mm256_set1_ps(wr[(k0 + 96) / group]), 1)
+                                : _mm512_set1_ps(wr[g1]);
+            a[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(p0), s0), gs0, a[r]);
+            a[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(p1), s1), gs1, a[r]);
         }
     }
-    for (int r = 0; r < 4; r++) {
+    for (int r = 0; r < R; r++)
         out[r] = _mm512_reduce_add_ps(a[r]);
-        if (b < nb) /* an odd last block */
-            out[r] += dot_q4(w + r * stride + b * 16, ws + r * groups + b / bpg, 1, xq + b * QB, xs + b * 8, QB);
-    }
 #elif defined(__AVX2__)
-    int64_t nb = K / QB, stride = K / 2;
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QB));
-        __m256 sc = _mm256_loadu_ps(xs + b * 8);
-        for (int r = 0; r < 4; r++) {
-            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(udot(nibbles(w + r * stride + b * 16), xv)), sc);
-            a[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(ws[r * groups + b / bpg]), a[r]);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t k0 = c * QC, b0 = k0 / QB;
+        for (int h = 0; h < 2; h++) { /* bytes 32h..32h+31: blocks b0 + h (low) and b0 + 2 + h (high) */
+            __m256i xl = _mm256_loadu_si256((const __m256i *)(xq + k0 + 32 * h));
+            __m256i xh = _mm256_loadu_si256((const __m256i *)(xq + k0 + 64 + 32 * h));
+            __m256 sl = _mm256_loadu_ps(xs + (b0 + h) * 8), sh = _mm256_loadu_ps(xs + (b0 + 2 + h) * 8);
+            const int64_t gl = (k0 + 32 * h) / group, gh = (k0 + 64 + 32 * h) / group;
+            for (int r = 0; r < R; r++) {
+                if (h == 0)
+                    PREFETCH(w + r * stride + c * 64);
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(w + r * stride + c * 64 + 32 * h));
+                __m256 fl = _mm256_mul_ps(_mm256_cvtepi32_ps(udot(_mm256_and_si256(raw, low), xl)), sl);
+                __m256 fh = _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(udot(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low), xh)), sh);
+                const float *wr = ws + r * groups;
+                a[r] = _mm256_fmadd_ps(fl, _mm256_set1_ps(wr[gl]), a[r]);
+                a[r] = _mm256_fmadd_ps(fh, _mm256_set1_ps(wr[gh]), a[r]);
+            }
         }
     }
-    for (int r = 0; r < 4; r++)
+    for (int r = 0; r < R; r++)
         out[r] = hsum256(a[r]);
+#elif defined(__ARM_NEON)
+    float32x4_t a[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    const uint8x16_t low = vdupq_n_u8(0x0F);
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t k0 = c * QC, b0 = k0 / QB;
+        for (int h = 0; h < 2; h++) { /* bytes 32h..32h+31: blocks b0 + h (low) and b0 + 2 + h (high) */
+            const int8_t *xl = xq + k0 + 32 * h, *xh = xq + k0 + 64 + 32 * h;
+            int8x16_t xl0 = vld1q_s8(xl), xl1 = vld1q_s8(xl + 16), xh0 = vld1q_s8(xh), xh1 = vld1q_s8(xh + 16);
+            const float sl = xs[(b0 + h) * 8], sh = xs[(b0 + 2 + h) * 8];
+            const int64_t gl = (k0 + 32 * h) / group, gh = (k0 + 64 + 32 * h) / group;
+            for (int r = 0; r < R; r++) {
+                const uint8_t *wb = w + r * stride + c * 64 + 32 * h;
+                if (h == 0)
+                    PREFETCH(wb);
+                uint8x16_t r0 = vld1q_u8(wb), r1 = vld1q_u8(wb + 16);
+                int32x4_t pl = neon_dot32(xl0, xl1, vreinterpretq_s8_u8(vandq_u8(r0, low)),
+                                          vreinterpretq_s8_u8(vandq_u8(r1, low)));
+                int32x4_t ph = neon_dot32(xh0, xh1, vreinterpretq_s8_u8(vshrq_n_u8(r0, 4)),
+                                          vreinterpretq_s8_u8(vshrq_n_u8(r1, 4)));
+                const float *wr = ws + r * groups;
+                a[r] = vmlaq_n_f32(a[r], vcvtq_f32_s32(pl), sl * wr[gl]);
+                a[r] = vmlaq_n_f32(a[r], vcvtq_f32_s32(ph), sh * wr[gh]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        out[r] = vaddvq_f32(a[r]);
 #else
-    for (int r = 0; r < 4; r++)
-        out[r] = dot_q4(w + r * (K / 2), ws + r * groups, bpg, xq, xs, K);
+    for (int r = 0; r < R; r++) {
+        const uint8_t *wr = w + r * stride;
+        float total = 0.0f;
+        for (int64_t c = 0; c < nc; c++)
+            for (int half = 0; half < 2; half++)
+                for (int blk = 0; blk < 2; blk++) { /* the 32-block at k0 = c * 128 + 64 * half + 32 * blk */
+                    int64_t k0 = c * QC + 64 * half + 32 * blk;
+                    int32_t s = 0;
+                    for (int i = 0; i < QB; i++) {
+                        uint8_t byte = wr[c * 64 + 32 * blk + i];
+                        s += (int32_t)xq[k0 + i] * (int32_t)(half ? byte >> 4 : byte & 0x0F);
+                    }
+                    total += (float)s * xs[(k0 / QB) * 8] * ws[r * groups + k0 / group];
+                }
+        out[r] = total;
+    }
 #endif
+    for (int r = 0; r < R; r++)
+        out[r] += tail_q4(w + r * stride, ws + r * groups, group, xq, xs, nc * QC / QB, K / QB);
 }
 
 /* sum over groups of offset_g * (sum of x over group g) */
@@ -406,13 +465,13 @@ static inline float offsets(const float *restrict off, const float *restrict xsu
 }
 
 /* y [M, N] = x [M, K] @ W.T + bias for int4 W in groups of `group` along K (a multiple of 32):
- * W[n, k] = q * scale[n, g] + offset[n, g], q in 0..15 packed by blocks of 32 as dot_q4 reads them
+ * W[n, k] = q * scale[n, g] + offset[n, g], q in 0..15 packed in chunks of 128 as dotn_q4 reads them
  * (w is [N, K / 2] bytes), scale and offset fp32 [N, K / group]. The offset term is exact: each
  * group's sum of x is taken in float before x is quantized. */
 void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t *restrict w,
                     const float *restrict scale, const float *restrict zero, int64_t group,
                     const float *restrict bias, void *restrict y, int y_kind, int64_t N, int64_t K) {
-    int64_t groups = K / group, bpg = group / QB;
+    int64_t groups = K / group;
     int8_t *xq = malloc((size_t)(M * K));
     float *xs = malloc(sizeof(float) * (size_t)(M * (K / QB) * 8));
     float *xg = malloc(sizeof(float) * (size_t)(M * groups));
@@ -444,14 +503,14 @@ void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t
             float v[4];
             int64_t n = n0;
             for (; n + 4 <= n1; n += 4) {
-                dot4_q4(w + n * (K / 2), scale + n * groups, groups, bpg, xr, sr, K, v);
+                dotn_q4(4, w + n * (K / 2), scale + n * groups, groups, group, xr, sr, K, v);
                 for (int r = 0; r < 4; r++)
                     store(y, y_kind, m * N + n + r, v[r] + offsets(zero + (n + r) * groups, gr, groups) +
                                                         (bias ? bias[n + r] : 0.0f));
             }
             for (; n < n1; n++) {
-                float one = dot_q4(w + n * (K / 2), scale + n * groups, bpg, xr, sr, K);
-                store(y, y_kind, m * N + n, one + offsets(zero + n * groups, gr, groups) + (bias ? bias[n] : 0.0f));
+                dotn_q4(1, w + n * (K / 2), scale + n * groups, groups, group, xr, sr, K, v);
+                store(y, y_kind, m * N + n, v[0] + offsets(zero + n * groups, gr, groups) + (bias ? bias[n] : 0.0f));
             }
         }
     }
@@ -491,14 +550,21 @@ int demi_selftest(void) {
             if (fabs(y[m * N + n] - ref) > 0.02 * mag / sqrt((double)K) + 1e-3)
                 return 1;
         }
-    /* int4: the low nibble of each int8 weight, packed as dot_q4 reads it, groups of 64 */
+    /* int4: the low nibble of each int8 weight, packed as dotn_q4 reads it (a chunk of 128 and two
+     * tail blocks), groups of 64 */
     static uint8_t w4[N * K / 2];
     static float s4[N * K / 64], z4[N * K / 64];
-    for (int n = 0; n < N; n++)
-        for (int b = 0; b < K / QB; b++)
+    for (int n = 0; n < N; n++) {
+        const int8_t *src = w + n * K;
+        uint8_t *dst = w4 + n * K / 2;
+        int k = 0;
+        for (; k + QC <= K; k += QC, dst += 64)
+            for (int i = 0; i < 64; i++)
+                dst[i] = (uint8_t)((src[k + i] & 0x0F) | ((src[k + 64 + i] & 0x0F) << 4));
+        for (; k < K; k += QB, dst += 16)
             for (int i = 0; i < 16; i++)
-                w4[n * K / 2 + b * 16 + i] = (uint8_t)((w[n * K + b * QB + i] & 0x0F) |
-                                                       ((w[n * K + b * QB + 16 + i] & 0x0F) << 4));
+                dst[i] = (uint8_t)((src[k + i] & 0x0F) | ((src[k + 16 + i] & 0x0F) << 4));
+    }
     for (int i = 0; i < N * K / 64; i++) {
         s4[i] = 0.02f + 0.001f * (float)(i % 7);
         z4[i] = 0.1f * (float)(i % 5) - 0.2f;

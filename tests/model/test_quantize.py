@@ -213,16 +213,20 @@ def test_native_kernels_match_the_dequantized_reference(path, rows):
         # int4 multiplies the unsigned nibbles (0..15) by the int8 activations, which makes the
         # activations' rounding count more than for int8, still far below int4's own error
         assert err4 < min(0.02, weight_err4 / 4), (dtype, err4, weight_err4)
-    # an odd number of 32-blocks (the wide paths' tail) and groups of 32
-    w, x = torch.randn(9, 160), torch.randn(rows, 160)
-    q, scale = quantize_int8(w)
-    q4, s4, z4 = quantize_int4(w, 32)
-    ref8, ref4 = x @ (q.float() * scale[:, None]).T, x @ dequantize_int4(q4, s4, z4).T
-    got8 = native_kernels.linear_q8(lib, x, q, scale, None)
-    got4 = native_kernels.linear_q4(
-        lib, x, native_kernels.pack_q4(q4), s4.float().contiguous(), native_kernels.int4_offset(s4, z4), 32, None
-    )
-    assert ((got8 - ref8).norm() / ref8.norm()) < 0.01 and ((got4 - ref4).norm() / ref4.norm()) < 0.03
+    # an odd number of 32-blocks (the wide paths' tail, and int4's blocks after its 128-weight
+    # chunks) with groups of 32 (two groups in each 64-weight run), and groups of 128
+    for k, group in ((160, 32), (96, 32), (384, 128)):
+        w, x = torch.randn(9, k), torch.randn(rows, k)
+        q, scale = quantize_int8(w)
+        q4, s4, z4 = quantize_int4(w, group)
+        ref8, ref4 = x @ (q.float() * scale[:, None]).T, x @ dequantize_int4(q4, s4, z4).T
+        packed, offset = native_kernels.pack_q4(q4), native_kernels.int4_offset(s4, z4)
+        assert torch.allclose(
+            native_kernels.dequantize_q4(packed, s4.float(), offset, group), dequantize_int4(q4, s4, z4), atol=1e-6
+        )
+        got8 = native_kernels.linear_q8(lib, x, q, scale, None)
+        got4 = native_kernels.linear_q4(lib, x, packed, s4.float().contiguous(), offset, group, None)
+        assert ((got8 - ref8).norm() / ref8.norm()) < 0.01 and ((got4 - ref4).norm() / ref4.norm()) < 0.03, (k, group)
 
 
 def test_modules_follow_the_plan_and_step_aside_where_a_kernel_cannot_run():
