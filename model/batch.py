@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from demi.model import decode_ops
 from demi.model.decoder import Attention, Block, KVCache, Transformer, attention_mask
+from demi.model.fusion import FusedAttention
 from demi.model.quantize import DECODE_ROWS, RescoredHead
 
 __all__ = ["DecodeStep", "decode_batch", "decode_rows"]
@@ -108,6 +110,9 @@ def _attend(
     """Attention's forward for B sequences of one token: q, k, v and the output projection for all
     rows in one matmul each, attention row by row against each sequence's own cache."""
     b = x.shape[0]
+    if isinstance(attn, FusedAttention) and all(decode_ops.usable(attn, x, c) for c in caches):
+        native = decode_ops.attend_rows(attn, attn.qkv_proj(x).view(b, -1), cos, sin, positions, caches)
+        return attn.o_proj(native.view(b, 1, -1))
     q, k, v = attn.qkv(x, cos, sin)  # [B, heads, 1, D]
     gqa = attn.n_kv != attn.n_heads
     rows = []

@@ -9,6 +9,8 @@ bias used only for choosing (MiniMax-M2).
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,11 +24,32 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.step_lib: ctypes.CDLL | None = None  # native RMSNorm for inference (decode_ops.py)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.step_lib is not None and decode_ops_ready(x, self.weight):
+            return native_rms_norm(self.step_lib, x, self.weight, self.eps)
         # One fused kernel (it accumulates in fp32 for half types too); in fp32 it is exactly
         # Hugging Face's math, in bf16 it differs only in where the last rounding happens.
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def decode_ops_ready(x: Tensor, weight: Tensor) -> bool:
+    """Whether a native inference op may take `x`: fp32 on a CPU, and no gradient wanted."""
+    return (
+        x.dtype == weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+def native_rms_norm(lib: ctypes.CDLL, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm through native/decode_ops.c: one pass per row instead of torch's composite."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    n = weight.shape[0]
+    lib.demi_rms_norm(x.data_ptr(), weight.contiguous().data_ptr(), eps, y.data_ptr(), x.numel() // n, n)
+    return y
 
 
 class KVCache:
@@ -83,6 +106,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
+        self.window = cfg.sliding_window
+        self.step_lib: ctypes.CDLL | None = None  # native decode attention (decode_ops.py)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         self.projections(cfg.hidden_size, q_dim, kv_dim, cfg.qkv_bias)

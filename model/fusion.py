@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from demi.model import decode_ops
 from demi.model.config import ModelConfig
-from demi.model.decoder import Attention, Block, Transformer
+from demi.model.decoder import Attention, Block, KVCache, Mask, Transformer
 from demi.model.rope import apply_rotary
 
 # fused name: the separate projections it concatenates, in row order
@@ -37,6 +38,17 @@ class FusedAttention(Attention):
             return self.heads(q, k, v, cos, sin)
         qk = apply_rotary(qkv[..., : (hq + hkv) * d].view(b, t, hq + hkv, d).transpose(1, 2), cos, sin)
         return qk[:, :hq], qk[:, hq:], qkv[..., (hq + hkv) * d :].view(b, t, hkv, d).transpose(1, 2)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Mask, cache: KVCache | None) -> Tensor:
+        b, t, _ = x.shape
+        # a decode step (or a speculative check, row by row): one native call per row
+        if b == 1 and (t == 1 or isinstance(mask, list)) and decode_ops.usable(self, x, cache):
+            assert cache is not None
+            rows = decode_ops.attend_rows(
+                self, self.qkv_proj(x).view(t, -1), cos, sin, list(range(start, start + t)), [cache] * t
+            )
+            return self.o_proj(rows.view(1, t, -1))
+        return super().forward(x, cos, sin, start, mask, cache)
 
 
 class FusedMLP(nn.Module):

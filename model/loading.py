@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from demi.model import kernel_plan
+from demi.model import decode_ops, kernel_plan
 from demi.model.checkpoint import TensorInfo, dequantize_fp8_blocks, iter_tensors, read_index, save_checkpoint
 from demi.model.config import ModelConfig, load_config
 from demi.model.decoder import Transformer
@@ -179,6 +179,7 @@ def load_model(
         model.tie_weights()
     model.quantization = mode  # type: ignore[assignment]  # nn.Module's __setattr__ takes tensors and modules
     model.kernel_plan = plan  # type: ignore[assignment]
+    decode_ops.attach(model)
     return model.eval()
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("demi.model")
-SOURCE = Path(__file__).parent / "native" / "qmatmul.c"
+SOURCES = (Path(__file__).parent / "native" / "qmatmul.c", Path(__file__).parent / "native" / "decode_ops.c")
 QBLOCK = 32  # activation block; int8 layers need K % 32 == 0, int4 groups are multiples of it
 QCHUNK = 128  # int4 weights are packed in chunks of this many (see pack_q4), the rest in blocks of 32
 _X86 = ("x86_64", "amd64", "i686", "i386")
@@ -131,13 +131,17 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
+def _sources_bytes() -> bytes:
+    return b"".join(src.read_bytes() for src in SOURCES)
+
+
 def _source_digest(cc: str, path: KernelPath) -> str:
-    return hashlib.sha256(SOURCE.read_bytes() + cc.encode() + " ".join(path.cflags).encode()).hexdigest()[:16]
+    return hashlib.sha256(_sources_bytes() + cc.encode() + " ".join(path.cflags).encode()).hexdigest()[:16]
 
 
 def source_version() -> str:
-    """A digest of the kernel source, part of the plan's cache key."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    """A digest of the kernel sources, part of the plan's cache key."""
+    return hashlib.sha256(_sources_bytes()).hexdigest()[:12]
 
 
 def _cache_dir() -> Path:
@@ -171,7 +175,18 @@ def library(name: str) -> ctypes.CDLL | None:
             with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
                 out = Path(tmp) / lib.name
                 subprocess.run(
-                    [cc, "-O3", "-fopenmp", "-shared", "-fPIC", *path.cflags, "-o", str(out), str(SOURCE), "-lm"],
+                    [
+                        cc,
+                        "-O3",
+                        "-fopenmp",
+                        "-shared",
+                        "-fPIC",
+                        *path.cflags,
+                        "-o",
+                        str(out),
+                        *map(str, SOURCES),
+                        "-lm",
+                    ],
                     check=True,
                     capture_output=True,
                     timeout=120,
@@ -203,6 +218,10 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_linear_q8.restype = None
     handle.demi_linear_q4.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, i64, vp, vp, ctypes.c_int, i64, i64]
     handle.demi_linear_q4.restype = None
+    handle.demi_attend_step.argtypes = [vp, vp, vp, i64, vp, vp, i64, i64, i64, i64, i64, i64, vp]
+    handle.demi_attend_step.restype = None
+    handle.demi_rms_norm.argtypes = [vp, vp, ctypes.c_float, vp, i64, i64]
+    handle.demi_rms_norm.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;

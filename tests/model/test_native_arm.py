@@ -28,7 +28,18 @@ def test_arm_kernels_match_the_dequantized_reference(path, tmp_path):
     flags = next(p for p in native_kernels.PATHS if p.name == path).cflags
     exe = tmp_path / "driver"
     subprocess.run(
-        [CC, "-O3", "-fopenmp", "-static", *flags, "-o", str(exe), str(DRIVER), str(native_kernels.SOURCE), "-lm"],
+        [
+            CC,
+            "-O3",
+            "-fopenmp",
+            "-static",
+            *flags,
+            "-o",
+            str(exe),
+            str(DRIVER),
+            *map(str, native_kernels.SOURCES),
+            "-lm",
+        ],
         check=True,
         capture_output=True,
     )

@@ -1,0 +1,94 @@
+"""A decode step's attention in one native call (native/decode_ops.c) instead of a dozen torch ops.
+
+A one-token step's attention is little arithmetic spread over many dispatches (views, the
+rotation, two cache writes, SDPA's checks): about 80 us a layer on a 2-core Xeon, more than the
+layer's matmuls on a small model. `attend_rows` does it per row in C: rotate the query and key
+heads, write the key and value into the cache, attend. Every decode goes through it (a lone step,
+a batch's rows, a speculative check's rows), so they agree bit for bit; prefill keeps SDPA.
+
+It applies to fused attention without QK norm on a CPU, in fp32, with a one-sequence cache in
+fp32; `attach` arms it at load where a native library loads (`DEMI_KERNEL=torch` keeps SDPA).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from demi.model import native_kernels
+from demi.model.decoder import Attention, KVCache, RMSNorm, Transformer
+
+
+def step_library(model: Transformer) -> ctypes.CDLL | None:
+    """The native library whose decode attention `model` should use: the plan's decode kernels',
+    else the fastest path this CPU runs; None where none loads or the model is not fp32 on a CPU."""
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        return None
+    plan = getattr(model, "kernel_plan", None)
+    names = native_kernels.candidate_paths()
+    if plan is not None and plan.decode in names:
+        names = [plan.decode]
+    for name in names:
+        lib = native_kernels.library(name)
+        if lib is not None:
+            return lib
+    return None
+
+
+def attach(model: Transformer) -> None:
+    """Arm the native RMSNorm and decode attention on every layer that can take them."""
+    lib = step_library(model)
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.step_lib = lib
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        fused = getattr(attn, "qkv_proj", None) is not None  # fusion.FusedAttention (which imports this)
+        if isinstance(attn, Attention) and fused and attn.qk_norm == "none":
+            attn.step_lib = lib
+
+
+def usable(attn: Attention, x: Tensor, cache: KVCache | None) -> bool:
+    """Whether rows of `x` can take the native step against `cache`."""
+    if attn.step_lib is None or cache is None or x.dtype != torch.float32:
+        return False
+    keys = cache.k[attn.layer]
+    return keys.dtype == torch.float32 and keys.shape[0] == 1 and keys.is_contiguous()
+
+
+def attend_rows(
+    attn: Attention, qkv: Tensor, cos: Tensor, sin: Tensor, positions: list[int], caches: list[KVCache]
+) -> Tensor:
+    """Attention outputs [R, heads * D] for projection rows `qkv` [R, (heads + 2 kv) * D] (rotated
+    in place), row i at `positions[i]` with rotation cos[i], sin[i] against `caches[i]`, whose key
+    and value at that position are written first."""
+    lib = attn.step_lib
+    assert lib is not None
+    rows = qkv.shape[0]
+    hq, hkv, d = attn.n_heads, attn.n_kv, attn.head_dim
+    qkv = qkv.contiguous()
+    cos, sin = cos.reshape(rows, -1).float().contiguous(), sin.reshape(rows, -1).float().contiguous()
+    out = torch.empty(rows, hq * d)
+    window = attn.window
+    for i, (pos, cache) in enumerate(zip(positions, caches)):
+        keys, values = cache.k[attn.layer], cache.v[attn.layer]
+        if not 0 <= pos < keys.shape[2]:
+            raise ValueError(f"position {pos} is outside the cache ({keys.shape[2]} positions)")
+        lib.demi_attend_step(
+            qkv[i].data_ptr(),
+            cos[i].data_ptr(),
+            sin[i].data_ptr(),
+            cos.shape[1],
+            keys.data_ptr(),
+            values.data_ptr(),
+            keys.shape[2],
+            pos,
+            max(0, pos - window + 1) if window else 0,
+            hq,
+            hkv,
+            d,
+            out[i].data_ptr(),
+        )
+    return out
