@@ -132,10 +132,4 @@ def _head(head: torch.nn.Module, hidden: Tensor) -> Tensor:
         return head(hidden)[:, -1].float()
     x2 = hidden.reshape(-1, head.in_features)
     shadow = head.shadow(x2)
-    out = []
-    for i in range(x2.shape[0]):
-        top = shadow[i : i + 1].topk(head.candidates, dim=-1).indices[0]
-        rows = head.exact.weight.index_select(0, top).float()
-        exact = (x2[i : i + 1].float() @ rows.T) * head.exact.weight_scale.index_select(0, top)
-        out.append(shadow[i : i + 1].float().index_copy_(1, top, exact))
-    return torch.cat(out)
+    return torch.cat([head.rescored(x2[i : i + 1], shadow[i : i + 1]) for i in range(x2.shape[0])])

@@ -222,6 +222,10 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_attend_step.restype = None
     handle.demi_rms_norm.argtypes = [vp, vp, ctypes.c_float, vp, i64, i64]
     handle.demi_rms_norm.restype = None
+    handle.demi_top_k.argtypes = [vp, i64, i64, vp]
+    handle.demi_top_k.restype = None
+    handle.demi_rescore.argtypes = [vp, vp, vp, i64, vp, i64, vp]
+    handle.demi_rescore.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;

@@ -280,12 +280,27 @@ class RescoredHead(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] > 1:
             return self.exact(x)
-        logits = self.shadow(x2)
-        top = logits.topk(self.candidates, dim=-1).indices[0]
+        return self.rescored(x2, self.shadow(x2)).reshape(*shape[:-1], self.out_features)
+
+    def rescored(self, x: Tensor, shadow: Tensor) -> Tensor:
+        """fp32 logits [1, V] for one row x [1, K]: its shadow logits with the top `candidates`
+        rescored exactly (fp32, so the rescored winners keep their order). Native where the int8
+        kernels are (one pass to pick, no gathered copy of the rows), else torch's ops."""
+        lib = self.exact.decode_lib
+        if lib is not None and shadow.dtype == torch.float32 and shadow.is_contiguous():
+            top = torch.empty(self.candidates, dtype=torch.int64)
+            lib.demi_top_k(shadow.data_ptr(), self.out_features, self.candidates, top.data_ptr())
+            row = x.float().contiguous()
+            w, scale = self.exact.weight, self.exact.weight_scale
+            lib.demi_rescore(
+                row.data_ptr(), w.data_ptr(), scale.data_ptr(), self.in_features, top.data_ptr(), self.candidates,
+                shadow.data_ptr(),
+            )  # fmt: skip
+            return shadow
+        top = shadow.topk(self.candidates, dim=-1).indices[0]
         rows = self.exact.weight.index_select(0, top).float()  # fp32: no rounding of the winners
-        exact = (x2.float() @ rows.T) * self.exact.weight_scale.index_select(0, top)
-        logits = logits.float().index_copy_(1, top, exact)  # fp32, so the rescored winners keep their order
-        return logits.reshape(*shape[:-1], self.out_features)
+        exact = (x.float() @ rows.T) * self.exact.weight_scale.index_select(0, top)
+        return shadow.float().index_copy_(1, top, exact)
 
 
 def quantizable(name: str) -> bool:
