@@ -125,9 +125,16 @@ def _cpu_report(cfg: Any) -> dict[str, Any]:
         "forced": native_kernels.forced(),
         "compiler": native_kernels.compiler(),
         "problems": {p: native_kernels.problem(p) for p in paths if native_kernels.problem(p)},
+        # per usable path: "compiled here", "prebuilt (no C compiler)" or "prebuilt (compile failed: ...)"
+        "origins": {p: native_kernels.origin(p) for p in usable},
     }
-    if not report["compiler"]:
-        report["note"] = "no C compiler: torch's kernels are used (install gcc or clang for the native ones)"
+    if not report["compiler"] and usable:
+        report["note"] = "no C compiler: the native kernels prebuilt with Demi's package are used"
+    elif not report["compiler"]:
+        report["note"] = (
+            "torch (no C compiler and no usable prebuilt library): torch's kernels are used "
+            "(install gcc or clang for the native ones)"
+        )
     if cfg is not None:
         try:
             plan = plan_for(cfg, "int8")

@@ -171,7 +171,11 @@ def _print_server(s: dict) -> None:
 def _print_cpu(cpu: dict) -> None:
     print(f"{'cpu':20s} {cpu['model']}: {' '.join(cpu['features']) or '(no vector features Demi uses)'}")
     forced = f" (DEMI_KERNEL={cpu['forced']})" if cpu["forced"] else ""
-    print(f"{'native kernels':20s} {', '.join(cpu['native_usable']) or 'none: torch kernels'}{forced}")
+    origins: dict[str, list[str]] = {}  # how each usable path got here: compiled here, prebuilt (why)
+    for path in cpu["native_usable"]:
+        origins.setdefault(cpu["origins"][path], []).append(path)
+    usable = "; ".join(f"{', '.join(paths)}: {how}" for how, paths in origins.items())
+    print(f"{'native kernels':20s} {usable or 'none: torch kernels'}{forced}")
     for path, why in cpu["problems"].items():
         print(f"  {path}: {why}")
     if cpu.get("note"):

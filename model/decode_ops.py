@@ -1,13 +1,16 @@
-"""A decode step's attention in one native call (native/decode_ops.c) instead of a dozen torch ops.
+"""Inference glue in native calls (native/decode_ops.c) instead of chains of torch dispatches.
 
 A one-token step's attention is little arithmetic spread over many dispatches (views, the
 rotation, two cache writes, SDPA's checks): about 80 us a layer on a 2-core Xeon, more than the
 layer's matmuls on a small model. `attend_rows` does it per row in C: rotate the query and key
 heads, write the key and value into the cache, attend. Every decode goes through it (a lone step,
-a batch's rows, a speculative check's rows), so they agree bit for bit; prefill keeps SDPA.
+a batch's rows, a speculative check's rows), so they agree bit for bit; prefill keeps SDPA. It
+applies to fused attention without QK norm, with a one-sequence fp32 cache.
 
-It applies to fused attention without QK norm on a CPU, in fp32, with a one-sequence cache in
-fp32; `attach` arms it at load where a native library loads (`DEMI_KERNEL=torch` keeps SDPA).
+RMSNorm (`decoder.native_rms_norm`) and SwiGLU's SiLU-and-multiply (`fusion.native_silu_mul`) run
+natively for every fp32 inference row, prefill too: one pass each instead of torch's composites.
+Training (gradients wanted) keeps torch's ops. `attach` arms all of it at load on a CPU in fp32
+where a native library loads (`DEMI_KERNEL=torch` keeps torch's ops).
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ def step_library(model: Transformer) -> ctypes.CDLL | None:
 
 
 def attach(model: Transformer) -> None:
-    """Arm the native RMSNorm and decode attention on every layer that can take them."""
+    """Arm the native RMSNorm, SiLU-and-multiply and decode attention wherever they fit."""
     lib = step_library(model)
     for module in model.modules():
-        if isinstance(module, RMSNorm):
-            module.step_lib = lib
+        if isinstance(module, RMSNorm) or hasattr(module, "gate_up_proj"):  # fusion.FusedMLP
+            setattr(module, "step_lib", lib)  # noqa: B010  (a plain attribute, not a tensor or module)
     for layer in model.model.layers:
         attn = layer.self_attn
         fused = getattr(attn, "qkv_proj", None) is not None  # fusion.FusedAttention (which imports this)

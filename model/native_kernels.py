@@ -4,7 +4,10 @@ One C file (native/qmatmul.c) holds every instruction-set path; it is built once
 that path's compiler flags into the user cache directory and called through ctypes: no torch
 extension build, about a second to compile, once. Before a library is used it runs its own
 self-check in a child process, so a CPU flag that lies (SIGILL) or a miscompiled path costs a
-one-line warning and torch's kernel, never the user's process.
+one-line warning and torch's kernel, never the user's process. Without a C compiler (or when the
+compile fails) the library prebuilt with the package for that path is used instead, after the same
+self-check, if it was built from the installed sources (native_build owns the build and its digest);
+`origin` says which one loaded.
 
 Which paths this CPU can run comes from its flags; which one is *used* is the kernel plan's job
 (kernel_plan.py), which times them. `DEMI_KERNEL=<path>` forces one family (`torch` turns native
@@ -19,50 +22,21 @@ import hashlib
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
+from contextlib import suppress
 from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
 
+# The paths, their flags, the sources and the compile command have one owner, native_build (standard
+# library only, so the wheel build compiles the prebuilt libraries with the very same command).
+from demi.model.native_build import PATH_NAMES, PATHS, SOURCES, KernelPath, compile_library, compiler, find_prebuilt
+
 log = logging.getLogger("demi.model")
-SOURCES = (Path(__file__).parent / "native" / "qmatmul.c", Path(__file__).parent / "native" / "decode_ops.c")
 QBLOCK = 32  # activation block; int8 layers need K % 32 == 0, int4 groups are multiples of it
 QCHUNK = 128  # int4 weights are packed in chunks of this many (see pack_q4), the rest in blocks of 32
-_X86 = ("x86_64", "amd64", "i686", "i386")
-_ARM = ("aarch64", "arm64")
-
-
-@dataclass(frozen=True)
-class KernelPath:
-    name: str
-    arch: tuple[str, ...]
-    needs: frozenset[str]  # CPU flags (x86 /proc/cpuinfo names; ARM "Features" names)
-    cflags: tuple[str, ...]
-
-
-_AVX2 = ("-mavx2", "-mfma", "-mf16c")
-_AVX512 = _AVX2 + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")
-# Fastest first: where several run, the plan times them all the same.
-PATHS = (
-    KernelPath(
-        "avx512vnni",
-        _X86,
-        frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
-        _AVX512 + ("-mavx512vnni",),
-    ),
-    KernelPath("avx512", _X86, frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}), _AVX512),
-    KernelPath("avxvnni", _X86, frozenset({"avx2", "fma", "f16c", "avx_vnni"}), _AVX2 + ("-mavxvnni",)),
-    KernelPath("avx2", _X86, frozenset({"avx2", "fma", "f16c"}), _AVX2),
-    KernelPath("neon-dotprod", _ARM, frozenset({"asimddp"}), ("-march=armv8.2-a+dotprod",)),
-    KernelPath("neon", _ARM, frozenset({"asimd"}), ("-march=armv8-a",)),
-    KernelPath("generic", _X86 + _ARM, frozenset(), ()),
-)
-PATH_NAMES = tuple(p.name for p in PATHS)
 
 
 def cpu_flags() -> frozenset[str]:
@@ -127,10 +101,6 @@ def candidate_paths() -> list[str]:
     return runnable
 
 
-def compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
 def _sources_bytes() -> bytes:
     return b"".join(src.read_bytes() for src in SOURCES)
 
@@ -150,8 +120,14 @@ def _cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("demi")) / "native"
 
 
-_SELFTEST = "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); sys.exit(lib.demi_selftest())"
+# argv: the library, then the runtimes to load first (this process's OpenMP runtime, see _runtimes)
+_SELFTEST = (
+    "import ctypes, sys; [ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL) for p in sys.argv[2:]]; "
+    "lib = ctypes.CDLL(sys.argv[1]); sys.exit(lib.demi_selftest())"
+)
+_NO_COMPILER = "no C compiler"
 _problems: dict[str, str] = {}
+_origins: dict[str, str] = {}
 
 
 def problem(name: str) -> str | None:
@@ -159,60 +135,96 @@ def problem(name: str) -> str | None:
     return _problems.get(name)
 
 
-@cache
-def library(name: str) -> ctypes.CDLL | None:
-    """The compiled, self-checked library for path `name`, or None (with the reason in `problem`)."""
-    path = next(p for p in PATHS if p.name == name)
+def origin(name: str) -> str | None:
+    """Where path `name`'s loaded library came from: "compiled here", "prebuilt (no C compiler)" or
+    "prebuilt (compile failed: ...)"; None until it has loaded."""
+    return _origins.get(name)
+
+
+def _compiled(path: KernelPath) -> tuple[Path | None, str]:
+    """The library compiled here for `path` (on first use, into the user cache), or None and why not."""
     cc = compiler()
     if not cc:
-        _problems[name] = "no C compiler (cc, gcc or clang) on PATH"
-        return None
-    lib = _cache_dir() / f"qmatmul-{name}-{_source_digest(cc, path)}.so"
-    ok = lib.with_suffix(".ok")
+        return None, _NO_COMPILER
+    lib = _cache_dir() / f"qmatmul-{path.name}-{_source_digest(cc, path)}.so"
     try:
         if not lib.is_file():
-            lib.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-                out = Path(tmp) / lib.name
-                subprocess.run(
-                    [
-                        cc,
-                        "-O3",
-                        "-fopenmp",
-                        "-shared",
-                        "-fPIC",
-                        *path.cflags,
-                        "-o",
-                        str(out),
-                        *map(str, SOURCES),
-                        "-lm",
-                    ],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-                os.replace(out, lib)  # never a half-written library, even if interrupted
-        if not ok.is_file():
-            check = subprocess.run([sys.executable, "-c", _SELFTEST, str(lib)], capture_output=True, timeout=60)
-            if check.returncode != 0:
-                why = (
-                    f"killed by signal {-check.returncode}"
-                    if check.returncode < 0
-                    else f"wrong results (code {check.returncode})"
-                )
-                _problems[name] = f"self-check failed: {why}"
-                log.warning("native %s kernel failed its self-check (%s); using torch's kernel", name, why)
-                return None
-            ok.write_text("ok\n")
-        handle = ctypes.CDLL(str(lib))
+            compile_library(cc, path, lib)
     except subprocess.CalledProcessError as exc:
-        _problems[name] = f"compile failed: {exc.stderr.decode(errors='replace').strip().splitlines()[-1:]}"
-        log.info("native %s kernel unavailable (%s)", name, _problems[name])
-        return None
+        return None, "compile failed: " + " ".join(exc.stderr.decode(errors="replace").strip().splitlines()[-1:])
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"compile failed: {exc}"
+    return lib, ""
+
+
+@lru_cache(maxsize=1)
+def _runtimes() -> tuple[str, ...]:
+    """The OpenMP runtime this process loaded with torch (torch's wheels carry their own
+    libgomp.so.1, the soname the kernels link against). The self-check child loads it first, so a
+    library is checked against the runtime it will run with here, and a machine without a system
+    libgomp (often one without a compiler, using the prebuilt libraries) passes as this process would."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and Path(fields[5].strip()).name.startswith("libgomp"):
+                    return (fields[5].strip(),)
+    except OSError:  # not Linux: the child finds the runtime as this process did
+        pass
+    return ()
+
+
+def _self_check(name: str, lib: Path, ok: Path, how: str) -> bool:
+    """Run the library's self-check in a child process once (`ok` remembers a pass): a CPU flag that
+    lies or a miscompiled path kills or fails the child, never this process."""
+    if ok.is_file():
+        return True
+    check = subprocess.run([sys.executable, "-c", _SELFTEST, str(lib), *_runtimes()], capture_output=True, timeout=60)
+    if check.returncode != 0:
+        why = (
+            f"killed by signal {-check.returncode}"
+            if check.returncode < 0
+            else f"wrong results (code {check.returncode})"
+        )
+        _problems[name] = f"self-check failed: {why}"
+        log.warning("native %s kernel (%s) failed its self-check (%s); using torch's kernel", name, how, why)
+        return False
+    with suppress(OSError):  # a cache that cannot be written only means checking again next time
+        ok.parent.mkdir(parents=True, exist_ok=True)
+        ok.write_text("ok\n")
+    return True
+
+
+@cache
+def library(name: str) -> ctypes.CDLL | None:
+    """The self-checked library for path `name`: compiled here on first use, else (no C compiler, or the
+    compile failed) the one prebuilt with the package if it was built from these sources; None where
+    neither loads, with the reason in `problem`. `origin` says which one it is."""
+    path = next(p for p in PATHS if p.name == name)
+    lib, why = _compiled(path)
+    ok: Path | None = None
+    if lib is not None:
+        how, ok = "compiled here", lib.with_suffix(".ok")
+    else:
+        lib, missing = find_prebuilt(path)
+        if lib is None:
+            if why == _NO_COMPILER:
+                why = "no C compiler (cc, gcc or clang on PATH, or $CC)"
+            _problems[name] = f"{why}, and {missing}"
+            log.info("native %s kernel unavailable (%s)", name, _problems[name])
+            return None
+        how = f"prebuilt ({why})"
+    try:
+        # a prebuilt library's pass is remembered in the user cache, by the library's own digest
+        ok = ok or _cache_dir() / f"prebuilt-{name}-{hashlib.sha256(lib.read_bytes()).hexdigest()[:16]}.ok"
+        if not _self_check(name, lib, ok, how):
+            return None
+        handle = ctypes.CDLL(str(lib))
     except (OSError, subprocess.SubprocessError) as exc:
         _problems[name] = f"unavailable: {exc}"
         log.info("native %s kernel unavailable (%s)", name, exc)
         return None
+    _origins[name] = how
     vp, i64 = ctypes.c_void_p, ctypes.c_int64
     handle.demi_linear_q8.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, vp, ctypes.c_int, i64, i64]
     handle.demi_linear_q8.restype = None
@@ -226,6 +238,8 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_top_k.restype = None
     handle.demi_rescore.argtypes = [vp, vp, vp, i64, vp, i64, vp]
     handle.demi_rescore.restype = None
+    handle.demi_silu_mul.argtypes = [vp, vp, i64, i64]
+    handle.demi_silu_mul.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;

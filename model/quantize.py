@@ -164,8 +164,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         lib = self.decode_lib if rows <= _PREFILL_ROWS else self.prefill_lib
-        if lib is None and rows < self.float_prefill_rows and self._w_copy is None:
-            lib = self.decode_lib  # too few rows to pay for converting the weight
+        if lib is None and rows < self.float_prefill_rows:
+            # too few rows to pay for converting the weight; decided by the rows alone (not by whether
+            # a kept copy exists yet), so the same prompt always takes the same kernel: same answers
+            lib = self.decode_lib
         if lib is not None:
             return native_kernels.linear_q8(lib, x, self.weight, self.weight_scale, self._bias_f32)
         shape, dtype = x.shape, x.dtype

@@ -3,11 +3,14 @@ wheel and an sdist by its own build backend, the wheel is installed into a fresh
 and the console scripts it puts on PATH run from there: `demi`, `demi-lsp` and `demi-chat --version`,
 `demi completion bash`. The wheel is installed with --no-deps and the fresh environment sees this
 environment's site-packages through a .pth file, so nothing (torch above all) is downloaded; the
-package itself must come from the wheel, never from this checkout.
+package itself must come from the wheel, never from this checkout. The wheel carries the native
+kernels prebuilt for this machine's architecture (setup.py) and is tagged for its platform; with no
+C compiler the installed package loads them, self-checked, and `demi doctor` says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +21,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from demi.model import native_build
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,9 +35,11 @@ VERSION = PYPROJECT["project"]["version"]
 SCRIPTS = sorted(PYPROJECT["project"]["scripts"])
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def _run(
+    cmd: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return subprocess.run(cmd, cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +47,7 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     """The wheel and the sdist, built by the build backend from a copy of the files they are made of
     (so the build's scratch folders never land in the checkout)."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     for folder in set(PYPROJECT["tool"]["setuptools"]["package-dir"].values()):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
@@ -94,11 +101,34 @@ def test_wheel_declares_license_scripts_and_dependencies(dists):
     assert not any("__pycache__" in n for n in names)
 
 
+def test_the_wheel_carries_prebuilt_kernels_for_this_machine_and_says_its_platform(dists):
+    """Every path of this machine's architecture (the build compiles them all, whatever this CPU
+    runs), each with the digest of the sources and flags it was built from; a platform tag."""
+    prebuilt = "demi/model/native/prebuilt"
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        names = set(whl.namelist())
+        manifest = json.loads(whl.read(f"{prebuilt}/manifest.json"))
+        wheel_info = whl.read(f"demi-{VERSION}.dist-info/WHEEL").decode().splitlines()
+    paths = native_build.machine_paths()
+    assert paths and manifest["machine"] == native_build.machine()
+    assert sorted(manifest["libraries"]) == sorted(p.name for p in paths)
+    for path in paths:
+        assert f"{prebuilt}/qmatmul-{path.name}.so" in names
+        assert manifest["libraries"][path.name]["digest"] == native_build.build_digest(path)
+    platform_tag = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    assert dists["wheel"].name == f"demi-{VERSION}-py3-none-{platform_tag}.whl"
+    assert "Root-Is-Purelib: false" in wheel_info and f"Tag: py3-none-{platform_tag}" in wheel_info
+
+
 def test_sdist_carries_the_license(dists):
     with tarfile.open(dists["sdist"]) as sdist:
         names = sdist.getnames()
         pkg_info = sdist.extractfile(f"demi-{VERSION}/PKG-INFO").read().decode()  # type: ignore[union-attr]
     assert f"demi-{VERSION}/LICENSE" in names
+    # what a wheel built from the sdist compiles its prebuilt kernels from
+    assert {f"demi-{VERSION}/setup.py", f"demi-{VERSION}/model/native_build.py"} <= set(names)
+    assert all(f"demi-{VERSION}/model/native/{src.name}" in names for src in native_build.SOURCES)
+    assert not any(n.endswith(".so") for n in names)
     assert "License-Expression: Apache-2.0" in pkg_info.split("\n\n", 1)[0].splitlines()
 
 
@@ -144,3 +174,53 @@ def test_installed_demi_prints_a_completion_script_bash_accepts(venv, tmp_path):
     proc = _run([bash, "-c", f"source <({demi} completion bash) && complete -p demi"], cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(" demi") and "-F _shtab_demi" in proc.stdout
+
+
+_PREBUILT_PROBE = """
+import json, torch
+from demi.model import native_kernels as nk
+from demi.model.quantize import quantize_int8
+torch.manual_seed(0)
+w, x = torch.randn(64, 128), torch.randn(2, 128)
+q, scale = quantize_int8(w)
+want = x @ (q.float() * scale[:, None]).T
+loaded = {p: nk.library(p) for p in nk.runnable_paths()}
+print(json.dumps({
+    "compiler": nk.compiler(),
+    "module": nk.__file__,
+    "paths": list(loaded),
+    "problems": {p: nk.problem(p) for p in loaded if nk.problem(p)},
+    "origins": {p: nk.origin(p) for p, lib in loaded.items() if lib},
+    "runs": {p: lib.demi_path().decode() for p, lib in loaded.items() if lib},
+    "errors": {
+        p: ((nk.linear_q8(lib, x, q, scale, None) - want).norm() / want.norm()).item()
+        for p, lib in loaded.items() if lib
+    },
+}))
+"""
+
+
+def test_without_a_compiler_the_installed_package_uses_its_prebuilt_kernels(venv, tmp_path):
+    """No C compiler ($CC names a missing program, PATH holds none): every path this CPU runs loads
+    from the wheel's prebuilt libraries after its self-check, computes a correct int8 matmul, nothing
+    is compiled into the (fresh) user cache, and `demi doctor` says where the kernels came from."""
+    cache = tmp_path / "cache"
+    env = {"CC": str(tmp_path / "no-such-cc"), "PATH": str(venv / "bin"), "XDG_CACHE_HOME": str(cache)}
+    env |= {"DEMI_KERNEL": "auto", "DEMI_NATIVE": "1"}  # whatever this environment forces
+    proc = _run([str(venv / "bin" / "python"), "-c", _PREBUILT_PROBE], cwd=tmp_path, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.splitlines()[-1])
+    assert r["compiler"] is None and Path(r["module"]).is_relative_to(venv)
+    assert r["paths"] and not r["problems"], r
+    assert r["origins"] == dict.fromkeys(r["paths"], "prebuilt (no C compiler)")
+    assert r["runs"] == {p: p for p in r["paths"]}
+    assert all(err < 0.01 for err in r["errors"].values()), r["errors"]
+    native = cache / "demi" / "native"
+    assert len(list(native.glob("prebuilt-*.ok"))) == len(r["paths"])  # each passed its self-check
+    assert not list(native.glob("*.so"))  # and nothing was compiled here
+    doctor = _run([str(venv / "bin" / "demi"), "doctor"], cwd=tmp_path, timeout=120, env=env)
+    assert doctor.returncode == 0, doctor.stderr[-3000:]
+    lines = doctor.stdout.splitlines()
+    kernels = next(line for line in lines if line.startswith("native kernels"))
+    assert kernels.endswith(f"{', '.join(r['paths'])}: prebuilt (no C compiler)"), kernels
+    assert any("no C compiler: the native kernels prebuilt" in line for line in lines), doctor.stdout

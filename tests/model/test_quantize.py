@@ -316,3 +316,16 @@ def test_short_prefills_skip_the_weight_conversion(monkeypatch):
     assert calls == [20]
     lin(torch.randn(150, 64))  # past the crossover: the float matmul
     assert calls == [20]
+
+
+def test_a_prompt_takes_the_same_int8_kernel_before_and_after_a_long_prefill_keeps_a_float_copy():
+    """Below the plan's float-prefill rows the native kernel runs whether or not a longer prefill has
+    kept an fp32 copy of the weight meanwhile: the same prompt gets the same numbers, first or later."""
+    paths = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
+    torch.manual_seed(5)
+    lin = Int8Linear(*quantize_int8(torch.randn(48, 64)), plan=KernelPlan("int8", "float32", paths[0], "fp32", 40))
+    mid = torch.randn(20, 64)  # more than a decode step's rows, fewer than the float-prefill rows
+    first = lin(mid)
+    lin(torch.randn(60, 64))  # a long prefill: fp32, keeps a copy of the weight
+    assert lin._w_copy is not None
+    assert torch.equal(lin(mid), first)
