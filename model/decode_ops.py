@@ -61,6 +61,21 @@ def usable(attn: Attention, x: Tensor, cache: KVCache | None) -> bool:
     return keys.dtype == torch.float32 and keys.shape[0] == 1 and keys.is_contiguous()
 
 
+def rotate_heads(attn: Attention, qkv: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the query and key heads of projection rows `qkv` [T, (heads + 2 kv) * D] in place, row t
+    by cos[t], sin[t] (a prefill's rows); returns `qkv`, contiguous."""
+    lib = attn.step_lib
+    assert lib is not None
+    qkv = qkv.contiguous()
+    rows = qkv.shape[0]
+    cos, sin = cos.reshape(rows, -1).float().contiguous(), sin.reshape(rows, -1).float().contiguous()
+    lib.demi_rotate_heads(
+        qkv.data_ptr(), rows, qkv.shape[1], attn.n_heads + attn.n_kv, attn.head_dim, cos.data_ptr(), sin.data_ptr(),
+        cos.shape[1],
+    )  # fmt: skip
+    return qkv
+
+
 def attend_rows(
     attn: Attention, qkv: Tensor, cos: Tensor, sin: Tensor, positions: list[int], caches: list[KVCache]
 ) -> Tensor:

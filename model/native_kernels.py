@@ -240,6 +240,8 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_rescore.restype = None
     handle.demi_silu_mul.argtypes = [vp, vp, i64, i64]
     handle.demi_silu_mul.restype = None
+    handle.demi_rotate_heads.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64]
+    handle.demi_rotate_heads.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;

@@ -210,3 +210,15 @@ void demi_silu_mul(const float *restrict gu, float *restrict out, int64_t rows, 
         }
     }
 }
+
+/* Rotate-half RoPE in place on `heads` heads of d values in each of `rows` rows (row r at x + r *
+ * stride, with cos and sin rows of `rot` values at cos + r * rot): the query and key heads of a
+ * prefill's fused q/k/v projection, one pass instead of torch's slices, negation, concatenation,
+ * two multiplies and an add, with the very rotation a decode step applies (`rotate`). */
+void demi_rotate_heads(float *restrict x, int64_t rows, int64_t stride, int64_t heads, int64_t d,
+                       const float *restrict cos, const float *restrict sin, int64_t rot) {
+    #pragma omp parallel for schedule(static) if (rows * heads * d >= 65536)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t h = 0; h < heads; h++)
+            rotate(x + r * stride + h * d, cos + r * rot, sin + r * rot, rot);
+}
