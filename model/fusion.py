@@ -9,8 +9,6 @@ again when a model is saved (`unfuse_state_dict`).
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,15 +56,6 @@ class FusedAttention(Attention):
         return super().forward(x, cos, sin, start, mask, cache)
 
 
-def native_silu_mul(lib: ctypes.CDLL, gate_up: Tensor) -> Tensor:
-    """silu(gate) * up for rows of [gate | up], through native/decode_ops.c."""
-    gate_up = gate_up.contiguous()
-    inter = gate_up.shape[-1] // 2
-    out = torch.empty(*gate_up.shape[:-1], inter)
-    lib.demi_silu_mul(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * inter), inter)
-    return out
-
-
 class FusedMLP(nn.Module):
     """SwiGLU with gate and up in one matmul (swapped in at load, like FusedAttention)."""
 
@@ -74,13 +63,9 @@ class FusedMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=bias)
         self.down_proj = nn.Linear(inter, hidden, bias=bias)
-        self.step_lib: ctypes.CDLL | None = None  # native SiLU-and-multiply for inference (decode_ops.py)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate_up = self.gate_up_proj(x)
-        if self.step_lib is not None and decode_ops_ready(gate_up, gate_up):
-            return self.down_proj(native_silu_mul(self.step_lib, gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

@@ -238,8 +238,6 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_top_k.restype = None
     handle.demi_rescore.argtypes = [vp, vp, vp, i64, vp, i64, vp]
     handle.demi_rescore.restype = None
-    handle.demi_silu_mul.argtypes = [vp, vp, i64, i64]
-    handle.demi_silu_mul.restype = None
     handle.demi_rotate_heads.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64]
     handle.demi_rotate_heads.restype = None
     handle.demi_path.restype = ctypes.c_char_p

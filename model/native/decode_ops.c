@@ -40,8 +40,10 @@ static inline float exp_neg(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale = {((int32_t)n + 127) << 23};
-    return p * scale.f;
+    const int32_t bits = ((int32_t)n + 127) << 23; /* 2^n, built in the exponent field */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
 
 /* qkv: the step's projection [hq * d | hkv * d | hkv * d] (rotated in place); cos, sin: `rot`
@@ -192,22 +194,6 @@ void demi_rescore(const float *restrict x, const int8_t *restrict q, const float
         for (int64_t i = 0; i < K; i++)
             dot += x[i] * (float)row[i];
         logits[idx[j]] = dot * scale[idx[j]];
-    }
-}
-
-/* SwiGLU's gate: out[r, i] = silu(gu[r, i]) * gu[r, inter + i] for rows of [gate | up] (the fused
- * gate_up projection's output), one pass instead of torch's chunk, silu and multiply. */
-void demi_silu_mul(const float *restrict gu, float *restrict out, int64_t rows, int64_t inter) {
-    #pragma omp parallel for schedule(static) if (rows * inter >= 65536)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *g = gu + r * 2 * inter, *u = g + inter;
-        float *o = out + r * inter;
-        #pragma omp simd
-        for (int64_t i = 0; i < inter; i++) {
-            const float x = g[i], e = exp_neg(-fabsf(x)); /* e^-|x|: never overflows */
-            const float sigmoid = x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
-            o[i] = x * sigmoid * u[i];
-        }
     }
 }
 

@@ -1,5 +1,5 @@
 """Native decode ops (model/decode_ops.py, native/decode_ops.c): a decode step's attention, RMSNorm
-and SwiGLU's SiLU-and-multiply in C give what torch's ops give, for every family (GQA, a sliding
+and a prefill's RoPE in C give what torch's ops give, for every family (GQA, a sliding
 window, biases, tied heads, experts), with partial rotary and scaled RoPE, writing the same keys and
 values into the cache; QK-norm families and `DEMI_KERNEL=torch` keep torch's ops, training never
 takes the native norm, and a position outside the cache is refused before anything is written."""
@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hf_models import FAMILIES
 
 from demi.model import decode_ops
 from demi.model.decoder import KVCache, RMSNorm, native_rms_norm
-from demi.model.fusion import FusedMLP, native_silu_mul
 from demi.model.generate import decode_one_token, prefill
 from demi.model.loading import load_model
 
@@ -91,21 +89,6 @@ def test_native_rms_norm_is_torchs_and_training_keeps_torchs(tiny_checkpoints):
     assert y.requires_grad and y.grad_fn is not None
     y.sum().backward()
     assert trained.weight.grad is not None
-
-
-def test_native_silu_and_multiply_is_torchs(tiny_checkpoints):
-    model = load_model(tiny_checkpoints("llama"), quant="none")
-    mlp = model.model.layers[0].mlp
-    assert isinstance(mlp, FusedMLP) and mlp.step_lib is not None
-    gate_up = torch.cat([torch.linspace(-90, 90, 700), torch.randn(700) * 4]).view(2, 1, 700)  # both tails
-    gate, up = gate_up.chunk(2, dim=-1)
-    torch.testing.assert_close(native_silu_mul(mlp.step_lib, gate_up), F.silu(gate) * up, atol=1e-5, rtol=1e-5)
-    x = torch.randn(3, 5, model.config.hidden_size)
-    with torch.inference_mode():
-        got = mlp(x)
-    mlp.step_lib = None
-    with torch.inference_mode():
-        torch.testing.assert_close(got, mlp(x), atol=1e-5, rtol=1e-5)
 
 
 def test_a_position_outside_the_cache_is_refused_before_anything_is_written(tiny_checkpoints):
