@@ -106,18 +106,24 @@ def matmul_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
     ]
 
 
-def _timed(fn: Callable[[], object], deadline: float, reps: int = 3, warm: Callable[[], object] | None = None) -> float:
-    """Best-of-`reps` milliseconds after one warm-up call of `warm` (default `fn`); fewer reps past
-    the deadline."""
-    (warm or fn)()
-    best = float("inf")
+def _timed_together(
+    fns: dict[str, Callable[[], object]], deadline: float, reps: int, warm: dict[str, Callable[[], object]]
+) -> dict[str, float]:
+    """Best-of-`reps` milliseconds of each candidate, the candidates taking turns rep by rep (after a
+    warm-up call each): a burst of load from another process then falls on all of them alike and
+    best-of skips it, where timing one candidate's reps after another's let a burst land on one
+    candidate alone and cache a plan that picked the wrong kernel."""
+    for name in fns:
+        warm.get(name, fns[name])()
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
         if time.perf_counter() > deadline:
             break
-    return best * 1e3
+    return {name: v * 1e3 for name, v in best.items()}
 
 
 def last_level_cache_bytes() -> int:
@@ -269,10 +275,13 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
                 copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
                 warm = make([s], min(rows, 16), dtype, paths, decode_torch)  # first-call costs, cheaply
                 conversions = _conversions(s, mode) if phase == "prefill" else {}
-                for name, fn in make(copies, rows, dtype, paths, decode_torch).items():
-                    per_row_ms = _timed(fn, deadline, 2, warm[name]) * s.scale_up / rows
-                    if name in conversions:
-                        convert_ms = _timed(conversions[name], deadline, 2) * s.scale_up
+                fns = make(copies, rows, dtype, paths, decode_torch)
+                measured = _timed_together(fns, deadline, 2, warm)
+                converted = _timed_together(conversions, deadline, 2, {}) if conversions else {}
+                for name in fns:
+                    per_row_ms = measured[name] * s.scale_up / rows
+                    if name in converted:
+                        convert_ms = converted[name] * s.scale_up
                         times["convert"][name] = times["convert"].get(name, 0.0) + convert_ms
                         per_row_ms += convert_ms / PREFILL_CHUNK
                     times[phase][name] = times[phase].get(name, 0.0) + per_row_ms / len(copies)

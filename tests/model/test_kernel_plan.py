@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import torch
@@ -175,3 +176,25 @@ def test_guess_without_measuring_matches_the_hardware():
     plan = kernel_plan.guess("int8")
     assert isinstance(plan, KernelPlan) and plan.source == "guess"
     assert plan.prefill == ("bf16" if kernel_plan.has_bf16_hardware() else "fp32")
+
+
+def test_candidates_are_timed_in_turns_so_a_burst_of_load_lands_on_no_one_alone():
+    """A stall in one candidate's timed call (another process taking the core) is skipped by best-of,
+    as the candidates take turns rep by rep rather than running their reps one candidate after another."""
+    calls: list[str] = []
+    stalls = iter([0.08])  # the first timed call of "slow-once" is hit by a burst of load
+
+    def candidate(name: str, stall: bool = False):
+        def run() -> None:
+            calls.append(name)
+            time.sleep(next(stalls, 0.0) if stall else 0.0)
+            time.sleep(0.002)
+
+        return run
+
+    warmed: list[str] = []
+    fns = {"slow-once": candidate("slow-once", stall=True), "steady": candidate("steady")}
+    got = kernel_plan._timed_together(fns, time.perf_counter() + 60, 3, {"slow-once": lambda: warmed.append("w")})
+    assert warmed == ["w"] and calls[:1] == ["steady"]  # its own warm-up, the other's warm-up call
+    assert calls[1:] == ["slow-once", "steady"] * 3  # turns, rep by rep
+    assert got["slow-once"] < 40 and got["steady"] < 40  # ms: the 80 ms burst is not what counts
