@@ -63,14 +63,21 @@ def usable(attn: Attention, x: Tensor, cache: KVCache | None) -> bool:
     return keys.dtype == torch.float32 and keys.shape[0] == 1 and keys.is_contiguous()
 
 
+def _native_rows(attn: Attention, qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[ctypes.CDLL, Tensor, Tensor, Tensor]:
+    """The library and the arguments as the C side reads them: projection rows and one cos/sin row
+    each, fp32 and contiguous."""
+    lib = attn.step_lib
+    assert lib is not None
+    rows = qkv.shape[0]
+    cos, sin = cos.reshape(rows, -1).float().contiguous(), sin.reshape(rows, -1).float().contiguous()
+    return lib, qkv.contiguous(), cos, sin
+
+
 def rotate_heads(attn: Attention, qkv: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the query and key heads of projection rows `qkv` [T, (heads + 2 kv) * D] in place, row t
     by cos[t], sin[t] (a prefill's rows); returns `qkv`, contiguous."""
-    lib = attn.step_lib
-    assert lib is not None
-    qkv = qkv.contiguous()
+    lib, qkv, cos, sin = _native_rows(attn, qkv, cos, sin)
     rows = qkv.shape[0]
-    cos, sin = cos.reshape(rows, -1).float().contiguous(), sin.reshape(rows, -1).float().contiguous()
     lib.demi_rotate_heads(
         qkv.data_ptr(), rows, qkv.shape[1], attn.n_heads + attn.n_kv, attn.head_dim, cos.data_ptr(), sin.data_ptr(),
         cos.shape[1],
@@ -84,13 +91,9 @@ def attend_rows(
     """Attention outputs [R, heads * D] for projection rows `qkv` [R, (heads + 2 kv) * D] (rotated
     in place), row i at `positions[i]` with rotation cos[i], sin[i] against `caches[i]`, whose key
     and value at that position are written first."""
-    lib = attn.step_lib
-    assert lib is not None
-    rows = qkv.shape[0]
+    lib, qkv, cos, sin = _native_rows(attn, qkv, cos, sin)
     hq, hkv, d = attn.n_heads, attn.n_kv, attn.head_dim
-    qkv = qkv.contiguous()
-    cos, sin = cos.reshape(rows, -1).float().contiguous(), sin.reshape(rows, -1).float().contiguous()
-    out = torch.empty(rows, hq * d)
+    out = torch.empty(qkv.shape[0], hq * d)
     window = attn.window
     for i, (pos, cache) in enumerate(zip(positions, caches)):
         keys, values = cache.k[attn.layer], cache.v[attn.layer]

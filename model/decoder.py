@@ -34,13 +34,10 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def decode_ops_ready(x: Tensor, weight: Tensor) -> bool:
-    """Whether a native inference op may take `x`: fp32 on a CPU, and no gradient wanted."""
-    return (
-        x.dtype == weight.dtype == torch.float32
-        and x.device.type == "cpu"
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    )
+def decode_ops_ready(*tensors: Tensor) -> bool:
+    """Whether a native inference op may take `tensors`: fp32 on a CPU, and no gradient wanted."""
+    grad = torch.is_grad_enabled()
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and not (grad and t.requires_grad) for t in tensors)
 
 
 def native_rms_norm(lib: ctypes.CDLL, x: Tensor, weight: Tensor, eps: float) -> Tensor:

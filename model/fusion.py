@@ -36,7 +36,7 @@ class FusedAttention(Attention):
         if self.qk_norm != "none":
             q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
             return self.heads(q, k, v, cos, sin)
-        if b == 1 and self.step_lib is not None and decode_ops_ready(qkv, qkv):
+        if b == 1 and self.step_lib is not None and decode_ops_ready(qkv):
             qkv = decode_ops.rotate_heads(self, qkv.view(t, -1), cos, sin).view(b, t, -1)  # in place, one pass
             q = qkv[..., : hq * d].view(b, t, hq, d).transpose(1, 2)
             k = qkv[..., hq * d : (hq + hkv) * d].view(b, t, hkv, d).transpose(1, 2)

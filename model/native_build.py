@@ -86,11 +86,20 @@ def compile_library(cc: str, path: KernelPath, out: Path, timeout: float = 120) 
         os.replace(part, out)
 
 
+def sources_bytes() -> bytes:
+    """The kernel sources, concatenated: what every digest of a build starts from."""
+    return b"".join(src.read_bytes() for src in SOURCES)
+
+
+def compile_error(exc: subprocess.CalledProcessError) -> str:
+    """The compiler's last line of complaint, for a one-line report."""
+    return " ".join(exc.stderr.decode(errors="replace").strip().splitlines()[-1:])
+
+
 def build_digest(path: KernelPath) -> str:
     """A digest of what a library of `path` is built from (the sources and the path's flags), whatever
     compiler built it: a prebuilt library is used only where it matches the installed sources."""
-    sources = b"".join(src.read_bytes() for src in SOURCES)
-    return hashlib.sha256(sources + b"\0" + " ".join(path.cflags).encode()).hexdigest()[:16]
+    return hashlib.sha256(sources_bytes() + b"\0" + " ".join(path.cflags).encode()).hexdigest()[:16]
 
 
 def machine_paths(arch: str | None = None) -> list[KernelPath]:
@@ -116,7 +125,7 @@ def build_prebuilt(out: Path, names: Iterable[str] | None = None, say: Callable[
             compile_library(cc, path, out / f"qmatmul-{path.name}.so")
             return None
         except subprocess.CalledProcessError as exc:
-            return " ".join(exc.stderr.decode(errors="replace").strip().splitlines()[-1:])
+            return compile_error(exc)
         except (OSError, subprocess.SubprocessError) as exc:
             return str(exc)
 

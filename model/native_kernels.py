@@ -32,7 +32,16 @@ import torch
 
 # The paths, their flags, the sources and the compile command have one owner, native_build (standard
 # library only, so the wheel build compiles the prebuilt libraries with the very same command).
-from demi.model.native_build import PATH_NAMES, PATHS, SOURCES, KernelPath, compile_library, compiler, find_prebuilt
+from demi.model.native_build import (
+    PATH_NAMES,
+    PATHS,
+    KernelPath,
+    compile_error,
+    compile_library,
+    compiler,
+    find_prebuilt,
+    sources_bytes,
+)
 
 log = logging.getLogger("demi.model")
 QBLOCK = 32  # activation block; int8 layers need K % 32 == 0, int4 groups are multiples of it
@@ -101,17 +110,13 @@ def candidate_paths() -> list[str]:
     return runnable
 
 
-def _sources_bytes() -> bytes:
-    return b"".join(src.read_bytes() for src in SOURCES)
-
-
 def _source_digest(cc: str, path: KernelPath) -> str:
-    return hashlib.sha256(_sources_bytes() + cc.encode() + " ".join(path.cflags).encode()).hexdigest()[:16]
+    return hashlib.sha256(sources_bytes() + cc.encode() + " ".join(path.cflags).encode()).hexdigest()[:16]
 
 
 def source_version() -> str:
     """A digest of the kernel sources, part of the plan's cache key."""
-    return hashlib.sha256(_sources_bytes()).hexdigest()[:12]
+    return hashlib.sha256(sources_bytes()).hexdigest()[:12]
 
 
 def _cache_dir() -> Path:
@@ -151,7 +156,7 @@ def _compiled(path: KernelPath) -> tuple[Path | None, str]:
         if not lib.is_file():
             compile_library(cc, path, lib)
     except subprocess.CalledProcessError as exc:
-        return None, "compile failed: " + " ".join(exc.stderr.decode(errors="replace").strip().splitlines()[-1:])
+        return None, "compile failed: " + compile_error(exc)
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"compile failed: {exc}"
     return lib, ""

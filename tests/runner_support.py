@@ -1,4 +1,5 @@
-"""Helpers the model runner's tests share (tests/assistant/test_runner*.py): draining a stream,
+"""Helpers the model runner's and the engine's tests share (tests/assistant/test_runner*.py,
+tests/model/test_generation.py): draining a stream,
 waiting for a condition, and a sink that records what `demi serve` would be sent."""
 
 from __future__ import annotations

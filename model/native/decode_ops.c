@@ -1,13 +1,13 @@
-/* The glue of a decode step in native code: grouped-query attention for one sequence in one call,
- * and RMSNorm.
+/* Inference glue in native code: a decode step's grouped-query attention for one sequence in one
+ * call, RMSNorm, a prefill's RoPE, and the int8 head's top-k and rescoring.
  *
  * A decode step's attention is small work (one query row against the cached keys) done through
  * many torch operations: views, the rotation, two cache writes, SDPA and its checks, each a
  * dispatch of a few microseconds, about 80 us a layer on a 2-core Xeon, more than the layer's
  * matmuls take on a small model. Here it is one pass: rotate the query and key heads, write the key
- * and value into the cache, and attend with a numerically safe softmax. Plain C that the compiler
- * vectorizes for each kernel path's flags (the reductions through `omp simd`), built into the same
- * library as the matmul kernels (see native_kernels.py).
+ * and value into the cache, and attend with a numerically safe softmax. Plain C compiled with each
+ * kernel path's flags, its dot products and sums vectorized through `omp simd` (GCC 12 leaves the
+ * exponential scalar), built into the same library as the matmul kernels (see native_build.py).
  *
  * Every decode of a sequence's token goes through here (the lone step, the batched step and the
  * speculative check row by row), so they agree bit for bit; a prefill uses torch's SDPA. */

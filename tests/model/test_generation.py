@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+from runner_support import drain
 
 from demi.model.engine import LocalModel
 from demi.model.errors import DemiUserError
@@ -266,23 +267,14 @@ def test_cancel_from_another_thread(lm, prompt_ids):
     assert "".join(pieces) == c.text
 
 
-def _tokens_and_reason(stream) -> tuple[list, str]:
-    out = []
-    while True:
-        try:
-            out.append(next(stream))
-        except StopIteration as end:
-            return out, end.value
-
-
 def test_generate_returns_why_it_ended(lm, prompt_ids, greedy_full):
     """The reason is `generate`'s return value: a stop token (yielded last), the length, the clock."""
     ids = greedy_full.token_ids
     stop = ids[5]
-    got, reason = _tokens_and_reason(generate(lm.model, GenerationRequest(prompt_ids, 48, stop_ids={stop})))
+    got, reason = drain(generate(lm.model, GenerationRequest(prompt_ids, 48, stop_ids={stop})))
     assert reason == "stop" and got == ids[: ids.index(stop) + 1]
-    assert _tokens_and_reason(generate(lm.model, GenerationRequest(prompt_ids, 7))) == (ids[:7], "length")
-    got, reason = _tokens_and_reason(generate(lm.model, GenerationRequest(prompt_ids, 48, time_budget=1e-9)))
+    assert drain(generate(lm.model, GenerationRequest(prompt_ids, 7))) == (ids[:7], "length")
+    got, reason = drain(generate(lm.model, GenerationRequest(prompt_ids, 48, time_budget=1e-9)))
     assert reason == "time" and got == []
     with pytest.raises(DemiUserError):  # the core takes token ids; LocalModel.run encodes text
         next(generate(lm.model, GenerationRequest(PROMPT, 4)))

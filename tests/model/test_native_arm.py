@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from demi.model import native_kernels
+from demi.model import native_build, native_kernels
 from demi.model.quantize import dequantize_int4, quantize_int4, quantize_int8
 
 CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
@@ -37,7 +37,7 @@ def test_arm_kernels_match_the_dequantized_reference(path, tmp_path):
             "-o",
             str(exe),
             str(DRIVER),
-            *map(str, native_kernels.SOURCES),
+            *map(str, native_build.SOURCES),
             "-lm",
         ],
         check=True,
