@@ -7,7 +7,8 @@ machine, a short calibration (at most ~2 s) times the real candidates at the mod
 shapes, for decode (one row) and for prefill (a block of rows), and picks the fastest per phase:
 
   int8 decode:   torch's `_weight_int8pack_mm` | each native path this CPU runs (native_kernels)
-  int8 prefill:  fp32 matmul of the dequantized weight | bf16 matmul | each native path
+  int8 prefill:  fp32 matmul of the dequantized weight | bf16 matmul | torch's int8 GEMM
+                 (`int8mm`: activations to int8 per row, oneDNN's VNNI/AMX kernels) | each native path
   int4:          torch's int4 kernels (one layout for both phases) | a native path for decode with
                  the native path or an fp32 matmul of the dequantized weight for prefill
 
@@ -15,7 +16,8 @@ The activations (embeddings, norms, attention, the KV cache) run in bf16 only wh
 prefill matmul won, i.e. where the CPU has bf16 hardware. Plans are cached as JSON in the user cache
 directory, one file per CPU model, flags, thread count, torch version and kernel source; a corrupt
 or foreign file is ignored with a warning and replaced, and a calibration interrupted by Ctrl-C
-writes nothing (the file is replaced atomically, after the measurement). `DEMI_KERNEL` forces a
+writes nothing (the file is replaced atomically, after the measurement), and one measured while
+other processes took more than a quarter of the CPU is used but not cached. `DEMI_KERNEL` forces a
 kernel family (native_kernels.forced) and is part of the cache key.
 """
 
@@ -42,7 +44,7 @@ from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 3
+PLAN_VERSION = 4
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -54,17 +56,23 @@ MAX_CALIBRATION_ELEMS = 8 * 2**20  # a weight shape is timed on at most this man
 SCORE_PROMPT, SCORE_NEW = 1000, 32
 
 
+# Prefill kernels that are torch's own matmuls rather than a native path's.
+TORCH_PREFILLS = ("fp32", "bf16", "int8mm")
+
+
 @dataclass
 class KernelPlan:
     mode: str  # int8 | int4
     activations: str  # float32 | bfloat16
     decode: str  # torch | a native path name
-    prefill: str  # fp32 | bf16 | torch | a native path name
+    prefill: str  # fp32 | bf16 | int8mm | torch | a native path name
     # A float prefill converts each weight that has no kept copy once per call; below this many rows
     # that costs more than the native kernel saves, so such shorter prefills take the decode kernel.
     float_prefill_rows: int = 0
     source: str = "guess"  # measured | cache | guess
     seconds: float = 0.0
+    # share of the machine's CPU time other processes took while this was measured (None: unknown)
+    others_share: float | None = None
     times_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> candidate -> ms
 
     @property
@@ -79,6 +87,11 @@ def has_bf16_hardware() -> bool:
     """Whether bf16 matmuls run on real units here (AVX-512 BF16, AMX, ARM BF16), as a first guess."""
     flags = nk.cpu_flags()
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def any_native_library() -> ctypes.CDLL | None:
+    """The first native library this CPU loads (for int8mm's glue), or None."""
+    return next((lib for p in nk.candidate_paths() if (lib := nk.library(p)) is not None), None)
 
 
 @cache
@@ -124,6 +137,34 @@ def _timed_together(
         if time.perf_counter() > deadline:
             break
     return {name: v * 1e3 for name, v in best.items()}
+
+
+# A plan measured while other processes took more than this share of the machine's CPU time is used
+# for that run but not cached: the next load measures again (a calibration during a build or a test
+# run once cached a plan whose decode kernel was 100x off).
+BUSY_SHARE = 0.25
+
+
+def _cpu_ticks() -> tuple[int, int, float] | None:
+    """(busy, total) clock ticks of all CPUs since boot and this process's own CPU seconds, from
+    Linux's /proc/stat; None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    own = os.times()
+    return user + nice + system + irq + softirq + steal, sum(fields), own.user + own.system
+
+
+def others_share(before: tuple[int, int, float] | None) -> float | None:
+    """Share of all CPUs' time since `before` (a `_cpu_ticks()`) that went to other processes."""
+    after = _cpu_ticks()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    others = (after[0] - before[0]) - (after[2] - before[2]) * hz
+    return round(max(0.0, others / (after[1] - before[1])), 3)
 
 
 def last_level_cache_bytes() -> int:
@@ -197,10 +238,23 @@ def _int8_candidates(
         w32, w16 = s.q8 * s.s8[:, None], s.q8.to(torch.bfloat16)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
         out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), w16) * c.s8_bf16)
+        if int_mm_runs():
+            glue = _loaded(paths[0]) if paths else None
+            out["int8mm"] = _sweep(copies, lambda c: nk.linear_int_mm(glue, x, c.q8, c.s8, None))
     if s.k % nk.QBLOCK == 0:
         for p in paths:
             out[p] = _sweep(copies, _native_q8(_loaded(p), x))
     return out
+
+
+@cache
+def int_mm_runs() -> bool:
+    """Whether torch has a CPU int8 GEMM here (`torch._int_mm`; older builds and some CPUs lack one)."""
+    try:
+        torch._int_mm(torch.ones(32, 32, dtype=torch.int8), torch.ones(32, 32, dtype=torch.int8))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
 
 
 def _loaded(path: str) -> ctypes.CDLL:
@@ -230,6 +284,12 @@ def _int4_candidates(
     if rows > 1:
         w32 = nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
+        if paths and int_mm_runs():
+            from demi.model.quantize import quantize_int8  # (quantize imports this module)
+
+            q8, s8 = quantize_int8(w32)
+            glue = _loaded(paths[0])
+            out["int8mm"] = _sweep(copies, lambda c: nk.linear_int_mm(glue, x, q8, s8, None))
     for p in paths:
         out[p] = _sweep(copies, _native_q4(_loaded(p), x))
     return out
@@ -238,13 +298,19 @@ def _int4_candidates(
 def _conversions(s: _Shape, mode: str) -> dict[str, Callable]:
     """What a float prefill pays once per chunk: converting the quantized weight."""
     if mode == "int4":
-        return {"fp32": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)}
+        from demi.model.quantize import quantize_int8
+
+        return {
+            "fp32": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group),
+            "int8mm": lambda: quantize_int8(nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)),
+        }
     return {"fp32": lambda: s.q8 * s.s8[:, None], "bf16": lambda: s.q8.to(torch.bfloat16)}
 
 
 def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CALIBRATION_SECONDS) -> KernelPlan:
     """Time every candidate at this model's shapes and return the fastest plan (see the module doc)."""
     start = time.perf_counter()
+    ticks = _cpu_ticks()
     deadline = start + budget_s
     wanted = nk.candidate_paths()
     if len(wanted) > 1 and "generic" in wanted:  # scalar C never beats a vector path: not worth the time
@@ -293,6 +359,7 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     }
     plan = _choose(mode, times)
     plan.source, plan.seconds = "measured", round(time.perf_counter() - start, 3)
+    plan.others_share = others_share(ticks)
     plan.times_ms = {ph: {k: round(v, 5) for k, v in t.items()} for ph, t in times.items()}
     return plan
 
@@ -324,7 +391,7 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
     layouts = {"torch": ("torch", "torch")}
     if native:
         d = min(native, key=dec.__getitem__)
-        layouts[d] = (d, min([d, "fp32"], key=lambda c: pre.get(c, float("inf"))))
+        layouts[d] = (d, min([d, "fp32", "int8mm"], key=lambda c: pre.get(c, float("inf"))))
 
     def score(pair: tuple[str, str]) -> float:
         return pre.get(pair[1], float("inf")) * SCORE_PROMPT + dec.get(pair[0], float("inf")) * SCORE_NEW
@@ -336,7 +403,7 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
         "bfloat16" if bf16 else "float32",
         decode,
         prefill,
-        _crossover(times, prefill, decode) if decode != "torch" and prefill == "fp32" else 0,
+        _crossover(times, prefill, decode) if decode != "torch" and prefill in ("fp32", "int8mm") else 0,
     )
 
 
@@ -410,7 +477,7 @@ def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = Fal
         try:
             plan = KernelPlan(**cached)
             usable = ("torch", *nk.candidate_paths())
-            if plan.decode in usable and plan.prefill in ("fp32", "bf16", *usable):
+            if plan.decode in usable and plan.prefill in (*TORCH_PREFILLS, *usable):
                 plan.source = "cache"
                 return plan
         except TypeError:
@@ -425,6 +492,13 @@ def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = Fal
         plan.activations,
         plan.seconds,
     )
+    if plan.others_share is not None and plan.others_share > BUSY_SHARE:
+        log.warning(
+            "other processes took %.0f%% of the CPU while the kernel plan was measured: using it for now, "
+            "not caching it (the next load measures again)",
+            100 * plan.others_share,
+        )
+        return plan
     entries[name] = plan.as_dict()
     try:
         _write(path, key, entries)

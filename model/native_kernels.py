@@ -245,6 +245,10 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_rescore.restype = None
     handle.demi_rotate_heads.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64]
     handle.demi_rotate_heads.restype = None
+    handle.demi_quantize_rows.argtypes = [vp, ctypes.c_int, i64, i64, vp, vp]
+    handle.demi_quantize_rows.restype = None
+    handle.demi_scale_rows.argtypes = [vp, i64, i64, vp, vp, vp, vp, ctypes.c_int]
+    handle.demi_scale_rows.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;
@@ -291,6 +295,34 @@ def linear_q8(
         n,
         k,
     )
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def linear_int_mm(
+    lib: ctypes.CDLL | None, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """y = x @ (q * scale).T + bias through torch's int8 GEMM (`torch._int_mm`): x quantized to int8
+    with one scale per row, the K sum kept in int32, scaled once per output. `lib` does the two
+    passes around the GEMM natively (torch's ops for them take ~5x as long), None runs them in torch.
+    For prefill-sized inputs: per-row activation scales round more coarsely than the decode kernels'
+    per-32 blocks."""
+    row, kind = _rows(x)
+    n, k = q.shape
+    m = row.numel() // k
+    if lib is None:
+        x2 = row.reshape(m, k).float()
+        s = x2.abs().amax(1, keepdim=True) / 127.0
+        xq = torch.round(x2 / s.clamp(min=1e-30)).to(torch.int8)
+        y = torch._int_mm(xq, q.t()).float().mul_(s).mul_(scale)
+        y = (y if bias is None else y.add_(bias)).reshape(*x.shape[:-1], n)
+        return y.to(x.dtype)
+    xq = torch.empty(m, k, dtype=torch.int8)
+    xs = torch.empty(m, dtype=torch.float32)
+    lib.demi_quantize_rows(row.data_ptr(), kind, m, k, xq.data_ptr(), xs.data_ptr())
+    acc = torch._int_mm(xq, q.t())
+    y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
+    b = None if bias is None else bias.data_ptr()
+    lib.demi_scale_rows(acc.data_ptr(), m, n, xs.data_ptr(), scale.data_ptr(), b, y.data_ptr(), kind)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

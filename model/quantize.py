@@ -105,7 +105,7 @@ def _int8_plan(plan: KernelPlan | None) -> KernelPlan | None:
 
 def _native_lib(path: str, k: int) -> ctypes.CDLL | None:
     """The native library for plan entry `path` if it names one and takes K, else None."""
-    if path in ("torch", "fp32", "bf16") or k % native_kernels.QBLOCK:
+    if path in kernel_plan.TORCH_PREFILLS or path == "torch" or k % native_kernels.QBLOCK:
         return None
     return native_kernels.library(path)
 
@@ -135,6 +135,9 @@ class Int8Linear(nn.Module):
         self.decode_lib = _native_lib(plan.decode, self.in_features) if cpu else None
         self.prefill_lib = _native_lib(plan.prefill, self.in_features) if cpu else None
         self.prefill_dtype = torch.bfloat16 if plan.prefill == "bf16" or not cpu else torch.float32
+        # torch's int8 GEMM, its glue from any native library this CPU loaded (torch's ops without one)
+        self.int_mm = cpu and plan.prefill == "int8mm"
+        self.glue_lib = (self.decode_lib or kernel_plan.any_native_library()) if self.int_mm else None
         self.float_prefill_rows = plan.float_prefill_rows if self.decode_lib is not None else 0
         if self._w_copy is not None and self._w_copy.dtype != self.prefill_dtype:
             self._w_copy = None
@@ -170,6 +173,8 @@ class Int8Linear(nn.Module):
             lib = self.decode_lib
         if lib is not None:
             return native_kernels.linear_q8(lib, x, self.weight, self.weight_scale, self._bias_f32)
+        if self.int_mm and rows > _PREFILL_ROWS:
+            return native_kernels.linear_int_mm(self.glue_lib, x, self.weight, self.weight_scale, self._bias_f32)
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features)
         if rows > _PREFILL_ROWS or x2.device.type != "cpu":
@@ -210,6 +215,9 @@ class Int4Linear(nn.Module):
         self.float_prefill_rows = plan.float_prefill_rows
         if self.decode_lib is not None and self.group % native_kernels.QBLOCK == 0:
             self.prefill_lib = _native_lib(plan.prefill, self.in_features)
+            self.int_mm = plan.prefill == "int8mm"
+            self._int8: tuple[Tensor, Tensor] | None = None
+            self._int8_tried = False
             self.register_buffer("packed", native_kernels.pack_q4(q))
             self.register_buffer("scale", scale.float().contiguous())
             self.register_buffer("zero", native_kernels.int4_offset(scale, zero))  # W = q * scale + this
@@ -234,6 +242,19 @@ class Int4Linear(nn.Module):
     def native(self) -> bool:
         return self.decode_lib is not None
 
+    def _int8_weight(self) -> tuple[Tensor, Tensor]:
+        """The int4 weight requantized to int8 per output row, for torch's int8 GEMM (int4's steps are
+        a coarse grid, so rounding them to 255 levels per row adds little), kept while
+        PREFILL_COPY_BUDGET allows, else redone per call."""
+        if self._int8 is not None:
+            return self._int8
+        q8 = quantize_int8(native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group))
+        if not self._int8_tried:
+            self._int8_tried = True
+            if _claim_copy(self, q8[0].numel() + 4 * q8[1].numel()):
+                self._int8 = q8
+        return q8
+
     def forward(self, x: Tensor) -> Tensor:
         shape, dtype = x.shape, x.dtype
         rows = x.numel() // self.in_features
@@ -243,6 +264,9 @@ class Int4Linear(nn.Module):
                 lib = self.decode_lib  # too few rows to pay for dequantizing the weight
             if lib is not None:
                 return native_kernels.linear_q4(lib, x, self.packed, self.scale, self.zero, self.group, self._bias_f32)
+            if self.int_mm:
+                q8, s8 = self._int8_weight()
+                return native_kernels.linear_int_mm(self.decode_lib, x, q8, s8, self._bias_f32)
             w = native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group)
             y = F.linear(x.reshape(-1, self.in_features).float(), w, self._bias_f32)
             return y.reshape(*shape[:-1], self.out_features).to(dtype)

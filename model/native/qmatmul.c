@@ -305,6 +305,63 @@ void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t 
     free(xs);
 }
 
+/* The glue of a prefill through torch's int8 GEMM (torch._int_mm, oneDNN's VNNI or AMX kernels):
+ * activations to int8 with one scale per row, then the int32 products back to float with the
+ * row's and the weight row's scales. Demi's int8 weights have one scale per output row already, so
+ * the whole K sum stays in int32 and is scaled once per output (per-32-block activation scales
+ * would cost a float multiply-add every 32 products: why the kernel above loses to fp32 at prefill).
+ * Each is one pass over its rows, where torch needs five passes for the same. */
+
+/* q [M, K] = round(x / s), s [M] = max|x| / 127 per row (0 for a zero row), x fp32 or bf16. */
+void demi_quantize_rows(const void *restrict x, int x_kind, int64_t M, int64_t K, int8_t *restrict q,
+                        float *restrict s) {
+    #pragma omp parallel for schedule(static) if (M * K > 65536)
+    for (int64_t m = 0; m < M; m++) {
+        float buf[K];
+        const float *row = (const float *)x + m * K;
+        if (x_kind) {
+            for (int64_t k = 0; k < K; k++)
+                buf[k] = bf16_to_f32(((const uint16_t *)x)[m * K + k]);
+            row = buf;
+        }
+        float amax = 0.0f;
+        #pragma omp simd reduction(max : amax)
+        for (int64_t k = 0; k < K; k++)
+            amax = fmaxf(amax, fabsf(row[k]));
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int8_t *out = q + m * K;
+        #pragma omp simd
+        for (int64_t k = 0; k < K; k++)
+            out[k] = (int8_t)(int32_t)nearbyintf(row[k] * inv); /* |row * inv| <= 127 */
+        s[m] = amax / 127.0f;
+    }
+}
+
+/* y [M, N] = acc * xs[m] * ws[n] + bias[n] (bias may be NULL), y fp32 or bf16. */
+void demi_scale_rows(const int32_t *restrict acc, int64_t M, int64_t N, const float *restrict xs,
+                     const float *restrict ws, const float *restrict bias, void *restrict y, int y_kind) {
+    #pragma omp parallel for schedule(static) if (M * N > 65536)
+    for (int64_t m = 0; m < M; m++) {
+        const int32_t *a = acc + m * N;
+        const float d = xs[m];
+        if (y_kind) {
+            for (int64_t n = 0; n < N; n++)
+                ((uint16_t *)y)[m * N + n] = f32_to_bf16((float)a[n] * d * ws[n] + (bias ? bias[n] : 0.0f));
+            continue;
+        }
+        float *out = (float *)y + m * N;
+        if (bias) {
+            #pragma omp simd
+            for (int64_t n = 0; n < N; n++)
+                out[n] = (float)a[n] * d * ws[n] + bias[n];
+        } else {
+            #pragma omp simd
+            for (int64_t n = 0; n < N; n++)
+                out[n] = (float)a[n] * d * ws[n];
+        }
+    }
+}
+
 /* int4 weights are unsigned nibbles q in 0..15 with W = q * scale + offset per group (offset is the
  * stored zero point minus 8 scales), so the unsigned-by-signed byte dot (vpmaddubsw, vpdpbusd) takes
  * them as they are: 15 * 127 * 2 never saturates. A row is packed in chunks of 128 weights in 64
@@ -569,6 +626,20 @@ int demi_selftest(void) {
         s4[i] = 0.02f + 0.001f * (float)(i % 7);
         z4[i] = 0.1f * (float)(i % 5) - 0.2f;
     }
+    /* int8mm's glue: per-row quantization round-trips within half a step, scaling is exact */
+    static int8_t xq[M * K];
+    float xs[M];
+    static int32_t acc[M * N];
+    demi_quantize_rows(x, 0, M, K, xq, xs);
+    for (int i = 0; i < M * K; i++)
+        if (fabsf((float)xq[i] * xs[i / K] - x[i]) > 0.5001f * xs[i / K] + 1e-6f)
+            return 3;
+    for (int i = 0; i < M * N; i++)
+        acc[i] = (int32_t)(s % 20001u) - 10000, s = s * 1664525u + 1013904223u;
+    demi_scale_rows(acc, M, N, xs, scale, bias, y, 0);
+    for (int i = 0; i < M * N; i++)
+        if (fabsf(y[i] - ((float)acc[i] * xs[i / N] * scale[i % N] + bias[i % N])) > 1e-3f * (fabsf(y[i]) + 1.0f))
+            return 4;
     demi_linear_q4(x, 0, M, w4, s4, z4, 64, bias, y, 0, N, K);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -31,6 +32,8 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("DEMI_KERNEL", raising=False)
     monkeypatch.delenv("DEMI_NATIVE", raising=False)
+    # caching is tested whatever else runs on this machine (the busy case has its own test)
+    monkeypatch.setattr(kernel_plan, "BUSY_SHARE", 1.01)
     native_kernels.library.cache_clear()
     native_kernels._problems.clear()
     kernel_plan.guess.cache_clear()
@@ -45,7 +48,8 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
     usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
     vector = [p for p in usable if p != "generic"] or usable
     assert set(plan.times_ms["decode"]) == {"torch", *vector}
-    assert set(plan.times_ms["prefill"]) == {"fp32", "bf16", *vector}
+    int_mm = {"int8mm"} if kernel_plan.int_mm_runs() else set()
+    assert set(plan.times_ms["prefill"]) == {"fp32", "bf16", *int_mm, *vector}
     assert all(t > 0 for phase in plan.times_ms.values() for t in phase.values())
     assert plan.decode == min(plan.times_ms["decode"], key=plan.times_ms["decode"].get)
     assert plan.prefill == min(plan.times_ms["prefill"], key=plan.times_ms["prefill"].get)
@@ -54,7 +58,8 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
     four = calibrate(CFG, "int4")
     assert four.mode == "int4" and "torch" in four.times_ms["decode"]
     if four.decode != "torch":
-        assert four.prefill in (four.decode, "fp32")
+        assert four.prefill in (four.decode, "fp32", "int8mm")
+        assert int_mm <= set(four.times_ms["prefill"])
 
 
 def test_a_plan_is_cached_per_machine_and_shape(caplog):
@@ -164,7 +169,7 @@ def test_no_compiler_means_torch_kernels_and_a_note(monkeypatch):
         assert native_kernels.library(path) is None
         assert "no C compiler" in native_kernels.problem(path)
     plan = plan_for(CFG, "int8")
-    assert plan.decode == "torch" and plan.prefill in ("fp32", "bf16")
+    assert plan.decode == "torch" and plan.prefill in kernel_plan.TORCH_PREFILLS
     from demi.assistant.catalog import _cpu_report
 
     report = _cpu_report(CFG)
@@ -198,3 +203,28 @@ def test_candidates_are_timed_in_turns_so_a_burst_of_load_lands_on_no_one_alone(
     assert warmed == ["w"] and calls[:1] == ["steady"]  # its own warm-up, the other's warm-up call
     assert calls[1:] == ["slow-once", "steady"] * 3  # turns, rep by rep
     assert got["slow-once"] < 40 and got["steady"] < 40  # ms: the 80 ms burst is not what counts
+
+
+def test_a_plan_measured_while_other_processes_load_the_cpu_is_used_but_not_cached(caplog, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(kernel_plan, "BUSY_SHARE", 0.25)
+
+    if kernel_plan._cpu_ticks() is None:
+        pytest.skip("no /proc/stat here: the share of other processes is unknown")
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(1, os.cpu_count() or 1))]
+    try:
+        time.sleep(0.3)  # (started)
+        with caplog.at_level(logging.WARNING, logger="demi.model"):
+            plan = plan_for(CFG, "int8")
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    assert plan.source == "measured" and plan.others_share is not None
+    assert plan.others_share > kernel_plan.BUSY_SHARE
+    assert "not caching it" in caplog.text and not kernel_plan.cache_file().exists()
+    quiet_plan = plan_for(CFG, "int8")  # measured again, and cached once the machine is quiet
+    if quiet_plan.others_share is not None and quiet_plan.others_share <= kernel_plan.BUSY_SHARE:
+        assert plan_for(CFG, "int8").source == "cache"
