@@ -113,7 +113,7 @@ def _cpu_report(cfg: Any) -> dict[str, Any]:
     (measured here once, then cached)."""
     from demi.model import native_kernels
     from demi.model.bench import cpu_features
-    from demi.model.kernel_plan import plan_for
+    from demi.model.kernel_plan import BUSY_SHARE, plan_for
 
     paths = native_kernels.runnable_paths()
     usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
@@ -144,6 +144,8 @@ def _cpu_report(cfg: Any) -> dict[str, Any]:
                 "prefill": plan.prefill,
                 "activations": plan.activations,
                 "source": plan.source,
+                "others_share": plan.others_share,
+                "busy": plan.others_share is not None and plan.others_share > BUSY_SHARE,
                 "times_ms": plan.times_ms,
             }
         except Exception as exc:  # doctor reports, never crashes

@@ -4,7 +4,8 @@ For FIM: the prefix and suffix around the cursor (cut about 3:1 to the token bud
 definitions of names used near the cursor that the cut left out, and the best-matching
 snippets from recently seen files (a ring buffer the language server and the TUI feed as the
 user moves between files). For explain and refactor: the file's outline and imports and the
-same-file definitions the target uses.
+same-file definitions the target uses. In a file that embeds other languages (HTML, Vue, MDX)
+the definitions come from every region: a template's `@click="save"` brings the script's `save`.
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ def fim_context(
     prefix_all, suffix_all = doc.text[:offset], doc.text[offset:]
     ctx = FimContext("", "", doc.name if doc.path else None, doc.lang.name if doc.lang else None)
     cursor_line = doc.line_of(offset)
+    if syntax is not None and doc.lang is not None and doc.lang.embeds:
+        here = syntax.language_at(offset)  # a page's <script>, a component's <style>, MDX's JSX
+        if here is not None and here is not doc.lang:
+            ctx.language = here.name
+            ctx.notes.append(f"the cursor is in {doc.lang.name}'s embedded {here.name}")
 
     others: list[tuple[str, str]] = []
     others_used = 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from demi.assistant.document import Document
-from demi.assistant.facts import Facts
+from demi.assistant.facts import Facts, detail_items
 from demi.assistant.loop_guard import AnswerLoopGuard
 from demi.assistant.prompts import explain_prompt
 from demi.assistant.target import Target, target_context
@@ -65,6 +65,14 @@ def _code(text: str) -> str:
     return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
+def _detail_lines(f: Facts) -> list[str]:
+    """What only this kind of target has (an element's attributes, a rule's specificity...)."""
+    return [
+        f"- **{label}:** " + ((", ".join(_code(v) for v in value) or "none") if isinstance(value, list) else value)
+        for label, value in detail_items(f)
+    ]
+
+
 def render_facts(t: Target) -> str:
     """The static-analysis section in Markdown; every line is read from the code, none guessed."""
     f = t.facts
@@ -85,6 +93,7 @@ def render_facts(t: Target) -> str:
             ]
         else:
             out.append("- **Defines:** nothing (no functions or classes)")
+        out += _detail_lines(f)
         return "\n".join(out) + "\n"
     if f.kind == "lines":
         out.append(f"- **Lines:** {f.start_line}-{f.end_line}")
@@ -123,6 +132,7 @@ def render_facts(t: Target) -> str:
     else:
         out.append("- **Raises:** " + (", ".join(_code(r) for r in f.raises) if f.raises else "nothing explicit"))
         out.append("- **Calls:** " + (", ".join(_code(c) for c in f.calls) if f.calls else "nothing"))
+    out += _detail_lines(f)
     if f.docstring:
         doc = f.docstring.strip().split("\n\n")[0].replace("\n", " ")
         out.append(f"- **Docstring:** {doc}")

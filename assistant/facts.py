@@ -3,7 +3,9 @@
 These facts (signature, parameters with types and defaults, return annotation and return
 statements, what is raised, what is called, the docstring) come from the syntax tree, not
 from the model, so `demi explain` can show them as certain next to the model's prose, and a
-small model's prompt gets them as context it does not have to infer.
+small model's prompt gets them as context it does not have to infer. What only one kind of
+target has goes in `details`: an HTML element's attributes and closing tag, a CSS rule's
+selectors and specificity, a React component's props and hooks (`web_facts.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from demi.assistant.syntax import Symbol, Syntax, one_line, text_of, walk
+from demi.assistant.languages import LangSpec
+from demi.assistant.syntax import WEB, Symbol, Syntax, function_value, one_line, text_of, walk
 
 _SKIP_PARAMS = {"comment", "line_comment", "block_comment", "keyword_separator", "positional_separator", "(", ")", ","}
 _PANIC_MACROS = {"panic", "unreachable", "todo", "unimplemented", "assert", "assert_eq", "assert_ne"}
@@ -45,9 +48,22 @@ class Facts:
     members: list[str] = field(default_factory=list)  # signatures of nested symbols
     imports: list[str] = field(default_factory=list)
     language: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # str (prose) or list[str] (code) values
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def detail_items(facts: Facts) -> list[tuple[str, str | list[str]]]:
+    """`details` as (label, value) for display: "closing_tag" -> "Closing tag"; a list holds code
+    (each item shown as code), a string is prose; an empty list reads "none"."""
+    out: list[tuple[str, str | list[str]]] = []
+    for key, value in facts.details.items():
+        if value is None or value == "":
+            continue
+        label = key.replace("_", " ").capitalize()
+        out.append((label, [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)))
+    return out
 
 
 # -- parameters ---------------------------------------------------------------------------------
@@ -144,8 +160,8 @@ def _params_node(node: Any) -> Any | None:
 
 def parameters(node: Any) -> list[Param]:
     target = node
-    if node.type == "variable_declarator":  # const f = (x) => ...
-        target = node.child_by_field_name("value") or node
+    if node.type == "variable_declarator":  # const f = (x) => ..., const C = memo((props) => ...)
+        target = function_value(node) or node
     pnode = _params_node(target)
     if pnode is None:
         single = target.child_by_field_name("parameter")  # js: x => x
@@ -155,7 +171,7 @@ def parameters(node: Any) -> list[Param]:
 
 
 def return_annotation(node: Any, language: str) -> str | None:
-    target = node.child_by_field_name("value") if node.type == "variable_declarator" else node
+    target = function_value(node) if node.type == "variable_declarator" else node
     target = target or node
     for name in ("return_type", "result"):
         r = target.child_by_field_name(name)
@@ -218,9 +234,10 @@ def _nested_function(node: Any, owner: Any, function_types: set[str]) -> bool:
     return False
 
 
-def body_facts(node: Any, syntax: Syntax, facts: Facts) -> None:
-    """Fill returns, raises, calls and yields from the nodes under `node`."""
-    spec = syntax.spec
+def body_facts(node: Any, syntax: Syntax, facts: Facts, spec: LangSpec | None = None) -> None:
+    """Fill returns, raises, calls and yields from the nodes under `node` (in `spec`'s language,
+    by default the file's)."""
+    spec = spec or syntax.spec
     if spec is None:
         return
     fn_types = {t for t, k in spec.definitions.items() if k in ("function", "method", "constructor")}
@@ -277,8 +294,8 @@ def _strip_comment(text: str) -> str:
     lines = []
     for line in text.splitlines():
         line = line.strip()
-        line = re.sub(r"^(///?!?|/\*\*?|\*/|\*|#)\s?", "", line)
-        line = re.sub(r"\*/$", "", line).strip()
+        line = re.sub(r"^(///?!?|/\*\*?|\*/|\*|#|<!--)\s?", "", line)
+        line = re.sub(r"(\*/|-->)$", "", line).strip()
         lines.append(line)
     return "\n".join(lines).strip()
 
@@ -300,9 +317,9 @@ def _dedent(text: str) -> str:
     return inspect.cleandoc(text)
 
 
-def docstring(sym_node: Any, outer: Any, syntax: Syntax) -> str | None:
+def docstring(sym_node: Any, outer: Any, syntax: Syntax, spec: LangSpec | None = None) -> str | None:
     """Python docstring, else the comment block right above the definition."""
-    spec = syntax.spec
+    spec = spec or syntax.spec
     if spec is None:
         return None
     if spec.name == "python":
@@ -366,13 +383,24 @@ def member_label(sym: Symbol) -> str:
 
 
 def symbol_facts(syntax: Syntax, sym: Symbol) -> Facts:
-    lang = syntax.spec.name if syntax.spec else None
+    spec = sym.lang or syntax.spec
+    lang = spec.name if spec else None
+    if spec is not None and spec.name in WEB:
+        from demi.assistant.web_facts import web_symbol_facts
+
+        return web_symbol_facts(syntax, sym, spec)
     f = Facts(sym.kind, sym.qualname, sym.start_line, sym.end_line, sym.signature, language=lang)
-    f.docstring = docstring(sym.node, sym.outer, syntax)
+    f.docstring = docstring(sym.node, sym.outer, syntax, spec)
+    if spec is not syntax.spec and syntax.spec is not None:
+        f.details["embedded_in"] = f"{syntax.spec.name} (a {lang} region)"
     if sym.kind in ("function", "method", "constructor"):
         f.params = parameters(sym.node)
         f.returns_annotation = return_annotation(sym.node, lang or "")
-        body_facts(sym.node, syntax, f)
+        body_facts(sym.node, syntax, f, spec)
+        if spec is not None and spec.jsx:
+            from demi.assistant.web_facts import component_details
+
+            f.details.update(component_details(sym, spec))
     else:
         f.bases = _bases(sym.node)
         f.members = [
@@ -391,19 +419,19 @@ def range_facts(syntax: Syntax, first: int, last: int) -> Facts:
     f = Facts("lines", f"lines {first}-{last}", first, last, language=lang)
     inside = [s for s in syntax.symbols() if s.start_line <= last and s.end_line >= first]
     f.members = [f"{member_label(s)} (lines {s.start_line}-{s.end_line})" for s in inside][:20]
-    if syntax.root is not None:
-        lo, hi = first - 1, last - 1
-        nodes = [n for n in syntax.root.named_children if n.start_point[0] <= hi and n.end_point[0] >= lo]
-        merged = Facts("lines", "", first, last)
+    lo, hi = first - 1, last - 1
+    merged = Facts("lines", "", first, last)
+    for spec, root in syntax.roots():  # the file's tree, then each embedded region's
+        nodes = [n for n in root.named_children if n.start_point[0] <= hi and n.end_point[0] >= lo]
         for n in nodes:
-            body_facts_range(n, syntax, merged, lo, hi)
-        f.calls, f.raises, f.returns = merged.calls, merged.raises, merged.returns
+            body_facts_range(n, syntax, merged, lo, hi, spec)
+    f.calls, f.raises, f.returns = merged.calls, merged.raises, merged.returns
     return f
 
 
-def body_facts_range(node: Any, syntax: Syntax, facts: Facts, lo: int, hi: int) -> None:
+def body_facts_range(node: Any, syntax: Syntax, facts: Facts, lo: int, hi: int, spec: LangSpec | None = None) -> None:
     """Like `body_facts`, limited to nodes that start within rows lo..hi (0-based)."""
-    spec = syntax.spec
+    spec = spec or syntax.spec
     if spec is None:
         return
     calls, raises, returns = dict.fromkeys(facts.calls), dict.fromkeys(facts.raises), dict.fromkeys(facts.returns)
@@ -437,4 +465,9 @@ def file_facts(syntax: Syntax) -> Facts:
         first = syntax.root.named_children[0] if syntax.root.named_children else None
         if first is not None and first.type in syntax.spec.comments and first.start_point[0] == 0:
             f.docstring = _strip_comment(text_of(first)) or None
+    if syntax.embedded:
+        from demi.assistant.embedded import region_lines
+
+        spans = [(r, *region_lines(syntax.source, r)) for r, _ in syntax.embedded]
+        f.details["embedded"] = [f"{r.spec.name} ({r.kind}) lines {a}-{b}" for r, a, b in spans]
     return f

@@ -4,6 +4,10 @@ One table per language maps grammar node types to the few roles the tasks need: 
 (and their kind), imports, calls, raises, returns, comments, and wrappers (decorators, export,
 template) whose range belongs to the definition inside. Grammars load lazily and are cached;
 a file with no known language is handled as plain text by every task.
+
+The web languages read differently: HTML and Vue single-file components are markup (elements,
+not definitions; `web_syntax.py`), CSS is rules, and HTML, Vue and MDX embed other languages
+(`<script>`, `<style>`, JSX blocks, fenced code) that `embedded.py` finds and parses on their own.
 """
 
 from __future__ import annotations
@@ -31,11 +35,31 @@ class LangSpec:
     line_comment: str = "//"
     block_open: str = "{"  # what ends a line that opens a block
     fence: str = field(default="")
+    block_comment: tuple[str, str] | None = None  # told to the bracket scanner (CSS, HTML)
 
     @property
     def indent_blocks(self) -> bool:
         """Python: blocks are indentation, not braces."""
         return self.block_open == ":"
+
+    @property
+    def markup(self) -> bool:
+        """HTML and Vue: blocks are elements, opened and closed by tags."""
+        return self.name in MARKUP
+
+    @property
+    def embeds(self) -> bool:
+        """HTML, Vue and MDX hold regions in other languages (see embedded.py)."""
+        return self.name in EMBEDDING
+
+    @property
+    def jsx(self) -> bool:
+        """JavaScript and TSX may hold JSX elements."""
+        return self.name in ("javascript", "tsx")
+
+
+MARKUP = frozenset({"html", "vue"})
+EMBEDDING = frozenset({"html", "vue", "mdx"})
 
 
 _C_LIKE_COMMENTS = frozenset({"comment", "line_comment", "block_comment"})
@@ -218,6 +242,69 @@ LANGUAGES: dict[str, LangSpec] = {
             frozenset({"template_declaration"}),
             fence="cpp",
         ),
+        # The web languages: their symbols come from web_syntax.py, not from `definitions`.
+        LangSpec(
+            "html",
+            "tree_sitter_html",
+            "language",
+            (".html", ".htm", ".shtml"),
+            {},
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            frozenset({"comment"}),
+            line_comment="",
+            block_open=">",
+            fence="html",
+            block_comment=("<!--", "-->"),
+        ),
+        LangSpec(  # a Vue single-file component reads as HTML: <template>, <script>, <style>
+            "vue",
+            "tree_sitter_html",
+            "language",
+            (".vue",),
+            {},
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            frozenset({"comment"}),
+            line_comment="",
+            block_open=">",
+            fence="vue",
+            block_comment=("<!--", "-->"),
+        ),
+        LangSpec(
+            "css",
+            "tree_sitter_css",
+            "language",
+            (".css",),
+            {},
+            frozenset({"import_statement"}),
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            frozenset({"comment"}),
+            line_comment="",
+            fence="css",
+            block_comment=("/*", "*/"),
+        ),
+        LangSpec(  # Markdown (headings) with JSX blocks and import/export lines
+            "mdx",
+            "tree_sitter_markdown",
+            "language",
+            (".mdx",),
+            {},
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            line_comment="",
+            block_open="",
+            fence="mdx",
+        ),
     )
 }
 
@@ -248,7 +335,18 @@ def by_name(name: str) -> LangSpec | None:
     key = name.strip().lower()
     if key in LANGUAGES:
         return LANGUAGES[key]
-    aliases = {"js": "javascript", "ts": "typescript", "c++": "cpp", "py": "python", "rs": "rust", "golang": "go"}
+    aliases = {
+        "js": "javascript",
+        "ts": "typescript",
+        "c++": "cpp",
+        "py": "python",
+        "rs": "rust",
+        "golang": "go",
+        "jsx": "javascript",
+        "javascriptreact": "javascript",  # the LSP language ids of .jsx and .tsx files
+        "typescriptreact": "tsx",
+        "htm": "html",
+    }
     if key in aliases:
         return LANGUAGES[aliases[key]]
     return _BY_EXT.get(key if key.startswith(".") else "." + key)

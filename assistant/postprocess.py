@@ -9,7 +9,14 @@ mid-expression. Each step here fixes one of those and is tested on golden string
 - `cut_loop`: cut a tail where the model got stuck repeating itself ("iter(iter(iter(...");
 - `trim_suffix_overlap`: drop an ending the text after the cursor already has;
 - `balance_brackets`: close brackets the completion opened and left open;
+- `close_tags`: in HTML, Vue and JSX, close the elements it opened, unless the text after the
+  cursor already does;
 - `syntax_trim`: with tree-sitter, drop trailing lines that make the file parse worse.
+
+In markup the block is an element: the completion ends where it closes the element the cursor
+is in (before that closing tag when the file already has it). A cursor in a region written in
+another language (an HTML `<script>` or `<style>`, a Vue SFC's blocks, MDX's JSX and fences; see
+`embedded.py`) gets that language's rules, on that region's text.
 
 `BlockWatcher` applies the block rule while tokens stream, so generation stops early.
 `loop_tails` and `repeat_hold` also serve `loop_guard`, which guards chat answers and explanations.
@@ -17,9 +24,12 @@ mid-expression. Each step here fixes one of those and is tested on golden string
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+from demi.assistant.embedded import focus
 from demi.assistant.languages import LangSpec, parser_for
+from demi.assistant.markup import closer, open_tags, scan_tags, unmatched_closers
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = {")": "(", "]": "[", "}": "{"}
@@ -49,19 +59,36 @@ def _comment_marker(spec: LangSpec | None) -> str:
     return spec.line_comment if spec is not None else "#"
 
 
-class BracketScanner:
-    """Brackets outside strings and line comments; state carries across pieces of text."""
+def _scanner(spec: LangSpec | None) -> BracketScanner:
+    return BracketScanner(_comment_marker(spec), spec.block_comment if spec is not None else None)
 
-    def __init__(self, comment: str = "#"):
+
+class BracketScanner:
+    """Brackets outside strings and comments; state carries across pieces of text. `block`:
+    the language's block comment markers where it has no line comment (CSS `/* */`)."""
+
+    def __init__(self, comment: str = "#", block: tuple[str, str] | None = None):
         self.comment = comment
+        self.block = block
         self.quote: str | None = None
         self.in_comment = False
+        self.in_block: str | None = None  # the end marker of the block comment the text is in
 
     def scan(self, text: str):
         """Yield (index, char) of every bracket in `text` that is code."""
         i, n = 0, len(text)
         while i < n:
             ch = text[i]
+            if self.in_block is not None:
+                end = text.find(self.in_block, i)
+                if end < 0:
+                    return
+                i, self.in_block = end + len(self.in_block), None
+                continue
+            if self.block is not None and self.quote is None and text.startswith(self.block[0], i):
+                self.in_block = self.block[1]
+                i += len(self.block[0])
+                continue
             if self.in_comment:
                 if ch == "\n":
                     self.in_comment = False
@@ -107,15 +134,25 @@ def open_stack(text: str, comment: str = "#") -> list[str]:
 # -- mode ----------------------------------------------------------------------------------------
 
 
+_CLOSING_TAGS = re.compile(r"(\s*</[\w.:-]*>)+[\s);,]*")
+
+
 def decide_mode(prefix: str, suffix: str, spec: LangSpec | None = None) -> str:
-    """ "multi" on an empty line or after a block opener with nothing after the cursor; else "single"."""
+    """ "multi" on an empty line or after a block opener with nothing after the cursor (in markup,
+    nothing but closing tags: `<div>|</div>`); else "single"."""
+    spec, prefix, suffix = focus(prefix, suffix, spec)
     after = rest_of_line(suffix).strip()
+    before = current_line(prefix).rstrip()
+    if spec is not None and (spec.markup or spec.jsx) and before.endswith(">") and _CLOSING_TAGS.fullmatch(after):
+        if open_tags(before, not spec.markup):
+            return "multi"  # between an element's tags: its content
     if after and not set(after) <= _PUNCT_ONLY:
         return "single"  # text follows the cursor on this line: finish the line only
-    before = current_line(prefix).rstrip()
     if not before.strip():
         return "multi"
     opener = spec.block_open if spec is not None else ""
+    if spec is not None and spec.name == "css":  # `color:` starts a value, not a block
+        return "multi" if before.endswith("{") else "single"
     if before.endswith((":", "{", "=>")) or (opener and before.endswith(opener)):
         return "multi"
     return "single"
@@ -171,7 +208,7 @@ def _indent_cut(prefix: str, completion: str, spec: LangSpec | None) -> int | No
 def _brace_cut(prefix: str, completion: str, suffix: str, spec: LangSpec) -> int | None:
     """C-like code: the index where the completion closes the block it is in, or ends the line
     that finishes a block (or call) it opened; None when it does neither."""
-    scanner = BracketScanner(spec.line_comment)
+    scanner = _scanner(spec)
     for _ in scanner.scan(current_line(prefix)):  # carry string/comment state of the cursor line
         pass
     depth, opened, pending = 0, False, -1  # pending: end of the line where a block closed
@@ -197,10 +234,40 @@ def _brace_cut(prefix: str, completion: str, suffix: str, spec: LangSpec) -> int
     return pending if pending >= 0 and depth == 0 else None
 
 
+def _tag_cut(completion: str, suffix: str, jsx: bool) -> int | None:
+    """Markup: the index where the completion closes the element the cursor is in: before that
+    closing tag (and its line) when the text after the cursor closes it already, else at the end
+    of its line; None when the completion closes no element it did not open."""
+    opened: list[str] = []
+    for tag in scan_tags(completion, jsx):
+        if tag.kind == "open":
+            opened.append(tag.name)
+        elif tag.kind == "close" and tag.name in opened:
+            del opened[len(opened) - 1 - opened[::-1].index(tag.name) :]
+        elif tag.kind == "close":
+            closers = unmatched_closers(suffix, jsx)
+            if closers and closers[0].name == tag.name:  # the file closes it: stop before the model's closer
+                line_start = completion.rfind("\n", 0, tag.start) + 1
+                if rest_of_line(suffix).lstrip().startswith(closer(tag.name)):
+                    return tag.start  # its closer is right of the cursor: keep the line break before it
+                return (
+                    line_start - 1 if line_start > 0 and not completion[line_start : tag.start].strip() else tag.start
+                )
+            end = completion.find("\n", tag.end)
+            return len(completion) if end < 0 else end
+    return None
+
+
 def stop_at_block_end(prefix: str, completion: str, suffix: str, spec: LangSpec | None) -> str:
     """Cut a multi-line completion where the block it belongs to ends."""
-    if spec is not None and not spec.indent_blocks:
+    cut: int | None
+    if spec is not None and spec.markup:
+        cut = _tag_cut(completion, suffix, jsx=False)
+    elif spec is not None and not spec.indent_blocks:
         cut = _brace_cut(prefix, completion, suffix, spec)
+        if spec.jsx:  # JSX: an element closed before a brace is
+            tag = _tag_cut(completion, suffix, jsx=True)
+            cut = tag if cut is None or (tag is not None and tag < cut) else cut
     else:
         cut = _indent_cut(prefix, completion, spec)
     return completion if cut is None else completion[: max(0, cut)]
@@ -210,6 +277,7 @@ class BlockWatcher:
     """Fed streamed text; `done` turns true once the block rule has cut the text (stop early)."""
 
     def __init__(self, prefix: str, suffix: str, spec: LangSpec | None, mode: str):
+        spec, prefix, suffix = focus(prefix, suffix, spec)  # an embedded region's language and text
         self.prefix, self.suffix, self.spec, self.mode = prefix, suffix, spec, mode
         self.text = ""
         self.done = False
@@ -391,8 +459,7 @@ def trim_suffix_overlap(prefix: str, completion: str, suffix: str, spec: LangSpe
 
 def balance_brackets(prefix: str, completion: str, spec: LangSpec | None = None, mode: str = "single") -> str:
     """Close, innermost first, the brackets the completion opened and did not close."""
-    comment = _comment_marker(spec)
-    scanner = BracketScanner(comment)
+    scanner = _scanner(spec)
     for _ in scanner.scan(current_line(prefix)):
         pass
     if scanner.quote is not None and len(scanner.quote) == 1:
@@ -420,7 +487,6 @@ def _closed_by_suffix(prefix: str, completion: str, suffix: str, spec: LangSpec 
     that opens a call the next lines continue (`items = sorted(` before `    data, key=len)`) is
     right as it is, and closing it would break the file. Counted as closers in `suffix` without an
     opener there, less openers in `prefix` without a closer there."""
-    comment = _comment_marker(spec)
 
     def unclosed(text: str, scanner: BracketScanner) -> int:
         stack: list[str] = []
@@ -431,7 +497,7 @@ def _closed_by_suffix(prefix: str, completion: str, suffix: str, spec: LangSpec 
                 stack.pop()
         return len(stack)
 
-    scanner = BracketScanner(comment)
+    scanner = _scanner(spec)
     before = unclosed(prefix, scanner)
     own = unclosed(completion, scanner)
     if not own or scanner.quote is not None:
@@ -445,6 +511,71 @@ def _closed_by_suffix(prefix: str, completion: str, suffix: str, spec: LangSpec 
         else:
             wanted += 1
     return wanted - before >= own
+
+
+# -- tags ----------------------------------------------------------------------------------------
+
+
+def close_tags(prefix: str, completion: str, suffix: str, spec: LangSpec | None = None, mode: str = "single") -> str:
+    """HTML, Vue and JSX: close, innermost first, the elements the completion opened and left
+    open, each closer on a line of its own (at its opener's indentation) when the element's
+    content runs over lines. Nothing is added when the text after the cursor already closes them
+    (`<li>|</li>`), so no closing tag is doubled; void elements (`<br>`, `<img>`) never close."""
+    if spec is None or not (spec.markup or spec.jsx):
+        return completion
+    jsx = not spec.markup
+    own = open_tags(completion, jsx)
+    if not own:
+        return completion
+    stack = [t.name for t in open_tags(prefix, jsx)] + [t.name for t in own]
+    closers = unmatched_closers(suffix, jsx)
+    ours = len(own)  # how many of the innermost the completion must close: those above the
+    if closers:  # element the suffix's first closing tag ends (`<li><a>|</li>`: the <a> only)
+        ours = next((j for j in range(min(len(own) + 1, len(stack))) if stack[-1 - j] == closers[0].name), len(own))
+    out = completion
+    for tag in reversed(own[len(own) - ours :]):
+        if "\n" in completion[tag.end :].rstrip():
+            indent = indent_of(current_line(prefix + completion[: tag.start]))
+            out = out.rstrip() + "\n" + " " * indent + closer(tag.name)
+        else:
+            out = out.rstrip() + closer(tag.name) if mode == "multi" else out + closer(tag.name)
+    return out
+
+
+def close_css_blocks(prefix: str, completion: str, suffix: str, spec: LangSpec | None = None) -> str:
+    """CSS: close the rule blocks still open after a multi-line completion (`.btn {` and its
+    declarations) that the text after the cursor does not close: CSS has nothing else a block
+    could be waiting for. Each `}` goes on its own line at its opener's indentation."""
+    if spec is None or spec.name != "css" or "\n" not in completion:
+        return completion
+    text = prefix + completion
+    scanner = _scanner(spec)
+    opened: list[int] = []
+    for i, ch in scanner.scan(text):
+        if ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            opened.pop()
+    if not opened or scanner.quote is not None or scanner.in_block is not None:
+        return completion
+    depth, wanted = 0, 0
+    for _, ch in _scanner(spec).scan(suffix):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth, wanted = (depth - 1, wanted) if depth else (0, wanted + 1)
+    out = completion.rstrip()
+    for index in reversed(opened[wanted:] if wanted < len(opened) else []):
+        out += "\n" + " " * indent_of(current_line(text[:index])) + "}"
+    return out if len(out) > len(completion.rstrip()) else completion
+
+
+def _close(prefix: str, completion: str, suffix: str, spec: LangSpec | None, mode: str) -> str:
+    """What the completion left open, closed: elements in markup, brackets elsewhere (and both in JSX)."""
+    if spec is not None and spec.markup:
+        return close_tags(prefix, completion, suffix, spec, mode)
+    out = balance_brackets(prefix, completion, spec, mode)
+    return close_tags(prefix, out, suffix, spec, mode) if spec is not None and spec.jsx else out
 
 
 # -- tree-sitter ---------------------------------------------------------------------------------
@@ -494,10 +625,20 @@ def syntax_trim(
             break
         cuts.append(pos)
     for cut in cuts:
-        cand = balance_brackets(prefix, completion[:cut], spec, mode)
+        cand = _close(prefix, completion[:cut], tail, spec, mode)
         if _errors(spec, head + cand + tail) <= baseline:
             return cand
     return completion
+
+
+def _checked_close_tags(prefix: str, completion: str, suffix: str, spec: LangSpec, mode: str) -> str:
+    """`close_tags`; in JSX only when the file then parses no worse (a `<` in JavaScript is
+    not always a tag)."""
+    out = close_tags(prefix, completion, suffix, spec, mode)
+    if out == completion or spec.markup:
+        return out
+    head, tail = prefix[-6000:], suffix[:3000]
+    return out if _errors(spec, head + out + tail) <= _errors(spec, head + completion + tail) else completion
 
 
 # -- all together --------------------------------------------------------------------------------
@@ -513,8 +654,10 @@ class Processed:
 def postprocess(
     prefix: str, completion: str, suffix: str, spec: LangSpec | None = None, mode: str | None = None
 ) -> Processed:
-    """Every step in order; `steps` names those that changed the text."""
+    """Every step in order; `steps` names those that changed the text. A cursor in an embedded
+    region (see `embedded.focus`) is processed in that region's language, on its text."""
     mode = mode or decide_mode(prefix, suffix, spec)
+    spec, prefix, suffix = focus(prefix, suffix, spec)
     result = Processed(completion, mode)
 
     def step(name: str, new: str) -> None:
@@ -531,8 +674,13 @@ def postprocess(
     step("trim_suffix_overlap", trim_suffix_overlap(prefix, result.text, suffix, spec))
     if mode == "multi":
         step("syntax_trim", syntax_trim(prefix, result.text, suffix, spec, mode))
-    if not _closed_by_suffix(prefix, result.text, suffix, spec):
+    markup = spec is not None and spec.markup
+    if not markup and not _closed_by_suffix(prefix, result.text, suffix, spec):
         step("balance_brackets", balance_brackets(prefix, result.text, spec, mode))
+    if spec is not None and (markup or spec.jsx):
+        step("close_tags", _checked_close_tags(prefix, result.text, suffix, spec, mode))
+    if mode == "multi":
+        step("close_css_blocks", close_css_blocks(prefix, result.text, suffix, spec))
     if not rest_of_line(suffix).strip():
         step("trailing_whitespace", result.text.rstrip())
     return result

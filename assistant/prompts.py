@@ -1,4 +1,4 @@
-"""Prompt text for explain and refactor, for chat models and for base models alike.
+"""Prompt text for explain, refactor and fix, for chat models and for base models alike.
 
 A task builds a `ChatPrompt`: chat messages for models with a chat template (or a server's
 chat endpoint) and a completion-style text for base models without one, shaped so that
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from demi.assistant.context import CodeContext
-from demi.assistant.facts import Facts
+from demi.assistant.facts import Facts, detail_items
 
 PROMPT_OVERHEAD = 160  # tokens of instructions and chat markup around the code and the facts
 SYSTEM = (
@@ -83,6 +83,8 @@ def facts_lines(f: Facts) -> list[str]:
         out.append("bases: " + ", ".join(f.bases))
     if f.members:
         out.append("members: " + "; ".join(f.members[:20]))
+    for label, value in detail_items(f):
+        out.append(f"{label.lower()}: " + ("; ".join(value) or "none" if isinstance(value, list) else value))
     if f.docstring:
         out.append("docstring: " + f.docstring.split("\n\n")[0].replace("\n", " ")[:400])
     return out
@@ -168,6 +170,42 @@ def refactor_prompt(path: str, language: str | None, facts: Facts, ctx: CodeCont
     plain = (
         f"{comment} {path}: before\n{_fenced(ctx.code, fence)}\n\n"
         f"{comment} After this change: {instruction.strip()}\n```{fence}\n"
+    )
+    return ChatPrompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], plain, ["```"])
+
+
+# -- fix ---------------------------------------------------------------------------------------
+
+
+def fix_prompt(
+    path: str, language: str | None, facts: Facts, ctx: CodeContext, error: str, summary: str, where: str = ""
+) -> ChatPrompt:
+    """The model asked for the corrected code of the target, given the error it causes (`error`: the
+    traceback or diagnostic as the user saw it; `summary`: its one-line gist; `where`: the line it
+    points at). The reply's shape is the refactor's, so the same splice and validator check it."""
+    fence = language or ""
+    label = target_label(facts)
+    user = "\n\n".join(
+        x
+        for x in (
+            f"Fix the bug in {label} from `{path}` that causes this error:\n" + _fenced(error, "")
+            if error.strip()
+            else f"Find and fix the bug in {label} from `{path}`.",
+            where,
+            f"Reply with the complete corrected code in one ```{fence} block and nothing else. Change only "
+            "what the fix needs, keep its indentation and everything else as it is, and add no code outside it.",
+            ("Context (read only, do not rewrite):\n" + _context_block(ctx)) if _context_block(ctx) else "",
+            "The code to fix:\n" + _fenced(ctx.code, fence),
+        )
+        if x
+    )
+    comment = "#" if language in (None, "python") else "//"
+    gist = " ".join(summary.split())[:200]
+    plain = (
+        f"{comment} {path}: before"
+        + (f" (it fails with: {gist})" if gist else " (it has a bug)")
+        + f"\n{_fenced(ctx.code, fence)}\n\n"
+        f"{comment} After fixing the bug:\n```{fence}\n"
     )
     return ChatPrompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], plain, ["```"])
 

@@ -165,6 +165,13 @@ def validate(target: Target, new_text: str) -> list[str]:
     return []
 
 
+def rewrite(target: Target, reply: str) -> tuple[str, list[str]]:
+    """The model's reply spliced in and validated: (the new file text, notes). Raises
+    `RefactorRejected` when it fails; every task that rewrites code (refactor, fix) checks it here."""
+    new_text = splice(target, reply)
+    return new_text, validate(target, new_text)
+
+
 def propose(
     engine: Any,
     doc: Document,
@@ -195,8 +202,7 @@ def propose(
     )
     if result.finish_reason == "cancelled":
         raise RefactorRejected("cancelled; nothing was changed")
-    new_text = splice(target, result.text)
-    notes = validate(target, new_text)
+    new_text, notes = rewrite(target, result.text)
     if result.finish_reason == "length":
         notes.append(f"the model stopped at max_tokens {max_tokens}; check the end of the rewrite")
     edit = Edit(doc.path or Path(doc.name), doc.text, new_text, doc.digest)

@@ -1,4 +1,4 @@
-"""`demi explain`, `complete`, `refactor`, `undo`, `sessions` and `config`: the session layer from a shell.
+"""`demi explain`, `complete`, `refactor`, `fix`, `undo`, `sessions` and `config`: the session layer from a shell.
 
 Everything here is presentation: arguments in, `demi.assistant` calls, text or one JSON object
 out. Bad input (file, position, symbol, range) is checked before the model loads, so a typo
@@ -89,6 +89,37 @@ def register(sub, common) -> None:
     rf.add_argument("--workspace-edit", action="store_true", help="print the LSP WorkspaceEdit JSON, not the diff")
     engine_opts(rf)
     rf.set_defaults(func=cmd_refactor)
+
+    fx = sub.add_parser(
+        "fix",
+        parents=[common()],
+        help="fix the code an error points at; prints a diff",
+        description="Read an error (a traceback, a compiler or linter line, a failing test's output), "
+        "find the code it points at in FILE (the innermost frame there, the function around it), and "
+        "ask the model for a fix, validated like a refactor and printed as a unified diff. --test runs "
+        "your test command on a temporary copy of the project, before (for the error) and with the fix "
+        "(whether it passes); only --apply writes (atomically, with a backup that `demi undo FILE` restores).",
+    )
+    fx.add_argument("path", metavar="FILE")
+    fx.add_argument("--symbol", "-s", help="fix this function, class or method (default: where the error points)")
+    fx.add_argument("--lines", "-l", metavar="A-B", help="fix this 1-based inclusive line range")
+    source = fx.add_mutually_exclusive_group()
+    source.add_argument("--error", "-e", metavar="TEXT", help="the error message (e.g. `geo.py:12:5: E999 ...`)")
+    source.add_argument("--traceback", metavar="FILE", help="a file holding the traceback or tool output ('-': stdin)")
+    source.add_argument(
+        "--test",
+        metavar="CMD",
+        help="a test command to run (no shell) on a temporary copy of the project: its failure is the "
+        "error, and it runs again with the fix",
+    )
+    fx.add_argument("--test-timeout", type=float, default=120.0, metavar="SEC", help="seconds per test run (120)")
+    fx.add_argument(
+        "--candidates", type=int, default=1, metavar="N", help="replies to try until one is valid (and passes --test)"
+    )
+    fx.add_argument("--apply", action="store_true", help="write the fix (a backup is kept)")
+    fx.add_argument("--workspace-edit", action="store_true", help="print the LSP WorkspaceEdit JSON, not the diff")
+    engine_opts(fx)
+    fx.set_defaults(func=cmd_fix)
 
     un = sub.add_parser("undo", parents=[common(model=False)], help="restore a file from Demi's last backup")
     un.add_argument("path", metavar="PATH")
@@ -366,6 +397,130 @@ def cmd_refactor(args: argparse.Namespace) -> int:
     elif result.edit.changed:
         print("demi: nothing written; run again with --apply to write this change", file=sys.stderr)
     return 0
+
+
+# -- fix ------------------------------------------------------------------------------------------
+
+
+def _error_text(args: argparse.Namespace, cfg) -> tuple[str, Any]:
+    """(the error text, the test run that produced it or None): from --error, --traceback or --test."""
+    from pathlib import Path
+
+    from demi.assistant.errors import DemiUserError
+
+    if args.error is not None:
+        if not args.error.strip():
+            raise UsageError("demi fix: --error is empty")
+        return args.error, None
+    if args.traceback is not None:
+        if args.traceback == "-":
+            return sys.stdin.read(), None
+        from demi.assistant.files import read_text_file
+
+        return read_text_file(Path(args.traceback), max_bytes=int(cfg["max_file_mb"] * 1024 * 1024)), None
+    if args.test is not None:
+        from demi.assistant.edits import workspace_root
+        from demi.assistant.fix import run_test
+
+        run = run_test(args.test, workspace_root(Path(args.path)), timeout=args.test_timeout)
+        if run.timed_out:
+            raise DemiUserError(f"--test: `{args.test}` ran past {args.test_timeout:g} s; nothing to fix from")
+        if run.passed:
+            raise DemiUserError(f"--test: `{args.test}` passes (exit 0); there is nothing to fix")
+        return run.output, run
+    return "", None
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    import json as _json
+    from pathlib import Path
+
+    from demi.assistant.config import data_dir
+    from demi.assistant.document import parse_line_range
+    from demi.assistant.edits import workspace_root
+    from demi.assistant.errors import DemiUserError
+    from demi.assistant.fix import locate, parse_error, propose_fix, run_test
+    from demi.assistant.refactor import apply
+    from demi.assistant.target import resolve_target
+
+    if args.error is None and args.traceback is None and args.test is None and not (args.symbol or args.lines):
+        raise UsageError("demi fix: say what fails: --error TEXT, --traceback FILE or --test CMD")
+    if args.test_timeout <= 0:
+        raise UsageError(f"--test-timeout must be positive, got {args.test_timeout:g}")
+    candidates = _positive(args.candidates, "--candidates")
+    cfg = _config(args, **{"refactor.max_tokens": args.max_tokens})
+    max_tokens = _positive(cfg["refactor.max_tokens"], "--max-tokens")
+    lines = parse_line_range(args.lines) if args.lines else None
+    doc = _load(args.path, cfg)
+    resolve_target(doc, args.symbol, lines)  # a bad symbol or range fails here, before anything runs
+    if args.apply and doc.lossy:
+        raise DemiUserError(
+            f"{doc.name} is not valid UTF-8; Demi will not rewrite it (it would replace the undecodable bytes)"
+        )
+    root = workspace_root(Path(args.path))
+    text, before = _error_text(args, cfg)
+    report = parse_error(text)
+    site = locate(report, doc, args.symbol, lines, root=root)
+    check = None
+    if args.test is not None:
+        assert doc.path is not None
+
+        def check(new_text: str):
+            return run_test(args.test, root, timeout=args.test_timeout, changes={doc.path: new_text})
+
+    engine = _engine(cfg)
+    result = propose_fix(
+        engine,
+        doc,
+        report,
+        site,
+        max_tokens=max_tokens,
+        budget=cfg["refactor.context_tokens"],
+        sampling=_sampling(args.temperature),
+        candidates=candidates,
+        check=check,
+    )
+    failing = result.test is not None and not result.test.passed
+    if args.apply and not failing:
+        apply(result, data_dir(cfg))
+    where = f" (line {site.frame.line})" if site.frame else ""
+    _record(
+        cfg,
+        args,
+        "fix",
+        f"fix {doc.name} {result.target}{where}: {result.error[:60]}",
+        result.model,
+        report.excerpt(site.frame),
+        result.diff,
+        result.prompt_tokens,
+        result.completion_tokens,
+        result.seconds,
+        {"path": doc.name, "target": result.target, "applied": result.applied, "error": result.error},
+    )
+    if args.json:
+        emit_json({**result.as_json(), "test_before": before.as_json() if before else None})
+        return 1 if failing else 0
+    if args.workspace_edit:
+        _stdout(_json.dumps(result.workspace_edit, ensure_ascii=False, indent=2) + "\n")
+    else:
+        _stdout(result.diff)
+    at = f" at {doc.name}:{site.frame.line}" if site.frame else ""
+    print(f"demi: {result.error or 'the bug'}{at}; the fix rewrites {result.target}", file=sys.stderr)
+    for note in result.notes:
+        print(f"demi: {note}", file=sys.stderr)
+    if result.test is not None:
+        verdict = "passes" if result.test.passed else "still fails" + (" (timed out)" if result.test.timed_out else "")
+        print(
+            f"demi: with this fix, `{result.test.command}` {verdict} ({result.test.seconds:.1f} s, on a copy)",
+            file=sys.stderr,
+        )
+    if result.applied:
+        print(f"demi: applied to {doc.name} (backup kept; `demi undo {doc.name}` restores it)", file=sys.stderr)
+    elif failing:
+        print("demi: nothing written: the fix does not make the test pass", file=sys.stderr)
+    else:
+        print("demi: nothing written; run again with --apply to write this fix", file=sys.stderr)
+    return 1 if failing else 0
 
 
 # -- undo -----------------------------------------------------------------------------------------

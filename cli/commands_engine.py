@@ -7,10 +7,11 @@ import sys
 import time
 
 from demi.cli.main import UsageError, emit_json
+from demi.cli.progress_display import showing_progress
 
 
 def register(sub, common) -> argparse._SubParsersAction:
-    """`demi generate`, `demi eval perplexity` and `demi bench`; returns the `eval` command's
+    """`demi generate`, `demi eval perplexity|humaneval` and `demi bench`; returns the `eval` command's
     sub-command table so other modules can add kinds to it (commands_train: fim, passk)."""
     g = sub.add_parser(
         "generate",
@@ -57,6 +58,9 @@ def register(sub, common) -> argparse._SubParsersAction:
     ppl.add_argument("files", nargs="+", metavar="FILE")
     eval_quant_help(ppl)
     ppl.set_defaults(func=cmd_perplexity)
+    from demi.cli import commands_humaneval
+
+    commands_humaneval.register(ev, common)  # `demi eval humaneval`
 
     b = sub.add_parser(
         "bench",
@@ -101,14 +105,15 @@ def _engine(args: argparse.Namespace):
             "speculate": getattr(args, "speculate", None),
         }
     )
-    return open_engine(
-        cfg["model"],
-        device=cfg["device"] or "cpu",
-        dtype=cfg["dtype"],
-        context=cfg["context"],
-        quant=cfg["quant"],
-        speculate=cfg["speculate"],
-    )
+    with showing_progress(f"loading {cfg['model']}", getattr(args, "json", False)):
+        return open_engine(
+            cfg["model"],
+            device=cfg["device"] or "cpu",
+            dtype=cfg["dtype"],
+            context=cfg["context"],
+            quant=cfg["quant"],
+            speculate=cfg["speculate"],
+        )
 
 
 def eval_quant_help(parser: argparse.ArgumentParser) -> None:
@@ -216,16 +221,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _print_plan(args)
     if min(args.prompt_tokens, args.new_tokens, args.runs) < 1:
         raise UsageError("demi bench: --prompt-tokens, --new-tokens and --runs must be >= 1")
-    r = run(
-        args.model,
-        args.quant or "none",
-        args.prompt_tokens,
-        args.new_tokens,
-        args.runs,
-        args.compare,
-        args.device or "cpu",
-        args.dtype,
-    )
+    # drawn only when a stage moves: no display thread while the speed is measured
+    with showing_progress(f"benchmarking {args.model or 'the default model'}", args.json, animate=False):
+        r = run(
+            args.model,
+            args.quant or "none",
+            args.prompt_tokens,
+            args.new_tokens,
+            args.runs,
+            args.compare,
+            args.device or "cpu",
+            args.dtype,
+        )
     if args.json:
         emit_json(r)
         return 0

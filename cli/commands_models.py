@@ -23,6 +23,9 @@ def register(sub, common) -> None:
         help="show the deployment plan for a device class (precision, context, memory)",
     )
     info.set_defaults(func=cmd_models_info)
+    from demi.cli import commands_memory
+
+    commands_memory.register(msub, common)  # `demi models memory`
 
     quant = msub.add_parser(
         "quantize", parents=[common(model=False)], help="write an int8/int4 checkpoint that loads without re-quantizing"
@@ -124,8 +127,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_models_quantize(args: argparse.Namespace) -> int:
     from demi.assistant.catalog import quantize
+    from demi.cli.progress_display import showing_progress
 
-    out = quantize(args.src, args.dst, args.quant, args.group)
+    with showing_progress(f"quantizing {args.src} to {args.quant}", args.json):
+        out = quantize(args.src, args.dst, args.quant, args.group)
     if args.json:
         emit_json({"src": args.src, "dst": str(out), "quant": args.quant, "group": args.group})
     else:
@@ -186,6 +191,9 @@ def _print_cpu(cpu: dict) -> None:
             f"{'kernel plan':20s} {plan['mode']}: decode {plan['decode']}, prefill {plan['prefill']}, "
             f"activations {plan['activations']} ({plan['source']})"
         )
+        if plan.get("busy"):
+            share = 100 * plan["others_share"]
+            print(f"  measured while other processes took {share:.0f}% of the CPU: not cached, measured again")
         for phase, times in plan["times_ms"].items():
             row = ", ".join(f"{k} {v:.3f}" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
             unit = "ms per layer's weights" if phase == "convert" else "ms/row/layer"

@@ -213,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("demi.serve").setLevel(logging.INFO)
 
     from demi.assistant.engines import load_local_model
+    from demi.cli.progress_display import showing_progress
     from demi.serve.server import bind_socket, create_app, run, url_for
 
     try:
@@ -222,7 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"demi serve: cannot listen on {args.host}:{args.port}: {reason}") from None
     try:
         cfg = _settings(args)
-        model = load_local_model(cfg)
+        with showing_progress(f"loading {cfg['model']}", args.json):
+            model = load_local_model(cfg)
         app = create_app(
             model,
             api_key=api_key,

@@ -1,18 +1,27 @@
-"""Code actions "Demi: Explain" and "Demi: Refactor...", and the commands behind them.
+"""Code actions "Demi: Explain" and "Demi: Refactor...", the commands behind them, and the hover
+that shows an explanation to an editor that cannot open one.
 
 Listing code actions is cheap (the editor asks on every cursor move): titles and a `data`
 payload only. `codeAction/resolve` finds the target (the selection's lines, else the symbol at
 the cursor, else the file) with tree-sitter and attaches the command. The commands do the
 model work on a task thread at priority 1, so completions keep flowing meanwhile:
 
-- `demi.explain` (uri, optional range) returns the Markdown and, where the client supports
-  `window/showDocument`, writes it to a file under the data dir and opens it;
+- `demi.explain` (uri, optional range) returns the Markdown and writes it to a file under the data
+  dir; where the client supports `window/showDocument` it opens that file, otherwise (Helix
+  25.07) the explanation is kept for `textDocument/hover` over what it explains, and a
+  `window/showMessage` says so;
 - `demi.refactor` (uri, range, instruction) asks for an instruction with
   `window/showMessageRequest` when none is given, validates the model's rewrite, and applies it
   with `workspace/applyEdit` (so it lands in the editor's undo history); a rewrite computed for
-  an older version of the document is never applied.
+  an older version of the document is never applied. A client that cannot ask (no
+  `window.showMessage` capability, as Helix 25.07) is offered one code action per suggested
+  instruction instead of "Refactor...", and hears how each command ended through
+  `window/showMessage` (such a client drops a command's answer and error).
+- `demi.fix` (uri, a diagnostic's range, its message) is "Fix with Demi", the quick fix offered
+  when the editor sends diagnostics with the request: the function around the diagnostic's line
+  rewritten by the model (`assistant.fix`, validated like a refactor) and applied the same way.
 
-Both show `$/progress` once they run past half a second; cancelling it, or `$/cancelRequest`,
+Each shows `$/progress` once it runs past half a second; cancelling it, or `$/cancelRequest`,
 stops the model at its next step.
 """
 
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,13 +45,22 @@ from demi.lsp.textutil import lsp_lines, offset_at, replace_changed_lines
 
 log = logging.getLogger("demi.lsp")
 
-EXPLAIN, REFACTOR = "demi.explain", "demi.refactor"
-COMMANDS = (EXPLAIN, REFACTOR)
+EXPLAIN, REFACTOR, FIX = "demi.explain", "demi.refactor", "demi.fix"
+COMMANDS = (EXPLAIN, REFACTOR, FIX)
 KIND_EXPLAIN = t.CodeActionKind.Empty
 KIND_REFACTOR = t.CodeActionKind.RefactorRewrite
+KIND_FIX = t.CodeActionKind.QuickFix  # "Fix with Demi", offered on the diagnostics the editor sends
 REQUEST_FAILED = -32803
-# Offered by window/showMessageRequest when demi.refactor comes without an instruction.
-SUGGESTED_INSTRUCTIONS = ("Add type hints", "Add a docstring", "Simplify it", "Handle errors explicitly")
+# Offered by window/showMessageRequest when demi.refactor comes without an instruction, and as one
+# code action each to a client that cannot ask.
+SUGGESTED_INSTRUCTIONS = (
+    "Add type hints",
+    "Add a docstring",
+    "Simplify it",
+    "Handle errors explicitly",
+    "Use clearer names",
+)
+KEPT_EXPLANATIONS = 32  # explanations kept for hover, over all documents (the oldest go first)
 
 
 class RequestFailed(JsonRpcException):
@@ -75,6 +94,16 @@ class Captured(NamedTuple):
     text: str
     name: str
     version: int | None
+
+
+class Explained(NamedTuple):
+    """An explanation kept for hover: the symbol it is about (found again by name, so edits above
+    it do not lose it) or else its 1-based lines, and the Markdown."""
+
+    uri: str
+    symbol: str | None
+    lines: tuple[int, int]
+    markdown: str
 
 
 _NOW = object()  # read the document when called
@@ -146,6 +175,25 @@ def parse_arguments(arguments: Any, names: tuple[str, ...]) -> dict[str, Any]:
 class Actions:
     def __init__(self, server: Any):
         self.ls = server
+        self.explained: OrderedDict[tuple[str, str | None, tuple[int, int]], Explained] = OrderedDict()
+
+    # what the client can do ------------------------------------------------------------------------
+
+    def _window(self) -> Any:
+        caps = getattr(self.ls.protocol, "client_capabilities", None)
+        return getattr(caps, "window", None)
+
+    def can_show_documents(self) -> bool:
+        """The client opens a file on `window/showDocument` (VS Code, Neovim with Demi's plugin)."""
+        show = getattr(self._window(), "show_document", None)
+        return bool(show is not None and show.support)
+
+    def can_ask(self) -> bool:
+        """The client answers `window/showMessageRequest` (Helix 25.07 does not)."""
+        return getattr(self._window(), "show_message", None) is not None
+
+    def tell(self, text: str, kind: t.MessageType = t.MessageType.Info) -> None:
+        self.ls.window_show_message(t.ShowMessageParams(type=kind, message=text))
 
     # documents -------------------------------------------------------------------------------------
 
@@ -229,51 +277,85 @@ class Actions:
             "start": {"line": params.range.start.line, "character": params.range.start.character},
             "end": {"line": params.range.end.line, "character": params.range.end.character},
         }
+        offers: list[tuple[str, str, Any, str | None]] = [
+            ("explain", "Demi: Explain" + (" selection" if selection else ""), KIND_EXPLAIN, None)
+        ]
+        if self.can_ask():
+            offers.append(
+                ("refactor", "Demi: Refactor" + (" selection" if selection else "") + "...", KIND_REFACTOR, None)
+            )
+        else:  # nothing to ask with: one action per suggested instruction
+            for suggested in SUGGESTED_INSTRUCTIONS:
+                offers.append(
+                    ("refactor", f"Demi: {suggested}" + (" (selection)" if selection else ""), KIND_REFACTOR, suggested)
+                )
         out = []
-        for action, title, kind in (
-            ("explain", "Demi: Explain" + (" selection" if selection else ""), KIND_EXPLAIN),
-            ("refactor", "Demi: Refactor" + (" selection" if selection else "") + "...", KIND_REFACTOR),
-        ):
+        for action, title, kind, instruction in offers:
             k = _kind(kind)
             if only and not any(k == _kind(o) or k.startswith(f"{_kind(o)}.") for o in only):
                 continue
-            data = {"action": action, "uri": uri, "range": rng, "version": doc.version}
+            data: dict[str, Any] = {"action": action, "uri": uri, "range": rng, "version": doc.version}
+            args: list[Any] = [uri, rng]
+            if instruction is not None:
+                data["instruction"] = instruction
+                args.append(instruction)
             ca = t.CodeAction(title=title, kind=kind, data=data)
             if not self._resolve_supported():
                 ca.command = t.Command(
-                    title=title, command=EXPLAIN if action == "explain" else REFACTOR, arguments=[uri, rng]
+                    title=title, command=EXPLAIN if action == "explain" else REFACTOR, arguments=args
                 )
             out.append(ca)
+        out.extend(self.fix_actions(params, only))
         return out
 
     async def resolve(self, action: t.CodeAction) -> t.CodeAction:
         data = _plain(action.data)
+        if isinstance(data, dict) and data.get("action") == "fix":
+            return self.resolve_fix(action, data)
         if (
             not isinstance(data, dict)
             or data.get("action") not in ("explain", "refactor")
             or not isinstance(data.get("uri"), str)
         ):
             raise JsonRpcInvalidParams("this code action was not made by Demi (its data is missing or unknown)")
+        instruction = data.get("instruction")
+        if instruction is not None and not isinstance(instruction, str):
+            raise JsonRpcInvalidParams("this code action's instruction must be a string")
         rng = _range(data.get("range"))
         target = await self.target_now(data["uri"], rng)
-        verb = "Explain" if data["action"] == "explain" else "Refactor"
-        action.title = f"Demi: {verb} {target.label}" + ("..." if verb == "Refactor" else "")
         args: list[Any] = [data["uri"], data.get("range")]
-        action.command = t.Command(
-            title=action.title, command=EXPLAIN if verb == "Explain" else REFACTOR, arguments=args
-        )
+        if data["action"] == "explain":
+            action.title = f"Demi: Explain {target.label}"
+        elif instruction:
+            action.title = f"Demi: {instruction} ({target.label})"
+            args.append(instruction)
+        else:
+            action.title = f"Demi: Refactor {target.label}..."
+        command = EXPLAIN if data["action"] == "explain" else REFACTOR
+        action.command = t.Command(title=action.title, command=command, arguments=args)
         return action
 
     # commands --------------------------------------------------------------------------------------
 
     async def run(self, params: t.ExecuteCommandParams) -> Any:
-        if params.command == EXPLAIN:
-            args = parse_arguments(params.arguments, ("uri", "range"))
-            return await self.explain(args, params.work_done_token)
-        if params.command == REFACTOR:
+        if params.command == FIX:
+            return await self.fix(parse_arguments(params.arguments, ("uri", "range", "error")), params.work_done_token)
+        if params.command not in COMMANDS:
+            raise JsonRpcInvalidParams(f"unknown command {params.command!r} (Demi has {', '.join(COMMANDS)})")
+        try:
+            if params.command == EXPLAIN:
+                args = parse_arguments(params.arguments, ("uri", "range"))
+                return await self.explain(args, params.work_done_token)
             args = parse_arguments(params.arguments, ("uri", "range", "instruction"))
-            return await self.refactor(args, params.work_done_token)
-        raise JsonRpcInvalidParams(f"unknown command {params.command!r} (Demi has {', '.join(COMMANDS)})")
+            result = await self.refactor(args, params.work_done_token)
+        except JsonRpcException as exc:
+            if not self.can_ask():  # such a client only logs a command's error: say it where it shows
+                self.tell(f"Demi: {exc.message}", t.MessageType.Error)
+            raise
+        if not self.can_ask() and not result.get("applied") and not result.get("cancelled"):
+            notes = "; ".join(result.get("notes") or []) or result.get("failureReason") or "the editor refused the edit"
+            self.tell(f"Demi: nothing applied: {notes}", t.MessageType.Warning)
+        return result
 
     async def _in_pool(self, fn: Any, token: Any, *args: Any) -> Any:
         """Run `fn` on a task thread; a cancelled request sets `token`, which stops the model."""
@@ -332,7 +414,13 @@ class Actions:
             result.seconds,
             {"path": target.doc.name, "symbol": result.symbol, "lines": list(result.lines)},
         )
-        await self._show(target, result.markdown)
+        path = await asyncio.get_running_loop().run_in_executor(self.ls.pool, self._save, target, result.markdown)
+        if self.can_show_documents():
+            await self._show(path)
+        else:
+            self._keep(Explained(target.uri, result.symbol, (result.lines[0], result.lines[1]), result.markdown))
+            where = f"; also in {path}" if path is not None else ""
+            self.tell(f"Demi: explained {target.label}: hover over it to read the explanation{where}")
         return result.markdown
 
     async def _run_task(self, job: Any, token: Any) -> Any:
@@ -353,30 +441,70 @@ class Actions:
                 raise JsonRpcInvalidParams(str(exc)) from None
             raise RequestFailed(str(exc)) from None
 
-    async def _show(self, target: Target, markdown: str) -> None:
-        """Open the explanation in the editor where it can show a document."""
-        caps = getattr(self.ls.protocol, "client_capabilities", None)
-        window = getattr(caps, "window", None)
-        show = getattr(window, "show_document", None) if window is not None else None
-        if show is None or not show.support:
-            return
+    def _save(self, target: Target, markdown: str) -> Path | None:
+        """The explanation as a file under the data dir (None when it cannot be written)."""
         try:
             folder = self.ls.data_dir() / "explanations"
             folder.mkdir(parents=True, exist_ok=True)
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(target.doc.name).stem}-{target.label.strip('`')}")
             path = folder / f"{stem[:80]}.md"
             path.write_text(markdown, encoding="utf-8")
+            return path.resolve()
+        except OSError:  # the markdown is still the command's answer
+            log.warning("could not save the explanation", exc_info=True)
+            return None
+
+    async def _show(self, path: Path | None) -> None:
+        """Open the saved explanation in the editor."""
+        if path is None:
+            return
+        try:
             await asyncio.wait_for(
-                self.ls.window_show_document_async(t.ShowDocumentParams(uri=path.resolve().as_uri(), take_focus=True)),
-                5.0,
+                self.ls.window_show_document_async(t.ShowDocumentParams(uri=path.as_uri(), take_focus=True)), 5.0
             )
         except Exception:  # the markdown is still the command's answer
             log.warning("could not show the explanation", exc_info=True)
 
+    # explanations on hover ------------------------------------------------------------------------
+
+    def _keep(self, explained: Explained) -> None:
+        key = (explained.uri, explained.symbol, explained.lines)
+        self.explained.pop(key, None)
+        self.explained[key] = explained
+        while len(self.explained) > KEPT_EXPLANATIONS:
+            self.explained.popitem(last=False)
+
+    async def hover(self, params: t.HoverParams) -> t.Hover | None:
+        """The newest kept explanation of what is under the cursor; None (at once) when there is none."""
+        uri = params.text_document.uri
+        kept = [e for e in self.explained.values() if e.uri == uri]
+        captured = self.capture(uri) if kept else None
+        if captured is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ls.pool, self._hover_at, kept[::-1], captured, params.position)
+
+    def _hover_at(self, newest_first: list[Explained], captured: Captured, position: t.Position) -> t.Hover | None:
+        from demi.assistant.document import Document
+        from demi.assistant.syntax import parse
+
+        doc = Document.from_text(captured.text, captured.name)
+        lines = lsp_lines(doc.text)
+        offset = offset_at(doc.text, position.line, position.character, self.ls.workspace.position_encoding, lines)
+        line = doc.line_of(offset)
+        symbols = None
+        for e in newest_first:
+            if e.symbol is None:
+                hit = e.lines[0] <= line <= e.lines[1]
+            else:
+                symbols = parse(doc).symbols() if symbols is None else symbols
+                hit = any(s.qualname == e.symbol and s.start_line <= line <= s.end_line for s in symbols)
+            if hit:
+                return t.Hover(contents=t.MarkupContent(kind=t.MarkupKind.Markdown, value=e.markdown))
+        return None
+
     async def _ask_instruction(self, target: Target) -> str | None:
-        caps = getattr(self.ls.protocol, "client_capabilities", None)
-        window = getattr(caps, "window", None)
-        if window is None or window.show_message is None:
+        if not self.can_ask():
             raise JsonRpcInvalidParams(
                 "demi.refactor needs an instruction (the third argument): this editor cannot ask for one"
             )
@@ -479,3 +607,156 @@ class Actions:
             "diff": result.diff,
             "notes": notes,
         }
+
+    # fix: the quick fix on diagnostics ---------------------------------------------------------------
+
+    def fix_actions(self, params: t.CodeActionParams, only: list[Any]) -> list[t.CodeAction]:
+        """ "Fix with Demi" when the editor sends diagnostics with the request (at most five, fixed
+        together: the range is the first one's)."""
+        diagnostics = [_echoed(d) for d in (params.context.diagnostics or [])[:5]] if params.context else []
+        k = _kind(KIND_FIX)
+        if not diagnostics or only and not any(k == _kind(o) or k.startswith(f"{_kind(o)}.") for o in only):
+            return []
+        uri, first = params.text_document.uri, diagnostics[0].range
+        rng = {
+            "start": {"line": first.start.line, "character": first.start.character},
+            "end": {"line": first.end.line, "character": first.end.character},
+        }
+        error = "\n".join(_diagnostic_text(d) for d in diagnostics)
+        action = t.CodeAction(
+            title="Fix with Demi",
+            kind=KIND_FIX,
+            diagnostics=diagnostics,
+            data={"action": "fix", "uri": uri, "range": rng, "error": error},
+        )
+        if not self._resolve_supported():
+            action.command = t.Command(title=action.title, command=FIX, arguments=[uri, rng, error])
+        return [action]
+
+    def resolve_fix(self, action: t.CodeAction, data: dict[str, Any]) -> t.CodeAction:
+        if not isinstance(data.get("uri"), str) or not isinstance(data.get("error", ""), str):
+            raise JsonRpcInvalidParams("this code action was not made by Demi (its data is missing or unknown)")
+        _range(data.get("range"))
+        action.command = t.Command(
+            title=action.title, command=FIX, arguments=[data["uri"], data.get("range"), data.get("error", "")]
+        )
+        return action
+
+    def _fix_site(self, uri: str, rng: t.Range, error: str, captured: Captured | None) -> tuple[Target, Any, Any]:
+        """The document, the error placed at the range's first line, and the code to fix
+        (`assistant.fix.locate`: the function around it)."""
+        from demi.assistant.errors import DemiUserError
+        from demi.assistant.fix import error_at, locate
+
+        doc, version = self.document(uri, captured)
+        lines = lsp_lines(doc.text)
+        if rng.start.line > len(lines):
+            raise JsonRpcInvalidParams(f"line {rng.start.line} is past the end of {doc.name}")
+        enc = self.ls.workspace.position_encoding
+        line = doc.line_of(offset_at(doc.text, rng.start.line, rng.start.character, enc, lines))
+        report = error_at(doc.path or doc.name, line, error.strip() or "this line is wrong")
+        try:
+            site = locate(report, doc)
+        except DemiUserError as exc:
+            raise JsonRpcInvalidParams(str(exc)) from None
+        return Target(uri, doc, version, site.symbol, site.lines), report, site
+
+    async def fix(self, args: dict[str, Any], client_token: Any = None) -> dict[str, Any]:
+        """demi.fix (uri, the diagnostic's range, its message): the model's fix of the function
+        around it, validated like a refactor and applied with workspace/applyEdit."""
+        from demi.assistant.engines import CancelToken
+
+        rng = _range(args.get("range"))
+        error = args.get("error") or ""
+        if rng is None:
+            raise JsonRpcInvalidParams("demi.fix needs the range of the diagnostic to fix (the second argument)")
+        if not isinstance(error, str):
+            raise JsonRpcInvalidParams("error must be a string (the diagnostic's message)")
+        captured = self.capture(args["uri"])
+        loop = asyncio.get_running_loop()
+        target, report, site = await loop.run_in_executor(
+            self.ls.pool, self._fix_site, args["uri"], rng, error, captured
+        )
+        s = self.ls.settings
+        token = CancelToken()
+        async with Progress(self.ls, f"Demi: fixing {target.label}", token, client_token) as progress:
+
+            def on_text(piece: str) -> None:
+                progress.report("writing the fix")
+
+            def job() -> Any:
+                from demi.assistant.fix import propose_fix
+
+                set_priority(1)
+                return propose_fix(
+                    self.ls.host.engine(),
+                    target.doc,
+                    report,
+                    site,
+                    max_tokens=s.refactor_max_tokens,
+                    budget=s.refactor_context_tokens,
+                    cancel=token,
+                    on_text=on_text,
+                )
+
+            result = await self._run_task(job, token)
+        if token.cancelled:
+            raise asyncio.CancelledError()
+        self.ls.record_history(
+            "fix",
+            f"fix {target.doc.name} {target.label}: {result.error[:60]}",
+            result.model,
+            report.text,
+            result.diff,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.seconds,
+            {"path": target.doc.name, "target": result.target, "error": result.error},
+        )
+        if result.completion_tokens >= s.refactor_max_tokens:  # cut off: the rest of the code would be lost
+            raise RequestFailed(
+                f"the model stopped at refactorMaxTokens ({s.refactor_max_tokens}) before the end "
+                f"of its fix of {target.label}; nothing was applied (raise refactorMaxTokens)"
+            )
+        open_doc = self.ls.open_document(target.uri)
+        if target.version is not None and (open_doc is None or open_doc.version != target.version):
+            raise RequestFailed(
+                f"{target.doc.name} changed while Demi was fixing it; nothing was applied (run the fix again)"
+            )
+        answer = await self.ls.workspace_apply_edit_async(
+            t.ApplyWorkspaceEditParams(
+                edit=self.workspace_edit(target, result.edit.old, result.edit.new),
+                label=f"Demi: fix {target.label}",
+            )
+        )
+        return {
+            "applied": bool(answer.applied),
+            "failureReason": answer.failure_reason,
+            "diff": result.diff,
+            "notes": list(result.notes),
+            "error": result.error,
+            "target": result.target,
+        }
+
+
+def _echoed(d: t.Diagnostic) -> t.Diagnostic:
+    """A diagnostic to send back in the action: the server's strict converter (protocol.py) reads
+    its enums (severity, tags) as plain ints, which cannot be written out again as enums."""
+    return t.Diagnostic(
+        range=d.range,
+        message=d.message,
+        severity=t.DiagnosticSeverity(int(d.severity)) if d.severity is not None else None,
+        code=d.code,
+        code_description=d.code_description,
+        source=d.source,
+        tags=[t.DiagnosticTag(int(x)) for x in d.tags] if d.tags is not None else None,
+        related_information=d.related_information,
+        data=d.data,
+    )
+
+
+def _diagnostic_text(d: t.Diagnostic) -> str:
+    """A diagnostic as one line for the prompt: its message, then who said it ("(pyflakes F821)")."""
+    code = getattr(d.code, "value", d.code) if d.code is not None else None
+    who = " ".join(str(x) for x in (d.source, code) if x not in (None, ""))
+    return " ".join(d.message.split()) + (f" ({who})" if who else "")

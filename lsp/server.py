@@ -35,7 +35,7 @@ from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInval
 from pygls.lsp.server import LanguageServer
 
 from demi.assistant.runner import RunCancelled
-from demi.lsp.actions import COMMANDS, KIND_EXPLAIN, KIND_REFACTOR, Actions, RequestFailed
+from demi.lsp.actions import COMMANDS, KIND_EXPLAIN, KIND_FIX, KIND_REFACTOR, Actions, RequestFailed
 from demi.lsp.completion import HUGE_CHARS, CompletionService, Outcome, Snapshot, display_name, windowed
 from demi.lsp.engine_host import EngineHost, EngineUnavailable
 from demi.lsp.framing import FrameError, serve_stdio, serve_tcp
@@ -481,7 +481,7 @@ def build_server(
 
     @server.feature(
         t.TEXT_DOCUMENT_CODE_ACTION,
-        t.CodeActionOptions(code_action_kinds=[KIND_REFACTOR, KIND_EXPLAIN], resolve_provider=True),
+        t.CodeActionOptions(code_action_kinds=[KIND_REFACTOR, KIND_EXPLAIN, KIND_FIX], resolve_provider=True),
     )
     def code_action(ls: DemiLanguageServer, params: t.CodeActionParams) -> list[t.CodeAction]:
         return ls.actions.code_actions(params)
@@ -489,6 +489,10 @@ def build_server(
     @server.feature(t.CODE_ACTION_RESOLVE)
     async def code_action_resolve(ls: DemiLanguageServer, params: t.CodeAction) -> t.CodeAction:
         return await ls.actions.resolve(params)
+
+    @server.feature(t.TEXT_DOCUMENT_HOVER)
+    async def hover(ls: DemiLanguageServer, params: t.HoverParams) -> t.Hover | None:
+        return await ls.actions.hover(params)  # explanations kept for editors that cannot open them
 
     for name in COMMANDS:  # advertised in executeCommandProvider; DemiProtocol dispatches to run_command
         server.command(name)(lambda ls, *args: None)

@@ -15,7 +15,8 @@ strings, cancellation, deadlines, speculative verification) stays in its own gen
 Exactness: on a quantized CPU model the native kernels take up to `DECODE_ROWS` rows and work row
 by row, so each row is bit for bit a one-row step; bigger batches are cut into groups of that many.
 The int8 head's int4 shadow (`RescoredHead`) is run on all rows at once and rescored row by row, as
-its one-row path does. A mixture of experts runs per row (each row picks its own experts anyway).
+its one-row path does. A mixture of experts runs per row (each row picks its own experts anyway), and
+so does every row of a MiniMax hybrid stack (minimax.py, lightning.py: a plain step per row).
 Float (fp32/bf16) matmuls may round a many-row product differently from a one-row one (a
 different kernel blocking), so there greedy output matches a lone run except on near-ties: the
 tests compare logits with a tolerance.
@@ -76,6 +77,11 @@ def decode_batch(model: Transformer, tokens: Tensor, positions: list[int], cache
 def _decode(model: Transformer, tokens: Tensor, positions: list[int], caches: list[KVCache]) -> Tensor:
     if len(positions) == 1:  # a batch of one is exactly the plain step
         return model(tokens.view(1, 1), start=positions[0], cache=caches[0])[:, -1].float()
+    if model.config.postnorm or model.config.lightning_layers:
+        # MiniMax's post-norm blocks (minimax.py) and lightning states: each row is its own plain step
+        return torch.cat(
+            [_decode(model, tokens[i : i + 1], positions[i : i + 1], caches[i : i + 1]) for i in range(len(positions))]
+        )
     b = len(positions)
     x = model.model.embed_tokens(tokens.view(b, 1))
     table = model.rotary_table(x.device)
@@ -86,7 +92,7 @@ def _decode(model: Transformer, tokens: Tensor, positions: list[int], caches: li
     window = model.config.sliding_window
     masks = [attention_mask(p, 1, window, x.device) for p in positions]
     for layer in model.model.layers:
-        assert isinstance(layer, Block)
+        assert isinstance(layer, Block) and isinstance(layer.self_attn, Attention)
         x = x + _attend(layer.self_attn, layer.input_layernorm(x), cos, sin, positions, caches, masks)
         h = layer.post_attention_layernorm(x)
         if layer.is_moe:  # each row routes to its own experts, as a one-row step does

@@ -1,8 +1,8 @@
 """One config dataclass for every decoder Demi runs, read from a Hugging Face `config.json`.
 
 The families differ in a handful of switches (qkv bias, QK norm, MoE routing, partial
-rotary), so one flat dataclass describes them all; `from_hf` is the only place that knows
-each family's spelling of those switches.
+rotary, the norm and MLP kind, lightning layers), so one flat dataclass describes them all;
+`from_hf` is the only place that knows each family's spelling of those switches.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from demi.model.errors import ConfigError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "minimax_m2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "minimax_m2", "starcoder2", "minimax")
 
 _DEFAULT_THETA = {
     "llama": 10000.0,
@@ -23,8 +23,19 @@ _DEFAULT_THETA = {
     "qwen3": 10000.0,
     "mixtral": 1e6,
     "minimax_m2": 5e6,
+    "starcoder2": 10000.0,
+    "minimax": 1e6,
 }
-_DEFAULT_EPS = {"llama": 1e-6, "mistral": 1e-6, "qwen2": 1e-6, "qwen3": 1e-6, "mixtral": 1e-5, "minimax_m2": 1e-6}
+_DEFAULT_EPS = {
+    "llama": 1e-6,
+    "mistral": 1e-6,
+    "qwen2": 1e-6,
+    "qwen3": 1e-6,
+    "mixtral": 1e-5,
+    "minimax_m2": 1e-6,
+    "starcoder2": 1e-5,
+    "minimax": 1e-5,
+}
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
@@ -32,7 +43,23 @@ _ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
     "mixtral": "MixtralForCausalLM",
     "minimax_m2": "MiniMaxM2ForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
+    "minimax": "MiniMaxForCausalLM",
 }
+# Per-layer kinds of a hybrid stack (MiniMax-Text-01's `layer_types`).
+SOFTMAX, LIGHTNING = "full_attention", "linear_attention"
+# MiniMax's residual weights, in transformers' spelling: each residual is alpha * the normed input
+# plus beta * the branch (attention of either kind, then the experts).
+RESIDUAL_SCALES = (
+    "full_attn_alpha_factor",
+    "full_attn_beta_factor",
+    "linear_attn_alpha_factor",
+    "linear_attn_beta_factor",
+    "mlp_alpha_factor",
+    "mlp_beta_factor",
+)
+# StarCoder2's GELU: transformers' activation names for the two forms torch has.
+GELU_APPROXIMATIONS = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 
 
 @dataclass
@@ -48,7 +75,9 @@ class ModelConfig:
     num_key_value_heads: int = 32
     head_dim: int = 0  # 0: hidden_size // num_attention_heads
     max_position_embeddings: int = 4096
-    rms_norm_eps: float = 1e-6
+    rms_norm_eps: float = 1e-6  # the eps of every norm (StarCoder2's LayerNorm too: its norm_epsilon)
+    norm: str = "rms"  # rms | layer (StarCoder2: LayerNorm with a bias)
+    mlp: str = "swiglu"  # swiglu (gate, up, down) | gelu (StarCoder2: c_fc, GELU, c_proj)
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": linear|dynamic|yarn|llama3, ...}
     partial_rotary_factor: float = 1.0
@@ -58,12 +87,18 @@ class ModelConfig:
     qk_norm: str = "none"  # none | head (Qwen3) | whole (MiniMax-M2: over the whole projection)
     tie_word_embeddings: bool = False
     sliding_window: int | None = None
-    hidden_act: str = "silu"
+    hidden_act: str = "silu"  # read for mlp="gelu" (tanh or exact GELU); SwiGLU is always SiLU
     # Mixture of experts: num_experts == 0 means a dense MLP.
     num_experts: int = 0
     num_experts_per_tok: int = 0
     router: str = "softmax"  # softmax (Mixtral) | sigmoid (MiniMax-M2)
     routing_bias: bool = False  # e_score_correction_bias, used only to pick experts
+    # Hybrid stacks (MiniMax-Text-01): per layer SOFTMAX or LIGHTNING (lightning.py); None: all softmax.
+    layer_types: list[str] | None = None
+    lightning_block: int = 256  # tokens per block when a lightning layer absorbs a prompt (block_size)
+    # MiniMax's blocks (minimax.py): residual = the normed input, weighted by RESIDUAL_SCALES (1.0 if absent)
+    postnorm: bool = False
+    residual_scales: dict[str, float] | None = None
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
@@ -78,6 +113,22 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        if self.norm not in ("rms", "layer") or self.mlp not in ("swiglu", "gelu"):
+            raise ConfigError(f"unknown norm {self.norm!r} or mlp {self.mlp!r}; expected rms|layer and swiglu|gelu")
+        if self.mlp == "gelu" and self.hidden_act not in GELU_APPROXIMATIONS:
+            raise ConfigError(
+                f"hidden_act {self.hidden_act!r} is not a GELU; the GELU MLP takes " + ", ".join(GELU_APPROXIMATIONS)
+            )
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - {SOFTMAX, LIGHTNING}:
+                raise ConfigError(
+                    f"layer_types needs one of {SOFTMAX!r} or {LIGHTNING!r} per layer "
+                    f"({self.num_hidden_layers}), got {self.layer_types}"
+                )
+            if LIGHTNING in self.layer_types and self.hidden_act != "silu":
+                raise ConfigError(f"lightning layers take q, k, v through SiLU; hidden_act {self.hidden_act!r}")
+            if self.lightning_block < 1:
+                raise ConfigError(f"block_size must be >= 1, got {self.lightning_block}")
 
     @property
     def rotary_dim(self) -> int:
@@ -94,6 +145,18 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    def is_lightning(self, layer: int) -> bool:
+        """Whether layer `layer` is a lightning (linear attention) layer rather than a softmax one."""
+        return self.layer_types is not None and self.layer_types[layer] == LIGHTNING
+
+    @property
+    def lightning_layers(self) -> list[int]:
+        return [i for i in range(self.num_hidden_layers) if self.is_lightning(i)]
+
+    def residual_scale(self, name: str) -> float:
+        """One of RESIDUAL_SCALES (1.0 when the config has none)."""
+        return float((self.residual_scales or {}).get(name, 1.0))
 
     def replace(self, **changes: Any) -> ModelConfig:
         return replace(self, **changes)
@@ -124,14 +187,19 @@ class ModelConfig:
         partial = rope.get("partial_rotary_factor", raw.get("partial_rotary_factor"))
         if partial is None and raw.get("rotary_dim"):
             partial = int(raw["rotary_dim"]) / head_dim
+        if mt == "minimax":  # transformers' MiniMax rotates whole heads whatever rotary_dim says
+            partial = 1.0
         scaling = None
         if rope_type not in ("default", None):
             scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor", "type")}
             scaling["rope_type"] = rope_type
         eos = raw.get("eos_token_id")
         attention_bias = bool(raw.get("attention_bias", False)) and mt not in ("mistral", "mixtral")
+        mlp_bias = bool(raw.get("mlp_bias", False))
         if mt == "qwen2":
             qkv_bias, o_bias = True, False
+        elif mt == "starcoder2":  # use_bias: every projection, q/k/v/o and both MLP layers
+            qkv_bias = o_bias = mlp_bias = bool(raw.get("use_bias", True))
         else:
             qkv_bias = o_bias = attention_bias
         qk_norm = "none"
@@ -142,7 +210,18 @@ class ModelConfig:
         sliding = raw.get("sliding_window")
         if mt in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
             sliding = None
-        moe = mt in ("mixtral", "minimax_m2")
+        moe = mt in ("mixtral", "minimax_m2", "minimax")
+        hybrid = {}
+        if mt == "minimax":
+            types = raw.get("layer_types") or [
+                SOFTMAX if i % 2 == 0 else LIGHTNING for i in range(int(raw["num_hidden_layers"]))
+            ]  # transformers' default when config.json has none
+            hybrid = dict(
+                layer_types=list(types),
+                lightning_block=int(raw.get("block_size", 256)),
+                postnorm=True,
+                residual_scales={k: float(raw.get(k, 1.0)) for k in RESIDUAL_SCALES},
+            )
         return cls(
             model_type=mt,
             vocab_size=int(raw["vocab_size"]),
@@ -153,18 +232,20 @@ class ModelConfig:
             num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
             head_dim=head_dim,
             max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
-            rms_norm_eps=float(raw.get("rms_norm_eps", _DEFAULT_EPS[mt])),
+            rms_norm_eps=float(raw.get("norm_epsilon" if mt == "starcoder2" else "rms_norm_eps", _DEFAULT_EPS[mt])),
+            norm="layer" if mt == "starcoder2" else "rms",
+            mlp="gelu" if mt == "starcoder2" else "swiglu",
             rope_theta=theta,
             rope_scaling=scaling,
             partial_rotary_factor=float(partial if partial is not None else 1.0),
             qkv_bias=qkv_bias,
             o_bias=o_bias,
-            mlp_bias=bool(raw.get("mlp_bias", False)),
+            mlp_bias=mlp_bias,
             qk_norm=qk_norm,
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", mt == "starcoder2")),  # StarCoder2 ties by default
             sliding_window=int(sliding) if sliding else None,
-            hidden_act=raw.get("hidden_act", "silu"),
-            num_experts=int(raw.get("num_local_experts", 0)) if moe else 0,
+            hidden_act=raw.get("hidden_act", "gelu_pytorch_tanh" if mt == "starcoder2" else "silu"),
+            num_experts=int(raw.get("num_local_experts", 8)) if moe else 0,
             num_experts_per_tok=int(raw.get("num_experts_per_tok", 2)) if moe else 0,
             router="sigmoid" if mt == "minimax_m2" else "softmax",
             routing_bias=mt == "minimax_m2" and bool(raw.get("use_routing_bias", True)),
@@ -173,6 +254,7 @@ class ModelConfig:
             pad_token_id=raw.get("pad_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
             quantization_config=raw.get("quantization_config"),
+            **hybrid,
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -191,8 +273,25 @@ class ModelConfig:
                 not (self.qkv_bias or self.o_bias) and self.router == "softmax",
                 "mixtral has no attention bias and a softmax router",
             ),
+            "starcoder2": (
+                self.qkv_bias == self.o_bias == self.mlp_bias and self.norm == "layer" and self.mlp == "gelu",
+                "starcoder2's use_bias covers every projection; it always has LayerNorm and the GELU MLP",
+            ),
+            "minimax": (
+                self.postnorm
+                and self.layer_types is not None
+                and self.is_moe
+                and self.router == "softmax"
+                and not (self.qkv_bias or self.o_bias or self.routing_bias)
+                and self.partial_rotary_factor == 1.0,
+                "minimax always has layer_types, post-norm residuals, softmax-routed experts, no bias and full rotary",
+            ),
         }
         ok, why = fixed.get(mt, (True, ""))
+        if mt != "starcoder2" and (self.norm, self.mlp) != ("rms", "swiglu"):
+            ok, why = False, "LayerNorm and the GELU MLP are starcoder2's only"
+        if mt != "minimax" and (self.postnorm or self.lightning_layers):
+            ok, why = False, "post-norm residuals and lightning layers are minimax's only"
         if not ok or (mt != "qwen3" and self.qk_norm == "head") or (mt != "minimax_m2" and self.qk_norm == "whole"):
             raise ConfigError(
                 f"this {mt} config cannot be written as a transformers config.json: "
@@ -224,6 +323,9 @@ class ModelConfig:
             out["partial_rotary_factor"] = self.partial_rotary_factor
             if mt == "minimax_m2":
                 out["rotary_dim"] = self.rotary_dim
+        if mt == "starcoder2":
+            out["norm_epsilon"] = out.pop("rms_norm_eps")
+            out.update(use_bias=self.qkv_bias, sliding_window=self.sliding_window)
         if mt in ("llama", "qwen3"):
             out["attention_bias"] = self.qkv_bias
         if mt == "llama":
@@ -235,6 +337,9 @@ class ModelConfig:
         if self.is_moe:
             out["num_local_experts"] = self.num_experts
             out["num_experts_per_tok"] = self.num_experts_per_tok
+        if mt == "minimax":
+            out.update(layer_types=list(self.layer_types or []), block_size=self.lightning_block)
+            out.update({k: self.residual_scale(k) for k in RESIDUAL_SCALES}, sliding_window=self.sliding_window)
         if mt == "minimax_m2":
             out.update(use_qk_norm=self.qk_norm == "whole", use_routing_bias=self.routing_bias, scoring_func="sigmoid")
         if self.quantization_config:

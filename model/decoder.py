@@ -4,7 +4,9 @@ Module names follow Hugging Face checkpoints (`model.layers.N.self_attn.q_proj`,
 checkpoint loads by name with no renaming table. The families differ only in switches on
 `ModelConfig`: qkv bias, per-head or whole-projection QK norm, partial rotary, dense SwiGLU
 or a mixture of experts routed by softmax (Mixtral) or by sigmoid scores plus a correction
-bias used only for choosing (MiniMax-M2).
+bias used only for choosing (MiniMax-M2), RMSNorm or LayerNorm and a GELU MLP (StarCoder2,
+starcoder2.py), lightning layers with a fixed-size state among the softmax ones and post-norm
+blocks (MiniMax-Text-01, lightning.py and minimax.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from demi.model.config import ModelConfig
+from demi.model.lightning import LightningAttention, LightningState
 from demi.model.rope import RotaryTable, apply_rotary
+from demi.model.starcoder2 import GeluMLP, layer_norm
 
 
 class RMSNorm(nn.Module):
@@ -32,6 +36,11 @@ class RMSNorm(nn.Module):
         # One fused kernel (it accumulates in fp32 for half types too); in fp32 it is exactly
         # Hugging Face's math, in bf16 it differs only in where the last rounding happens.
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """The family's norm: RMSNorm, or LayerNorm with a bias (StarCoder2, `cfg.norm == "layer"`)."""
+    return layer_norm(cfg, dim) if cfg.norm == "layer" else RMSNorm(dim, cfg.rms_norm_eps)
 
 
 def decode_ops_ready(*tensors: Tensor) -> bool:
@@ -50,7 +59,8 @@ def native_rms_norm(lib: ctypes.CDLL, x: Tensor, weight: Tensor, eps: float) -> 
 
 
 class KVCache:
-    """Preallocated keys and values for every layer: [batch, kv_heads, max_len, head_dim]."""
+    """Preallocated keys and values for every softmax layer: [batch, kv_heads, max_len, head_dim];
+    a lightning layer's fixed-size state instead (`states[layer]`, lightning.py; its k and v are empty)."""
 
     def __init__(
         self,
@@ -61,8 +71,14 @@ class KVCache:
         device: torch.device | str = "cpu",
     ):
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        lightning = set(cfg.lightning_layers)
+        layers = range(cfg.num_hidden_layers)
+        self.k = [torch.zeros(0 if i in lightning else shape, dtype=dtype, device=device) for i in layers]
+        self.v = [torch.zeros(0 if i in lightning else shape, dtype=dtype, device=device) for i in layers]
+        self.states = [
+            LightningState(batch, cfg.num_attention_heads, cfg.head_dim, device) if i in lightning else None
+            for i in layers
+        ]
         self.max_len = max_len
         self.length = 0  # tokens whose keys and values are valid
 
@@ -73,7 +89,19 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in self.k + self.v) + sum(
+            s.nbytes() for s in self.states if s is not None
+        )
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether lightning states are part of it: they can be neither cut at any token nor moved."""
+        return any(s is not None for s in self.states)
+
+    def reusable(self, tokens: int) -> int:
+        """How many of the first `tokens` cached tokens a pass can start after: all of them for keys
+        and values, or 0 when a lightning state cannot go back to that token (lightning.py)."""
+        return tokens if all(s is None or s.can_resume(tokens) for s in self.states) else 0
 
 
 # An attention mask: None (causal or a single query), a boolean tensor, or one per query row (each
@@ -229,14 +257,18 @@ class MoE(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.self_attn = Attention(cfg, layer)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn: Attention | LightningAttention = (
+            LightningAttention(cfg, layer) if cfg.is_lightning(layer) else Attention(cfg, layer)
+        )
+        self.input_layernorm = make_norm(cfg, cfg.hidden_size)
+        self.post_attention_layernorm = make_norm(cfg, cfg.hidden_size)
         self.is_moe = cfg.is_moe
         if cfg.is_moe:
             self.block_sparse_moe = MoE(cfg)
+        elif cfg.mlp == "gelu":
+            self.mlp: nn.Module = GeluMLP(cfg)  # StarCoder2
         else:
-            self.mlp: nn.Module = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)  # or fusion.FusedMLP
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)  # or fusion.FusedMLP
 
     def forward(
         self,
@@ -262,8 +294,17 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(block_class(cfg)(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = make_norm(cfg, cfg.hidden_size)
+
+
+def block_class(cfg: ModelConfig) -> type[Block]:
+    """Block, or MiniMax's post-norm block (minimax.py, which builds on this module)."""
+    if not cfg.postnorm:
+        return Block
+    from demi.model.minimax import MiniMaxBlock
+
+    return MiniMaxBlock
 
 
 class Transformer(nn.Module):

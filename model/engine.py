@@ -334,8 +334,8 @@ class LocalModel:
         for rows in run:
             prefill(self.model, torch.zeros(1, rows, dtype=torch.long, device=self.device), 0, cache, self.max_pad)
         step = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        for pos in range(decode_steps):
-            self.model(step, start=max(run) + pos, cache=cache)
+        for _ in range(decode_steps):
+            self.model(step, start=cache.length, cache=cache)  # after the last prefill (a lightning state's end)
         return sorted(run)
 
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs) -> Completion:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from demi.model import decode_ops
 from demi.model.config import ModelConfig
-from demi.model.decoder import Attention, Block, KVCache, Mask, Transformer, decode_ops_ready
+from demi.model.decoder import MLP, Attention, Block, KVCache, Mask, Transformer, decode_ops_ready
 from demi.model.rope import apply_rotary
 
 # fused name: the separate projections it concatenates, in row order
@@ -76,8 +76,9 @@ def fuse_modules(model: Transformer) -> None:
     with torch.device("meta"):
         for i, block in enumerate(model.model.layers):
             assert isinstance(block, Block)
-            block.self_attn = FusedAttention(cfg, i)
-            if not block.is_moe:
+            if isinstance(block.self_attn, Attention):  # a lightning layer (lightning.py) keeps its own
+                block.self_attn = FusedAttention(cfg, i)
+            if isinstance(getattr(block, "mlp", None), MLP):  # SwiGLU only (StarCoder2's GELU MLP has no gate)
                 block.mlp = FusedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
 
 
@@ -105,10 +106,16 @@ def unfuse_state_dict(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, T
     out = {}
     for key, value in state.items():
         fused = next((f for f in FUSIONS if f".{f}." in key), None)
-        if fused is None:
+        if fused is None or _in_lightning_layer(key, cfg):  # a lightning layer's qkv_proj is its checkpoint's
             out[key] = value
             continue
         prefix, suffix = key.split(f".{fused}.", 1)
         for part, piece in zip(FUSIONS[fused], value.split(sizes[fused], dim=0)):
             out[f"{prefix}.{part}.{suffix}"] = piece
     return out
+
+
+def _in_lightning_layer(key: str, cfg: ModelConfig) -> bool:
+    """Whether checkpoint name `key` (model.layers.N....) belongs to a lightning layer."""
+    parts = key.split(".")
+    return len(parts) > 2 and parts[1] == "layers" and parts[2].isdigit() and cfg.is_lightning(int(parts[2]))

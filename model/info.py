@@ -31,7 +31,11 @@ Weight memory (`weight_bytes`), one figure per precision:
   stays in bf16 as for int8. A tied ``lm_head`` is the embedding and stays in bf16.
 
 KV cache (`kv_cache_bytes`): ``2 * layers * kv_heads * head_dim * context * bytes`` per
-sequence (keys and values, every layer, ``context`` positions preallocated).
+sequence (keys and values, every layer, ``context`` positions preallocated). A hybrid stack's
+lightning layers (MiniMax-Text-01) keep no keys or values: each holds a fixed-size state instead,
+counted as Demi allocates it (`lightning_state_bytes`: per layer ``4 * heads * (2 * D * D + 2 * 64 * D)``,
+the fp32 state, the one before the last pass's final 64 tokens, and those tokens' keys and values),
+the same at any context; only the softmax layers count in the first formula.
 
 Training memory per GPU under FSDP2 (`fsdp_training_bytes`, as `demi train run --parallel fsdp`
 runs it: bf16 compute, fp32 master weights, gradients and AdamW state, one FSDP group per
@@ -47,7 +51,8 @@ decoder block plus one for the embeddings, final norm and head), an estimate for
   weights: per block ``20H + 2 * (3q + 2kv + 4I)`` bytes: each RMSNorm keeps its input and
   normalized value in fp32 and its output in bf16 (``10H``), then in bf16 the queries and keys
   after RoPE, the values, the attention output and its reshaped copy, the SwiGLU gate, its
-  SiLU, up and product (``I`` times the ``k`` active experts for a MoE); plus ``10 * vocab``
+  SiLU, up and product (``I`` times the ``k`` active experts for a MoE; a GELU MLP keeps two,
+  ``2I``: c_fc's output and the GELU's); plus ``10 * vocab``
   bytes for the logits (bf16, the fp32 copy, the log-softmax kept for backward). Checked against
   the tensors autograd saves for a block (tests/train/test_train_distributed.py). With gradient
   checkpointing each block keeps only its bf16 input (``2H``) and one block's activations exist
@@ -64,6 +69,7 @@ from typing import Any
 
 from demi.model.config import ModelConfig
 from demi.model.errors import DemiUserError
+from demi.model.lightning import REWIND_ROWS, state_bytes
 
 __all__ = [
     "PRECISIONS",
@@ -77,6 +83,8 @@ __all__ = [
     "count_parameters",
     "weight_bytes",
     "kv_cache_bytes",
+    "cache_bytes",
+    "lightning_state_bytes",
     "model_info",
     "FsdpMemory",
     "FSDP_GPUS",
@@ -104,6 +112,7 @@ class TensorGroup:
     count: int
     active: int
     kind: str  # embedding | lm_head | linear | router | bias | norm | buffer
+    layers: tuple[int, ...] | None = None  # the layers {i} stands for; None: every layer
 
     @property
     def numel(self) -> int:
@@ -118,28 +127,41 @@ def tensor_groups(cfg: ModelConfig) -> list[TensorGroup]:
     layer = "model.layers.{i}."
     out: list[TensorGroup] = [TensorGroup("model.embed_tokens.weight", (V, H), 1, 1, "embedding")]
 
-    def per_layer(name: str, shape: tuple[int, ...], kind: str) -> None:
-        out.append(TensorGroup(layer + name, shape, L, L, kind))
+    def per_layer(name: str, shape: tuple[int, ...], kind: str, layers: tuple[int, ...] | None = None) -> None:
+        n = L if layers is None else len(layers)
+        if n:
+            out.append(TensorGroup(layer + name, shape, n, n, kind, layers))
+
+    lightning = tuple(cfg.lightning_layers)
+    softmax = tuple(i for i in range(L) if i not in lightning) if lightning else None
 
     per_layer("input_layernorm.weight", (H,), "norm")
     per_layer("post_attention_layernorm.weight", (H,), "norm")
+    if cfg.norm == "layer":  # StarCoder2's LayerNorm has a bias
+        per_layer("input_layernorm.bias", (H,), "bias")
+        per_layer("post_attention_layernorm.bias", (H,), "bias")
     attn = "self_attn."
-    per_layer(attn + "q_proj.weight", (q_dim, H), "linear")
-    per_layer(attn + "k_proj.weight", (kv_dim, H), "linear")
-    per_layer(attn + "v_proj.weight", (kv_dim, H), "linear")
-    per_layer(attn + "o_proj.weight", (H, q_dim), "linear")
+    per_layer(attn + "q_proj.weight", (q_dim, H), "linear", softmax)
+    per_layer(attn + "k_proj.weight", (kv_dim, H), "linear", softmax)
+    per_layer(attn + "v_proj.weight", (kv_dim, H), "linear", softmax)
+    per_layer(attn + "o_proj.weight", (H, q_dim), "linear", softmax)
     if cfg.qkv_bias:
-        per_layer(attn + "q_proj.bias", (q_dim,), "bias")
-        per_layer(attn + "k_proj.bias", (kv_dim,), "bias")
-        per_layer(attn + "v_proj.bias", (kv_dim,), "bias")
+        per_layer(attn + "q_proj.bias", (q_dim,), "bias", softmax)
+        per_layer(attn + "k_proj.bias", (kv_dim,), "bias", softmax)
+        per_layer(attn + "v_proj.bias", (kv_dim,), "bias", softmax)
     if cfg.o_bias:
-        per_layer(attn + "o_proj.bias", (H,), "bias")
+        per_layer(attn + "o_proj.bias", (H,), "bias", softmax)
+    if lightning:  # MiniMax's lightning layers (lightning.py): q, k, v in one projection, a gate, a norm
+        per_layer(attn + "qkv_proj.weight", (3 * q_dim, H), "linear", lightning)
+        per_layer(attn + "output_gate.weight", (q_dim, H), "linear", lightning)
+        per_layer(attn + "norm.weight", (q_dim,), "norm", lightning)
+        per_layer(attn + "out_proj.weight", (H, q_dim), "linear", lightning)
     if cfg.qk_norm == "head":
-        per_layer(attn + "q_norm.weight", (cfg.head_dim,), "norm")
-        per_layer(attn + "k_norm.weight", (cfg.head_dim,), "norm")
+        per_layer(attn + "q_norm.weight", (cfg.head_dim,), "norm", softmax)
+        per_layer(attn + "k_norm.weight", (cfg.head_dim,), "norm", softmax)
     elif cfg.qk_norm == "whole":
-        per_layer(attn + "q_norm.weight", (q_dim,), "norm")
-        per_layer(attn + "k_norm.weight", (kv_dim,), "norm")
+        per_layer(attn + "q_norm.weight", (q_dim,), "norm", softmax)
+        per_layer(attn + "k_norm.weight", (kv_dim,), "norm", softmax)
     elif cfg.qk_norm != "none":
         raise DemiUserError(f"unknown qk_norm {cfg.qk_norm!r}; expected none, head or whole")
 
@@ -151,6 +173,12 @@ def tensor_groups(cfg: ModelConfig) -> list[TensorGroup]:
             per_layer(moe + "e_score_correction_bias", (E,), "buffer")
         for w, shape in (("w1", (I, H)), ("w3", (I, H)), ("w2", (H, I))):
             out.append(TensorGroup(layer + moe + "experts.{e}." + w + ".weight", shape, L * E, L * min(k, E), "linear"))
+    elif cfg.mlp == "gelu":  # StarCoder2: c_fc, GELU, c_proj
+        per_layer("mlp.c_fc.weight", (I, H), "linear")
+        per_layer("mlp.c_proj.weight", (H, I), "linear")
+        if cfg.mlp_bias:
+            per_layer("mlp.c_fc.bias", (I,), "bias")
+            per_layer("mlp.c_proj.bias", (H,), "bias")
     else:
         per_layer("mlp.gate_proj.weight", (I, H), "linear")
         per_layer("mlp.up_proj.weight", (I, H), "linear")
@@ -161,6 +189,8 @@ def tensor_groups(cfg: ModelConfig) -> list[TensorGroup]:
             per_layer("mlp.down_proj.bias", (H,), "bias")
 
     out.append(TensorGroup("model.norm.weight", (H,), 1, 1, "norm"))
+    if cfg.norm == "layer":
+        out.append(TensorGroup("model.norm.bias", (H,), 1, 1, "bias"))
     if not cfg.tie_word_embeddings:
         out.append(TensorGroup("lm_head.weight", (V, H), 1, 1, "lm_head"))
     return out
@@ -170,12 +200,13 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every checkpoint tensor by its full name (layers and experts spelled out)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for g in tensor_groups(cfg):
+        layers = range(cfg.num_hidden_layers) if g.layers is None else g.layers
         if "{e}" in g.name:
-            for i in range(cfg.num_hidden_layers):
+            for i in layers:
                 for e in range(cfg.num_experts):
                     shapes[g.name.format(i=i, e=e)] = g.shape
         elif "{i}" in g.name:
-            for i in range(cfg.num_hidden_layers):
+            for i in layers:
                 shapes[g.name.format(i=i)] = g.shape
         else:
             shapes[g.name] = g.shape
@@ -235,18 +266,25 @@ def _kv_bytes_per_value(kv_dtype: str) -> int:
 
 
 def kv_cache_bytes(cfg: ModelConfig, context: int, kv_dtype: str = "bf16", batch: int = 1) -> int:
-    """Keys and values of every layer for `context` positions: 2*L*kv_heads*head_dim*ctx*bytes."""
+    """Keys and values of every softmax layer for `context` positions (2*L*kv_heads*head_dim*ctx*bytes),
+    plus each lightning layer's fixed-size state (`lightning_state_bytes`)."""
+    return cache_bytes(cfg, context, _kv_bytes_per_value(kv_dtype), batch)
+
+
+def cache_bytes(cfg: ModelConfig, context: int, bytes_per_value: int, batch: int = 1) -> int:
+    """`kv_cache_bytes` with the keys' and values' element size in bytes."""
     if context < 0 or batch < 0:
         raise DemiUserError(f"context and batch must be >= 0, got {context} and {batch}")
-    return (
-        2
-        * cfg.num_hidden_layers
-        * cfg.num_key_value_heads
-        * cfg.head_dim
-        * context
-        * _kv_bytes_per_value(kv_dtype)
-        * batch
-    )
+    softmax = cfg.num_hidden_layers - len(cfg.lightning_layers)
+    kv = 2 * softmax * cfg.num_key_value_heads * cfg.head_dim * context * bytes_per_value * batch
+    return kv + lightning_state_bytes(cfg, batch)
+
+
+def lightning_state_bytes(cfg: ModelConfig, batch: int = 1) -> int:
+    """What Demi keeps for the lightning layers, whatever the context: per layer and sequence the fp32
+    state [heads, D, D], the state before the last pass's tail and that tail's keys and values
+    (`lightning.state_bytes`); 0 without lightning layers."""
+    return len(cfg.lightning_layers) * state_bytes(cfg.num_attention_heads, cfg.head_dim, batch)
 
 
 FSDP_GPUS = (1, 8, 64)  # the GPU counts `demi models info` shows
@@ -295,7 +333,7 @@ def fsdp_training_bytes(cfg: ModelConfig, gpus: int, tokens: int) -> FsdpMemory:
     H, L = cfg.hidden_size, cfg.num_hidden_layers
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     inter = cfg.intermediate_size * (min(cfg.num_experts_per_tok, cfg.num_experts) if cfg.is_moe else 1)
-    per_block = 20 * H + 2 * (3 * q + 2 * kv + 4 * inter)
+    per_block = 20 * H + 2 * (3 * q + 2 * kv + (2 if cfg.mlp == "gelu" else 4) * inter)  # GELU: c_fc out, GELU out
     logits = 10 * cfg.vocab_size
     return FsdpMemory(
         gpus=gpus,
@@ -315,8 +353,9 @@ class ModelInfo:
     weights: dict[str, int]  # precision -> bytes, for every name in PRECISIONS
     context: int
     kv_dtype: str
-    kv_cache: int  # bytes for one sequence of `context` positions
+    kv_cache: int  # bytes for one sequence of `context` positions (lightning states included)
     fsdp: tuple[FsdpMemory, ...] = ()  # training per GPU under FSDP2, one sequence of `context` per GPU
+    lightning_state: int = 0  # the part of kv_cache that is lightning layers' state, the same at any context
 
     def total_bytes(self, precision: str) -> int:
         """Weights at `precision` plus the KV cache."""
@@ -334,6 +373,7 @@ class ModelInfo:
             "context": self.context,
             "kv_dtype": self.kv_dtype,
             "kv_cache_bytes": self.kv_cache,
+            "lightning_state_bytes": self.lightning_state,
             "weight_bytes": dict(self.weights),
             "total_bytes": {p: self.total_bytes(p) for p in self.weights},
             "fsdp_training_per_gpu": [m.as_dict() for m in self.fsdp],
@@ -351,6 +391,7 @@ def model_info(cfg: ModelConfig, context: int | None = None, kv_dtype: str = "bf
         kv_dtype=kv_dtype.lower(),
         kv_cache=kv,
         fsdp=tuple(fsdp_training_bytes(cfg, n, ctx) for n in FSDP_GPUS),
+        lightning_state=lightning_state_bytes(cfg),
     )
 
 
@@ -405,10 +446,19 @@ def _describe(cfg: ModelConfig) -> list[str]:
             f"top-{cfg.num_experts_per_tok}, {cfg.router} router"
             + (" with correction bias" if cfg.routing_bias else "")
         )
+    elif cfg.mlp == "gelu":
+        ffn = f"dense GELU MLP ({cfg.hidden_act}), intermediate {cfg.intermediate_size}"
     else:
         ffn = f"dense SwiGLU, intermediate {cfg.intermediate_size}"
+    norm = "LayerNorm with bias" if cfg.norm == "layer" else "RMSNorm"
+    if cfg.postnorm:
+        norm += " after each residual (post-norm)"
+    layers = f"{cfg.num_hidden_layers} layers"
+    if cfg.lightning_layers:
+        n = len(cfg.lightning_layers)
+        layers += f" ({n} lightning, {cfg.num_hidden_layers - n} softmax)"
     return [
-        f"{cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {ffn}",
+        f"{cfg.model_type}, {layers}, hidden {cfg.hidden_size}, {ffn}, {norm}",
         f"attention: {heads}; {rope}" + ("; " + ", ".join(extras) if extras else ""),
         f"vocab {cfg.vocab_size}, {'tied' if cfg.tie_word_embeddings else 'untied'} "
         f"embeddings, context {cfg.max_position_embeddings}",
@@ -468,11 +518,18 @@ def format_info(
         "int4": f"int4: groups of {INT4_GROUP_SIZE} with bf16 scale + zero; the rest in bf16",
     }
     lines.extend(notes[p] for p in rows if p in notes)
+    lightning = len(cfg.lightning_layers)
     lines.append(
-        f"KV cache: 2 x {cfg.num_hidden_layers} layers x {cfg.num_key_value_heads} "
-        f"KV heads x {cfg.head_dim} x {info.context} positions x "
+        f"KV cache: 2 x {cfg.num_hidden_layers - lightning} {'softmax ' if lightning else ''}layers x "
+        f"{cfg.num_key_value_heads} KV heads x {cfg.head_dim} x {info.context} positions x "
         f"{_kv_bytes_per_value(kv_dtype)} bytes, one sequence"
     )
+    if lightning:
+        lines.append(
+            f"lightning layers: a fixed-size state instead, {human_bytes(info.lightning_state)} at any context "
+            f"({lightning} layers x {cfg.num_attention_heads} heads x fp32 [{cfg.head_dim} x {cfg.head_dim}], "
+            f"twice, plus the last {REWIND_ROWS} keys and values)"
+        )
     lines.append("")
     lines.append(
         f"training per GPU under FSDP2 (bf16 compute; fp32 weights, gradients and AdamW state sharded; "

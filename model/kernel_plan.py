@@ -493,7 +493,7 @@ def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = Fal
         plan.seconds,
     )
     if plan.others_share is not None and plan.others_share > BUSY_SHARE:
-        log.warning(
+        log.info(  # (not a warning: a CLI prints those, and a busy machine is no fault of the user's)
             "other processes took %.0f%% of the CPU while the kernel plan was measured: using it for now, "
             "not caching it (the next load measures again)",
             100 * plan.others_share,

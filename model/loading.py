@@ -27,6 +27,7 @@ from demi.model.config import ModelConfig, load_config
 from demi.model.decoder import Transformer
 from demi.model.errors import CheckpointError, ConfigError, DemiUserError, InsufficientMemoryError
 from demi.model.fusion import fuse_modules, fuse_state_dict, unfuse_state_dict
+from demi.model.info import cache_bytes
 from demi.model.quantize import (
     DEFAULT_GROUP,
     check_mode,
@@ -36,6 +37,7 @@ from demi.model.quantize import (
     quantize_linear,
     quantized_tensors,
 )
+from demi.progress import report
 
 log = logging.getLogger("demi.model")
 
@@ -47,8 +49,20 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+# The stages a load reports (demi/progress.py), besides "reading weights" or "quantizing weights to
+# MODE" (one step per tensor) and "building MODE layers" (one per quantized layer).
+PLAN_STAGE = "choosing kernels"  # the kernel plan: read from its cache, or measured (seconds) on a miss
 # Checkpoint tensors that are not weights of the decoder and are safe to skip.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".weight_scale_inv", ".input_scale")
+# MiniMax's lightning layers store their decay constants too; Demi computes them from the config.
+_IGNORED_SUFFIXES = (
+    "rotary_emb.inv_freq",
+    ".weight_scale_inv",
+    ".input_scale",
+    ".slope_rate",
+    ".query_decay",
+    ".key_decay",
+    ".diagonal_decay",
+)
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device, cfg: ModelConfig) -> torch.dtype:
@@ -102,7 +116,7 @@ def estimate_bytes(
     for name, t in tensors.items():
         if name.endswith(_IGNORED_SUFFIXES):
             continue
-        linear = name.endswith(".weight") and quantizable(name[: -len(".weight")])
+        linear = name.endswith(".weight") and is_projection(name[: -len(".weight")])
         if per_quant and linear:
             total += t.numel * per_quant
         elif (cfg.quantization_config or {}).get("quant_method") == "demi" and t.dtype in ("I8", "U8"):
@@ -111,7 +125,7 @@ def estimate_bytes(
             total += t.numel * elem
     if per_quant and cfg.tie_word_embeddings and "lm_head.weight" not in tensors:
         total += cfg.vocab_size * cfg.hidden_size * per_quant  # the LM head's own quantized copy
-    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * context * elem
+    kv = cache_bytes(cfg, context, elem)  # softmax layers' keys and values, lightning layers' states
     return int((total + kv) * 1.1)
 
 
@@ -148,7 +162,11 @@ def load_model(
     cfg = checked_config(model_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     mode = _quant_mode(cfg, quant, device)
-    plan = kernel_plan.plan_for(cfg, mode, group) if mode in ("int8", "int4") and device.type == "cpu" else None
+    plan = None
+    if mode in ("int8", "int4") and device.type == "cpu":  # measured on a first load: seconds
+        report(PLAN_STAGE, 0, 1)
+        plan = kernel_plan.plan_for(cfg, mode, group)
+        report(PLAN_STAGE, 1, 1)
     if mode != "none" and dtype in (None, "auto"):
         dtype = plan.activation_dtype if plan else torch.bfloat16
     else:
@@ -165,7 +183,10 @@ def load_model(
         state = fuse_state_dict(state)
         fuse_modules(model)
         targets = quantized_linears(model) if mode != "none" else []
-    for name in targets:
+    building = f"building {mode} layers"  # int4 packing and the int8 head's int4 shadow take time
+    if targets:
+        report(building, 0, len(targets))
+    for i, name in enumerate(targets, 1):
         stored = {k[len(name) + 1 :]: state.pop(k) for k in list(state) if k.startswith(name + ".weight")}
         bias = state.pop(f"{name}.bias", None)
         if mode == "nf4":
@@ -174,6 +195,7 @@ def load_model(
             module = module_from_stored(stored, bias, device, head=name == "lm_head", plan=plan)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, module)
+        report(building, i, len(targets))
     model.load_state_dict(state, strict=False, assign=True)
     if mode == "none":
         model.tie_weights()
@@ -246,8 +268,19 @@ def _quant_mode(cfg: ModelConfig, quant: str | None, device: torch.device) -> st
     return check_mode(quant, device)
 
 
+# Projections `quantize.quantizable` does not know by name, quantized like the others: StarCoder2's
+# MLP input (`mlp.c_fc`; its `c_proj` ends in _proj) and MiniMax's lightning output gate.
+_MORE_PROJECTIONS = ("c_fc", "output_gate")
+
+
+def is_projection(name: str) -> bool:
+    """Whether the Linear `name` is quantized: `quantizable`'s projections, experts and head, and
+    the family projections named in _MORE_PROJECTIONS."""
+    return quantizable(name) or name.rsplit(".", 1)[-1] in _MORE_PROJECTIONS
+
+
 def quantized_linears(model: Transformer) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and quantizable(n)]
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and is_projection(n)]
 
 
 def _read_state(
@@ -296,8 +329,12 @@ def _read_state(
     scales = dict(iter_tensors(tensors, list(scale_names.values())))  # small: one per 128x128 block
     block = (cfg.quantization_config or {}).get("weight_block_size")
     quantize_now = {f"{n}.weight" for n in targets} if mode in ("int8", "int4") and not prequantized else set()
+    own_head = tied_head and "lm_head" in targets
+    stage = f"quantizing weights to {mode}" if quantize_now else "reading weights"
+    total = len(expected) + own_head
+    report(stage, 0, total)
     state: dict[str, torch.Tensor] = {}
-    for name, t in iter_tensors(tensors, list(expected)):
+    for done, (name, t) in enumerate(iter_tensors(tensors, list(expected)), 1):
         if name in scale_names:
             try:
                 t = dequantize_fp8_blocks(t, scales[scale_names[name]], block)
@@ -305,21 +342,22 @@ def _read_state(
                 raise CheckpointError(f"{name}: {exc}") from None
         if prequantized and expected[name] is None:
             state[name] = t.to(device, copy=True)  # stored quantized tensors keep their dtype
-            continue
-        if name in quantize_now:
+        elif name in quantize_now:
             state.update(quantized_tensors(name, t, mode, group))
-            continue
-        keep_fp32 = name.endswith("e_score_correction_bias")
-        # copy=True: safetensors returns lazily paged mmap views; file-backed pages can be evicted
-        # and faulted back in mid-decode (a latency spike), so the weights get memory of their own.
-        state[name] = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype, copy=True)
-    if tied_head and "lm_head" in targets:  # the LM head gets its own quantized copy of the embedding
+        else:
+            keep_fp32 = name.endswith("e_score_correction_bias")
+            # copy=True: safetensors returns lazily paged mmap views; file-backed pages can be evicted
+            # and faulted back in mid-decode (a latency spike), so the weights get memory of their own.
+            state[name] = t.to(device=device, dtype=torch.float32 if keep_fp32 else dtype, copy=True)
+        report(stage, done, total)
+    if own_head:  # the LM head gets its own quantized copy of the embedding
         emb = state["model.embed_tokens.weight"]
         state.update(
             quantized_tensors("lm_head.weight", emb, mode, group)
             if mode in ("int8", "int4")
             else {"lm_head.weight": emb}
         )
+        report(stage, total, total)
     return state
 
 

@@ -301,22 +301,25 @@ def linear_q8(
 def linear_int_mm(
     lib: ctypes.CDLL | None, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """y = x @ (q * scale).T + bias through torch's int8 GEMM (`torch._int_mm`): x quantized to int8
-    with one scale per row, the K sum kept in int32, scaled once per output. `lib` does the two
-    passes around the GEMM natively (torch's ops for them take ~5x as long), None runs them in torch.
-    For prefill-sized inputs: per-row activation scales round more coarsely than the decode kernels'
-    per-32 blocks."""
+    """y = x @ (q * scale).T + bias through torch's int8 GEMM (`torch._int_mm`): each row of x as two
+    int8 terms, x ~ q1 s + q2 s / 254 with s = max|x| / 127 (the second rounds what the first left,
+    so the activations keep about 15 bits: one term moved logits ~3x as far as the weights' own
+    rounding), the K sums in int32, scaled once per output. `lib` does the passes around the GEMM
+    natively (see qmatmul.c; torch's ops take several times as long); None runs them in torch."""
     row, kind = _rows(x)
     n, k = q.shape
     m = row.numel() // k
     if lib is None:
         x2 = row.reshape(m, k).float()
         s = x2.abs().amax(1, keepdim=True) / 127.0
-        xq = torch.round(x2 / s.clamp(min=1e-30)).to(torch.int8)
-        y = torch._int_mm(xq, q.t()).float().mul_(s).mul_(scale)
+        inv = torch.where(s > 0, 1.0 / s, 0.0)
+        q1 = torch.round(x2 * inv)
+        q2 = torch.round((x2 - q1 * s) * inv * 254.0).clamp_(-127, 127)
+        acc = torch._int_mm(torch.cat([q1, q2]).to(torch.int8), q.t()).float()
+        y = (acc[:m] * s + acc[m:] * (s / 254.0)).mul_(scale)
         y = (y if bias is None else y.add_(bias)).reshape(*x.shape[:-1], n)
         return y.to(x.dtype)
-    xq = torch.empty(m, k, dtype=torch.int8)
+    xq = torch.empty(2 * m, k, dtype=torch.int8)
     xs = torch.empty(m, dtype=torch.float32)
     lib.demi_quantize_rows(row.data_ptr(), kind, m, k, xq.data_ptr(), xs.data_ptr())
     acc = torch._int_mm(xq, q.t())

@@ -14,6 +14,10 @@ its new place and its keys re-rotated to their new positions (`rope.shift_keys`)
 values were computed against the old text before them. `Slot.drift` counts the tokens that have
 changed ahead of such rows since they were last computed exactly; past `shift_drift` the rows
 are recomputed, which bounds the error.
+
+A hybrid model's lightning layers (lightning.py) hold one state per slot, not a row per token: a
+slot is reused only when the prompt goes on from where that state is (or from within its last
+pass), and never shifted; otherwise the prompt is prefilled from its start.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ class PrefixCache:
             free = [s for s in self.slots if not s.busy]
             best = max(free, key=lambda s: (common_prefix(s.tokens, ids), s.last_used), default=None)
             reuse = common_prefix(best.tokens, ids) if best else 0
+            if best is not None and best.cache.recurrent:  # lightning states resume only near their end
+                reuse = best.cache.reusable(min(reuse, len(ids) - 1))  # the last token is always run again
             if (best is None or reuse == 0) and len(self.slots) < self.max_slots:
                 best, reuse = Slot(KVCache(self.cfg, self.context, dtype=self.dtype, device=self.device)), 0
                 self.slots.append(best)
@@ -129,7 +135,7 @@ class PrefixCache:
     def _shift(self, slot: Slot, old: list[int], ids: list[int], reuse: int, shift_min: int) -> range | None:
         """Move the longest cached run found again after `reuse` to its place in `ids` (never the
         prompt's last token, whose logits the run needs); its positions, or None."""
-        if self.shift_keys is None or shift_min <= 0:
+        if self.shift_keys is None or shift_min <= 0 or slot.cache.recurrent:  # lightning states cannot move
             return None
         held = min(len(old), slot.cache.max_len)
         i, j, n = longest_shared_run(old[:held], ids, reuse, len(ids) - 1, shift_min)

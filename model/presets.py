@@ -1,4 +1,5 @@
-"""Named model shapes: the Demiurgic family, Sheikh-2.5-Coder, MiniMax-M2 and Qwen2.5-Coder-0.5B.
+"""Named model shapes: the Demiurgic family, Sheikh-2.5-Coder, MiniMax-M2, MiniMax-Text-01 and
+Qwen2.5-Coder-0.5B.
 
 A preset is a `ModelConfig` with a one-line description and a note on where its numbers come
 from. Presets carry no weights: they size new models for training, feed `demi models info`
@@ -23,7 +24,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from demi.model.config import ModelConfig
+from demi.model.config import LIGHTNING, RESIDUAL_SCALES, SOFTMAX, ModelConfig
 from demi.model.errors import ModelNotFoundError
 
 __all__ = ["Preset", "PRESETS", "get_preset", "preset_names", "llama_intermediate_size"]
@@ -167,6 +168,39 @@ _ALL = [
         ),
     ),
 ]
+
+_ALL.append(
+    Preset(
+        "minimax-text-01",
+        "MiniMax-Text-01: 80-layer hybrid, 7 lightning to 1 softmax layer, MoE 32 experts top-2, ~456B / ~45.9B active",
+        "MiniMaxAI/MiniMax-Text-01 config.json and model card: hidden 6144, 64 heads of dim 128 (8 KV heads "
+        "in the softmax layers), attn_type_list seven 0s then a 1, ten times; 32 experts of intermediate 9216, "
+        "top-2 softmax router; rope theta 1e7; vocab 200064; context 10240000; post-norm residuals with alpha "
+        "(2*80)**0.25 = 3.5566 and beta 1; lightning block 256; untied. The card applies RoPE to half of each "
+        "head (rotary_dim 64); transformers' MiniMax, which Demi matches, rotates the whole head",
+        ModelConfig(
+            model_type="minimax",
+            vocab_size=200064,
+            hidden_size=6144,
+            intermediate_size=9216,
+            num_hidden_layers=80,
+            num_attention_heads=64,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=10240000,
+            rms_norm_eps=1e-5,
+            rope_theta=1e7,
+            tie_word_embeddings=False,
+            num_experts=32,
+            num_experts_per_tok=2,
+            layer_types=([LIGHTNING] * 7 + [SOFTMAX]) * 10,
+            lightning_block=256,
+            postnorm=True,
+            residual_scales={k: (1.0 if "beta" in k else 3.5565588200778455) for k in RESIDUAL_SCALES},
+            torch_dtype="bfloat16",
+        ),
+    )
+)
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
 

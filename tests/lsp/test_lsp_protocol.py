@@ -102,7 +102,7 @@ async def test_initialize_result(workdir):
         assert caps.inline_completion_provider is not None
         assert caps.completion_provider is not None
         assert caps.code_action_provider.resolve_provider is True
-        assert set(caps.execute_command_provider.commands) == {"demi.explain", "demi.refactor"}
+        assert set(caps.execute_command_provider.commands) == {"demi.explain", "demi.refactor", "demi.fix"}
         sync = caps.text_document_sync
         assert getattr(sync, "change", sync) == t.TextDocumentSyncKind.Incremental
     finally:

@@ -1,6 +1,7 @@
-"""int8mm, the prefill through torch's int8 GEMM: activations rounded to int8 per row, the K sum in
-int32, scaled once per output; native glue and torch's glue agree, and Int8Linear / Int4Linear
-route prefill-sized inputs to it (decode-sized ones keep the decode kernel) when the plan says so."""
+"""int8mm, the prefill through torch's int8 GEMM: each activation row as two int8 terms (about 15
+bits), the K sums in int32, scaled once per output; native glue and torch's glue both match the
+exact product, and Int8Linear / Int4Linear route prefill-sized inputs to it (decode-sized ones keep
+the decode kernel) when the plan says so."""
 
 from __future__ import annotations
 
@@ -20,11 +21,8 @@ def native_paths() -> list[str]:
 
 
 def reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """What int8mm computes, spelled out in float64: x rounded per row, then an exact product."""
-    x64 = x.double()
-    s = x64.abs().amax(-1, keepdim=True) / 127
-    xq = torch.round(x64 / s.clamp(min=1e-300))
-    y = (xq @ q.double().T) * s * scale.double()
+    """The exact product in float64 (int8mm rounds the activations to ~15 bits: within 1e-4 of it)."""
+    y = x.double() @ (q.double() * scale.double()[:, None]).T
     return y if bias is None else y + bias.double()
 
 
@@ -41,22 +39,24 @@ def test_int8mm_is_the_row_rounded_product(glue, rows, k, n):
     bias = torch.randn(n)
     got = native_kernels.linear_int_mm(native_kernels.library(lib) if lib else None, x, q, scale, bias)
     assert got.dtype == torch.float32 and got.shape == (rows, n)
-    torch.testing.assert_close(got.double(), reference(x, q, scale, bias), rtol=1e-5, atol=1e-4)
+    want = reference(x, q, scale, bias)
+    assert ((got.double() - want).norm(dim=-1) / want.norm(dim=-1)).max() < 2e-4
     assert torch.equal(got[3], bias)
     wide = native_kernels.linear_int_mm(None, x.view(1, rows, k).bfloat16(), q, scale, None)
     assert wide.dtype == torch.bfloat16 and wide.shape == (1, rows, n)
 
 
-def test_native_and_torch_glue_agree_bit_for_bit_on_fp32_rows():
+def test_native_and_torch_glue_agree():
     paths = native_paths()
     if not paths:
         pytest.skip("no native kernel library on this machine")
-    x = torch.randn(300, 256)
+    x = torch.randn(300, 256) * 4
     q, scale = quantize_int8(torch.randn(96, 256))
     a = native_kernels.linear_int_mm(native_kernels.library(paths[0]), x, q, scale, None)
     b = native_kernels.linear_int_mm(None, x, q, scale, None)
-    # the same int8 rounding (ties to even) and int32 sums; the two float scalings may differ in the last bit
-    torch.testing.assert_close(a, b, rtol=2e-7, atol=0)
+    # the same two-term rounding, but for a second term the compiler's fused multiply-add rounds once
+    # differently: at most a step of the second term apart
+    assert ((a - b).norm(dim=-1) / a.norm(dim=-1)).max() < 1e-4
 
 
 def test_int8_linear_prefills_through_int8mm_and_decodes_through_its_decode_kernel():
@@ -73,7 +73,7 @@ def test_int8_linear_prefills_through_int8mm_and_decodes_through_its_decode_kern
     lib = native_kernels.library(paths[0]) if paths else None
     assert torch.equal(y, native_kernels.linear_int_mm(lib, x, q, scale, layer._bias_f32))
     rel = (y - F.linear(x, q * scale[:, None], bias)).norm() / y.norm()
-    assert rel < 0.02  # int8 activations per row: close to the float product, not equal
+    assert rel < 1e-3  # the weights' own rounding is all that is left
     if paths:  # decode-sized inputs keep the per-32-block decode kernel
         assert torch.equal(step, native_kernels.linear_q8(lib, x[:, :DECODE_ROWS], q, scale, layer._bias_f32))
 
@@ -95,4 +95,4 @@ def test_int4_linear_prefills_through_an_int8_copy_of_its_weight():
     assert layer._int8 is not None and torch.equal(layer._int8[0], q8)  # kept (small enough for the budget)
     lib = native_kernels.library(paths[0])
     assert torch.equal(y, native_kernels.linear_int_mm(lib, x, q8, s8, None))
-    assert (y - F.linear(x, dequantized)).norm() / y.norm() < 0.02
+    assert (y - F.linear(x, dequantized)).norm() / y.norm() < 0.01  # int8 of an int4 grid

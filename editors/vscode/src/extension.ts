@@ -5,54 +5,44 @@
 // type on. The completion-list fallback is for editors without inline completion, so it is
 // turned off here (no duplicate suggestions, no second model run). Code actions "Demi: Explain"
 // and "Demi: Refactor..." come from the server; this file adds an input box for the refactor
-// instruction, two editor commands, and a status bar item fed by the server's demi/status.
+// instruction, the editor commands, the on/off switch for inline completions (the setting
+// demi.inlineCompletion.enabled: when off, VS Code's requests never reach the server), and the
+// status bar item (status.ts). Which settings reach the server, and when, is settings.ts's job.
 
 import * as vscode from "vscode";
 import {
+  DidChangeConfigurationNotification,
   ExecuteCommandRequest,
   LanguageClient,
   LanguageClientOptions,
   ServerOptions,
   TransportKind,
 } from "vscode-languageclient/node";
+import { ServerSettings } from "./settings";
+import { DemiStatus, StatusItem } from "./status";
 
-interface DemiStatus {
-  state: string;
-  model?: string | null;
-  engine?: string | null;
-  server?: string | null;
-  message?: string | null;
-  latencyMs?: number | null;
-}
+const ENABLED = "inlineCompletion.enabled";
 
 let client: LanguageClient | undefined;
-let statusItem: vscode.StatusBarItem | undefined;
+let status: StatusItem | undefined;
 let output: vscode.LogOutputChannel | undefined;
+let serverSettings: ServerSettings | undefined;
 
-function settings(): Record<string, unknown> {
-  // Everything under "demi" except how to start the server goes to the server as its settings.
-  const all = vscode.workspace.getConfiguration("demi");
-  const out: Record<string, unknown> = {};
-  for (const key of ["model", "server", "quant", "threads", "maxTokens", "contextTokens", "debounceMs", "enable"]) {
-    const value = all.get(key);
-    if (value !== undefined && value !== null && value !== "") {
-      out[key] = value;
-    }
-  }
-  return out;
+function completionsEnabled(): boolean {
+  return vscode.workspace.getConfiguration("demi").get<boolean>(ENABLED, true);
 }
 
-function showStatus(status: DemiStatus): void {
-  if (!statusItem) {
-    return;
+async function toggleCompletions(): Promise<void> {
+  const config = vscode.workspace.getConfiguration("demi");
+  const values = config.inspect<boolean>(ENABLED);
+  // Kept where the user keeps it: the workspace's settings if it has this one, else the user's.
+  const target =
+    values?.workspaceValue !== undefined ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+  const enabled = !completionsEnabled();
+  await config.update(ENABLED, enabled, target);
+  if (!enabled) {
+    await vscode.commands.executeCommand("editor.action.inlineSuggest.hide");
   }
-  const latency = status.latencyMs != null ? ` · ${Math.round(status.latencyMs)} ms` : "";
-  const icon = status.state === "ready" ? "$(sparkle)" : status.state === "error" ? "$(error)" : "$(loading~spin)";
-  statusItem.text = `${icon} Demi${latency}`;
-  const where = status.engine === "http" ? `via ${status.server}` : "in-process";
-  statusItem.tooltip = `Demi: ${status.state}${status.model ? ` — ${status.model} (${where})` : ""}` +
-    (status.message ? `\n${status.message}` : "");
-  statusItem.show();
 }
 
 async function askInstruction(target: string): Promise<string | undefined> {
@@ -69,22 +59,43 @@ function selectionArguments(editor: vscode.TextEditor): [string, unknown] {
   return [editor.document.uri.toString(), c.code2ProtocolConverter.asRange(editor.selection)];
 }
 
+function pushSettings(): void {
+  if (!client || !serverSettings || !client.isRunning()) {
+    return;
+  }
+  const changes = serverSettings.changes();
+  if (Object.keys(changes).length) {
+    void client.sendNotification(DidChangeConfigurationNotification.type, { settings: changes });
+  }
+}
+
 async function start(context: vscode.ExtensionContext): Promise<void> {
   const config = vscode.workspace.getConfiguration("demi");
   const command = config.get<string>("path") || "demi-lsp";
   const args = config.get<string[]>("args") || [];
+  const settings = serverSettings!;
   const serverOptions: ServerOptions = {
     run: { command, args, transport: TransportKind.stdio },
     debug: { command, args: [...args, "--debug"], transport: TransportKind.stdio },
   };
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
-    initializationOptions: settings(),
-    synchronize: { configurationSection: "demi" },
+    // A function: a restarted server gets the settings of the moment.
+    initializationOptions: () => settings.initial(),
     outputChannel: output,
     middleware: {
+      // The on/off switch: while off, no request reaches the server (and no model runs).
+      provideInlineCompletionItems: (document, position, ctx, token, next) =>
+        completionsEnabled() ? next(document, position, ctx, token) : undefined,
       // Inline completion covers this editor: skip the completion-list fallback.
       provideCompletionItem: () => undefined,
+      // The server asks for section "demi": it gets its own settings, not the extension's.
+      workspace: {
+        configuration: (params, token, next) =>
+          params.items.every((item) => item.section === "demi")
+            ? params.items.map(() => settings.current())
+            : next(params, token),
+      },
       // A refactor code action comes without an instruction: ask for one here.
       executeCommand: async (cmd, cmdArgs, next) => {
         if (cmd === "demi.refactor" && cmdArgs.length < 3) {
@@ -99,16 +110,19 @@ async function start(context: vscode.ExtensionContext): Promise<void> {
     },
   };
   client = new LanguageClient("demi", "Demi", serverOptions, clientOptions);
-  context.subscriptions.push(client.onNotification("demi/status", (status: DemiStatus) => showStatus(status)));
+  context.subscriptions.push(client.onNotification("demi/status", (s: DemiStatus) => status?.setStatus(s)));
   await client.start();
+  if (!config.get<boolean>("statusNotifications", true)) {
+    status?.setStatus({ state: "running" }); // the server will not say more
+  }
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   output = vscode.window.createOutputChannel("Demi", { log: true });
-  statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
-  statusItem.command = "demi.showLog";
-  showStatus({ state: "starting" });
-  context.subscriptions.push(output, statusItem);
+  serverSettings = new ServerSettings(context.extension.packageJSON);
+  status = new StatusItem("demi.toggleCompletions", { log: "demi.showLog", restart: "demi.restart" });
+  status.setEnabled(completionsEnabled());
+  context.subscriptions.push(output, status);
 
   context.subscriptions.push(
     vscode.commands.registerCommand("demi.explainSelection", async () => {
@@ -131,14 +145,15 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       if (!instruction) {
         return;
       }
-      const result = await client.sendRequest(ExecuteCommandRequest.type, {
+      const result = (await client.sendRequest(ExecuteCommandRequest.type, {
         command: "demi.refactor",
         arguments: [...selectionArguments(editor), instruction],
-      }) as { applied?: boolean; notes?: string[] } | null;
+      })) as { applied?: boolean; notes?: string[] } | null;
       if (result && !result.applied && result.notes && result.notes.length) {
         vscode.window.showInformationMessage(`Demi: ${result.notes.join("; ")}`);
       }
     }),
+    vscode.commands.registerCommand("demi.toggleCompletions", toggleCompletions),
     vscode.commands.registerCommand("demi.restart", async () => {
       if (client) {
         await client.restart();
@@ -146,11 +161,17 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     }),
     vscode.commands.registerCommand("demi.showLog", () => output?.show()),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
+      if (e.affectsConfiguration(`demi.${ENABLED}`)) {
+        status?.setEnabled(completionsEnabled());
+      }
       if (e.affectsConfiguration("demi.path") || e.affectsConfiguration("demi.args")) {
         await client?.stop();
         await start(context);
+      } else if (serverSettings?.affectedBy(e)) {
+        pushSettings();
       }
     }),
+    vscode.workspace.onDidGrantWorkspaceTrust(pushSettings),
   );
   await start(context);
 }

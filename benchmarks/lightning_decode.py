@@ -1,0 +1,118 @@
+"""Decode cost against context: lightning layers stay flat, softmax layers grow.
+
+Three random-weight stacks of one shape in MiniMax-Text-01's family (`minimax`: post-norm blocks,
+4 experts top-2), saved and loaded as Demi loads any checkpoint (fused q/k/v, the native decode
+attention where this CPU has it): lightning layers only, softmax layers only, and MiniMax-Text-01's
+mix (7 lightning to 1 softmax). For each context length the prompt is really prefilled (one pass,
+as a prompt is), then `--steps` one-token decode steps are timed one by one; the median step counts.
+A lightning step updates a [head_dim, head_dim] state per head whatever came before; a softmax step
+attends over every cached key. Run it on an otherwise idle machine; `nice` other work.
+
+    .venv/bin/python benchmarks/lightning_decode.py
+    .venv/bin/python benchmarks/lightning_decode.py --contexts 512 2048 8192 --steps 64 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from demi.model.config import LIGHTNING, SOFTMAX, ModelConfig  # noqa: E402
+from demi.model.decoder import KVCache, Transformer  # noqa: E402
+from demi.model.generate import decode_one_token, prefill  # noqa: E402
+from demi.model.loading import load_model, save_model  # noqa: E402
+from demi.model.scaffold import random_model  # noqa: E402
+
+LAYERS = 8
+STACKS = {
+    "lightning": [LIGHTNING] * LAYERS,
+    "softmax": [SOFTMAX] * LAYERS,
+    "hybrid-7:1": [LIGHTNING] * 7 + [SOFTMAX],
+}
+
+
+def config(layer_types: list[str], hidden: int) -> ModelConfig:
+    """A small MiniMax-family shape: `hidden` wide, heads of 64, 2 KV heads, 4 experts top-2."""
+    return ModelConfig(
+        model_type="minimax",
+        vocab_size=4096,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=16384,
+        rms_norm_eps=1e-5,
+        rope_theta=1e7,
+        num_experts=4,
+        num_experts_per_tok=2,
+        layer_types=layer_types,
+        postnorm=True,
+    )
+
+
+def build(cfg: ModelConfig, out: Path) -> Transformer:
+    """The stack as the engine runs it: random weights saved, then loaded by `load_model`."""
+    save_model(random_model(cfg, seed=0), out)
+    return load_model(out, dtype="float32")
+
+
+@torch.inference_mode()
+def step_times(model: Transformer, context: int, steps: int) -> list[float]:
+    """Seconds of each of `steps` decode steps after a `context`-token prompt."""
+    ids = torch.randint(3, model.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(context))
+    cache = KVCache(model.config, context + steps + 1)
+    logits = prefill(model, ids, 0, cache)
+    out = []
+    for pos in range(context, context + steps):
+        token = logits.argmax(-1).view(1, 1)
+        t0 = time.perf_counter()
+        logits = decode_one_token(model, token, pos, cache)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    ap.add_argument("--steps", type=int, default=48, help="decode steps timed per context")
+    ap.add_argument("--hidden", type=int, default=256, help="model width (heads of 64)")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args(argv)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, types in STACKS.items():
+            model = build(config(types, args.hidden), Path(tmp) / name)
+            step_times(model, 64, 8)  # warm-up: kernels, allocator
+            results[name] = {}
+            for ctx in args.contexts:
+                ms = 1e3 * statistics.median(step_times(model, ctx, args.steps))
+                results[name][str(ctx)] = round(ms, 3)
+                print(f"{name:>11}  context {ctx:>6}  decode {ms:7.3f} ms/token", flush=True)
+    first, last = str(args.contexts[0]), str(args.contexts[-1])
+    print(f"\nms per decode step (median of {args.steps}), torch threads {torch.get_num_threads()}")
+    print(f"{'context':>8}" + "".join(f"{n:>13}" for n in STACKS))
+    for ctx in args.contexts:
+        print(f"{ctx:>8}" + "".join(f"{results[n][str(ctx)]:>13.3f}" for n in STACKS))
+    growth = {n: round(results[n][last] / results[n][first], 2) for n in STACKS}
+    print(f"{last} / {first}:" + "".join(f"{growth[n]:>12.2f}x" for n in STACKS))
+    if args.json:
+        report = {"contexts": args.contexts, "steps": args.steps, "hidden": args.hidden, "layers": LAYERS}
+        report |= {"threads": torch.get_num_threads(), "ms_per_token": results, "growth": growth}
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
