@@ -4,14 +4,15 @@ Each mode is loaded in a fresh process (`demi.model.memory.profile`, what `demi 
 its context prefilled, and the estimate compared with the measured RSS: held after the load and
 the peak while prefilling (exit 1 when either is off by more than --bound, 15%); the peak while
 loading is printed beside its estimate, unbounded (it depends on what glibc's allocator keeps of
-the quantization's freed temporaries, which varies run to run: see model/memory.py). The model is the Qwen2.5-Coder-0.5B stand-in (benchmarks/qwen_standin.py: the real shape,
-random bf16 weights as the real checkpoint stores them, Qwen's real tokenizer), built once.
+the quantization's freed temporaries, which varies run to run: see model/memory.py). The model is
+the Qwen2.5-Coder-0.5B stand-in (benchmarks/qwen_standin.py: the real shape, random bf16 weights as
+the real checkpoint stores them, Qwen's real tokenizer), built once. Results: RESULTS-memory.md.
 
     .venv/bin/python benchmarks/memory_profile.py                       # the stand-in, 1024 tokens
     .venv/bin/python benchmarks/memory_profile.py --model DIR --context 2048 --out results.json
 
-A full fp32 load of the 0.5B shape holds about 2 GiB and peaks near 3 GiB; the three modes take
-about three minutes on two cores.
+A full fp32 load of the 0.5B shape holds about 2.2 GiB and peaks near 3.2 GiB (quantized loads up
+to 5.6 GiB); the three modes take about five minutes on two busy cores.
 """
 
 from __future__ import annotations

@@ -55,9 +55,7 @@ def test_pass_at_k_comes_from_the_executions(problems):
 
 
 def test_cli_report_is_the_sandbox_s_verdict(env, model_dir, problems):
-    out = one_json(
-        demi(env, "eval", "humaneval", "--model", model_dir, "--limit", 2, "--max-tokens", 24, "--json")
-    )
+    out = one_json(demi(env, "eval", "humaneval", "--model", model_dir, "--limit", 2, "--max-tokens", 24, "--json"))
     assert out["benchmark"] == "HumanEval" and (out["problems"], out["samples"]) == (2, 2)
     assert (out["quant"], out["dtype"], out["temperature"], out["token_healing"]) == ("none", "float32", 0.0, True)
     assert "pass@10" not in out  # one sample per problem: pass@1 only

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import clean_env, demi, one_json
 
+from demi.cli.commands_memory import report_lines
 from demi.model.config import load_config
 from demi.model.memory import estimate, profile, weight_bytes_loaded
 
@@ -28,7 +29,7 @@ SHAPE = dict(
     num_key_value_heads=2,
     max_position_embeddings=1024,
 )
-CONTEXT = 512
+CONTEXT = 256
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +74,14 @@ def test_weights_estimate_follows_the_plan(model_dir):
     assert 0 < est.caches <= 2**20  # float copies kept for prefill, within the budget
 
 
-def test_cli_prints_estimate_beside_measurement(model_dir, tmp_path):
+def test_cli_prints_estimate_beside_measurement(tiny_checkpoints, tmp_path):
     env = clean_env(tmp_path)
-    out = one_json(demi(env, "models", "memory", model_dir, "--context", 256, "--json"))
-    assert (out["quant"], out["dtype"], out["context"]) == ("none", "float32", 256)
+    small = tiny_checkpoints("qwen2", max_position_embeddings=1024)
+    out = one_json(demi(env, "models", "memory", small, "--context", 128, "--json"))
+    assert (out["quant"], out["dtype"], out["context"]) == ("none", "float32", 128)
     assert set(out["comparison"]) >= {"after_load", "load_peak", "prefill_peak", "after_prefill"}
     assert {"runtime", "weights", "kv", "activations", "caches", "load_transient"} <= set(out["estimate"])
-    proc = demi(env, "models", "memory", model_dir, "--context", 256)
-    assert proc.returncode == 0, proc.stderr
-    assert "peak while prefilling" in proc.stdout and "held after load" in proc.stdout
-    bad = demi(env, "models", "memory", model_dir, "--context", 5000)
-    assert bad.returncode == 2 and "--context must be between 2 and" in bad.stderr
+    text = "\n".join(report_lines(out))  # what the command prints without --json
+    assert "peak while prefilling" in text and "held after load" in text and "weights" in text
+    bad = demi(env, "models", "memory", small, "--context", 1)
+    assert bad.returncode == 2 and "--context must be >= 2" in bad.stderr
