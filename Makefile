@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,onnx]"
 	touch $(STAMP)
 
 # The main job on the built-in model demi-tiny (shipped in model/builtin/, nothing to download).

@@ -16,6 +16,7 @@ from demi.assistant.overlap import resolve_overlap
 from demi.assistant.postprocess import BlockWatcher, decide_mode, postprocess
 from demi.assistant.prompts import instruct_warning
 from demi.assistant.syntax import Syntax, parse
+from demi.assistant.workspace_cache import PriorChain, WorkspaceCache, request_hook
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -41,6 +42,8 @@ class CompletionResult:
     warnings: list[str] = field(default_factory=list)
     speculation: dict[str, int] | None = None  # speculative decoding's figures (None: off)
     replace: int = 0  # characters right of the cursor (on its line) the completion replaces
+    # the workspace cache model's part (None: off): tokens it was asked about, and those it mixed into
+    workspace_cache: dict[str, int] | None = None
 
     @property
     def replace_end(self) -> tuple[int, int]:
@@ -66,6 +69,7 @@ class CompletionResult:
             "speculation": self.speculation,
             "replace": self.replace,
             "replace_end": {"line": self.replace_end[0], "col": self.replace_end[1]},
+            "workspace_cache": self.workspace_cache,
         }
 
 
@@ -80,9 +84,13 @@ def complete(
     cancel: CancelToken | None = None,
     time_budget: float | None = None,
     syntax: Syntax | None = None,
+    workspace_cache: WorkspaceCache | None = None,
+    scope_bias: bool = False,
 ) -> CompletionResult:
     """The text to insert at character `offset` of `doc`, in place of the result's `replace`
-    characters after it (`syntax`: `doc` already parsed, to reuse)."""
+    characters after it (`syntax`: `doc` already parsed, to reuse). With `workspace_cache` (and an
+    in-process model), `doc` is fed to it and its n-gram prior is mixed into the model's choices;
+    with `scope_bias`, identifiers in scope at the cursor are favoured where the model hesitates."""
     started = time.monotonic()
     info = engine.info()
     if info.context:  # room for the template's markers and the file path too
@@ -100,6 +108,14 @@ def complete(
             return super().cancelled or (cancel is not None and cancel.cancelled)
 
     stop_early = _StopEarly()
+    hooks: list[Any] = [request_hook(engine, workspace_cache, doc.name, doc.text, offset, ctx.prefix)]
+    if scope_bias:
+        from demi.assistant.scope_prior import scope_hook
+
+        hooks.append(scope_hook(engine, syntax, doc, offset, ctx.prefix))
+    present = [h for h in hooks if h is not None]
+    hook = (present[0] if len(present) == 1 else PriorChain(present)) if present else None
+    extra: dict[str, Any] = {"mix": hook} if hook is not None else {}
 
     def on_text(piece: str) -> None:
         if watcher.push(piece) or (cancel is not None and cancel.cancelled):
@@ -113,6 +129,7 @@ def complete(
         stop=["\n"] if mode == "single" else None,
         cancel=stop_early,
         time_budget=time_budget,
+        **extra,
     )
     processed = postprocess(prefix_tail, result.text, suffix_head, doc.lang, mode)
     overlap = resolve_overlap(prefix_tail, processed.text, suffix_head, doc.lang)
@@ -147,4 +164,5 @@ def complete(
         warnings,
         result.extra.get("speculation"),
         overlap.replace,
+        {"steps": hook.steps, "mixed": hook.mixed} if hook is not None else None,
     )

@@ -25,6 +25,9 @@ from demi.model.errors import DemiUserError
 log = logging.getLogger("demi")
 # The `cache_reuse` default: the shortest cached run moved rather than recomputed (see model/prefix_cache.py).
 DEFAULT_CACHE_REUSE = 16
+# The workspace cache model for FIM (assistant/workspace_cache.py): on, as it won on held-out code
+# (MODEL_CARD.md, "Workspace cache").
+DEFAULT_WORKSPACE_CACHE = True
 APP = "demi"
 
 
@@ -113,6 +116,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("complete.max_tokens", int, 64, "new tokens for one completion"),
     Setting("complete.context_tokens", int, 1024, "prompt budget for FIM (prefix:suffix about 3:1)"),
     Setting("complete.temperature", float, 0.0, "0 is greedy"),
+    Setting(
+        "complete.workspace_cache",
+        bool,
+        DEFAULT_WORKSPACE_CACHE,
+        "in-process FIM: mix n-gram statistics of the file, the other open files and the workspace into "
+        "the model's next-token choices (the workspace cache model)",
+    ),
+    Setting(
+        "complete.scope_bias",
+        bool,
+        False,
+        "in-process FIM: favour identifiers in scope at the cursor where the model hesitates",
+    ),
     Setting("explain.max_tokens", int, 320, "new tokens for an explanation"),
     Setting("explain.context_tokens", int, 2048, "prompt budget for explain"),
     Setting(

@@ -71,6 +71,11 @@ class RecentFiles:
         with self._lock:
             return list(self._files)
 
+    def items(self) -> list[tuple[str, str]]:
+        """(path, text) of the files held, oldest first (the workspace cache reads them)."""
+        with self._lock:
+            return list(self._files.items())
+
     def snippets(
         self, query: str, exclude: str | Path | None = None, window: int = 30, limit: int = 3
     ) -> list[Snippet]:

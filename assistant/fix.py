@@ -127,7 +127,8 @@ def _looks_like_path(text: str) -> bool:
 def parse_error(text: str) -> ErrorReport:
     """The frames `text` names, most relevant first, and its one-line summary; text that names no
     place gives no frames (the summary is still its gist)."""
-    lines = text.replace("\r\n", "\n").split("\n")
+    text = text.replace("\r\n", "\n").strip("\n")
+    lines = text.split("\n")
     blocks: list[_Block] = []
     py: _Block | None = None  # the Python traceback being read
     chain_open = False  # a chain marker seen: the next traceback is chained to the one before
@@ -219,7 +220,7 @@ def parse_error(text: str) -> ErrorReport:
             continue
         blocks.append(_Block(i, i, [Frame(m["path"], int(m["line"]), col)], message))
     frames = _ordered(blocks)
-    return ErrorReport(text.strip("\n"), frames, _summary(frames, blocks, lines))
+    return ErrorReport(text, frames, _summary(frames, blocks, lines))
 
 
 def _better_message(new: str, old: str) -> bool:
@@ -334,10 +335,12 @@ def locate(
     lines: tuple[int, int] | None = None,
     root: Path | None = None,
     syntax: Syntax | None = None,
+    how: str = "--symbol or --lines",
 ) -> FixSite:
     """The code to fix: the function around the innermost frame the error names in `doc`'s file,
     or the user's `symbol`/`lines`. User errors (exit 2) when the error does not name the file and
-    no target is given, or names a line the file does not have."""
+    no target is given (`how`: how the front end's user names one), or names a line the file does
+    not have."""
     syntax = syntax or parse(doc)
     hits = frames_in(report, doc, root)
     last = _last_line(doc)
@@ -352,9 +355,9 @@ def locate(
             shown = ", ".join(named[:6]) + (", ..." if len(named) > 6 else "")
             raise DemiUserError(
                 f"the error does not mention {doc.name} (it names {shown}); fix the file it names, "
-                "or give --symbol or --lines to fix this one anyway"
+                f"or give {how} to fix this one anyway"
             )
-        raise DemiUserError(f"the error names no line of {doc.name}; give --symbol or --lines to say what to fix")
+        raise DemiUserError(f"the error names no line of {doc.name}; give {how} to say what to fix")
     frame = hits[0]
     if frame.line > last:
         raise PositionError(

@@ -25,6 +25,10 @@ editor starts it; every number is taken on the client side of the pipe.
    can be seen not to lose accuracy. Spread over the six largest held-out standard-library files,
    each on a fresh server, so no other file can be context. On random weights both are 0: re-run on a trained model
    (`--model demi-tiny`).
+   With --workspace-cache ab (or --scope-bias ab), the same cases go to two servers that differ only in
+   that setting, started side by side for each file and asked in turns (which goes first alternates
+   by case), so a noisy machine slows both alike: exact match and the measured request's latency per
+   arm, the cases each arm alone got right, and McNemar's exact p-value of the difference.
 
 Without --model it uses `.demi-build/demo-model`, built with `python -m demi.model.scaffold`
 when missing: random weights, 4M parameters, 4096-token byte-level BPE with FIM tokens, the
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
@@ -153,10 +158,11 @@ class Client(LanguageClient):
 
 
 async def start(
-    model: Path, quant: str | None, workdir: Path, options: dict[str, Any], threads: int | None = None
+    model: Path, quant: str | None, workdir: Path, options: dict[str, Any], threads: int | None = None, tag: str = ""
 ) -> Client:
     client = Client()
-    cmd = [sys.executable, "-m", "demi.lsp.server", "--model", str(model), "--log-file", str(workdir / "server.log")]
+    log = str(workdir / f"server{tag}.log")
+    cmd = [sys.executable, "-m", "demi.lsp.server", "--model", str(model), "--log-file", log]
     if quant:
         cmd += ["--quant", quant]
     env = {**os.environ, "DEMI_LSP_NO_PROBE": "1", "DEMI_DATA_DIR": str(workdir / "data")}
@@ -412,8 +418,38 @@ async def typed_vs_cold(
 # -- 3. held-out lines ------------------------------------------------------------------------------------------
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: how likely a split at least this uneven of the cases only
+    one arm got right would be if the arms were equally good."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(0, min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def arms_of(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """(label, settings) of each server the held-out cases go to: one (the defaults) unless
+    --workspace-cache or --scope-bias asks for a setting, or for both values of one (ab)."""
+    choices: list[list[tuple[str, dict[str, Any]]]] = []
+    for flag, key in (("workspace_cache", "workspaceCache"), ("scope_bias", "scopeBias")):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        values = ["off", "on"] if value == "ab" else [value]
+        choices.append([(f"{key}={v}", {key: v == "on"}) for v in values])
+    arms: list[tuple[str, dict[str, Any]]] = [("default", {})]
+    for options in choices:
+        arms = [
+            (label if not arm_opts else f"{arm_label},{label}", {**arm_opts, **opts})
+            for arm_label, arm_opts in arms
+            for label, opts in options
+        ]
+    return arms
+
+
 async def heldout(
-    new_server: Callable[[], Awaitable[Client]],
+    new_server: Callable[[str], Awaitable[Client]],
     workdir: Path,
     model: Path,
     quant: str | None,
@@ -423,74 +459,117 @@ async def heldout(
     seed: int,
     typed: int = 0,
     options: dict[str, Any] | None = None,
+    arms: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Each file on a fresh server (so no other file it has seen can be context), one document
     edited per case; the direct side builds the same prompt with no other files and reuses no
     cached rows but an exact prefix (`cache_reuse=0`). With `typed` = M, the first M characters of
     the line are typed one at a time, each followed by a request as an editor makes, and the
     request after the last is the one measured (against the rest of the line): the server's
-    prefix cache, and shifted reuse if on, then hold rows from the requests before."""
+    prefix cache, and shifted reuse if on, then hold rows from the requests before. With several
+    `arms` (label, settings), each file gets one server per arm, and every request goes to each
+    of them in turns (the first arm alternating by case); the measured request is timed per arm."""
     from demi.assistant.context import fim_context
     from demi.assistant.document import Document
     from demi.assistant.engines import open_engine
     from demi.assistant.syntax import parse
 
+    arms = arms or [("default", {})]
     engine = open_engine(str(model), quant=quant, cache_reuse=0)
     from demi.model.registry import resolve_model_dir
 
     sources = heldout_files(resolve_model_dir(str(model), download=False))
     rng = random.Random(seed + 2)
-    server_hits = direct_hits = agree = cases_run = lost = 0
-    shifted = 0
+    hits = {label: 0 for label, _ in arms}
+    agree = {label: 0 for label, _ in arms}
+    lost = {label: 0 for label, _ in arms}
+    right: dict[str, list[bool]] = {label: [] for label, _ in arms}
+    latency: dict[str, list[float]] = {label: [] for label, _ in arms}
+    direct_hits = cases_run = shifted = 0
     for f, source in enumerate(sources):
         text = source.read_text(encoding="utf-8")
         cases = line_starts(text, rng, n // len(sources) + (f < n % len(sources)), skip=20, code_only=True)
         lines = text.split("\n")
         name = f"heldout_{f}.py"
         uri = (workdir / name).as_uri()
-        client = await new_server()
-        client.configure({**(options or {}), "maxTokens": max_tokens})  # the whole section, as editors send it
+        clients = {}
+        for label, arm_options in arms:
+            client = await new_server(label)
+            # the whole section, as editors send it
+            client.configure({**(options or {}), **arm_options, "maxTokens": max_tokens})
+            clients[label] = client
         await asyncio.sleep(0.1)
-        client.open(uri, text)
+        for client in clients.values():
+            client.open(uri, text)
         version = 1
-        for line, start in cases:
+        for k, (line, start) in enumerate(cases):
             col = typed_column(lines[line], start, typed)
             target = lines[line][col:].rstrip()
-            before = (await client.stats()).shiftedTokens
+            order = [arms[(k + i) % len(arms)][0] for i in range(len(arms))]
+            first = order[0]
+            before = (await clients[first].stats()).shiftedTokens
+            got: dict[str, str] = {}
             for c in range(start, col + 1):  # the typed characters, a request after each
                 doc_text = "\n".join(lines[:line] + [lines[line][:c]] + lines[line + 1 :])
                 version += 1
-                client.text_document_did_change(
-                    t.DidChangeTextDocumentParams(
-                        text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
-                        content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)],
+                for label in order:
+                    clients[label].text_document_did_change(
+                        t.DidChangeTextDocumentParams(
+                            text_document=t.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                            content_changes=[t.TextDocumentContentChangeWholeDocument(text=doc_text)],
+                        )
                     )
-                )
-                got = (await client.complete(uri, line, c)).split("\n")[0].rstrip()
-            shifted += (await client.stats()).shiftedTokens > before
+                for label in order:
+                    started = time.perf_counter()
+                    got[label] = (await clients[label].complete(uri, line, c)).split("\n")[0].rstrip()
+                    if c == col:
+                        latency[label].append(time.perf_counter() - started)
+            shifted += (await clients[first].stats()).shiftedTokens > before
             doc = Document.from_text(doc_text, name)
             offset = sum(len(x) + 1 for x in lines[:line]) + col
             ctx = fim_context(doc, offset, engine.count_tokens, context_tokens, parse(doc), None)
             raw = engine.infill(ctx, max_new_tokens=max_tokens, stop=["\n"]).text.split("\n")[0].rstrip()
-            server_hits += got == target
             direct_hits += raw == target
-            agree += got == raw
-            lost += raw == target and got != target  # a match post-processing threw away
+            for label, _ in arms:
+                hits[label] += got[label] == target
+                agree[label] += got[label] == raw
+                lost[label] += raw == target and got[label] != target  # a match post-processing threw away
+                right[label].append(got[label] == target)
             cases_run += 1
             if os.environ.get("DEMI_BENCH_DEBUG"):
-                print(f"{source.name}:{line + 1} target={target!r} server={got!r} raw={raw!r}", file=sys.stderr)
-        await stop(client)
+                shown = " ".join(f"{label}={got[label]!r}" for label, _ in arms)
+                print(f"{source.name}:{line + 1} target={target!r} {shown} raw={raw!r}", file=sys.stderr)
+        for client in clients.values():
+            await stop(client)
     engine.close()
-    res = {
+    main_label = arms[0][0]
+    res: dict[str, Any] = {
         "files": [str(p.relative_to(STDLIB)) if p.is_relative_to(STDLIB) else p.name for p in sources],
         "lines": cases_run,
-        "exact_match_server": server_hits / max(1, cases_run),
+        "exact_match_server": hits[main_label] / max(1, cases_run),
         "exact_match_model_raw": direct_hits / max(1, cases_run),
-        "server_equals_raw_first_line": agree / max(1, cases_run),
-        "matches_lost_by_the_server": lost,
+        "server_equals_raw_first_line": agree[main_label] / max(1, cases_run),
+        "matches_lost_by_the_server": lost[main_label],
         "typed_before_request": typed,
         "cases_with_shifted_rows": shifted,
     }
+    if len(arms) > 1:
+        base = arms[0][0]
+        res["arms"] = {}
+        for label, arm_options in arms:
+            only = sum(a and not b for a, b in zip(right[label], right[base], strict=True))
+            only_base = sum(b and not a for a, b in zip(right[label], right[base], strict=True))
+            res["arms"][label] = {
+                "settings": arm_options,
+                "exact_match_server": hits[label] / max(1, cases_run),
+                "hits": hits[label],
+                "server_equals_raw_first_line": agree[label] / max(1, cases_run),
+                "matches_lost_by_the_server": lost[label],
+                "latency": summary(latency[label]) if latency[label] else None,
+                f"right_only_here_vs_{base}": only,
+                f"right_only_in_{base}": only_base,
+                f"mcnemar_p_vs_{base}": round(mcnemar_p(only, only_base), 4),
+            }
     print(f"held-out: {json.dumps(res)}", file=sys.stderr, flush=True)
     return res
 
@@ -560,7 +639,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await stop(client)
         if args.heldout:
             out["heldout"] = await heldout(
-                lambda: start(model, args.quant, workdir, options, args.threads),
+                lambda label: start(model, args.quant, workdir, options, args.threads, tag="-" + label),
                 workdir,
                 model,
                 args.quant,
@@ -570,6 +649,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 args.seed,
                 args.heldout_typed,
                 options,
+                arms_of(args),
             )
     out["machine"]["load_after"] = _load()
     return out
@@ -610,6 +690,18 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="the server's cacheReuse setting: shortest cached run reused at shifted positions (0: exact reuse only)",
+    )
+    ap.add_argument(
+        "--workspace-cache",
+        choices=["on", "off", "ab"],
+        default=None,
+        help="the servers' workspaceCache setting for --heldout; ab: both, the same cases to two servers in turns",
+    )
+    ap.add_argument(
+        "--scope-bias",
+        choices=["on", "off", "ab"],
+        default=None,
+        help="the servers' scopeBias setting for --heldout; ab: both (with --workspace-cache ab: all four)",
     )
     ap.add_argument(
         "--typed-files",

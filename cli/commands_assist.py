@@ -70,6 +70,13 @@ def register(sub, common) -> None:
         metavar="FILE",
         help="another file to draw context from (repeatable)",
     )
+    co.add_argument(
+        "--workspace-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mix n-gram statistics of the file, the --context-file files and the files of its folder into "
+        "the model's choices (in-process models; config complete.workspace_cache)",
+    )
     engine_opts(co)
     co.set_defaults(func=cmd_complete)
 
@@ -306,7 +313,14 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     if not args.at:
         raise UsageError("demi complete: --at LINE:COL is required (1-based, e.g. --at 12:5)")
-    cfg = _config(args, **{"complete.max_tokens": args.max_tokens, "complete.temperature": args.temperature})
+    cfg = _config(
+        args,
+        **{
+            "complete.max_tokens": args.max_tokens,
+            "complete.temperature": args.temperature,
+            "complete.workspace_cache": args.workspace_cache,
+        },
+    )
     max_tokens = _positive(cfg["complete.max_tokens"], "--max-tokens")
     line, col = parse_position(args.at)
     doc = _load(args.path, cfg)
@@ -315,6 +329,13 @@ def cmd_complete(args: argparse.Namespace) -> int:
     for extra in args.context_file:
         recent.add(extra, _load(extra, cfg).text)
     engine = _engine(cfg)
+    cache = None
+    if cfg["complete.workspace_cache"]:
+        from pathlib import Path
+
+        from demi.assistant.workspace_cache import folder_cache
+
+        cache = folder_cache(engine, Path(args.path), recent.items())
     result = complete(
         engine,
         doc,
@@ -323,6 +344,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
         budget=cfg["complete.context_tokens"],
         recent=recent,
         sampling=_sampling(cfg["complete.temperature"]),
+        workspace_cache=cache,
+        scope_bias=cfg["complete.scope_bias"],
     )
     for w in result.warnings:
         _warn(w)

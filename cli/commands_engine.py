@@ -85,6 +85,12 @@ def register(sub, common) -> argparse._SubParsersAction:
         help="measure and print the kernel plan: every candidate kernel's time per phase at this "
         "model's shapes, and the ones chosen (DEMI_KERNEL forces a family)",
     )
+    b.add_argument(
+        "--engine",
+        choices=["demi", "onnxruntime"],
+        default="demi",
+        help="onnxruntime: also export the model to ONNX and time onnxruntime's fp32 and int8 graphs beside Demi",
+    )
     b.set_defaults(func=cmd_bench)
     return ev
 
@@ -221,6 +227,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _print_plan(args)
     if min(args.prompt_tokens, args.new_tokens, args.runs) < 1:
         raise UsageError("demi bench: --prompt-tokens, --new-tokens and --runs must be >= 1")
+    onnx_model = None
+    if args.engine == "onnxruntime":  # a model that cannot be exported is refused before anything runs
+        from demi.assistant.onnx_export import check_exportable
+
+        onnx_model = check_exportable(args.model)
     # drawn only when a stage moves: no display thread while the speed is measured
     with showing_progress(f"benchmarking {args.model or 'the default model'}", args.json, animate=False):
         r = run(
@@ -233,6 +244,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.device or "cpu",
             args.dtype,
         )
+        if onnx_model is not None:
+            _bench_onnxruntime(r, onnx_model, args)
     if args.json:
         emit_json(r)
         return 0
@@ -263,7 +276,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"  decode: {r['decode_ratio_vs_best_transformers']:.2f}x the faster transformers run, "
             f"{r['decode_ratio_vs_transformers_fp32']:.2f}x transformers fp32"
         )
+    if "onnxruntime" in r.get("compare", {}):
+        _print_onnxruntime(r)
     return 0
+
+
+def _bench_onnxruntime(r: dict, model_dir, args: argparse.Namespace) -> None:
+    """onnxruntime's figures (fp32 and int8 graphs) added to Demi's bench result `r`, with the ratios."""
+    from demi.assistant.onnx_export import bench_onnxruntime
+
+    ort = bench_onnxruntime(model_dir, args.prompt_tokens, args.new_tokens, args.runs)
+    r.setdefault("compare", {})["onnxruntime"] = ort
+    for variant in ("fp32", "int8"):
+        if ort[variant]["decode_tok_s"]:
+            r[f"decode_ratio_vs_onnxruntime_{variant}"] = round(r["decode_tok_s"] / ort[variant]["decode_tok_s"], 2)
+
+
+def _print_onnxruntime(r: dict) -> None:
+    ort = r["compare"]["onnxruntime"]
+    print(
+        f"onnxruntime {ort['onnxruntime']} (CPU, opset {ort['opset']}, {ort['threads']} threads, "
+        f"exported in {ort['export_s']:.1f} s), same prompt:"
+    )
+    for variant in ("fp32", "int8"):
+        o = ort[variant]
+        p50 = f"  p50 {o['p50_ms']:.1f} ms" if o["p50_ms"] is not None else ""
+        print(
+            f"  onnxruntime {variant}: prefill {o['prefill_tok_s']:8.1f} tok/s  ttft {o['ttft_ms']:7.1f} ms  "
+            f"decode {o['decode_tok_s']:6.2f} tok/s{p50}"
+        )
+    if "decode_ratio_vs_onnxruntime_fp32" in r:
+        print(
+            f"  decode: Demi {r['decode_ratio_vs_onnxruntime_fp32']:.2f}x onnxruntime fp32, "
+            f"{r.get('decode_ratio_vs_onnxruntime_int8', 0):.2f}x onnxruntime int8"
+        )
 
 
 def _print_plan(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from demi.cli.main import emit_json
 
@@ -35,6 +36,18 @@ def register(sub, common) -> None:
     quant.add_argument("--quant", choices=["int8", "int4"], required=True)
     quant.add_argument("--group", type=int, default=64, choices=[32, 64, 128], help="int4 group size")
     quant.set_defaults(func=cmd_models_quantize)
+
+    export = msub.add_parser(
+        "export",
+        parents=[common(model=False)],
+        help="export the decoder with explicit KV-cache inputs and outputs (--onnx: fp32 and int8 ONNX)",
+    )
+    export.add_argument("src", metavar="MODEL", help="model name, directory or hub id")
+    export.add_argument("dst", metavar="DIR", help="new directory")
+    export.add_argument("--onnx", action="store_true", required=True, help="ONNX (the one format so far)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 or newer)")
+    export.add_argument("--no-int8", action="store_true", help="skip the int8 graph (onnxruntime quantization)")
+    export.set_defaults(func=cmd_models_export)
 
     pull = sub.add_parser(
         "pull", parents=[common(model=False)], help="download a model from the hub (safetensors and JSON only)"
@@ -135,6 +148,22 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
         emit_json({"src": args.src, "dst": str(out), "quant": args.quant, "group": args.group})
     else:
         print(f"wrote {args.quant} checkpoint to {out}")
+    return 0
+
+
+def cmd_models_export(args: argparse.Namespace) -> int:
+    from demi.assistant.onnx_export import export
+    from demi.cli.progress_display import showing_progress
+
+    with showing_progress(f"exporting {args.src} to ONNX", args.json):
+        out = export(args.src, args.dst, int8=not args.no_int8, opset=args.opset)
+    if args.json:
+        emit_json(out)
+    else:
+        graphs = ", ".join(
+            f"{Path(path).name} ({kind}, {out['bytes'][kind] / 2**20:.1f} MiB)" for kind, path in out["files"].items()
+        )
+        print(f"wrote {graphs} to {out['dir']}: {out['model_type']}, opset {out['opset']}, in {out['seconds']:.1f} s")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`demi train ...` (corpus, tokenizer, run, distill, tiny, bench) and `demi eval fim|passk`.
+"""`demi train ...` (fetch, corpus, tokenizer, run, distill, tiny, gpu, curve, bench) and `demi eval fim|passk`.
 
 Progress and notes go to stderr; `--json` prints one JSON object on stdout at the end. Under
 torchrun (`torchrun --nproc_per_node N -m demi train run ...`) only rank 0 prints.
@@ -59,6 +59,27 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     )
     tsub = train.add_subparsers(dest="train_command", metavar="ACTION", required=True)
 
+    fetch = tsub.add_parser(
+        "fetch",
+        parents=[common(model=False)],
+        help="fetch permissively licensed packages from the Python and npm registries into a corpus store",
+        description="Fetch the packages of the shipped lists (most downloaded first) with pip (wheels) and "
+        "npm (tarballs), check each package's license, and unpack the permissive ones' code into --dest. "
+        "Resumable: packages already in the store are skipped.",
+    )
+    fetch.add_argument("--dest", type=Path, default=None, help="the store (default: the user cache's demi/registry)")
+    fetch.add_argument("--only", choices=["pypi", "npm"], help="one registry (default: both, interleaved)")
+    fetch.add_argument("--pypi-list", type=Path, help="package list for pip (default: the shipped one)")
+    fetch.add_argument("--npm-list", type=Path, help="package list for npm (default: the shipped one)")
+    fetch.add_argument("--limit", type=int, help="only the first N packages of each list")
+    fetch.add_argument("--max-seconds", type=float, help="stop starting new packages after this long")
+    fetch.add_argument("--max-mb", type=float, help="stop once the store holds this many MB of code")
+    fetch.add_argument("--jobs", type=int, default=4, help="packages fetched at once (default 4)")
+    fetch.add_argument("--retry-failed", action="store_true", help="try again the packages that failed before")
+    fetch.add_argument("--pip-arg", action="append", default=[], help="an extra argument for pip download (repeatable)")
+    fetch.add_argument("--npm-arg", action="append", default=[], help="an extra argument for npm pack (repeatable)")
+    fetch.set_defaults(func=cmd_fetch)
+
     corpus = tsub.add_parser(
         "corpus",
         parents=[common(model=False)],
@@ -117,6 +138,31 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     )
     _speed_args(tiny)
     tiny.set_defaults(func=cmd_tiny)
+
+    gpu = tsub.add_parser(
+        "gpu",
+        parents=[common(model=False)],
+        help="the GPU recipe: a 62M-parameter demi on the whole registry corpus in a time budget (resumable)",
+        description="Prepare (corpus, tokenizer: CPU work) and train demi-gpu: 62M parameters, bf16, "
+        "torch.compile, fused AdamW, steps fitted to --time-budget. Rerun the same command to resume.",
+    )
+    gpu.add_argument("--out", type=Path, required=True, help="run directory")
+    gpu.add_argument("--registry", type=Path, help="the `demi train fetch` store (needed for a new run)")
+    gpu.add_argument("--time-budget", type=float, default=600.0, help="seconds of training in all (default 600)")
+    gpu.add_argument("--no-stdlib", action="store_true", help="leave this Python's standard library out")
+    gpu.add_argument("--prepare-only", action="store_true", help="build the run directory and stop (no training)")
+    gpu.add_argument("--scale", choices=["full", "test"], default="full", help=argparse.SUPPRESS)
+    _speed_args(gpu)
+    gpu.set_defaults(func=cmd_gpu, device="cuda")
+
+    curve = tsub.add_parser(
+        "curve",
+        parents=[common(model=False)],
+        help="a run's held-out loss and exact match against tokens seen: RUN/curve.json, a table, the model card",
+    )
+    curve.add_argument("--run", type=Path, required=True, help="run directory")
+    curve.add_argument("--card", type=Path, help="write the table into this model card (between its markers)")
+    curve.set_defaults(func=cmd_curve)
 
     exp = tsub.add_parser(
         "export",
@@ -198,8 +244,22 @@ def _corpus_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out unreadable, binary or non-UTF-8 files instead of stopping",
     )
+    p.add_argument(
+        "--registry",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="add every package of a `demi train fetch` store (license per package); repeatable",
+    )
     p.add_argument("--near-dup", type=float, default=0.85, help="near-duplicate Jaccard threshold (0 turns it off)")
-    p.add_argument("--heldout", type=float, default=0.02, help="share of files held out for evaluation")
+    p.add_argument("--heldout", type=float, default=0.02, help="share of files (or packages) held out for evaluation")
+    p.add_argument(
+        "--heldout-by",
+        choices=["file", "package"],
+        default="file",
+        help="hold out single files, or whole packages so held-out code shares no package with training",
+    )
 
 
 def _speed_args(p: argparse.ArgumentParser) -> None:
@@ -209,7 +269,8 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default=None,
-        help="bf16 autocast (default auto: with compile on CPUs with bf16 units, on CUDA)",
+        help="bf16 autocast (default auto: on a CPU the faster of fp32 and bf16 in a short measurement, "
+        "cached per CPU; on CUDA bf16)",
     )
     p.add_argument(
         "--grad-checkpointing",
@@ -218,6 +279,13 @@ def _speed_args(p: argparse.ArgumentParser) -> None:
         help="recompute activations in the backward pass (less memory, ~30%% slower)",
     )
     p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument(
+        "--eval-fim-lines",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at each evaluation also complete N held-out lines greedily (exact match, for the curve)",
+    )
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
@@ -289,8 +357,13 @@ def _sources(args: argparse.Namespace) -> list:
         sources.append(stdlib_source())
     if args.site_packages:
         sources += site_packages_sources()
+    if args.registry:
+        from demi.train.registry import registry_sources
+
+        for store in args.registry:
+            sources += registry_sources(store)
     if not sources:
-        raise UsageError("give at least one --corpus DIR (or --stdlib / --site-packages)")
+        raise UsageError("give at least one --corpus DIR (or --stdlib / --site-packages / --registry DIR)")
     return sources
 
 
@@ -300,6 +373,7 @@ def _corpus_settings(args: argparse.Namespace) -> dict[str, Any]:
         on_bad="skip" if args.skip_bad_files else "error",
         near_threshold=args.near_dup or None,
         heldout_fraction=args.heldout,
+        heldout_by=args.heldout_by,
     )
 
 
@@ -311,6 +385,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "grad_checkpointing": args.grad_checkpointing,
         "eval_every": args.eval_every,
         "ckpt_every": args.ckpt_every,
+        "eval_fim_lines": args.eval_fim_lines,
     }
 
 
@@ -351,11 +426,58 @@ def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     elif not summary.get("finished"):
         print(
             f"stopped at step {summary['step']} (checkpoint written); continue with the same command"
-            f"{'' if 'tiny' in sys.argv else ' and --resume'} ({summary['run']})"
+            f"{'' if args.train_command in ('tiny', 'gpu') else ' and --resume'} ({summary['run']})"
         )
 
 
 # -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from demi.train.registry import REGISTRIES, Fetcher, todo_from_lists
+
+    if args.jobs < 1 or (args.limit is not None and args.limit < 1):
+        raise UsageError("demi train fetch: --jobs and --limit must be >= 1")
+    dest = args.dest
+    if dest is None:
+        import platformdirs
+
+        dest = Path(platformdirs.user_cache_dir("demi")) / "registry"
+    registries = [args.only] if args.only else list(REGISTRIES)
+    lists = {r: p for r, p in (("pypi", args.pypi_list), ("npm", args.npm_list)) if p is not None}
+    todo = todo_from_lists(registries, lists, limit=args.limit)
+    fetcher = Fetcher(dest, pip_args=args.pip_arg, npm_args=args.npm_arg)
+
+    def done(item, count: int, total: int) -> None:
+        what = (
+            f"{item.files} files, {item.bytes / 1e6:.2f} MB, {item.license.get('spdx')}"
+            if item.ok and item.license.get("permissive")
+            else f"excluded: license {item.license.get('spdx')!r}"
+            if item.ok
+            else f"failed: {item.error}"
+        )
+        _log(f"[{count}/{total}] {item.registry} {item.name or item.spec} {item.version}: {what}")
+
+    report = fetcher.fetch_many(
+        todo,
+        jobs=args.jobs,
+        max_seconds=args.max_seconds,
+        max_bytes=int(args.max_mb * 1e6) if args.max_mb else None,
+        on_done=done if not args.json else None,
+        retry_failed=args.retry_failed,
+    )
+    if args.json:
+        emit_json(report)
+        return 0
+    for reg in registries:
+        r = report[reg]
+        print(
+            f"{reg}: {r['packages']} packages, {r['files']} files, {r['bytes'] / 1e6:.1f} MB of code; "
+            f"{r['excluded_by_license']} excluded by license, {r['failed']} failed"
+        )
+    left = f"; {report['pending']} not fetched yet (run it again to go on)" if report["pending"] else ""
+    print(f"store: {report['dest']} ({report['attempted']} packages this time, {report['seconds']:.0f} s{left})")
+    return 0
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -595,6 +717,48 @@ def cmd_tiny(args: argparse.Namespace) -> int:
         _log(f"shipped {summary['shipped']['bytes'] / 1e6:.1f} MB to {args.ship}")
     _print_summary(args, summary)
     return 130 if summary.get("interrupted") else 0
+
+
+def cmd_gpu(args: argparse.Namespace) -> int:
+    from demi.train.gpu_recipe import build_gpu
+
+    if args.time_budget <= 0:
+        raise UsageError("demi train gpu: --time-budget must be > 0 seconds")
+    with _process_group(args) as (env, device):
+        summary = build_gpu(
+            args.out,
+            registry=args.registry,
+            scale=args.scale,
+            time_budget_s=args.time_budget,
+            stdlib=not args.no_stdlib,
+            prepare_only=args.prepare_only,
+            progress=not args.no_progress,
+            log=_log,
+            overrides=_overrides(args),
+            device=device,
+            dist=env,
+        )
+    if not env.is_main:
+        return 130 if summary.get("interrupted") else 0
+    if summary.get("prepared"):
+        emit_json(summary) if args.json else print(f"run prepared in {args.out}; train it with --device cuda")
+        return 0
+    _print_summary(args, summary)
+    return 130 if summary.get("interrupted") else 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from demi.train.curve import read_curve, render_markdown, update_card, write_curve
+
+    curve = read_curve(args.run)
+    path = write_curve(args.run, curve)
+    changed = update_card(args.card, curve) if args.card else False
+    if args.json:
+        emit_json({**curve, "curve_json": str(path), "card_updated": changed})
+        return 0
+    print(render_markdown(curve), end="")
+    print(f"\n{path} written" + (f"; {args.card} updated" if changed else ""))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

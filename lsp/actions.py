@@ -637,6 +637,8 @@ class Actions:
         if not isinstance(data.get("uri"), str) or not isinstance(data.get("error", ""), str):
             raise JsonRpcInvalidParams("this code action was not made by Demi (its data is missing or unknown)")
         _range(data.get("range"))
+        if action.diagnostics:  # they come back from the client read like the request's
+            action.diagnostics = [_echoed(d) for d in action.diagnostics]
         action.command = t.Command(
             title=action.title, command=FIX, arguments=[data["uri"], data.get("range"), data.get("error", "")]
         )
@@ -740,8 +742,8 @@ class Actions:
 
 
 def _echoed(d: t.Diagnostic) -> t.Diagnostic:
-    """A diagnostic to send back in the action: the server's strict converter (protocol.py) reads
-    its enums (severity, tags) as plain ints, which cannot be written out again as enums."""
+    """A diagnostic to send back (in an action, or a resolved one): the server's strict converter
+    (protocol.py) reads its enums (severity, tags) as plain ints, which it cannot write out again."""
     return t.Diagnostic(
         range=d.range,
         message=d.message,

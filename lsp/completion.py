@@ -106,6 +106,10 @@ class Stats:
     last_mode: str = ""
     last_delay_ms: float = 0.0  # the debounce wait of the last automatic request that ran
     last_job_ms: float = 0.0  # context, model and post-processing of the last job
+    # the workspace cache model: tokens of the last answer it mixed into, and what it holds (sources,
+    # workspaceFiles, chunks, tokens, evicted); empty while it is off
+    last_cache_mixed: int = 0
+    workspace_cache: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -143,6 +147,9 @@ class CompletionService:
         self._parse_timers: dict[str, asyncio.TimerHandle] = {}
         self._parsing: dict[str, tuple[Any, Any, Any, threading.Event]] = {}  # uri -> in flight
         self._parse_lock = threading.Lock()
+        self.workspace_cache: Any = None  # the WorkspaceCache of the engine's tokenizer, once a job needs it
+        self._workspace_lock = threading.Lock()
+        self._scanned: set[str] = set()  # workspace roots whose files were read into it
 
     # -- the request path -----------------------------------------------------------------------------
 
@@ -229,6 +236,10 @@ class CompletionService:
             result.completion_tokens,
         )
         self.stats.last_mode = result.mode
+        mixed = getattr(result, "workspace_cache", None)
+        self.stats.last_cache_mixed = mixed["mixed"] if mixed else 0
+        if self.workspace_cache is not None:
+            self.stats.workspace_cache = self.workspace_cache.stats()
         self.stats.last_job_ms = round(seconds * 1000, 1)
         if result.finish_reason in ("stop", "length"):  # not a cut-short answer
             self.cache.put(snap.uri, snap.before, snap.after, result.completion, result.replace)
@@ -272,7 +283,45 @@ class CompletionService:
             cancel=token,
             time_budget=budget,
             syntax=syntax,
+            workspace_cache=self._workspace_for(engine, snap) if s.workspace_cache else None,
+            scope_bias=s.scope_bias,
         )
+
+    # -- the workspace cache model ---------------------------------------------------------------------
+
+    def _workspace_for(self, engine: Any, snap: Snapshot) -> Any:
+        """The workspace cache for `engine` (None for a model server), with the other open documents
+        fed to it (only what changed is tokenized again) and, once per workspace, its files read in
+        the background. The document being completed is fed by `complete`, split at the cursor."""
+        from demi.assistant.workspace_cache import cache_for
+
+        with self._workspace_lock:
+            cache = cache_for(engine, self.workspace_cache)
+            if cache is not self.workspace_cache:
+                self.workspace_cache, self._scanned = cache, set()
+        if cache is None:
+            return None
+        for name, text in self.recent.items() if self.recent is not None else ():
+            if name != snap.name:
+                cache.update(name, text)
+        root = workspace_root(snap)
+        if root is not None:
+            with self._workspace_lock:
+                fresh = str(root) not in self._scanned
+                self._scanned.add(str(root))
+            if fresh:
+                self.pool.submit(self._read_workspace, cache, root, snap.name).add_done_callback(_log_failure)
+        return cache
+
+    def _read_workspace(self, cache: Any, root: Path, name: str) -> int:
+        """Read the workspace's files of the document's language into `cache` (a task thread)."""
+        from demi.assistant.languages import language_for
+        from demi.assistant.workspace_cache import feed_workspace
+
+        spec = language_for(name)
+        suffixes = spec.extensions if spec is not None else (Path(name).suffix,) if Path(name).suffix else ()
+        near = (root / name).parent
+        return feed_workspace(cache, root, near, suffixes, lambda p: p.relative_to(root).as_posix(), pause=0.002)
 
     # -- parsed documents ------------------------------------------------------------------------------
     #
@@ -374,6 +423,27 @@ class CompletionService:
 def _consume(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _log_failure(fut: Any) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("reading the workspace for the workspace cache failed: %s", fut.exception())
+
+
+def workspace_root(snap: Snapshot) -> Path | None:
+    """The workspace folder of a `file:` document whose prompt name is workspace-relative (see
+    `display_name`): its path less that name; None otherwise."""
+    if not snap.uri.startswith("file:") or Path(snap.name).is_absolute():
+        return None
+    from pygls.uris import to_fs_path
+
+    path = to_fs_path(snap.uri)
+    if not path:
+        return None
+    parts, rel = Path(path).parts, Path(snap.name).parts
+    if len(rel) >= len(parts) or tuple(parts[-len(rel) :]) != rel:
+        return None
+    return Path(*parts[: -len(rel)])
 
 
 def display_name(uri: str, path: str | None, root: str | None, language_id: str | None) -> str:

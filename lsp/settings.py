@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from demi.assistant.config import DEFAULT_CACHE_REUSE
+from demi.assistant.config import DEFAULT_CACHE_REUSE, DEFAULT_WORKSPACE_CACHE
 
 # Languages that are prose, not code: off unless the user turns them on (Copilot does the same).
 DEFAULT_ENABLE = {"*": True, "plaintext": False, "markdown": False, "scminput": False}
@@ -54,6 +54,9 @@ class LspSettings:
     threads: int | None = None  # torch threads for the in-process model (None: DEMI_THREADS, physical cores)
     speculate: int = 8  # speculative decoding's draft tokens per step for explain and refactor (0: off)
     cache_reuse: int = DEFAULT_CACHE_REUSE  # prefix-first FIM: shortest cached run reused shifted (0: exact)
+    # mix n-gram statistics of the open files and the workspace into the model's choices (in-process)
+    workspace_cache: bool = DEFAULT_WORKSPACE_CACHE
+    scope_bias: bool = False  # favour identifiers in scope where the model hesitates (in-process)
     max_tokens: int = 64  # new tokens for one completion
     context_tokens: int = 1024  # prompt budget for FIM
     temperature: float = 0.0
@@ -101,6 +104,8 @@ _ALIASES.update(
             "complete.max_tokens": "max_tokens",
             "complete.context_tokens": "context_tokens",
             "complete.temperature": "temperature",
+            "complete.workspace_cache": "workspace_cache",
+            "complete.scope_bias": "scope_bias",
             "explain.max_tokens": "explain_max_tokens",
             "explain.context_tokens": "explain_context_tokens",
             "explain.lead": "explain_lead",
@@ -160,6 +165,8 @@ def from_config(cfg: Any) -> LspSettings:
         max_tokens=cfg["complete.max_tokens"],
         context_tokens=cfg["complete.context_tokens"],
         temperature=cfg["complete.temperature"],
+        workspace_cache=cfg["complete.workspace_cache"],
+        scope_bias=cfg["complete.scope_bias"],
         explain_max_tokens=cfg["explain.max_tokens"],
         explain_context_tokens=cfg["explain.context_tokens"],
         explain_lead=cfg["explain.lead"],

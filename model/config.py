@@ -8,6 +8,7 @@ rotary, the norm and MLP kind, lightning layers), so one flat dataclass describe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ RESIDUAL_SCALES = (
     "mlp_alpha_factor",
     "mlp_beta_factor",
 )
+# Demi's own position option (model/xpos.py): RoPE alone, or xPos's decaying q/k scales on top of it.
+# No transformers family has xPos: its keys in config.json are read by Demi only.
+POSITION_EMBEDDINGS = ("rope", "xpos")
+XPOS_KEYS = ("position_embedding", "xpos_gamma", "xpos_scale_base", "xpos_adaptive")
+XPOS_MAX_EXPONENT = 60.0  # largest |ln| of a q or k scale a config may need (e^60 fits fp32 and bf16)
+XPOS_ADAPTIVE_SPAN = 2.0  # adaptive xPos: scale base B / span in the first layer to B * span in the last
 # StarCoder2's GELU: transformers' activation names for the two forms torch has.
 GELU_APPROXIMATIONS = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 
@@ -81,6 +88,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": linear|dynamic|yarn|llama3, ...}
     partial_rotary_factor: float = 1.0
+    position_embedding: str = "rope"  # rope | xpos (Demi's own, model/xpos.py: rope plus decaying q/k scales)
+    xpos_gamma: float = 0.4  # zeta_i = (i / (d/2) + gamma) / (1 + gamma), the paper's 0.4
+    xpos_scale_base: float = 512.0  # B in zeta^((n-m)/B), the paper's 512
+    xpos_adaptive: bool = False  # scale base growing with depth, B/2 to 2B (xpos_scale_base_at)
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
@@ -119,6 +130,7 @@ class ModelConfig:
             raise ConfigError(
                 f"hidden_act {self.hidden_act!r} is not a GELU; the GELU MLP takes " + ", ".join(GELU_APPROXIMATIONS)
             )
+        self._check_position_embedding()
         if self.layer_types is not None:
             if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - {SOFTMAX, LIGHTNING}:
                 raise ConfigError(
@@ -141,6 +153,45 @@ class ModelConfig:
         if s.get("rope_type") == "dynamic":
             return int(self.max_position_embeddings * float(s.get("factor", 1.0)))
         return self.max_position_embeddings
+
+    @property
+    def native_rotary(self) -> bool:
+        """Whether queries and keys take one and the same rotation (RoPE), as native/decode_ops.c,
+        batched decode's shared q/k pass and the ONNX graph do them. False under xPos, which scales
+        q and k apart (model/xpos.py): its layers take no native decode library and stay on torch's."""
+        return self.position_embedding == "rope"
+
+    def xpos_scale_base_at(self, layer: int) -> float:
+        """xPos's scale base in layer `layer`: `xpos_scale_base`, or with `xpos_adaptive` growing
+        geometrically with depth from B / XPOS_ADAPTIVE_SPAN to B * XPOS_ADAPTIVE_SPAN (model/xpos.py)."""
+        last = self.num_hidden_layers - 1
+        if not self.xpos_adaptive or last < 1:
+            return float(self.xpos_scale_base)
+        return float(self.xpos_scale_base) * XPOS_ADAPTIVE_SPAN ** (2 * layer / last - 1)
+
+    def _check_position_embedding(self) -> None:
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ConfigError(
+                f"unknown position_embedding {self.position_embedding!r}; expected " + " or ".join(POSITION_EMBEDDINGS)
+            )
+        if self.position_embedding != "xpos":
+            return
+        if not (self.xpos_gamma > 0 and self.xpos_scale_base > 0 and self.rotary_dim >= 2):
+            raise ConfigError(
+                f"xPos needs xpos_gamma > 0, xpos_scale_base > 0 and rotary dims; got gamma {self.xpos_gamma}, "
+                f"scale base {self.xpos_scale_base}, {self.rotary_dim} rotary dims"
+            )
+        # the largest exponent: half the context (positions count from its centre) at the smallest
+        # zeta, gamma / (1 + gamma), and the smallest scale base (the first layer's when adaptive)
+        per_token = -math.log(self.xpos_gamma / (1 + self.xpos_gamma)) / self.xpos_scale_base_at(0)
+        if (self.context_limit // 2) * per_token > XPOS_MAX_EXPONENT:
+            fits = 2 * int(XPOS_MAX_EXPONENT / per_token)
+            needed = math.ceil(self.xpos_scale_base * self.context_limit / fits)
+            raise ConfigError(
+                f"xPos with scale base {self.xpos_scale_base:g}{' (adaptive)' if self.xpos_adaptive else ''} and "
+                f"gamma {self.xpos_gamma:g} stays in float range for {fits:,} positions, not {self.context_limit:,}; "
+                f"raise xpos_scale_base to {needed} or shorten the context"
+            )
 
     @property
     def is_moe(self) -> bool:
@@ -211,17 +262,11 @@ class ModelConfig:
         if mt in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
             sliding = None
         moe = mt in ("mixtral", "minimax_m2", "minimax")
-        hybrid = {}
-        if mt == "minimax":
-            types = raw.get("layer_types") or [
-                SOFTMAX if i % 2 == 0 else LIGHTNING for i in range(int(raw["num_hidden_layers"]))
-            ]  # transformers' default when config.json has none
-            hybrid = dict(
-                layer_types=list(types),
-                lightning_block=int(raw.get("block_size", 256)),
-                postnorm=True,
-                residual_scales={k: float(raw.get(k, 1.0)) for k in RESIDUAL_SCALES},
-            )
+        layer_types, scales = None, None
+        if mt == "minimax":  # without layer_types, transformers' default: softmax on even layers
+            default = [SOFTMAX if i % 2 == 0 else LIGHTNING for i in range(int(raw["num_hidden_layers"]))]
+            layer_types = list(raw.get("layer_types") or default)
+            scales = {k: float(raw.get(k, 1.0)) for k in RESIDUAL_SCALES}
         return cls(
             model_type=mt,
             vocab_size=int(raw["vocab_size"]),
@@ -254,12 +299,26 @@ class ModelConfig:
             pad_token_id=raw.get("pad_token_id"),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
             quantization_config=raw.get("quantization_config"),
-            **hybrid,
+            **_own_position_fields(raw),
+            layer_types=layer_types,
+            lightning_block=int(raw.get("block_size", 256)) if mt == "minimax" else 256,
+            postnorm=mt == "minimax",
+            residual_scales=scales,
         )
 
-    def to_hf(self) -> dict[str, Any]:
-        """A `config.json` that transformers loads as the same model (or a ConfigError if none can)."""
+    def to_hf(self, transformers_only: bool = False) -> dict[str, Any]:
+        """A `config.json` that transformers loads as the same model (or a ConfigError if none can).
+
+        Demi's own switches (xPos: XPOS_KEYS) go beside the family's keys, so Demi's checkpoints keep
+        them; transformers ignores keys it does not know and would run such a model as plain RoPE.
+        `transformers_only` asks for a config transformers itself runs as this model: one with a
+        switch of Demi's own is then refused like any switch the family lacks."""
         mt = self.model_type
+        if transformers_only and not self.native_rotary:
+            raise ConfigError(
+                f"this {mt} config cannot be written as a transformers config.json: xPos "
+                f'(position_embedding="{self.position_embedding}") is Demi\'s own; no transformers family has it'
+            )
         fixed = {
             "qwen2": (self.qkv_bias and not self.o_bias, "qwen2 always has q/k/v bias and no o bias"),
             "qwen3": (self.qk_norm == "head", "qwen3 always has per-head QK norm"),
@@ -344,6 +403,8 @@ class ModelConfig:
             out.update(use_qk_norm=self.qk_norm == "whole", use_routing_bias=self.routing_bias, scoring_func="sigmoid")
         if self.quantization_config:
             out["quantization_config"] = self.quantization_config
+        if not self.native_rotary:
+            out.update({k: getattr(self, k) for k in XPOS_KEYS})
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -352,6 +413,21 @@ class ModelConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def _own_position_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """Demi's own position keys (xPos) from a config.json Demi wrote, checked by `ModelConfig`."""
+    out: dict[str, Any] = {}
+    if "position_embedding" in raw:
+        out["position_embedding"] = str(raw["position_embedding"])
+    for key in ("xpos_gamma", "xpos_scale_base"):
+        if key in raw:
+            out[key] = float(raw[key])
+    if "xpos_adaptive" in raw:
+        if not isinstance(raw["xpos_adaptive"], bool):
+            raise ConfigError(f"xpos_adaptive must be true or false, got {raw['xpos_adaptive']!r}")
+        out["xpos_adaptive"] = raw["xpos_adaptive"]
+    return out
 
 
 def load_config(model_dir: str | Path) -> ModelConfig:

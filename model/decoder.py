@@ -12,6 +12,7 @@ blocks (MiniMax-Text-01, lightning.py and minimax.py).
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from demi.model.config import ModelConfig
 from demi.model.lightning import LightningAttention, LightningState
 from demi.model.rope import RotaryTable, apply_rotary
 from demi.model.starcoder2 import GeluMLP, layer_norm
+from demi.model.xpos import layer_xpos
 
 
 class RMSNorm(nn.Module):
@@ -132,7 +134,8 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.window = cfg.sliding_window
-        self.step_lib: ctypes.CDLL | None = None  # native decode attention (decode_ops.py)
+        self.xpos = layer_xpos(cfg, layer)  # xPos's q and k scales on top of RoPE (xpos.py), else None
+        self.step_lib = None  # native decode attention (decode_ops.py)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         self.projections(cfg.hidden_size, q_dim, kv_dim, cfg.qkv_bias)
@@ -144,6 +147,16 @@ class Attention(nn.Module):
         elif cfg.qk_norm == "whole":
             self.q_norm = RMSNorm(q_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(kv_dim, cfg.rms_norm_eps)
+
+    @property
+    def step_lib(self) -> ctypes.CDLL | None:
+        """The native library this layer decodes with (`decode_ops.attach` arms it). An xPos layer
+        takes none: native/decode_ops.c gives q and k one rotation, xPos scales them apart."""
+        return self._step_lib
+
+    @step_lib.setter
+    def step_lib(self, lib: ctypes.CDLL | None) -> None:
+        self._step_lib = lib if self.xpos is None else None
 
     def projections(self, hidden: int, q_dim: int, kv_dim: int, bias: bool) -> None:
         self.q_proj = nn.Linear(hidden, q_dim, bias=bias)
@@ -167,6 +180,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Mask, cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x, cos, sin)
+        if self.xpos is not None:  # keys enter the cache scaled at their own positions
+            q, k = self.xpos(q, k, start)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
         gqa = self.n_kv != self.n_heads
@@ -317,6 +332,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
         self.rotary: RotaryTable | None = None
+        self.decode_stack: Any = None  # decode_stack.DecodeStack: a lone decode step in one native call
 
     @property
     def device(self) -> torch.device:
@@ -354,6 +370,12 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(tokens)
         cos, sin = self.rotary_table(x.device).lookup(start, t, x.device)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once per forward, not per layer
+        stack = self.decode_stack
+        if t == 1 and stack is not None and cache is not None and router_logits is None and tokens.shape[0] == 1:
+            if decode_ops_ready(x) and stack.usable(cache):  # a lone decode step, bit for bit the layers'
+                x = stack.step(x, start, cos, sin, cache)
+                cache.length = start + 1
+                return self.model.norm(x)
         window = self.config.sliding_window
         mask: Mask
         if rowwise and cache is not None and t > 1:

@@ -9,6 +9,8 @@ again when a model is saved (`unfuse_state_dict`).
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from demi.model import decode_ops
 from demi.model.config import ModelConfig
 from demi.model.decoder import MLP, Attention, Block, KVCache, Mask, Transformer, decode_ops_ready
+from demi.model.quantize import DECODE_ROWS
 from demi.model.rope import apply_rotary
 
 # fused name: the separate projections it concatenates, in row order
@@ -63,9 +66,19 @@ class FusedMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=bias)
         self.down_proj = nn.Linear(inter, hidden, bias=bias)
+        self.step_lib: ctypes.CDLL | None = None  # native SiLU for decode-sized rows (decode_stack.arm)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        rows = gate_up.numel() // gate_up.shape[-1]
+        if self.step_lib is not None and rows <= DECODE_ROWS and decode_ops_ready(gate_up):
+            # every decode path (a lone step in decode_stack's C, a batch, a speculative check) takes
+            # the same SiLU, so they agree bit for bit
+            gate_up = gate_up.contiguous()
+            act = torch.empty(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
+            self.step_lib.demi_silu_mul(gate_up.data_ptr(), rows, act.shape[-1], act.data_ptr())
+            return self.down_proj(act)
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

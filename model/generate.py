@@ -19,12 +19,18 @@ With `Run.batch` (continuous batching, see batch.py), `generate` does not run it
 steps itself: it yields a `batch.DecodeStep` and the driver sends back that step's logits, computed
 together with other sequences' steps (`batch.decode_batch`). Prefill and speculative verification
 passes stay the run's own. Without it (the default) the loop is the plain one.
+
+With `GenerationRequest.mix` (a caller's priors, e.g. the session layer's workspace n-gram cache),
+each next-token distribution is mixed with the distributions the hook returns for the tokens made
+so far (`apply_priors`: p = (1 - w) p_model + w p_prior), before sampling or argmax. A request with
+a hook does not speculate (drafts would be checked against the model alone); batch mode applies it
+as the plain loop does. A hook that returns nothing leaves the logits as they were, bit for bit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Set
+from collections.abc import Callable, Generator, Sequence, Set
 from dataclasses import dataclass, field
 
 import torch
@@ -120,6 +126,22 @@ class Sampling:
         return self.temperature < MIN_TEMPERATURE
 
 
+@dataclass(frozen=True)
+class Prior:
+    """A distribution over a few token ids to mix into the model's next-token distribution:
+    p = (1 - weight) p_model + weight p_prior, applied only where the model's most likely token has
+    a probability below `below` (1.0: always; lower: only where the model hesitates)."""
+
+    ids: Sequence[int]
+    probs: Sequence[float]  # over `ids`, summing to 1
+    weight: float  # in [0, 1]
+    below: float = 1.0
+
+
+# A request's hook: the output's token ids so far -> the priors for the next token (empty: none).
+Mix = Callable[[Sequence[int]], Sequence[Prior]]
+
+
 @dataclass
 class GenerationRequest:
     """Everything one generation needs, in one value: what the model runner queues and the
@@ -138,6 +160,9 @@ class GenerationRequest:
     # reuse cached runs of at least this many tokens found later in the prompt, moved and re-rotated
     # (an approximation, see prefix_cache.py; for prefix-first FIM while typing); 0 = exact reuse only
     cache_shift: int = 0
+    # priors mixed into each next-token distribution, from the tokens made so far (see `apply_priors`);
+    # called on the model thread once per decoded token; a request with one does not speculate
+    mix: Mix | None = None
 
 
 @dataclass
@@ -236,13 +261,50 @@ def accept_draft(logits: Tensor, draft: int, s: Sampling, generator: torch.Gener
     return False, int(torch.multinomial(probs, 1, generator=generator).item())
 
 
+def apply_priors(logits: Tensor, priors: Sequence[Prior], keep: Tensor | None = None) -> Tensor:
+    """Logits [1, V] with `priors` mixed in, in order, as log-probabilities: log((1 - w) p + w q) for
+    each prior's (q, w); `logits` itself when none applies (no prior, zero weights, or the model
+    sure enough for each prior's `below`).
+
+    The ids in `keep` (the run's stop tokens) keep the model's probability: a prior says what text
+    comes next, not whether the answer ends here, so it shares out only the rest of the mass
+    (p'(x) = (1 - w) p(x) + w (1 - p_stop) q(x), p'(stop) = p(stop))."""
+    probs: Tensor | None = None
+    for prior in priors:
+        if prior.weight <= 0.0 or not prior.ids:
+            continue
+        current = probs if probs is not None else logits.float().softmax(-1)
+        if prior.below < 1.0 and float(current.max()) >= prior.below:
+            continue
+        ids = torch.tensor(list(prior.ids), dtype=torch.long, device=logits.device)
+        q = torch.tensor(list(prior.probs), dtype=current.dtype, device=logits.device)
+        weight = min(1.0, float(prior.weight))
+        mixed = current * (1.0 - weight)
+        share = torch.full_like(current[..., :1], weight)
+        if keep is not None and keep.numel():
+            kept = current.index_select(-1, keep)
+            mixed.index_copy_(-1, keep, kept)
+            share = share * (1.0 - kept.sum(-1, keepdim=True))
+        probs = mixed.index_add_(-1, ids, q * share)
+    return logits if probs is None else probs.log()
+
+
 def next_token(
-    logits: Tensor, seen: Tensor, s: Sampling, generator: torch.Generator | None, constraint: ForcedPrefix | None
+    logits: Tensor,
+    seen: Tensor,
+    s: Sampling,
+    generator: torch.Generator | None,
+    constraint: ForcedPrefix | None,
+    priors: Sequence[Prior] = (),
+    keep: Tensor | None = None,
 ) -> Tensor:
     """Next token [B] from last-position logits [B, V]: the repetition penalty over `seen`, the
-    healing constraint's mask, then `sample_next`."""
+    `priors` (`apply_priors`, the ids in `keep` left alone), the healing constraint's mask, then
+    `sample_next`."""
     if s.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
+    if priors:
+        logits = apply_priors(logits, priors, keep)
     allowed = constraint.mask(logits.shape[-1], logits.device) if constraint is not None else None
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
@@ -312,16 +374,20 @@ def generate(
             yield None
             if reason := run.interrupted(request.cancel):
                 return reason
-    run.speculate = max(0, request.speculate) if s.repetition_penalty == 1.0 else 0
+    run.speculate = max(0, request.speculate) if s.repetition_penalty == 1.0 and request.mix is None else 0
     if (rows := max_verify_rows(model)) is not None:
         run.speculate = min(run.speculate, rows - 1)
     if run.speculate > 0:
         return (yield from _decode_speculative(model, request, run, cache, logits, seen, generator, end))
+    keep = None  # the stop tokens, whose probability priors leave alone (see `apply_priors`)
+    if request.mix is not None:
+        keep = torch.tensor(sorted(run.stop_ids), dtype=torch.long, device=model.device)
     for pos in range(len(ids), end):
         run.steps += pos > len(ids)
         if reason := run.interrupted(request.cancel):
             return reason
-        nxt = next_token(logits, seen, s, generator, run.constraint)
+        priors = request.mix(run.tokens) if request.mix is not None else ()
+        nxt = next_token(logits, seen, s, generator, run.constraint, priors, keep)
         token = int(nxt.item())  # the one host round-trip per token: the stream needs the id
         if run.constraint is not None:
             run.constraint.advance(token)

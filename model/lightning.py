@@ -110,16 +110,17 @@ def absorb_blocks(
     return (torch.cat(outs, dim=2) if q is not None else None), kv
 
 
-def absorb_steps(q: Tensor | None, k: Tensor, v: Tensor, kv: Tensor, s: Tensor) -> tuple[Tensor | None, Tensor]:
-    """The recurrence token by token (a decode step's math): outputs [B, H, T, D] (None without q)
-    and the state after the T tokens."""
-    decay = torch.exp(-s)[:, None, None]
+def absorb_steps(q: Tensor | None, k: Tensor, v: Tensor, kv: Tensor, decay: Tensor) -> tuple[Tensor | None, Tensor]:
+    """The recurrence token by token (a decode step's math) with `decay` = exp(-s) [H, 1, 1]:
+    outputs [B, H, T, D] (None without q) and the state after the T tokens."""
     outs = []
     for t in range(k.shape[2]):
         kv = decay * kv + k[:, :, t : t + 1].transpose(-1, -2) @ v[:, :, t : t + 1]
         if q is not None:
             outs.append(q[:, :, t : t + 1] @ kv)
-    return (torch.cat(outs, dim=2) if q is not None else None), kv
+    if q is None:
+        return None, kv
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), kv
 
 
 class LightningAttention(nn.Module):
@@ -136,33 +137,34 @@ class LightningAttention(nn.Module):
         self.output_gate = nn.Linear(cfg.hidden_size, inner, bias=False)
         self.norm = nn.RMSNorm(inner, eps=NORM_EPS)
         self.out_proj = nn.Linear(inner, cfg.hidden_size, bias=False)
-        self._slopes: Tensor | None = None
+        self._slopes: tuple[Tensor, Tensor] | None = None
 
-    def slopes(self, device: torch.device) -> Tensor:
-        if self._slopes is None or self._slopes.device != device:
-            self._slopes = slopes(self.n_heads, self.layer, self.layers).to(device)
+    def slopes(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """This layer's slopes s [H] and per-token decay exp(-s) [H, 1, 1] on `device` (made once)."""
+        if self._slopes is None or self._slopes[0].device != device:
+            s = slopes(self.n_heads, self.layer, self.layers).to(device)
+            self._slopes = s, torch.exp(-s)[:, None, None]
         return self._slopes
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Mask, cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
         qkv = F.silu(self.qkv_proj(x)).view(b, t, self.n_heads, 3, self.head_dim).float()
         q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # [B, H, T, D]
-        s = self.slopes(x.device)
+        s, decay = self.slopes(x.device)
         state = None if cache is None else cache.states[self.layer]
         if state is None:  # no cache: the whole sequence from nothing
             out, _ = absorb_blocks(q, k, v, q.new_zeros(b, self.n_heads, self.head_dim, self.head_dim), s, self.block)
             assert out is not None
         else:
-            out = self._pass(state, q, k, v, s, start, stepwise=t == 1 or isinstance(mask, list))
+            out = self._pass(state, q, k, v, start, stepwise=t == 1 or isinstance(mask, list))
         y = self.norm(out.transpose(1, 2).reshape(b, t, -1).to(x.dtype))
         return self.out_proj(torch.sigmoid(self.output_gate(x)) * y)
 
-    def _pass(
-        self, state: LightningState, q: Tensor, k: Tensor, v: Tensor, s: Tensor, start: int, stepwise: bool
-    ) -> Tensor:
+    def _pass(self, state: LightningState, q: Tensor, k: Tensor, v: Tensor, start: int, stepwise: bool) -> Tensor:
         """Outputs for tokens at start.. with `state` brought to `start` first and left after them,
         keeping the last REWIND_ROWS rows as its tail."""
         self.resume(state, start)
+        s, decay = self.slopes(q.device)
         t = q.shape[2]
         head = max(0, t - REWIND_ROWS)
         outs, kv = [], state.kv
@@ -172,13 +174,15 @@ class LightningAttention(nn.Module):
             if hi == t:
                 state.before, state.tail_start = kv, start + lo
             if stepwise:
-                out, kv = absorb_steps(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], kv, s)
+                out, kv = absorb_steps(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], kv, decay)
             else:
                 out, kv = absorb_blocks(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], kv, s, self.block)
             assert out is not None
             outs.append(out)
         state.kv, state.length, state.stepwise = kv, start + t, stepwise
         state.keys, state.values = k[:, :, head:], v[:, :, head:]
+        if head:  # a copy: views would keep the whole pass's projections alive
+            state.keys, state.values = state.keys.clone(), state.values.clone()
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def resume(self, state: LightningState, start: int) -> None:
@@ -194,9 +198,10 @@ class LightningAttention(nn.Module):
                 f"{state.tail_start}; it cannot continue from token {start}"
             )
         n = start - state.tail_start
-        keys, values, s = state.keys[:, :, :n], state.values[:, :, :n], self.slopes(state.kv.device)
+        keys, values = state.keys[:, :, :n], state.values[:, :, :n]
+        s, decay = self.slopes(state.kv.device)
         if state.stepwise:
-            _, state.kv = absorb_steps(None, keys, values, state.before, s)
+            _, state.kv = absorb_steps(None, keys, values, state.before, decay)
         else:
             _, state.kv = absorb_blocks(None, keys, values, state.before, s, self.block)
         state.keys, state.values, state.length = keys, values, start

@@ -38,12 +38,12 @@ from torch import Tensor, nn
 
 from demi.model.checkpoint import iter_tensors, read_index
 from demi.model.config import ModelConfig
-from demi.model.decoder import Transformer
+from demi.model.decoder import Attention, Block, MoE, RMSNorm, Transformer
 from demi.model.errors import CheckpointError, DemiUserError
 from demi.model.loading import _IGNORED_SUFFIXES, checked_config, load_model
 from demi.model.minimax import MiniMaxBlock
 from demi.model.quantize import dequantize_int4, unpack_nibbles
-from demi.model.rope import apply_rotary, inv_frequencies
+from demi.model.rope import inv_frequencies
 from demi.progress import report
 
 log = logging.getLogger("demi.model")
@@ -53,7 +53,13 @@ MIN_OPSET = 17
 FP32_FILE, INT8_FILE, MANIFEST = "model.onnx", "model.int8.onnx", "onnx.json"
 EXTRA_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 MISSING_EXTRA = "ONNX export and onnxruntime need the onnx extra: pip install 'demi[onnx]' ({})"
-COPIED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja")
+COPIED_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 EXPORT_STAGE, QUANTIZE_STAGE = "exporting to ONNX (fp32)", "quantizing the ONNX graph to int8"
 
 
@@ -84,7 +90,10 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
 
 
 class OnnxDecoder(nn.Module):
-    """The export-friendly forward of a float `Transformer` (see the module docstring)."""
+    """The export-friendly forward of a float `Transformer` (see the module docstring); it switches the
+    model's native inference ops off, so the model is the export's alone."""
+
+    inv_freq: Tensor  # a buffer (register_buffer)
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -99,8 +108,11 @@ class OnnxDecoder(nn.Module):
         self.dynamic = scaling.get("rope_type") == "dynamic"
         self.factor = float(scaling.get("factor", 1.0))
         self.window = cfg.sliding_window
+        # The head as its own [H, V] weight, tied or not: a MatMul on an initializer of its own, which
+        # quantize_dynamic quantizes (a tied head reads the embedding through a Transpose it skips).
+        self.head_t = nn.Parameter(model.lm_head.weight.detach().t().contiguous(), requires_grad=False)
         for module in model.modules():  # torch's ops only: native kernels cannot be traced
-            if hasattr(module, "step_lib"):
+            if isinstance(module, (RMSNorm, Attention)):
                 module.step_lib = None
 
     def rotary(self, start: Tensor, count: int) -> tuple[Tensor, Tensor]:
@@ -139,14 +151,16 @@ class OnnxDecoder(nn.Module):
         mask = self.mask(start, t, total, x.dtype)
         presents: list[Tensor] = []
         for i, block in enumerate(model.model.layers):
+            assert isinstance(block, Block)
             x = self.block(block, x, cos, sin, mask, past[2 * i], past[2 * i + 1], presents)
-        logits = model.lm_head(model.model.norm(x))
+        logits = torch.matmul(model.model.norm(x), self.head_t)
         return (logits, *presents)
 
     def block(
-        self, block: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pk: Tensor, pv: Tensor, out: list
+        self, block: Block, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pk: Tensor, pv: Tensor, out: list
     ) -> Tensor:
         h = block.input_layernorm(x)
+        assert isinstance(block.self_attn, Attention)  # lightning layers are refused (`refusal`)
         attn = self.attention(block.self_attn, h, cos, sin, mask, pk, pv, out)
         if isinstance(block, MiniMaxBlock):  # post-norm, weighted residuals (minimax.py)
             x = h * block.attn_alpha + attn * block.attn_beta
@@ -156,7 +170,7 @@ class OnnxDecoder(nn.Module):
         return x + self.feed_forward(block, block.post_attention_layernorm(x))
 
     def attention(
-        self, attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pk: Tensor, pv: Tensor, out: list
+        self, attn: Attention, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pk: Tensor, pv: Tensor, out: list
     ) -> Tensor:
         b, t, _ = x.shape
         q, k, v = attn.qkv(x, cos, sin)  # [B, heads, T, D], QK-normed and rotated (fused or not)
@@ -171,10 +185,10 @@ class OnnxDecoder(nn.Module):
         y = torch.matmul(torch.softmax(scores, dim=-1), v)
         return attn.o_proj(y.transpose(1, 2).reshape(b, t, heads * d))
 
-    def feed_forward(self, block: nn.Module, h: Tensor) -> Tensor:
+    def feed_forward(self, block: Block, h: Tensor) -> Tensor:
         if not block.is_moe:
             return block.mlp(h)
-        moe = block.block_sparse_moe
+        moe: MoE = block.block_sparse_moe
         flat = h.reshape(-1, h.shape[-1])
         weights, idx, _ = moe.route(flat)
         dense = torch.zeros(flat.shape[0], len(moe.experts), dtype=flat.dtype, device=flat.device)
@@ -197,7 +211,9 @@ def float_model(model_dir: Path) -> Transformer:
     for name in [n for n in state if n.endswith(".weight_scale")]:
         base = name[: -len("_scale")]
         q, scale, zero = state.pop(base), state.pop(name), state.pop(base + "_zero", None)
-        state[base] = q.float() * scale.float()[:, None] if zero is None else dequantize_int4(unpack_nibbles(q), scale, zero)
+        state[base] = (
+            q.float() * scale.float()[:, None] if zero is None else dequantize_int4(unpack_nibbles(q), scale, zero)
+        )
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = model.state_dict()
@@ -221,10 +237,17 @@ def example_inputs(cfg: ModelConfig, tokens: int = 3, past: int = 2) -> tuple[Te
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The exporter's progress prints and warnings kept off stdout (`--json` prints one object there)."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """The exporter's and the quantizer's chatter kept off the user's terminal: progress prints (off
+    stdout, where `--json` prints one object), Python warnings and log warnings (torch.onnx's missing
+    torchvision, onnxruntime's advice to pre-process)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def export_decoder(model: Transformer, path: Path, opset: int = OPSET) -> None:
@@ -285,15 +308,23 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = True, o
     started = time.perf_counter()
     report(EXPORT_STAGE, 0, 1)
     model = float_model(model_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_decoder(model, out_dir / FP32_FILE, opset)
-    report(EXPORT_STAGE, 1, 1)
     files = {"fp32": FP32_FILE}
-    if int8:
-        report(QUANTIZE_STAGE, 0, 1)
-        quantize_int8(out_dir / FP32_FILE, out_dir / INT8_FILE)
-        files["int8"] = INT8_FILE
-        report(QUANTIZE_STAGE, 1, 1)
+    try:
+        export_decoder(model, out_dir / FP32_FILE, opset)
+        report(EXPORT_STAGE, 1, 1)
+        if int8:
+            report(QUANTIZE_STAGE, 0, 1)
+            quantize_int8(out_dir / FP32_FILE, out_dir / INT8_FILE)
+            files["int8"] = INT8_FILE
+            report(QUANTIZE_STAGE, 1, 1)
+    except BaseException:  # nothing half-written left behind (the directory was new or empty)
+        for path in out_dir.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if created:
+            out_dir.rmdir()
+        raise
     inputs, outputs = io_names(cfg.num_hidden_layers)
     manifest = {
         "format": "demi-onnx-decoder",

@@ -13,7 +13,9 @@ its new place and its keys re-rotated to their new positions (`rope.shift_keys`)
 `--cache-reuse` does, instead of being recomputed. That is an approximation: those keys and
 values were computed against the old text before them. `Slot.drift` counts the tokens that have
 changed ahead of such rows since they were last computed exactly; past `shift_drift` the rows
-are recomputed, which bounds the error.
+are recomputed, which bounds the error. Keys that a rotation cannot move (dynamic NTK, or xPos
+whose keys also carry a scale of their position, model/xpos.py: `rope.shifts_exactly`) are never
+shifted, whatever `shift_keys` the caller passes.
 
 A hybrid model's lightning layers (lightning.py) hold one state per slot, not a row per token: a
 slot is reused only when the prompt goes on from where that state is (or from within its last
@@ -30,6 +32,7 @@ import torch
 
 from demi.model.config import ModelConfig
 from demi.model.decoder import KVCache
+from demi.model.rope import shifts_exactly
 
 # tokens changed ahead of shifted rows before they are recomputed (see the module docstring)
 SHIFT_DRIFT = 64
@@ -99,7 +102,8 @@ class PrefixCache:
         self.slots: list[Slot] = []
         self._clock = 0
         self._lock = threading.Lock()
-        self.shift_keys, self.shift_drift = shift_keys, shift_drift
+        self.shift_keys = shift_keys if shifts_exactly(cfg) else None
+        self.shift_drift = shift_drift
 
     def acquire(
         self, ids: list[int], keep: Callable[[int], int] | None = None, shift_min: int = 0

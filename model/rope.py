@@ -129,13 +129,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 def shifts_exactly(cfg: ModelConfig) -> bool:
     """Whether cached keys can be moved to other positions by one more rotation: every scaling but
-    dynamic NTK, whose frequencies change with the sequence length."""
+    dynamic NTK, whose frequencies change with the sequence length, and not under xPos, whose keys
+    also carry a scale of their position (model/xpos.py) that a rotation does not move."""
+    if not cfg.native_rotary:
+        return False
     return (cfg.rope_scaling or {}).get("rope_type", "default") != "dynamic"
 
 
 def shift_keys(cfg: ModelConfig, k: torch.Tensor, delta: int) -> torch.Tensor:
     """Keys [..., T, D] rotated at position p, as if rotated at p + delta: rotations add up, so
     one more rotation by delta (without YaRN's attention factor, already in the keys) moves them."""
+    if not shifts_exactly(cfg):
+        raise ConfigError("cached keys of this model cannot be moved by a rotation (dynamic NTK, xPos); recompute them")
     inv_freq, _ = inv_frequencies(cfg)
     angles = (float(delta) * inv_freq.to(k.device))[None, :]
     emb = torch.cat((angles, angles), dim=-1)

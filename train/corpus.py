@@ -1,12 +1,14 @@
 """Training corpora: sources of files, read with clear errors, deduplicated, split and recorded.
 
 A `Source` is a set of files under one license: a directory the user names, CPython's
-standard library, or one installed distribution in a site-packages directory (its files from the
-dist-info RECORD, its license from METADATA). `build_corpus` reads every file, drops what is not
-usable text (unreadable or binary files are an error unless `on_bad="skip"`; files too large or
-that look generated are always skipped, and recorded), removes exact and near duplicates, splits
-off held-out files by a hash of their path, and returns the documents and a manifest: package,
-version, license, files and (once tokenized) tokens per source, plus what was left out and why.
+standard library, one installed distribution in a site-packages directory (its files from the
+dist-info RECORD, its license from METADATA), or one package fetched from a registry
+(`registry.py`). `build_corpus` reads every file, drops what is not usable text (unreadable or
+binary files are an error unless `on_bad="skip"`; files too large or that look generated are
+always skipped, and recorded), removes exact and near duplicates, splits off held-out files by a
+hash of their path (or whole packages: `heldout_by="package"`), and returns the documents and a
+manifest: package, version, license, files and (once tokenized) tokens per source, the license
+check in numbers, plus what was left out and why.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class Source:
     license: License
     root: Path
     files: list[Path]
-    kind: str = "directory"  # directory | stdlib | distribution
+    kind: str = "directory"  # directory | stdlib | distribution | pypi | npm (registry.py)
 
 
 @dataclass
@@ -87,7 +89,8 @@ class Corpus:
 # -- sources ----------------------------------------------------------------------------------------
 
 
-def _walk(root: Path, extensions: Sequence[str]) -> list[Path]:
+def source_files(root: Path, extensions: Sequence[str]) -> list[Path]:
+    """Files with those extensions below `root`, sorted, outside caches, VCS and build folders."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
@@ -113,7 +116,7 @@ def directory_source(
         files = [root.resolve()]
         root = root.parent
     else:
-        files = [p.resolve() for p in _walk(root, extensions)]
+        files = [p.resolve() for p in source_files(root, extensions)]
     lic = named(license) if license else from_license_file(root)
     return Source(name or root.resolve().name, version, lic, root.resolve(), files)
 
@@ -126,7 +129,7 @@ def stdlib_source() -> Source:
         platform.python_version(),
         License("PSF-2.0", "PSF-2.0", True),
         root,
-        [p.resolve() for p in _walk(root, (".py",))],
+        [p.resolve() for p in source_files(root, (".py",))],
         kind="stdlib",
     )
 
@@ -190,6 +193,22 @@ def read_source_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str:
     return text
 
 
+HELDOUT_UNITS = ("file", "package")
+
+
+def split_unit(doc: Document, kind: str, heldout_by: str = "file") -> str:
+    """What the held-out split draws for a document: the file itself, or (`heldout_by="package"`)
+    its package, so held-out code is code no training file shares a package with: a distribution
+    or registry package whole, and for the standard library or a directory its top-level module
+    or folder."""
+    if heldout_by == "file":
+        return doc.key
+    if kind in ("stdlib", "directory"):
+        top = doc.path.split("/", 1)[0]
+        return f"{doc.source}/{top.removesuffix('.py')}/"
+    return f"{doc.source}/"
+
+
 def is_heldout(key: str, fraction: float, seed: int = 0) -> bool:
     """A file's split, from a hash of its name: stable when other files come and go."""
     if fraction <= 0:
@@ -212,21 +231,28 @@ def build_corpus(
     max_bytes: int = MAX_FILE_BYTES,
     max_source_bytes: dict[str, int] | int | None = None,
     max_skipped_listed: int = 200,
+    heldout_by: str = "file",
 ) -> Corpus:
     """Read, filter, deduplicate and split; see the module docstring. Raises CorpusError when
     nothing usable is left, with the reason.
 
     `max_source_bytes` caps what one source contributes (an int for every source, or a dict by
     source name with "*" for the rest), so one huge package cannot dominate the mixture; the
-    files kept are chosen by a hash of their name, so the choice is stable."""
+    files kept are chosen by a hash of their name, so the choice is stable.
+
+    `heldout_by` "package" holds out whole packages (`split_unit`) instead of single files: a
+    held-out file then has no sibling in training, as code the model meets later has none."""
     if on_bad not in ("error", "skip"):
         raise ValueError("on_bad must be 'error' or 'skip'")
+    if heldout_by not in HELDOUT_UNITS:
+        raise CorpusError(f"the held-out split is by {' or '.join(HELDOUT_UNITS)}, not {heldout_by!r}")
     if not 0 <= heldout_fraction < 1:
         raise CorpusError("the held-out fraction must be in [0, 1)")
     entries: list[dict[str, Any]] = []
     docs: list[Document] = []
     skipped: list[dict[str, str]] = []
     seen_keys: set[str] = set()
+    kinds: dict[str, str] = {}
     for src in sources:
         entry = {
             "name": src.name,
@@ -245,6 +271,10 @@ def build_corpus(
             "excluded": None,
         }
         entries.append(entry)
+        if src.name in kinds:
+            entry["excluded"] = "an earlier source has the same name"
+            continue
+        kinds[src.name] = src.kind
         if permissive_only and not src.license.permissive:
             entry["excluded"] = f"license {src.license.spdx!r} is not permissive"
             continue
@@ -286,11 +316,14 @@ def build_corpus(
     capped: dict[str, int] = {}
     if max_source_bytes:
         kept, capped = _cap_sources(kept, max_source_bytes, seed)
-    train = [d for d in kept if not is_heldout(d.key, heldout_fraction, seed)]
-    heldout = [d for d in kept if is_heldout(d.key, heldout_fraction, seed)]
+    units = {d.key: split_unit(d, kinds[d.source], heldout_by) for d in kept}
+    train = [d for d in kept if not is_heldout(units[d.key], heldout_fraction, seed)]
+    heldout = [d for d in kept if is_heldout(units[d.key], heldout_fraction, seed)]
     if not train:
         raise CorpusError("every file landed in the held-out split; use a smaller held-out fraction")
-    by_source = {e["name"]: e for e in entries}
+    by_source: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        by_source.setdefault(e["name"], e)
     for d in kept:
         by_source[d.source]["files"] += 1
         by_source[d.source]["bytes"] += len(d.text.encode("utf-8", "surrogatepass"))
@@ -303,6 +336,8 @@ def build_corpus(
         "heldout_files": len(heldout),
         "heldout_fraction": heldout_fraction,
         "heldout": sorted(d.key for d in heldout),
+        "heldout_by": heldout_by,
+        "heldout_units": sorted({units[d.key] for d in heldout}) if heldout_by == "package" else [],
         "bytes": sum(e["bytes"] for e in entries),
         "dedup": {
             "exact_removed": len(result.exact),
@@ -314,10 +349,29 @@ def build_corpus(
         "skipped": skipped[:max_skipped_listed],
         "skipped_count": len(skipped),
         "permissive_only": permissive_only,
+        "licenses": license_counts(entries),
         "shippable": all(e["license"]["permissive"] for e in used),
         "seed": seed,
     }
     return Corpus(train, heldout, manifest)
+
+
+def license_counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The license check in numbers: sources used and excluded, and files per license."""
+    used = [e for e in entries if e["files"]]
+    refused: dict[str, int] = {}
+    for e in entries:
+        if not e["license"]["permissive"] and not e["files"]:
+            refused[e["license"]["spdx"]] = refused.get(e["license"]["spdx"], 0) + 1
+    files: dict[str, int] = {}
+    for e in used:
+        files[e["license"]["spdx"]] = files.get(e["license"]["spdx"], 0) + e["files"]
+    return {
+        "sources_used": len(used),
+        "sources_excluded": sum(1 for e in entries if e["excluded"]),
+        "excluded_by_license": dict(sorted(refused.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "files_by_license": dict(sorted(files.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
 
 
 def _cap_sources(docs: list[Document], limit: dict[str, int] | int, seed: int) -> tuple[list[Document], dict[str, int]]:

@@ -15,6 +15,7 @@ the sample structure (see `fim.py`).
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -181,7 +182,9 @@ class PackedData:
             groups.setdefault(self._group(d), []).append(i)
         self.groups = groups
         self.heldout = list(heldout)
-        self._cache: tuple[int, torch.Tensor] | None = None
+        self._cache: dict[int, torch.Tensor] = {}  # epoch -> rows; the current and the next epoch
+        self._building: dict[int, threading.Thread] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def _group(doc: Document) -> str:
@@ -220,16 +223,60 @@ class PackedData:
         return [samples[i] for i in perm]
 
     def rows(self, epoch: int) -> torch.Tensor:
-        """[R, seq_len + 1] int32 rows of `epoch`, shuffled (cached for the current epoch)."""
-        if self._cache is not None and self._cache[0] == epoch:
-            return self._cache[1]
+        """[R, seq_len + 1] int32 rows of `epoch`, shuffled (cached for the current epoch, and the
+        next one once `prefetch` built it)."""
+        with self._lock:
+            building = self._building.pop(epoch, None)
+        if building is not None:
+            building.join()
+        with self._lock:
+            cached = self._cache.get(epoch)
+        if cached is not None:
+            self._keep(epoch, cached)  # (and the epochs before it go)
+            return cached
+        packed = self._build(epoch)
+        self._keep(epoch, packed)
+        return packed
+
+    def _build(self, epoch: int) -> torch.Tensor:
         packed = pack(self.encoder.encode_flat(self.epoch_samples(epoch)), self.options.seq_len)
         if len(packed) == 0:
             raise TrainConfigError(f"the corpus is too small for one row of {self.options.seq_len} tokens")
         g = torch.Generator().manual_seed(self.options.seed * 1_000_003 + epoch)
-        packed = packed[torch.randperm(len(packed), generator=g)]
-        self._cache = (epoch, packed)
-        return packed
+        return packed[torch.randperm(len(packed), generator=g)]
+
+    def _keep(self, epoch: int, packed: torch.Tensor) -> None:
+        with self._lock:
+            self._cache[epoch] = packed
+            for old in [e for e in self._cache if e < epoch]:
+                del self._cache[old]
+
+    def cached_rows(self, epoch: int) -> int | None:
+        """How many rows `epoch` has, when it is built (None otherwise: nothing is built here)."""
+        with self._lock:
+            got = self._cache.get(epoch)
+        return None if got is None else len(got)
+
+    def prefetch(self, epoch: int) -> None:
+        """Build `epoch`'s rows in a thread (tokenizing releases the interpreter lock), so a
+        trainer on a GPU does not wait at the epoch boundary; the rows are the ones `rows`
+        would build, an epoch being a pure function of (seed, epoch). A failure here is raised
+        again by `rows`, which builds the epoch itself."""
+        with self._lock:
+            if epoch in self._cache or epoch in self._building:
+                return
+
+            def work() -> None:
+                try:
+                    packed = self._build(epoch)
+                except Exception:  # (rows() builds it again in the caller's thread and raises there)
+                    return
+                with self._lock:
+                    self._cache[epoch] = packed
+
+            thread = threading.Thread(target=work, name=f"demi-epoch-{epoch}", daemon=True)
+            self._building[epoch] = thread
+        thread.start()
 
     def take(self, pos: Position, n: int) -> tuple[torch.Tensor, Position]:
         """`n` rows from `pos` on (crossing into the next epoch when needed) and the next position."""

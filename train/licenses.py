@@ -168,3 +168,33 @@ def _license_file_id(head: str) -> str | None:
 def named(spdx: str) -> License:
     """A license the user states (`--license MIT`)."""
     return License(spdx, spdx, spdx_is_permissive(spdx))
+
+
+def from_license_text(name: str, text: str) -> License:
+    """A license file's verdict from its first 2 KB (the wording of MIT, BSD, Apache-2.0, ISC, PSF)."""
+    spdx = _license_file_id(text[:2048])
+    return License(name, spdx or "unknown", spdx is not None)
+
+
+def from_package_json(manifest: dict) -> License | None:
+    """An npm package.json's declaration: `license` as an SPDX expression (or the old object form
+    `{"type": ...}`), or the old `licenses` list (a choice among them, read as OR). None when it
+    declares nothing or points at a file (`SEE LICENSE IN ...`), so the caller reads the file."""
+    declared = manifest.get("license")
+    if isinstance(declared, dict):
+        declared = declared.get("type")
+    if declared is None and isinstance(manifest.get("licenses"), list):
+        kinds = [x.get("type") if isinstance(x, dict) else x for x in manifest["licenses"]]
+        kinds = [k for k in kinds if isinstance(k, str) and k.strip()]
+        declared = " OR ".join(kinds) if kinds else None
+    if not isinstance(declared, str) or not declared.strip():
+        return None
+    expr = declared.strip()
+    if expr.upper() == "UNLICENSED":  # npm's word for "no permission given"
+        return License(expr, "UNLICENSED", False)
+    if expr.upper().startswith(("SEE LICENSE", "SEE LICENCE")):
+        return None
+    if len(expr.split()) > 1 and not any(op in expr.split() for op in ("OR", "AND", "WITH")):
+        found = from_text(expr)  # a free-text name ("Apache License 2.0")
+        return License(expr, found or "unknown", found is not None)
+    return License(expr, expr, spdx_is_permissive(expr))

@@ -26,7 +26,7 @@ import gzip
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from demi.train.data import DataOptions, PackedData, SegmentEncoder
 from demi.train.distributed import SINGLE, DistEnv
 from demi.train.errors import CorpusError, ResumeError, TrainConfigError, VocabularyMismatchError
 from demi.train.pairs import extract_pairs
+from demi.train.speed_plan import SpeedPlan, plan_speed
 from demi.train.trainer import TrainConfig, Trainer, init_model, write_json
 
 RUN_FORMAT = "demi-train-run/1"
@@ -54,6 +55,8 @@ class CorpusOptions:
     pairs: bool = True  # docstring <-> code chat samples
     max_bytes: int = 512 * 1024
     max_source_bytes: dict[str, int] | int | None = None  # cap per source ("*": every other source)
+    heldout_by: str = "file"  # file | package (corpus.split_unit)
+    tokenizer_bytes: int | None = None  # train the tokenizer on this much of the training text (all: None)
 
 
 @dataclass
@@ -146,6 +149,14 @@ def _read_docs(path: Path) -> list[Document]:
         raise ResumeError(f"{path}: corrupt corpus snapshot ({exc}); delete the run directory to start over") from None
 
 
+def heldout_documents(run_dir: str | Path) -> list[Document]:
+    """The run's held-out files (its corpus snapshot's), for evaluation."""
+    path = Path(run_dir) / "corpus" / "heldout.jsonl.gz"
+    if not path.is_file():
+        raise ResumeError(f"{run_dir}: not a training run with held-out files (no {path.name})")
+    return _read_docs(path)
+
+
 def load_run(run_dir: Path) -> RunSpec:
     path = Path(run_dir) / "run.json"
     try:
@@ -179,6 +190,7 @@ def prepare_run(
         seed=seed,
         max_bytes=copts.max_bytes,
         max_source_bytes=copts.max_source_bytes,
+        heldout_by=copts.heldout_by,
     )
     m = corpus.manifest
     log(
@@ -203,7 +215,7 @@ def prepare_run(
 
         log(f"tokenizer: training a {spec.vocab_size}-token byte-level BPE")
         tok = train_bpe_tokenizer(
-            (d.text for d in corpus.train),
+            _tokenizer_texts(corpus.train, copts.tokenizer_bytes),
             tok_dir,
             vocab_size=spec.vocab_size,
             model_max_length=int(spec.model.get("max_position_embeddings", 4096)),
@@ -218,6 +230,14 @@ def prepare_run(
     spec.model["vocab_size"] = tok.vocab_size
     write_json(run / "run.json", spec.to_json())
     return corpus
+
+
+def _tokenizer_texts(docs: Sequence[Document], budget: int | None) -> Iterator[str]:
+    """The training texts the tokenizer learns from: all, or every k-th file so that about
+    `budget` bytes are read (a spread over every source, not the first ones)."""
+    total = sum(len(d.text) for d in docs)
+    every = max(1, round(total / budget)) if budget else 1
+    return (d.text for i, d in enumerate(docs) if i % every == 0)
 
 
 def model_config(spec: RunSpec, tok: Tokenizer) -> ModelConfig:
@@ -316,6 +336,8 @@ def train_run(
         "keep_checkpoints",
         "eval_rows",
         "grad_checkpointing",
+        "eval_fim_lines",
+        "prefetch",
     }
     for k, v in (overrides or {}).items():
         if v is None:
@@ -330,6 +352,7 @@ def train_run(
     ck = Path(resume_from) if resume_from else checkpoints.latest_checkpoint(run)
     start = checkpoints.saved_step(ck)
     phase = spec.phase_at(start)
+    speed = choose_speed(tcfg, cfg, spec.data_options(phase).seq_len, ck, device, dist, log)
     train_docs = _read_docs(run / "corpus" / "train.jsonl.gz")
     heldout = _read_docs(run / "corpus" / "heldout.jsonl.gz")
     if not train_docs:
@@ -348,7 +371,15 @@ def train_run(
         check_teacher(spec.teacher, tok, cfg)
         teacher = load_model(spec.teacher, dtype="float32", device=device)
     model = init_model(cfg, tcfg.seed)
-    trainer = Trainer(model, data, tcfg, run, teacher=teacher, progress=progress, device=device, dist=dist)
+
+    def fitted(steps: int) -> None:  # a time budget fixed the run's length: later sessions keep it
+        spec.train["steps"] = steps
+        if dist.is_main:
+            write_json(run / "run.json", spec.to_json())
+
+    trainer = Trainer(
+        model, data, tcfg, run, teacher=teacher, progress=progress, device=device, dist=dist, on_budget=fitted
+    )
     if ck is not None:
         trainer.resume(ck, new_phase=phase > 0 and start == boundaries[phase - 1])
         log(f"resumed from {ck.name} (step {trainer.step}, {trainer.tokens_seen:,} tokens seen)")
@@ -370,12 +401,45 @@ def train_run(
         phase += 1
         trainer.start_phase(phase_data(phase))
     summary["run"] = str(run)
+    if speed is not None:
+        summary["speed_plan"] = speed.as_dict()
     if summary["finished"]:
         out = trainer.export(run / "model", run / "tokenizer")
         summary["model_dir"] = str(out)
         if dist.is_main:
             write_json(run / "model" / "training.json", {"run": spec.to_json(), "summary": summary})
     return summary
+
+
+def choose_speed(
+    tcfg: TrainConfig, cfg: ModelConfig, seq_len: int, ck: Path | None, device: str, dist: DistEnv, log
+) -> SpeedPlan | None:
+    """Settle `auto` precision and compile in `tcfg`: as the checkpoint being resumed trained (so a
+    resume computes what the straight run would have), else by the speed plan (measured or cached
+    on a CPU, by rule on CUDA). Under torchrun every rank follows the rule, so all agree."""
+    if tcfg.precision != "auto" and tcfg.compile != "auto":
+        return None
+    saved = _saved_train_config(ck) if ck is not None else {}
+    if saved.get("precision") in ("fp32", "bf16") and saved.get("compile") in ("on", "off"):
+        tcfg.precision = saved["precision"] if tcfg.precision == "auto" else tcfg.precision
+        tcfg.compile = saved["compile"] if tcfg.compile == "auto" else tcfg.compile
+        log(f"speed: {'compiled' if tcfg.compile == 'on' else 'eager'} {tcfg.precision}, as the run started")
+        return None
+    if dist.active:
+        return None  # the trainer's rule (resolve_speed), the same on every rank
+    plan = plan_speed(cfg, seq_len, tcfg.precision, tcfg.compile, tcfg.steps, device, tcfg.threads)
+    log(plan.describe())
+    tcfg.precision, tcfg.compile = plan.precision, "on" if plan.compile else "off"
+    return plan
+
+
+def _saved_train_config(ck: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # (resume reports a bad checkpoint itself)
+    got = state.get("train_config") if isinstance(state, dict) else None
+    return got if isinstance(got, dict) else {}
 
 
 def export_checkpoint(

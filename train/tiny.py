@@ -82,6 +82,7 @@ def tiny_spec() -> RunSpec:
             compile="auto",
             eval_every=250,
             eval_rows=64,
+            eval_fim_lines=48,  # the curve's exact match (fim_probe.py), a few seconds per evaluation
             ckpt_every=100,
             keep_checkpoints=2,
             log_every=25,

@@ -79,6 +79,12 @@ class TrainConfig:
     distill_alpha: float = 0.5  # weight of the KL term; 1 - alpha goes to cross-entropy
     distill_temperature: float = 2.0
     save_dtype: str = "float32"  # dtype of the final model's safetensors: float32 | bfloat16
+    # > 0: the run's whole wall time in seconds. After the first steps (inside the warmup, where
+    # the schedule does not depend on the total) `steps` is set to what fits, and the run ends
+    # there, or at the budget if it is reached first.
+    time_budget_s: float = 0.0
+    eval_fim_lines: int = 0  # held-out lines completed greedily at each evaluation (fim_probe.py)
+    prefetch: str = "auto"  # build the next epoch's rows in a thread: auto (on CUDA) | on | off
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_rows", "keep_checkpoints", "log_every")
@@ -95,6 +101,15 @@ class TrainConfig:
             raise TrainConfigError("save_dtype must be float32 or bfloat16")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
             raise TrainConfigError("distill_alpha must be in [0, 1] and the temperature > 0")
+        if self.time_budget_s < 0 or (self.time_budget_s and self.warmup_steps < BUDGET_MIN_WARMUP):
+            raise TrainConfigError(
+                f"a time budget must be > 0 and needs warmup_steps >= {BUDGET_MIN_WARMUP} "
+                "(the steps are fitted to it while the schedule is still warming up)"
+            )
+        if self.eval_fim_lines < 0:
+            raise TrainConfigError("eval_fim_lines must be >= 0")
+        if self.prefetch not in ("auto", "on", "off"):
+            raise TrainConfigError("prefetch must be auto, on or off")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -103,6 +118,11 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+BUDGET_MIN_WARMUP = 3
+BUDGET_PROBE_STEPS = 10  # steps timed (the first, which compiles, left out) before fitting `steps` to a budget
+BUDGET_MARGIN = 0.97  # share of the time left that the fitted steps may fill
 
 
 # Settings that change which tokens a step sees: a resume must keep them (and the global batch,
@@ -257,6 +277,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         on_step: Callable[[int, StepResult], None] | None = None,
         dist: DistEnv = SINGLE,
+        on_budget: Callable[[int], None] | None = None,
     ):
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.device = torch.device(device)
@@ -297,6 +318,9 @@ class Trainer:
         self.position = Position()
         self.tokens_seen = 0
         self.elapsed = 0.0
+        self.wall = 0.0  # the training loops' wall time, evaluations and checkpoints included
+        self.budget_steps: int | None = None  # the steps fitted to `time_budget_s`, once fitted
+        self.on_budget = on_budget
         self.on_step = on_step
         self.progress = Progress(cfg.steps, every=cfg.log_every, enabled=progress and dist.is_main)
         self._loss_fn = self._loss
@@ -305,6 +329,13 @@ class Trainer:
             self._loss_fn = torch.compile(self._loss)
         self._eval_rows = data.eval_rows(cfg.eval_rows)
         self.last_eval: float | None = None
+        self.fim_probe = None
+        heldout, encoder = getattr(data, "heldout", None), getattr(data, "encoder", None)
+        if cfg.eval_fim_lines and heldout and encoder is not None and not dist.active:
+            from demi.train.fim_probe import FimProbe
+
+            self.fim_probe = FimProbe(heldout, encoder, data.options.seq_len, cfg.eval_fim_lines, cfg.seed)
+        self.prefetching = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -411,6 +442,8 @@ class Trainer:
             "data_options": self.data.options.as_dict(),
             "model_config": self.model.config.to_hf(),
             "last_eval": self.last_eval,
+            "wall": self.wall,
+            "budget_steps": self.budget_steps,
             "world_size": self.dist.world_size,
             "parallel": self.dist.mode,
         }
@@ -461,6 +494,8 @@ class Trainer:
         self.position = Position() if new_phase else Position(*state["position"])
         self.tokens_seen = int(state["tokens_seen"])
         self.elapsed = float(state["elapsed"])
+        self.wall = float(state.get("wall", self.elapsed))
+        self.budget_steps = state.get("budget_steps")
         self.last_eval = state.get("last_eval")
         return True
 
@@ -491,17 +526,22 @@ class Trainer:
 
     def _train(self, until: int | None, stop: _StopOnSignal) -> dict[str, Any]:
         cfg = self.cfg
+        whole_run = until is None or until >= cfg.steps
         until = min(until or cfg.steps, cfg.steps)
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.data.options.seq_len
         smooth = None
         window: list[tuple[float, int]] = []  # (seconds, tokens) of recent steps, for tok/s
         started_at = self.step
         result = None
+        wall_mark = time.perf_counter()
+        step_times: list[float] = []
         while self.step < until:
             t0 = time.perf_counter()
             result = self.train_step()
             dt = time.perf_counter() - t0
             self.elapsed += dt
+            step_times.append(dt)
+            self._maybe_prefetch()
             window = (window + [(dt, tokens_per_step)])[-20:]
             # The first steps include compiling: leave them out of the speed once there are others.
             recent = window[1:] if len(window) > 1 and self.step - started_at <= 20 else window
@@ -523,6 +563,10 @@ class Trainer:
                 ev = self.evaluate()
                 if ev is not None:
                     record["eval_loss"] = round(ev, 5)
+                if self.fim_probe is not None:
+                    em = self.fim_probe.exact_match(self.model)
+                    if em is not None:
+                        record["fim_exact"], record["fim_lines"] = round(em, 4), len(self.fim_probe)
             if self.step % cfg.log_every == 0 or self.step == until or "eval_loss" in record:
                 self._log(record)
             eta = (cfg.steps - self.step) * tokens_per_step / max(tok_s, 1e-9)
@@ -534,6 +578,13 @@ class Trainer:
                 stop.requested = "a signal to another rank"  # every rank stops after the same step
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < until:
                 self.save_checkpoint()
+            now = time.perf_counter()
+            self.wall += now - wall_mark
+            wall_mark = now
+            if cfg.time_budget_s:
+                fitted = self._fit_budget(step_times, started_at)
+                if fitted is not None and (whole_run or fitted <= self.step):
+                    until = min(until, fitted)
             if stop.requested:
                 self.progress.message(
                     f"demi: stopping at step {self.step} ({stop.requested}); checkpoint written, resume to continue"
@@ -541,6 +592,7 @@ class Trainer:
                 break
         if self.step > started_at:
             self.save_checkpoint()
+        self.wall += time.perf_counter() - wall_mark
         self.progress.close()
         return {
             "step": self.step,
@@ -549,6 +601,8 @@ class Trainer:
             "loss": result.loss if result else None,
             "eval_loss": self.last_eval,
             "seconds": round(self.elapsed, 2),
+            "wall_seconds": round(self.wall, 2),
+            "time_budget_s": cfg.time_budget_s or None,
             "compiled": self.compiled,
             "precision": "bf16" if self.amp is not None else "fp32",
             "fused_adamw": self.fused,
@@ -556,6 +610,42 @@ class Trainer:
             "finished": self.step >= cfg.steps,
             "interrupted": stop.requested,
         }
+
+    def _fit_budget(self, step_times: list[float], started_at: int) -> int | None:
+        """With a time budget: once `BUDGET_PROBE_STEPS` steps of this session are timed (inside
+        the warmup), fit `steps` to the time left; later, end the run at the step where the
+        budget runs out. Returns the new total when it changed, else None."""
+        cfg = self.cfg
+        if self.budget_steps is None:
+            probe = min(BUDGET_PROBE_STEPS, cfg.warmup_steps)
+            if self.step - started_at < probe and self.step < cfg.warmup_steps:
+                return None
+            timed = sorted(step_times[1:] or step_times)  # the first step compiled
+            step_s = timed[len(timed) // 2]
+            evals = cfg.eval_rows / (cfg.batch_size * cfg.grad_accum * max(1, cfg.eval_every)) / 3
+            left = max(0.0, cfg.time_budget_s * BUDGET_MARGIN - self.wall)
+            steps = max(self.step + 1, min(cfg.steps, self.step + int(left / (step_s * (1 + evals)))))
+            return self._set_steps(steps, f"{step_s:.3f} s a step fits {steps} steps in the time budget")
+        if self.wall >= cfg.time_budget_s and self.step < cfg.steps:
+            return self._set_steps(self.step, f"the time budget of {cfg.time_budget_s:.0f} s is spent")
+        return None
+
+    def _set_steps(self, steps: int, why: str) -> int:
+        self.budget_steps = self.cfg.steps = steps
+        self.progress.total = steps
+        self.progress.message(f"demi: {why}; the run ends at step {steps}")
+        if self.on_budget is not None:
+            self.on_budget(steps)
+        return steps
+
+    def _maybe_prefetch(self) -> None:
+        """Past the middle of an epoch, have the data build the next one in a thread."""
+        prefetch = getattr(self.data, "prefetch", None)
+        if not self.prefetching or prefetch is None:
+            return
+        epoch_rows = getattr(self.data, "cached_rows", lambda epoch: None)(self.position.epoch)
+        if epoch_rows is not None and self.position.row * 2 >= epoch_rows:
+            prefetch(self.position.epoch + 1)
 
     def export(self, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
         """Save the model in Hugging Face layout (config.json, safetensors) plus the tokenizer files.

@@ -1,4 +1,4 @@
-"""`CodeTasks`: /explain, /refactor and what follows a refactor: apply, reject, /undo.
+"""`CodeTasks`: /explain, /refactor, /fix and what follows a rewrite: apply, reject, /undo.
 
 Why they sit together: they act on the user's files. A file or symbol is resolved before the
 model is asked (`load_target`), a rewrite is only ever a proposal on screen (`DiffProposal`), and
@@ -256,12 +256,84 @@ class CodeTasks(AppPart):
             app.loader.details.context if app.loader.details else None,
         )
 
+    # -- /fix --------------------------------------------------------------------------------------
+
+    async def fix(self, rest: str, raw: str) -> None:
+        """/fix PATH[:SYMBOL|:A-B] [ERROR]: the model's fix of the code the error points at (or of the
+        symbol or lines named), validated like a refactor and shown as a diff to apply or reject."""
+        from demi.assistant.fix import locate, parse_error
+
+        app = self.app
+        parts = rest.split(None, 1)
+        if not parts:
+            await app.say("usage: " + cmds.BY_NAME["fix"].usage + " (paste the error after the path)", "error")
+            return
+        if await app.submitter.refuse_busy():
+            return
+        error = parts[1].strip() if len(parts) > 1 else ""
+        try:
+            spec, doc, _ = load_target(parts[0], app.root, app.max_bytes)
+            report = parse_error(error)
+            site = locate(report, doc, spec.symbol, spec.lines, root=app.root, how="PATH:SYMBOL or PATH:A-B")
+        except DemiUserError as exc:
+            await app.say(one_line(exc), "error")
+            return
+        app.submitter.accept(raw)
+        asked = f"/fix {spec.label}" + (f" {report.summary}" if report.summary else "")
+        if not app.conv.session_id and not app.conv.title:
+            app.conv.title = session_title(f"fix {spec.label}: {report.summary}")
+        job = await app.answers.start("fix", UserMessage(asked), app.loader.who(f"fixing {site.label}"), None)
+        self.thread_worker("engine", self._fix_in_thread, job, spec, doc, report, site, asked)
+
+    def _fix_in_thread(self, job: Job, spec: TargetSpec, doc: Any, report: Any, site: Any, asked: str) -> None:
+        from demi.assistant.fix import propose_fix
+
+        app = self.app
+        save = app.answers.save
+        engine = app.loader.wait_for_engine(job)
+        if engine is None:
+            app.from_thread(self._failed, job, app.loader.engine_error or "stopped before the model was ready")
+            return
+        cfg = app.config
+        meta = {"command": "fix", "path": spec.path, "target": site.label, "error": report.text}
+        save(job.conv, "user", asked, meta=meta)
+        try:
+            result = propose_fix(
+                engine,
+                doc,
+                report,
+                site,
+                max_tokens=int(cfg["refactor.max_tokens"]),
+                budget=int(cfg["refactor.context_tokens"]),
+                cancel=job.cancel,
+                on_text=job.push,
+            )
+        except Exception as exc:  # no valid fix: the reason, and the file untouched
+            save(job.conv, "assistant", f"(no fix: {one_line(exc)})", model=getattr(engine, "name", None), meta=meta)
+            app.from_thread(self._failed, job, one_line(exc))
+            return
+        shown = self._display_diff(result)
+        save(
+            job.conv,
+            "assistant",
+            shown,
+            model=result.model,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            seconds=round(result.seconds, 4),
+            meta=dict(meta, applied=False),
+        )
+        app.from_thread(self._proposed, job, result, shown)
+
     # -- apply, reject, undo -----------------------------------------------------------------------
 
     async def decide_pending(self, raw: str, apply: bool) -> None:
         """/apply or /reject: decide the proposal waiting on screen."""
         if self.proposal is None or self.proposal.resolved is not None:
-            await self.app.say("no proposed change is waiting (/refactor PATH[:SYMBOL] INSTRUCTION makes one)", "error")
+            await self.app.say(
+                "no proposed change is waiting (/refactor PATH[:SYMBOL] INSTRUCTION or /fix PATH ERROR makes one)",
+                "error",
+            )
             return
         self.app.submitter.accept(raw)
         await self.decide(self.proposal, apply)

@@ -33,6 +33,13 @@ COMMANDS: tuple[Command, ...] = (
         True,
         waits=True,
     ),
+    Command(
+        "fix",
+        "/fix PATH[:SYMBOL|:A-B] [ERROR]",
+        "fix the code an error (a pasted traceback or message) points at; shown as a diff like a refactor",
+        True,
+        waits=True,
+    ),
     Command("apply", "/apply", "apply the proposed refactor"),
     Command("reject", "/reject", "reject the proposed refactor"),
     Command("undo", "/undo [--force] [PATH]", "restore the file Demi last changed from its backup", True),

@@ -23,7 +23,7 @@ from demi.assistant.errors import CancelToken  # standard library only: no torch
 class Job:
     """One answer in flight: where its text goes and how to stop it."""
 
-    kind: str  # chat | explain | refactor
+    kind: str  # chat | explain | refactor | fix
     widget: Any  # the AssistantMessage it streams into
     conv: Any  # the Conversation it belongs to
     app: Any  # the app: pieces are announced with app.post_message

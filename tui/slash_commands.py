@@ -145,6 +145,9 @@ class SlashCommands(AppPart):
     async def cmd_refactor(self, rest: str, raw: str) -> None:
         await self.app.code_tasks.refactor(rest, raw)
 
+    async def cmd_fix(self, rest: str, raw: str) -> None:
+        await self.app.code_tasks.fix(rest, raw)
+
     async def cmd_apply(self, rest: str, raw: str) -> None:
         await self.app.code_tasks.decide_pending(raw, True)
 

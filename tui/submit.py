@@ -94,12 +94,12 @@ class Submitter(AppPart):
             if parsed is None:
                 body = text.lstrip()[1:] if text.lstrip().startswith("//") else text
                 load_mentions(body, app.root, app.max_bytes)
-            elif parsed[0] in ("explain", "refactor"):
+            elif parsed[0] in ("explain", "refactor", "fix"):
                 name, rest = parsed
                 parts = rest.split(None, 1)
                 if not parts or name == "refactor" and len(parts) < 2:
                     return "usage: " + cmds.BY_NAME[name].usage
-                load_target(parts[0] if name == "refactor" else rest, app.root, app.max_bytes)
+                load_target(rest if name == "explain" else parts[0], app.root, app.max_bytes)
         except DemiUserError as exc:
             return one_line(exc)
         return None

@@ -208,3 +208,74 @@ void demi_rotate_heads(float *restrict x, int64_t rows, int64_t stride, int64_t 
         for (int64_t h = 0; h < heads; h++)
             rotate(x + r * stride + h * d, cos + r * rot, sin + r * rot, rot);
 }
+
+/* SwiGLU's middle for `rows` rows of gate|up [rows, 2 * inter]: out = silu(gate) * up. Decode-sized
+ * rows take it here in every decode path (a lone step, a batch's rows, a speculative check), so
+ * they agree bit for bit with `demi_decode_stack`; a prefill keeps torch's vectorized SiLU. */
+void demi_silu_mul(const float *restrict gu, int64_t rows, int64_t inter, float *restrict out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gu + r * 2 * inter, *u = g + inter;
+        float *o = out + r * inter;
+        for (int64_t i = 0; i < inter; i++)
+            o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+/* One quantized linear as the matmul kernels take it: int8 (bits 8: w, scale) or int4 (bits 4: w
+ * packed, scale, zero = the offset, group), bias or NULL; y [n] = x [k] @ W.T + bias. */
+typedef struct {
+    int64_t bits;
+    const void *w;
+    const float *scale;
+    const float *zero;
+    int64_t group;
+    const float *bias;
+    int64_t n, k;
+} demi_lin;
+
+/* A dense decoder layer: RMSNorm weights and the fused projections (q|k|v, gate|up). */
+typedef struct {
+    const float *norm_in, *norm_post;
+    demi_lin qkv, o, gate_up, down;
+} demi_layer;
+
+void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const float *scale, const float *bias,
+                    void *y, int y_kind, int64_t N, int64_t K);
+void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const float *scale, const float *zero,
+                    int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K);
+
+static void lin(const demi_lin *l, const float *x, float *y) {
+    if (l->bits == 4)
+        demi_linear_q4(x, 0, 1, (const uint8_t *)l->w, l->scale, l->zero, l->group, l->bias, y, 0, l->n, l->k);
+    else
+        demi_linear_q8(x, 0, 1, (const int8_t *)l->w, l->scale, l->bias, y, 0, l->n, l->k);
+}
+
+/* A decode step of one sequence through every layer in one call: x [hidden] (the token's embedding)
+ * becomes the last layer's output, each layer's key and value written at `pos` of its cache (kcs[i],
+ * vcs[i]: [hkv, max_len, d]). The same functions in the same order as the layer-by-layer path
+ * (RMSNorm, the matmul kernels, demi_attend_step, demi_silu_mul, fp32 residual adds), so the two
+ * agree bit for bit; what goes is ~10 torch dispatches a layer. scratch holds hidden * 2 +
+ * (hq + 2 hkv) d + hq d + 3 inter floats. */
+void demi_decode_stack(float *restrict x, const demi_layer *layers, int64_t n_layers, float *const *kcs,
+                       float *const *vcs, float eps, const float *cos, const float *sin, int64_t rot, int64_t max_len,
+                       int64_t pos, int64_t lo, int64_t hq, int64_t hkv, int64_t d, float *restrict scratch) {
+    const int64_t hidden = layers[0].o.n, inter = layers[0].down.k;
+    float *h = scratch, *qkv = h + hidden, *att = qkv + (hq + 2 * hkv) * d, *out = att + hq * d;
+    float *gu = out + hidden, *act = gu + 2 * inter;
+    for (int64_t i = 0; i < n_layers; i++) {
+        const demi_layer *L = layers + i;
+        demi_rms_norm(x, L->norm_in, eps, h, 1, hidden);
+        lin(&L->qkv, h, qkv);
+        demi_attend_step(qkv, cos, sin, rot, kcs[i], vcs[i], max_len, pos, lo, hq, hkv, d, att);
+        lin(&L->o, att, out);
+        for (int64_t j = 0; j < hidden; j++)
+            x[j] = x[j] + out[j];
+        demi_rms_norm(x, L->norm_post, eps, h, 1, hidden);
+        lin(&L->gate_up, h, gu);
+        demi_silu_mul(gu, 1, inter, act);
+        lin(&L->down, act, out);
+        for (int64_t j = 0; j < hidden; j++)
+            x[j] = x[j] + out[j];
+    }
+}

@@ -320,7 +320,7 @@ def test_text_without_places(text, summary):
 
 
 def test_excerpt_keeps_the_chosen_error_and_cuts_long_text():
-    long = PYTEST_LONG + "\n".join(f"filler line {i}" for i in range(400))
+    long = "\n\n" + PYTEST_LONG + "\n".join(f"filler line {i}" for i in range(400))  # leading blank lines too
     r = parse_error(long)
     second = r.frames[2]
     part = r.excerpt(second, limit=2000)

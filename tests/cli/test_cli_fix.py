@@ -26,7 +26,10 @@ FIXED_AREA = '''def area(r):
 '''
 BROKEN = CODE.replace("return 3.14 * r * r", "return 3.14 * r * radius")
 SETTINGS = '"""Settings of the shop."""\n\nRATE=float("2,5")\n\n\ndef scaled(x):\n    return x * RATE\n'
-SETTINGS_TEST = "import settings\n\n\ndef test_rate():\n    assert settings.scaled(2) == 5.0\n"
+SETTINGS_TEST = (  # it leaves a mark where it runs: never in the project itself
+    'from pathlib import Path\n\nPath("ran-here").touch()\n\nimport settings\n\n\n'
+    "def test_rate():\n    assert settings.scaled(2) == 5.0\n"
+)
 FIX_LINE = 'RATE=float("2.5")'  # what the fixing checkpoint writes (its tokens are all different)
 PYTEST = f"{sys.executable} -m pytest -q -p no:cacheprovider test_settings.py"
 
@@ -181,12 +184,13 @@ def test_test_on_a_copy_then_apply_with_the_in_process_model(env, project, fixin
     before, after = j["test_before"], j["test"]
     assert before["passed"] is False and before["exit_code"] == 2  # the module fails to import: collection error
     assert "ValueError: could not convert string to float: '2,5'" in before["output"]
-    assert str(project / "settings.py") not in before["output"] or "demi-fix-" not in before["output"]
+    assert f"{project}/settings.py" in before["output"] or "settings.py:3" in before["output"]
+    assert "demi-fix-" not in before["output"]  # the copy's paths read as the project's
     assert after["passed"] is True and after["exit_code"] == 0 and "1 passed" in after["output"]
     assert j["error"] == "ValueError: could not convert string to float: '2,5'" and j["frame"]["line"] == 3
     assert j["target"] == "lines 3-3" and j["applied"] is True
     assert (project / "settings.py").read_text(encoding="utf-8") == SETTINGS.replace('"2,5"', '"2.5"')
-    assert not (project / "__pycache__").exists() and not (project / ".pytest_cache").exists()  # ran on a copy
+    assert not (project / "ran-here").exists() and not (project / "__pycache__").exists()  # ran on copies
     restored = demi(env, "undo", "settings.py", cwd=project)
     assert restored.returncode == 0, restored.stderr
     untouched(project)
@@ -203,3 +207,4 @@ def test_a_fix_that_does_not_pass_the_test_is_not_written(env, project):
     assert f"with this fix, `{PYTEST}` still fails" in proc.stderr
     assert "nothing written: the fix does not make the test pass" in proc.stderr
     untouched(project)
+    assert not (project / "ran-here").exists()

@@ -1,4 +1,4 @@
-""""Fix with Demi": the quick fix demi-lsp offers on the diagnostics an editor sends, end to end
+""" "Fix with Demi": the quick fix demi-lsp offers on the diagnostics an editor sends, end to end
 through a real LSP client (pytest-lsp) and the real server. The model is a scripted
 OpenAI-compatible server (tests/helpers.py) that sends back the fix a capable model would, so the
 whole path is real: the code action, its resolve, `demi.fix`, the session layer's validation and
@@ -90,8 +90,9 @@ async def test_fix_with_demi_is_offered_on_diagnostics_and_applies(client, workd
     assert "Fix with Demi" not in [a.title for a in only_refactors]
 
     resolved = await client.code_action_resolve_async(fix)
-    assert resolved.command.command == "demi.fix"
-    assert resolved.command.arguments[0] == uri and resolved.command.arguments[2] == "undefined name 'radius' (pyflakes F821)"
+    assert resolved.command.command == "demi.fix" and resolved.command.arguments[0] == uri
+    assert resolved.command.arguments[2] == "undefined name 'radius' (pyflakes F821)"
+    assert [d.severity for d in resolved.diagnostics] == [t.DiagnosticSeverity.Error]
     n = len(client.applied)
     result = await client.workspace_execute_command_async(
         t.ExecuteCommandParams(command="demi.fix", arguments=resolved.command.arguments)
