@@ -613,7 +613,7 @@ class Actions:
     def fix_actions(self, params: t.CodeActionParams, only: list[Any]) -> list[t.CodeAction]:
         """ "Fix with Demi" when the editor sends diagnostics with the request (at most five, fixed
         together: the range is the first one's)."""
-        diagnostics = [_echoed(d) for d in (params.context.diagnostics or [])[:5]] if params.context else []
+        diagnostics = list(params.context.diagnostics or [])[:5] if params.context else []
         k = _kind(KIND_FIX)
         if not diagnostics or only and not any(k == _kind(o) or k.startswith(f"{_kind(o)}.") for o in only):
             return []
@@ -637,8 +637,6 @@ class Actions:
         if not isinstance(data.get("uri"), str) or not isinstance(data.get("error", ""), str):
             raise JsonRpcInvalidParams("this code action was not made by Demi (its data is missing or unknown)")
         _range(data.get("range"))
-        if action.diagnostics:  # they come back from the client read like the request's
-            action.diagnostics = [_echoed(d) for d in action.diagnostics]
         action.command = t.Command(
             title=action.title, command=FIX, arguments=[data["uri"], data.get("range"), data.get("error", "")]
         )
@@ -739,22 +737,6 @@ class Actions:
             "error": result.error,
             "target": result.target,
         }
-
-
-def _echoed(d: t.Diagnostic) -> t.Diagnostic:
-    """A diagnostic to send back (in an action, or a resolved one): the server's strict converter
-    (protocol.py) reads its enums (severity, tags) as plain ints, which it cannot write out again."""
-    return t.Diagnostic(
-        range=d.range,
-        message=d.message,
-        severity=t.DiagnosticSeverity(int(d.severity)) if d.severity is not None else None,
-        code=d.code,
-        code_description=d.code_description,
-        source=d.source,
-        tags=[t.DiagnosticTag(int(x)) for x in d.tags] if d.tags is not None else None,
-        related_information=d.related_information,
-        data=d.data,
-    )
 
 
 def _diagnostic_text(d: t.Diagnostic) -> str:

@@ -214,14 +214,17 @@ def strict_scalars(converter: Any) -> None:
     or int() on anything: a document's text given as 5 or as an object became "5" or "{...}", a
     line given as "3" or 2.7 became 3 or 2. Now they are InvalidParams."""
 
-    def structure_str(value: Any, _: Any) -> str:
+    # A hook for a class also catches its subclasses: lsprotocol's enums (DiagnosticSeverity is an
+    # IntEnum, MarkupKind a str Enum) are made from the checked value, so they stay enums (a plain int
+    # in a Diagnostic read from a request could not be written back in a reply).
+    def structure_str(value: Any, cls: Any) -> str:
         if isinstance(value, str):
-            return value
+            return value if cls is str else cls(value)
         raise TypeError(f"expected a string, got {type(value).__name__}")
 
-    def structure_int(value: Any, _: Any) -> int:
+    def structure_int(value: Any, cls: Any) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return value if cls is int else cls(value)
         raise TypeError(f"expected an integer, got {type(value).__name__}")
 
     def structure_bool(value: Any, _: Any) -> bool:

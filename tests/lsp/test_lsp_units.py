@@ -150,3 +150,24 @@ def test_debounce_tolerates_jitter_within_bounds():
         now += 0.05 + rng.uniform(-0.02, 0.04)  # a jittery typist (or a busy machine)
     assert d.deviation_s > 0.005
     assert 1.3 * d.interval_s < d.delay() <= 2 * d.interval_s + 1e-9
+
+
+def test_strict_params_keep_protocol_enums_and_refuse_wrong_scalars():
+    """A diagnostic read from a request keeps its IntEnum severity and tags (so it can be written
+    back in a code action), while strings and booleans where integers belong are still refused."""
+    from lsprotocol import types as t
+    from pygls.protocol import default_converter
+
+    from demi.lsp.protocol import strict_scalars
+
+    converter = default_converter()
+    strict_scalars(converter)
+    span = {"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 3}}
+    diag = converter.structure({"range": span, "message": "x", "severity": 1, "tags": [1]}, t.Diagnostic)
+    assert diag.severity is t.DiagnosticSeverity.Error and diag.tags == (t.DiagnosticTag.Unnecessary,)
+    assert converter.unstructure(diag)["severity"] == 1
+    for bad in ({"line": "3", "character": 0}, {"line": True, "character": 0}):
+        with pytest.raises(Exception, match="Position"):
+            converter.structure(bad, t.Position)
+    with pytest.raises(Exception, match="Diagnostic"):
+        converter.structure({"range": span, "message": "x", "severity": 9}, t.Diagnostic)
