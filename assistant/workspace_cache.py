@@ -26,9 +26,12 @@ MODEL_CARD.md ("Workspace cache"); on by default only because it won there.
 
 from __future__ import annotations
 
+import bisect
 import os
+import sys
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +48,7 @@ DEFAULT_BUDGET_TOKENS = 400_000  # about 1.3 MB of code, about 12 MB of index
 MIN_LINES, CUT_EVERY, MAX_LINES, MAX_CHARS = 8, 8, 64, 4000
 CONTEXT_CHARS = 800  # text before the cursor tokenized as the lookup's context
 # The mixing weight: MAX_WEIGHT for a long match whose occurrences all agree (see `mix_weight`).
-MAX_WEIGHT = 0.6
+MAX_WEIGHT = 0.3
 FULL_LENGTH = 8  # a match of this many tokens counts fully; shorter ones less (2 tokens: 1/7)
 # Workspace files read from disk: the same language as the document, nearest folders first.
 WORKSPACE_MAX_FILES = 400
@@ -60,8 +63,19 @@ def chunk_spans(text: str, cursor: int | None = None) -> list[tuple[int, int]]:
     (content-defined, so an insertion moves no boundary but its own chunk's); with `cursor`, the
     chunk holding it is split there (nothing before the cursor sees what follows it as its next
     token, and the text being typed is its own small chunk)."""
+    return split_at(_chunks_from(text, 0), cursor)
+
+
+def _chunks_from(
+    text: str, start: int, old_ends: dict[int, int] | None = None, delta: int = 0, same_after: int = 0
+) -> list[tuple[int, int]]:
+    """The chunks of `text` from `start` (a chunk boundary). With `old_ends` (the old text's chunk
+    ends, each to its index) it stops at the first boundary at or after `same_after` (where the old
+    and new texts agree to the end) that the old text also had, `delta` characters earlier, and
+    returns what it found with (-1, old index) last: the caller takes the old chunks from there."""
     spans: list[tuple[int, int]] = []
-    start = pos = lines = 0
+    pos = start
+    lines = 0
     n = len(text)
     while pos < n:
         end = text.find("\n", pos)
@@ -69,20 +83,87 @@ def chunk_spans(text: str, cursor: int | None = None) -> list[tuple[int, int]]:
         lines += 1
         line = text[pos:end]
         pos = end
-        if (lines >= MIN_LINES and hash(line) % CUT_EVERY == 0) or lines >= MAX_LINES or pos - start >= MAX_CHARS:
+        cut = lines >= MIN_LINES and zlib.crc32(line.encode("utf-8", "surrogatepass")) % CUT_EVERY == 0
+        if cut or lines >= MAX_LINES or pos - start >= MAX_CHARS:
             spans.append((start, pos))
             start, lines = pos, 0
+            if old_ends is not None and pos >= same_after and (pos - delta) in old_ends:
+                spans.append((-1, old_ends[pos - delta]))
+                return spans
     if start < n:
         spans.append((start, n))
+    return spans
+
+
+def rechunk(old: str, spans: list[tuple[int, int]], new: str) -> list[tuple[int, int]]:
+    """The chunks of `new` (`chunk_spans` without a cursor), from the chunks of `old`: the lines
+    before the first change keep their chunks, chunking starts again there and stops as soon as it
+    meets a boundary the old text had in the part both end with. An edit costs its own chunks,
+    not the file's length."""
+    if not spans:
+        return _chunks_from(new, 0)
+    lo = _common_prefix(old, new)
+    hi = min(_common_suffix(old, new), len(old) - lo, len(new) - lo)
+    delta = len(new) - len(old)
+    keep = 0
+    while keep < len(spans) - 1 and spans[keep][1] <= lo:  # the last one ended with the text: not a boundary
+        keep += 1
+    restart = spans[keep - 1][1] if keep else 0
+    ends = {b: i for i, (_, b) in enumerate(spans[keep:], start=keep)}
+    found = _chunks_from(new, restart, ends, delta, len(new) - hi)
+    if found and found[-1][0] == -1:
+        after = found.pop()[1] + 1
+        found += [(a + delta, b + delta) for a, b in spans[after:]]
+    return spans[:keep] + found
+
+
+def split_at(spans: list[tuple[int, int]], cursor: int | None) -> list[tuple[int, int]]:
+    """`spans` with the one holding `cursor` split there."""
     if cursor is None:
         return spans
-    out: list[tuple[int, int]] = []
-    for a, b in spans:
-        if a < cursor < b:
-            out += [(a, cursor), (cursor, b)]
+    i = bisect.bisect_right(spans, (cursor, sys.maxsize)) - 1
+    if 0 <= i < len(spans) and spans[i][0] < cursor < spans[i][1]:
+        a, b = spans[i]
+        return [*spans[:i], (a, cursor), (cursor, b), *spans[i + 1 :]]
+    return spans
+
+
+def _common_prefix(a: str, b: str, block: int = 4096) -> int:
+    """Length of the longest common prefix (compared a block at a time, then halved)."""
+    n, i = min(len(a), len(b)), 0
+    while i < n and a[i : i + block] == b[i : i + block]:
+        i += block
+    if i >= n:
+        return n
+    lo, hi = i, min(i + block, n)  # the mismatch is in [lo, hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[lo : mid + 1] == b[lo : mid + 1]:
+            lo = mid + 1
         else:
-            out.append((a, b))
-    return out
+            hi = mid
+    return lo
+
+
+def _common_suffix(a: str, b: str, block: int = 4096) -> int:
+    """Length of the longest common suffix."""
+    n, i = min(len(a), len(b)), 0
+    la, lb = len(a), len(b)
+    while (
+        i < n
+        and a[la - i - block if i + block <= la else 0 : la - i] == b[lb - i - block if i + block <= lb else 0 : lb - i]
+    ):
+        i += block
+    if i >= n:
+        return n
+    lo, hi = i, min(i + block, n)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[la - mid - 1 : la - lo] == b[lb - mid - 1 : lb - lo]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @dataclass
@@ -90,6 +171,7 @@ class _Source:
     chunks: list[tuple[str, int]] = field(default_factory=list)  # (text, slot in the index)
     tokens: int = 0
     text: str | None = None  # what was fed last (an unchanged text is not chunked again)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # its chunks, not split at the cursor
     cursor: int | None = None
     workspace: bool = False  # read from disk, not open in the editor
 
@@ -118,10 +200,19 @@ class WorkspaceCache:
 
     # -- feeding -------------------------------------------------------------------------------------
 
-    def update(self, name: str, text: str, cursor: int | None = None, workspace: bool = False) -> bool:
+    def update(
+        self, name: str, text: str, cursor: int | None = None, workspace: bool = False, keep_cursor: bool = False
+    ) -> bool:
         """Feed a source's current text (`cursor`: split there, for the document being completed).
         Only chunks not already held are tokenized. A workspace file never replaces an open
-        document's text, and enters as the least recently used. Returns whether anything changed."""
+        document's text, and enters as the least recently used. With `keep_cursor`, a source split
+        at a cursor stays split there (a completion of it may be running). Returns whether anything
+        changed."""
+        if keep_cursor and cursor is None:
+            with self._lock:
+                src = self._sources.get(name)
+                if src is not None and src.cursor is not None:
+                    cursor = min(src.cursor, len(text))
         max_chars = self.budget * 3
         if len(text) > max_chars:  # keep what is around the cursor (or the start)
             lo = max(0, min(len(text) - max_chars, (cursor or 0) - max_chars // 2))
@@ -139,7 +230,9 @@ class WorkspaceCache:
                 held: dict[str, list[int]] = {}
                 for chunk_text, slot in src.chunks if src is not None else ():
                     held.setdefault(chunk_text, []).append(slot)
-            pieces = [text[a:b] for a, b in chunk_spans(text, cursor)]
+                old_text, old_spans = (src.text or "", src.spans) if src is not None else ("", [])
+            spans = rechunk(old_text, old_spans, text)
+            pieces = [text[a:b] for a, b in split_at(spans, cursor)]
             counts: dict[str, int] = {}
             fresh: dict[str, None] = {}  # pieces to tokenize, in order, once each
             for piece in pieces:
@@ -164,7 +257,7 @@ class WorkspaceCache:
                 for slots in held.values():
                     for slot in slots:
                         self.index.remove(slot)
-                self._sources[name] = _Source(chunks, tokens, text, cursor, workspace)
+                self._sources[name] = _Source(chunks, tokens, text, spans, cursor, workspace)
                 if workspace and src is None:
                     self._sources.move_to_end(name, last=False)
                 elif not workspace:
@@ -216,6 +309,10 @@ class WorkspaceCache:
             self.evicted += 1
 
     # -- reading -------------------------------------------------------------------------------------
+
+    def holds(self, name: str) -> bool:
+        with self._lock:
+            return name in self._sources
 
     def names(self) -> list[str]:
         """The sources held, least recently used first."""

@@ -474,6 +474,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(
             f"{reg}: {r['packages']} packages, {r['files']} files, {r['bytes'] / 1e6:.1f} MB of code; "
             f"{r['excluded_by_license']} excluded by license, {r['failed']} failed"
+            + (f", {r['no_pure_wheel']} without a pure-Python wheel" if r.get("no_pure_wheel") else "")
         )
     left = f"; {report['pending']} not fetched yet (run it again to go on)" if report["pending"] else ""
     print(f"store: {report['dest']} ({report['attempted']} packages this time, {report['seconds']:.0f} s{left})")

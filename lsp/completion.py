@@ -106,14 +106,15 @@ class Stats:
     last_mode: str = ""
     last_delay_ms: float = 0.0  # the debounce wait of the last automatic request that ran
     last_job_ms: float = 0.0  # context, model and post-processing of the last job
-    # the workspace cache model: tokens of the last answer it mixed into, and what it holds (sources,
-    # workspaceFiles, chunks, tokens, evicted); empty while it is off
+    # the workspace cache model: tokens of the last answer it mixed into; the cache, whose contents
+    # `as_dict` reports as `workspace_cache` (sources, workspaceFiles, chunks, tokens, evicted)
     last_cache_mixed: int = 0
-    workspace_cache: dict[str, int] = field(default_factory=dict)
+    workspace: Any = None
     latencies: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "latencies"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("latencies", "workspace")}
+        d["workspace_cache"] = self.workspace.stats() if self.workspace is not None else {}
         recent = sorted(self.latencies[-200:])
         d["p50Ms"] = round(recent[len(recent) // 2] * 1000, 1) if recent else None
         return d
@@ -150,6 +151,7 @@ class CompletionService:
         self.workspace_cache: Any = None  # the WorkspaceCache of the engine's tokenizer, once a job needs it
         self._workspace_lock = threading.Lock()
         self._scanned: set[str] = set()  # workspace roots whose files were read into it
+        self._syncing = False  # the open documents are being fed to it
 
     # -- the request path -----------------------------------------------------------------------------
 
@@ -238,8 +240,6 @@ class CompletionService:
         self.stats.last_mode = result.mode
         mixed = getattr(result, "workspace_cache", None)
         self.stats.last_cache_mixed = mixed["mixed"] if mixed else 0
-        if self.workspace_cache is not None:
-            self.stats.workspace_cache = self.workspace_cache.stats()
         self.stats.last_job_ms = round(seconds * 1000, 1)
         if result.finish_reason in ("stop", "length"):  # not a cut-short answer
             self.cache.put(snap.uri, snap.before, snap.after, result.completion, result.replace)
@@ -290,20 +290,26 @@ class CompletionService:
     # -- the workspace cache model ---------------------------------------------------------------------
 
     def _workspace_for(self, engine: Any, snap: Snapshot) -> Any:
-        """The workspace cache for `engine` (None for a model server), with the other open documents
-        fed to it (only what changed is tokenized again) and, once per workspace, its files read in
-        the background. The document being completed is fed by `complete`, split at the cursor."""
+        """The workspace cache for `engine`, or None (a model server, or the document not in it yet).
+
+        What a request would wait for is done in the background instead: the other open documents
+        (only what changed is tokenized again), once per workspace folder its files, and a document
+        the cache does not hold yet (that request goes without; the next ones find it and feed only
+        the chunks their edit touched, through `complete`, split at their cursor)."""
         from demi.assistant.workspace_cache import cache_for
 
         with self._workspace_lock:
             cache = cache_for(engine, self.workspace_cache)
             if cache is not self.workspace_cache:
-                self.workspace_cache, self._scanned = cache, set()
-        if cache is None:
-            return None
-        for name, text in self.recent.items() if self.recent is not None else ():
-            if name != snap.name:
-                cache.update(name, text)
+                self.workspace_cache, self._scanned, self._syncing = cache, set(), False
+                self.stats.workspace = cache
+            if cache is None:
+                return None
+            sync, self._syncing = not self._syncing, True
+        held = cache.holds(snap.name)
+        if sync:
+            first = None if held else snap
+            self.pool.submit(self._sync_documents, cache, snap.name, first).add_done_callback(_log_failure)
         root = workspace_root(snap)
         if root is not None:
             with self._workspace_lock:
@@ -311,7 +317,19 @@ class CompletionService:
                 self._scanned.add(str(root))
             if fresh:
                 self.pool.submit(self._read_workspace, cache, root, snap.name).add_done_callback(_log_failure)
-        return cache
+        return cache if held else None
+
+    def _sync_documents(self, cache: Any, current: str, first: Snapshot | None) -> None:
+        """Feed `cache` the open documents other than `current`, and `first` (a task thread)."""
+        try:
+            if first is not None:
+                cache.update(first.name, first.text, cursor=first.offset)
+            for name, text in self.recent.items() if self.recent is not None else ():
+                if name != current:
+                    cache.update(name, text, keep_cursor=True)
+        finally:
+            with self._workspace_lock:
+                self._syncing = False
 
     def _read_workspace(self, cache: Any, root: Path, name: str) -> int:
         """Read the workspace's files of the document's language into `cache` (a task thread)."""

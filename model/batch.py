@@ -77,8 +77,9 @@ def decode_batch(model: Transformer, tokens: Tensor, positions: list[int], cache
 def _decode(model: Transformer, tokens: Tensor, positions: list[int], caches: list[KVCache]) -> Tensor:
     if len(positions) == 1:  # a batch of one is exactly the plain step
         return model(tokens.view(1, 1), start=positions[0], cache=caches[0])[:, -1].float()
-    if model.config.postnorm or model.config.lightning_layers:
-        # MiniMax's post-norm blocks (minimax.py) and lightning states: each row is its own plain step
+    if model.config.postnorm or model.config.lightning_layers or not model.config.native_rotary:
+        # MiniMax's post-norm blocks (minimax.py), lightning states and xPos (queries and keys scaled
+        # apart, which the shared q/k pass below does not do): each row is its own plain step
         return torch.cat(
             [_decode(model, tokens[i : i + 1], positions[i : i + 1], caches[i : i + 1]) for i in range(len(positions))]
         )

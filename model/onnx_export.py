@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from demi.model.checkpoint import iter_tensors, read_index
 from demi.model.config import ModelConfig
-from demi.model.decoder import Attention, Block, MoE, RMSNorm, Transformer
+from demi.model.decoder import Attention, Block, MoE, Transformer
 from demi.model.errors import CheckpointError, DemiUserError
 from demi.model.loading import _IGNORED_SUFFIXES, checked_config, load_model
 from demi.model.minimax import MiniMaxBlock
@@ -79,6 +79,9 @@ def refusal(cfg: ModelConfig) -> str | None:
             f"{cfg.model_type}: cannot be exported to ONNX yet: its lightning attention layers "
             f"({len(cfg.lightning_layers)} of {cfg.num_hidden_layers}) keep a recurrent state, not a KV cache"
         )
+    if getattr(cfg, "position_embedding", "rope") != "rope":
+        why = f"its positions are {cfg.position_embedding}, the export has RoPE only"
+        return f"{cfg.model_type}: cannot be exported to ONNX yet: {why}"
     return None
 
 
@@ -111,8 +114,8 @@ class OnnxDecoder(nn.Module):
         # The head as its own [H, V] weight, tied or not: a MatMul on an initializer of its own, which
         # quantize_dynamic quantizes (a tied head reads the embedding through a Transpose it skips).
         self.head_t = nn.Parameter(model.lm_head.weight.detach().t().contiguous(), requires_grad=False)
-        for module in model.modules():  # torch's ops only: native kernels cannot be traced
-            if isinstance(module, (RMSNorm, Attention)):
+        for module in model.modules():  # torch's ops only: native inference ops cannot be traced
+            if getattr(module, "step_lib", None) is not None:
                 module.step_lib = None
 
     def rotary(self, start: Tensor, count: int) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ next epoch's rows built in a thread while the GPU trains; `--time-budget` (600 s
 of steps to the budget after the first ten steps and ends the run there (see
 `TrainConfig.time_budget_s`). The data mix is demi-tiny's second one from the start (60% FIM, half
 of it with an editor's hole), held-out 2% by package, no source over 8 MB. Evaluations log the
-held-out loss and the greedy exact match of 64 held-out lines (`demi train curve` makes the table).
+held-out loss and the greedy exact match of 32 held-out lines (`demi train curve` makes the table).
 
 `scale="test"` is the same recipe and code path at a size a CPU runs in seconds (a 2-layer
 model, 128-token rows): the end-to-end test of this command.
@@ -77,7 +77,7 @@ def gpu_spec(scale: str = "full", time_budget_s: float = 600.0) -> RunSpec:
         model=gpu_model_fields(scale),
         vocab_size=16384 if not test else 512,
         train=dict(
-            steps=100_000 if not test else 40,  # a ceiling: the time budget fits the real number
+            steps=100_000 if not test else 24,  # a ceiling: the time budget fits the real number
             batch_size=64 if not test else 4,
             grad_accum=1,
             lr=1.2e-3 if not test else 3e-3,
@@ -88,10 +88,10 @@ def gpu_spec(scale: str = "full", time_budget_s: float = 600.0) -> RunSpec:
             precision="bf16" if not test else "auto",
             compile="on" if not test else "off",
             prefetch="auto" if not test else "on",
-            eval_every=250 if not test else 5,
+            eval_every=250 if not test else 6,
             eval_rows=256 if not test else 8,
-            eval_fim_lines=64 if not test else 4,
-            ckpt_every=500 if not test else 5,
+            eval_fim_lines=32 if not test else 4,
+            ckpt_every=500 if not test else 6,
             keep_checkpoints=2,
             log_every=25 if not test else 1,
             seed=GPU_SEED,

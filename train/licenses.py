@@ -184,8 +184,8 @@ def from_package_json(manifest: dict) -> License | None:
     if isinstance(declared, dict):
         declared = declared.get("type")
     if declared is None and isinstance(manifest.get("licenses"), list):
-        kinds = [x.get("type") if isinstance(x, dict) else x for x in manifest["licenses"]]
-        kinds = [k for k in kinds if isinstance(k, str) and k.strip()]
+        listed = [x.get("type") if isinstance(x, dict) else x for x in manifest["licenses"]]
+        kinds = [k for k in listed if isinstance(k, str) and k.strip()]
         declared = " OR ".join(kinds) if kinds else None
     if not isinstance(declared, str) or not declared.strip():
         return None

@@ -4,12 +4,15 @@ the registries' own clients, license-checked per package, unpacked into a local 
     demi train fetch --dest ~/.cache/demi/registry              # every package of both lists
     demi train fetch --dest DIR --registry npm --max-seconds 900 # what 15 minutes fetch, resumable
 
-Python: `pip download --no-deps --only-binary :all: NAME`, the package's wheel. A wheel holds the
-package's own source files as they are installed, and fetching it runs none of the package's
-code (pip prepares an sdist's metadata by running its build backend, arbitrary code from every
-package and build dependencies installed for each), so the corpus takes wheels; an sdist's extra
-files are mostly tests and packaging. License: the wheel's METADATA (SPDX `License-Expression`,
-`License`, trove classifiers), else the license file it carries.
+Python: `pip download --no-deps --only-binary :all: --platform any --implementation py --abi none
+NAME`, the package's pure-Python wheel. A wheel holds the package's own source files as they are
+installed, and fetching it runs none of the package's code (pip prepares an sdist's metadata by
+running its build backend: arbitrary code from every package, and build dependencies installed
+for each), so the corpus takes wheels; an sdist's extra files are mostly tests and packaging. A
+package with compiled wheels only (torch, numpy) is refused by pip at once, before any download:
+its source is mostly not Python, and its wheels weigh hundreds of megabytes. License: the wheel's
+METADATA (SPDX `License-Expression`, `License`, trove classifiers), else the license file it
+carries.
 
 npm (JavaScript, TypeScript, HTML, CSS): `npm pack NAME --ignore-scripts`, the tarball exactly as
 published. License: package.json's `license` (an SPDX expression; the old `licenses` list is a
@@ -57,6 +60,8 @@ LICENSE_NAMES = re.compile(r"^(licen[cs]e|copying|notice)([.-].*)?$", re.I)
 BUNDLE_DIRS = frozenset({"dist", "build", "bundles", "umd", "esm", "cjs", "es", "min"})
 GENERATED = re.compile(r"\.(min|bundle|umd|prod|production)\.(js|mjs|cjs|css)$|\.map$", re.I)
 MAX_ARCHIVE_BYTES = 200 * 1024 * 1024  # an unpacked package larger than this is data, not code
+PURE_PYTHON = ("--only-binary", ":all:", "--platform", "any", "--implementation", "py", "--abi", "none")
+NO_PURE_WHEEL = "no pure-Python wheel"
 LISTS_DIR = Path(__file__).resolve().parent / "data"
 
 
@@ -157,7 +162,7 @@ class Fetcher:
             item = self._fetch_pypi(spec, tmp) if registry == "pypi" else self._fetch_npm(spec, tmp)
         except _FetchError as exc:
             item = Fetched(registry, spec, error=str(exc))
-        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, UnicodeDecodeError) as exc:
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, KeyError, TypeError) as exc:
             item = Fetched(registry, spec, error=f"unreadable package ({type(exc).__name__}: {exc})")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -185,10 +190,15 @@ class Fetcher:
         return proc.stdout
 
     def _fetch_pypi(self, spec: str, tmp: Path) -> Fetched:
-        self._run(
-            [self.python, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet"]
-            + ["--disable-pip-version-check", "--dest", str(tmp), *self.pip_args, spec]
-        )
+        try:
+            self._run(
+                [self.python, "-m", "pip", "download", "--no-deps", *PURE_PYTHON, "--quiet"]
+                + ["--disable-pip-version-check", "--dest", str(tmp), *self.pip_args, spec]
+            )
+        except _FetchError as exc:
+            if "ResolutionImpossible" in str(exc) or "No matching distribution" in str(exc):
+                raise _FetchError(f"{NO_PURE_WHEEL} (compiled wheels only, or no such package)") from None
+            raise
         wheels = sorted(tmp.glob("*.whl"))
         if not wheels:
             raise _FetchError("pip downloaded no wheel")
@@ -416,6 +426,7 @@ def summarize(items: Sequence[Fetched]) -> dict[str, Any]:
     """Counts for a report: packages kept, excluded by license (by SPDX id), failed; files, bytes."""
     latest = _latest(items)
     failed = {(f.registry, f.spec) for f in items if not f.ok} - {(f.registry, f.spec) for f in items if f.ok}
+    no_wheel = {f.spec: (f.error or "").startswith(NO_PURE_WHEEL) for f in items if not f.ok}
     out: dict[str, Any] = {}
     for reg in REGISTRIES:
         mine = [f for f in latest if f.registry == reg]
@@ -429,7 +440,8 @@ def summarize(items: Sequence[Fetched]) -> dict[str, Any]:
             "packages": len(kept),
             "excluded_by_license": sum(excluded.values()),
             "excluded_licenses": dict(sorted(excluded.items(), key=lambda kv: -kv[1])[:15]),
-            "failed": sum(1 for r, _ in failed if r == reg),
+            "failed": sum(1 for r, s in failed if r == reg and not no_wheel.get(s)),
+            "no_pure_wheel": sum(1 for r, s in failed if r == reg and no_wheel.get(s)),
             "files": sum(f.files for f in kept),
             "bytes": sum(f.bytes for f in kept),
             "archive_bytes": sum(f.archive_bytes for f in mine),

@@ -5,6 +5,8 @@ project-specific name only with the cache; the scope names of the identifier pri
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from demi.assistant.workspace_cache import (
     cache_for,
     chunk_spans,
     mix_weight,
+    rechunk,
     request_hook,
 )
 from demi.model.engine import LocalModel
@@ -142,6 +145,21 @@ def test_chunks_are_content_defined_and_split_at_the_cursor():
     assert len(split) == len(spans) + 1 and any(b == cursor for _, b in split)
 
 
+def test_rechunking_an_edit_gives_the_chunks_of_the_new_text():
+    rng = random.Random(5)
+    text = TEXT
+    spans = chunk_spans(text)
+    for _ in range(150):
+        at = rng.randrange(len(text) + 1)
+        cut = rng.choice([0, 0, 1, 5, 40, 400])
+        insert = rng.choice(["", "x", "\n", "    pass\n", "def f():\n    return 1\n" * rng.randint(1, 9)])
+        new = text[:at] + insert + text[at + cut :]
+        spans = rechunk(text, spans, new)
+        assert spans == chunk_spans(new)
+        text = new
+    assert rechunk("", [], TEXT) == chunk_spans(TEXT) and rechunk(TEXT, chunk_spans(TEXT), "") == []
+
+
 def test_updates_tokenize_only_the_changed_chunks():
     enc = CountingEncoder()
     cache = WorkspaceCache(enc, budget=100_000)
@@ -165,6 +183,9 @@ def test_the_cursor_does_not_predict_its_own_next_text():
     text = "value = compute_total(items)\nresult = compute_"
     cache.update("doc.py", text + "average(x)\n", cursor=len(text))
     assert cache.predict(cache.lookup(ids("result = compute_"))).counts == {ord("t"): 1}
+    assert not cache.update("doc.py", text + "average(x)\n", keep_cursor=True)  # still split there
+    cache.update("doc.py", text + "average(x)\n")
+    assert cache.predict(cache.lookup(ids("result = compute_"))).counts == {ord("a"): 1}  # itself, unsplit
 
 
 def test_eviction_keeps_the_budget_least_recently_used_and_workspace_files_first():
@@ -289,7 +310,8 @@ def test_complete_copies_a_project_name_only_with_the_cache(lm):
 
 # -- the scope names -----------------------------------------------------------------------------------------
 
-SCOPED = """import os
+SCOPED = (
+    """import os
 from collections import OrderedDict as Ordered, deque
 
 LIMIT = 3
@@ -302,8 +324,9 @@ class Store:
 
     def put(self, key, value, *, overwrite=False):
         existing = self._items.get(key)
-        
 """
+    + " " * 8
+)
 
 
 def test_scope_names_are_parameters_locals_imports_and_self_attributes():

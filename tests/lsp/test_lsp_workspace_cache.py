@@ -21,7 +21,9 @@ HELPERS = "".join(
     f"def report_{i}(items):\n    total = frobnicate_widget_total(items, {i})\n    return total\n\n\n" for i in range(4)
 )
 MAIN = "import helpers\n\n\ndef summary(items):\n    total = "
-STORE = "".join(f"def limit_{i}(config):\n    limit = zorblax_default_limit(config)\n    return limit\n\n" for i in range(3))
+STORE = "".join(
+    f"def limit_{i}(config):\n    limit = zorblax_default_limit(config)\n    return limit\n\n" for i in range(3)
+)
 LOADER = "def load(config):\n    limit = "
 
 
@@ -60,6 +62,17 @@ async def suggestion(client, uri: str, text: str, version: int) -> str:
     return got.items[0].insert_text if got.items else ""
 
 
+async def warmed(client, uri: str, text: str, version: int, **least: int) -> None:
+    """Ask once (the cache is fed in the background meanwhile), then wait until it holds `least`."""
+    await suggestion(client, uri, text, version)
+    for _ in range(200):
+        held = (await stats(client))["completions"]["workspace_cache"]
+        if all(held.get(key, 0) >= n for key, n in least.items()):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the workspace cache never held {least}: {held}")
+
+
 async def test_an_open_files_name_is_completed_only_with_the_cache(client, workdir):
     root = workdir / "project"
     helpers, main = (root / "helpers.py").as_uri(), (root / "main.py").as_uri()
@@ -71,14 +84,15 @@ async def test_an_open_files_name_is_completed_only_with_the_cache(client, workd
     assert s["completions"]["workspace_cache"] == {} and s["settings"]["workspace_cache"] is False
     configure(client, workspaceCache=True)
     await asyncio.sleep(0.1)
-    on = await suggestion(client, main, "# v3\n" + MAIN, 3)  # another state: not the type-through cache's answer
+    await warmed(client, main, "# v3\n" + MAIN, 3, sources=2)  # the first request feeds it in the background
+    on = await suggestion(client, main, "# v4\n" + MAIN, 4)  # another state: not the type-through cache's answer
     assert on.startswith("frobnicate_widget_total(items, "), on
     s = await stats(client)
     held = s["completions"]["workspace_cache"]
     assert held["sources"] >= 2 and held["tokens"] > 0 and s["completions"]["last_cache_mixed"] > 5
     configure(client, workspaceCache=False)
     await asyncio.sleep(0.1)
-    again = await suggestion(client, main, "# v4\n" + MAIN, 4)
+    again = await suggestion(client, main, "# v5\n" + MAIN, 5)
     assert "frobnicate" not in again
 
 
@@ -87,11 +101,7 @@ async def test_workspace_files_on_disk_are_read_in(client, workdir):
     await asyncio.sleep(0.1)
     uri = (workdir / "project" / "pkg" / "loader.py").as_uri()
     open_doc(client, uri, LOADER)
-    await suggestion(client, uri, LOADER, 2)  # the first request starts reading the workspace
-    for _ in range(100):
-        if (await stats(client))["completions"]["workspace_cache"].get("workspaceFiles", 0) >= 1:
-            break
-        await asyncio.sleep(0.05)
+    await warmed(client, uri, LOADER, 2, workspaceFiles=1)  # the first request starts reading the workspace
     got = await suggestion(client, uri, "# v3\n" + LOADER, 3)
     assert got.startswith("zorblax_default_limit(config)"), got
     configure(client, workspaceCache=False)

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from demi.model import onnx_export
-from demi.model.decoder import KVCache
+from demi.model.config import ModelConfig
+from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import DemiUserError
 from demi.model.generate import GenerationRequest, decode_one_token, generate
 from demi.model.loading import load_model
@@ -140,6 +141,17 @@ def test_lightning_family_is_refused_in_one_line(tiny_checkpoints, tmp_path):
     assert not out.exists()
 
 
+def test_xpos_positions_are_refused_in_one_line():
+    cfg = ModelConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, position_embedding="xpos")
+    assert (
+        onnx_export.refusal(cfg)
+        == "llama: cannot be exported to ONNX yet: its positions are xpos, the export has RoPE only"
+    )
+    with pytest.raises(DemiUserError, match="positions are xpos"):
+        onnx_export.OnnxDecoder(Transformer(cfg.replace(num_hidden_layers=1, vocab_size=32)))
+    assert onnx_export.refusal(cfg.replace(position_embedding="rope")) is None
+
+
 def test_bad_requests_are_one_line_errors(tiny_checkpoints, tmp_path):
     src = tiny_checkpoints("qwen2")
     with pytest.raises(DemiUserError, match="opset 16 is too old"):
@@ -177,3 +189,25 @@ def test_quantized_checkpoint_is_dequantized_for_export(tiny_checkpoints, tmp_pa
     assert got.dtype == torch.float32
     assert (got - ref).abs().mean() <= 0.05 * ref.abs().mean()
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.8
+
+
+@pytest.mark.parametrize("rope", ["linear", "dynamic", "yarn", "llama3"])
+def test_export_forward_follows_rope_scaling_past_the_trained_length(rope, tiny_checkpoints):
+    """The forward that is exported (run eagerly: the export's fidelity to it is checked per family
+    above) against Demi's cache for every RoPE scaling, decoding past max_position_embeddings (256),
+    where dynamic NTK changes its frequencies with the length."""
+    src = tiny_checkpoints("llama", rope=rope)
+    model = load_model(src, dtype="float32", quant="none")
+    ids = prompt_for(model.config.vocab_size, 262)
+    with torch.inference_mode():
+        cache = KVCache(model.config, len(ids))
+        ref = [model(torch.tensor([ids[:250]]), 0, cache)[0, -1:]]
+        ref += [decode_one_token(model, torch.tensor([[ids[p]]]), p, cache) for p in range(250, len(ids))]
+        wrapper = onnx_export.OnnxDecoder(onnx_export.float_model(src)).eval()
+        empty = [torch.zeros(1, 2, 0, 16)] * 4
+        logits, *past = wrapper(torch.tensor([ids[:250]]), *empty)
+        got = [logits[0, -1:]]
+        for token in ids[250:]:
+            logits, *past = wrapper(torch.tensor([[token]]), *past)
+            got.append(logits[0])
+    assert (torch.cat(got) - torch.cat(ref)).abs().max() <= FP32_TOLERANCE

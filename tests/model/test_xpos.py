@@ -204,11 +204,6 @@ def test_a_loaded_model_keeps_xpos_layers_off_the_native_decode_path(xpos_dir):
     assert done.token_ids == expected[len(ids) :]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model/batch.py's shared q/k pass has no xPos: `_decode` must run xPos rows as plain steps "
-    "(`or not model.config.native_rotary`); drop this mark when it does",
-)
 def test_a_batched_decode_step_equals_lone_steps(xpos_dir):
     from demi.model.batch import decode_batch
 
@@ -258,3 +253,23 @@ def test_the_training_pipeline_trains_and_exports_an_xpos_model(tmp_path):
     assert load_config(out).position_embedding == "xpos"
     loaded = LocalModel.load(str(out), dtype="float32")
     assert isinstance(loaded.model, Transformer) and loaded.model.model.layers[0].self_attn.xpos is not None
+
+
+def test_length_eval_scores_the_same_held_out_tokens_at_every_length(xpos_dir, tmp_path, capsys):
+    import gzip
+
+    from demi.train.length_eval import main
+
+    text = "def area(r):\n    return 3.14159 * r * r\n\n" * 12
+    (tmp_path / "corpus").mkdir()
+    with gzip.open(tmp_path / "corpus" / "heldout.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"source": "src", "path": "area.py", "text": text}) + "\n")
+    assert main(["--run", str(tmp_path), str(xpos_dir), "--contexts", "32,64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    short, long = out["rows"]
+    assert out["files"] == 1 and (short["context"], long["context"]) == (32, 64)
+    assert short["tokens"] == long["tokens"] > 64 and math.isfinite(long["perplexity"])
+    lm = LocalModel.load(str(xpos_dir), dtype="float32", context=64)
+    assert long["nll"] == pytest.approx(lm.perplexity([text])["nll"])
+    assert main(["--run", str(tmp_path), str(xpos_dir), "--contexts", "32,4096"]) == 2  # past the config's 512
+    assert "allows 512 positions" in capsys.readouterr().err

@@ -96,7 +96,7 @@ RUN += ("--eval-every", "10", "--ckpt-every", "3", "--compile", "off", "--precis
 
 def test_a_run_killed_mid_way_resumes_to_the_weights_of_an_unbroken_run(tmp_path, capsys):
     corpus = make_tree(tmp_path / "src", files=12)
-    steps = 90
+    steps = 30
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "demi", "train", "run", "--corpus", str(corpus), "--out", str(killed)]
     proc = subprocess.Popen([*cmd, "--steps", str(steps), *RUN], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -115,7 +115,8 @@ def test_fetch_checks_each_license_and_unpacks_only_permissive_code(store):
     assert not by_name["demo-nolicense"].license["permissive"]  # nothing declared, no file: refused
     assert not list(dest.parent.rglob("escape.js"))
     assert report["pypi"]["packages"] == 2 and report["pypi"]["excluded_by_license"] == 1
-    assert report["pypi"]["failed"] == 1 and report["npm"]["packages"] == 1
+    assert report["pypi"]["no_pure_wheel"] == 1 and report["pypi"]["failed"] == 0
+    assert by_name["demo-missing"].error.startswith("no pure-Python wheel") and report["npm"]["packages"] == 1
     assert report["npm"]["excluded_licenses"] == {"WTFPL": 1, "unknown": 1}
 
 
