@@ -16,7 +16,7 @@ from demi.assistant.overlap import resolve_overlap
 from demi.assistant.postprocess import BlockWatcher, decide_mode, postprocess
 from demi.assistant.prompts import instruct_warning
 from demi.assistant.syntax import Syntax, parse
-from demi.assistant.workspace_cache import PriorChain, WorkspaceCache, request_hook
+from demi.assistant.workspace_cache import WorkspaceCache, request_hook
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
     from demi.model.generate import CancelToken, Sampling
@@ -85,12 +85,10 @@ def complete(
     time_budget: float | None = None,
     syntax: Syntax | None = None,
     workspace_cache: WorkspaceCache | None = None,
-    scope_bias: bool = False,
 ) -> CompletionResult:
     """The text to insert at character `offset` of `doc`, in place of the result's `replace`
     characters after it (`syntax`: `doc` already parsed, to reuse). With `workspace_cache` (and an
-    in-process model), `doc` is fed to it and its n-gram prior is mixed into the model's choices;
-    with `scope_bias`, identifiers in scope at the cursor are favoured where the model hesitates."""
+    in-process model), `doc` is fed to it and its n-gram prior is mixed into the model's choices."""
     started = time.monotonic()
     info = engine.info()
     if info.context:  # room for the template's markers and the file path too
@@ -108,13 +106,7 @@ def complete(
             return super().cancelled or (cancel is not None and cancel.cancelled)
 
     stop_early = _StopEarly()
-    hooks: list[Any] = [request_hook(engine, workspace_cache, doc.name, doc.text, offset, ctx.prefix)]
-    if scope_bias:
-        from demi.assistant.scope_prior import scope_hook
-
-        hooks.append(scope_hook(engine, syntax, doc, offset, ctx.prefix))
-    present = [h for h in hooks if h is not None]
-    hook = (present[0] if len(present) == 1 else PriorChain(present)) if present else None
+    hook = request_hook(engine, workspace_cache, doc.name, doc.text, offset, ctx.prefix)
     extra: dict[str, Any] = {"mix": hook} if hook is not None else {}
 
     def on_text(piece: str) -> None:

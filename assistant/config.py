@@ -123,12 +123,6 @@ SETTINGS: tuple[Setting, ...] = (
         "in-process FIM: mix n-gram statistics of the file, the other open files and the workspace into "
         "the model's next-token choices (the workspace cache model)",
     ),
-    Setting(
-        "complete.scope_bias",
-        bool,
-        False,
-        "in-process FIM: favour identifiers in scope at the cursor where the model hesitates",
-    ),
     Setting("explain.max_tokens", int, 320, "new tokens for an explanation"),
     Setting("explain.context_tokens", int, 2048, "prompt budget for explain"),
     Setting(

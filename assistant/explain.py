@@ -4,6 +4,11 @@ A small model (demi-tiny) is not trusted to get a signature right, so the facts 
 prose follows under a heading that says who wrote it. A large model, or one behind a server,
 leads with its explanation and the facts follow as a reference. The markdown streams in the
 order it is shown, so a front end can print pieces as they come.
+
+The model's text is held to the facts (`explain_check`): a parameter it invents or leaves out,
+or a return value it does not describe, is flagged under it. For a function and a small model the
+section is a `summary`: the one sentence demi-tiny was trained to write, then what the function
+takes, returns and raises written from the facts (marked so), which its free prose got wrong.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from demi.assistant.document import Document
+from demi.assistant.explain_check import FUNCTION_KINDS, Consistency, check, warnings
 from demi.assistant.facts import Facts, detail_items
 from demi.assistant.loop_guard import AnswerLoopGuard
-from demi.assistant.prompts import explain_prompt
-from demi.assistant.target import Target, target_context
+from demi.assistant.prompts import ChatPrompt, explain_prompt, summary_prompt
+from demi.assistant.target import Target, resolve_target, target_context
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
+    from demi.assistant.context import CodeContext
     from demi.model.generate import CancelToken, Sampling
+
+SUMMARY_TOKENS = 80  # the summary style's one sentence
 
 
 @dataclass
@@ -39,6 +48,8 @@ class Explanation:
     finish_reason: str = ""
     notes: list[str] = field(default_factory=list)
     speculation: dict[str, int] | None = None  # speculative decoding's figures (None: off)
+    style: str = "prose"  # prose | summary (one sentence by the model, the parameters and return by the facts)
+    consistency: Consistency | None = None  # the model's text held to the facts (functions only)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +67,8 @@ class Explanation:
             "finish_reason": self.finish_reason,
             "notes": self.notes,
             "speculation": self.speculation,
+            "style": self.style,
+            "consistency": self.consistency.as_json() if self.consistency is not None else None,
         }
 
 
@@ -145,6 +158,41 @@ def choose_lead(setting: str, large: bool) -> str:
     return "model" if large else "facts"
 
 
+def choose_style(setting: str, lead: str, facts: Facts) -> str:
+    """`summary` for a function explained by a small model (the lead is the facts'): one sentence
+    it was trained to write, with the parameters and return written by the facts, so the section
+    cannot leave one out or invent one; `prose` otherwise."""
+    if setting in ("prose", "summary"):
+        return setting if facts.kind in FUNCTION_KINDS or setting == "prose" else "prose"
+    return "summary" if lead == "facts" and facts.kind in FUNCTION_KINDS else "prose"
+
+
+def _names(items: list[str]) -> str:
+    shown = [_code(i) for i in items]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def facts_sentence(f: Facts) -> str:
+    """What the function takes, returns and raises, in one sentence from the facts."""
+    from demi.assistant.explain_check import parameter_names, returns_value
+
+    params = parameter_names(f)
+    parts = [f"takes {_names(params)}" if params else "takes no parameters"]
+    returned = [r for r in f.returns if r not in ("(bare return)", "None")]
+    if f.yields:
+        parts.append("yields values (a generator)")
+    elif returned:
+        parts.append("returns " + _names(returned[:3]))
+    elif returns_value(f) and f.returns_annotation:
+        parts.append(f"returns {_code(f.returns_annotation)}")
+    else:
+        parts.append("returns nothing")
+    raised = [r for r in f.raises if r != "re-raises the current exception"]
+    if raised:
+        parts.append("raises " + _names(raised[:3]))
+    return "It " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+
+
 def explain(
     engine: Any,
     doc: Document,
@@ -157,13 +205,25 @@ def explain(
     cancel: CancelToken | None = None,
     sampling: Sampling | None = None,
     time_budget: float | None = None,
+    style: str = "auto",
 ) -> Explanation:
-    """Explain a file, a symbol or a line range; `on_text` gets the Markdown as it is written."""
+    """Explain a file, a symbol or a line range; `on_text` gets the Markdown as it is written.
+    `style`: auto | prose | summary (see `choose_style`)."""
     started = time.monotonic()
-    target, info, ctx, budget = target_context(engine, doc, symbol, lines, max_tokens, budget)
     language = doc.lang.fence if doc.lang else None
-    prompt = explain_prompt(doc.name, language, target.facts, ctx)
+    target = resolve_target(doc, symbol, lines)
+    info = engine.info()
     chosen = choose_lead(lead, info.large)
+    shape = choose_style(style, chosen, target.facts)
+    name = target.symbol.name if target.symbol is not None else target.label
+    frame: Callable[[Facts, CodeContext], ChatPrompt]
+    if shape == "summary":
+        max_tokens = min(max_tokens, SUMMARY_TOKENS)
+        frame = lambda facts, c: summary_prompt(doc.name, facts.kind, name, c.code, language)  # noqa: E731
+    else:
+        frame = lambda facts, c: explain_prompt(doc.name, language, facts, c)  # noqa: E731
+    target, info, ctx, budget = target_context(engine, doc, symbol, lines, max_tokens, budget, frame, target)
+    prompt = frame(target.facts, ctx)
     parts: list[str] = []
 
     def emit(text: str) -> None:
@@ -211,6 +271,15 @@ def explain(
         emit("_(the model wrote nothing)_\n")
     elif not model_text.endswith("\n"):
         emit("\n")
+    checked_text = model_text
+    if shape == "summary":
+        line = facts_sentence(target.facts)
+        emit(f"\n_From static analysis:_ {line}\n")
+        checked_text = f"{model_text}\n{line}"
+    consistency = check(checked_text, target.facts, ctx.code) if model_text.strip() else None
+    flags = warnings(consistency, target.facts) if consistency is not None else []
+    if flags:
+        emit("\n" + "".join(f"- {w}\n" for w in flags))
     if chosen == "model":
         emit("\n" + facts_md)
     notes = []
@@ -239,4 +308,6 @@ def explain(
         finish_reason,
         notes,
         result.extra.get("speculation"),
+        shape,
+        consistency,
     )

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from demi.assistant.candidates import candidate_sampling
 from demi.assistant.document import Document, PositionError
 from demi.assistant.edits import Edit, unified_diff, workspace_edit
 from demi.assistant.prompts import fix_prompt
@@ -539,15 +540,6 @@ class FixResult(RefactorResult):
         }
 
 
-def _candidate_sampling(sampling: Sampling | None, i: int) -> Sampling | None:
-    """The first reply as asked (greedy by default); the others sampled, each with its own seed."""
-    if i == 0:
-        return sampling
-    from demi.assistant.engines import Sampling
-
-    return Sampling(temperature=max(0.8, sampling.temperature if sampling else 0.0), top_p=0.95, seed=i)
-
-
 def _reason(exc: Exception) -> str:
     return str(exc).split("; nothing was changed")[0]
 
@@ -573,19 +565,27 @@ def propose_fix(
         raise DemiUserError(f"candidates must be at least 1, got {candidates}")
     started = time.monotonic()
     excerpt = report.excerpt(site.frame)
-    budget = max(128, budget - engine.count_tokens(excerpt))
-    target, info, ctx, budget = target_context(engine, doc, site.symbol, site.lines, max_tokens, budget)
-    if ctx.code_cut:
-        raise DemiUserError(
-            f"{target.label} is too long to fix within {budget} tokens of context; "
-            "pick a smaller --symbol or --lines range"
-        )
     where = ""
     if site.frame is not None and 1 <= site.frame.line <= doc.line_count:
         shown = doc.line(site.frame.line).strip()
         where = f"The error points at line {site.frame.line} of the file" + (f": `{shown}`" if shown else "") + "."
     language = doc.lang.fence if doc.lang else None
-    prompt = fix_prompt(doc.name, language, target.facts, ctx, excerpt, site.summary or report.summary, where)
+    summary = site.summary or report.summary
+    target, info, ctx, budget = target_context(
+        engine,
+        doc,
+        site.symbol,
+        site.lines,
+        max_tokens,
+        budget,
+        frame=lambda facts, c: fix_prompt(doc.name, language, facts, c, excerpt, summary, where),
+    )
+    if ctx.code_cut:
+        raise DemiUserError(
+            f"{target.label} is too long to fix within {budget} tokens of context; "
+            "pick a smaller --symbol or --lines range"
+        )
+    prompt = fix_prompt(doc.name, language, target.facts, ctx, excerpt, summary, where)
     reasons: list[str] = []
     fallback: FixResult | None = None
     completion_tokens = 0
@@ -594,7 +594,7 @@ def propose_fix(
             prompt,
             on_text=on_text,
             max_new_tokens=max_tokens,
-            sampling=_candidate_sampling(sampling, i),
+            sampling=candidate_sampling(sampling, i),
             cancel=cancel,
             time_budget=time_budget,
         )

@@ -23,6 +23,7 @@ SYSTEM = (
     "You are Demi, a coding assistant that runs on the user's own machine. "
     "Answer in concise Markdown. Never invent facts about code you were not shown."
 )
+SYSTEM_SHORT = "You are Demi, a coding assistant. Answer in concise Markdown."  # demi-tiny's training system prompt
 
 
 @dataclass
@@ -145,6 +146,19 @@ def explain_prompt(path: str, language: str | None, facts: Facts, ctx: CodeConte
     )
     return ChatPrompt(
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], plain, ["\n## ", "\n# "]
+    )
+
+
+def summary_prompt(path: str, kind: str, name: str, code: str, language: str | None = "python") -> ChatPrompt:
+    """One sentence on what a function (or class) does, asked as demi-tiny was trained to answer
+    (train/pairs.py: the question, then the code in a fence); for small models, whose long
+    explanations wander, and for the summary line of a docstring."""
+    what = "function" if kind in ("function", "method", "constructor") else kind
+    ask = f"What does the {what} `{name}` do? Answer in one sentence."
+    user = f"{ask}\n\n{_fenced(code, language or '')}"
+    plain = f"# Notes on `{path}`\n\n{_fenced(code, language or '')}\n\nWhat `{name}` does, in one sentence:\n"
+    return ChatPrompt(
+        [{"role": "system", "content": SYSTEM_SHORT}, {"role": "user", "content": user}], plain, ["\n\n", "\n#"]
     )
 
 

@@ -5,6 +5,12 @@ the file's own newlines). It is rejected, and nothing changes, when it is empty,
 parse where the original did, drops the definition it was asked to rewrite, or (when the model
 sent back the whole file) changes lines outside the target. The result is a unified diff and
 an LSP WorkspaceEdit; writing is a separate, explicit `apply`.
+
+A rejected reply is followed by sampled ones (`candidates`), the first valid one kept. An
+instruction Demi recognises (a rename, a docstring, type hints, a loop into a comprehension, a
+constant) is carried out by static analysis where that is exact (`mechanical.py`), the model
+writing only what the facts cannot; the model's rewrites of such an instruction must also do what
+it asks (`mechanical.done`).
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from demi.assistant.candidates import candidate_sampling
 from demi.assistant.document import Document
 from demi.assistant.edits import Edit, apply_edit, changed_lines, unified_diff, workspace_edit
 from demi.assistant.prompts import extract_code, refactor_prompt
 from demi.assistant.syntax import Syntax
-from demi.assistant.target import Target, target_context
+from demi.assistant.target import Target, resolve_target, target_context
 from demi.model.errors import DemiError, DemiUserError
 
 if TYPE_CHECKING:  # torch loads only with the engine, so bad input fails fast
@@ -48,6 +55,8 @@ class RefactorResult:
     notes: list[str] = field(default_factory=list)
     lossy: bool = False
     speculation: dict[str, int] | None = None  # speculative decoding's figures (None: off)
+    method: str = "the model"  # who wrote the change: static analysis, static analysis and the model, the model
+    tries: int = 1  # model replies asked for (0: none)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +73,8 @@ class RefactorResult:
             "seconds": round(self.seconds, 4),
             "notes": self.notes,
             "speculation": self.speculation,
+            "method": self.method,
+            "tries": self.tries,
         }
 
 
@@ -172,6 +183,51 @@ def rewrite(target: Target, reply: str) -> tuple[str, list[str]]:
     return new_text, validate(target, new_text)
 
 
+DEFAULT_CANDIDATES = 3  # model replies tried until one is valid (the first greedy, then sampled)
+
+
+def needs_model(
+    doc: Document, instruction: str, symbol: str | None = None, lines: tuple[int, int] | None = None
+) -> bool:
+    """Whether `propose` will call the model: False when static analysis does the whole change (a
+    rename, a loop into a comprehension, a constant: front ends need not load a model for it)."""
+    from demi.assistant.instructions import recognise
+    from demi.assistant.mechanical import carry_out, static_only
+    from demi.assistant.static_rewrites import NotApplicable
+
+    intent = recognise(instruction)
+    if not static_only(intent) or intent is None:
+        return True
+    try:
+        carry_out(None, resolve_target(doc, symbol, lines), intent)
+    except NotApplicable:
+        return True
+    except DemiUserError:
+        return False  # refused with a reason: no model either
+    return False
+
+
+def _result(
+    target: Target, info_name: str, new_text: str, reply: str, notes: list[str], started: float, **extra: Any
+) -> RefactorResult:
+    doc = target.doc
+    edit = Edit(doc.path or Path(doc.name), doc.text, new_text, doc.digest)
+    return RefactorResult(
+        edit.path,
+        target.label,
+        (target.first, target.last),
+        edit,
+        unified_diff(edit),
+        workspace_edit(edit),
+        info_name,
+        reply,
+        seconds=time.monotonic() - started,
+        notes=notes,
+        lossy=doc.lossy,
+        **extra,
+    )
+
+
 def propose(
     engine: Any,
     doc: Document,
@@ -184,46 +240,144 @@ def propose(
     cancel: CancelToken | None = None,
     on_text: Callable[[str], None] | None = None,
     time_budget: float | None = None,
+    candidates: int = DEFAULT_CANDIDATES,
+    static: bool = True,
 ) -> RefactorResult:
-    """Ask the model for the rewrite and validate it; nothing is written."""
+    """The rewrite, validated; nothing is written.
+
+    A recognised instruction (`instructions.recognise`: rename, docstring, type hints, loop into a
+    comprehension, constant) is carried out by static analysis where that is exact, with the model
+    writing only prose or types the code does not show (`mechanical.carry_out`; for a large model a
+    docstring or hints are the model's, this being the fallback). Otherwise the model rewrites the
+    target: up to `candidates` replies (the first as `sampling` says, the rest sampled), keeping the
+    first that parses, stays inside the target, changes something and, for a recognised instruction,
+    does what it asks (`mechanical.done`). `engine` may be None when `needs_model` is False.
+    `static=False` leaves everything to the model (the benchmarks' baseline)."""
+    from demi.assistant.instructions import AddDocstring, AddTypeHints, describe, recognise
+    from demi.assistant.mechanical import MODEL, carry_out, done
+    from demi.assistant.static_rewrites import NotApplicable
+
     if not instruction or not instruction.strip():
         raise DemiUserError("--instruction is empty: say what to change")
+    if candidates < 1:
+        raise DemiUserError(f"candidates must be at least 1, got {candidates}")
     started = time.monotonic()
-    target, info, ctx, budget = target_context(engine, doc, symbol, lines, max_tokens, budget)
+    target = resolve_target(doc, symbol, lines)
+    intent = recognise(instruction)
+    large = engine is not None and engine.info().large
+    prose_first = large and isinstance(intent, (AddDocstring, AddTypeHints))
+    static_why = ""
+    if intent is not None and not prose_first and static:
+        try:
+            carried = carry_out(engine, target, intent, candidates, sampling, cancel)
+            validate(target, carried.new_text)
+            return _carried_result(target, engine, carried, started)
+        except NotApplicable as exc:
+            static_why = str(exc)
+    if engine is None:
+        raise DemiUserError(f"{describe(intent) if intent else 'this instruction'} needs a model: {static_why}")
+    language = doc.lang.fence if doc.lang else None
+    target, info, ctx, budget = target_context(
+        engine,
+        doc,
+        symbol,
+        lines,
+        max_tokens,
+        budget,
+        frame=lambda facts, c: refactor_prompt(doc.name, language, facts, c, instruction),
+    )
     if ctx.code_cut:
         raise DemiUserError(
             f"{target.label} is too long to rewrite within {budget} tokens of context; "
             "pick a smaller --symbol or --lines range"
         )
-    language = doc.lang.fence if doc.lang else None
     prompt = refactor_prompt(doc.name, language, target.facts, ctx, instruction)
-    result = engine.chat(
-        prompt, on_text=on_text, max_new_tokens=max_tokens, sampling=sampling, cancel=cancel, time_budget=time_budget
+    reasons: list[str] = []
+    unchanged: RefactorResult | None = None  # returned (as "unchanged") when no reply changed anything
+    prompt_tokens = completion_tokens = 0
+    for i in range(candidates):
+        result = engine.chat(
+            prompt,
+            on_text=on_text,
+            max_new_tokens=max_tokens,
+            sampling=candidate_sampling(sampling, i),
+            cancel=cancel,
+            time_budget=time_budget,
+        )
+        if result.finish_reason == "cancelled":
+            raise RefactorRejected("cancelled; nothing was changed")
+        prompt_tokens += int(result.prompt_tokens or 0)
+        completion_tokens += int(result.extra.get("completion_tokens", result.completion_tokens))
+        try:
+            new_text, notes = rewrite(target, result.text)
+        except RefactorRejected as exc:
+            reasons.append(str(exc).split("; nothing was changed")[0])
+            continue
+        if new_text == doc.text:
+            reasons.append("the model returned the code unchanged")
+            unchanged = unchanged or _result(target, info.name, new_text, result.text, notes, started, tries=i + 1)
+            continue
+        missed = done(intent, target, new_text) if intent is not None else None
+        if intent is not None and missed is not None:
+            reasons.append(f"the rewrite does not {describe(intent)} ({missed})")
+            continue
+        if result.finish_reason == "length":
+            notes.append(f"the model stopped at max_tokens {max_tokens}; check the end of the rewrite")
+        if static_why:
+            notes.insert(0, f"not done by static analysis ({static_why}); the model rewrote it")
+        if i:
+            notes.append(f"the model's reply {i + 1} of {candidates} was the first valid one")
+        return _result(
+            target,
+            info.name,
+            new_text,
+            result.text,
+            notes,
+            started,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            speculation=result.extra.get("speculation"),
+            method=MODEL,
+            tries=i + 1,
+        )
+    if unchanged is not None and all(r == "the model returned the code unchanged" for r in reasons):
+        # every reply gave the code back: the model's considered answer, nothing to change
+        unchanged.notes.append("the model returned the code unchanged")
+        unchanged.prompt_tokens, unchanged.completion_tokens = prompt_tokens, completion_tokens
+        return unchanged
+    if prose_first and static and intent is not None:  # the model failed: the facts still give a skeleton
+        try:
+            carried = carry_out(engine, target, intent, candidates, sampling, cancel)
+            validate(target, carried.new_text)
+            return _carried_result(target, engine, carried, started, tries=candidates)
+        except NotApplicable as exc:
+            reasons.append(str(exc))
+    tries = f"{candidates} tries" if candidates > 1 else "1 try"
+    said = "; ".join(dict.fromkeys(reasons))
+    lead = f"not done by static analysis ({static_why}); " if static_why else ""
+    raise RefactorRejected(
+        f"{lead}no valid rewrite from the model ({tries}): {said}; nothing was changed (try again, or a larger model)"
     )
-    if result.finish_reason == "cancelled":
-        raise RefactorRejected("cancelled; nothing was changed")
-    new_text, notes = rewrite(target, result.text)
-    if result.finish_reason == "length":
-        notes.append(f"the model stopped at max_tokens {max_tokens}; check the end of the rewrite")
-    edit = Edit(doc.path or Path(doc.name), doc.text, new_text, doc.digest)
-    if not edit.changed:
-        notes.append("the model returned the code unchanged")
-    tokens = result.extra.get("completion_tokens", result.completion_tokens)
-    return RefactorResult(
-        edit.path,
-        target.label,
-        (target.first, target.last),
-        edit,
-        unified_diff(edit),
-        workspace_edit(edit),
-        info.name,
-        result.text,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=int(tokens),
-        seconds=time.monotonic() - started,
-        notes=notes,
-        lossy=doc.lossy,
-        speculation=result.extra.get("speculation"),
+
+
+def _carried_result(target: Target, engine: Any, carried: Any, started: float, tries: int = 0) -> RefactorResult:
+    from demi.assistant.mechanical import STATIC
+
+    name = "static analysis (no model)" if carried.method == STATIC or engine is None else engine.info().name
+    notes = list(carried.notes)
+    if carried.new_text == target.doc.text:
+        notes.append("nothing to change")
+    return _result(
+        target,
+        name,
+        carried.new_text,
+        "\n".join(carried.model_parts),
+        notes,
+        started,
+        prompt_tokens=carried.prompt_tokens,
+        completion_tokens=carried.completion_tokens,
+        method=carried.method,
+        tries=tries + carried.model_calls,
     )
 
 

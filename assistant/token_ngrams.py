@@ -9,7 +9,8 @@ occurrences still matching (an occurrence that matches L+1 tokens after a step m
 
 Chunks come and go as files change (`add` / `remove`): a removed chunk's slot is dead, its postings
 are dropped lazily (from a list when a scan finds it mostly dead, everywhere when dead postings
-outnumber live ones). Memory is about 12 bytes a token (4 for the token, 8 for its posting).
+outnumber live ones). Memory: 12 bytes a token in arrays (4 for the token, 8 for its posting), plus
+the bigram dictionary; with the chunks' text, about 70 bytes a token on the standard library.
 Not thread-safe on its own: `WorkspaceCache` holds the lock.
 """
 

@@ -20,7 +20,7 @@ infini-gram, Liu et al., 2024). Here:
   (`mix_weight`: how long the match is, and Witten-Bell's n / (n + distinct) of what followed it).
   Greedy decoding takes the argmax of the mixture.
 
-Only an in-process model can be mixed with (`encoder_for` is None for a model server). Measured in
+Only an in-process model can be mixed with (`tokenizer_of` is None for a model server). Measured in
 MODEL_CARD.md ("Workspace cache"); on by default only because it won there.
 """
 
@@ -42,7 +42,7 @@ from demi.assistant.token_ngrams import DEFAULT_MAX_ORDER, Matches, Prediction, 
 
 Encoder = Callable[[list[str]], list[list[int]]]  # texts -> their token ids (no special tokens added)
 
-DEFAULT_BUDGET_TOKENS = 400_000  # about 1.3 MB of code, about 12 MB of index
+DEFAULT_BUDGET_TOKENS = 400_000  # about 1.3 MB of code; about 28 MB of memory (measured on the stdlib)
 # A chunk ends after a line whose hash says so once it has MIN_LINES lines (about 1 line in
 # CUT_EVERY), and always at MAX_LINES or MAX_CHARS: an edit changes the one chunk it falls in.
 MIN_LINES, CUT_EVERY, MAX_LINES, MAX_CHARS = 8, 8, 64, 4000
@@ -53,6 +53,7 @@ FULL_LENGTH = 8  # a match of this many tokens counts fully; shorter ones less (
 # Workspace files read from disk: the same language as the document, nearest folders first.
 WORKSPACE_MAX_FILES = 400
 WORKSPACE_SHARE = 0.5  # of the token budget
+FOLDER_MAX_FILES, FOLDER_MAX_TOKENS = 8, 60_000  # `demi complete`: what it reads before answering
 SKIPPED_DIRS = frozenset(
     {"node_modules", "__pycache__", "venv", "env", "build", "dist", "target", "site-packages", "out"}
 )
@@ -242,9 +243,10 @@ class WorkspaceCache:
             ids = dict(zip(fresh, self.encode(list(fresh)), strict=True)) if fresh else {}
             with self._lock:
                 kept = self._within_budget(pieces, held, ids, text, cursor)
-                chunks: list[tuple[str, int]] = []
-                tokens = 0
-                for piece in (p for p, keep in zip(pieces, kept, strict=True) if keep):
+            chunks: list[tuple[str, int]] = []
+            tokens = 0
+            for piece in (p for p, keep in zip(pieces, kept, strict=True) if keep):
+                with self._lock:  # a chunk at a time: a generation's lookups wait for one chunk at most
                     reuse = held.get(piece)
                     if reuse:
                         slot = reuse.pop()
@@ -253,7 +255,8 @@ class WorkspaceCache:
                     else:
                         slot = self.index.add(ids[piece])
                         tokens += len(ids[piece])
-                    chunks.append((piece, slot))
+                chunks.append((piece, slot))
+            with self._lock:
                 for slots in held.values():
                     for slot in slots:
                         self.index.remove(slot)
@@ -384,25 +387,6 @@ class WorkspacePrior:
         return (self._prior(ids, probs, weight),)
 
 
-class PriorChain:
-    """Several hooks as one (`GenerationRequest.mix`): their priors in order; `steps` and `mixed`
-    add up what each counted."""
-
-    def __init__(self, hooks: Sequence[Any]):
-        self.hooks = list(hooks)
-
-    def __call__(self, tokens: Sequence[int]) -> Sequence[Any]:
-        return [p for hook in self.hooks for p in hook(tokens)]
-
-    @property
-    def steps(self) -> int:
-        return max((h.steps for h in self.hooks), default=0)
-
-    @property
-    def mixed(self) -> int:
-        return sum(h.mixed for h in self.hooks)
-
-
 # -- the engine's side ---------------------------------------------------------------------------------
 
 
@@ -508,16 +492,23 @@ def feed_workspace(
     name_of: Callable[[Path], str],
     pause: float = 0.0,
     max_files: int = WORKSPACE_MAX_FILES,
+    max_tokens: int | None = None,
+    exclude: Path | None = None,
 ) -> int:
-    """Read workspace files into `cache` as workspace sources, up to WORKSPACE_SHARE of its budget
-    and `max_files` files; the files added. Files already held (open in the editor) are left as
-    they are. `pause` seconds between files leave the CPU to completions meanwhile."""
+    """Read workspace files into `cache` as workspace sources, up to `max_tokens` (WORKSPACE_SHARE
+    of its budget) and `max_files` files, `exclude` left out; the files added. Files already held
+    (open in the editor) are left as they are. `pause` seconds between files leave the CPU to
+    completions meanwhile."""
     from demi.assistant.files import FileInputError, read_text_file
 
-    added, room = 0, int(cache.budget * WORKSPACE_SHARE)
-    for path in workspace_files(root, near, suffixes, max_files):
+    added = 0
+    room = int(cache.budget * WORKSPACE_SHARE) if max_tokens is None else max_tokens
+    skip = exclude.resolve() if exclude is not None else None
+    for path in workspace_files(root, near, suffixes, max_files + (skip is not None)):
         if room <= 0:
             break
+        if skip is not None and path.resolve() == skip:
+            continue
         try:
             text = read_text_file(path, max_bytes=512 * 1024)
         except (FileInputError, OSError):
@@ -532,11 +523,15 @@ def feed_workspace(
 
 
 def folder_cache(
-    engine: Any, path: Path | None, others: Sequence[tuple[str, str]] = (), max_files: int = 32
+    engine: Any,
+    path: Path | None,
+    others: Sequence[tuple[str, str]] = (),
+    max_files: int = FOLDER_MAX_FILES,
+    max_tokens: int = FOLDER_MAX_TOKENS,
 ) -> WorkspaceCache | None:
     """A cache for one `demi complete`: the `others` (name, text) given as context, then up to
-    `max_files` files of the same language from `path`'s folder and below, nearest first (None for
-    a model server). The document itself is fed by `complete`."""
+    `max_files` files (`max_tokens` tokens) of the same language from `path`'s folder and below,
+    nearest first (None for a model server). The document itself is fed by `complete`."""
     cache = cache_for(engine, None)
     if cache is None:
         return None
@@ -548,11 +543,5 @@ def folder_cache(
         spec = language_for(path)
         suffixes = spec.extensions if spec is not None else (path.suffix,)
         folder = path.resolve().parent
-        skip = path.resolve()
-
-        def name_of(p: Path) -> str:
-            return str(p) if p.resolve() != skip else "\0self"  # the document's disk copy: not twice
-
-        feed_workspace(cache, folder, folder, suffixes, name_of, max_files=max_files)
-        cache.forget("\0self")
+        feed_workspace(cache, folder, folder, suffixes, str, max_files=max_files, max_tokens=max_tokens, exclude=path)
     return cache

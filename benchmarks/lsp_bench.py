@@ -8,7 +8,8 @@ editor starts it; every number is taken on the client side of the pipe.
 1. Invoked inline completion with about 1,500 tokens of prompt (`contextTokens` 1536) at
    random line starts of a ~2,500-line file: latency p50/p95, at two token caps (a random-weight
    model never writes the newline that ends a one-line completion, so it always decodes to the
-   cap; a trained model stops at the end of the line).
+   cap; a trained model stops at the end of the line). With --workspace-cache ab, on two servers
+   asked in turns (the first alternating by position): latency per arm and against the first.
 2. Typing simulation: at a place where the user paused (and got a suggestion), 20 keystrokes
    50 ms apart, each followed by an automatic inline request, as editors send them. Counts the
    model runs those started and the time from the last keystroke to the final suggestion.
@@ -25,9 +26,9 @@ editor starts it; every number is taken on the client side of the pipe.
    can be seen not to lose accuracy. Spread over the six largest held-out standard-library files,
    each on a fresh server, so no other file can be context. On random weights both are 0: re-run on a trained model
    (`--model demi-tiny`).
-   With --workspace-cache ab (or --scope-bias ab), the same cases go to two servers that differ only in
-   that setting, started side by side for each file and asked in turns (which goes first alternates
-   by case), so a noisy machine slows both alike: exact match and the measured request's latency per
+   With --workspace-cache ab, the same cases go to two servers that differ only in that setting,
+   started side by side for each file and asked in turns (which goes first alternates by case), so a
+   noisy machine slows both alike: exact match and the measured request's latency per
    arm, the cases each arm alone got right, and McNemar's exact p-value of the difference.
 
 Without --model it uses `.demi-build/demo-model`, built with `python -m demi.model.scaffold`
@@ -103,6 +104,7 @@ class Client(LanguageClient):
     def __init__(self) -> None:
         super().__init__("demi-lsp-bench", "1")
         self.statuses: list[Any] = []
+        self.arm_options: dict[str, Any] = {}  # the settings of the arm this server runs (invoked_arms)
 
         @self.feature("demi/status")
         def _status(ls: Any, params: Any) -> None:
@@ -262,6 +264,44 @@ async def invoked(
             prompts.append(last.last_prompt_tokens)
         res = summary(latencies)
         res["prompt_tokens_mean"] = round(statistics.fmean(p for p in prompts if p), 0)
+        out[f"max_tokens_{cap}"] = res
+        print(f"invoked, maxTokens {cap}: {json.dumps(res)}", file=sys.stderr, flush=True)
+    return out
+
+
+async def invoked_arms(
+    clients: dict[str, Client], workdir: Path, requests: int, caps: list[int], seed: int, options: dict[str, Any]
+) -> dict[str, Any]:
+    """`invoked` on several servers at once (one per arm, each with its own settings already sent):
+    every position is asked of each in turns, the first alternating by position, so load from
+    elsewhere falls on all arms alike. Latency per arm, and the ratio of each arm's p50 and mean to
+    the first arm's."""
+    text = BENCH_FILE.read_text(encoding="utf-8")
+    uri = (workdir / "argparse_copy.py").as_uri()
+    labels = list(clients)
+    for client in clients.values():
+        client.open(uri, text)
+    out: dict[str, Any] = {"file": BENCH_FILE.name, "lines": text.count("\n"), "arms": labels}
+    rng = random.Random(seed)
+    for cap in caps:
+        for client in clients.values():
+            client.configure({**options, **client.arm_options, "maxTokens": cap})
+        await asyncio.sleep(0.1)
+        positions = line_starts(text, rng, requests + 3)
+        for line, col in positions[:3]:  # warm-up
+            for client in clients.values():
+                await client.complete(uri, line, col)
+        latencies: dict[str, list[float]] = {label: [] for label in labels}
+        for k, (line, col) in enumerate(positions[3:]):
+            for label in labels[k % len(labels) :] + labels[: k % len(labels)]:
+                started = time.perf_counter()
+                await clients[label].complete(uri, line, col)
+                latencies[label].append(time.perf_counter() - started)
+        res: dict[str, Any] = {label: summary(latencies[label]) for label in labels}
+        base = res[labels[0]]
+        for label in labels[1:]:
+            res[label]["p50_vs_first"] = round(res[label]["p50_ms"] / base["p50_ms"], 3)
+            res[label]["mean_vs_first"] = round(res[label]["mean_ms"] / base["mean_ms"], 3)
         out[f"max_tokens_{cap}"] = res
         print(f"invoked, maxTokens {cap}: {json.dumps(res)}", file=sys.stderr, flush=True)
     return out
@@ -430,9 +470,9 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 
 def arms_of(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """(label, settings) of each server the held-out cases go to: one (the defaults) unless
-    --workspace-cache or --scope-bias asks for a setting, or for both values of one (ab)."""
+    --workspace-cache asks for a setting, or for both its values (ab)."""
     choices: list[list[tuple[str, dict[str, Any]]]] = []
-    for flag, key in (("workspace_cache", "workspaceCache"), ("scope_bias", "scopeBias")):
+    for flag, key in (("workspace_cache", "workspaceCache"),):
         value = getattr(args, flag, None)
         if value is None:
             continue
@@ -606,7 +646,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         try:
             st = (await client.stats()).status
             out["engine"] = {"model": st.model, "load_seconds": st.loadSeconds}
-            if not args.skip_invoked:
+            arms = arms_of(args)
+            if not args.skip_invoked and len(arms) > 1:  # the arms side by side, the first on `client`
+                clients = {arms[0][0]: client}
+                client.arm_options = arms[0][1]
+                for label, arm_options in arms[1:]:
+                    clients[label] = await start(model, args.quant, workdir, options, args.threads, tag="-" + label)
+                    clients[label].arm_options = arm_options
+                try:
+                    out["invoked"] = await invoked_arms(
+                        clients, workdir, args.requests, args.max_tokens, args.seed, options
+                    )
+                finally:
+                    for label in list(clients)[1:]:
+                        await stop(clients[label])
+                client.configure(options)
+            elif not args.skip_invoked:
                 out["invoked"] = await invoked(client, workdir, args.requests, args.max_tokens, args.seed, options)
             if not args.skip_typing:
                 out["typing"] = {}
@@ -695,13 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         "--workspace-cache",
         choices=["on", "off", "ab"],
         default=None,
-        help="the servers' workspaceCache setting for --heldout; ab: both, the same cases to two servers in turns",
-    )
-    ap.add_argument(
-        "--scope-bias",
-        choices=["on", "off", "ab"],
-        default=None,
-        help="the servers' scopeBias setting for --heldout; ab: both (with --workspace-cache ab: all four)",
+        help="the servers' workspaceCache setting for --heldout and the invoked requests; ab: both, the same "
+        "requests to two servers in turns",
     )
     ap.add_argument(
         "--typed-files",

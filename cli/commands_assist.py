@@ -92,6 +92,13 @@ def register(sub, common) -> None:
     rf.add_argument("--instruction", "-i", help="what to change")
     rf.add_argument("--symbol", "-s")
     rf.add_argument("--lines", "-l", metavar="A-B")
+    rf.add_argument(
+        "--candidates",
+        type=int,
+        default=3,
+        metavar="N",
+        help="model replies to try until one is valid (3); renames, comprehensions and constants need no model",
+    )
     rf.add_argument("--apply", action="store_true", help="write the change (a backup is kept)")
     rf.add_argument("--workspace-edit", action="store_true", help="print the LSP WorkspaceEdit JSON, not the diff")
     engine_opts(rf)
@@ -345,7 +352,6 @@ def cmd_complete(args: argparse.Namespace) -> int:
         recent=recent,
         sampling=_sampling(cfg["complete.temperature"]),
         workspace_cache=cache,
-        scope_bias=cfg["complete.scope_bias"],
     )
     for w in result.warnings:
         _warn(w)
@@ -364,13 +370,14 @@ def cmd_refactor(args: argparse.Namespace) -> int:
 
     from demi.assistant.config import data_dir
     from demi.assistant.document import parse_line_range
-    from demi.assistant.refactor import apply, propose
+    from demi.assistant.refactor import apply, needs_model, propose
     from demi.assistant.target import resolve_target
 
     if not args.instruction or not args.instruction.strip():
         raise UsageError("demi refactor: --instruction TEXT is required (what to change)")
     cfg = _config(args, **{"refactor.max_tokens": args.max_tokens})
     max_tokens = _positive(cfg["refactor.max_tokens"], "--max-tokens")
+    candidates = _positive(args.candidates, "--candidates")
     lines = parse_line_range(args.lines) if args.lines else None
     doc = _load(args.path, cfg)
     resolve_target(doc, args.symbol, lines)
@@ -380,7 +387,7 @@ def cmd_refactor(args: argparse.Namespace) -> int:
         raise DemiUserError(
             f"{doc.name} is not valid UTF-8; Demi will not rewrite it (it would replace the undecodable bytes)"
         )
-    engine = _engine(cfg)
+    engine = _engine(cfg) if needs_model(doc, args.instruction, args.symbol, lines) else None
     result = propose(
         engine,
         doc,
@@ -390,6 +397,7 @@ def cmd_refactor(args: argparse.Namespace) -> int:
         max_tokens=max_tokens,
         budget=cfg["refactor.context_tokens"],
         sampling=_sampling(args.temperature),
+        candidates=candidates,
     )
     if args.apply:
         apply(result, data_dir(cfg))

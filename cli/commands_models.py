@@ -45,7 +45,7 @@ def register(sub, common) -> None:
     export.add_argument("src", metavar="MODEL", help="model name, directory or hub id")
     export.add_argument("dst", metavar="DIR", help="new directory")
     export.add_argument("--onnx", action="store_true", required=True, help="ONNX (the one format so far)")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 or newer)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default and oldest: 18)")
     export.add_argument("--no-int8", action="store_true", help="skip the int8 graph (onnxruntime quantization)")
     export.set_defaults(func=cmd_models_export)
 

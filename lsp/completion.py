@@ -284,7 +284,6 @@ class CompletionService:
             time_budget=budget,
             syntax=syntax,
             workspace_cache=self._workspace_for(engine, snap) if s.workspace_cache else None,
-            scope_bias=s.scope_bias,
         )
 
     # -- the workspace cache model ---------------------------------------------------------------------

@@ -56,7 +56,6 @@ class LspSettings:
     cache_reuse: int = DEFAULT_CACHE_REUSE  # prefix-first FIM: shortest cached run reused shifted (0: exact)
     # mix n-gram statistics of the open files and the workspace into the model's choices (in-process)
     workspace_cache: bool = DEFAULT_WORKSPACE_CACHE
-    scope_bias: bool = False  # favour identifiers in scope where the model hesitates (in-process)
     max_tokens: int = 64  # new tokens for one completion
     context_tokens: int = 1024  # prompt budget for FIM
     temperature: float = 0.0
@@ -105,7 +104,6 @@ _ALIASES.update(
             "complete.context_tokens": "context_tokens",
             "complete.temperature": "temperature",
             "complete.workspace_cache": "workspace_cache",
-            "complete.scope_bias": "scope_bias",
             "explain.max_tokens": "explain_max_tokens",
             "explain.context_tokens": "explain_context_tokens",
             "explain.lead": "explain_lead",
@@ -166,7 +164,6 @@ def from_config(cfg: Any) -> LspSettings:
         context_tokens=cfg["complete.context_tokens"],
         temperature=cfg["complete.temperature"],
         workspace_cache=cfg["complete.workspace_cache"],
-        scope_bias=cfg["complete.scope_bias"],
         explain_max_tokens=cfg["explain.max_tokens"],
         explain_context_tokens=cfg["explain.context_tokens"],
         explain_lead=cfg["explain.lead"],

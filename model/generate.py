@@ -29,6 +29,7 @@ as the plain loop does. A hook that returns nothing leaves the logits as they we
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Generator, Sequence, Set
 from dataclasses import dataclass, field
@@ -264,29 +265,36 @@ def accept_draft(logits: Tensor, draft: int, s: Sampling, generator: torch.Gener
 def apply_priors(logits: Tensor, priors: Sequence[Prior], keep: Tensor | None = None) -> Tensor:
     """Logits [1, V] with `priors` mixed in, in order, as log-probabilities: log((1 - w) p + w q) for
     each prior's (q, w); `logits` itself when none applies (no prior, zero weights, or the model
-    sure enough for each prior's `below`).
+    sure enough for each prior's `below`). A prior's ids are distinct.
 
     The ids in `keep` (the run's stop tokens) keep the model's probability: a prior says what text
     comes next, not whether the answer ends here, so it shares out only the rest of the mass
-    (p'(x) = (1 - w) p(x) + w (1 - p_stop) q(x), p'(stop) = p(stop))."""
-    probs: Tensor | None = None
+    (p'(x) = (1 - w) p(x) + w (1 - p_stop) q(x), p'(stop) = p(stop); a prior's mass on a stop token
+    is dropped). Two passes over the vocabulary (a log-softmax and a shift); the rest touches only
+    the prior's ids and `keep`."""
+    out: Tensor | None = None
+    stops = keep if keep is not None and keep.numel() else None
     for prior in priors:
         if prior.weight <= 0.0 or not prior.ids:
             continue
-        current = probs if probs is not None else logits.float().softmax(-1)
-        if prior.below < 1.0 and float(current.max()) >= prior.below:
+        logp = out if out is not None else logits.float().log_softmax(-1)
+        if prior.below < 1.0 and float(logp.amax()) >= math.log(prior.below):
             continue
-        ids = torch.tensor(list(prior.ids), dtype=torch.long, device=logits.device)
-        q = torch.tensor(list(prior.probs), dtype=current.dtype, device=logits.device)
         weight = min(1.0, float(prior.weight))
-        mixed = current * (1.0 - weight)
-        share = torch.full_like(current[..., :1], weight)
-        if keep is not None and keep.numel():
-            kept = current.index_select(-1, keep)
-            mixed.index_copy_(-1, keep, kept)
-            share = share * (1.0 - kept.sum(-1, keepdim=True))
-        probs = mixed.index_add_(-1, ids, q * share)
-    return logits if probs is None else probs.log()
+        ids = torch.tensor(list(prior.ids), dtype=torch.long, device=logits.device)
+        q = torch.tensor(list(prior.probs), dtype=logp.dtype, device=logits.device)
+        share = torch.full_like(logp[..., :1], weight)
+        kept = None
+        if stops is not None:
+            kept = logp.index_select(-1, stops)  # log p of the stop tokens
+            share = share * (1.0 - kept.exp().sum(-1, keepdim=True))
+        mixed = logp.index_select(-1, ids).exp() * (1.0 - weight) + q * share
+        new = logp + (math.log1p(-weight) if weight < 1.0 else float("-inf"))
+        new.index_copy_(-1, ids, mixed.log())
+        if stops is not None and kept is not None:
+            new.index_copy_(-1, stops, kept)
+        out = new
+    return logits if out is None else out
 
 
 def next_token(

@@ -46,10 +46,9 @@ from demi.model.quantize import dequantize_int4, unpack_nibbles
 from demi.model.rope import inv_frequencies
 from demi.progress import report
 
-log = logging.getLogger("demi.model")
-
-OPSET = 18  # the default: Demi's graph needs 17 or newer (LayerNormalization); 18 is the exporter's own floor
-MIN_OPSET = 17
+# The default and the floor: torch's dynamo exporter translates to opset 18 or newer (asked for 17 it
+# writes 18, and onnx's version converter has no way down for Split); newer opsets are written as asked.
+OPSET = MIN_OPSET = 18
 FP32_FILE, INT8_FILE, MANIFEST = "model.onnx", "model.int8.onnx", "onnx.json"
 EXTRA_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 MISSING_EXTRA = "ONNX export and onnxruntime need the onnx extra: pip install 'demi[onnx]' ({})"
@@ -116,7 +115,7 @@ class OnnxDecoder(nn.Module):
         self.head_t = nn.Parameter(model.lm_head.weight.detach().t().contiguous(), requires_grad=False)
         for module in model.modules():  # torch's ops only: native inference ops cannot be traced
             if getattr(module, "step_lib", None) is not None:
-                module.step_lib = None
+                setattr(module, "step_lib", None)  # noqa: B010 (nn.Module.__setattr__ is typed for tensors and modules)
 
     def rotary(self, start: Tensor, count: int) -> tuple[Tensor, Tensor]:
         """cos, sin [T, rotary_dim] for positions start.., as `RotaryTable.lookup` computes them."""
@@ -301,7 +300,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = True, o
     Returns what was written."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if opset < MIN_OPSET:
-        raise DemiUserError(f"ONNX opset {opset} is too old; Demi's graph needs {MIN_OPSET} or newer")
+        raise DemiUserError(f"ONNX opset {opset} is too old; torch's exporter writes {MIN_OPSET} or newer")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DemiUserError(f"{out_dir}: exists and is not an empty directory; choose a new one")
     cfg = checked_config(model_dir)
@@ -316,6 +315,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = True, o
     files = {"fp32": FP32_FILE}
     try:
         export_decoder(model, out_dir / FP32_FILE, opset)
+        opset = written_opset(out_dir / FP32_FILE)  # what the file says, whatever was asked
         report(EXPORT_STAGE, 1, 1)
         if int8:
             report(QUANTIZE_STAGE, 0, 1)
@@ -357,6 +357,14 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = True, o
         "bytes": sizes,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def written_opset(path: Path) -> int:
+    """The default-domain opset a graph file declares."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _size(path: Path) -> int:

@@ -1,7 +1,7 @@
 """The workspace cache model: its n-gram statistics (counts, longest match, advancing, removal,
 eviction, incremental updates), the mixing in the engine (a certain cache turns the greedy choice,
 an empty one changes nothing, bit for bit) and a FIM completion on a tiny model that copies a
-project-specific name only with the cache; the scope names of the identifier prior."""
+project-specific name only with the cache."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import torch
 from demi.assistant.complete import complete
 from demi.assistant.document import Document
 from demi.assistant.engines import InProcessEngine
-from demi.assistant.scope_prior import scope_names
-from demi.assistant.syntax import parse
 from demi.assistant.token_ngrams import TokenNgrams
 from demi.assistant.workspace_cache import (
     WorkspaceCache,
@@ -306,35 +304,3 @@ def test_complete_copies_a_project_name_only_with_the_cache(lm):
         assert request_hook(engine, WorkspaceCache(CountingEncoder()), "x.py", text, len(text), text) is None
     finally:
         engine.close()
-
-
-# -- the scope names -----------------------------------------------------------------------------------------
-
-SCOPED = (
-    """import os
-from collections import OrderedDict as Ordered, deque
-
-LIMIT = 3
-
-
-class Store:
-    def __init__(self, root):
-        self.root = root
-        self._items = Ordered()
-
-    def put(self, key, value, *, overwrite=False):
-        existing = self._items.get(key)
-"""
-    + " " * 8
-)
-
-
-def test_scope_names_are_parameters_locals_imports_and_self_attributes():
-    doc = Document.from_text(SCOPED, "store.py")
-    offset = SCOPED.index("existing") + len("existing = self._items.get(key)\n        ")
-    names, attributes = scope_names(parse(doc), doc, offset)
-    assert {"key", "value", "overwrite", "existing"} <= set(names)
-    assert {"os", "Ordered", "deque", "Store", "LIMIT"} <= set(names)
-    assert "root" not in names  # a parameter of another method
-    assert {"root", "_items", "put", "__init__"} <= set(attributes)
-    assert "self" not in names

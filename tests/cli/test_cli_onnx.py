@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from helpers import clean_env, one_json
+from helpers import clean_env
 
 
 def demi(env, *args):
@@ -26,11 +26,14 @@ def env(tmp_path_factory):
 
 def test_models_export_onnx(tiny_checkpoints, tmp_path, env):
     src = tiny_checkpoints("qwen2")
-    out = one_json(demi(env, "models", "export", src, tmp_path / "onnx", "--onnx", "--opset", "17", "--json"))
-    assert out["model_type"] == "qwen2" and out["opset"] == 17 and set(out["files"]) == {"fp32", "int8"}
-    for kind, path in out["files"].items():
-        assert out["bytes"][kind] > 0
-        assert {o.domain: o.version for o in onnx.load(path).opset_import}[""] == 17
+    r = demi(env, "models", "export", src, tmp_path / "onnx", "--onnx")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    graphs = r"model\.onnx \(fp32, [\d.]+ MiB\), model\.int8\.onnx \(int8, [\d.]+ MiB\)"
+    line = rf"wrote {graphs} to \S+: qwen2, opset 18, in [\d.]+ s\n"
+    assert re.fullmatch(line, r.stdout), r.stdout
+    for name in ("model.onnx", "model.int8.onnx"):
+        path = str(tmp_path / "onnx" / name)
+        assert {o.domain: o.version for o in onnx.load(path).opset_import}[""] == 18
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         assert names[:3] == ["input_ids", "past_key_0", "past_value_0"]

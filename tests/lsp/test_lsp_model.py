@@ -70,9 +70,10 @@ def lsp_command(model_dir: Path, *extra: str) -> list[str]:
 async def client(workdir, model_dir):
     root = workdir / "project"
     root.mkdir(exist_ok=True)
-    c = await start_client(
-        lsp_command(model_dir), server_env(workdir), root, init_options={"maxTokens": 24, "contextTokens": 384}
-    )
+    # the workspace cache off: the session layer's answers here are the model's alone (the cache's
+    # own end-to-end test is tests/lsp/test_lsp_workspace_cache.py)
+    options = {"maxTokens": 24, "contextTokens": 384, "workspaceCache": False}
+    c = await start_client(lsp_command(model_dir), server_env(workdir), root, init_options=options)
     yield c
     await stop_client(c)
 
