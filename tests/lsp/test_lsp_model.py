@@ -103,14 +103,16 @@ async def test_answers_equal_the_session_layer(client, workdir, model_dir):
 async def test_cancel_stops_decoding_in_the_engine(client, workdir):
     """A cancelled request stops the model within a step. An explanation is the long decode here:
     prose has no block end, while a random model's inline completion soon ends its block or loops
-    and is cut (so whether it outlives the cancel would depend on its random text)."""
+    and is cut (so whether it outlives the cancel would depend on its random text). The model leads,
+    so the answer is free prose (a small model's facts-led summary is one short sentence)."""
     uri = (workdir / "project" / "long.py").as_uri()
     open_doc(client, uri, CODE)
     for _ in range(200):  # a request queued behind the model's load is answered when it starts
         if (await stats(client))["status"]["state"] == "ready":
             break
         await asyncio.sleep(0.05)
-    client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"explainMaxTokens": 900}))
+    prose = {"explainMaxTokens": 900, "explainLead": "model"}
+    client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings=prose))
     await asyncio.sleep(0.05)
     try:
         s0 = await stats(client)
