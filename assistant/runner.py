@@ -186,6 +186,8 @@ def _start_generation(model: Any, request: GenerationRequest, batch: bool = Fals
     if callable(run):
         return run(request)
     kwargs = {f.name: getattr(request, f.name) for f in fields(request) if f.name != "prompt"}
+    if kwargs.get("mix") is None:  # (a keyword-API engine need not know the newer hook when it is unused)
+        kwargs.pop("mix", None)
     return model.stream(request.prompt, **kwargs)
 
 

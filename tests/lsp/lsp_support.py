@@ -87,7 +87,12 @@ class ScriptedEngine:
             instruction = m.group(1).strip() if m else ""
             code = re.search(r"The code to rewrite:\n(`{3,})[^\n]*\n(.*?)\n\1", user, re.S)
             body = code.group(2) if code else ""
+            # ("write Y for every X": the same rewrite, phrased so the server's static rename does
+            # not take it and the model's rewrite path is what the tests drive)
             ren = re.match(r"rename (\w+) to (\w+)", instruction)
+            swap = re.match(r"write (\w+) for every (\w+)", instruction)
+            if swap:
+                body = re.sub(rf"\b{swap.group(2)}\b", swap.group(1), body)
             if ren:
                 body = re.sub(rf"\b{ren.group(1)}\b", ren.group(2), body)
             raw = f"```python\n{body}\n```\n"

@@ -377,7 +377,7 @@ async def test_a_refactor_is_applied_to_the_right_lines(client, workdir):
             arguments=[
                 uri,
                 {"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 5}},
-                "rename x to y",
+                "write y for every x",
             ],
         )
     )
@@ -398,7 +398,7 @@ async def test_a_refactor_of_a_file_with_lone_cr_line_ends(client, workdir):
             arguments=[
                 uri,
                 {"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 5}},
-                "rename x to y",
+                "write y for every x",
             ],
         )
     )
@@ -420,7 +420,7 @@ async def test_a_rewrite_cut_off_by_the_token_limit_is_not_applied(client, workd
                     arguments=[
                         uri,
                         {"start": {"line": 0, "character": 0}, "end": {"line": 4, "character": 0}},
-                        "rename x to y",
+                        "write y for every x",
                     ],
                 )
             )
