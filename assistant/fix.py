@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from demi.assistant.candidates import candidate_sampling
 from demi.assistant.document import Document, PositionError
 from demi.assistant.edits import Edit, unified_diff, workspace_edit
 from demi.assistant.prompts import fix_prompt
-from demi.assistant.refactor import RefactorRejected, RefactorResult, rewrite
+from demi.assistant.refactor import RefactorRejected, RefactorResult, candidate_rewrites
 from demi.assistant.syntax import Syntax, parse
 from demi.assistant.target import resolve_target, target_context
 from demi.model.errors import DemiUserError
@@ -540,10 +539,6 @@ class FixResult(RefactorResult):
         }
 
 
-def _reason(exc: Exception) -> str:
-    return str(exc).split("; nothing was changed")[0]
-
-
 def propose_fix(
     engine: Any,
     doc: Document,
@@ -589,22 +584,12 @@ def propose_fix(
     reasons: list[str] = []
     fallback: FixResult | None = None
     completion_tokens = 0
-    for i in range(candidates):
-        result = engine.chat(
-            prompt,
-            on_text=on_text,
-            max_new_tokens=max_tokens,
-            sampling=candidate_sampling(sampling, i),
-            cancel=cancel,
-            time_budget=time_budget,
-        )
-        if result.finish_reason == "cancelled":
-            raise FixRejected("cancelled; nothing was changed")
+    replies = candidate_rewrites(
+        engine, prompt, target, candidates, reasons, FixRejected, max_tokens, sampling, on_text, cancel, time_budget
+    )
+    for i, result, new_text, notes in replies:
         completion_tokens += int(result.extra.get("completion_tokens", result.completion_tokens))
-        try:
-            new_text, notes = rewrite(target, result.text)
-        except RefactorRejected as exc:
-            reasons.append(_reason(exc))
+        if new_text is None:
             continue
         if new_text == doc.text:
             reasons.append("the model returned the code unchanged")

@@ -16,7 +16,7 @@ it asks (`mechanical.done`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,6 +176,49 @@ def validate(target: Target, new_text: str) -> list[str]:
     return []
 
 
+def rejection_reason(exc: Exception) -> str:
+    """A rejected reply's reason without the "nothing was changed" tail (for a list of tries)."""
+    return str(exc).split("; nothing was changed")[0]
+
+
+def candidate_rewrites(
+    engine: Any,
+    prompt: Any,
+    target: Target,
+    candidates: int,
+    reasons: list[str],
+    rejected: type[RefactorRejected],
+    max_tokens: int,
+    sampling: Sampling | None,
+    on_text: Callable[[str], None] | None,
+    cancel: Any,
+    time_budget: float | None,
+) -> Iterator[tuple[int, Any, str | None, list[str]]]:
+    """The model's replies in turn (`candidate_sampling`), each spliced into the document and
+    validated (`rewrite`): yields (try, reply, new text, notes), the new text None for a reply that
+    did not validate (its reason added to `reasons`; the reply is still yielded, so its tokens are
+    counted), and raises `rejected` when the user cancels. Refactor and fix share it; what counts
+    as done (an intent carried out, a test passing) is theirs."""
+    for i in range(candidates):
+        result = engine.chat(
+            prompt,
+            on_text=on_text,
+            max_new_tokens=max_tokens,
+            sampling=candidate_sampling(sampling, i),
+            cancel=cancel,
+            time_budget=time_budget,
+        )
+        if result.finish_reason == "cancelled":
+            raise rejected("cancelled; nothing was changed")
+        try:
+            new_text, notes = rewrite(target, result.text)
+        except RefactorRejected as exc:
+            reasons.append(rejection_reason(exc))
+            yield i, result, None, []
+            continue
+        yield i, result, new_text, notes
+
+
 def rewrite(target: Target, reply: str) -> tuple[str, list[str]]:
     """The model's reply spliced in and validated: (the new file text, notes). Raises
     `RefactorRejected` when it fails; every task that rewrites code (refactor, fix) checks it here."""
@@ -295,23 +338,23 @@ def propose(
     reasons: list[str] = []
     unchanged: RefactorResult | None = None  # returned (as "unchanged") when no reply changed anything
     prompt_tokens = completion_tokens = 0
-    for i in range(candidates):
-        result = engine.chat(
-            prompt,
-            on_text=on_text,
-            max_new_tokens=max_tokens,
-            sampling=candidate_sampling(sampling, i),
-            cancel=cancel,
-            time_budget=time_budget,
-        )
-        if result.finish_reason == "cancelled":
-            raise RefactorRejected("cancelled; nothing was changed")
+    replies = candidate_rewrites(
+        engine,
+        prompt,
+        target,
+        candidates,
+        reasons,
+        RefactorRejected,
+        max_tokens,
+        sampling,
+        on_text,
+        cancel,
+        time_budget,
+    )
+    for i, result, new_text, notes in replies:
         prompt_tokens += int(result.prompt_tokens or 0)
         completion_tokens += int(result.extra.get("completion_tokens", result.completion_tokens))
-        try:
-            new_text, notes = rewrite(target, result.text)
-        except RefactorRejected as exc:
-            reasons.append(str(exc).split("; nothing was changed")[0])
+        if new_text is None:
             continue
         if new_text == doc.text:
             reasons.append("the model returned the code unchanged")

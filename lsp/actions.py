@@ -585,28 +585,29 @@ class Actions:
         )
         if not result.edit.changed:
             return {"applied": False, "diff": "", "notes": notes}
+        return {**await self._apply(target, result, "rewrite", "rewriting", "refactor"), "notes": notes}
+
+    async def _apply(self, target: Target, result: Any, noun: str, doing: str, command: str) -> dict[str, Any]:
+        """Apply a validated rewrite (a refactor's or a fix's) through workspace/applyEdit, unless the
+        model was cut off by refactorMaxTokens or the document changed while it worked."""
+        s = self.ls.settings
         if result.completion_tokens >= s.refactor_max_tokens:  # cut off: the rest of the code would be lost
             raise RequestFailed(
                 f"the model stopped at refactorMaxTokens ({s.refactor_max_tokens}) before the end "
-                f"of its rewrite of {target.label}; nothing was applied (raise refactorMaxTokens)"
+                f"of its {noun} of {target.label}; nothing was applied (raise refactorMaxTokens)"
             )
         open_doc = self.ls.open_document(target.uri)
         if target.version is not None and (open_doc is None or open_doc.version != target.version):
             raise RequestFailed(
-                f"{target.doc.name} changed while Demi was rewriting it; nothing was applied (run the refactor again)"
+                f"{target.doc.name} changed while Demi was {doing} it; nothing was applied (run the {command} again)"
             )
         answer = await self.ls.workspace_apply_edit_async(
             t.ApplyWorkspaceEditParams(
                 edit=self.workspace_edit(target, result.edit.old, result.edit.new),
-                label=f"Demi: refactor {target.label}",
+                label=f"Demi: {command} {target.label}",
             )
         )
-        return {
-            "applied": bool(answer.applied),
-            "failureReason": answer.failure_reason,
-            "diff": result.diff,
-            "notes": notes,
-        }
+        return {"applied": bool(answer.applied), "failureReason": answer.failure_reason, "diff": result.diff}
 
     # fix: the quick fix on diagnostics ---------------------------------------------------------------
 
@@ -713,30 +714,8 @@ class Actions:
             result.seconds,
             {"path": target.doc.name, "target": result.target, "error": result.error},
         )
-        if result.completion_tokens >= s.refactor_max_tokens:  # cut off: the rest of the code would be lost
-            raise RequestFailed(
-                f"the model stopped at refactorMaxTokens ({s.refactor_max_tokens}) before the end "
-                f"of its fix of {target.label}; nothing was applied (raise refactorMaxTokens)"
-            )
-        open_doc = self.ls.open_document(target.uri)
-        if target.version is not None and (open_doc is None or open_doc.version != target.version):
-            raise RequestFailed(
-                f"{target.doc.name} changed while Demi was fixing it; nothing was applied (run the fix again)"
-            )
-        answer = await self.ls.workspace_apply_edit_async(
-            t.ApplyWorkspaceEditParams(
-                edit=self.workspace_edit(target, result.edit.old, result.edit.new),
-                label=f"Demi: fix {target.label}",
-            )
-        )
-        return {
-            "applied": bool(answer.applied),
-            "failureReason": answer.failure_reason,
-            "diff": result.diff,
-            "notes": list(result.notes),
-            "error": result.error,
-            "target": result.target,
-        }
+        applied = await self._apply(target, result, "fix", "fixing", "fix")
+        return {**applied, "notes": list(result.notes), "error": result.error, "target": result.target}
 
 
 def _diagnostic_text(d: t.Diagnostic) -> str:

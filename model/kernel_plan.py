@@ -437,8 +437,9 @@ def _entry(cfg: ModelConfig, mode: str, group: int) -> str:
     return f"{mode}:g{group}:" + ",".join(f"{n}x{k}" for n, k in matmul_shapes(cfg))
 
 
-def _read(path: Path, key: dict) -> dict:
-    """The cached entries, or {} (with a warning) for a corrupt or foreign file."""
+def read_entries(path: Path, key: dict, label: str | None = "kernel plan") -> dict:
+    """The cached entries, or {} for a corrupt or foreign file (with a warning naming `label`, or
+    silently with None)."""
     if not path.is_file():
         return {}
     try:
@@ -446,17 +447,20 @@ def _read(path: Path, key: dict) -> dict:
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
             raise ValueError("not a plan file")
     except (OSError, ValueError) as exc:
-        log.warning("kernel plan cache %s is unreadable (%s); measuring again", path, exc)
+        if label:
+            log.warning("%s cache %s is unreadable (%s); measuring again", label, path, exc)
         return {}
     if data.get("key") != key:
-        log.warning("kernel plan cache %s was made for another machine or version; measuring again", path)
+        if label:
+            log.warning("%s cache %s was made for another machine or version; measuring again", label, path)
         return {}
     return data["entries"]
 
 
-def _write(path: Path, key: dict, entries: dict) -> None:
+def write_entries(path: Path, key: dict, entries: dict, prefix: str = ".plan-") -> None:
+    """Replace `path` atomically with `entries` under `key` (an interrupted write leaves the old file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plan-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"key": key, "entries": entries}, f, indent=1, sort_keys=True)
@@ -470,7 +474,7 @@ def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = Fal
     """The cached plan for this model's shapes on this machine, measuring it on a miss."""
     key = cache_key()
     path = cache_file(key)
-    entries = _read(path, key)
+    entries = read_entries(path, key)
     name = _entry(cfg, mode, group)
     cached = entries.get(name)
     if cached and not remeasure:
@@ -501,7 +505,7 @@ def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = Fal
         return plan
     entries[name] = plan.as_dict()
     try:
-        _write(path, key, entries)
+        write_entries(path, key, entries)
     except OSError as exc:
         log.warning("could not save the kernel plan to %s (%s)", path, exc)
     return plan

@@ -18,13 +18,9 @@ On CUDA nothing is measured: bf16 where the GPU supports it, and compile.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,28 +120,6 @@ def cache_key() -> dict[str, Any]:
     return {**kernel_plan.cache_key(), "plan": "train-speed", "train_version": SPEED_PLAN_VERSION}
 
 
-def _read(path: Path, key: dict[str, Any]) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("entries"), dict):
-        return {}
-    return data["entries"]
-
-
-def _write(path: Path, key: dict[str, Any], entries: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".train-plan-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"key": key, "entries": entries}, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plan_speed(
     cfg: ModelConfig,
     seq_len: int,
@@ -170,7 +144,7 @@ def plan_speed(
     key = cache_key()
     path = kernel_plan.cache_file(key)
     name = _entry(cfg, seq_len, options)
-    entries = _read(path, key)
+    entries = kernel_plan.read_entries(path, key, label=None)
     cached = entries.get(name)
     if isinstance(cached, dict) and not remeasure:
         try:
@@ -183,7 +157,7 @@ def plan_speed(
         return plan
     entries[name] = plan.as_dict()
     try:
-        _write(path, key, entries)
+        kernel_plan.write_entries(path, key, entries, prefix=".train-plan-")
     except OSError as exc:
         log.warning("could not save the training speed plan to %s (%s)", path, exc)
     return plan

@@ -83,14 +83,21 @@ class CodeTasks(AppPart):
         job = await app.answers.start("explain", UserMessage(f"/explain {spec.label}"), app.loader.who("explain"), None)
         self.thread_worker("engine", self._explain_in_thread, job, spec, doc)
 
+    def _engine_for(self, job: Job) -> Any:
+        """The engine once it has loaded (in a worker thread), or None with the job marked failed."""
+        app = self.app
+        engine = app.loader.wait_for_engine(job)
+        if engine is None:
+            app.from_thread(self._failed, job, app.loader.engine_error or "stopped before the model was ready")
+        return engine
+
     def _explain_in_thread(self, job: Job, spec: TargetSpec, doc: Any) -> None:
         from demi.assistant.explain import explain
 
         app = self.app
         save = app.answers.save
-        engine = app.loader.wait_for_engine(job)
+        engine = self._engine_for(job)
         if engine is None:
-            app.from_thread(self._failed, job, app.loader.engine_error or "stopped before the model was ready")
             return
         cfg = app.config
         try:
@@ -177,9 +184,8 @@ class CodeTasks(AppPart):
 
         app = self.app
         save = app.answers.save
-        engine = app.loader.wait_for_engine(job)
+        engine = self._engine_for(job)
         if engine is None:
-            app.from_thread(self._failed, job, app.loader.engine_error or "stopped before the model was ready")
             return
         cfg = app.config
         meta = {
@@ -290,9 +296,8 @@ class CodeTasks(AppPart):
 
         app = self.app
         save = app.answers.save
-        engine = app.loader.wait_for_engine(job)
+        engine = self._engine_for(job)
         if engine is None:
-            app.from_thread(self._failed, job, app.loader.engine_error or "stopped before the model was ready")
             return
         cfg = app.config
         meta = {"command": "fix", "path": spec.path, "target": site.label, "error": report.text}
