@@ -79,7 +79,9 @@ def test_a_time_budget_fits_the_steps_and_ends_the_run(tmp_path, data, tok):
     saved = checkpoints.load_state(checkpoints.latest_checkpoint(tmp_path / "run"))
     assert saved["budget_steps"] == summary["step"] and saved["train_config"]["steps"] == summary["step"]
     again = trainer(tmp_path / "run", data, tok, steps=summary["step"], time_budget_s=0.5)
-    assert again.resume() and again.budget_steps == summary["step"] and again.wall >= 0.5 * 0.97
+    # the resumed run keeps the fitted steps and the wall time spent so far (the run may end at its
+    # fitted step a little before the budget is spent, so the wall is compared with what was saved)
+    assert again.resume() and again.budget_steps == summary["step"] and again.wall == saved["wall"] > 0
     with pytest.raises(TrainConfigError, match="warmup"):
         TrainConfig(time_budget_s=60, warmup_steps=1)
 
