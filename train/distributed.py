@@ -111,7 +111,10 @@ def init(requested: str | None, device: str) -> tuple[DistEnv, str]:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group together: a rank that tears down gloo while another still talks to it
+    can abort in C++ ("terminate called without an active exception", seen once in CI on rank 1)."""
     if env.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
