@@ -14,6 +14,8 @@ strings, cancellation, deadlines, speculative verification) stays in its own gen
 
 Exactness: on a quantized CPU model the native kernels take up to `DECODE_ROWS` rows and work row
 by row, so each row is bit for bit a one-row step; bigger batches are cut into groups of that many.
+Where the one-call decode stack fits (decode_stack.py), the whole step for all rows is one native
+call, still row by row inside.
 The int8 head's int4 shadow (`RescoredHead`) is run on all rows at once and rescored row by row, as
 its one-row path does. A mixture of experts runs per row (each row picks its own experts anyway), and
 so does every row of a MiniMax hybrid stack (minimax.py, lightning.py: a plain step per row).
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from demi.model import decode_ops
-from demi.model.decoder import Attention, Block, KVCache, Transformer, attention_mask
+from demi.model.decoder import Attention, Block, KVCache, Transformer, attention_mask, decode_ops_ready
 from demi.model.fusion import FusedAttention
 from demi.model.quantize import DECODE_ROWS, RescoredHead
 
@@ -87,6 +89,14 @@ def _decode(model: Transformer, tokens: Tensor, positions: list[int], caches: li
     x = model.model.embed_tokens(tokens.view(b, 1))
     table = model.rotary_table(x.device)
     rotations = [table.lookup(p, 1, x.device) for p in positions]
+    stack = model.decode_stack
+    if stack is not None and decode_ops_ready(x) and all(stack.usable(c) for c in caches):
+        # every layer in one native call, each row bit for bit its lone step (decode_stack.py)
+        cos, sin = torch.cat([c for c, _ in rotations]), torch.cat([s for _, s in rotations])
+        hidden = stack.rows(x.view(b, -1), positions, caches, cos, sin).view(b, 1, -1)
+        for pos, cache in zip(positions, caches):
+            cache.length = pos + 1
+        return _head(model.lm_head, model.model.norm(hidden))
     # [B, 1, 1, rot]: row i's rotation broadcast over its heads (apply_rotary takes x [B, heads, 1, D])
     cos = torch.stack([c for c, _ in rotations]).unsqueeze(1).to(x.dtype)
     sin = torch.stack([s for _, s in rotations]).unsqueeze(1).to(x.dtype)

@@ -1,4 +1,4 @@
-"""A decode step through every layer in one native call (`demi_decode_stack` in native/decode_ops.c).
+"""Decode steps through every layer in one native call (`demi_decode_rows` in native/decode_ops.c).
 
 On a small quantized model a decode step is mostly dispatch: about ten torch calls a layer (norms,
 three matmuls, the attention step, SiLU, residual adds), each a few microseconds of Python and
@@ -6,8 +6,10 @@ ATen around little arithmetic. Where every layer is the plain dense kind (fused 
 norm, RMSNorm, SwiGLU, native int8 or int4 decode kernels from one library), `arm` records each
 layer's weights once as C structs and `Transformer.hidden_states` hands a lone step of one sequence
 to `step`: the same C functions in the same order as the layer-by-layer path, so the two agree bit
-for bit (tests/model/test_decode_stack.py). Anything else (a batch, a speculative check, MoE,
-QK norm, bf16, unquantized weights) keeps the layer-by-layer path.
+for bit (tests/model/test_decode_stack.py). The same call takes several rows: a batch of sequences
+(each its own cache and position: model/batch.py) or the consecutive tokens of a speculative check
+(generate.verify_logits), each row still bit for bit a lone step, with every weight read once per
+call. Anything else (MoE, QK norm, bf16, unquantized weights) keeps the layer-by-layer path.
 """
 
 from __future__ import annotations
@@ -64,14 +66,14 @@ class DecodeStack:
         self.eps, self.window = eps, attn.window
         self.hq, self.hkv, self.d = attn.n_heads, attn.n_kv, attn.head_dim
         hidden, qkv = layers[0].o.n, (self.hq + 2 * self.hkv) * self.d
-        self.scratch = torch.empty(2 * hidden + qkv + self.hq * self.d + 3 * inter)
-        self.pointers: dict[int, tuple[KVCache, ctypes.Array, ctypes.Array]] = {}  # id(cache) -> its layers' k, v
+        self.row_floats = 2 * hidden + qkv + self.hq * self.d + 3 * inter
+        self.scratch = torch.empty(self.row_floats)
+        self.pointers: dict[int, tuple[KVCache, list[int], list[int]]] = {}  # id(cache) -> its layers' k, v
 
-    def _cache_pointers(self, cache: KVCache) -> tuple[ctypes.Array, ctypes.Array]:
+    def _cache_pointers(self, cache: KVCache) -> tuple[list[int], list[int]]:
         known = self.pointers.get(id(cache))
         if known is None or known[0] is not cache:
-            ptrs = ctypes.c_void_p * self.n
-            known = (cache, ptrs(*[t.data_ptr() for t in cache.k]), ptrs(*[t.data_ptr() for t in cache.v]))
+            known = (cache, [t.data_ptr() for t in cache.k], [t.data_ptr() for t in cache.v])
             if len(self.pointers) > 64:  # caches come and go with the prefix cache's slots
                 self.pointers.clear()
             self.pointers[id(cache)] = known
@@ -83,17 +85,36 @@ class DecodeStack:
 
     def step(self, x: Tensor, pos: int, cos: Tensor, sin: Tensor, cache: KVCache) -> Tensor:
         """x [1, 1, hidden] (the embedding, fp32) -> the last layer's output; writes the cache at `pos`."""
-        max_len = cache.k[0].shape[2]
-        if not 0 <= pos < max_len:
-            raise ValueError(f"position {pos} is outside the cache ({max_len} positions)")
+        return self.rows(x.reshape(1, -1), [pos], [cache], cos, sin).view(1, 1, -1)
+
+    def rows(self, x: Tensor, positions: list[int], caches: list[KVCache], cos: Tensor, sin: Tensor) -> Tensor:
+        """x [R, hidden] (embeddings) -> the last layer's output [R, hidden]: row r a decode step of its
+        token at positions[r] in caches[r] (cos, sin [R, rot]: row r's rotation), each bit for bit a
+        lone step. Rows of one cache must come in order of position (a speculative check)."""
+        count = x.shape[0]
+        ks: list[int] = []
+        vs: list[int] = []
+        lengths, lows = [], []
+        for pos, cache in zip(positions, caches, strict=True):
+            max_len = cache.k[0].shape[2]
+            if not 0 <= pos < max_len:
+                raise ValueError(f"position {pos} is outside the cache ({max_len} positions)")
+            k, v = self._cache_pointers(cache)
+            ks += k
+            vs += v
+            lengths.append(max_len)
+            lows.append(max(0, pos - self.window + 1) if self.window else 0)
+        if self.scratch.numel() < count * self.row_floats:
+            self.scratch = torch.empty(count * self.row_floats)
         out = x.float().contiguous().clone()
-        cos, sin = cos.reshape(-1).float().contiguous(), sin.reshape(-1).float().contiguous()
-        ks, vs = self._cache_pointers(cache)
-        lo = max(0, pos - self.window + 1) if self.window else 0
-        self.lib.demi_decode_stack(
-            out.data_ptr(), ctypes.addressof(self.layers), self.n, ctypes.addressof(ks), ctypes.addressof(vs),
-            self.eps, cos.data_ptr(), sin.data_ptr(), cos.shape[0], max_len, pos, lo, self.hq, self.hkv, self.d,
-            self.scratch.data_ptr(),
+        cos, sin = cos.reshape(count, -1).float().contiguous(), sin.reshape(count, -1).float().contiguous()
+        ptrs, ints = ctypes.c_void_p * len(ks), ctypes.c_int64 * count
+        ka, va = ptrs(*ks), ptrs(*vs)
+        la, pa, wa = ints(*lengths), ints(*positions), ints(*lows)
+        self.lib.demi_decode_rows(
+            out.data_ptr(), count, ctypes.addressof(self.layers), self.n, ctypes.addressof(ka), ctypes.addressof(va),
+            ctypes.addressof(la), ctypes.addressof(pa), ctypes.addressof(wa), self.eps, cos.data_ptr(), sin.data_ptr(),
+            cos.shape[1], self.hq, self.hkv, self.d, self.scratch.data_ptr(),
         )  # fmt: skip
         return out
 

@@ -371,10 +371,15 @@ class Transformer(nn.Module):
         cos, sin = self.rotary_table(x.device).lookup(start, t, x.device)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once per forward, not per layer
         stack = self.decode_stack
-        if t == 1 and stack is not None and cache is not None and router_logits is None and tokens.shape[0] == 1:
-            if decode_ops_ready(x) and stack.usable(cache):  # a lone decode step, bit for bit the layers'
-                x = stack.step(x, start, cos, sin, cache)
-                cache.length = start + 1
+        lone_rows = t == 1 or rowwise  # a decode step, or a speculative check: rows computed as lone steps
+        if lone_rows and stack is not None and cache is not None and router_logits is None and tokens.shape[0] == 1:
+            if decode_ops_ready(x) and stack.usable(cache):  # bit for bit the layers', in one native call
+                if t > 1:  # each row's rotation as its own step looks it up (a dynamic table differs)
+                    table = self.rotary_table(x.device)
+                    rows = [table.lookup(start + i, 1, x.device) for i in range(t)]
+                    cos, sin = torch.cat([c for c, _ in rows]), torch.cat([s for _, s in rows])
+                x = stack.rows(x[0], list(range(start, start + t)), [cache] * t, cos, sin).unsqueeze(0)
+                cache.length = start + t
                 return self.model.norm(x)
         window = self.config.sliding_window
         mask: Mask

@@ -324,11 +324,15 @@ def decode_one_token(model: Transformer, token: Tensor, pos: int, cache: KVCache
     return model(token, start=pos, cache=cache)[:, -1].float()
 
 
-def max_verify_rows(model: Transformer) -> int | None:
+def max_verify_rows(model: Transformer, cache: KVCache) -> int | None:
     """The most tokens one speculative verification pass may hold so that each row's logits are
     the ones a decode step of that token gives (greedy output must not change): a quantized CPU
     model runs its decode kernels, which work row by row, only up to DECODE_ROWS rows; more go
-    through the prefill path, whose rounding differs (measured: a near-tie on demi-tiny int8 flipped)."""
+    through the prefill path, whose rounding differs (measured: a near-tie on demi-tiny int8 flipped).
+    The one-call decode stack (decode_stack.py) takes any number of rows as lone steps: no limit."""
+    stack = model.decode_stack
+    if stack is not None and stack.usable(cache):
+        return None
     return decode_rows(model)
 
 
@@ -383,7 +387,7 @@ def generate(
             if reason := run.interrupted(request.cancel):
                 return reason
     run.speculate = max(0, request.speculate) if s.repetition_penalty == 1.0 and request.mix is None else 0
-    if (rows := max_verify_rows(model)) is not None:
+    if (rows := max_verify_rows(model, cache)) is not None:
         run.speculate = min(run.speculate, rows - 1)
     if run.speculate > 0:
         return (yield from _decode_speculative(model, request, run, cache, logits, seen, generator, end))

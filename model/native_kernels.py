@@ -247,9 +247,10 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_rotate_heads.restype = None
     handle.demi_silu_mul.argtypes = [vp, i64, i64, vp]
     handle.demi_silu_mul.restype = None
-    handle.demi_decode_stack.argtypes = [vp, vp, i64, vp, vp, ctypes.c_float, vp, vp, i64, i64, i64, i64, i64, i64]
-    handle.demi_decode_stack.argtypes += [i64, vp]
-    handle.demi_decode_stack.restype = None
+    # x, rows, layers, n_layers, kcs, vcs, max_len, pos, lo, eps, cos, sin, rot, hq, hkv, d, scratch
+    handle.demi_decode_rows.argtypes = [vp, i64, vp, i64, vp, vp, vp, vp, vp, ctypes.c_float, vp, vp]
+    handle.demi_decode_rows.argtypes += [i64, i64, i64, i64, vp]
+    handle.demi_decode_rows.restype = None
     handle.demi_quantize_rows.argtypes = [vp, ctypes.c_int, i64, i64, vp, vp]
     handle.demi_quantize_rows.restype = None
     handle.demi_scale_rows.argtypes = [vp, i64, i64, vp, vp, vp, vp, ctypes.c_int]

@@ -211,7 +211,7 @@ void demi_rotate_heads(float *restrict x, int64_t rows, int64_t stride, int64_t 
 
 /* SwiGLU's middle for `rows` rows of gate|up [rows, 2 * inter]: out = silu(gate) * up. Decode-sized
  * rows take it here in every decode path (a lone step, a batch's rows, a speculative check), so
- * they agree bit for bit with `demi_decode_stack`; a prefill keeps torch's vectorized SiLU. */
+ * they agree bit for bit with `demi_decode_rows`; a prefill keeps torch's vectorized SiLU. */
 void demi_silu_mul(const float *restrict gu, int64_t rows, int64_t inter, float *restrict out) {
     for (int64_t r = 0; r < rows; r++) {
         const float *g = gu + r * 2 * inter, *u = g + inter;
@@ -244,38 +244,48 @@ void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const
 void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const float *scale, const float *zero,
                     int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K);
 
-static void lin(const demi_lin *l, const float *x, float *y) {
+static void lin(const demi_lin *l, const float *x, int64_t rows, float *y) {
     if (l->bits == 4)
-        demi_linear_q4(x, 0, 1, (const uint8_t *)l->w, l->scale, l->zero, l->group, l->bias, y, 0, l->n, l->k);
+        demi_linear_q4(x, 0, rows, (const uint8_t *)l->w, l->scale, l->zero, l->group, l->bias, y, 0, l->n, l->k);
     else
-        demi_linear_q8(x, 0, 1, (const int8_t *)l->w, l->scale, l->bias, y, 0, l->n, l->k);
+        demi_linear_q8(x, 0, rows, (const int8_t *)l->w, l->scale, l->bias, y, 0, l->n, l->k);
 }
 
-/* A decode step of one sequence through every layer in one call: x [hidden] (the token's embedding)
- * becomes the last layer's output, each layer's key and value written at `pos` of its cache (kcs[i],
- * vcs[i]: [hkv, max_len, d]). The same functions in the same order as the layer-by-layer path
- * (RMSNorm, the matmul kernels, demi_attend_step, demi_silu_mul, fp32 residual adds), so the two
- * agree bit for bit; what goes is ~10 torch dispatches a layer. scratch holds hidden * 2 +
- * (hq + 2 hkv) d + hq d + 3 inter floats. */
-void demi_decode_stack(float *restrict x, const demi_layer *layers, int64_t n_layers, float *const *kcs,
-                       float *const *vcs, float eps, const float *cos, const float *sin, int64_t rot, int64_t max_len,
-                       int64_t pos, int64_t lo, int64_t hq, int64_t hkv, int64_t d, float *restrict scratch) {
-    const int64_t hidden = layers[0].o.n, inter = layers[0].down.k;
-    float *h = scratch, *qkv = h + hidden, *att = qkv + (hq + 2 * hkv) * d, *out = att + hq * d;
-    float *gu = out + hidden, *act = gu + 2 * inter;
+static void add_rows(float *restrict x, const float *restrict y, int64_t count) {
+    for (int64_t j = 0; j < count; j++)
+        x[j] = x[j] + y[j];
+}
+
+/* Decode steps of `rows` tokens through every layer in one call: x [rows, hidden] (the tokens'
+ * embeddings) becomes the last layer's output. Row r is a token at position pos[r] of a sequence
+ * whose layer i cache is kcs[r * n_layers + i], vcs[...] ([hkv, max_len[r], d]), attending over
+ * lo[r]..pos[r], rotated by cos/sin row r (`rot` values each). Rows may be different sequences (a
+ * batch) or consecutive tokens of one (a speculative check: row r + 1 sees the key row r wrote, as
+ * rows are attended in order). The same functions in the same order as the layer-by-layer path
+ * (RMSNorm, the matmul kernels, which work row by row whatever the row count, demi_attend_step,
+ * demi_silu_mul, fp32 residual adds), so every row agrees bit for bit with a lone step of that
+ * token; what goes is ~10 torch dispatches a layer. scratch holds rows * (hidden * 2 +
+ * (hq + 2 hkv) d + hq d + 3 inter) floats. */
+void demi_decode_rows(float *restrict x, int64_t rows, const demi_layer *layers, int64_t n_layers,
+                      float *const *kcs, float *const *vcs, const int64_t *max_len, const int64_t *pos,
+                      const int64_t *lo, float eps, const float *cos, const float *sin, int64_t rot, int64_t hq,
+                      int64_t hkv, int64_t d, float *restrict scratch) {
+    const int64_t hidden = layers[0].o.n, inter = layers[0].down.k, width = (hq + 2 * hkv) * d;
+    float *h = scratch, *qkv = h + rows * hidden, *att = qkv + rows * width, *out = att + rows * hq * d;
+    float *gu = out + rows * hidden, *act = gu + rows * 2 * inter;
     for (int64_t i = 0; i < n_layers; i++) {
         const demi_layer *L = layers + i;
-        demi_rms_norm(x, L->norm_in, eps, h, 1, hidden);
-        lin(&L->qkv, h, qkv);
-        demi_attend_step(qkv, cos, sin, rot, kcs[i], vcs[i], max_len, pos, lo, hq, hkv, d, att);
-        lin(&L->o, att, out);
-        for (int64_t j = 0; j < hidden; j++)
-            x[j] = x[j] + out[j];
-        demi_rms_norm(x, L->norm_post, eps, h, 1, hidden);
-        lin(&L->gate_up, h, gu);
-        demi_silu_mul(gu, 1, inter, act);
-        lin(&L->down, act, out);
-        for (int64_t j = 0; j < hidden; j++)
-            x[j] = x[j] + out[j];
+        demi_rms_norm(x, L->norm_in, eps, h, rows, hidden);
+        lin(&L->qkv, h, rows, qkv);
+        for (int64_t r = 0; r < rows; r++)
+            demi_attend_step(qkv + r * width, cos + r * rot, sin + r * rot, rot, kcs[r * n_layers + i],
+                             vcs[r * n_layers + i], max_len[r], pos[r], lo[r], hq, hkv, d, att + r * hq * d);
+        lin(&L->o, att, rows, out);
+        add_rows(x, out, rows * hidden);
+        demi_rms_norm(x, L->norm_post, eps, h, rows, hidden);
+        lin(&L->gate_up, h, rows, gu);
+        demi_silu_mul(gu, rows, inter, act);
+        lin(&L->down, act, rows, out);
+        add_rows(x, out, rows * hidden);
     }
 }

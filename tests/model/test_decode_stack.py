@@ -75,11 +75,54 @@ def test_a_batch_and_a_speculative_check_agree_with_one_call_steps(tiny_checkpoi
         p = prompts[1]
         prefill(model, torch.tensor([p[:4]]), 0, check_cache)
         prefill(model, torch.tensor([p[:4]]), 0, step_cache)
+        stack, model.decode_stack = model.decode_stack, None  # the check through the layer-by-layer path
         rows = model.lm_head(model.hidden_states(torch.tensor([p[4:]]), 4, check_cache, rowwise=True))[0]
+        model.decode_stack = stack
         tail = enumerate(p[4:])
         steps = torch.cat([decode_one_token(model, torch.tensor([[t]]), 4 + i, step_cache) for i, t in tail])
     assert torch.equal(lone.view(many.shape), many)
     assert torch.equal(rows.view(steps.shape), steps)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+@pytest.mark.parametrize("family", ["llama-bias", "mistral"])
+def test_a_long_speculative_check_in_one_call_is_lone_steps_bit_for_bit(family, quant, tiny_checkpoints):
+    """A check of more rows than the layer path's decode kernels take (DECODE_ROWS) goes through the
+    stack in one call, each row what a lone step gives (Mistral's window of 8 slides inside it), so
+    speculation has no row limit there."""
+    from demi.model.generate import max_verify_rows, verify_logits
+    from demi.model.quantize import DECODE_ROWS
+
+    model = load_model(tiny_checkpoints(family), quant=quant)
+    prompt = torch.randint(3, 400, (6,), generator=torch.Generator().manual_seed(5)).tolist()
+    drafts = torch.randint(3, 400, (DECODE_ROWS + 6,), generator=torch.Generator().manual_seed(6)).tolist()
+    check_cache, step_cache = KVCache(model.config, 40), KVCache(model.config, 40)
+    assert max_verify_rows(model, check_cache) is None
+    with torch.inference_mode():
+        prefill(model, torch.tensor([prompt]), 0, check_cache)
+        prefill(model, torch.tensor([prompt]), 0, step_cache)
+        rows = verify_logits(model, torch.tensor([drafts]), len(prompt), check_cache)
+        at = len(prompt)
+        steps = [decode_one_token(model, torch.tensor([[t]]), at + i, step_cache) for i, t in enumerate(drafts)]
+    assert torch.equal(rows, torch.cat(steps))
+    assert check_cache.length == step_cache.length == len(prompt) + len(drafts)
+    assert all(torch.equal(a, b) for a, b in zip(check_cache.k + check_cache.v, step_cache.k + step_cache.v))
+
+
+def test_a_batch_of_int4_sequences_in_one_call_is_their_lone_steps(tiny_checkpoints):
+    from demi.model.batch import decode_batch
+
+    model = load_model(tiny_checkpoints("qwen2"), quant="int4")
+    prompts = [[5, 9, 14, 3], [40, 2, 2, 8, 19, 33, 4, 11, 7, 7], [8, 1]]
+    batched, lone = ([KVCache(model.config, 24) for _ in prompts] for _ in range(2))
+    with torch.inference_mode():
+        for p, a, b in zip(prompts, batched, lone):
+            prefill(model, torch.tensor([p[:-1]]), 0, a)
+            prefill(model, torch.tensor([p[:-1]]), 0, b)
+        many = decode_batch(model, torch.tensor([p[-1] for p in prompts]), [len(p) - 1 for p in prompts], batched)
+        alone = [decode_one_token(model, torch.tensor([[p[-1]]]), len(p) - 1, c) for p, c in zip(prompts, lone)]
+    assert torch.equal(many, torch.cat(alone))
+    assert [c.length for c in batched] == [len(p) for p in prompts]
 
 
 @pytest.mark.parametrize("family, quant", [("qwen3", "int8"), ("mixtral", "int8"), ("llama", "none")])
