@@ -635,7 +635,7 @@ def open_engine(
     server_kind: str | None = None,
 ) -> InProcessEngine | HttpEngine:
     """Load `model` in this process, or talk to `server` (a name, a directory or a hub id;
-    None means the config file, then DEMI_MODEL, then demi-tiny; no `quant` means "auto", the config's
+    None means DEMI_MODEL, then the config file, then demi-tiny; no `quant` means "auto", the config's
     default: int8 on a CPU). An in-process model runs on `runner` when given, else on its own, and
     speculates `speculate` draft tokens per step in chat-style answers (0: off)."""
     if server:  # `model` names the server's model; a local copy, if any, gives exact token counts

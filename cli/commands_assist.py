@@ -2,22 +2,20 @@
 
 Everything here is presentation: arguments in, `demi.assistant` calls, text or one JSON object
 out. Bad input (file, position, symbol, range) is checked before the model loads, so a typo
-costs milliseconds. A spinner shows on stderr while the model loads, only on a terminal.
+costs milliseconds. While the model loads, its progress shows on stderr as for every command that
+loads one (cli/progress_display.py: only on a terminal, never with --json).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import logging
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 from demi.cli.main import UsageError, emit_json
+from demi.cli.progress_display import showing_progress
 
 log = logging.getLogger("demi")
 
@@ -29,7 +27,7 @@ def register(sub, common) -> None:
             default=None,
             metavar="URL",
             help="an OpenAI-compatible server (demi serve, vLLM, llama.cpp, Ollama) instead of "
-            "loading the model here (default: config, then $DEMI_SERVER)",
+            "loading the model here (default: $DEMI_SERVER, then `server` in the config file)",
         )
         p.add_argument("--max-tokens", "-n", type=int, default=None, help="new tokens at most")
         p.add_argument("--temperature", "-t", type=float, default=None, help="0 (default) is greedy")
@@ -161,10 +159,11 @@ def register(sub, common) -> None:
 # -- shared ---------------------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace, **task: Any):
-    from demi.assistant.config import load_config
-
-    flags = {
+def config_flags(args: argparse.Namespace, **task: Any) -> dict[str, Any]:
+    """The settings the command line gives (`common()`'s model flags and --server, plus a command's
+    own `task` keys such as "explain.max_tokens"), as `load_config` takes them: None is "not given",
+    so the environment, the config file or the default decides."""
+    return {
         "model": getattr(args, "model", None),
         "server": getattr(args, "server", None),
         "device": getattr(args, "device", None),
@@ -173,40 +172,20 @@ def _config(args: argparse.Namespace, **task: Any):
         "quant": getattr(args, "quant", None),
         **task,
     }
-    return load_config(flags)
 
 
-@contextlib.contextmanager
-def spinner(label: str) -> Iterator[None]:
-    """A spinner on stderr while `label` runs; nothing at all when stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        yield
-        return
-    done = threading.Event()
+def _config(args: argparse.Namespace, **task: Any):
+    from demi.assistant.config import load_config
 
-    def spin() -> None:
-        frames, i, started = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", 0, time.monotonic()
-        while not done.wait(0.1):
-            sys.stderr.write(f"\r{frames[i % len(frames)]} {label} {time.monotonic() - started:4.1f}s")
-            sys.stderr.flush()
-            i += 1
-        sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+    return load_config(config_flags(args, **task))
 
 
-def _engine(cfg):
+def _engine(cfg, json_output: bool):
+    """The engine the settings ask for, its loading shown as every command shows it (not with --json)."""
     from demi.assistant.engines import engine_from_config
 
     where = cfg["server"] or cfg["model"] or "the default model"
-    with spinner(f"{'connecting to' if cfg['server'] else 'loading'} {where}"):
+    with showing_progress(f"{'connecting to' if cfg['server'] else 'loading'} {where}", json_output):
         return engine_from_config(cfg)
 
 
@@ -277,7 +256,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     lines = parse_line_range(args.lines) if args.lines else None
     doc = _load(args.path, cfg)
     resolve_target(doc, args.symbol, lines)  # a bad symbol or range fails here, before the model loads
-    engine = _engine(cfg)
+    engine = _engine(cfg, args.json)
     result = explain(
         engine,
         doc,
@@ -335,7 +314,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     recent = RecentFiles()
     for extra in args.context_file:
         recent.add(extra, _load(extra, cfg).text)
-    engine = _engine(cfg)
+    engine = _engine(cfg, args.json)
     cache = None
     if cfg["complete.workspace_cache"]:
         from pathlib import Path
@@ -387,7 +366,7 @@ def cmd_refactor(args: argparse.Namespace) -> int:
         raise DemiUserError(
             f"{doc.name} is not valid UTF-8; Demi will not rewrite it (it would replace the undecodable bytes)"
         )
-    engine = _engine(cfg) if needs_model(doc, args.instruction, args.symbol, lines) else None
+    engine = _engine(cfg, args.json) if needs_model(doc, args.instruction, args.symbol, lines) else None
     result = propose(
         engine,
         doc,
@@ -499,7 +478,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
         def check(new_text: str):
             return run_test(args.test, root, timeout=args.test_timeout, changes={doc.path: new_text})
 
-    engine = _engine(cfg)
+    engine = _engine(cfg, args.json)
     result = propose_fix(
         engine,
         doc,

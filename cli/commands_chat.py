@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub, common) -> None:
+    from demi.tui.arguments import add_arguments
+
     p = sub.add_parser(
         "chat",
         parents=[common(json_flag=False)],
@@ -13,14 +15,7 @@ def register(sub, common) -> None:
         description="Chat about code, explain files and apply refactors in a terminal UI. "
         "Sessions are kept in the session store, shared with the CLI and editors.",
     )
-    p.add_argument("--session", "-S", metavar="ID", help="resume a session (an id or a unique prefix)")
-    p.add_argument(
-        "--server",
-        default=None,
-        metavar="URL",
-        help="an OpenAI-compatible server (demi serve, vLLM, llama.cpp, Ollama) instead of loading the "
-        "model here (default: config, then $DEMI_SERVER)",
-    )
+    add_arguments(p, model_flags=False)  # demi-chat's own flags (--session, --server, --temperature), one definition
     p.set_defaults(func=cmd_chat)
 
 

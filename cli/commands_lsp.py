@@ -25,7 +25,7 @@ def register(sub, common) -> None:
         "--model",
         "-m",
         default=None,
-        help="model name, directory or hub id (default: config, then $DEMI_MODEL, then demi-tiny)",
+        help="model name, directory or hub id (default: $DEMI_MODEL, then the config file, then demi-tiny)",
     )
     p.add_argument(
         "--server",

@@ -34,7 +34,13 @@ def register(sub, common) -> None:
     quant.add_argument("src", metavar="SRC", help="model name, directory or hub id")
     quant.add_argument("dst", metavar="DST", help="new directory")
     quant.add_argument("--quant", choices=["int8", "int4"], required=True)
-    quant.add_argument("--group", type=int, default=64, choices=[32, 64, 128], help="int4 group size")
+    quant.add_argument(
+        "--group",
+        type=int,
+        default=None,
+        choices=[32, 64, 128],
+        help="int4 group size (default: the engine's, the group `models info` counts with)",
+    )
     quant.set_defaults(func=cmd_models_quantize)
 
     export = msub.add_parser(
@@ -50,14 +56,29 @@ def register(sub, common) -> None:
     export.set_defaults(func=cmd_models_export)
 
     pull = sub.add_parser(
-        "pull", parents=[common(model=False)], help="download a model from the hub (safetensors and JSON only)"
+        "pull",
+        parents=[common(model=False)],
+        help="download a Hugging Face hub model into the local cache (needs the network)",
+        description="Download hub model ID (owner/name) into the local Hugging Face cache: its weights as "
+        "safetensors, its JSON configs and its tokenizer and chat-template files (*.txt, tokenizer.model, "
+        "*.jinja), nothing else (no pickled weights, no Python code). A model already cached is not fetched "
+        "again. Needs the network: with HF_HUB_OFFLINE=1 or DEMI_OFFLINE=1 set, an uncached model is a "
+        "one-line error. Commands then find the model by its ID (--model ID) without the network.",
     )
-    pull.add_argument("repo_id", metavar="ID")
+    pull.add_argument("repo_id", metavar="ID", help="a hub id, owner/name (e.g. Qwen/Qwen2.5-Coder-0.5B)")
     pull.set_defaults(func=cmd_pull)
 
-    doc = sub.add_parser("doctor", parents=[common()], help="check the install, the model and the server")
+    doc = sub.add_parser(
+        "doctor",
+        parents=[common()],
+        help="check the install, the model and the server",
+        description="Report versions, devices, memory, CPU kernels, the effective settings and where each "
+        "comes from, whether the model resolves, how it would load (device, dtype, quantization, context "
+        "and memory, resolved from --device/--dtype/--quant/--context, the environment and the config as "
+        "`demi complete` resolves them) and the server if one is configured. Exit 1 when something fails.",
+    )
     doc.add_argument(
-        "--server", default=None, help="check this server (default: the config's `server`, then $DEMI_SERVER)"
+        "--server", default=None, help="check this server (default: $DEMI_SERVER, then `server` in the config file)"
     )
     doc.set_defaults(func=cmd_doctor)
 
@@ -104,9 +125,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from demi.assistant.catalog import doctor
+    from demi.cli.commands_assist import config_flags
 
-    report = doctor(args.model)
-    server = _server_report(args.model, args.server)
+    flags = config_flags(args)  # --model, --device, --dtype, --context, --quant and --server, as complete reads them
+    report = doctor(flags)
+    server = _server_report(flags)
     if server is not None:  # with a server, the model runs there: the server must be usable, not a local copy
         report["server"] = server
         report["ok"] = report["packages"]["torch"] is not None and server["ok"]
@@ -128,6 +151,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 if value["ok"]
                 else f"{value['name']}: {value['problem']}"
             )
+        elif key == "load":
+            _print_load(value)
+            continue
         elif key == "cpu":
             _print_cpu(value)
             continue
@@ -143,9 +169,9 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     from demi.cli.progress_display import showing_progress
 
     with showing_progress(f"quantizing {args.src} to {args.quant}", args.json):
-        out = quantize(args.src, args.dst, args.quant, args.group)
+        out, group = quantize(args.src, args.dst, args.quant, args.group)
     if args.json:
-        emit_json({"src": args.src, "dst": str(out), "quant": args.quant, "group": args.group})
+        emit_json({"src": args.src, "dst": str(out), "quant": args.quant, "group": group})
     else:
         print(f"wrote {args.quant} checkpoint to {out}")
     return 0
@@ -167,7 +193,7 @@ def cmd_models_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_report(model: str | None, server: str | None) -> dict | None:
+def _server_report(flags: dict) -> dict | None:
     """The configured server contacted: kind, model, round trip, or why it is unusable (None
     when no server is configured)."""
     from demi.assistant.config import ConfigFileError, load_config
@@ -175,7 +201,7 @@ def _server_report(model: str | None, server: str | None) -> dict | None:
     from demi.assistant.errors import DemiError
 
     try:
-        cfg = load_config({"model": model, "server": server})
+        cfg = load_config(flags)
     except ConfigFileError:
         return None  # the config's own problem is in the report already
     if not cfg["server"]:
@@ -200,6 +226,21 @@ def _print_server(s: dict) -> None:
     where = f"{s['url']}: {s['kind']}{version} ({how})"
     print(f"{'server':20s} {where}, model {s['model']}, round trip {s['round_trip_ms']} ms")
     print(f"{'server FIM':20s} {s['fim']}" + (f", context {s['context']}" if s.get("context") else ""))
+
+
+def _print_load(load: dict) -> None:
+    if not load["ok"]:
+        print(f"{'load':20s} {load['problem']}")
+        return
+    mib = load["memory_needed_bytes"] / 2**20
+    need = f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.1f} MiB"
+    print(
+        f"{'load':20s} {load['device']}, {load['dtype']}, quant {load['quant']}, context {load['context']}: "
+        f"needs about {need}"
+    )
+    given = {k: v for k, v in load["sources"].items() if v != "default"}
+    if given:
+        print("  " + ", ".join(f"{k} from {v}" for k, v in given.items()))
 
 
 def _print_cpu(cpu: dict) -> None:

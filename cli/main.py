@@ -35,7 +35,8 @@ def common(json_flag: bool = True, model: bool = True) -> argparse.ArgumentParse
         p.add_argument(
             "--model",
             "-m",
-            help="model name, local directory or hub id (default: config, then $DEMI_MODEL, then demi-tiny)",
+            help="model name, local directory or hub id (this flag wins; without it $DEMI_MODEL, then `model` in "
+            "the config file, then demi-tiny)",
         )
         p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
         p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")

@@ -525,7 +525,8 @@ def add_arguments(p: argparse.ArgumentParser, engine_flags: bool = True) -> None
             "--model",
             "-m",
             default=None,
-            help="model name, directory or hub id (default: settings, config, $DEMI_MODEL, demi-tiny)",
+            help="model name, directory or hub id "
+            "(default: the editor's settings, $DEMI_MODEL, the config file, demi-tiny)",
         )
         p.add_argument(
             "--server",

@@ -25,10 +25,11 @@ Weight memory (`weight_bytes`), one figure per precision:
   layers (q/k/v/o, the MLP or every expert's w1/w2/w3) and ``lm_head`` when untied takes
   ``out * in`` bytes plus one fp32 scale per output channel (``4 * out``). Embeddings,
   norms, biases, the MoE router and the correction bias stay in bf16 (2 bytes).
-- ``int4``: group-wise along the input dimension, groups of ``INT4_GROUP_SIZE`` (128): the
-  same Linear weights take half a byte per weight (``out * ceil(in / 2)``) plus a bf16
-  scale and a bf16 zero point per group (``4 * out * ceil(in / 128)``); everything else
-  stays in bf16 as for int8. A tied ``lm_head`` is the embedding and stays in bf16.
+- ``int4``: group-wise along the input dimension, groups of ``INT4_GROUP_SIZE`` (the engine's
+  default, ``quantize.DEFAULT_GROUP``: 64): the same Linear weights take half a byte per weight
+  (``out * ceil(in / 2)``) plus a bf16 scale and a bf16 zero point per group
+  (``4 * out * ceil(in / INT4_GROUP_SIZE)``); everything else stays in bf16 as for int8. A tied
+  ``lm_head`` is the embedding and stays in bf16.
 
 KV cache (`kv_cache_bytes`): ``2 * layers * kv_heads * head_dim * context * bytes`` per
 sequence (keys and values, every layer, ``context`` positions preallocated). A hybrid stack's
@@ -70,6 +71,7 @@ from typing import Any
 from demi.model.config import ModelConfig
 from demi.model.errors import DemiUserError
 from demi.model.lightning import REWIND_ROWS, state_bytes
+from demi.model.quantize import DEFAULT_GROUP
 
 __all__ = [
     "PRECISIONS",
@@ -95,7 +97,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16", "int8", "int4")
-INT4_GROUP_SIZE = 128
+INT4_GROUP_SIZE = DEFAULT_GROUP  # the group the engine quantizes int4 with (one source: quantize.py)
 KV_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1, "int8": 1}
 
 # Kinds of tensors: "linear" and "lm_head" are what int8/int4 quantize.

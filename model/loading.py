@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -141,6 +142,41 @@ def check_fits(need: int, device: torch.device, what: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class LoadChoice:
+    """How `load_model` runs a checkpoint, settled before any weight is read (`demi doctor` shows it)."""
+
+    device: torch.device
+    mode: str  # the quantization: none, int8, int4 or nf4
+    dtype: torch.dtype  # of everything not quantized
+    context: int  # the positions the memory check counts a KV cache for
+    plan: kernel_plan.KernelPlan | None  # the CPU's int8/int4 kernels; None otherwise
+
+
+def choose_load(
+    cfg: ModelConfig,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = "cpu",
+    context: int | None = None,
+    quant: str | None = "none",
+    group: int = DEFAULT_GROUP,
+) -> LoadChoice:
+    """The device, quantization, dtype, context and kernel plan `load_model` uses for `cfg` and these
+    arguments (a bad device or quantization is a DemiUserError here)."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    mode = _quant_mode(cfg, quant, device)
+    plan = None
+    if mode in ("int8", "int4") and device.type == "cpu":  # measured on a first load: seconds
+        report(PLAN_STAGE, 0, 1)
+        plan = kernel_plan.plan_for(cfg, mode, group)
+        report(PLAN_STAGE, 1, 1)
+    if mode != "none" and dtype in (None, "auto"):
+        chosen = plan.activation_dtype if plan else torch.bfloat16
+    else:
+        chosen = resolve_dtype(dtype, device, cfg)
+    return LoadChoice(device, mode, chosen, min(context or cfg.context_limit, cfg.context_limit), plan)
+
+
 def load_model(
     model_dir: str | Path,
     dtype: str | torch.dtype | None = "auto",
@@ -161,19 +197,9 @@ def load_model(
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
     cfg = checked_config(model_dir)
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    mode = _quant_mode(cfg, quant, device)
-    plan = None
-    if mode in ("int8", "int4") and device.type == "cpu":  # measured on a first load: seconds
-        report(PLAN_STAGE, 0, 1)
-        plan = kernel_plan.plan_for(cfg, mode, group)
-        report(PLAN_STAGE, 1, 1)
-    if mode != "none" and dtype in (None, "auto"):
-        dtype = plan.activation_dtype if plan else torch.bfloat16
-    else:
-        dtype = resolve_dtype(dtype, device, cfg)
+    choice = choose_load(cfg, dtype, device, context, quant, group)
+    device, mode, dtype, ctx, plan = choice.device, choice.mode, choice.dtype, choice.context, choice.plan
     tensors = read_index(model_dir)
-    ctx = min(context or cfg.context_limit, cfg.context_limit)
     what = f"{model_dir.name} in {str(dtype).replace('torch.', '')}" + (f" with {mode}" if mode != "none" else "")
     check_fits(estimate_bytes(tensors, cfg, dtype, ctx, mode), device, what)
     with torch.device("meta"):

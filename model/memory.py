@@ -58,7 +58,7 @@ from typing import Any
 
 from demi.model.config import ModelConfig
 from demi.model.errors import DemiError, DemiUserError
-from demi.model.info import cache_bytes, tensor_groups
+from demi.model.info import INT4_GROUP_SIZE, cache_bytes, tensor_groups
 
 MiB = 2**20
 RUNTIME_BYTES = 300 * MiB  # Python + torch 2.13 CPU + Demi + what a load imports (measured, see above)
@@ -142,7 +142,12 @@ def _projections(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
 
 
 def weight_bytes_loaded(
-    cfg: ModelConfig, mode: str, act_bytes: int = 4, native: bool = True, shadow_native: bool = True, group: int = 64
+    cfg: ModelConfig,
+    mode: str,
+    act_bytes: int = 4,
+    native: bool = True,
+    shadow_native: bool = True,
+    group: int = INT4_GROUP_SIZE,
 ) -> int:
     """Every tensor `load_model` keeps on a CPU for `mode` (none, int8, int4); see the docstring."""
     groups = tensor_groups(cfg)

@@ -344,14 +344,20 @@ class DemiChat(App[None]):
 # -- entry points ------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    """Start the app for parsed arguments; a bad config is one line on stderr and exit 2."""
+def app_from_args(args: argparse.Namespace, **parts: Any) -> DemiChat:
+    """The app for parsed arguments (demi-chat's or `demi chat`'s): the flags over the environment over
+    the config file, as every command reads them; `parts` are DemiChat's injectable ones (data_dir, root ...)."""
     from demi.assistant.config import load_config
 
     flags = flags_from(args)
     config = load_config(flags)
     chat_sampling(config["chat.temperature"])  # a bad temperature is a user error now, not at the first answer
-    app = DemiChat(config, flags=flags, session=getattr(args, "session", None))
+    return DemiChat(config, flags=flags, session=getattr(args, "session", None), **parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the app for parsed arguments; a bad config is one line on stderr and exit 2."""
+    app = app_from_args(args)
     app.run()
     if app.unsaved_file is not None:
         print(

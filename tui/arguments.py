@@ -21,11 +21,17 @@ def build_parser(prog: str = "demi-chat") -> argparse.ArgumentParser:
 def add_arguments(p: argparse.ArgumentParser, model_flags: bool = True) -> None:
     p.add_argument("--session", "-S", metavar="ID", help="resume a session (an id or a unique prefix)")
     p.add_argument(
-        "--server", metavar="URL", help="an OpenAI-compatible server (demi serve) instead of loading the model here"
+        "--server",
+        metavar="URL",
+        help="an OpenAI-compatible server (demi serve, vLLM, llama.cpp, Ollama) instead of loading the model here "
+        "(default: $DEMI_SERVER, then `server` in the config file)",
     )
     if model_flags:
         p.add_argument(
-            "--model", "-m", help="model name, directory or hub id (default: config, $DEMI_MODEL, demi-tiny)"
+            "--model",
+            "-m",
+            help="model name, directory or hub id (default: $DEMI_MODEL, then `model` in the config file, "
+            "then demi-tiny)",
         )
         p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
         p.add_argument("--dtype", default=None, help="auto (fp32 on CPU), float32, bfloat16, float16")
@@ -38,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser, model_flags: bool = True) -> None:
         type=float,
         default=None,
         metavar="T",
-        help="sampling temperature for chat answers (default: chat.temperature in the config, "
-        "$DEMI_CHAT_TEMPERATURE, 0 = greedy)",
+        help="sampling temperature for chat answers (default: $DEMI_CHAT_TEMPERATURE, then chat.temperature in "
+        "the config file, then 0 = greedy)",
     )
 
 

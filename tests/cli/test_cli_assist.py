@@ -10,9 +10,7 @@ test_assist_engines.py.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,7 +55,7 @@ def scripted():
 
 def test_explain_streams_facts_then_labelled_model_text(env, model_dir, src):
     proc = demi(env, "explain", src, "--symbol", "area", "--model", model_dir, "--max-tokens", 8)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no spinner: stderr is not a terminal
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no progress: stderr is not a terminal
     out = proc.stdout
     assert out.startswith(f"## `{src}` › `area`\n")
     assert out.index("### Static analysis") < out.index("### Explanation (written by the model")
@@ -132,44 +130,6 @@ def test_complete_json(env, model_dir, src, tmp_path):
     assert (j["line"], j["col"], j["fim"]) == (8, 12, "demi-tiny") and j["prompt_tokens"] > 20
     assert j["completion_tokens"] <= 6 and "\n" not in j["completion"]  # mid-line: one line
     assert "1 snippet(s) from other files" in j["notes"]
-
-
-def test_spinner_only_on_a_terminal(env, model_dir, src):
-    import pty
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "demi",
-            "complete",
-            str(src),
-            "--at",
-            "12:5",
-            "--model",
-            str(model_dir),
-            "--max-tokens",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=env,
-    )
-    os.close(slave)
-    out, _ = proc.communicate(timeout=120)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the other end is closed and everything was read
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(master)
-    assert proc.returncode == 0 and out.endswith(b"\n")
-    assert f"loading {model_dir}".encode() in seen and seen.endswith(b"\r\x1b[K")  # the spinner cleans up
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """Progress of long work on stderr (demi/progress.py, cli/progress_display.py): the loader reports each
 stage from 0 to its total, never going back; the CLI draws it on a terminal (a pseudo-terminal here)
 and prints nothing new without one or with --json; DEMI_PROGRESS=1 forces plain lines where there is
-no terminal (and DEMI_PROGRESS=0 turns it off: `wanted`, without a process of its own). Each process
-loads torch: five of them, no more.
+no terminal (and DEMI_PROGRESS=0 turns it off: `wanted`, without a process of its own). `explain` and
+`complete` show the same display as `generate` (no spinner of their own). Each process loads torch:
+seven of them, no more.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, demi, one_json
+from helpers import CODE, clean_env, demi, one_json
 
 from demi.cli.main import UsageError
 from demi.cli.progress_display import wanted
@@ -188,3 +189,20 @@ def test_demi_progress_1_writes_plain_lines_without_a_terminal(env, model_dir, t
     assert lines[0] == f"demi: quantizing {model_dir} to int8"
     assert re.fullmatch(r"demi: quantizing weights to int8 (\d+)/\1 \(\d+\.\d s\)", lines[-1]), lines
     assert "\x1b" not in proc.stderr  # no terminal codes in a log
+
+
+def test_explain_and_complete_show_the_shared_progress(env, model_dir, tmp_path):
+    """The session-layer commands load the model under the same display as generate: on a terminal the
+    label and the loader's stages, erased before the answer; DEMI_PROGRESS=1 off a terminal: plain lines."""
+    src = tmp_path / "geometry.py"
+    src.write_text(CODE, encoding="utf-8")
+    model = ("--model", model_dir, "--quant", "none", "--max-tokens", 2, "--no-history")
+    proc, terminal = on_terminal(env, "explain", src, "--symbol", "area", *model)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"## `{src}` › `area`\n"), terminal
+    assert f"loading {model_dir}" in terminal
+    assert re.search(r"reading weights\s.*?(\d+)/\1", terminal), terminal
+    proc = demi({**env, "DEMI_PROGRESS": "1"}, "complete", src, "--at", "12:5", *model)
+    assert proc.returncode == 0 and proc.stdout.endswith("\n"), proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"demi: loading {model_dir}", lines
+    assert re.fullmatch(r"demi: reading weights (\d+)/\1 \(\d+\.\d s\)", lines[1]), lines

@@ -217,17 +217,17 @@ def test_weight_bytes_by_hand():
     linear = [(256, 256)] * 4 + [(384, 256)] * 2 + [(256, 384), (10, 256)]  # + lm_head
     rest = 10 * 256 + 3 * 256  # embed_tokens, two layer norms, final norm
     int8 = sum(o * i + 4 * o for o, i in linear) + 2 * rest
-    int4 = sum(o * i // 2 + 4 * o * (i // 128) for o, i in linear) + 2 * rest
+    int4 = sum(o * i // 2 + 4 * o * (i // INT4_GROUP_SIZE) for o, i in linear) + 2 * rest
     assert weight_bytes(cfg, "int8") == int8
     assert weight_bytes(cfg, "int4") == int4
     # A tied lm_head is the embedding: no quantized copy.
     tied = cfg.replace(tie_word_embeddings=True)
     assert weight_bytes(tied, "int8") == int8 - (10 * 256 + 4 * 10)
-    assert weight_bytes(tied, "int4") == int4 - (10 * 128 + 4 * 10 * 2)
+    assert weight_bytes(tied, "int4") == int4 - (10 * 128 + 4 * 10 * (256 // INT4_GROUP_SIZE))
 
 
 def test_int4_ragged_group():
-    # in=200 is not a multiple of 128: two groups per row, the second one padded.
+    # in=200 is not a multiple of the group (64): four groups per row, the last one padded.
     cfg = ModelConfig(
         model_type="llama",
         vocab_size=10,
@@ -240,9 +240,9 @@ def test_int4_ragged_group():
     )
     linear = [(200, 200)] * 4 + [(300, 200)] * 2 + [(200, 300)]
     rest = 10 * 200 + 3 * 200
-    expected = sum(o * i // 2 + 4 * o * math.ceil(i / 128) for o, i in linear) + 2 * rest
+    expected = sum(o * i // 2 + 4 * o * math.ceil(i / INT4_GROUP_SIZE) for o, i in linear) + 2 * rest
     assert weight_bytes(cfg, "int4") == expected
-    assert math.ceil(200 / 128) == 2 and math.ceil(300 / 128) == 3
+    assert math.ceil(200 / INT4_GROUP_SIZE) == 4 and math.ceil(300 / INT4_GROUP_SIZE) == 5
 
 
 def test_kv_cache_formula():

@@ -172,7 +172,7 @@ def test_no_compiler_means_torch_kernels_and_a_note(monkeypatch):
     assert plan.decode == "torch" and plan.prefill in kernel_plan.TORCH_PREFILLS
     from demi.assistant.catalog import _cpu_report
 
-    report = _cpu_report(CFG)
+    report = _cpu_report(plan)  # the plan the model would load with
     assert report["native_usable"] == [] and "no C compiler" in report["note"]
     assert report["plan"]["decode"] == "torch"
 
