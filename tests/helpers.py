@@ -182,3 +182,12 @@ class ScriptedServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def pinned_kernel() -> str:
+    """The first native kernel path this CPU runs (else "torch"), for DEMI_KERNEL in subprocess tests
+    that compare two runs' tokens: each run calibrates its own plan (one measured under load is not
+    cached), and two native paths may round differently, so unpinned runs can differ by kernel."""
+    from demi.model import native_kernels
+
+    return next((p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None), "torch")

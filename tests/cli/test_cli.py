@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import clean_env, demi, one_json, tiny_checkpoint
+from helpers import clean_env, demi, one_json, pinned_kernel, tiny_checkpoint
 from tokenizers_fixture import training_texts
 
 transformers = pytest.importorskip("transformers")
@@ -97,6 +97,7 @@ def test_generate_speculates_with_identical_greedy_output(env, model_dir, genera
     is the same as with it off (`DEMI_SPECULATE=0` here), and `--json` reports the figures."""
     prompt = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return a + b\n"
     args = ("generate", "--model", model_dir, "--prompt", prompt, "--max-tokens", 32, "--json")
+    env = {**env, "DEMI_KERNEL": pinned_kernel()}  # both runs on one kernel path (see pinned_kernel)
     spec = one_json(demi(env, *args, "--speculate", 4))
     plain = one_json(demi({**env, "DEMI_SPECULATE": "0"}, *args))
     assert spec["token_ids"] == plain["token_ids"] and spec["text"] == plain["text"]
