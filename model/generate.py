@@ -444,9 +444,14 @@ def _decode_speculative(
     drafts are yielded, the first rejected one is replaced by the model's own choice (yielded at the
     next step, which feeds it), and when all are accepted the last row gives the next token. The
     cache's length is set back to the tokens kept, so the rejected drafts' entries are overwritten
-    later. Stop tokens, `end` and the cancel/deadline check per step work as in the plain loop."""
+    later. Stop tokens, `end` and the cancel/deadline check per step work as in the plain loop.
+
+    The draft depth adapts (`next_depth`): every checked row costs a good part of a decode step, so
+    after a rejection the next draft is no longer than what was just accepted plus one, and after a
+    fully accepted draft it doubles again, up to k."""
     s = request.sampling
     lookup = PromptLookup(run.ids)
+    depth = run.speculate
     pos, pending = len(run.ids), None  # invariant at the loop's top: len(ids) + len(tokens) == pos
     while pos < end:
         if reason := run.interrupted(request.cancel):
@@ -465,7 +470,7 @@ def _decode_speculative(
         if pos + 1 == end:
             break
         healing = run.constraint is not None and not run.constraint.done
-        drafts = [] if healing else lookup.propose(min(run.speculate, end - pos - 1))
+        drafts = [] if healing else lookup.propose(min(depth, end - pos - 1))
         rows = torch.tensor([[token, *drafts]], device=model.device)
         run.steps += 1
         if not drafts:  # nothing to verify: a plain step, batched with others' in batch mode
@@ -487,6 +492,7 @@ def _decode_speculative(
                 ok, chosen = accept_draft(out[i], draft, s, generator)
             if not ok:
                 pending = chosen
+                depth = next_depth(depth, i, len(drafts), run.speculate)
                 break
             run.accepted += 1
             run.tokens.append(draft)
@@ -500,4 +506,13 @@ def _decode_speculative(
                 return "length"
         else:
             logits = out[len(drafts)].unsqueeze(0)
+            depth = next_depth(depth, len(drafts), len(drafts), run.speculate)
     return "length"
+
+
+def next_depth(depth: int, accepted: int, drafted: int, k: int) -> int:
+    """The next draft's length after `accepted` of `drafted` drafts were kept: all of them doubles
+    it (up to k), a rejection makes it what was accepted plus one (at least 1)."""
+    if accepted == drafted:
+        return min(k, max(1, 2 * depth))
+    return max(1, min(k, accepted + 1))

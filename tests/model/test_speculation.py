@@ -274,3 +274,16 @@ def test_quantized_model_checks_at_most_the_decode_kernels_rows_and_keeps_greedy
     q.decode_stack = stack
     assert spec == plain
     assert run.speculation()["k"] == DECODE_ROWS - 1
+
+
+def test_draft_depth_adapts_to_what_was_accepted():
+    """A rejection shortens the next draft to what was kept plus one; a fully kept draft doubles it,
+    never past k nor below one."""
+    from demi.model.generate import next_depth
+
+    assert next_depth(8, 2, 8, k=8) == 3
+    assert next_depth(8, 0, 8, k=8) == 1
+    assert next_depth(3, 3, 3, k=8) == 6
+    assert next_depth(6, 6, 6, k=8) == 8
+    assert next_depth(1, 1, 1, k=16) == 2
+    assert next_depth(4, 2, 2, k=8) == 8  # a draft cut short by the match (2 of 2 kept) counts as kept
