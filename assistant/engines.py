@@ -157,6 +157,11 @@ class InProcessEngine:
         there (see `LocalModel.warm_up`); the sizes run, when done."""
         return self.runner.call(lambda: self.local.warm_up(prompt_tokens))
 
+    def measure_speed(self, prompt_tokens: int = 1024, warm: bool = True) -> Future[dict[str, float]]:
+        """Prefill and decode speed on this machine (`LocalModel.measure_speed`), timed on the model
+        thread behind what is queued there."""
+        return self.runner.call(lambda: self.local.measure_speed(prompt_tokens, warm=warm))
+
     def tokenize(self, text: str) -> list[int]:
         return self.local.encode(text)
 

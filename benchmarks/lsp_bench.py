@@ -470,7 +470,8 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 
 def arms_of(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """(label, settings) of each server the held-out cases go to: one (the defaults) unless
-    --workspace-cache asks for a setting, or for both its values (ab)."""
+    --workspace-cache asks for a setting, or for both its values (ab), or --context-arms for prompt
+    budgets side by side (each crossed with the others)."""
     choices: list[list[tuple[str, dict[str, Any]]]] = []
     for flag, key in (("workspace_cache", "workspaceCache"),):
         value = getattr(args, flag, None)
@@ -478,6 +479,10 @@ def arms_of(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
             continue
         values = ["off", "on"] if value == "ab" else [value]
         choices.append([(f"{key}={v}", {key: v == "on"}) for v in values])
+    if budgets := getattr(args, "context_arms", None):
+        choices.append([(f"contextTokens={v}", {"contextTokens": v}) for v in budgets])
+    if targets := getattr(args, "target_latency_arms", None):
+        choices.append([(f"targetLatencyMs={v:g}", {"targetLatencyMs": v}) for v in targets])
     arms: list[tuple[str, dict[str, Any]]] = [("default", {})]
     for options in choices:
         arms = [
@@ -752,6 +757,22 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the servers' workspaceCache setting for --heldout and the invoked requests; ab: both, the same "
         "requests to two servers in turns",
+    )
+    ap.add_argument(
+        "--context-arms",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="TOKENS",
+        help="the servers' contextTokens (prompt budget) side by side for --heldout and the invoked requests",
+    )
+    ap.add_argument(
+        "--target-latency-arms",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="MS",
+        help="the servers' targetLatencyMs side by side (0: the prompt budget is contextTokens, unmeasured)",
     )
     ap.add_argument(
         "--typed-files",

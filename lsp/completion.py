@@ -277,7 +277,7 @@ class CompletionService:
             doc,
             snap.offset,
             max_tokens=s.max_tokens,
-            budget=s.context_tokens,
+            budget=self.host.prompt_budget(s),
             recent=self.recent,
             sampling=sampling,
             cancel=token,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from demi.assistant.runner import ModelRunner, RunCancelled
+from demi.lsp.prompt_budget import prompt_budget
 from demi.lsp.settings import LspSettings
 
 log = logging.getLogger("demi.lsp")
@@ -84,6 +85,14 @@ class _Counted:
         return self._run("complete", *args, **kwargs)
 
 
+# Seconds after a speed measurement that other processes disturbed (they took over BUSY_SHARE of
+# the CPU meanwhile) to measure again (lsp/prompt_budget.py): the first runs right after loading,
+# often beside the editor's own start-up, which measured demi-tiny's prefill at half its speed (two
+# servers loading at once: 0.20 against 0.10 ms a token). The best figures so far are kept.
+REMEASURE_AFTER_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+BUSY_SHARE = 0.25  # as the kernel plan's (model/kernel_plan.py)
+
+
 class EngineHost:
     """Holds the current engine and its state; thread-safe."""
 
@@ -104,6 +113,7 @@ class EngineHost:
         self.name: str | None = None
         self.load_seconds: float | None = None
         self.server_report: dict[str, Any] | None = None  # an HTTP engine's check(): kind, model, round trip
+        self.speed: dict[str, float] | None = None  # an in-process model's measured speed (prompt_budget.py)
         self._counted_runs = 0
         self._counted_skips = 0
         self._lock = threading.Lock()
@@ -142,6 +152,7 @@ class EngineHost:
             if key == self._key and not force and not (self._ready.done() and self._ready.exception()):
                 return self._ready
             self._key = key
+            self.speed = None
             self._generation += 1
             generation = self._generation
             old = self._ready
@@ -234,11 +245,42 @@ class EngineHost:
         engine = self.runner.call(load).result()
         self.name = engine.name
         self.runner.call(engine.info).result()  # parameter count and FIM template, once, off the hot path
-        # Build the kernels of the prompt sizes completions will have (a prompt fills most of the
+        # Measure the model's speed here (a few prefills and steps: the prompt budget follows it), then
+        # build the kernels of the prompt sizes completions will have (a prompt fills most of the
         # budget unless the file is short), queued behind loading: the first completions then run as
-        # fast as later ones. About 0.2 s for demi-tiny; nothing for models that do not pad.
-        budget = max(1, s.context_tokens)
-        warm = engine.warm_up(range(budget * 7 // 10, budget * 21 // 20 + 1))
+        # fast as later ones. About 0.2 s for demi-tiny; no warm-up for models that do not pad.
+        generation = self._generation
+        engine.measure_speed(s.context_tokens).add_done_callback(lambda f: self._measured(engine, s, f, generation))
+        return engine
+
+    def _measured(self, engine: Any, s: LspSettings, done: Future, generation: int, again: int = 0) -> None:
+        """Keep the measured speed (for the engine still current), the best figures of every
+        measurement so far: one taken while the editor or another server was starting reads slow,
+        so while other processes took much of the CPU the speed is measured again, later and later
+        (REMEASURE_AFTER_S), until a quiet reading. The first also warms up the sizes around the budget."""
+        if generation != self._generation:
+            return
+        busy = True
+        if done.exception() is None:
+            got = done.result()
+            busy = got.get("others_share", -1.0) > BUSY_SHARE
+            old = self.speed
+            self.speed = got if old is None else {k: min(v, old.get(k, v)) for k, v in got.items()}
+            log.info("measured speed %s: prompt budget %d tokens", self.speed, self.prompt_budget(s))
+        else:
+            log.debug("speed measurement failed: %s", done.exception())
+        if busy and again < len(REMEASURE_AFTER_S):
+            timer = threading.Timer(REMEASURE_AFTER_S[again], self._measure_again, (engine, s, generation, again + 1))
+            timer.daemon = True
+            timer.start()
+        if again:
+            return
+        budget = max(1, self.prompt_budget(s))
+        try:
+            warm = engine.warm_up(range(budget * 7 // 10, budget * 21 // 20 + 1))
+        except Exception as exc:  # noqa: BLE001 - a closed engine (settings changed meanwhile)
+            log.debug("warm-up not queued: %s", exc)
+            return
         warm.add_done_callback(
             lambda f: (
                 log.info("warmed up prefill sizes %s", f.result())
@@ -246,7 +288,29 @@ class EngineHost:
                 else log.debug("warm-up failed: %s", f.exception())
             )
         )
-        return engine
+
+    def _measure_again(self, engine: Any, s: LspSettings, generation: int, again: int) -> None:
+        if generation != self._generation:
+            return
+        started = self.runs_started
+        if started != getattr(self, "_runs_at_last_check", None):  # requests came in: not now
+            self._runs_at_last_check = started
+            timer = threading.Timer(1.0, self._measure_again, (engine, s, generation, again))
+            timer.daemon = True
+            timer.start()
+            return
+        try:
+            future = engine.measure_speed(s.context_tokens, warm=False)
+        except Exception as exc:  # noqa: BLE001 - the engine closed meanwhile
+            log.debug("speed not measured again: %s", exc)
+            return
+        future.add_done_callback(lambda f: self._measured(engine, s, f, generation, again))
+
+    def prompt_budget(self, s: LspSettings) -> int:
+        """The FIM prompt tokens a completion gets now (lsp/prompt_budget.py): contextTokens, or fewer
+        to meet targetLatencyMs with an in-process model once its speed is measured."""
+        speed = self.speed if self.kind == "in-process" else None
+        return prompt_budget(s.context_tokens, s.target_latency_ms, s.max_tokens, speed)
 
     def engine(self, timeout: float | None = None) -> Any:
         """The ready engine (blocks while it loads); EngineUnavailable when there is none."""
@@ -288,6 +352,8 @@ class EngineHost:
             "serverModel": report.get("model") if report else None,
             "roundTripMs": report.get("round_trip_ms") if report else None,
             "serverFim": report.get("fim") if report else None,
+            # FIM prompt budget from the measured speed (None until measured; contextTokens then)
+            "prefillMsPerToken": round(self.speed["prefill_ms_per_token"], 4) if self.speed else None,
         }
 
     def close(self) -> None:

@@ -409,7 +409,15 @@ class DemiLanguageServer(LanguageServer):
 
 def _answer_key(s: LspSettings) -> tuple[Any, ...]:
     """The settings a completion's text depends on."""
-    return (s.engine_key(), s.max_tokens, s.context_tokens, s.temperature, s.latency_budget_ms, s.workspace_cache)
+    return (
+        s.engine_key(),
+        s.max_tokens,
+        s.context_tokens,
+        s.target_latency_ms,
+        s.temperature,
+        s.latency_budget_ms,
+        s.workspace_cache,
+    )
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

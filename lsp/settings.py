@@ -57,7 +57,10 @@ class LspSettings:
     # mix n-gram statistics of the open files and the workspace into the model's choices (in-process)
     workspace_cache: bool = DEFAULT_WORKSPACE_CACHE
     max_tokens: int = 64  # new tokens for one completion
-    context_tokens: int = 1024  # prompt budget for FIM
+    context_tokens: int = 1024  # prompt budget for FIM (at most: see target_latency_ms)
+    # a completion's prompt shrinks (never below 512 tokens) to be expected within this many ms on this
+    # machine, from the model's speed measured after it loads (lsp/prompt_budget.py); 0: contextTokens
+    target_latency_ms: float = 100.0
     temperature: float = 0.0
     debounce_ms: float | None = None  # a fixed delay for automatic triggers; None adapts
     debounce_min_ms: float = 15.0

@@ -24,6 +24,7 @@ from typing import Any, Literal, overload
 import torch
 import torch.nn.functional as F
 
+from demi.model import kernel_plan
 from demi.model.batch import DecodeStep, decode_batch
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
@@ -337,6 +338,42 @@ class LocalModel:
         for _ in range(decode_steps):
             self.model(step, start=cache.length, cache=cache)  # after the last prefill (a lightning state's end)
         return sorted(run)
+
+    @torch.inference_mode()
+    def measure_speed(self, prompt_tokens: int = 1024, decode_steps: int = 4, warm: bool = True) -> dict[str, float]:
+        """How fast this model runs here now: a prefill of `prompt_tokens` (fewer for a large model:
+        at most WARM_UP_FLOPS of work) and a few decode steps into a scratch cache, once to build the
+        kernels (not with `warm=False`: measured before) and then best of two.
+        `prefill_ms_per_token` is the whole prefill over its tokens (its fixed cost included, so
+        smaller prompts are not underestimated), `decode_ms_per_token` one step, `others_share` the
+        CPU other processes took meanwhile. Editors size their prompts from it (lsp/prompt_budget.py)."""
+        cap = min(self.context - decode_steps - 1, self.prefill_chunk, int(WARM_UP_FLOPS / max(1, 2 * self.params)))
+        rows = max(16, min(prompt_tokens, cap))
+        cache = KVCache(self.model.config, rows + decode_steps, dtype=self.model.dtype, device=self.device)
+        zeros = torch.zeros(1, rows, dtype=torch.long, device=self.device)
+        step = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+
+        def run() -> tuple[float, float]:
+            started = time.perf_counter()
+            prefill(self.model, zeros, 0, cache, self.max_pad)
+            middle = time.perf_counter()
+            for i in range(decode_steps):
+                self.model(step, start=rows + i, cache=cache)
+            return middle - started, (time.perf_counter() - middle) / decode_steps
+
+        if warm:
+            run()  # builds the kernels of this size
+        mark = kernel_plan.cpu_mark()
+        prefills, steps = zip(*(run() for _ in range(2)))
+        busy = kernel_plan.others_share(mark)
+        return {
+            "prompt_tokens": float(rows),
+            "prefill_ms_per_token": min(prefills) * 1000 / rows,
+            "decode_ms_per_token": min(steps) * 1000,
+            # the share of the CPU other processes took meanwhile (-1: unknown); above
+            # kernel_plan.BUSY_SHARE the figures read slow
+            "others_share": -1.0 if busy is None else busy,
+        }
 
     def complete(self, prompt: str | list[int], on_text: Callable[[str], None] | None = None, **kwargs) -> Completion:
         """Run `stream` to the end, passing each piece to `on_text`."""

@@ -157,6 +157,11 @@ def _cpu_ticks() -> tuple[int, int, float] | None:
     return user + nice + system + irq + softirq + steal, sum(fields), own.user + own.system
 
 
+def cpu_mark() -> tuple[int, int, float] | None:
+    """A point to measure `others_share` from (None where /proc/stat is missing)."""
+    return _cpu_ticks()
+
+
 def others_share(before: tuple[int, int, float] | None) -> float | None:
     """Share of all CPUs' time since `before` (a `_cpu_ticks()`) that went to other processes."""
     after = _cpu_ticks()
