@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from demi.cli.main import UsageError, emit_json
 from demi.cli.progress_display import showing_progress
@@ -188,11 +189,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "seconds": round(result.seconds, 4),
                 "quant": getattr(getattr(engine, "local", None), "quantization", "server"),
                 "speculation": result.extra.get("speculation"),
+                "kernels": _kernels(engine),
             }
         )
     else:
         sys.stdout.write("\n")
     return 0
+
+
+def _kernels(engine: Any) -> dict[str, Any] | None:
+    """The quantized model's kernel plan (decode, prefill, and the prompt length below which a
+    prefill takes the decode kernel), which decides the last bits of its numbers; None without one."""
+    plan = getattr(getattr(getattr(engine, "local", None), "model", None), "kernel_plan", None)
+    if plan is None:
+        return None
+    return {"decode": plan.decode, "prefill": plan.prefill, "float_prefill_rows": plan.float_prefill_rows}
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:

@@ -98,8 +98,12 @@ def test_generate_speculates_with_identical_greedy_output(env, model_dir, genera
     prompt = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return a + b\n"
     args = ("generate", "--model", model_dir, "--prompt", prompt, "--max-tokens", 32, "--json")
     env = {**env, "DEMI_KERNEL": pinned_kernel()}  # both runs on one kernel path (see pinned_kernel)
-    spec = one_json(demi(env, *args, "--speculate", 4))
-    plain = one_json(demi({**env, "DEMI_SPECULATE": "0"}, *args))
+    for _ in range(4):  # each process measures its plan; under load two may choose different prefills
+        spec = one_json(demi(env, *args, "--speculate", 4))
+        plain = one_json(demi({**env, "DEMI_SPECULATE": "0"}, *args))
+        if spec["kernels"] == plain["kernels"]:
+            break
+    assert spec["kernels"] == plain["kernels"], "no two runs chose the same kernel plan"
     assert spec["token_ids"] == plain["token_ids"] and spec["text"] == plain["text"]
     assert plain["speculation"] is None
     stats = spec["speculation"]
