@@ -212,6 +212,8 @@ def estimate(
     shadow_native = native or bool((plan or {}).get("native_available", native))
     weights = weight_bytes_loaded(cfg, mode, act_bytes, native, shadow_native)
     rows = max(1, min(prefill_rows, context - 1))
+    if native and rows < int((plan or {}).get("float_prefill_rows", 0)):
+        prefill = decode  # too few rows to pay for a float weight: the decode kernel runs it (quantize.py)
     largest = max((n * k for _, n, k, _ in _projections(cfg)), default=0)
     layer_largest = max((g.shape[0] * g.shape[1] for g in tensor_groups(cfg) if g.kind == "linear"), default=0)
     caches = 0

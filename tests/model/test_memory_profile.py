@@ -85,3 +85,14 @@ def test_cli_prints_estimate_beside_measurement(tiny_checkpoints, tmp_path):
     assert "peak while prefilling" in text and "held after load" in text and "weights" in text
     bad = demi(env, "models", "memory", small, "--context", 1)
     assert bad.returncode == 2 and "--context must be >= 2" in bad.stderr
+
+
+def test_a_prefill_below_the_plans_crossover_keeps_no_float_copies(model_dir):
+    """Prompts shorter than the plan's float_prefill_rows run on the decode kernel (quantize.py), so
+    the estimate keeps no fp32 weight copies for them, as the engine does not."""
+    cfg = load_config(model_dir)
+    plan = {"decode": "avx2", "prefill": "fp32", "float_prefill_rows": 0}
+    copies = estimate(cfg, "int8", CONTEXT, plan=plan, prefill_rows=200)
+    short = estimate(cfg, "int8", CONTEXT, plan={**plan, "float_prefill_rows": 300}, prefill_rows=200)
+    assert copies.caches > 0 and short.caches == 0
+    assert short.weights == copies.weights and short.kv == copies.kv
