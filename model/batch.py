@@ -37,7 +37,7 @@ from demi.model.decoder import Attention, Block, KVCache, Transformer, attention
 from demi.model.fusion import FusedAttention
 from demi.model.quantize import DECODE_ROWS, RescoredHead
 
-__all__ = ["DecodeStep", "decode_batch", "decode_rows"]
+__all__ = ["DecodeStep", "decode_batch", "decode_rows", "head_rows"]
 
 
 @dataclass(eq=False)
@@ -96,7 +96,7 @@ def _decode(model: Transformer, tokens: Tensor, positions: list[int], caches: li
         hidden = stack.rows(x.view(b, -1), positions, caches, cos, sin).view(b, 1, -1)
         for pos, cache in zip(positions, caches):
             cache.length = pos + 1
-        return _head(model.lm_head, model.model.norm(hidden))
+        return head_rows(model.lm_head, model.model.norm(hidden))
     # [B, 1, 1, rot]: row i's rotation broadcast over its heads (apply_rotary takes x [B, heads, 1, D])
     cos = torch.stack([c for c, _ in rotations]).unsqueeze(1).to(x.dtype)
     sin = torch.stack([s for _, s in rotations]).unsqueeze(1).to(x.dtype)
@@ -112,7 +112,7 @@ def _decode(model: Transformer, tokens: Tensor, positions: list[int], caches: li
             x = x + layer.mlp(h)
     for pos, cache in zip(positions, caches):
         cache.length = pos + 1
-    return _head(model.lm_head, model.model.norm(x))
+    return head_rows(model.lm_head, model.model.norm(x))
 
 
 def _attend(
@@ -140,7 +140,7 @@ def _attend(
     return attn.o_proj(y.transpose(1, 2).reshape(b, 1, -1))
 
 
-def _head(head: torch.nn.Module, hidden: Tensor) -> Tensor:
+def head_rows(head: torch.nn.Module, hidden: Tensor) -> Tensor:
     """Logits [B, V] (fp32) for hidden [B, 1, H]. An int8 head with an int4 shadow (`RescoredHead`)
     runs the shadow once for every row, then rescores each row's candidates from the exact int8 rows
     as its one-row path does (its many-row path is exact int8 throughout, which a lone decode step

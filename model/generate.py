@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from demi.model.batch import DecodeStep, decode_rows
+from demi.model.batch import DecodeStep, decode_rows, head_rows
 from demi.model.cancel import CancelToken
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.healing import ForcedPrefix
 from demi.model.lookup import PromptLookup
-from demi.model.quantize import RescoredHead
+from demi.model.quantize import DECODE_ROWS, RescoredHead
 
 MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (as vLLM does)
 # A prefill that starts after cached tokens needs an explicit mask, and SDPA with a mask runs at
@@ -339,12 +339,14 @@ def max_verify_rows(model: Transformer, cache: KVCache) -> int | None:
 def verify_logits(model: Transformer, tokens: Tensor, pos: int, cache: KVCache) -> Tensor:
     """Logits [T, V] after each of `tokens` [1, T] at positions pos.., written into `cache`: one pass
     through the layers, attention row by row (`hidden_states(rowwise=True)`), and an int8 head that
-    decodes through an int4 shadow (`RescoredHead`) also row by row, as its one-row path is not its
-    many-row one: each row is what a decode step of that token computes."""
+    decodes through an int4 shadow (`RescoredHead`) as a batched step does (`batch.head_rows`: the
+    shadow on up to DECODE_ROWS rows, each row's candidates rescored alone): each row is what a
+    decode step of that token computes."""
     hidden = model.hidden_states(tokens, pos, cache, rowwise=True)
     head = model.lm_head
-    if isinstance(head, RescoredHead):
-        return torch.cat([head(hidden[:, i : i + 1]) for i in range(hidden.shape[1])], dim=1)[0].float()
+    if isinstance(head, RescoredHead):  # the int4 shadow on up to DECODE_ROWS rows at once, as a batch step
+        rows = hidden.reshape(-1, 1, hidden.shape[-1])
+        return torch.cat([head_rows(head, rows[i : i + DECODE_ROWS]) for i in range(0, rows.shape[0], DECODE_ROWS)])
     return head(hidden)[0].float()
 
 

@@ -84,16 +84,21 @@ def test_a_batch_and_a_speculative_check_agree_with_one_call_steps(tiny_checkpoi
     assert torch.equal(rows.view(steps.shape), steps)
 
 
-@pytest.mark.parametrize("quant", ["int8", "int4"])
-@pytest.mark.parametrize("family", ["llama-bias", "mistral"])
-def test_a_long_speculative_check_in_one_call_is_lone_steps_bit_for_bit(family, quant, tiny_checkpoints):
+@pytest.mark.parametrize(
+    "family, quant, vocab",
+    [("llama-bias", "int8", None), ("llama-bias", "int4", None), ("mistral", "int8", None), ("mistral", "int4", None),
+     ("qwen2", "int8", 4608)],
+)  # fmt: skip
+def test_a_long_speculative_check_in_one_call_is_lone_steps_bit_for_bit(family, quant, vocab, tiny_checkpoints):
     """A check of more rows than the layer path's decode kernels take (DECODE_ROWS) goes through the
     stack in one call, each row what a lone step gives (Mistral's window of 8 slides inside it), so
-    speculation has no row limit there."""
+    speculation has no row limit there; a vocabulary of 4,096 or more gets the int8 head with an int4
+    shadow (RescoredHead), checked DECODE_ROWS rows at a time as a batch step is."""
     from demi.model.generate import max_verify_rows, verify_logits
-    from demi.model.quantize import DECODE_ROWS
+    from demi.model.quantize import DECODE_ROWS, RescoredHead
 
-    model = load_model(tiny_checkpoints(family), quant=quant)
+    model = load_model(tiny_checkpoints(family, **({"vocab_size": vocab} if vocab else {})), quant=quant)
+    assert isinstance(model.lm_head, RescoredHead) == bool(vocab)
     prompt = torch.randint(3, 400, (6,), generator=torch.Generator().manual_seed(5)).tolist()
     drafts = torch.randint(3, 400, (DECODE_ROWS + 6,), generator=torch.Generator().manual_seed(6)).tolist()
     check_cache, step_cache = KVCache(model.config, 40), KVCache(model.config, 40)
