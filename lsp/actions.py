@@ -253,7 +253,8 @@ class Actions:
             first, last = doc.line_of(start), doc.line_of(end)
             if last > first and end == doc.line_start(last):
                 last -= 1  # a selection of whole lines ends at the start of the next one
-            text_lines = doc.text.count("\n") + (0 if doc.text.endswith("\n") else 1)
+            text_lines = max(1, doc.text.count("\n") + (0 if doc.text.endswith("\n") else 1))
+            first = min(first, text_lines)  # a selection on the empty line after the last newline: the last line
             last = min(last, max(first, text_lines))
             return Target(uri, doc, version, lines=(first, last))
         sym = parse(doc).enclosing(start)

@@ -32,7 +32,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -476,7 +476,21 @@ def write_entries(path: Path, key: dict, entries: dict, prefix: str = ".plan-") 
 
 
 def plan_for(cfg: ModelConfig, mode: str, group: int = 64, remeasure: bool = False) -> KernelPlan:
-    """The cached plan for this model's shapes on this machine, measuring it on a miss."""
+    """The cached plan for this model's shapes on this machine, measuring it on a miss; with
+    `DEMI_PREFILL=fp32` its prefill is fp32 matmuls for every prompt longer than DECODE_ROWS rows
+    (no measured crossover), so two processes with the same `DEMI_KERNEL` compute the same numbers
+    whatever each measured (tests that compare runs; benchmarks of one path)."""
+    plan = _measured_or_cached(cfg, mode, group, remeasure)
+    wanted = os.environ.get("DEMI_PREFILL", "").strip().lower()
+    if wanted in ("", "auto"):
+        return plan
+    if wanted != "fp32":
+        log.warning("DEMI_PREFILL=%s is not a prefill this switch forces (fp32); ignored", wanted)
+        return plan
+    return replace(plan, prefill="fp32", float_prefill_rows=0, activations="float32")
+
+
+def _measured_or_cached(cfg: ModelConfig, mode: str, group: int, remeasure: bool) -> KernelPlan:
     key = cache_key()
     path = cache_file(key)
     entries = read_entries(path, key)
