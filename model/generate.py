@@ -43,7 +43,7 @@ from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.healing import ForcedPrefix
 from demi.model.lookup import PromptLookup
-from demi.model.quantize import DECODE_ROWS, RescoredHead
+from demi.model.quantize import DECODE_ROWS
 
 MIN_TEMPERATURE = 1e-5  # below it sampling is greedy (as vLLM does)
 # A prefill that starts after cached tokens needs an explicit mask, and SDPA with a mask runs at
@@ -343,11 +343,12 @@ def verify_logits(model: Transformer, tokens: Tensor, pos: int, cache: KVCache) 
     shadow on up to DECODE_ROWS rows, each row's candidates rescored alone): each row is what a
     decode step of that token computes."""
     hidden = model.hidden_states(tokens, pos, cache, rowwise=True)
-    head = model.lm_head
-    if isinstance(head, RescoredHead):  # the int4 shadow on up to DECODE_ROWS rows at once, as a batch step
-        rows = hidden.reshape(-1, 1, hidden.shape[-1])
-        return torch.cat([head_rows(head, rows[i : i + DECODE_ROWS]) for i in range(0, rows.shape[0], DECODE_ROWS)])
-    return head(hidden)[0].float()
+    # the head on up to DECODE_ROWS rows at once, as a batch step: more rows would be a prefill's
+    # matmul (a float copy of the weight where the plan says so), which rounds unlike a step
+    rows = hidden.reshape(-1, 1, hidden.shape[-1])
+    return torch.cat(
+        [head_rows(model.lm_head, rows[i : i + DECODE_ROWS]) for i in range(0, rows.shape[0], DECODE_ROWS)]
+    )
 
 
 # What `generate` yields: a token id, None between prefill chunks, or (batch mode) a decode step to

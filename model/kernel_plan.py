@@ -12,13 +12,15 @@ shapes, for decode (one row) and for prefill (a block of rows), and picks the fa
   int4:          torch's int4 kernels (one layout for both phases) | a native path for decode with
                  the native path or an fp32 matmul of the dequantized weight for prefill
 
-The activations (embeddings, norms, attention, the KV cache) run in bf16 only where the bf16
-prefill matmul won, i.e. where the CPU has bf16 hardware. Plans are cached as JSON in the user cache
-directory, one file per CPU model, flags, thread count, torch version and kernel source; a corrupt
-or foreign file is ignored with a warning and replaced, and a calibration interrupted by Ctrl-C
-writes nothing (the file is replaced atomically, after the measurement), and one measured while
-other processes took more than a quarter of the CPU is used but not cached. `DEMI_KERNEL` forces a
-kernel family (native_kernels.forced) and is part of the cache key.
+The activations (embeddings, norms, attention, the KV cache) stay fp32 whatever the prefill matmul:
+a bf16 prefill converts each layer's rows for its matmul alone, so decode keeps the one-call native
+stack (which takes fp32 rows: model/decode_stack.py) and a batched or speculative row stays bit for
+bit its lone step. Only torch's own int4 kernels, which take bf16 rows, run bf16 activations.
+Plans are cached as JSON in the user cache directory, one file per CPU model, flags, thread count,
+torch version and kernel source; a corrupt or foreign file is ignored with a warning and replaced,
+and a calibration interrupted by Ctrl-C writes nothing (the file is replaced atomically, after the
+measurement), and one measured while other processes took more than a quarter of the CPU is used
+but not cached. `DEMI_KERNEL` forces a kernel family (native_kernels.forced) and is part of the cache key.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 4
+PLAN_VERSION = 5  # 5: int8 activations stay fp32 with a bf16 prefill
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -100,8 +102,11 @@ def guess(mode: str) -> KernelPlan:
     bf16 = has_bf16_hardware()
     decode = next((p for p in nk.candidate_paths() if nk.library(p) is not None), "torch")
     if mode == "int4":
-        return KernelPlan("int4", "bfloat16" if bf16 else "float32", decode, "torch" if decode == "torch" else "fp32")
-    return KernelPlan("int8", "bfloat16" if bf16 else "float32", decode, "bf16" if bf16 else "fp32")
+        torch_int4 = decode == "torch"  # its kernels take bf16 rows
+        return KernelPlan(
+            "int4", "bfloat16" if bf16 and torch_int4 else "float32", decode, "torch" if torch_int4 else "fp32"
+        )
+    return KernelPlan("int8", "float32", decode, "bf16" if bf16 else "fp32")
 
 
 # --- shapes and candidates -------------------------------------------------------------------
@@ -242,7 +247,7 @@ def _int8_candidates(
     else:  # the weight's conversion is timed on its own (_conversions): it is paid once per chunk
         w32, w16 = s.q8 * s.s8[:, None], s.q8.to(torch.bfloat16)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
-        out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), w16) * c.s8_bf16)
+        out["bf16"] = _sweep(copies, lambda c: (F.linear(x.to(torch.bfloat16), w16) * c.s8_bf16).float())
         if int_mm_runs():
             glue = _loaded(paths[0]) if paths else None
             out["int8mm"] = _sweep(copies, lambda c: nk.linear_int_mm(glue, x, c.q8, c.s8, None))
@@ -338,10 +343,7 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     counts: dict[tuple[str, str], int] = {}
     torch.manual_seed(0)
     with torch.inference_mode():
-        # prefill first: it decides the activation dtype decode is timed with
-        for phase, rows, dtype in (("prefill", PREFILL_ROWS, torch.float32), ("decode", 1, None)):
-            if dtype is None:  # the activations the plan will run with (see _choose)
-                dtype = torch.bfloat16 if _best(times["prefill"]) == "bf16" else torch.float32
+        for phase, rows, dtype in (("prefill", PREFILL_ROWS, torch.float32), ("decode", 1, torch.float32)):
             for s in built:
                 copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
                 warm = make([s], min(rows, 16), dtype, paths, decode_torch)  # first-call costs, cheaply
@@ -387,10 +389,9 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
     pre, dec = times["prefill"], times["decode"]
     if mode == "int8":
         prefill = _best(pre) or "fp32"
-        activations = "bfloat16" if prefill == "bf16" else "float32"
         decode = _best(dec) or "torch"
         return KernelPlan(
-            "int8", activations, decode, prefill, _crossover(times, prefill, decode) if decode != "torch" else 0
+            "int8", "float32", decode, prefill, _crossover(times, prefill, decode) if decode != "torch" else 0
         )
     native = [p for p in dec if p != "torch"]
     layouts = {"torch": ("torch", "torch")}

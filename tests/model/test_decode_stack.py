@@ -28,7 +28,7 @@ def native_decode(monkeypatch):
 
 
 def greedy(model, prompt: list[int], steps: int) -> tuple[torch.Tensor, KVCache]:
-    cache = KVCache(model.config, len(prompt) + steps + 4)
+    cache = KVCache(model.config, len(prompt) + steps + 4, dtype=model.dtype)
     logits, token = [], prompt[-1]
     with torch.inference_mode():
         prefill(model, torch.tensor([prompt[:-1]]), 0, cache)

@@ -229,6 +229,37 @@ def test_native_kernels_match_the_dequantized_reference(path, rows):
         assert ((got8 - ref8).norm() / ref8.norm()) < 0.01 and ((got4 - ref4).norm() / ref4.norm()) < 0.03, (k, group)
 
 
+@pytest.mark.parametrize("path", native_kernels.PATH_NAMES)
+def test_each_row_of_a_native_call_is_that_row_alone_bit_for_bit(path):
+    """A speculative check and a batch put many rows through one call: each row must be what it
+    gives alone (so greedy output never depends on how rows were grouped), for every tile shape the
+    kernels use (pairs of rows and an odd one, four weight rows and a ragged band, K with a half
+    step at its end), int8 and int4, with an activation outlier of the kind real models have."""
+    if path not in native_kernels.runnable_paths():
+        pytest.skip(f"this CPU cannot run {path}")
+    lib = native_kernels.library(path)
+    assert lib is not None, native_kernels.problem(path)
+    torch.manual_seed(5)
+    for n, k in ((37, 992), (16, 96), (5, 160)):
+        w = torch.randn(n, k)
+        q, scale = quantize_int8(w)
+        q4, s4, z4 = quantize_int4(w, 32)
+        packed, offset = native_kernels.pack_q4(q4), native_kernels.int4_offset(s4, z4)
+        x = torch.randn(17, k)
+        x[:, 7] *= 30.0
+        for many in (2, 5, 17):
+            got8 = native_kernels.linear_q8(lib, x[:many], q, scale, None)
+            got4 = native_kernels.linear_q4(lib, x[:many], packed, s4.float().contiguous(), offset, 32, None)
+            for r in range(many):
+                assert torch.equal(got8[r], native_kernels.linear_q8(lib, x[r : r + 1], q, scale, None)[0]), (n, k, r)
+                alone4 = native_kernels.linear_q4(lib, x[r : r + 1], packed, s4.float().contiguous(), offset, 32, None)
+                assert torch.equal(got4[r], alone4[0]), (n, k, r)
+        # the outlier costs the block of 32 that holds it (one scale each) about 1%
+        ref = x @ (q.float() * scale[:, None]).T
+        err = ((native_kernels.linear_q8(lib, x, q, scale, None) - ref).norm() / ref.norm()).item()
+        assert err < 0.02, (n, k, err)
+
+
 def test_modules_follow_the_plan_and_step_aside_where_a_kernel_cannot_run():
     """Int8Linear/Int4Linear take the plan's kernels; K not a multiple of 32 falls back to torch."""
     paths = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
