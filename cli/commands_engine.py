@@ -342,11 +342,13 @@ def _print_plan(args: argparse.Namespace) -> int:
     print(f"measured in {plan['seconds']:.2f} s; cached in {r['cache']}")
     for phase in ("prefill", "decode"):
         times = plan["times_ms"].get(phase, {})
-        chosen = plan[phase]
+        chosen = plan[phase] + ("/1row" if phase == "decode" and plan.get("rows_at_once") == 1 else "")
         best = min(times.values()) if times else 0.0
         print(f"  {phase} (ms per row, one layer):")
         for name, ms in sorted(times.items(), key=lambda kv: kv[1]):
             mark = "*" if name == chosen else " "
             print(f"   {mark} {name:12s} {ms:9.4f}  {ms / best if best else 0:5.2f}x")
     print(f"activations: {plan['activations']}")
+    side_by_side = "one weight row at a time" if plan.get("rows_at_once") == 1 else "four weight rows side by side"
+    print(f"decode reads {side_by_side} (/1row: one at a time)")
     return 0

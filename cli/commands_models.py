@@ -258,7 +258,8 @@ def _print_cpu(cpu: dict) -> None:
     plan = cpu.get("plan")
     if plan and "problem" not in plan:
         print(
-            f"{'kernel plan':20s} {plan['mode']}: decode {plan['decode']}, prefill {plan['prefill']}, "
+            f"{'kernel plan':20s} {plan['mode']}: decode {plan['decode']}"
+            f"{' (one row at a time)' if plan.get('rows_at_once') == 1 else ''}, prefill {plan['prefill']}, "
             f"activations {plan['activations']} ({plan['source']})"
         )
         if plan.get("busy"):

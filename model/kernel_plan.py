@@ -46,7 +46,7 @@ from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 5  # 5: int8 activations stay fp32 with a bf16 prefill
+PLAN_VERSION = 6  # 5: int8 activations stay fp32 with a bf16 prefill; 6: rows_at_once
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -60,6 +60,8 @@ SCORE_PROMPT, SCORE_NEW = 1000, 32
 
 # Prefill kernels that are torch's own matmuls rather than a native path's.
 TORCH_PREFILLS = ("fp32", "bf16", "int8mm")
+# A native decode candidate read one weight row at a time (rows_at_once 1) is named path + this.
+ONE_ROW = "/1row"
 
 
 @dataclass
@@ -71,6 +73,8 @@ class KernelPlan:
     # A float prefill converts each weight that has no kept copy once per call; below this many rows
     # that costs more than the native kernel saves, so such shorter prefills take the decode kernel.
     float_prefill_rows: int = 0
+    # weight rows the native decode kernel reads side by side: 4 or 1 (native_kernels.set_rows_at_once)
+    rows_at_once: int = 4
     source: str = "guess"  # measured | cache | guess
     seconds: float = 0.0
     # share of the machine's CPU time other processes took while this was measured (None: unknown)
@@ -254,6 +258,8 @@ def _int8_candidates(
     if s.k % nk.QBLOCK == 0:
         for p in paths:
             out[p] = _sweep(copies, _native_q8(_loaded(p), x))
+            if rows == 1:
+                out[p + ONE_ROW] = _sweep(copies, _native_q8(_loaded(p), x, rows_at_once=1))
     return out
 
 
@@ -273,12 +279,20 @@ def _loaded(path: str) -> ctypes.CDLL:
     return lib
 
 
-def _native_q8(lib: ctypes.CDLL, x: torch.Tensor) -> Callable[[_Shape], object]:
-    return lambda c: nk.linear_q8(lib, x, c.q8, c.s8, None)
+def _native_q8(lib: ctypes.CDLL, x: torch.Tensor, rows_at_once: int = 4) -> Callable[[_Shape], object]:
+    def run(c: _Shape) -> object:
+        nk.set_rows_at_once(lib, rows_at_once)
+        return nk.linear_q8(lib, x, c.q8, c.s8, None)
+
+    return run
 
 
-def _native_q4(lib: ctypes.CDLL, x: torch.Tensor) -> Callable[[_Shape], object]:
-    return lambda c: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None)
+def _native_q4(lib: ctypes.CDLL, x: torch.Tensor, rows_at_once: int = 4) -> Callable[[_Shape], object]:
+    def run(c: _Shape) -> object:
+        nk.set_rows_at_once(lib, rows_at_once)
+        return nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None)
+
+    return run
 
 
 def _int4_candidates(
@@ -302,6 +316,8 @@ def _int4_candidates(
             out["int8mm"] = _sweep(copies, lambda c: nk.linear_int_mm(glue, x, q8, s8, None))
     for p in paths:
         out[p] = _sweep(copies, _native_q4(_loaded(p), x))
+        if rows == 1:
+            out[p + ONE_ROW] = _sweep(copies, _native_q4(_loaded(p), x, rows_at_once=1))
     return out
 
 
@@ -364,11 +380,18 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
     times = {
         ph: {c: v for c, v in t.items() if ph == "convert" or counts[ph, c] == len(built)} for ph, t in times.items()
     }
-    plan = _choose(mode, times)
+    plan = _choose(mode, {**times, "decode": _best_layouts(times["decode"])})
+    if times["decode"].get(plan.decode + ONE_ROW, float("inf")) < times["decode"].get(plan.decode, float("inf")):
+        plan.rows_at_once = 1
     plan.source, plan.seconds = "measured", round(time.perf_counter() - start, 3)
     plan.others_share = others_share(ticks)
     plan.times_ms = {ph: {k: round(v, 5) for k, v in t.items()} for ph, t in times.items()}
     return plan
+
+
+def _best_layouts(decode: dict[str, float]) -> dict[str, float]:
+    """Decode times per path, each its faster layout (four rows side by side or one at a time)."""
+    return {p: min(t, decode.get(p + ONE_ROW, float("inf"))) for p, t in decode.items() if not p.endswith(ONE_ROW)}
 
 
 def _best(times: dict[str, float]) -> str | None:

@@ -257,10 +257,22 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_scale_rows.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
+    handle.demi_set_rows_at_once.argtypes = [ctypes.c_int]
+    handle.demi_rows_at_once.restype = ctypes.c_int
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;
     # this sets the count for the calling thread as torch has it
     handle.demi_set_threads(torch.get_num_threads())
     return handle
+
+
+def set_rows_at_once(lib: ctypes.CDLL, rows: int) -> None:
+    """How many weight rows `lib`'s decode dot products read side by side (4, or 1: one sequential
+    stream), for every caller in this process. Speed only: the numbers are the same bit for bit."""
+    lib.demi_set_rows_at_once(rows)
+
+
+def rows_at_once(lib: ctypes.CDLL) -> int:
+    return int(lib.demi_rows_at_once())
 
 
 def prepare(names: list[str]) -> list[str]:

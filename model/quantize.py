@@ -133,6 +133,8 @@ class Int8Linear(nn.Module):
         """Take the decode and prefill kernels from `plan` (torch's where a native one cannot run)."""
         cpu = self.weight.device.type == "cpu"
         self.decode_lib = _native_lib(plan.decode, self.in_features) if cpu else None
+        if self.decode_lib is not None:
+            native_kernels.set_rows_at_once(self.decode_lib, plan.rows_at_once)
         self.prefill_lib = _native_lib(plan.prefill, self.in_features) if cpu else None
         self.prefill_dtype = torch.bfloat16 if plan.prefill == "bf16" or not cpu else torch.float32
         # torch's int8 GEMM, its glue from any native library this CPU loaded (torch's ops without one)
@@ -209,6 +211,8 @@ class Int4Linear(nn.Module):
         device = q.device
         plan = plan or kernel_plan.guess("int4")
         self.decode_lib = _native_lib(plan.decode, self.in_features) if device.type == "cpu" else None
+        if self.decode_lib is not None:
+            native_kernels.set_rows_at_once(self.decode_lib, plan.rows_at_once)
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         self._bias_f32 = None if bias is None else bias.float().contiguous()
         self.padded = 0

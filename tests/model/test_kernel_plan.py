@@ -47,11 +47,17 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
     plan = calibrate(CFG, "int8")
     usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
     vector = [p for p in usable if p != "generic"] or usable
-    assert set(plan.times_ms["decode"]) == {"torch", *vector}
+    # each native decode path is timed reading four weight rows side by side and one at a time
+    one_row = {p + kernel_plan.ONE_ROW for p in vector}
+    assert set(plan.times_ms["decode"]) == {"torch", *vector, *one_row}
     int_mm = {"int8mm"} if kernel_plan.int_mm_runs() else set()
     assert set(plan.times_ms["prefill"]) == {"fp32", "bf16", *int_mm, *vector}
     assert all(t > 0 for phase in plan.times_ms.values() for t in phase.values())
-    assert plan.decode == min(plan.times_ms["decode"], key=plan.times_ms["decode"].get)
+    fastest = min(plan.times_ms["decode"], key=plan.times_ms["decode"].get)
+    assert (plan.decode, plan.rows_at_once) == (
+        fastest.removesuffix(kernel_plan.ONE_ROW),
+        1 if fastest in one_row else 4,
+    )
     assert plan.prefill == min(plan.times_ms["prefill"], key=plan.times_ms["prefill"].get)
     # a bf16 prefill matmul converts its rows alone: the activations stay fp32, so decode keeps the
     # one-call native stack and batched rows stay their lone steps on a CPU with bf16 units too
@@ -122,7 +128,7 @@ def test_demi_kernel_forces_one_family(monkeypatch, caplog):
         monkeypatch.setenv("DEMI_KERNEL", slowest)
         assert native_kernels.candidate_paths() == [slowest]
         plan = plan_for(CFG, "int8")
-        assert plan.decode == slowest and set(plan.times_ms["decode"]) == {slowest}
+        assert plan.decode == slowest and set(plan.times_ms["decode"]) == {slowest, slowest + kernel_plan.ONE_ROW}
         assert kernel_plan.cache_key()["forced"] == slowest
     monkeypatch.setenv("DEMI_KERNEL", "torch")
     assert native_kernels.candidate_paths() == []
