@@ -35,6 +35,7 @@ class _Lin(ctypes.Structure):
         ("bias", ctypes.c_void_p),
         ("n", ctypes.c_int64),
         ("k", ctypes.c_int64),
+        ("one_row", ctypes.c_int64),
     ]
 
 
@@ -49,11 +50,13 @@ def _lin(module: torch.nn.Module, lib: ctypes.CDLL) -> _Lin | None:
     if isinstance(module, Int8Linear) and module.decode_lib is lib:
         bias = module._bias_f32
         return _Lin(8, module.weight.data_ptr(), module.weight_scale.data_ptr(), None, 0,
-                    None if bias is None else bias.data_ptr(), module.out_features, module.in_features)  # fmt: skip
+                    None if bias is None else bias.data_ptr(), module.out_features, module.in_features,
+                    module.one_row)  # fmt: skip
     if isinstance(module, Int4Linear) and module.decode_lib is lib:
         bias = module._bias_f32
         return _Lin(4, module.packed.data_ptr(), module.scale.data_ptr(), module.zero.data_ptr(), module.group,
-                    None if bias is None else bias.data_ptr(), module.out_features, module.in_features)  # fmt: skip
+                    None if bias is None else bias.data_ptr(), module.out_features, module.in_features,
+                    module.one_row)  # fmt: skip
     return None
 
 

@@ -73,7 +73,7 @@ class KernelPlan:
     # A float prefill converts each weight that has no kept copy once per call; below this many rows
     # that costs more than the native kernel saves, so such shorter prefills take the decode kernel.
     float_prefill_rows: int = 0
-    # weight rows the native decode kernel reads side by side: 4 or 1 (native_kernels.set_rows_at_once)
+    # weight rows the native decode kernel reads side by side: 4 or 1 (native_kernels.linear_q8's one_row)
     rows_at_once: int = 4
     source: str = "guess"  # measured | cache | guess
     seconds: float = 0.0
@@ -280,19 +280,11 @@ def _loaded(path: str) -> ctypes.CDLL:
 
 
 def _native_q8(lib: ctypes.CDLL, x: torch.Tensor, rows_at_once: int = 4) -> Callable[[_Shape], object]:
-    def run(c: _Shape) -> object:
-        nk.set_rows_at_once(lib, rows_at_once)
-        return nk.linear_q8(lib, x, c.q8, c.s8, None)
-
-    return run
+    return lambda c: nk.linear_q8(lib, x, c.q8, c.s8, None, one_row=rows_at_once == 1)
 
 
 def _native_q4(lib: ctypes.CDLL, x: torch.Tensor, rows_at_once: int = 4) -> Callable[[_Shape], object]:
-    def run(c: _Shape) -> object:
-        nk.set_rows_at_once(lib, rows_at_once)
-        return nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None)
-
-    return run
+    return lambda c: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None, one_row=rows_at_once == 1)
 
 
 def _int4_candidates(

@@ -231,9 +231,10 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
     _origins[name] = how
     vp, i64 = ctypes.c_void_p, ctypes.c_int64
-    handle.demi_linear_q8.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, vp, ctypes.c_int, i64, i64]
+    handle.demi_linear_q8.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, vp, ctypes.c_int, i64, i64, ctypes.c_int]
     handle.demi_linear_q8.restype = None
     handle.demi_linear_q4.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, i64, vp, vp, ctypes.c_int, i64, i64]
+    handle.demi_linear_q4.argtypes += [ctypes.c_int]
     handle.demi_linear_q4.restype = None
     handle.demi_attend_step.argtypes = [vp, vp, vp, i64, vp, vp, i64, i64, i64, i64, i64, i64, vp]
     handle.demi_attend_step.restype = None
@@ -257,22 +258,10 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_scale_rows.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
-    handle.demi_set_rows_at_once.argtypes = [ctypes.c_int]
-    handle.demi_rows_at_once.restype = ctypes.c_int
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;
     # this sets the count for the calling thread as torch has it
     handle.demi_set_threads(torch.get_num_threads())
     return handle
-
-
-def set_rows_at_once(lib: ctypes.CDLL, rows: int) -> None:
-    """How many weight rows `lib`'s decode dot products read side by side (4, or 1: one sequential
-    stream), for every caller in this process. Speed only: the numbers are the same bit for bit."""
-    lib.demi_set_rows_at_once(rows)
-
-
-def rows_at_once(lib: ctypes.CDLL) -> int:
-    return int(lib.demi_rows_at_once())
 
 
 def prepare(names: list[str]) -> list[str]:
@@ -294,10 +283,17 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def linear_q8(
-    lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    lib: ctypes.CDLL,
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    one_row: bool = False,
 ) -> torch.Tensor:
     """y [.., N] = x [.., K] @ (q * scale).T + bias in one native call, in x's dtype (fp32 and bf16
-    natively, others through fp32). q int8 [N, K] contiguous, K % 32 == 0; scale and bias fp32."""
+    natively, others through fp32). q int8 [N, K] contiguous, K % 32 == 0; scale and bias fp32.
+    one_row: read one weight row at a time instead of four side by side (the plan's `rows_at_once`;
+    speed only, the same numbers bit for bit)."""
     row, kind = _rows(x)
     n, k = q.shape
     y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
@@ -312,6 +308,7 @@ def linear_q8(
         kind,
         n,
         k,
+        int(one_row),
     )
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
@@ -378,9 +375,10 @@ def linear_q4(
     offset: torch.Tensor,
     group: int,
     bias: torch.Tensor | None,
+    one_row: bool = False,
 ) -> torch.Tensor:
     """y = x @ W.T + bias for W = q * scale + offset, q in `pack_q4` layout, scale and offset fp32
-    [N, K / group] (int4_offset converts Demi's stored zero points)."""
+    [N, K / group] (int4_offset converts Demi's stored zero points); one_row as for linear_q8."""
     row, kind = _rows(x)
     n, k = packed.shape[0], packed.shape[1] * 2
     y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
@@ -397,6 +395,7 @@ def linear_q4(
         kind,
         n,
         k,
+        int(one_row),
     )
     return y if y.dtype == x.dtype else y.to(x.dtype)
 

@@ -133,8 +133,7 @@ class Int8Linear(nn.Module):
         """Take the decode and prefill kernels from `plan` (torch's where a native one cannot run)."""
         cpu = self.weight.device.type == "cpu"
         self.decode_lib = _native_lib(plan.decode, self.in_features) if cpu else None
-        if self.decode_lib is not None:
-            native_kernels.set_rows_at_once(self.decode_lib, plan.rows_at_once)
+        self.one_row = plan.rows_at_once == 1  # how the native kernels read the weight (speed only)
         self.prefill_lib = _native_lib(plan.prefill, self.in_features) if cpu else None
         self.prefill_dtype = torch.bfloat16 if plan.prefill == "bf16" or not cpu else torch.float32
         # torch's int8 GEMM, its glue from any native library this CPU loaded (torch's ops without one)
@@ -174,7 +173,7 @@ class Int8Linear(nn.Module):
             # a kept copy exists yet), so the same prompt always takes the same kernel: same answers
             lib = self.decode_lib
         if lib is not None:
-            return native_kernels.linear_q8(lib, x, self.weight, self.weight_scale, self._bias_f32)
+            return native_kernels.linear_q8(lib, x, self.weight, self.weight_scale, self._bias_f32, self.one_row)
         if self.int_mm and rows > _PREFILL_ROWS:
             return native_kernels.linear_int_mm(self.glue_lib, x, self.weight, self.weight_scale, self._bias_f32)
         shape, dtype = x.shape, x.dtype
@@ -211,8 +210,7 @@ class Int4Linear(nn.Module):
         device = q.device
         plan = plan or kernel_plan.guess("int4")
         self.decode_lib = _native_lib(plan.decode, self.in_features) if device.type == "cpu" else None
-        if self.decode_lib is not None:
-            native_kernels.set_rows_at_once(self.decode_lib, plan.rows_at_once)
+        self.one_row = plan.rows_at_once == 1  # how the native kernels read the weight (speed only)
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         self._bias_f32 = None if bias is None else bias.float().contiguous()
         self.padded = 0
@@ -267,7 +265,9 @@ class Int4Linear(nn.Module):
             if lib is None and rows < self.float_prefill_rows:
                 lib = self.decode_lib  # too few rows to pay for dequantizing the weight
             if lib is not None:
-                return native_kernels.linear_q4(lib, x, self.packed, self.scale, self.zero, self.group, self._bias_f32)
+                return native_kernels.linear_q4(
+                    lib, x, self.packed, self.scale, self.zero, self.group, self._bias_f32, self.one_row
+                )
             if self.int_mm:
                 q8, s8 = self._int8_weight()
                 return native_kernels.linear_int_mm(self.decode_lib, x, q8, s8, self._bias_f32)

@@ -231,6 +231,7 @@ typedef struct {
     int64_t group;
     const float *bias;
     int64_t n, k;
+    int64_t one_row; /* read one weight row at a time (see demi_linear_q8) */
 } demi_lin;
 
 /* A dense decoder layer: RMSNorm weights and the fused projections (q|k|v, gate|up). */
@@ -240,15 +241,16 @@ typedef struct {
 } demi_layer;
 
 void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const float *scale, const float *bias,
-                    void *y, int y_kind, int64_t N, int64_t K);
+                    void *y, int y_kind, int64_t N, int64_t K, int one_row);
 void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const float *scale, const float *zero,
-                    int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K);
+                    int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K, int one_row);
 
 static void lin(const demi_lin *l, const float *x, int64_t rows, float *y) {
     if (l->bits == 4)
-        demi_linear_q4(x, 0, rows, (const uint8_t *)l->w, l->scale, l->zero, l->group, l->bias, y, 0, l->n, l->k);
+        demi_linear_q4(x, 0, rows, (const uint8_t *)l->w, l->scale, l->zero, l->group, l->bias, y, 0, l->n, l->k,
+                       (int)l->one_row);
     else
-        demi_linear_q8(x, 0, rows, (const int8_t *)l->w, l->scale, l->bias, y, 0, l->n, l->k);
+        demi_linear_q8(x, 0, rows, (const int8_t *)l->w, l->scale, l->bias, y, 0, l->n, l->k, (int)l->one_row);
 }
 
 static void add_rows(float *restrict x, const float *restrict y, int64_t count) {

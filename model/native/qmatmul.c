@@ -68,16 +68,6 @@
 
 const char *demi_path(void) { return DEMI_PATH; }
 
-/* Weight rows a decode dot product reads side by side: 4 (one activation load serves four rows, the
- * fastest from cache) or 1 (one sequential stream, which some CPUs' prefetchers keep far fuller:
- * measured on an AMD EPYC Zen 4, 24 layers of the 0.5B shape from memory, 2 threads, 16.1 GB/s with
- * 4 against 26.8 GB/s with 1). The kernel plan measures both (kernel_plan.py); either gives the same
- * numbers bit for bit, as each row's sums run in the same order. */
-static int rows_at_once = 4;
-
-void demi_set_rows_at_once(int rows) { rows_at_once = rows == 1 ? 1 : 4; }
-
-int demi_rows_at_once(void) { return rows_at_once; }
 
 void demi_set_threads(int n) {
 #ifdef _OPENMP
@@ -277,10 +267,15 @@ static inline void store(void *y, int kind, int64_t i, float v) {
 /* y [M, N] = x [M, K] @ (w * scale).T + bias, for int8 w [N, K] (K % 32 == 0).
  * x and y are fp32 (kind 0) or bf16 (kind 1); scale and bias are fp32, bias may be NULL.
  * Rows of x are quantized once; each thread takes a band of weight rows and runs every row of x
- * against it, so a weight row is read from memory once per call whatever M is. */
+ * against it, so a weight row is read from memory once per call whatever M is.
+ * one_row: the dot products read one weight row at a time (one sequential stream, which some CPUs'
+ * prefetchers keep far fuller: on an AMD EPYC Zen 4, 24 layers of the 0.5B shape from memory on 2
+ * threads read 26.8 GB/s against 16.1 GB/s) instead of four side by side (one activation load
+ * serving four rows, the faster from cache). The kernel plan measures both; either gives the same
+ * numbers bit for bit, each row's sums running in the same order. */
 void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t *restrict w,
                     const float *restrict scale, const float *restrict bias, void *restrict y, int y_kind,
-                    int64_t N, int64_t K) {
+                    int64_t N, int64_t K, int one_row) {
     int8_t *xq = malloc((size_t)(M * K));
     float *xs = malloc(sizeof(float) * (size_t)(M * (K / QB) * 8));
     if (!xq || !xs) {
@@ -300,7 +295,7 @@ void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t 
             const int8_t *xr = xq + m * K;
             const float *sr = xs + m * (K / QB) * 8;
             int64_t n = n0;
-            for (; rows_at_once == 4 && n + 4 <= n1; n += 4) {
+            for (; !one_row && n + 4 <= n1; n += 4) {
                 float v[4];
                 dot4_q8(w + n * K, K, xr, sr, v);
                 for (int r = 0; r < 4; r++)
@@ -545,10 +540,10 @@ static inline float offsets(const float *restrict off, const float *restrict xsu
 /* y [M, N] = x [M, K] @ W.T + bias for int4 W in groups of `group` along K (a multiple of 32):
  * W[n, k] = q * scale[n, g] + offset[n, g], q in 0..15 packed in chunks of 128 as dotn_q4 reads them
  * (w is [N, K / 2] bytes), scale and offset fp32 [N, K / group]. The offset term is exact: each
- * group's sum of x is taken in float before x is quantized. */
+ * group's sum of x is taken in float before x is quantized. one_row as for demi_linear_q8. */
 void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t *restrict w,
                     const float *restrict scale, const float *restrict zero, int64_t group,
-                    const float *restrict bias, void *restrict y, int y_kind, int64_t N, int64_t K) {
+                    const float *restrict bias, void *restrict y, int y_kind, int64_t N, int64_t K, int one_row) {
     int64_t groups = K / group;
     int8_t *xq = malloc((size_t)(M * K));
     float *xs = malloc(sizeof(float) * (size_t)(M * (K / QB) * 8));
@@ -580,7 +575,7 @@ void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t
             const float *sr = xs + m * (K / QB) * 8, *gr = xg + m * groups;
             float v[4];
             int64_t n = n0;
-            for (; rows_at_once == 4 && n + 4 <= n1; n += 4) {
+            for (; !one_row && n + 4 <= n1; n += 4) {
                 dotn_q4(4, w + n * (K / 2), scale + n * groups, groups, group, xr, sr, K, v);
                 for (int r = 0; r < 4; r++)
                     store(y, y_kind, m * N + n + r, v[r] + offsets(zero + (n + r) * groups, gr, groups) +
@@ -617,7 +612,7 @@ int demi_selftest(void) {
         scale[n] = 0.01f + 0.001f * (float)n;
         bias[n] = (float)n * 0.5f - 3.0f;
     }
-    demi_linear_q8(x, 0, M, w, scale, bias, y, 0, N, K);
+    demi_linear_q8(x, 0, M, w, scale, bias, y, 0, N, K, 0);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double ref = bias[n], mag = 0.0;
@@ -664,7 +659,7 @@ int demi_selftest(void) {
         if (fabsf(y[i] - want) > 1e-3f * (fabsf(want) + 1.0f))
             return 4;
     }
-    demi_linear_q4(x, 0, M, w4, s4, z4, 64, bias, y, 0, N, K);
+    demi_linear_q4(x, 0, M, w4, s4, z4, 64, bias, y, 0, N, K, 0);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double ref = bias[n], mag = 0.0;

@@ -257,15 +257,9 @@ def test_each_row_of_a_native_call_is_that_row_alone_bit_for_bit(path):
         # one weight row at a time (the plan's rows_at_once 1) is a speed choice: the same numbers
         want8 = native_kernels.linear_q8(lib, x, q, scale, None)
         want4 = native_kernels.linear_q4(lib, x, packed, s4.float().contiguous(), offset, 32, None)
-        native_kernels.set_rows_at_once(lib, 1)
-        try:
-            assert native_kernels.rows_at_once(lib) == 1
-            assert torch.equal(native_kernels.linear_q8(lib, x, q, scale, None), want8)
-            assert torch.equal(
-                native_kernels.linear_q4(lib, x, packed, s4.float().contiguous(), offset, 32, None), want4
-            )
-        finally:
-            native_kernels.set_rows_at_once(lib, 4)
+        assert torch.equal(native_kernels.linear_q8(lib, x, q, scale, None, one_row=True), want8)
+        got4 = native_kernels.linear_q4(lib, x, packed, s4.float().contiguous(), offset, 32, None, one_row=True)
+        assert torch.equal(got4, want4)
         # the outlier costs the block of 32 that holds it (one scale each) about 1%
         ref = x @ (q.float() * scale[:, None]).T
         err = ((native_kernels.linear_q8(lib, x, q, scale, None) - ref).norm() / ref.norm()).item()

@@ -8,9 +8,9 @@
 #include <string.h>
 
 void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const float *scale, const float *bias,
-                    void *y, int y_kind, int64_t N, int64_t K);
+                    void *y, int y_kind, int64_t N, int64_t K, int one_row);
 void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const float *scale, const float *zero,
-                    int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K);
+                    int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K, int one_row);
 const char *demi_path(void);
 
 static void *take(FILE *f, size_t bytes) {
@@ -36,8 +36,14 @@ int main(int argc, char **argv) {
     uint8_t *w4 = take(in, N * K / 2);
     float *s4 = take(in, sizeof(float) * N * (K / G)), *o4 = take(in, sizeof(float) * N * (K / G));
     float *y8 = calloc(M * N, sizeof(float)), *y4 = calloc(M * N, sizeof(float));
-    demi_linear_q8(x, 0, M, w, scale, NULL, y8, 0, N, K);
-    demi_linear_q4(x, 0, M, w4, s4, o4, G, NULL, y4, 0, N, K);
+    demi_linear_q8(x, 0, M, w, scale, NULL, y8, 0, N, K, 0);
+    demi_linear_q4(x, 0, M, w4, s4, o4, G, NULL, y4, 0, N, K, 0);
+    /* one weight row at a time: the same numbers bit for bit, or exit 3 */
+    float *z8 = calloc(M * N, sizeof(float)), *z4 = calloc(M * N, sizeof(float));
+    demi_linear_q8(x, 0, M, w, scale, NULL, z8, 0, N, K, 1);
+    demi_linear_q4(x, 0, M, w4, s4, o4, G, NULL, z4, 0, N, K, 1);
+    if (memcmp(y8, z8, sizeof(float) * M * N) || memcmp(y4, z4, sizeof(float) * M * N))
+        return 3;
     char name[16] = {0};
     strncpy(name, demi_path(), sizeof(name) - 1);
     fwrite(name, 1, sizeof(name), out);
