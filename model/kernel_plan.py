@@ -10,7 +10,8 @@ shapes, for decode (one row) and for prefill (a block of rows), and picks the fa
   int8 prefill:  fp32 matmul of the dequantized weight | bf16 matmul | torch's int8 GEMM
                  (`int8mm`: activations to int8 per row, oneDNN's VNNI/AMX kernels) | each native path
   int4:          torch's int4 kernels (one layout for both phases) | a native path for decode with
-                 the native path or an fp32 matmul of the dequantized weight for prefill
+                 the native path, an fp32 or bf16 matmul of the dequantized weight, or int8mm for
+                 prefill
 
 The activations (embeddings, norms, attention, the KV cache) stay fp32 whatever the prefill matmul:
 a bf16 prefill converts each layer's rows for its matmul alone, so decode keeps the one-call native
@@ -46,7 +47,7 @@ from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 6  # 5: int8 activations stay fp32 with a bf16 prefill; 6: rows_at_once
+PLAN_VERSION = 7  # 5: int8 activations stay fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -299,7 +300,9 @@ def _int4_candidates(
         )
     if rows > 1:
         w32 = nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)
+        w16 = w32.to(torch.bfloat16)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
+        out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), w16).float())
         if paths and int_mm_runs():
             from demi.model.quantize import quantize_int8  # (quantize imports this module)
 
@@ -320,6 +323,7 @@ def _conversions(s: _Shape, mode: str) -> dict[str, Callable]:
 
         return {
             "fp32": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group),
+            "bf16": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group).to(torch.bfloat16),
             "int8mm": lambda: quantize_int8(nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)),
         }
     return {"fp32": lambda: s.q8 * s.s8[:, None], "bf16": lambda: s.q8.to(torch.bfloat16)}
@@ -412,7 +416,7 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
     layouts = {"torch": ("torch", "torch")}
     if native:
         d = min(native, key=dec.__getitem__)
-        layouts[d] = (d, min([d, "fp32", "int8mm"], key=lambda c: pre.get(c, float("inf"))))
+        layouts[d] = (d, min([d, "fp32", "bf16", "int8mm"], key=lambda c: pre.get(c, float("inf"))))
 
     def score(pair: tuple[str, str]) -> float:
         return pre.get(pair[1], float("inf")) * SCORE_PROMPT + dec.get(pair[0], float("inf")) * SCORE_NEW
@@ -424,7 +428,7 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
         "bfloat16" if bf16 else "float32",
         decode,
         prefill,
-        _crossover(times, prefill, decode) if decode != "torch" and prefill in ("fp32", "int8mm") else 0,
+        _crossover(times, prefill, decode) if decode != "torch" and prefill in TORCH_PREFILLS else 0,
     )
 
 

@@ -217,6 +217,7 @@ class Int4Linear(nn.Module):
         self.float_prefill_rows = plan.float_prefill_rows
         if self.decode_lib is not None and self.group % native_kernels.QBLOCK == 0:
             self.prefill_lib = _native_lib(plan.prefill, self.in_features)
+            self.prefill_dtype = torch.bfloat16 if plan.prefill == "bf16" else torch.float32
             self.int_mm = plan.prefill == "int8mm"
             self._int8: tuple[Tensor, Tensor] | None = None
             self._int8_tried = False
@@ -272,7 +273,12 @@ class Int4Linear(nn.Module):
                 q8, s8 = self._int8_weight()
                 return native_kernels.linear_int_mm(self.decode_lib, x, q8, s8, self._bias_f32)
             w = native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group)
-            y = F.linear(x.reshape(-1, self.in_features).float(), w, self._bias_f32)
+            x2 = x.reshape(-1, self.in_features)
+            if self.prefill_dtype == torch.bfloat16:  # bf16 units: the rows and the weight for this matmul alone
+                y = F.linear(x2.to(torch.bfloat16), w.to(torch.bfloat16)).float()
+                y = y if self._bias_f32 is None else y + self._bias_f32
+            else:
+                y = F.linear(x2.float(), w, self._bias_f32)
             return y.reshape(*shape[:-1], self.out_features).to(dtype)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if x2.device.type == "cpu":

@@ -279,11 +279,13 @@ def test_modules_follow_the_plan_and_step_aside_where_a_kernel_cannot_run():
             for rows in (x, torch.randn(20, 128)):
                 want = rows @ w.T
                 assert ((lin(rows) - want).norm() / want.norm()) < 0.02
-        lin4 = Int4Linear(*quantize_int4(w, 64), plan=KernelPlan("int4", "float32", decode, "fp32"))
-        assert lin4.native == (decode != "torch")
-        for rows in (x, torch.randn(20, 128)):
-            want = rows @ w.T
-            assert ((lin4(rows).float() - want).norm() / want.norm()) < 0.15
+        for prefill in ("fp32", "bf16"):  # a prefill of 20 rows: the dequantized weight in fp32 or bf16
+            lin4 = Int4Linear(*quantize_int4(w, 64), plan=KernelPlan("int4", "float32", decode, prefill))
+            assert lin4.native == (decode != "torch")
+            for rows in (x, torch.randn(20, 128)):
+                want = rows @ w.T
+                got = lin4(rows)
+                assert got.dtype == torch.float32 and ((got - want).norm() / want.norm()) < 0.15
     plan = KernelPlan("int8", "float32", (paths or ["avx2"])[0], "fp32")
     ragged = Int8Linear(*quantize_int8(torch.randn(64, 100)), plan=plan)
     assert not ragged.native and ragged(torch.randn(1, 100)).shape == (1, 64)
