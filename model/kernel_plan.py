@@ -47,7 +47,7 @@ from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 7  # 5: int8 activations stay fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16
+PLAN_VERSION = 8  # 5: int8 activations fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16; 8: C dequantize
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -300,7 +300,7 @@ def _int4_candidates(
         )
     if rows > 1:
         w32 = nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)
-        w16 = w32.to(torch.bfloat16)
+        w16 = w32.to(torch.bfloat16)  # (the conversion is timed on its own: _conversions)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
         out["bf16"] = _sweep(copies, lambda c: F.linear(x.to(torch.bfloat16), w16).float())
         if paths and int_mm_runs():
@@ -316,15 +316,16 @@ def _int4_candidates(
     return out
 
 
-def _conversions(s: _Shape, mode: str) -> dict[str, Callable]:
-    """What a float prefill pays once per chunk: converting the quantized weight."""
+def _conversions(s: _Shape, mode: str, lib: ctypes.CDLL | None = None) -> dict[str, Callable]:
+    """What a float prefill pays once per chunk: converting the quantized weight (int4: in `lib`'s C
+    pass, as Int4Linear does with its native library)."""
     if mode == "int4":
         from demi.model.quantize import quantize_int8
 
         return {
-            "fp32": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group),
-            "bf16": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group).to(torch.bfloat16),
-            "int8mm": lambda: quantize_int8(nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)),
+            "fp32": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group, lib),
+            "bf16": lambda: nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group, lib, torch.bfloat16),
+            "int8mm": lambda: quantize_int8(nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group, lib)),
         }
     return {"fp32": lambda: s.q8 * s.s8[:, None], "bf16": lambda: s.q8.to(torch.bfloat16)}
 
@@ -359,7 +360,7 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
             for s in built:
                 copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
                 warm = make([s], min(rows, 16), dtype, paths, decode_torch)  # first-call costs, cheaply
-                conversions = _conversions(s, mode) if phase == "prefill" else {}
+                conversions = _conversions(s, mode, _loaded(paths[0]) if paths else None) if phase == "prefill" else {}
                 fns = make(copies, rows, dtype, paths, decode_torch)
                 measured = _timed_together(fns, deadline, 2, warm)
                 converted = _timed_together(conversions, deadline, 2, {}) if conversions else {}

@@ -256,6 +256,8 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_quantize_rows.restype = None
     handle.demi_scale_rows.argtypes = [vp, i64, i64, vp, vp, vp, vp, ctypes.c_int]
     handle.demi_scale_rows.restype = None
+    handle.demi_dequantize_q4.argtypes = [vp, vp, vp, i64, i64, i64, vp, ctypes.c_int]
+    handle.demi_dequantize_q4.restype = None
     handle.demi_path.restype = ctypes.c_char_p
     handle.demi_set_threads.argtypes = [ctypes.c_int]
     # libgomp.so.1 is the one torch loaded (same soname), so the kernels share torch's thread pool;
@@ -350,9 +352,24 @@ def int4_offset(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return (zero.float() - 8.0 * scale.float()).contiguous()
 
 
-def dequantize_q4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group: int) -> torch.Tensor:
-    """fp32 [N, K] from the `pack_q4` layout: q * scale + offset (offset from int4_offset)."""
+def dequantize_q4(
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    group: int,
+    lib: ctypes.CDLL | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """[N, K] in `dtype` (fp32 or bf16) from the `pack_q4` layout: q * scale + offset (offset from
+    int4_offset). With a native `lib`, one pass per row in C (what a float prefill runs); without,
+    torch's ops, which the tests hold it to."""
     n, k = packed.shape[0], packed.shape[1] * 2
+    if lib is not None and dtype in _KINDS:
+        out = torch.empty(n, k, dtype=dtype)
+        lib.demi_dequantize_q4(
+            packed.data_ptr(), scale.data_ptr(), offset.data_ptr(), group, n, k, out.data_ptr(), _KINDS[dtype]
+        )
+        return out
     main = k // QCHUNK * QCHUNK
     chunks = packed[:, : main // 2].reshape(n, main // QCHUNK, 1, QCHUNK // 2)
     blocks = packed[:, main // 2 :].reshape(n, (k - main) // QBLOCK, 1, QBLOCK // 2)
@@ -364,7 +381,7 @@ def dequantize_q4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
         dim=1,
     )
     q = q.reshape(n, k // group, group).float()
-    return (q * scale[..., None] + offset[..., None]).reshape(n, k)
+    return (q * scale[..., None] + offset[..., None]).reshape(n, k).to(dtype)
 
 
 def linear_q4(

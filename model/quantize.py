@@ -251,7 +251,9 @@ class Int4Linear(nn.Module):
         PREFILL_COPY_BUDGET allows, else redone per call."""
         if self._int8 is not None:
             return self._int8
-        q8 = quantize_int8(native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group))
+        q8 = quantize_int8(
+            native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group, self.decode_lib)
+        )
         if not self._int8_tried:
             self._int8_tried = True
             if _claim_copy(self, q8[0].numel() + 4 * q8[1].numel()):
@@ -272,10 +274,13 @@ class Int4Linear(nn.Module):
             if self.int_mm:
                 q8, s8 = self._int8_weight()
                 return native_kernels.linear_int_mm(self.decode_lib, x, q8, s8, self._bias_f32)
-            w = native_kernels.dequantize_q4(self.packed, self.scale, self.zero, self.group)
+            # the weight in the prefill's dtype, in C; bf16 (where the CPU has bf16 units) for this matmul alone
+            w = native_kernels.dequantize_q4(
+                self.packed, self.scale, self.zero, self.group, self.decode_lib, self.prefill_dtype
+            )
             x2 = x.reshape(-1, self.in_features)
-            if self.prefill_dtype == torch.bfloat16:  # bf16 units: the rows and the weight for this matmul alone
-                y = F.linear(x2.to(torch.bfloat16), w.to(torch.bfloat16)).float()
+            if w.dtype == torch.bfloat16:
+                y = F.linear(x2.to(torch.bfloat16), w).float()
                 y = y if self._bias_f32 is None else y + self._bias_f32
             else:
                 y = F.linear(x2.float(), w, self._bias_f32)

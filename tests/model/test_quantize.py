@@ -254,6 +254,12 @@ def test_each_row_of_a_native_call_is_that_row_alone_bit_for_bit(path):
                 assert torch.equal(got8[r], native_kernels.linear_q8(lib, x[r : r + 1], q, scale, None)[0]), (n, k, r)
                 alone4 = native_kernels.linear_q4(lib, x[r : r + 1], packed, s4.float().contiguous(), offset, 32, None)
                 assert torch.equal(got4[r], alone4[0]), (n, k, r)
+        # a float prefill's weight, dequantized in C (fp32 and bf16) as torch's ops give it
+        ref_w = native_kernels.dequantize_q4(packed, s4.float().contiguous(), offset, 32)
+        for dtype in (torch.float32, torch.bfloat16):
+            got_w = native_kernels.dequantize_q4(packed, s4.float().contiguous(), offset, 32, lib, dtype)
+            tol = 1e-6 if dtype == torch.float32 else 1e-2  # (bf16: one rounding step either side)
+            assert got_w.dtype == dtype and torch.allclose(got_w.float(), ref_w.to(dtype).float(), rtol=tol, atol=1e-6)
         # one weight row at a time (the plan's rows_at_once 1) is a speed choice: the same numbers
         want8 = native_kernels.linear_q8(lib, x, q, scale, None)
         want4 = native_kernels.linear_q4(lib, x, packed, s4.float().contiguous(), offset, 32, None)
