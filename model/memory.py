@@ -225,7 +225,8 @@ def estimate(
         ):
             transient = layer_largest * 4
     elif mode == "int4" and native and prefill in ("fp32", "bf16", "torch"):
-        transient = layer_largest * (6 if prefill == "bf16" else 4)  # the fp32 dequantized weight (+ its bf16 copy)
+        # the dequantized weight, written by the native library straight in the prefill's dtype
+        transient = layer_largest * (2 if prefill == "bf16" else 4)
     activations = _activation_bytes(cfg, rows, act_bytes, prefill == "int8mm") + transient
     load = checkpoint_bytes
     if mode in ("int8", "int4") and not prequantized:
