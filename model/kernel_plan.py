@@ -260,7 +260,7 @@ def _int8_candidates(
         for p in paths:
             out[p] = _sweep(copies, _native_q8(_loaded(p), x))
             if rows == 1:
-                out[p + ONE_ROW] = _sweep(copies, _native_q8(_loaded(p), x, rows_at_once=1))
+                out[p + ONE_ROW] = _sweep(copies, _native_q8(_loaded(p), x, one_row=True))
     return out
 
 
@@ -280,12 +280,12 @@ def _loaded(path: str) -> ctypes.CDLL:
     return lib
 
 
-def _native_q8(lib: ctypes.CDLL, x: torch.Tensor, rows_at_once: int = 4) -> Callable[[_Shape], object]:
-    return lambda c: nk.linear_q8(lib, x, c.q8, c.s8, None, one_row=rows_at_once == 1)
+def _native_q8(lib: ctypes.CDLL, x: torch.Tensor, one_row: bool = False) -> Callable[[_Shape], object]:
+    return lambda c: nk.linear_q8(lib, x, c.q8, c.s8, None, one_row=one_row)
 
 
-def _native_q4(lib: ctypes.CDLL, x: torch.Tensor, rows_at_once: int = 4) -> Callable[[_Shape], object]:
-    return lambda c: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None, one_row=rows_at_once == 1)
+def _native_q4(lib: ctypes.CDLL, x: torch.Tensor, one_row: bool = False) -> Callable[[_Shape], object]:
+    return lambda c: nk.linear_q4(lib, x, c.native4, c.s4f, c.z4f, c.group, None, one_row=one_row)
 
 
 def _int4_candidates(
@@ -312,7 +312,7 @@ def _int4_candidates(
     for p in paths:
         out[p] = _sweep(copies, _native_q4(_loaded(p), x))
         if rows == 1:
-            out[p + ONE_ROW] = _sweep(copies, _native_q4(_loaded(p), x, rows_at_once=1))
+            out[p + ONE_ROW] = _sweep(copies, _native_q4(_loaded(p), x, one_row=True))
     return out
 
 

@@ -68,7 +68,6 @@
 
 const char *demi_path(void) { return DEMI_PATH; }
 
-
 void demi_set_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n > 0 ? n : 1);
