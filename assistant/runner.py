@@ -57,15 +57,23 @@ Everything the thread does to a run goes through `_advance` (one `next()` of the
 or a `send` of its step's logits) and `_pick` (what goes next: a call, a whole run, a step of one
 run, or a batch); speculative decoding stays inside the engine's generator (a step that may yield
 several tokens), so the runner's contract (pieces, a `Completion`, a step count) does not change.
+
+Exit: the thread is a daemon (a front end that forgets `stop` still exits), but the interpreter
+must not finalize while it is inside torch: a daemon thread stopped there aborts the process
+("terminate called without an active exception", exit code -6). So at exit every started runner
+is stopped and its thread waited for (at most EXIT_WAIT_S in all: a step, a speed measurement or a
+warm-up ends well within it).
 """
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
@@ -95,6 +103,7 @@ log = logging.getLogger("demi.runner")
 AHEAD = 16  # pieces the model may run ahead of a stream's reader
 NOTIFY_EVERY = 8  # wake a reader once this many pieces wait (or at the end): fewer thread switches
 RECENT = 32  # finished runs kept for stats()
+EXIT_WAIT_S = 10.0  # at exit, how long the model threads may take to finish their current work
 COMPLETION, STREAM = 0, 1  # the priorities an editor's completion and a long answer use
 
 T = TypeVar("T")
@@ -364,6 +373,7 @@ class ModelRunner:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
+            _STARTED.add(self)
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Take no more work: queued calls and runs fail (`RunnerStopped`), live runs are closed at
@@ -385,6 +395,16 @@ class ModelRunner:
             self._finish(run, "dropped", error=error)
         if thread is not None and thread is not threading.current_thread() and timeout:
             thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds for the model thread to end after `stop`; True when it has
+        (or never started). A process must not finalize while this thread is inside torch: a daemon
+        thread stopped there by the interpreter's exit aborts the process."""
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     @property
     def stopped(self) -> bool:
@@ -753,3 +773,18 @@ class ModelRunner:
                     run.sink("done", value)
             except Exception:  # noqa: BLE001 - a reader that went away must not stop the thread
                 log.debug("the sink of run %s failed", run.id, exc_info=True)
+
+
+_STARTED: weakref.WeakSet[ModelRunner] = weakref.WeakSet()  # runners whose thread was started
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Stop every runner and wait for its thread before the interpreter finalizes (module docstring)."""
+    runners = list(_STARTED)
+    for runner in runners:
+        runner.stop(timeout=None)
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for runner in runners:
+        if not runner.join(max(0.0, deadline - time.monotonic())):
+            log.warning("the model thread %s did not stop within %.0f s of exit", runner.name, EXIT_WAIT_S)

@@ -225,7 +225,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     rss_end = rss_kb(pid)
     stats = await client.protocol.send_request_async("demi/stats", {})
     alive = client._server.returncode is None
-    exit_code = await stop(client)
+    exit_code, stderr_tail = await stop(client)
     warm = tally.rss_warmup_kb or rss_end
     growth = 100.0 * (rss_end - warm) / warm
     return {
@@ -249,6 +249,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "runs_skipped": getattr(stats, "runsSkipped", None),
         "server_alive_at_end": alive,
         "server_exit_code": exit_code,
+        "server_stderr_tail": stderr_tail,
         "documents": args.docs,
         "max_tokens": args.max_tokens,
         "context_tokens": args.context_tokens,
@@ -273,15 +274,20 @@ async def wait_ready(client: Client, limit_s: float = 600) -> None:
     raise RuntimeError(f"the model did not load in {limit_s:.0f} s")
 
 
-async def stop(client: Client) -> int | None:
-    """shutdown, exit, and the server's exit code (0 is a clean exit after shutdown)."""
+async def stop(client: Client) -> tuple[int | None, str]:
+    """shutdown, exit: the server's exit code (0 is a clean exit after shutdown) and the last of
+    what it wrote to stderr (where a crash at exit says why)."""
     try:
         await asyncio.wait_for(client.shutdown_async(None), 30)
         client.exit(None)
         server = client._server
-        if server is not None:
-            return await asyncio.wait_for(server.wait(), 30)
-        return None
+        if server is None:
+            return None, ""
+        code = await asyncio.wait_for(server.wait(), 30)
+        err = b""
+        if server.stderr is not None:
+            err = await asyncio.wait_for(server.stderr.read(), 10)
+        return code, err.decode("utf-8", "replace")[-3000:]
     finally:
         await client.stop()
 

@@ -362,4 +362,9 @@ class EngineHost:
             ready = self._ready
         if not ready.done():
             ready.set_exception(EngineUnavailable("the server is shutting down"))
-        self.runner.stop(timeout=None)  # live runs close at their next step; nobody waits for it
+        self.runner.stop(timeout=None)  # live runs close at their next step; `wait_stopped` waits
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """After `close`: wait for the model thread's current work (a step, a speed measurement, a
+        warm-up) to end; False when it is still running after `timeout` seconds."""
+        return self.runner.join(timeout)

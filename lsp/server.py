@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from lsprotocol import types as t
 from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from demi.assistant.runner import RunCancelled
+from demi.assistant.runner import EXIT_WAIT_S, RunCancelled
 from demi.lsp.actions import COMMANDS, KIND_EXPLAIN, KIND_FIX, KIND_REFACTOR, Actions, RequestFailed
 from demi.lsp.completion import HUGE_CHARS, CompletionService, Outcome, Snapshot, display_name, windowed
 from demi.lsp.engine_host import EngineHost, EngineUnavailable
@@ -588,7 +589,17 @@ def serve(args: argparse.Namespace, engine_factory: Callable[[LspSettings], Any]
             server.start_io()
     finally:
         server.close()
-    return 0 if server.protocol._shutdown or args.tcp is not None else 1
+    code = 0 if server.protocol._shutdown or args.tcp is not None else 1
+    if not server.host.wait_stopped(EXIT_WAIT_S):
+        # the model thread is still inside torch: finalizing the interpreter now would stop it
+        # there and abort the process, so end it without finalizing (nothing of the user's is open)
+        log.warning("the model thread did not stop within %.0f s: exiting without cleanup", EXIT_WAIT_S)
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(ValueError, OSError):  # stdout is closed after `exit`
+                stream.flush()
+        os._exit(code)
+    return code
 
 
 def _preload() -> None:

@@ -4,6 +4,8 @@ queue bound and the counters, on a scripted engine (the scheduling alone) and on
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -408,3 +410,28 @@ def test_a_completion_overtakes_a_long_stream_on_a_real_model(engine: InProcessE
     assert not long.done  # the completion did not wait for the long stream to end
     long.cancel()
     assert long_events.finished.wait(30)
+
+
+EXIT_SCRIPT = """
+import time, torch
+from demi.assistant.runner import ModelRunner
+
+def busy():  # about a second of torch work on the model thread
+    a = torch.randn(256, 256)
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        a = torch.nn.functional.linear(a, a).tanh()
+    print("call finished", flush=True)
+
+runner = ModelRunner(None)
+runner.call(busy)
+time.sleep(0.2)  # the call is inside torch now; the script ends without stopping the runner
+"""
+
+
+def test_exit_waits_for_the_model_thread_inside_torch():
+    """A process that ends while its model thread is inside torch exits cleanly: the runner's
+    exit hook stops it and waits, where finalizing under it would abort (exit code -6)."""
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "call finished" in proc.stdout

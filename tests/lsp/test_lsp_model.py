@@ -327,3 +327,20 @@ async def test_a_running_demi_serve_is_found_and_used(workdir, model_dir, demi_s
         assert any("no model" in m.message for m in other.messages)
     finally:
         await stop_client(other)
+
+
+async def test_exit_while_the_model_thread_works_is_clean(workdir, model_dir):
+    """shutdown and exit the moment the model is ready, while the model thread measures its speed
+    and warms up (about 0.2 s of torch work): the server must wait for that work, not finalize the
+    interpreter under it (a daemon thread stopped inside torch aborts the process: exit code -6)."""
+    root = workdir / "exit-project"
+    root.mkdir(exist_ok=True)
+    for attempt in range(3):
+        c = await start_client(lsp_command(model_dir), server_env(workdir), root, init_options={"maxTokens": 8})
+        deadline = time.monotonic() + 120
+        while (await stats(c))["status"]["state"] != "ready":
+            assert time.monotonic() < deadline, "the model did not load"
+            await asyncio.sleep(0.02)
+        code = await stop_client(c)
+        err = (await c._server.stderr.read()).decode("utf-8", "replace") if c._server.stderr else ""
+        assert code == 0, f"attempt {attempt}: exit code {code}; stderr: {err[-2000:]}"

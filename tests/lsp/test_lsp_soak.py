@@ -59,6 +59,6 @@ def test_short_soak(tmp_path):
     assert r["cancelled"] == 200
     assert sum(v for k, v in r["answers"].items() if k != "result_with_text") == 600
     assert r["answers"]["result"] > 0 and r["answered_cancelled"] > 0  # both kinds of answer occur
-    assert r["server_alive_at_end"] and r["server_exit_code"] == 0
+    assert r["server_alive_at_end"] and r["server_exit_code"] == 0, r["server_stderr_tail"]
     assert r["rss_growth_pct"] <= 15.0, r["rss_samples"]
     assert r["passed"] and proc.returncode == 0, proc.stderr[-3000:]
