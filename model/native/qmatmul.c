@@ -256,12 +256,75 @@ static inline void dot4_q8(const int8_t *restrict w, int64_t K, const int8_t *re
 #endif
 }
 
+/* An int8 output: a row's sum times its weight row's scale, plus the bias, as one explicit fused
+ * multiply-add. Written `v * s + b`, whether the compiler fuses it depends on the code around it, so
+ * the tiles and the row-by-row loops rounded differently with a bias, and a batch's rows stopped
+ * equalling lone steps. */
+static inline float scaled(float v, const float *scale, const float *bias, int64_t n) {
+    return fmaf(v, scale[n], bias ? bias[n] : 0.0f);
+}
+
 static inline void store(void *y, int kind, int64_t i, float v) {
     if (kind)
         ((uint16_t *)y)[i] = f32_to_bf16(v);
     else
         ((float *)y)[i] = v;
 }
+
+#if defined(__AVX2__) && !(defined(__AVX512F__) && defined(__AVX512BW__))
+#define Q8_TILES 1
+#define TILE_W 3   /* weight rows of a tile */
+#define TILE_X 3   /* activation rows of a tile: 9 accumulators, 3 |x| and the operands fit 16 ymm */
+#define CHUNK_X 48 /* activation rows per pass over a band: their int8 rows and scales stay in L2 */
+#define BAND_W 24  /* weight rows per task: a band stays in L1 or L2 across a chunk's activation rows */
+
+/* TW weight rows by TX activation rows over the whole of K (TW <= TILE_W, TX <= TILE_X): each
+ * weight block loaded serves TX activation rows and each activation block TW weight rows, where the
+ * row-by-row kernels above load a weight block for every activation row (prefill is bound by those
+ * loads and |x|, not by the dot products). Every pair's sum runs in dot_q8's order, so a row's
+ * numbers are the same bit for bit whichever rows share its tile. */
+static inline __attribute__((always_inline)) void tile_q8(const int TW, const int TX, const int8_t *restrict w,
+                                                          const int8_t *restrict xq, const float *restrict xs,
+                                                          int64_t K, float out[TILE_W][TILE_X]) {
+    const int64_t nb = K / QB, xs_row = nb * 8;
+    __m256 acc[TILE_W][TILE_X];
+    for (int i = 0; i < TW; i++)
+        for (int r = 0; r < TX; r++)
+            acc[i][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i ax[TILE_X];
+        for (int r = 0; r < TX; r++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + r * K + b * QB));
+            ax[r] = _mm256_sign_epi8(xv, xv);
+        }
+        for (int i = 0; i < TW; i++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i * K + b * QB));
+            for (int r = 0; r < TX; r++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + r * K + b * QB));
+                __m256i p = udot(ax[r], _mm256_sign_epi8(wv, xv));
+                acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_loadu_ps(xs + r * xs_row + b * 8), acc[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < TW; i++)
+        for (int r = 0; r < TX; r++)
+            out[i][r] = hsum256(acc[i][r]);
+}
+
+/* The tile of this size (each size its own compiled copy, so its accumulators stay in registers). */
+static void tile_any(int tw, int tx, const int8_t *w, const int8_t *xq, const float *xs, int64_t K,
+                     float out[TILE_W][TILE_X]) {
+#define TILE_CASE(a, b)                                                                                     \
+    case (a) * 4 + (b):                                                                                     \
+        tile_q8(a, b, w, xq, xs, K, out);                                                                   \
+        return;
+    switch (tw * 4 + tx) {
+        TILE_CASE(3, 3) TILE_CASE(3, 2) TILE_CASE(3, 1) TILE_CASE(2, 3) TILE_CASE(2, 2) TILE_CASE(2, 1)
+        TILE_CASE(1, 3) TILE_CASE(1, 2) TILE_CASE(1, 1)
+    }
+#undef TILE_CASE
+}
+#endif
 
 /* y [M, N] = x [M, K] @ (w * scale).T + bias, for int8 w [N, K] (K % 32 == 0).
  * x and y are fp32 (kind 0) or bf16 (kind 1); scale and bias are fp32, bias may be NULL.
@@ -271,7 +334,12 @@ static inline void store(void *y, int kind, int64_t i, float v) {
  * prefetchers keep far fuller: on an AMD EPYC Zen 4, 24 layers of the 0.5B shape from memory on 2
  * threads read 26.8 GB/s against 16.1 GB/s) instead of four side by side (one activation load
  * serving four rows, the faster from cache). The kernel plan measures both; either gives the same
- * numbers bit for bit, each row's sums running in the same order. */
+ * numbers bit for bit, each row's sums running in the same order.
+ * On AVX2 builds, more than one row goes through tiles of 3 weight rows by 3 activation rows, in
+ * chunks of CHUNK_X activation rows per band of BAND_W weight rows: a 0.5B prefill's activation rows
+ * (512 x 4,864 int8 plus as many bytes of scales) no longer stream from beyond L2 once per weight row
+ * group. Measured on an AMD EPYC (Zen 4, 2 threads, DEMI_KERNEL=avx2), a 1,000-token prefill of the
+ * 0.5B shape: 145 -> 217 tok/s. The same numbers bit for bit (each pair's sum in dot_q8's order). */
 void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t *restrict w,
                     const float *restrict scale, const float *restrict bias, void *restrict y, int y_kind,
                     int64_t N, int64_t K, int one_row) {
@@ -286,6 +354,32 @@ void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t 
     #pragma omp parallel for schedule(static) if (M > 1)
     for (int64_t m = 0; m < M; m++)
         quantize_row((const char *)x + m * K * xbytes, x_kind, K, xq + m * K, xs + m * (K / QB) * 8);
+#if defined(Q8_TILES)
+    if (M > 1) {
+        const int64_t nb8 = (K / QB) * 8;
+        #pragma omp parallel for schedule(static)
+        for (int64_t n0 = 0; n0 < N; n0 += BAND_W) {
+            const int64_t n1 = n0 + BAND_W < N ? n0 + BAND_W : N;
+            for (int64_t m0 = 0; m0 < M; m0 += CHUNK_X) {
+                const int64_t m1 = m0 + CHUNK_X < M ? m0 + CHUNK_X : M;
+                for (int64_t n = n0; n < n1; n += TILE_W) {
+                    const int tw = (int)(n1 - n < TILE_W ? n1 - n : TILE_W);
+                    for (int64_t m = m0; m < m1; m += TILE_X) {
+                        const int tx = (int)(m1 - m < TILE_X ? m1 - m : TILE_X);
+                        float v[TILE_W][TILE_X];
+                        tile_any(tw, tx, w + n * K, xq + m * K, xs + m * nb8, K, v);
+                        for (int i = 0; i < tw; i++)
+                            for (int r = 0; r < tx; r++)
+                                store(y, y_kind, (m + r) * N + n + i, scaled(v[i][r], scale, bias, n + i));
+                    }
+                }
+            }
+        }
+        free(xq);
+        free(xs);
+        return;
+    }
+#endif
     const int64_t band = 16; /* weight rows per task: 16 rows of K int8 stay in L1/L2 across x rows */
     #pragma omp parallel for schedule(static)
     for (int64_t n0 = 0; n0 < N; n0 += band) {
@@ -298,11 +392,10 @@ void demi_linear_q8(const void *restrict x, int x_kind, int64_t M, const int8_t 
                 float v[4];
                 dot4_q8(w + n * K, K, xr, sr, v);
                 for (int r = 0; r < 4; r++)
-                    store(y, y_kind, m * N + n + r, v[r] * scale[n + r] + (bias ? bias[n + r] : 0.0f));
+                    store(y, y_kind, m * N + n + r, scaled(v[r], scale, bias, n + r));
             }
             for (; n < n1; n++) {
-                float v = dot_q8(w + n * K, xr, sr, K) * scale[n] + (bias ? bias[n] : 0.0f);
-                store(y, y_kind, m * N + n, v);
+                store(y, y_kind, m * N + n, scaled(dot_q8(w + n * K, xr, sr, K), scale, bias, n));
             }
         }
     }
