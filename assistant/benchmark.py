@@ -29,7 +29,7 @@ def kernel_plan(name: str | None, quant: str = "int8", remeasure: bool = True) -
     """The kernel plan for this model on this CPU, with every candidate's time (`demi bench --plan`)."""
     from demi.model import native_kernels
     from demi.model.config import load_config
-    from demi.model.kernel_plan import cache_file, matmul_shapes, plan_for
+    from demi.model.kernel_plan import CHECK_ROWS, cache_file, matmul_shapes, plan_for
 
     path = model_dir_for_bench(name)
     cfg = load_config(path)
@@ -40,6 +40,7 @@ def kernel_plan(name: str | None, quant: str = "int8", remeasure: bool = True) -
         "model": str(path),
         "shapes": [list(s) for s in matmul_shapes(cfg)],
         "plan": plan.as_dict(),
+        "check_rows": CHECK_ROWS,  # the rows of the plan's "check" timings
         "cache": str(cache_file()),
         "problems": problems,
         "machine": machine(),

@@ -340,11 +340,15 @@ def _print_plan(args: argparse.Namespace) -> int:
         print(f"  {path}: {why}")
     print(f"{r['model']}  {plan['mode']}  shapes (N x K): {', '.join(f'{n}x{k}' for n, k in r['shapes'])}")
     print(f"measured in {plan['seconds']:.2f} s; cached in {r['cache']}")
-    for phase in ("prefill", "decode"):
+    for phase in ("prefill", "decode", "check"):
         times = plan["times_ms"].get(phase, {})
-        chosen = plan[phase] + ("/1row" if phase == "decode" and plan.get("rows_at_once") == 1 else "")
-        best = min(times.values()) if times else 0.0
-        print(f"  {phase} (ms per row, one layer):")
+        if not times:
+            continue
+        chosen = plan["decode" if phase == "check" else phase]
+        chosen += "/1row" if phase == "decode" and plan.get("rows_at_once") == 1 else ""
+        best = min(times.values())
+        what = f"one layer, {r['check_rows']} rows at once: ranks decode near-ties" if phase == "check" else "one layer"
+        print(f"  {phase} (ms per row, {what}):")
         for name, ms in sorted(times.items(), key=lambda kv: kv[1]):
             mark = "*" if name == chosen else " "
             print(f"   {mark} {name:12s} {ms:9.4f}  {ms / best if best else 0:5.2f}x")

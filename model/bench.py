@@ -148,10 +148,11 @@ def bench(
             "copy_gb_s": round(bandwidth, 2),
             "weight_bytes_per_token": per_token,
             "bandwidth_bound_tok_s": round(bound_tok_s, 2),
-            "bandwidth_fraction": round(result["decode_tok_s"] / bound_tok_s, 3),
+            # significant digits, not decimals: a tiny model's fraction is far below 0.001, not zero
+            "bandwidth_fraction": float(f"{result['decode_tok_s'] / bound_tok_s:.4g}"),
             "read_gb_s": round(read_bw, 2),
             "weights_gb_s": round(per_token * result["decode_tok_s"] / 1e9, 2),
-            "read_bound_fraction": round(per_token * result["decode_tok_s"] / (read_bw * 1e9), 3),
+            "read_bound_fraction": float(f"{per_token * result['decode_tok_s'] / (read_bw * 1e9):.4g}"),
             "kernel_plan": plan.as_dict() if (plan := getattr(model, "kernel_plan", None)) else None,
         }
     )

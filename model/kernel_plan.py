@@ -4,7 +4,9 @@ What is fastest depends on the CPU far more than on its class: a bf16 matmul is 
 fp32 where bf16 is emulated (AVX2, AVX-512 without BF16/AMX) and faster where it is not, torch's
 int8 GEMV is compute-bound on some cores and not on others. So on the first quantized load on a
 machine, a short calibration (at most ~2 s) times the real candidates at the model's own matmul
-shapes, for decode (one row) and for prefill (a block of rows), and picks the fastest per phase:
+shapes, for decode (one row; near ties between native paths go to the one whose CHECK_ROWS rows,
+a speculative check or a batch step, run fastest) and for prefill (a block of rows), and picks the
+fastest per phase:
 
   int8 decode:   torch's `_weight_int8pack_mm` | each native path this CPU runs (native_kernels)
   int8 prefill:  fp32 matmul of the dequantized weight | bf16 matmul | torch's int8 GEMM
@@ -47,7 +49,9 @@ from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = 8  # 5: int8 activations fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16; 8: C dequantize
+PLAN_VERSION = (
+    9  # 5: int8 activations fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16; 8: C dequantize; 9: check rows
+)
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -55,6 +59,11 @@ CALIBRATION_SECONDS = 2.0
 PREFILL_ROWS = 256
 PREFILL_CHUNK = 512  # rows a float prefill converts a weight for (the engine's smallest prefill chunk)
 MAX_CALIBRATION_ELEMS = 8 * 2**20  # a weight shape is timed on at most this many elements (rows cut)
+# A speculative check or a batch step runs a few rows through the decode path (tiles of rows where a
+# path has them): native decode paths within CHECK_SLACK of the fastest lone step (near ties, such as
+# avx2 and avx512vnni on an AMD EPYC Zen 4) are ranked by CHECK_ROWS rows (there the avx512vnni tiles
+# took 44 ms for a 0.5B check of 5 rows against the avx2 tiles' 52, for a lone step within 4%).
+CHECK_ROWS, CHECK_SLACK = 8, 0.05
 # The score that ranks int4 layouts: a 1,000-token prompt and 32 new tokens (a FIM request).
 SCORE_PROMPT, SCORE_NEW = 1000, 32
 
@@ -352,16 +361,21 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
         return max(1, min(cfg.num_hidden_layers, -(-2 * llc // b), 2**30 // (b * len(built))))
 
     decode_torch = nk.forced() in (None, "torch")  # a forced native path is what decode measures
-    times: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}, "convert": {}}
+    times: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}, "check": {}, "convert": {}}
     counts: dict[tuple[str, str], int] = {}
+    phases = [("prefill", PREFILL_ROWS, torch.float32), ("decode", 1, torch.float32)]
+    if len(paths) > 1:  # a choice between native decode paths: their check rows too (weights in cache)
+        phases.append(("check", CHECK_ROWS, torch.float32))
     torch.manual_seed(0)
     with torch.inference_mode():
-        for phase, rows, dtype in (("prefill", PREFILL_ROWS, torch.float32), ("decode", 1, torch.float32)):
+        for phase, rows, dtype in phases:
             for s in built:
                 copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
                 warm = make([s], min(rows, 16), dtype, paths, decode_torch)  # first-call costs, cheaply
                 conversions = _conversions(s, mode, _loaded(paths[0]) if paths else None) if phase == "prefill" else {}
                 fns = make(copies, rows, dtype, paths, decode_torch)
+                if phase == "check":
+                    fns = {name: fn for name, fn in fns.items() if name in paths}
                 measured = _timed_together(fns, deadline, 2, warm)
                 converted = _timed_together(conversions, deadline, 2, {}) if conversions else {}
                 for name in fns:
@@ -405,18 +419,28 @@ def _crossover(times: dict[str, dict[str, float]], flt: str, native: str) -> int
     return int(convert / saved) + 1 if saved > 0 else 1 << 30
 
 
+def _decode_path(dec: dict[str, float], check: dict[str, float], among: list[str]) -> str:
+    """The fastest lone step of `among`, or of those within CHECK_SLACK of it the one whose check
+    rows run fastest."""
+    best = min(among, key=dec.__getitem__)
+    near = [p for p in among if p in check and dec[p] <= dec[best] * (1 + CHECK_SLACK)]
+    return min(near, key=check.__getitem__) if best in check and len(near) > 1 else best
+
+
 def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
-    pre, dec = times["prefill"], times["decode"]
+    pre, dec, check = times["prefill"], times["decode"], times.get("check", {})
     if mode == "int8":
         prefill = _best(pre) or "fp32"
         decode = _best(dec) or "torch"
+        if decode != "torch":
+            decode = _decode_path(dec, check, [p for p in dec if p != "torch"])
         return KernelPlan(
             "int8", "float32", decode, prefill, _crossover(times, prefill, decode) if decode != "torch" else 0
         )
     native = [p for p in dec if p != "torch"]
     layouts = {"torch": ("torch", "torch")}
     if native:
-        d = min(native, key=dec.__getitem__)
+        d = _decode_path(dec, check, native)
         layouts[d] = (d, min([d, "fp32", "bf16", "int8mm"], key=lambda c: pre.get(c, float("inf"))))
 
     def score(pair: tuple[str, str]) -> float:

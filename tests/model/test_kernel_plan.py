@@ -53,11 +53,17 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
     int_mm = {"int8mm"} if kernel_plan.int_mm_runs() else set()
     assert set(plan.times_ms["prefill"]) == {"fp32", "bf16", *int_mm, *vector}
     assert all(t > 0 for phase in plan.times_ms.values() for t in phase.values())
-    fastest = min(plan.times_ms["decode"], key=plan.times_ms["decode"].get)
-    assert (plan.decode, plan.rows_at_once) == (
-        fastest.removesuffix(kernel_plan.ONE_ROW),
-        1 if fastest in one_row else 4,
-    )
+    if len(vector) > 1:  # native decode paths to choose between: their check rows are timed too
+        assert set(plan.times_ms["check"]) == set(vector)
+    dec = plan.times_ms["decode"]
+    lone = {p: min(t, dec.get(p + kernel_plan.ONE_ROW, t)) for p, t in dec.items() if kernel_plan.ONE_ROW not in p}
+    fastest = min(lone, key=lone.get)
+    if fastest == "torch":
+        assert plan.decode == "torch"
+    else:  # the fastest lone step, or a near tie with faster check rows
+        assert lone[plan.decode] <= lone[fastest] * (1 + kernel_plan.CHECK_SLACK)
+        assert plan.decode == fastest or plan.times_ms["check"][plan.decode] < plan.times_ms["check"][fastest]
+    assert plan.rows_at_once == (1 if dec.get(plan.decode + kernel_plan.ONE_ROW, 1e9) < dec[plan.decode] else 4)
     assert plan.prefill == min(plan.times_ms["prefill"], key=plan.times_ms["prefill"].get)
     # a bf16 prefill matmul converts its rows alone: the activations stay fp32, so decode keeps the
     # one-call native stack and batched rows stay their lone steps on a CPU with bf16 units too
@@ -68,6 +74,17 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
     if four.decode != "torch":
         assert four.prefill in (four.decode, "fp32", "bf16", "int8mm")
         assert int_mm <= set(four.times_ms["prefill"])
+
+
+def test_a_near_tie_in_the_lone_step_goes_to_the_faster_check():
+    """Decode paths within CHECK_SLACK of the fastest lone step are ranked by their check rows; a
+    path clearly slower alone is never chosen for its check, nor without a check measured."""
+    dec = {"avx2": 1.00, "avx512vnni": 1.03, "avx512": 1.20}
+    check = {"avx2": 9.0, "avx512vnni": 7.0, "avx512": 5.0}
+    assert kernel_plan._decode_path(dec, check, list(dec)) == "avx512vnni"
+    assert kernel_plan._decode_path(dec, {"avx2": 9.0, "avx512vnni": 9.5}, list(dec)) == "avx2"
+    assert kernel_plan._decode_path(dec, {}, list(dec)) == "avx2"
+    assert kernel_plan._decode_path({"avx2": 1.0}, check, ["avx2"]) == "avx2"
 
 
 def test_a_plan_is_cached_per_machine_and_shape(caplog):
