@@ -387,14 +387,13 @@ class ModelRunner:
                 if run.closing is None:
                     run.closing = error
             self._cv.notify_all()
-            thread = self._thread
         for _, fut in calls:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(error)
         for run in queued:
             self._finish(run, "dropped", error=error)
-        if thread is not None and thread is not threading.current_thread() and timeout:
-            thread.join(timeout)
+        if timeout:
+            self.join(timeout)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait up to `timeout` seconds for the model thread to end after `stop`; True when it has

@@ -49,9 +49,9 @@ from demi.model.config import ModelConfig
 
 log = logging.getLogger("demi.model")
 
-PLAN_VERSION = (
-    9  # 5: int8 activations fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16; 8: C dequantize; 9: check rows
-)
+# 5: int8 activations fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16; 8: C dequantize;
+# 9: check rows rank decode near-ties
+PLAN_VERSION = 9
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -248,17 +248,18 @@ def _sweep(copies: list[_Shape], one: Callable[[_Shape], object]) -> Callable[[]
 
 
 def _int8_candidates(
-    copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str], decode_torch: bool
+    copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str], decode_torch: bool, native_only: bool
 ) -> dict[str, Callable]:
+    """The candidates for `rows` rows; `native_only`: the native paths alone (no torch kernel, and
+    no float copy of the weight made only to be thrown away)."""
     s = copies[0]
     x = torch.randn(rows, s.k, dtype=dtype)
     out: dict[str, Callable] = {}
-    if rows == 1:
-        if decode_torch:
-            out["torch"] = _sweep(
-                copies, lambda c: torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), c.q8, c.s8_bf16).to(dtype)
-            )
-    else:  # the weight's conversion is timed on its own (_conversions): it is paid once per chunk
+    if rows == 1 and decode_torch and not native_only:
+        out["torch"] = _sweep(
+            copies, lambda c: torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), c.q8, c.s8_bf16).to(dtype)
+        )
+    elif rows > 1 and not native_only:  # the weight's conversion is timed on its own (_conversions)
         w32, w16 = s.q8 * s.s8[:, None], s.q8.to(torch.bfloat16)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
         out["bf16"] = _sweep(copies, lambda c: (F.linear(x.to(torch.bfloat16), w16) * c.s8_bf16).float())
@@ -298,16 +299,17 @@ def _native_q4(lib: ctypes.CDLL, x: torch.Tensor, one_row: bool = False) -> Call
 
 
 def _int4_candidates(
-    copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str], decode_torch: bool
+    copies: list[_Shape], rows: int, dtype: torch.dtype, paths: list[str], decode_torch: bool, native_only: bool
 ) -> dict[str, Callable]:
+    """As _int8_candidates, for int4 weights."""
     s = copies[0]
     x = torch.randn(rows, s.k, dtype=dtype)
     out: dict[str, Callable] = {}
-    if decode_torch or not paths:
+    if (decode_torch or not paths) and not native_only:
         out["torch"] = _sweep(
             copies, lambda c: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), c.torch4, c.group, c.sz)
         )
-    if rows > 1:
+    if rows > 1 and not native_only:
         w32 = nk.dequantize_q4(s.native4, s.s4f, s.z4f, s.group)
         w16 = w32.to(torch.bfloat16)  # (the conversion is timed on its own: _conversions)
         out["fp32"] = _sweep(copies, lambda c: F.linear(x.float(), w32))
@@ -371,11 +373,10 @@ def calibrate(cfg: ModelConfig, mode: str, group: int = 64, budget_s: float = CA
         for phase, rows, dtype in phases:
             for s in built:
                 copies = [s] + [s.copy() for _ in range(copies_of(s) - 1)] if phase == "decode" else [s]
-                warm = make([s], min(rows, 16), dtype, paths, decode_torch)  # first-call costs, cheaply
+                native_only = phase == "check"
+                warm = make([s], min(rows, 16), dtype, paths, decode_torch, native_only)  # first-call costs, cheaply
                 conversions = _conversions(s, mode, _loaded(paths[0]) if paths else None) if phase == "prefill" else {}
-                fns = make(copies, rows, dtype, paths, decode_torch)
-                if phase == "check":
-                    fns = {name: fn for name, fn in fns.items() if name in paths}
+                fns = make(copies, rows, dtype, paths, decode_torch, native_only)
                 measured = _timed_together(fns, deadline, 2, warm)
                 converted = _timed_together(conversions, deadline, 2, {}) if conversions else {}
                 for name in fns:

@@ -233,8 +233,9 @@ def library(name: str) -> ctypes.CDLL | None:
     vp, i64 = ctypes.c_void_p, ctypes.c_int64
     handle.demi_linear_q8.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, vp, ctypes.c_int, i64, i64, ctypes.c_int]
     handle.demi_linear_q8.restype = None
-    handle.demi_linear_q4.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, i64, vp, vp, ctypes.c_int, i64, i64]
-    handle.demi_linear_q4.argtypes += [ctypes.c_int]
+    handle.demi_linear_q4.argtypes = [
+        vp, ctypes.c_int, i64, vp, vp, vp, i64, vp, vp, ctypes.c_int, i64, i64, ctypes.c_int
+    ]  # fmt: skip
     handle.demi_linear_q4.restype = None
     handle.demi_attend_step.argtypes = [vp, vp, vp, i64, vp, vp, i64, i64, i64, i64, i64, i64, vp]
     handle.demi_attend_step.restype = None

@@ -282,9 +282,10 @@ static inline void store(void *y, int kind, int64_t i, float v) {
 
 /* TW weight rows by TX activation rows over the whole of K (TW <= TILE_W, TX <= TILE_X): each
  * weight block loaded serves TX activation rows and each activation block TW weight rows, where the
- * row-by-row kernels above load a weight block for every activation row (prefill is bound by those
- * loads and |x|, not by the dot products). Every pair's sum runs in dot_q8's order, so a row's
- * numbers are the same bit for bit whichever rows share its tile. */
+ * row-by-row kernels above load a weight block for every activation row. What this gains is memory
+ * traffic (with demi_linear_q8's chunks and bands), not arithmetic: a pair of 32-byte blocks costs
+ * the same instructions either way. Every pair's sum runs in dot_q8's order, so a row's numbers are
+ * the same bit for bit whichever rows share its tile. */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 /* The AVX-512 builds' tile: two blocks of 32 a vector and an odd last block through dot_q8, as
  * dot4_q8 runs a row (the same order, so the same numbers bit for bit). */
@@ -376,11 +377,11 @@ static void tile_any(int tw, int tx, const int8_t *w, const int8_t *xq, const fl
  * threads read 26.8 GB/s against 16.1 GB/s) instead of four side by side (one activation load
  * serving four rows, the faster from cache). The kernel plan measures both; either gives the same
  * numbers bit for bit, each row's sums running in the same order.
- * On AVX2 builds, more than one row goes through tiles of 3 weight rows by 3 activation rows, in
+ * On x86 builds, TILE_X rows or more go through tiles of 3 weight rows by 3 activation rows, in
  * chunks of CHUNK_X activation rows per band of BAND_W weight rows: a 0.5B prefill's activation rows
  * (512 x 4,864 int8 plus as many bytes of scales) no longer stream from beyond L2 once per weight row
  * group. Measured on an AMD EPYC (Zen 4, 2 threads, DEMI_KERNEL=avx2), a 1,000-token prefill of the
- * 0.5B shape: 145 -> 217 tok/s. With the weights prefetched as the row kernels do, a few rows (a
+ * 0.5B shape (avx2): 145 -> 217 tok/s. With the weights prefetched as the row kernels do, a few rows (a
  * speculative check, a batch step) gain too: the 0.5B layers' matmuls from memory, 3 / 5 / 9 / 17 rows,
  * 24.1 / 34.6 / 58.7 / 106.2 -> 22.3 / 26.2 / 41.4 / 73.4 ms; two rows stay on the row kernel (17.1
  * against 21.3 ms). The same numbers bit for bit (each pair's sum in dot_q8's order). */
@@ -731,6 +732,15 @@ void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t
 /* out [N, K] = q * scale + offset from the packed int4 layout (demi_linear_q4's), fp32 (kind 0) or
  * bf16 (kind 1): a float prefill's weight, in one pass per row where torch's unpacking takes a dozen
  * ops over the whole matrix (0.5B shape, Zen 4: 37 ms a layer's weights through torch). */
+/* One packed run of `n` weights (a 128-weight chunk or a 32-weight block) in k order: byte i holds
+ * k = i in its low nibble and k = n / 2 + i in its high one. */
+static inline void unpack_nibbles(const uint8_t *restrict bytes, int n, float *restrict q) {
+    for (int i = 0; i < n / 2; i++) {
+        q[i] = (float)(bytes[i] & 0x0F);
+        q[n / 2 + i] = (float)(bytes[i] >> 4);
+    }
+}
+
 void demi_dequantize_q4(const uint8_t *restrict w, const float *restrict scale, const float *restrict offset,
                         int64_t group, int64_t N, int64_t K, void *restrict out, int out_kind) {
     const int64_t groups = K / group, main = K / QC * QC;
@@ -738,18 +748,10 @@ void demi_dequantize_q4(const uint8_t *restrict w, const float *restrict scale, 
     for (int64_t n = 0; n < N; n++) {
         const uint8_t *row = w + n * (K / 2);
         float q[K];
-        for (int64_t c = 0; c < main; c += QC) /* byte i: k = i low, k = 64 + i high */
-            for (int i = 0; i < QC / 2; i++) {
-                const uint8_t b = row[c / 2 + i];
-                q[c + i] = (float)(b & 0x0F);
-                q[c + QC / 2 + i] = (float)(b >> 4);
-            }
-        for (int64_t c = main; c < K; c += QB) /* byte i: k = i low, k = 16 + i high */
-            for (int i = 0; i < QB / 2; i++) {
-                const uint8_t b = row[c / 2 + i];
-                q[c + i] = (float)(b & 0x0F);
-                q[c + QB / 2 + i] = (float)(b >> 4);
-            }
+        for (int64_t c = 0; c < main; c += QC)
+            unpack_nibbles(row + c / 2, QC, q + c);
+        for (int64_t c = main; c < K; c += QB)
+            unpack_nibbles(row + c / 2, QB, q + c);
         for (int64_t g = 0; g < groups; g++) {
             const float sc = scale[n * groups + g], off = offset[n * groups + g];
             const float *qg = q + g * group;
