@@ -29,18 +29,25 @@ def kernel_plan(name: str | None, quant: str = "int8", remeasure: bool = True) -
     """The kernel plan for this model on this CPU, with every candidate's time (`demi bench --plan`)."""
     from demi.model import native_kernels
     from demi.model.config import load_config
-    from demi.model.kernel_plan import CHECK_ROWS, cache_file, matmul_shapes, plan_for
+    from demi.model.kernel_plan import ATTENTION_ROWS, CHECK_ROWS, attention_for, cache_file, matmul_shapes, plan_for
 
     path = model_dir_for_bench(name)
     cfg = load_config(path)
     mode = "int8" if quant in (None, "auto", "none") else quant
     plan = plan_for(cfg, mode, remeasure=remeasure)
     problems = {p: native_kernels.problem(p) for p in native_kernels.runnable_paths() if native_kernels.problem(p)}
+    usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
+    attention = None
+    if usable:  # the prompt attention of the path the model decodes with
+        choice = attention_for(cfg, plan.decode if plan.decode in usable else usable[0], remeasure=remeasure)
+        attention = {"kernel": choice.kernel, "times_ms": choice.times_ms, "source": choice.source}
     return {
         "model": str(path),
         "shapes": [list(s) for s in matmul_shapes(cfg)],
         "plan": plan.as_dict(),
         "check_rows": CHECK_ROWS,  # the rows of the plan's "check" timings
+        "attention": attention,  # SDPA or the native tiles for a prompt's attention (None: no native path)
+        "attention_rows": ATTENTION_ROWS,
         "cache": str(cache_file()),
         "problems": problems,
         "machine": machine(),

@@ -125,7 +125,7 @@ def doctor(flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
     except (DemiError, ModelNotFoundError) as exc:
         checks["model"] = {"name": model or "(default)", "ok": False, "problem": str(exc)}
     checks["load"], plan = _load_report(settings, found)
-    checks["cpu"] = _cpu_report(plan)
+    checks["cpu"] = _cpu_report(plan, found[1] if found else None)
     checks["ok"] = checks["packages"]["torch"] is not None and checks["model"]["ok"] and checks["load"]["ok"]
     return checks
 
@@ -167,9 +167,10 @@ def _load_report(settings: Any, found: tuple[Path, ModelConfig] | None) -> tuple
     return report | {"ok": True}, choice.plan
 
 
-def _cpu_report(plan: Any) -> dict[str, Any]:
-    """The CPU's features, the native kernels it runs (or why not), and the kernel plan the model
-    would load with (measured here once, then cached; None: no quantized CPU layers to plan)."""
+def _cpu_report(plan: Any, cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """The CPU's features, the native kernels it runs (or why not), the kernel plan the model
+    would load with (measured here once, then cached; None: no quantized CPU layers to plan) and
+    how its prompts attend (SDPA or the native tiles, measured the same way)."""
     from demi.model import native_kernels
     from demi.model.bench import cpu_features
     from demi.model.kernel_plan import BUSY_SHARE
@@ -205,4 +206,11 @@ def _cpu_report(plan: Any) -> dict[str, Any]:
             "busy": plan.others_share is not None and plan.others_share > BUSY_SHARE,
             "times_ms": plan.times_ms,
         }
+    if cfg is not None and usable:
+        from dataclasses import asdict
+
+        from demi.model.kernel_plan import ATTENTION_ROWS, attention_for
+
+        path = plan.decode if plan is not None and plan.decode in usable else usable[0]
+        report["attention"] = asdict(attention_for(cfg, path)) | {"rows": ATTENTION_ROWS}
     return report

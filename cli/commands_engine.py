@@ -352,6 +352,12 @@ def _print_plan(args: argparse.Namespace) -> int:
         for name, ms in sorted(times.items(), key=lambda kv: kv[1]):
             mark = "*" if name == chosen else " "
             print(f"   {mark} {name:12s} {ms:9.4f}  {ms / best if best else 0:5.2f}x")
+    if attention := r.get("attention"):
+        times, best = attention["times_ms"], min(attention["times_ms"].values(), default=0.0)
+        print(f"  prompt attention (ms for {r['attention_rows']} rows, one layer's heads):")
+        for name, ms in sorted(times.items(), key=lambda kv: kv[1]):
+            mark = "*" if name == attention["kernel"] else " "
+            print(f"   {mark} {name:12s} {ms:9.4f}  {ms / best if best else 0:5.2f}x")
     print(f"activations: {plan['activations']}")
     side_by_side = "one weight row at a time" if plan.get("rows_at_once") == 1 else "four weight rows side by side"
     print(f"decode reads {side_by_side} (/1row: one at a time)")

@@ -271,3 +271,8 @@ def _print_cpu(cpu: dict) -> None:
             print(f"  {phase} {unit}: {row}")
     elif plan:
         print(f"{'kernel plan':20s} {plan['problem']}")
+    if attention := cpu.get("attention"):
+        print(f"{'prompt attention':20s} {attention['kernel']} ({attention['source']})")
+        if attention["times_ms"]:
+            row = ", ".join(f"{k} {v:.3f}" for k, v in sorted(attention["times_ms"].items(), key=lambda kv: kv[1]))
+            print(f"  ms for {attention['rows']} rows: {row}")

@@ -4,8 +4,9 @@ A one-token step's attention is little arithmetic spread over many dispatches (v
 rotation, two cache writes, SDPA's checks): about 80 us a layer on a 2-core Xeon, more than the
 layer's matmuls on a small model. `attend_rows` does it per row in C: rotate the query and key
 heads, write the key and value into the cache, attend. Every decode goes through it (a lone step,
-a batch's rows, a speculative check's rows), so they agree bit for bit; prefill keeps SDPA. It
-applies to fused attention without QK norm, with a one-sequence fp32 cache.
+a batch's rows, a speculative check's rows), so they agree bit for bit. A prompt's attention takes
+prefill_attention.py's tiles where `kernel_plan.attention_for` measured them faster than SDPA. The
+step applies to fused attention without QK norm, with a one-sequence fp32 cache.
 
 RMSNorm (`decoder.native_rms_norm`) runs natively for every fp32 inference row, prefill too (one
 pass instead of torch's composite: 0.05 ms against 0.23 for 909 rows of 384), and so does a
@@ -28,32 +29,44 @@ from demi.model import native_kernels
 from demi.model.decoder import Attention, KVCache, RMSNorm, Transformer
 
 
-def step_library(model: Transformer) -> ctypes.CDLL | None:
-    """The native library whose decode attention `model` should use: the plan's decode kernels',
-    else the fastest path this CPU runs; None where none loads or the model is not fp32 on a CPU."""
+def step_path(model: Transformer) -> str | None:
+    """The native path whose decode attention `model` should use: the plan's decode kernels', else the
+    fastest path this CPU runs; None where none loads or the model is not fp32 on a CPU."""
     if model.device.type != "cpu" or model.dtype != torch.float32:
         return None
     plan = getattr(model, "kernel_plan", None)
     names = native_kernels.candidate_paths()
     if plan is not None and plan.decode in names:
         names = [plan.decode]
-    for name in names:
-        lib = native_kernels.library(name)
-        if lib is not None:
-            return lib
-    return None
+    return next((name for name in names if native_kernels.library(name) is not None), None)
+
+
+def step_library(model: Transformer) -> ctypes.CDLL | None:
+    """The library of `step_path`, or None."""
+    path = step_path(model)
+    return native_kernels.library(path) if path else None
 
 
 def attach(model: Transformer) -> None:
-    """Arm the native RMSNorm and decode attention wherever they fit."""
-    lib = step_library(model)
+    """Arm the native RMSNorm and decode attention wherever they fit, and the native prompt attention
+    where this machine measured it faster than SDPA (kernel_plan.attention_for)."""
+    path = step_path(model)
+    lib = native_kernels.library(path) if path else None
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.step_lib = lib
+    prompt_lib = None
+    if path is not None and any(isinstance(layer.self_attn, Attention) for layer in model.model.layers):
+        from demi.model import kernel_plan  # (kernel_plan imports quantize, which imports the decoder)
+
+        prompt_lib = lib if kernel_plan.attention_for(model.config, path).kernel == path else None
     for layer in model.model.layers:
         attn = layer.self_attn
+        if not isinstance(attn, Attention):  # a lightning layer keeps its own
+            continue
+        attn.prefill_lib = prompt_lib
         fused = getattr(attn, "qkv_proj", None) is not None  # fusion.FusedAttention (which imports this)
-        if isinstance(attn, Attention) and fused and attn.qk_norm == "none":
+        if attn.qk_norm == "none" and fused:
             attn.step_lib = lib
     from demi.model import decode_stack  # (it imports fusion, which imports this module)
 

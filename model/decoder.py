@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from demi.model import prefill_attention
 from demi.model.config import ModelConfig
 from demi.model.lightning import LightningAttention, LightningState
 from demi.model.rope import RotaryTable, apply_rotary
@@ -136,6 +137,7 @@ class Attention(nn.Module):
         self.window = cfg.sliding_window
         self.xpos = layer_xpos(cfg, layer)  # xPos's q and k scales on top of RoPE (xpos.py), else None
         self.step_lib = None  # native decode attention (decode_ops.py)
+        self.prefill_lib: ctypes.CDLL | None = None  # native prompt attention (prefill_attention.py)
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         self.projections(cfg.hidden_size, q_dim, kv_dim, cfg.qkv_bias)
@@ -178,12 +180,22 @@ class Attention(nn.Module):
         return q, k, v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Mask, cache: KVCache | None) -> Tensor:
-        b, t, _ = x.shape
         q, k, v = self.qkv(x, cos, sin)
         if self.xpos is not None:  # keys enter the cache scaled at their own positions
             q, k = self.xpos(q, k, start)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
+        return self.o_proj(self.attend(q, k, v, mask))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask) -> Tensor:
+        """Attention rows [B, T, heads * D] of queries q [B, heads, T, D] at the last T positions of
+        k and v: natively for a prompt where the plan chose it (prefill_attention.py), else SDPA."""
+        b, _, t, _ = q.shape
+        if self.prefill_lib is not None and b == 1 and t > 1 and not isinstance(mask, list):
+            # (a tensor mask here is the causal one from attention_mask: the kernel applies it itself)
+            rows = prefill_attention.attend(self.prefill_lib, q, k, v, self.window)
+            if rows is not None:
+                return rows.unsqueeze(0)
         gqa = self.n_kv != self.n_heads
         if isinstance(mask, list):  # row by row, as decode steps would (see Transformer.hidden_states)
             end = k.shape[2] - t + 1
@@ -199,7 +211,7 @@ class Attention(nn.Module):
         else:
             causal = mask is None and t > 1
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return y.transpose(1, 2).reshape(b, t, -1)
 
 
 class MLP(nn.Module):

@@ -458,6 +458,83 @@ def _choose(mode: str, times: dict[str, dict[str, float]]) -> KernelPlan:
     )
 
 
+# --- prompt attention ------------------------------------------------------------------------
+
+# Prompt rows the attention choice is timed at (a short FIM prompt; the native tiles' lead over SDPA
+# shrinks with length: 1.8x at 467 rows, 1.1x at 1,024 on a Zen 4 with AVX2 forced)
+ATTENTION_ROWS = 256
+
+
+@dataclass
+class AttentionChoice:
+    """How a prompt's attention runs: torch's SDPA or a native path's tiles (prefill_attention.py)."""
+
+    kernel: str  # sdpa | a native path name
+    times_ms: dict[str, float] = field(default_factory=dict)  # candidate -> ms for ATTENTION_ROWS rows
+    source: str = "measured"  # measured | cache | forced (DEMI_ATTENTION)
+    others_share: float | None = None
+
+
+def _attention_entry(cfg: ModelConfig, path: str) -> str:
+    return f"attention:{cfg.num_attention_heads}x{cfg.num_key_value_heads}x{cfg.head_dim}:{path}"
+
+
+def measure_attention(cfg: ModelConfig, path: str, reps: int = 4) -> AttentionChoice:
+    """Time one prompt's causal attention at this model's heads: SDPA against native path `path`."""
+    from demi.model import prefill_attention  # (decoder imports it; this module is imported by quantize)
+
+    hq, hkv, d, rows = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, ATTENTION_ROWS
+    ticks = _cpu_ticks()
+    torch.manual_seed(0)
+    qkv = torch.randn(rows, (hq + 2 * hkv) * d)  # queries as the fused projection holds them
+    q = qkv[:, : hq * d].view(1, rows, hq, d).transpose(1, 2)
+    k, v = torch.randn(1, hkv, rows, d), torch.randn(1, hkv, rows, d)
+    fns: dict[str, Callable[[], object]] = {
+        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=hq != hkv)
+    }
+    lib = nk.library(path)
+    with torch.inference_mode():
+        if lib is not None and prefill_attention.attend(lib, q, k, v, None) is not None:  # the head size fits
+            fns[path] = lambda: prefill_attention.attend(lib, q, k, v, None)
+        times = _timed_together(fns, time.perf_counter() + 1.0, reps, {})
+    kernel = min(times, key=times.__getitem__)
+    return AttentionChoice(kernel, {n: round(t, 4) for n, t in times.items()}, others_share=others_share(ticks))
+
+
+def attention_for(cfg: ModelConfig, path: str, remeasure: bool = False) -> AttentionChoice:
+    """Whether this model's prompts attend through native path `path` (the one its decode uses) or SDPA
+    on this machine: cached beside the kernel plans, measured on a miss (tens of milliseconds; not
+    cached when other processes took over BUSY_SHARE of the CPU meanwhile). `DEMI_ATTENTION=sdpa` or
+    `native` forces it (A/B benchmarks of one path)."""
+    forced = os.environ.get("DEMI_ATTENTION", "").strip().lower()
+    if forced in ("sdpa", "native"):
+        return AttentionChoice("sdpa" if forced == "sdpa" else path, source="forced")
+    if forced not in ("", "auto"):
+        log.warning("DEMI_ATTENTION=%s is not sdpa, native or auto; ignored", forced)
+    key = cache_key()
+    file = cache_file(key)
+    entries = read_entries(file, key)
+    name = _attention_entry(cfg, path)
+    cached = entries.get(name)
+    if cached and not remeasure:
+        try:
+            choice = AttentionChoice(**cached)
+            if choice.kernel in ("sdpa", path):
+                choice.source = "cache"
+                return choice
+        except TypeError:
+            pass
+    choice = measure_attention(cfg, path)
+    log.info("prompt attention for %s: %s (%s)", name, choice.kernel, choice.times_ms)
+    if choice.others_share is None or choice.others_share <= BUSY_SHARE:
+        entries[name] = asdict(choice)
+        try:
+            write_entries(file, key, entries)
+        except OSError as exc:
+            log.warning("could not save the attention choice to %s (%s)", file, exc)
+    return choice
+
+
 # --- the cache -----------------------------------------------------------------------------
 
 

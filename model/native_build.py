@@ -22,7 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCES = (Path(__file__).parent / "native" / "qmatmul.c", Path(__file__).parent / "native" / "decode_ops.c")
+SOURCES = tuple(
+    Path(__file__).parent / "native" / name for name in ("qmatmul.c", "decode_ops.c", "prefill_attention.c")
+)
 PREBUILT_DIR = Path(__file__).parent / "native" / "prebuilt"  # in the installed package (wheel)
 PREBUILT_IN_PACKAGE = ("native", "prebuilt")  # the same folder, relative to the demi.model package
 MANIFEST = "manifest.json"

@@ -239,6 +239,8 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_linear_q4.restype = None
     handle.demi_attend_step.argtypes = [vp, vp, vp, i64, vp, vp, i64, i64, i64, i64, i64, i64, vp]
     handle.demi_attend_step.restype = None
+    handle.demi_prefill_attention.argtypes = [vp, i64, vp, i64, i64, vp, i64, i64, i64, i64, i64, i64, i64, i64, vp]
+    handle.demi_prefill_attention.restype = ctypes.c_int
     handle.demi_rms_norm.argtypes = [vp, vp, ctypes.c_float, vp, i64, i64]
     handle.demi_rms_norm.restype = None
     handle.demi_top_k.argtypes = [vp, i64, i64, vp]

@@ -10,7 +10,7 @@
  * exponential scalar), built into the same library as the matmul kernels (see native_build.py).
  *
  * Every decode of a sequence's token goes through here (the lone step, the batched step and the
- * speculative check row by row), so they agree bit for bit; a prefill uses torch's SDPA. */
+ * speculative check row by row), so they agree bit for bit; a prompt's attention is prefill_attention.c's. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

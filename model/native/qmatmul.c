@@ -772,6 +772,8 @@ void demi_dequantize_q4(const uint8_t *restrict w, const float *restrict scale, 
 /* A self-check run in a child process before the library is used: the vector path against a
  * scalar reference on fixed data. A CPU flag that lies kills the child with SIGILL instead of
  * the user's process; a wrong result returns non-zero. */
+int demi_prefill_attention_selftest(void); /* prefill_attention.c */
+
 int demi_selftest(void) {
     enum { M = 3, N = 37, K = 192 };
     static float x[M * K], scale[N], bias[N], y[M * N];
@@ -849,5 +851,5 @@ int demi_selftest(void) {
             if (fabs(y[m * N + n] - ref) > 0.02 * mag / sqrt((double)K) + 1e-3)
                 return 2;
         }
-    return 0;
+    return demi_prefill_attention_selftest() ? 5 : 0;
 }

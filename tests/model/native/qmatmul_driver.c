@@ -1,7 +1,8 @@
 /* Runs the native kernels on inputs from a file, for tests on CPUs this machine cannot run natively
  * (ARM under qemu-user). Input: int64 M, N, K, group; fp32 x [M, K]; int8 w [N, K]; fp32 scale [N];
  * uint8 packed int4 [N, K / 2]; fp32 scale4 and offset4 [N, K / group]. Output: the path's name
- * (16 bytes, NUL-padded), then fp32 y8 [M, N] and y4 [M, N]. */
+ * (16 bytes, NUL-padded), then fp32 y8 [M, N] and y4 [M, N]. The library's own self-check (every kernel
+ * against a scalar reference, the prompt attention too) runs first: exit 4 when it fails. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@ void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const
 void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const float *scale, const float *zero,
                     int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K, int one_row);
 const char *demi_path(void);
+int demi_selftest(void);
 
 static void *take(FILE *f, size_t bytes) {
     void *p = malloc(bytes ? bytes : 1);
@@ -28,6 +30,8 @@ int main(int argc, char **argv) {
     FILE *in = fopen(argv[1], "rb"), *out = fopen(argv[2], "wb");
     if (!in || !out)
         return 2;
+    if (demi_selftest())
+        return 4;
     int64_t *dims = take(in, 4 * sizeof(int64_t));
     int64_t M = dims[0], N = dims[1], K = dims[2], G = dims[3];
     float *x = take(in, sizeof(float) * M * K);
