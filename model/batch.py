@@ -36,6 +36,7 @@ from demi.model import decode_ops
 from demi.model.decoder import Attention, Block, KVCache, Transformer, attention_mask, decode_ops_ready
 from demi.model.fusion import FusedAttention
 from demi.model.quantize import DECODE_ROWS, RescoredHead
+from demi.model.threads import GOVERNOR
 
 __all__ = ["DecodeStep", "decode_batch", "decode_rows", "head_rows"]
 
@@ -67,6 +68,7 @@ def decode_batch(model: Transformer, tokens: Tensor, positions: list[int], cache
         raise ValueError("decode_batch needs one position and one cache per token")
     if len(set(map(id, caches))) != len(caches):
         raise ValueError("decode_batch needs a cache of its own for every sequence")
+    GOVERNOR.tick()  # as Transformer.hidden_states does (threads.py)
     limit = decode_rows(model) or len(positions)
     flat = tokens.reshape(-1)
     parts = [

@@ -23,6 +23,7 @@ from demi.model.config import ModelConfig
 from demi.model.lightning import LightningAttention, LightningState
 from demi.model.rope import RotaryTable, apply_rotary
 from demi.model.starcoder2 import GeluMLP, layer_norm
+from demi.model.threads import GOVERNOR
 from demi.model.xpos import layer_xpos
 
 
@@ -378,6 +379,7 @@ class Transformer(nn.Module):
         (speculative decoding's check; the other layers work row by row already). Quantized kernels
         that round activations would otherwise turn SDPA's last-bit differences between one and
         many queries into different logits."""
+        GOVERNOR.tick()  # inference follows the cores other processes leave free (threads.py)
         t = tokens.shape[1]
         x = self.model.embed_tokens(tokens)
         cos, sin = self.rotary_table(x.device).lookup(start, t, x.device)

@@ -164,26 +164,29 @@ def _timed_together(
 BUSY_SHARE = 0.25
 
 
-def _cpu_ticks() -> tuple[int, int, float] | None:
-    """(busy, total) clock ticks of all CPUs since boot and this process's own CPU seconds, from
-    Linux's /proc/stat; None elsewhere."""
+def _cpu_ticks(steal: bool = True) -> tuple[int, int, float] | None:
+    """(busy, total) clock ticks of all CPUs since boot and this process's own CPU seconds (its
+    finished children's too: a self-check child is this process's work), from Linux's /proc/stat;
+    None elsewhere. `steal`: whether time the hypervisor gave another machine counts as busy."""
     try:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return None
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    user, nice, system, idle, iowait, irq, softirq, stolen = fields
     own = os.times()
-    return user + nice + system + irq + softirq + steal, sum(fields), own.user + own.system
+    busy = user + nice + system + irq + softirq + (stolen if steal else 0)
+    return busy, sum(fields), own.user + own.system + own.children_user + own.children_system
 
 
-def cpu_mark() -> tuple[int, int, float] | None:
+def cpu_mark(steal: bool = True) -> tuple[int, int, float] | None:
     """A point to measure `others_share` from (None where /proc/stat is missing)."""
-    return _cpu_ticks()
+    return _cpu_ticks(steal)
 
 
-def others_share(before: tuple[int, int, float] | None) -> float | None:
-    """Share of all CPUs' time since `before` (a `_cpu_ticks()`) that went to other processes."""
-    after = _cpu_ticks()
+def others_share(before: tuple[int, int, float] | None, steal: bool = True) -> float | None:
+    """Share of all CPUs' time since `before` (a `cpu_mark(steal)`) that went to other processes
+    (and, with `steal`, to other virtual machines on the same host)."""
+    after = _cpu_ticks(steal)
     if before is None or after is None or after[1] <= before[1]:
         return None
     hz = os.sysconf("SC_CLK_TCK")

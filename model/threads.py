@@ -3,10 +3,14 @@ memory bandwidth and vector units, which batch-1 decoding is bound by."""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger("demi.model")
 
 
 def physical_cores() -> int:
@@ -27,10 +31,69 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def use_physical_cores() -> int:
-    """Set torch's thread count (unless DEMI_THREADS or OMP_NUM_THREADS says otherwise)."""
+def use_physical_cores(adapt: bool = True) -> int:
+    """Set torch's thread count (unless DEMI_THREADS or OMP_NUM_THREADS says otherwise); with `adapt`,
+    inference then runs on fewer while other processes take cores (`GOVERNOR`), unless the user set
+    the count (training keeps its count: adapt=False)."""
     wanted = os.environ.get("DEMI_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    n = int(wanted) if wanted and wanted.isdigit() and int(wanted) > 0 else physical_cores()
+    pinned = bool(wanted and wanted.isdigit() and int(wanted) > 0)
+    n = int(wanted) if pinned and wanted else physical_cores()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    GOVERNOR.govern(n if adapt and not pinned else 0)
     return n
+
+
+# While other processes take cores (an editor, a build), a thread that shares a core with them is
+# descheduled for whole time slices, and every one of the hundreds of parallel regions a token needs
+# waits for it at its barrier: measured on a 2-core AMD EPYC with one core busy, the 0.5B shape's int8
+# decode fell from 62-73 to 10.7 tok/s on 2 threads, where 1 thread kept 44. So inference re-reads
+# the machine's load every ADAPT_INTERVAL_S (from /proc/stat, in the model's own loop) and runs on
+# the cores the others leave free (a core counts as taken from a quarter of it in use).
+ADAPT_INTERVAL_S = 0.25
+ADAPT_BUSY_CORE = 0.75  # others' use in cores is rounded up from a quarter
+
+
+class ThreadGovernor:
+    """The torch/OpenMP thread count of inference, between 1 and the cores chosen at load, following
+    what other processes leave free. Off when the user set DEMI_THREADS or OMP_NUM_THREADS, or with
+    DEMI_ADAPT_THREADS=0 (benchmarks of a fixed count)."""
+
+    def __init__(self) -> None:
+        self.most = 0  # 0: not governing
+        self.mark: tuple[int, int, float] | None = None
+        self.marked_at = 0.0
+        self.changes = 0
+
+    def govern(self, most: int) -> None:
+        """Govern up to `most` threads (the count use_physical_cores chose)."""
+        self.most = most if os.environ.get("DEMI_ADAPT_THREADS", "1").lower() not in ("0", "false", "no") else 0
+        self.mark, self.marked_at = None, 0.0
+
+    def tick(self) -> None:
+        """Called on the model's thread between forward passes: cheap (a clock read) except every
+        ADAPT_INTERVAL_S, when it reads the load and may change the thread count for the next pass."""
+        if self.most <= 1 or torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            return
+        now = time.monotonic()
+        if now - self.marked_at < ADAPT_INTERVAL_S:
+            return
+        from demi.model.kernel_plan import cpu_mark, others_share  # (late: it loads the native kernels' module)
+
+        # since the last look (over an idle spell too: a fair guess of what comes); without the time a
+        # hypervisor stole, which comes in bursts that fewer threads would not dodge
+        share = others_share(self.mark, steal=False)
+        self.mark, self.marked_at = cpu_mark(steal=False), now
+        if share is None:
+            return
+        cpus = os.cpu_count() or 1  # (/proc/stat's share is of all of them)
+        taken = int(share * cpus + ADAPT_BUSY_CORE)
+        wanted = max(1, min(self.most, cpus - taken))
+        if wanted != torch.get_num_threads():
+            log.debug("threads %d -> %d: other processes took %.2f of %d CPUs", torch.get_num_threads(), wanted,
+                      share * cpus, cpus)  # fmt: skip
+            torch.set_num_threads(wanted)  # also the calling thread's OpenMP count, which the native kernels use
+            self.changes += 1
+
+
+GOVERNOR = ThreadGovernor()

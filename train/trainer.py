@@ -292,7 +292,7 @@ class Trainer:
         else:
             from demi.model.threads import use_physical_cores
 
-            use_physical_cores()
+            use_physical_cores(adapt=False)  # (an eval pass must not leave training on fewer threads)
         self.model = model.to(self.device).train()
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.moe_blocks = enable_moe_training(self.model, cfg.moe_capacity_factor) if model.config.is_moe else []
