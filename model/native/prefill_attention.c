@@ -22,24 +22,6 @@
 #define MR 6 /* query vectors per tile: MR x 2 score vectors and MR x 2 value accumulators in registers */
 #define MAX_D 256
 
-/* e^x for x <= 0, as decode_ops.c's exp_neg (the same polynomial, vectorizable). */
-static inline float exp_le0(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 #if defined(__AVX512F__)
 typedef float vf __attribute__((vector_size(64))); /* 16 floats: zmm */
 typedef int32_t vi __attribute__((vector_size(64)));
@@ -53,8 +35,9 @@ typedef int32_t vi __attribute__((vector_size(32)));
 
 static inline vf vselect(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
-/* exp_le0 on a vector: the same range reduction and polynomial, n rounded by the 1.5 * 2^23 trick
- * (the vector extension has no floor) */
+/* e^x for x <= 0 (scores minus their maximum), to about 2 ulp: x = n ln 2 + r with |r| <= ln 2 / 2 and
+ * a degree-6 polynomial in r (Cephes' coefficients, as decode_ops.c's exp_neg), n rounded by the
+ * 1.5 * 2^23 trick (the vector extension has no floor) */
 static inline vf vexp_le0(vf x) {
     const vf lowest = (vf){0} - 87.0f, magic = (vf){0} + 12582912.0f;
     x = vselect(x < lowest, lowest, x);
@@ -142,7 +125,7 @@ static void tile_block(Tile *restrict t, int64_t j0, const float *restrict kt, i
                 p[i][b] = (vf){0};
             continue;
         }
-        corr[i] = exp_le0(t->m[i] - top);
+        corr[i] = vexp_le0((vf){0} + (t->m[i] - top))[0];
         vf sum = (vf){0};
         for (int b = 0; b < NB / VL; b++) {
             p[i][b] = vselect(seen[b], vexp_le0(s[i][b] - top), (vf){0});
