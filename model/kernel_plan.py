@@ -225,7 +225,7 @@ class _Shape:
             q4, s4, z4 = quantize_int4(w, group)
             self.q4, self.s4, self.z4 = q4, s4, z4
             self.native4 = nk.pack_q4(q4)
-            self.s4f, self.z4f = s4.float().contiguous(), nk.int4_offset(s4, z4)
+            self.s4f, self.z4f = nk.half(s4), nk.int4_offset(s4, z4)
             self.torch4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.to(torch.int32).contiguous(), 2)
             self.sz = torch.stack([s4, z4], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
 

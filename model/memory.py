@@ -112,10 +112,10 @@ class MemoryEstimate:
 
 
 def _int4_bytes(n: int, k: int, group: int, native: bool) -> int:
-    """An Int4Linear's buffers: native packing (K/2 bytes a row, fp32 scale and offset per group) or
+    """An Int4Linear's buffers: native packing (K/2 bytes a row, half scale and offset per group) or
     torch's (rows padded to 16, bf16 scale and zero per group)."""
     if native and group % NATIVE_BLOCK == 0 and k % NATIVE_BLOCK == 0:
-        return n * k // 2 + 8 * n * (k // group)
+        return n * k // 2 + 4 * n * (k // group)
     rows = n + (-n % 16)
     return rows * k // 2 + 4 * rows * (k // group)
 

@@ -222,7 +222,7 @@ class Int4Linear(nn.Module):
             self._int8: tuple[Tensor, Tensor] | None = None
             self._int8_tried = False
             self.register_buffer("packed", native_kernels.pack_q4(q))
-            self.register_buffer("scale", scale.float().contiguous())
+            self.register_buffer("scale", native_kernels.half(scale))  # (as the kernels read it)
             self.register_buffer("zero", native_kernels.int4_offset(scale, zero))  # W = q * scale + this
             return
         self.decode_lib = self.prefill_lib = None

@@ -226,8 +226,8 @@ void demi_silu_mul(const float *restrict gu, int64_t rows, int64_t inter, float 
 typedef struct {
     int64_t bits;
     const void *w;
-    const float *scale;
-    const float *zero;
+    const void *scale; /* int8: fp32 per row; int4: IEEE half per group (qmatmul.c) */
+    const void *zero;  /* int4: the half offsets */
     int64_t group;
     const float *bias;
     int64_t n, k;
@@ -242,15 +242,16 @@ typedef struct {
 
 void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const float *scale, const float *bias,
                     void *y, int y_kind, int64_t N, int64_t K, int one_row);
-void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const float *scale, const float *zero,
+void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const uint16_t *scale, const uint16_t *zero,
                     int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K, int one_row);
 
 static void lin(const demi_lin *l, const float *x, int64_t rows, float *y) {
     if (l->bits == 4)
-        demi_linear_q4(x, 0, rows, (const uint8_t *)l->w, l->scale, l->zero, l->group, l->bias, y, 0, l->n, l->k,
-                       (int)l->one_row);
+        demi_linear_q4(x, 0, rows, (const uint8_t *)l->w, (const uint16_t *)l->scale, (const uint16_t *)l->zero,
+                       l->group, l->bias, y, 0, l->n, l->k, (int)l->one_row);
     else
-        demi_linear_q8(x, 0, rows, (const int8_t *)l->w, l->scale, l->bias, y, 0, l->n, l->k, (int)l->one_row);
+        demi_linear_q8(x, 0, rows, (const int8_t *)l->w, (const float *)l->scale, l->bias, y, 0, l->n, l->k,
+                       (int)l->one_row);
 }
 
 static void add_rows(float *restrict x, const float *restrict y, int64_t count) {

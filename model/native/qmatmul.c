@@ -86,6 +86,31 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16); /* round to nearest even */
 }
 
+/* An IEEE half (int4's per-group scales and offsets: half the bytes of fp32 beside 32 nibble bytes a
+ * group of 64, which decode streams from memory) as a float: F16C's conversion on x86 builds that
+ * have it, the hardware's on ARM, else by its bits (subnormals included). */
+static inline float h2f(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+    __fp16 v;
+    memcpy(&v, &h, sizeof v);
+    return (float)v;
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+    union { uint32_t u; float f; } v;
+    if (exp == 0x1Fu)
+        v.u = sign | 0x7F800000u | (man << 13); /* inf, nan */
+    else if (exp)
+        v.u = sign | ((exp + 112u) << 23) | (man << 13);
+    else { /* zero or subnormal: man * 2^-24 */
+        v.f = (float)man * 5.9604644775390625e-8f;
+        v.u |= sign;
+    }
+    return v.f;
+#endif
+}
+
 #if defined(__ARM_NEON)
 /* 32 int8 products summed into four int32 lanes: sdot where the CPU has it, else widening multiplies. */
 static inline int32x4_t neon_dot32(int8x16_t x0, int8x16_t x1, int8x16_t w0, int8x16_t w1) {
@@ -534,12 +559,12 @@ static inline __m256i nibbles(const uint8_t *p) {
 #endif
 
 /* The tail blocks (from block b0 on) of one row. */
-static inline float tail_q4(const uint8_t *restrict w, const float *restrict ws, int64_t group,
+static inline float tail_q4(const uint8_t *restrict w, const uint16_t *restrict ws, int64_t group,
                             const int8_t *restrict xq, const float *restrict xs, int64_t b0, int64_t nb) {
     float total = 0.0f;
     for (int64_t b = b0; b < nb; b++) {
         const uint8_t *wb = w + b * 16;
-        float f = xs[b * 8] * ws[b * QB / group];
+        float f = xs[b * 8] * h2f(ws[b * QB / group]);
 #if defined(__AVX2__)
         __m256i p = udot(nibbles(wb), _mm256_loadu_si256((const __m256i *)(xq + b * QB)));
         total += hsum256(_mm256_cvtepi32_ps(p)) * f;
@@ -563,7 +588,7 @@ static inline float tail_q4(const uint8_t *restrict w, const float *restrict ws,
 /* R (1 or 4) int4 rows (row stride K / 2 bytes, scale stride `groups`) against one activation row:
  * the activation side (its loads and block scales) is shared by the rows. */
 static inline __attribute__((always_inline)) void dotn_q4(int R, const uint8_t *restrict w,
-                                                          const float *restrict ws, int64_t groups,
+                                                          const uint16_t *restrict ws, int64_t groups,
                                                           int64_t group, const int8_t *restrict xq,
                                                           const float *restrict xs, int64_t K, float *out) {
     const int64_t nc = K / QC, stride = K / 2;
@@ -581,11 +606,11 @@ static inline __attribute__((always_inline)) void dotn_q4(int R, const uint8_t *
             __m512i raw = _mm512_loadu_si512((const void *)(w + r * stride + c * 64));
             __m512i p0 = udot512(_mm512_and_si512(raw, low), x0);
             __m512i p1 = udot512(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low), x1);
-            const float *wr = ws + r * groups;
-            __m512 gs0 = split0 ? _mm512_insertf32x8(_mm512_set1_ps(wr[g0]), _mm256_set1_ps(wr[(k0 + 32) / group]), 1)
-                                : _mm512_set1_ps(wr[g0]);
-            __m512 gs1 = split1 ? _mm512_insertf32x8(_mm512_set1_ps(wr[g1]), _mm256_set1_ps(wr[(k0 + 96) / group]), 1)
-                                : _mm512_set1_ps(wr[g1]);
+            const uint16_t *wr = ws + r * groups;
+            __m512 gs0 = split0 ? _mm512_insertf32x8(_mm512_set1_ps(h2f(wr[g0])), _mm256_set1_ps(h2f(wr[(k0 + 32) / group])), 1)
+                                : _mm512_set1_ps(h2f(wr[g0]));
+            __m512 gs1 = split1 ? _mm512_insertf32x8(_mm512_set1_ps(h2f(wr[g1])), _mm256_set1_ps(h2f(wr[(k0 + 96) / group])), 1)
+                                : _mm512_set1_ps(h2f(wr[g1]));
             a[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(p0), s0), gs0, a[r]);
             a[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(p1), s1), gs1, a[r]);
         }
@@ -609,9 +634,9 @@ static inline __attribute__((always_inline)) void dotn_q4(int R, const uint8_t *
                 __m256 fl = _mm256_mul_ps(_mm256_cvtepi32_ps(udot(_mm256_and_si256(raw, low), xl)), sl);
                 __m256 fh = _mm256_mul_ps(
                     _mm256_cvtepi32_ps(udot(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low), xh)), sh);
-                const float *wr = ws + r * groups;
-                a[r] = _mm256_fmadd_ps(fl, _mm256_set1_ps(wr[gl]), a[r]);
-                a[r] = _mm256_fmadd_ps(fh, _mm256_set1_ps(wr[gh]), a[r]);
+                const uint16_t *wr = ws + r * groups;
+                a[r] = _mm256_fmadd_ps(fl, _mm256_set1_ps(h2f(wr[gl])), a[r]);
+                a[r] = _mm256_fmadd_ps(fh, _mm256_set1_ps(h2f(wr[gh])), a[r]);
             }
         }
     }
@@ -636,9 +661,9 @@ static inline __attribute__((always_inline)) void dotn_q4(int R, const uint8_t *
                                           vreinterpretq_s8_u8(vandq_u8(r1, low)));
                 int32x4_t ph = neon_dot32(xh0, xh1, vreinterpretq_s8_u8(vshrq_n_u8(r0, 4)),
                                           vreinterpretq_s8_u8(vshrq_n_u8(r1, 4)));
-                const float *wr = ws + r * groups;
-                a[r] = vmlaq_n_f32(a[r], vcvtq_f32_s32(pl), sl * wr[gl]);
-                a[r] = vmlaq_n_f32(a[r], vcvtq_f32_s32(ph), sh * wr[gh]);
+                const uint16_t *wr = ws + r * groups;
+                a[r] = vmlaq_n_f32(a[r], vcvtq_f32_s32(pl), sl * h2f(wr[gl]));
+                a[r] = vmlaq_n_f32(a[r], vcvtq_f32_s32(ph), sh * h2f(wr[gh]));
             }
         }
     }
@@ -657,7 +682,7 @@ static inline __attribute__((always_inline)) void dotn_q4(int R, const uint8_t *
                         uint8_t byte = wr[c * 64 + 32 * blk + i];
                         s += (int32_t)xq[k0 + i] * (int32_t)(half ? byte >> 4 : byte & 0x0F);
                     }
-                    total += (float)s * xs[(k0 / QB) * 8] * ws[r * groups + k0 / group];
+                    total += (float)s * xs[(k0 / QB) * 8] * h2f(ws[r * groups + k0 / group]);
                 }
         out[r] = total;
     }
@@ -667,19 +692,19 @@ static inline __attribute__((always_inline)) void dotn_q4(int R, const uint8_t *
 }
 
 /* sum over groups of offset_g * (sum of x over group g) */
-static inline float offsets(const float *restrict off, const float *restrict xsum, int64_t groups) {
+static inline float offsets(const uint16_t *restrict off, const float *restrict xsum, int64_t groups) {
     float o = 0.0f;
     for (int64_t g = 0; g < groups; g++)
-        o += off[g] * xsum[g];
+        o += h2f(off[g]) * xsum[g];
     return o;
 }
 
 /* y [M, N] = x [M, K] @ W.T + bias for int4 W in groups of `group` along K (a multiple of 32):
  * W[n, k] = q * scale[n, g] + offset[n, g], q in 0..15 packed in chunks of 128 as dotn_q4 reads them
- * (w is [N, K / 2] bytes), scale and offset fp32 [N, K / group]. The offset term is exact: each
+ * (w is [N, K / 2] bytes), scale and offset IEEE half [N, K / group]. The offset term is exact: each
  * group's sum of x is taken in float before x is quantized. one_row as for demi_linear_q8. */
 void demi_linear_q4(const void *restrict x, int x_kind, int64_t M, const uint8_t *restrict w,
-                    const float *restrict scale, const float *restrict zero, int64_t group,
+                    const uint16_t *restrict scale, const uint16_t *restrict zero, int64_t group,
                     const float *restrict bias, void *restrict y, int y_kind, int64_t N, int64_t K, int one_row) {
     int64_t groups = K / group;
     int8_t *xq = malloc((size_t)(M * K));
@@ -741,7 +766,7 @@ static inline void unpack_nibbles(const uint8_t *restrict bytes, int n, float *r
     }
 }
 
-void demi_dequantize_q4(const uint8_t *restrict w, const float *restrict scale, const float *restrict offset,
+void demi_dequantize_q4(const uint8_t *restrict w, const uint16_t *restrict scale, const uint16_t *restrict offset,
                         int64_t group, int64_t N, int64_t K, void *restrict out, int out_kind) {
     const int64_t groups = K / group, main = K / QC * QC;
     #pragma omp parallel for schedule(static)
@@ -753,7 +778,7 @@ void demi_dequantize_q4(const uint8_t *restrict w, const float *restrict scale, 
         for (int64_t c = main; c < K; c += QB)
             unpack_nibbles(row + c / 2, QB, q + c);
         for (int64_t g = 0; g < groups; g++) {
-            const float sc = scale[n * groups + g], off = offset[n * groups + g];
+            const float sc = h2f(scale[n * groups + g]), off = h2f(offset[n * groups + g]);
             const float *qg = q + g * group;
             if (out_kind) {
                 uint16_t *o = (uint16_t *)out + n * K + g * group;
@@ -773,6 +798,14 @@ void demi_dequantize_q4(const uint8_t *restrict w, const float *restrict scale, 
  * scalar reference on fixed data. A CPU flag that lies kills the child with SIGILL instead of
  * the user's process; a wrong result returns non-zero. */
 int demi_prefill_attention_selftest(void); /* prefill_attention.c */
+
+/* The half with the bits of a float that one represents exactly (normal or zero; the self-check's values). */
+static uint16_t half_of(float f) {
+    union { float f; uint32_t u; } v = {f};
+    if (f == 0.0f)
+        return 0;
+    return (uint16_t)(((v.u >> 16) & 0x8000u) | ((((v.u >> 23) & 0xFFu) - 112u) << 10) | ((v.u >> 13) & 0x3FFu));
+}
 
 int demi_selftest(void) {
     enum { M = 3, N = 37, K = 192 };
@@ -806,6 +839,7 @@ int demi_selftest(void) {
      * tail blocks), groups of 64 */
     static uint8_t w4[N * K / 2];
     static float s4[N * K / 64], z4[N * K / 64];
+    static uint16_t s4h[N * K / 64], z4h[N * K / 64];
     for (int n = 0; n < N; n++) {
         const int8_t *src = w + n * K;
         uint8_t *dst = w4 + n * K / 2;
@@ -817,10 +851,15 @@ int demi_selftest(void) {
             for (int i = 0; i < 16; i++)
                 dst[i] = (uint8_t)((src[k + i] & 0x0F) | ((src[k + 16 + i] & 0x0F) << 4));
     }
-    for (int i = 0; i < N * K / 64; i++) {
-        s4[i] = 0.02f + 0.001f * (float)(i % 7);
-        z4[i] = 0.1f * (float)(i % 5) - 0.2f;
+    for (int i = 0; i < N * K / 64; i++) { /* scales (1..7) / 64 and offsets (-2..2) / 8, exact in half */
+        s4[i] = (float)(1 + i % 7) / 64.0f;
+        s4h[i] = half_of(s4[i]);
+        z4[i] = (float)(i % 5 - 2) / 8.0f;
+        z4h[i] = half_of(z4[i]);
     }
+    for (int i = 0; i < N * K / 64; i++)
+        if (h2f(s4h[i]) != s4[i] || h2f(z4h[i]) != z4[i])
+            return 6;
     /* int8mm's glue: the two terms give x back within a quarter of a second-term step */
     static int8_t xq[2 * M * K];
     float xs[M];
@@ -838,7 +877,7 @@ int demi_selftest(void) {
         if (fabsf(y[i] - want) > 1e-3f * (fabsf(want) + 1.0f))
             return 4;
     }
-    demi_linear_q4(x, 0, M, w4, s4, z4, 64, bias, y, 0, N, K, 0);
+    demi_linear_q4(x, 0, M, w4, s4h, z4h, 64, bias, y, 0, N, K, 0);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double ref = bias[n], mag = 0.0;

@@ -17,7 +17,7 @@ from helpers import clean_env, demi, one_json
 
 from demi.cli.commands_memory import report_lines
 from demi.model.config import load_config
-from demi.model.memory import estimate, profile, weight_bytes_loaded
+from demi.model.memory import _int4_bytes, estimate, profile, weight_bytes_loaded
 
 BOUND = 0.15
 SHAPE = dict(
@@ -66,11 +66,14 @@ def test_quantized_weights_are_smaller_and_int4_packs_two_a_byte(profiles):
 
 
 def test_weights_estimate_follows_the_plan(model_dir):
-    """int4's layout is the plan's: native packing (fp32 scales and offsets) or torch's (bf16)."""
+    """int4's layout is the plan's: native packing (half scales and offsets, rows as they are) or
+    torch's (bf16 scales and zeros, rows padded to 16)."""
     cfg = load_config(model_dir)
     native = weight_bytes_loaded(cfg, "int4", native=True)
     torch_layout = weight_bytes_loaded(cfg, "int4", native=False)
-    assert native != torch_layout
+    assert native <= torch_layout
+    assert _int4_bytes(17, 64, 32, native=True) == 17 * 32 + 17 * 2 * 4  # nibbles, then a half scale and offset a group
+    assert _int4_bytes(17, 64, 32, native=False) == 32 * 32 + 32 * 2 * 4  # padded to 32 rows
     est = estimate(cfg, "int8", CONTEXT, plan={"decode": "torch", "prefill": "fp32"}, copy_budget=2**20)
     assert 0 < est.caches <= 2**20  # float copies kept for prefill, within the budget
 

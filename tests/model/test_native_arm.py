@@ -48,9 +48,9 @@ def test_arm_kernels_match_the_dequantized_reference(path, tmp_path):
     x, w = torch.randn(m, k), torch.randn(n, k)
     q, scale = quantize_int8(w)
     q4, s4, z4 = quantize_int4(w, group)
-    offset = native_kernels.int4_offset(s4, z4)
+    offset, scale4 = native_kernels.int4_offset(s4, z4), native_kernels.half(s4)  # (halves, as the kernels read)
     blob = struct.pack("<4q", m, n, k, group) + b"".join(
-        t.contiguous().numpy().tobytes() for t in (x, q, scale, native_kernels.pack_q4(q4), s4.float(), offset)
+        t.contiguous().numpy().tobytes() for t in (x, q, scale, native_kernels.pack_q4(q4), scale4, offset)
     )
     (tmp_path / "in.bin").write_bytes(blob)
     run = subprocess.run(

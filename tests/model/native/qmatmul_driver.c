@@ -1,6 +1,6 @@
 /* Runs the native kernels on inputs from a file, for tests on CPUs this machine cannot run natively
  * (ARM under qemu-user). Input: int64 M, N, K, group; fp32 x [M, K]; int8 w [N, K]; fp32 scale [N];
- * uint8 packed int4 [N, K / 2]; fp32 scale4 and offset4 [N, K / group]. Output: the path's name
+ * uint8 packed int4 [N, K / 2]; IEEE half scale4 and offset4 [N, K / group]. Output: the path's name
  * (16 bytes, NUL-padded), then fp32 y8 [M, N] and y4 [M, N]. The library's own self-check (every kernel
  * against a scalar reference, the prompt attention too) runs first: exit 4 when it fails. */
 #include <stdint.h>
@@ -10,7 +10,7 @@
 
 void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const float *scale, const float *bias,
                     void *y, int y_kind, int64_t N, int64_t K, int one_row);
-void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const float *scale, const float *zero,
+void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const uint16_t *scale, const uint16_t *zero,
                     int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K, int one_row);
 const char *demi_path(void);
 int demi_selftest(void);
@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
     int8_t *w = take(in, N * K);
     float *scale = take(in, sizeof(float) * N);
     uint8_t *w4 = take(in, N * K / 2);
-    float *s4 = take(in, sizeof(float) * N * (K / G)), *o4 = take(in, sizeof(float) * N * (K / G));
+    uint16_t *s4 = take(in, sizeof(uint16_t) * N * (K / G)), *o4 = take(in, sizeof(uint16_t) * N * (K / G));
     float *y8 = calloc(M * N, sizeof(float)), *y4 = calloc(M * N, sizeof(float));
     demi_linear_q8(x, 0, M, w, scale, NULL, y8, 0, N, K, 0);
     demi_linear_q4(x, 0, M, w4, s4, o4, G, NULL, y4, 0, N, K, 0);
