@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCES = tuple(
-    Path(__file__).parent / "native" / name for name in ("qmatmul.c", "decode_ops.c", "prefill_attention.c")
-)
+NATIVE_DIR = Path(__file__).parent / "native"
+SOURCES = tuple(NATIVE_DIR / name for name in ("qmatmul.c", "decode_ops.c", "prefill_attention.c"))
+HEADERS = (NATIVE_DIR / "exp_poly.h",)  # included by the sources: in every digest, never compiled alone
 PREBUILT_DIR = Path(__file__).parent / "native" / "prebuilt"  # in the installed package (wheel)
 PREBUILT_IN_PACKAGE = ("native", "prebuilt")  # the same folder, relative to the demi.model package
 MANIFEST = "manifest.json"
@@ -89,8 +89,8 @@ def compile_library(cc: str, path: KernelPath, out: Path, timeout: float = 120) 
 
 
 def sources_bytes() -> bytes:
-    """The kernel sources, concatenated: what every digest of a build starts from."""
-    return b"".join(src.read_bytes() for src in SOURCES)
+    """The kernel sources and headers, concatenated: what every digest of a build starts from."""
+    return b"".join(src.read_bytes() for src in (*SOURCES, *HEADERS))
 
 
 def compile_error(exc: subprocess.CalledProcessError) -> str:

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_poly.h"
+
 /* Rotate-half RoPE on the first `rot` dims of one head: cos and sin hold `rot` values (the
  * frequencies twice), as the engine's rotary table gives them for the position. */
 static void rotate(float *restrict x, const float *restrict cos, const float *restrict sin, int64_t rot) {
@@ -27,19 +29,12 @@ static void rotate(float *restrict x, const float *restrict cos, const float *re
     }
 }
 
-/* e^x for x <= 0 (scores minus their maximum), to about 2 ulp: x = n ln 2 + r with |r| <= ln 2 / 2
- * and a degree-6 polynomial in r (Cephes' coefficients), written so that the compiler vectorizes it. */
+/* e^x for x <= 0 (exp_poly.h), written so that the compiler vectorizes it. */
 static inline float exp_neg(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    x = x < DEMI_EXP_LOWEST ? DEMI_EXP_LOWEST : x;
+    const float n = floorf(x * DEMI_LOG2E + 0.5f);
+    const float r = DEMI_EXP_REDUCE(x, n);
+    const float p = DEMI_EXP_POLY(r);
     const int32_t bits = ((int32_t)n + 127) << 23; /* 2^n, built in the exponent field */
     float scale;
     memcpy(&scale, &bits, sizeof scale);

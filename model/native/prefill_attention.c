@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_poly.h"
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi" /* vector arguments of static helpers on builds without AVX */
 #endif
@@ -35,21 +37,14 @@ typedef int32_t vi __attribute__((vector_size(32)));
 
 static inline vf vselect(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
-/* e^x for x <= 0 (scores minus their maximum), to about 2 ulp: x = n ln 2 + r with |r| <= ln 2 / 2 and
- * a degree-6 polynomial in r (Cephes' coefficients, as decode_ops.c's exp_neg), n rounded by the
- * 1.5 * 2^23 trick (the vector extension has no floor) */
+/* e^x for x <= 0 (exp_poly.h) on a vector, n rounded by the 1.5 * 2^23 trick (the vector extension has
+ * no floor) */
 static inline vf vexp_le0(vf x) {
-    const vf lowest = (vf){0} - 87.0f, magic = (vf){0} + 12582912.0f;
+    const vf lowest = (vf){0} + DEMI_EXP_LOWEST, magic = (vf){0} + 12582912.0f;
     x = vselect(x < lowest, lowest, x);
-    const vf n = (x * 1.44269504088896341f + magic) - magic;
-    const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    vf p = (vf){0} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    const vf n = (x * DEMI_LOG2E + magic) - magic;
+    const vf r = DEMI_EXP_REDUCE(x, n);
+    const vf p = DEMI_EXP_POLY(r);
     const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
     return p * (vf)bits;
 }
