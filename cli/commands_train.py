@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -411,6 +412,20 @@ def _process_group(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
         distributed.shutdown(env)
 
 
+def _exit_rank(env: Any, code: int) -> int:
+    """`code` for a process outside torchrun; a torchrun rank, its group left (shutdown's barrier
+    passed, its files written and closed), flushes and exits without the interpreter's teardown:
+    under load a rank that had finished its work aborted there now and then ("terminate called
+    without an active exception" from a native thread of torch's, no Python frame on it; 3 of 14
+    launches with a busy core), failing the whole launch."""
+    if not env.active:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     if args.json:
         emit_json(summary)
@@ -603,7 +618,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if env.is_main:
         _print_summary(args, summary)
-    return 130 if summary.get("interrupted") else 0
+    return _exit_rank(env, 130 if summary.get("interrupted") else 0)
 
 
 def _prepare_run(args: argparse.Namespace, world_size: int) -> None:
@@ -711,13 +726,13 @@ def cmd_tiny(args: argparse.Namespace) -> int:
             dist=env,
         )
     if not env.is_main:
-        return 130 if summary.get("interrupted") else 0
+        return _exit_rank(env, 130 if summary.get("interrupted") else 0)
     if args.ship and summary.get("finished"):
         card = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
         summary["shipped"] = ship(args.out, args.ship, card)
         _log(f"shipped {summary['shipped']['bytes'] / 1e6:.1f} MB to {args.ship}")
     _print_summary(args, summary)
-    return 130 if summary.get("interrupted") else 0
+    return _exit_rank(env, 130 if summary.get("interrupted") else 0)
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
@@ -740,12 +755,12 @@ def cmd_gpu(args: argparse.Namespace) -> int:
             dist=env,
         )
     if not env.is_main:
-        return 130 if summary.get("interrupted") else 0
+        return _exit_rank(env, 130 if summary.get("interrupted") else 0)
     if summary.get("prepared"):
         emit_json(summary) if args.json else print(f"run prepared in {args.out}; train it with --device cuda")
-        return 0
+        return _exit_rank(env, 0)
     _print_summary(args, summary)
-    return 130 if summary.get("interrupted") else 0
+    return _exit_rank(env, 130 if summary.get("interrupted") else 0)
 
 
 def cmd_curve(args: argparse.Namespace) -> int:

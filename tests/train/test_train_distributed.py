@@ -250,7 +250,7 @@ def test_demi_train_under_torchrun_then_in_one_process(tmp_path, capsys):
         env=env,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-4000:]}"
     assert [json.loads(line)["step"] for line in proc.stdout.splitlines() if line.startswith("{")] == [2]  # rank 0
     assert proc.stderr.count("demi: corpus:") == 1 and "FSDP over 2 processes" in proc.stderr
     assert json.loads((run / "run.json").read_text())["train"]["world_size"] == WORLD
