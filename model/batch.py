@@ -68,7 +68,7 @@ def decode_batch(model: Transformer, tokens: Tensor, positions: list[int], cache
         raise ValueError("decode_batch needs one position and one cache per token")
     if len(set(map(id, caches))) != len(caches):
         raise ValueError("decode_batch needs a cache of its own for every sequence")
-    GOVERNOR.tick()  # as Transformer.hidden_states does (threads.py)
+    GOVERNOR.tick()  # one row per sequence: decode-sized, as Transformer.hidden_states counts it (threads.py)
     limit = decode_rows(model) or len(positions)
     flat = tokens.reshape(-1)
     parts = [

@@ -379,7 +379,7 @@ class Transformer(nn.Module):
         (speculative decoding's check; the other layers work row by row already). Quantized kernels
         that round activations would otherwise turn SDPA's last-bit differences between one and
         many queries into different logits."""
-        GOVERNOR.tick()  # inference follows the cores other processes leave free (threads.py)
+        GOVERNOR.tick(tokens.shape[1])  # decode follows the cores other processes leave free (threads.py)
         t = tokens.shape[1]
         x = self.model.embed_tokens(tokens)
         cos, sin = self.rotary_table(x.device).lookup(start, t, x.device)

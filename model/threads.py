@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("demi.model")
+DECODE_ROWS = 8  # (quantize.DECODE_ROWS: the rows that take the native decode kernels)
 
 
 def physical_cores() -> int:
@@ -61,6 +62,7 @@ class ThreadGovernor:
 
     def __init__(self) -> None:
         self.most = 0  # 0: not governing
+        self.wanted = 0  # the count for decode-sized passes (0: not decided yet)
         self.mark: tuple[int, int, float] | None = None
         self.marked_at = 0.0
         self.changes = 0
@@ -69,12 +71,23 @@ class ThreadGovernor:
         """Govern up to `most` threads (the count use_physical_cores chose)."""
         self.most = most if os.environ.get("DEMI_ADAPT_THREADS", "1").lower() not in ("0", "false", "no") else 0
         self.mark, self.marked_at = None, 0.0
+        self.wanted = 0
 
-    def tick(self) -> None:
-        """Called on the model's thread between forward passes: cheap (a clock read) except every
-        ADAPT_INTERVAL_S, when it reads the load and may change the thread count for the next pass."""
+    def tick(self, rows: int = 1) -> None:
+        """Called on the model's thread before a forward pass of `rows` rows: cheap (a clock read)
+        except every ADAPT_INTERVAL_S, when it reads the load. Only decode-sized passes (at most
+        DECODE_ROWS rows) run on fewer threads: their kernels are native, each output row computed by
+        one thread in one order, so the numbers do not depend on the count; a prompt's torch matmuls
+        (whose sums may split differently with another count) keep every thread, so the same prompt
+        gives the same numbers loaded or quiet (two processes comparing answers agree)."""
         if self.most <= 1 or torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             return
+        if rows > DECODE_ROWS:
+            if torch.get_num_threads() != self.most:
+                torch.set_num_threads(self.most)
+            return
+        if self.wanted and torch.get_num_threads() != self.wanted:
+            torch.set_num_threads(self.wanted)
         now = time.monotonic()
         if now - self.marked_at < ADAPT_INTERVAL_S:
             return
@@ -89,6 +102,7 @@ class ThreadGovernor:
         cpus = os.cpu_count() or 1  # (/proc/stat's share is of all of them)
         taken = int(share * cpus + ADAPT_BUSY_CORE)
         wanted = max(1, min(self.most, cpus - taken))
+        self.wanted = wanted
         if wanted != torch.get_num_threads():
             log.debug("threads %d -> %d: other processes took %.2f of %d CPUs", torch.get_num_threads(), wanted,
                       share * cpus, cpus)  # fmt: skip

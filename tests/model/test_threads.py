@@ -98,3 +98,20 @@ def test_a_real_competitor_takes_a_thread_away(restore_threads):
         busy.kill()
         busy.wait()
     assert fewest < cpus
+
+
+def test_prompts_keep_every_thread(monkeypatch, restore_threads):
+    """A prompt's torch matmuls may sum in another order with another thread count: prompt-sized
+    passes run on all the cores chosen at load, so a loaded machine gives a quiet one's numbers."""
+    from demi.model import quantize
+
+    assert threads.DECODE_ROWS == quantize.DECODE_ROWS
+    torch.set_num_threads(2)
+    governor = ThreadGovernor()
+    governor.govern(2)
+    assert _ticks(governor, monkeypatch, [0.0, 0.5]) == [2, 1]
+    with torch.inference_mode():
+        governor.tick(rows=threads.DECODE_ROWS + 1)  # a prompt: every thread
+        assert torch.get_num_threads() == 2
+        governor.tick(rows=1)  # the next decode step: the governed count again
+        assert torch.get_num_threads() == 1
