@@ -22,7 +22,7 @@ from torch import Tensor
 
 from demi.model.decoder import KVCache, RMSNorm, Transformer
 from demi.model.fusion import FusedAttention, FusedMLP
-from demi.model.quantize import Int4Linear, Int8Linear
+from demi.model.quantize import Int4Linear, Int8Linear, layout_epoch
 
 
 class _Lin(ctypes.Structure):
@@ -36,6 +36,7 @@ class _Lin(ctypes.Structure):
         ("n", ctypes.c_int64),
         ("k", ctypes.c_int64),
         ("one_row", ctypes.c_int64),
+        ("packed", ctypes.c_int64),
     ]
 
 
@@ -49,14 +50,15 @@ def _lin(module: torch.nn.Module, lib: ctypes.CDLL) -> _Lin | None:
     """The C view of a quantized linear whose decode kernel is `lib`'s, else None."""
     if isinstance(module, Int8Linear) and module.decode_lib is lib:
         bias = module._bias_f32
-        return _Lin(8, module.weight.data_ptr(), module.weight_scale.data_ptr(), None, 0,
+        weight = module.packed if module.packed is not None else module.rows()
+        return _Lin(8, weight.data_ptr(), module.weight_scale.data_ptr(), None, 0,
                     None if bias is None else bias.data_ptr(), module.out_features, module.in_features,
-                    module.one_row)  # fmt: skip
+                    module.one_row, module.packed is not None)  # fmt: skip
     if isinstance(module, Int4Linear) and module.decode_lib is lib:
         bias = module._bias_f32
         return _Lin(4, module.packed.data_ptr(), module.scale.data_ptr(), module.zero.data_ptr(), module.group,
                     None if bias is None else bias.data_ptr(), module.out_features, module.in_features,
-                    module.one_row)  # fmt: skip
+                    module.one_row, 0)  # fmt: skip
     return None
 
 
@@ -72,6 +74,7 @@ class DecodeStack:
         self.row_floats = 2 * hidden + qkv + self.hq * self.d + 3 * inter
         self.scratch = torch.empty(self.row_floats)
         self.pointers: dict[int, tuple[KVCache, list[int], list[int]]] = {}  # id(cache) -> its layers' k, v
+        self.epoch = layout_epoch()  # the weights' pointers are valid while no layer changed its layout
 
     def _cache_pointers(self, cache: KVCache) -> tuple[list[int], list[int]]:
         known = self.pointers.get(id(cache))
@@ -84,7 +87,7 @@ class DecodeStack:
 
     def usable(self, cache: KVCache) -> bool:
         keys = cache.k[0]
-        return keys.dtype == torch.float32 and keys.shape[0] == 1 and all(t.is_contiguous() for t in cache.k + cache.v)
+        return self.epoch == layout_epoch() and keys.dtype == torch.float32 and keys.shape[0] == 1 and all(t.is_contiguous() for t in cache.k + cache.v)
 
     def step(self, x: Tensor, pos: int, cos: Tensor, sin: Tensor, cache: KVCache) -> Tensor:
         """x [1, 1, hidden] (the embedding, fp32) -> the last layer's output; writes the cache at `pos`."""

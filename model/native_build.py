@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NATIVE_DIR = Path(__file__).parent / "native"
-SOURCES = tuple(NATIVE_DIR / name for name in ("qmatmul.c", "decode_ops.c", "prefill_attention.c"))
-HEADERS = (NATIVE_DIR / "exp_poly.h",)  # included by the sources: in every digest, never compiled alone
+SOURCES = tuple(NATIVE_DIR / name for name in ("qmatmul.c", "q8_packed.c", "decode_ops.c", "prefill_attention.c"))
+HEADERS = (NATIVE_DIR / "exp_poly.h", NATIVE_DIR / "quant_common.h")  # included by the sources: in every digest, never compiled alone
 PREBUILT_DIR = Path(__file__).parent / "native" / "prebuilt"  # in the installed package (wheel)
 PREBUILT_IN_PACKAGE = ("native", "prebuilt")  # the same folder, relative to the demi.model package
 MANIFEST = "manifest.json"

@@ -237,6 +237,12 @@ def library(name: str) -> ctypes.CDLL | None:
         vp, ctypes.c_int, i64, vp, vp, vp, i64, vp, vp, ctypes.c_int, i64, i64, ctypes.c_int
     ]  # fmt: skip
     handle.demi_linear_q4.restype = None
+    handle.demi_linear_q8p.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, vp, ctypes.c_int, i64, i64]
+    handle.demi_linear_q8p.restype = None
+    handle.demi_pack_q8p.argtypes = [vp, i64, i64, vp]
+    handle.demi_pack_q8p.restype = None
+    handle.demi_unpack_q8p.argtypes = [vp, vp, i64, i64, vp, ctypes.c_int]
+    handle.demi_unpack_q8p.restype = None
     handle.demi_attend_step.argtypes = [vp, vp, vp, i64, vp, vp, i64, i64, i64, i64, i64, i64, vp]
     handle.demi_attend_step.restype = None
     handle.demi_prefill_attention.argtypes = [vp, i64, vp, i64, i64, vp, i64, i64, i64, i64, i64, i64, i64, i64, vp]
@@ -315,6 +321,46 @@ def linear_q8(
         k,
         int(one_row),
     )
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+PACK_GROUP = 16  # outputs a packed int8 weight interleaves (q8_packed.c)
+
+
+def pack_q8(lib: ctypes.CDLL, q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] -> the bytes `linear_q8p` reads (q8_packed.c): N rounded up to 16, then per group of
+    16 outputs and quad of k 64 bytes (output j's k..k+3 at 4j), each byte w XOR 0x80. The same bytes
+    for every kernel path."""
+    n, k = q.shape
+    q = q.contiguous()
+    out = torch.empty(-(-n // PACK_GROUP) * PACK_GROUP * k, dtype=torch.uint8)
+    lib.demi_pack_q8p(q.data_ptr(), n, k, out.data_ptr())
+    return out
+
+
+def unpack_q8(
+    lib: ctypes.CDLL, packed: torch.Tensor, scale: torch.Tensor, n: int, k: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """A packed weight back in rows [N, K]: torch.int8 as stored, bfloat16 of the int8 values (the
+    outputs are scaled after the matmul), or float32 times the scale."""
+    kind = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}[dtype]
+    out = torch.empty(n, k, dtype=dtype)
+    lib.demi_unpack_q8p(packed.data_ptr(), scale.data_ptr(), n, k, out.data_ptr(), kind)
+    return out
+
+
+def linear_q8p(
+    lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, n: int
+) -> torch.Tensor:
+    """y [.., N] = x [.., K] @ (q * scale).T + bias for q packed by `pack_q8`, in x's dtype (fp32 and
+    bf16 natively, others through fp32). Each row gives the same bits whatever rows share the call."""
+    row, kind = _rows(x)
+    k = x.shape[-1]
+    y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
+    lib.demi_linear_q8p(
+        row.data_ptr(), kind, row.numel() // k, packed.data_ptr(), scale.data_ptr(),
+        None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k,
+    )  # fmt: skip
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

@@ -43,6 +43,13 @@ DECODE_ROWS = _PREFILL_ROWS
 # get copies).
 PREFILL_COPY_BUDGET = 96 * 2**20
 _prefill_copy_bytes = 0
+# Bumped whenever an Int8Linear changes the tensor holding its weight (packed <-> rows, a new plan):
+# the one-call decode stack holds raw pointers and stands down once its epoch is not this one.
+_layout_epoch = 0
+
+
+def layout_epoch() -> int:
+    return _layout_epoch
 
 
 def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,15 +120,30 @@ def _native_lib(path: str, k: int) -> ctypes.CDLL | None:
 class Int8Linear(nn.Module):
     """y = x @ (q * scale).T + b with the kernels a KernelPlan chose for this CPU: a native or
     torch GEMV for decode-sized inputs, an fp32/bf16 matmul (scaling the outputs) or a native
-    kernel for prefill."""
+    kernel for prefill.
 
-    weight: Tensor  # buffers (register_buffer)
+    Where a native kernel runs, the weight is held packed (`packed`, q8_packed.c's layout: 16 output
+    rows interleaved, so several activation rows share each weight load and a batch or a speculative
+    check costs little more than one row), else row-major (`weight`); `rows()` gives the row-major
+    int8 either way. `packable=False` keeps rows (RescoredHead's exact rows, read one by one)."""
+
+    weight: Tensor | None  # buffers (register_buffer): weight (rows) or packed, and the scale
+    packed: Tensor | None
     weight_scale: Tensor
 
-    def __init__(self, q: Tensor, scale: Tensor, bias: Tensor | None = None, plan: KernelPlan | None = None):
+    def __init__(
+        self,
+        q: Tensor,
+        scale: Tensor,
+        bias: Tensor | None = None,
+        plan: KernelPlan | None = None,
+        packable: bool = True,
+    ):
         super().__init__()
         self.in_features, self.out_features = q.shape[1], q.shape[0]
+        self.packable = packable
         self.register_buffer("weight", q.contiguous())
+        self.register_buffer("packed", None)
         self.register_buffer("weight_scale", scale.float().contiguous())
         self._scale_bf16 = scale.to(torch.bfloat16)
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
@@ -130,8 +152,9 @@ class Int8Linear(nn.Module):
         self.use_plan(plan or kernel_plan.guess("int8"))
 
     def use_plan(self, plan: KernelPlan) -> None:
-        """Take the decode and prefill kernels from `plan` (torch's where a native one cannot run)."""
-        cpu = self.weight.device.type == "cpu"
+        """Take the decode and prefill kernels from `plan` (torch's where a native one cannot run),
+        and hold the weight in the layout they read."""
+        cpu = self.weight_scale.device.type == "cpu"
         self.decode_lib = _native_lib(plan.decode, self.in_features) if cpu else None
         self.one_row = plan.rows_at_once == 1  # how the native kernels read the weight (speed only)
         self.prefill_lib = _native_lib(plan.prefill, self.in_features) if cpu else None
@@ -143,6 +166,30 @@ class Int8Linear(nn.Module):
         if self._w_copy is not None and self._w_copy.dtype != self.prefill_dtype:
             self._w_copy = None
         self._copy_tried = False
+        self._relayout(self.packable and self.decode_lib is not None)
+
+    def _relayout(self, pack: bool) -> None:
+        """Hold the weight packed or in rows (one copy at a time)."""
+        global _layout_epoch
+        if pack and self.packed is None and self.weight is not None:
+            self.packed = native_kernels.pack_q8(self.decode_lib, self.weight)
+            self.weight = None
+            _layout_epoch += 1
+        elif not pack and self.packed is not None:
+            self.weight = self.rows()
+            self.packed = None
+            _layout_epoch += 1
+
+    def rows(self) -> Tensor:
+        """The int8 weight [N, K], row-major (unpacked when held packed: a new tensor)."""
+        if self.packed is None:
+            assert self.weight is not None
+            return self.weight
+        lib = self.decode_lib or kernel_plan.any_native_library()
+        return native_kernels.unpack_q8(lib, self.packed, self.weight_scale, *self._shape(), torch.int8)
+
+    def _shape(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
 
     @property
     def native(self) -> bool:
@@ -155,11 +202,14 @@ class Int8Linear(nn.Module):
         are scaled."""
         if self._w_copy is not None:
             return self._w_copy
-        if self.prefill_dtype == torch.float32:
-            w = self.weight * self.weight_scale[:, None]
+        if self.packed is not None:  # one native pass from the packed bytes
+            lib = self.decode_lib or kernel_plan.any_native_library()
+            w = native_kernels.unpack_q8(lib, self.packed, self.weight_scale, *self._shape(), self.prefill_dtype)
+        elif self.prefill_dtype == torch.float32:
+            w = self.rows() * self.weight_scale[:, None]
         else:
-            w = self.weight.to(self.prefill_dtype)
-        if not self._copy_tried and self.weight.device.type == "cpu":
+            w = self.rows().to(self.prefill_dtype)
+        if not self._copy_tried and self.weight_scale.device.type == "cpu":
             self._copy_tried = True
             if _claim_copy(self, w.numel() * w.element_size()):
                 self._w_copy = w
@@ -173,9 +223,13 @@ class Int8Linear(nn.Module):
             # a kept copy exists yet), so the same prompt always takes the same kernel: same answers
             lib = self.decode_lib
         if lib is not None:
-            return native_kernels.linear_q8(lib, x, self.weight, self.weight_scale, self._bias_f32, self.one_row)
+            if self.packed is not None:
+                return native_kernels.linear_q8p(
+                    lib, x, self.packed, self.weight_scale, self._bias_f32, self.out_features
+                )
+            return native_kernels.linear_q8(lib, x, self.rows(), self.weight_scale, self._bias_f32, self.one_row)
         if self.int_mm and rows > _PREFILL_ROWS:
-            return native_kernels.linear_int_mm(self.glue_lib, x, self.weight, self.weight_scale, self._bias_f32)
+            return native_kernels.linear_int_mm(self.glue_lib, x, self.rows(), self.weight_scale, self._bias_f32)
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features)
         if rows > _PREFILL_ROWS or x2.device.type != "cpu":
@@ -184,7 +238,7 @@ class Int8Linear(nn.Module):
             if w.dtype != torch.float32:
                 y = y * self._scale_bf16  # scale the outputs, not K*N weights
         else:
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self._scale_bf16)
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.rows(), self._scale_bf16)
         if self.bias is not None and self._bias_f32 is not None:  # (both or neither)
             y = y + (self._bias_f32 if y.dtype == torch.float32 else self.bias)
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
@@ -309,7 +363,7 @@ class RescoredHead(nn.Module):
 
     def __init__(self, q: Tensor, scale: Tensor, candidates: int = 64, plan: KernelPlan | None = None):
         super().__init__()
-        self.exact = Int8Linear(q, scale, plan=plan)
+        self.exact = Int8Linear(q, scale, plan=plan, packable=False)  # rows read one by one: kept in rows
         w = q.float() * scale.float()[:, None]
         group = next(g for g in (64, 128, 32) if w.shape[1] % g == 0)
         self.shadow = Int4Linear(*quantize_int4(w, group), plan=kernel_plan.guess("int4"))
@@ -332,14 +386,14 @@ class RescoredHead(nn.Module):
             top = torch.empty(self.candidates, dtype=torch.int64)
             lib.demi_top_k(shadow.data_ptr(), self.out_features, self.candidates, top.data_ptr())
             row = x.float().contiguous()
-            w, scale = self.exact.weight, self.exact.weight_scale
+            w, scale = self.exact.rows(), self.exact.weight_scale
             lib.demi_rescore(
                 row.data_ptr(), w.data_ptr(), scale.data_ptr(), self.in_features, top.data_ptr(), self.candidates,
                 shadow.data_ptr(),
             )  # fmt: skip
             return shadow
         top = shadow.topk(self.candidates, dim=-1).indices[0]
-        rows = self.exact.weight.index_select(0, top).float()  # fp32: no rounding of the winners
+        rows = self.exact.rows().index_select(0, top).float()  # fp32: no rounding of the winners
         exact = (x.float() @ rows.T) * self.exact.weight_scale.index_select(0, top)
         return shadow.float().index_copy_(1, top, exact)
 

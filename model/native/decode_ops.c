@@ -227,6 +227,7 @@ typedef struct {
     const float *bias;
     int64_t n, k;
     int64_t one_row; /* read one weight row at a time (see demi_linear_q8) */
+    int64_t packed;  /* int8 packed by demi_pack_q8p (q8_packed.c), not row-major */
 } demi_lin;
 
 /* A dense decoder layer: RMSNorm weights and the fused projections (q|k|v, gate|up). */
@@ -239,11 +240,15 @@ void demi_linear_q8(const void *x, int x_kind, int64_t M, const int8_t *w, const
                     void *y, int y_kind, int64_t N, int64_t K, int one_row);
 void demi_linear_q4(const void *x, int x_kind, int64_t M, const uint8_t *w, const uint16_t *scale, const uint16_t *zero,
                     int64_t group, const float *bias, void *y, int y_kind, int64_t N, int64_t K, int one_row);
+void demi_linear_q8p(const void *x, int x_kind, int64_t M, const uint8_t *p, const float *scale, const float *bias,
+                     void *y, int y_kind, int64_t N, int64_t K);
 
 static void lin(const demi_lin *l, const float *x, int64_t rows, float *y) {
     if (l->bits == 4)
         demi_linear_q4(x, 0, rows, (const uint8_t *)l->w, (const uint16_t *)l->scale, (const uint16_t *)l->zero,
                        l->group, l->bias, y, 0, l->n, l->k, (int)l->one_row);
+    else if (l->packed)
+        demi_linear_q8p(x, 0, rows, (const uint8_t *)l->w, (const float *)l->scale, l->bias, y, 0, l->n, l->k);
     else
         demi_linear_q8(x, 0, rows, (const int8_t *)l->w, (const float *)l->scale, l->bias, y, 0, l->n, l->k,
                        (int)l->one_row);

@@ -32,7 +32,6 @@
 #include <arm_neon.h>
 #endif
 
-#define QB 32 /* activation (and int4 weight) block */
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define DEMI_PATH "avx512vnni"
@@ -50,21 +49,8 @@
 #define DEMI_PATH "generic"
 #endif
 
-/* Software prefetch of the weights, PREFETCH_BYTES ahead of each row stream (a few rows ahead: a
- * row is K or K / 2 bytes), into every cache level. One core alone cannot keep enough misses in
- * flight to stream memory, so without it decode reads weights well below the machine's bandwidth.
- * Measured on a Xeon (AVX-512 VNNI, 2 cores), 600,000 x 896 weights from memory, GB/s int8 / int4
- * (int4 counting its scales): none 21.0 / 14.4; 1 KB ahead 23.7 / -; 2 KB 25.5 / 22.6; 4 KB
- * 28.5 / 24.5; 8 KB 28.2 / 24.1; 16 KB 27.7 / 23.8 (the AVX2 build alike: 4 KB 25.8 / 24.9 against
- * 20.9 / 13.8). A non-temporal prefetch (locality 0) is worse than none for int8. */
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 4096
-#endif
-#if PREFETCH_BYTES > 0 && defined(__GNUC__)
-#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES, 0, 3)
-#else
-#define PREFETCH(p) ((void)0)
-#endif
+#include "quant_common.h"
+
 
 const char *demi_path(void) { return DEMI_PATH; }
 
@@ -76,40 +62,7 @@ void demi_set_threads(int n) {
 #endif
 }
 
-static inline float bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
-    return v.f;
-}
 
-static inline uint16_t f32_to_bf16(float f) {
-    union { float f; uint32_t u; } v = {f};
-    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16); /* round to nearest even */
-}
-
-/* An IEEE half (int4's per-group scales and offsets: half the bytes of fp32 beside 32 nibble bytes a
- * group of 64, which decode streams from memory) as a float: F16C's conversion on x86 builds that
- * have it, the hardware's on ARM, else by its bits (subnormals included). */
-static inline float h2f(uint16_t h) {
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-    __fp16 v;
-    memcpy(&v, &h, sizeof v);
-    return (float)v;
-#else
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    union { uint32_t u; float f; } v;
-    if (exp == 0x1Fu)
-        v.u = sign | 0x7F800000u | (man << 13); /* inf, nan */
-    else if (exp)
-        v.u = sign | ((exp + 112u) << 23) | (man << 13);
-    else { /* zero or subnormal: man * 2^-24 */
-        v.f = (float)man * 5.9604644775390625e-8f;
-        v.u |= sign;
-    }
-    return v.f;
-#endif
-}
 
 #if defined(__ARM_NEON)
 /* 32 int8 products summed into four int32 lanes: sdot where the CPU has it, else widening multiplies. */
@@ -163,28 +116,6 @@ static inline __m512i sign512(__m512i w, __mmask64 neg) {
 }
 #endif
 
-/* One row of activations to int8 blocks of 32: xq = round(x / d), d = max|x| / 127 per block.
- * xs gets each block's d repeated 8 times, so a vector of int32 block sums (8 lanes per block on
- * x86) is scaled by a plain vector load. */
-static void quantize_row(const void *x, int kind, int64_t K, int8_t *xq, float *xs) {
-    float tmp[QB];
-    for (int64_t b = 0; b < K / QB; b++) {
-        float amax = 0.0f;
-        for (int i = 0; i < QB; i++) {
-            int64_t k = b * QB + i;
-            tmp[i] = kind ? bf16_to_f32(((const uint16_t *)x)[k]) : ((const float *)x)[k];
-            float a = fabsf(tmp[i]);
-            amax = a > amax ? a : amax;
-        }
-        float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (int i = 0; i < QB; i++) {
-            float v = nearbyintf(tmp[i] * id);
-            xq[b * QB + i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
-        }
-        for (int i = 0; i < 8; i++)
-            xs[b * 8 + i] = d;
-    }
-}
 
 /* Sum over blocks of d_b * sum_k x[k] w[k]: the int8 row dot of one weight row and one activation row.
  * The signed-by-signed product is |x| times w with x's sign (llama.cpp's trick for the unsigned dot). */
@@ -281,20 +212,7 @@ static inline void dot4_q8(const int8_t *restrict w, int64_t K, const int8_t *re
 #endif
 }
 
-/* An int8 output: a row's sum times its weight row's scale, plus the bias, as one explicit fused
- * multiply-add. Written `v * s + b`, whether the compiler fuses it depends on the code around it, so
- * the tiles and the row-by-row loops rounded differently with a bias, and a batch's rows stopped
- * equalling lone steps. */
-static inline float scaled(float v, const float *scale, const float *bias, int64_t n) {
-    return fmaf(v, scale[n], bias ? bias[n] : 0.0f);
-}
 
-static inline void store(void *y, int kind, int64_t i, float v) {
-    if (kind)
-        ((uint16_t *)y)[i] = f32_to_bf16(v);
-    else
-        ((float *)y)[i] = v;
-}
 
 #if defined(__AVX2__) || (defined(__AVX512F__) && defined(__AVX512BW__))
 #define Q8_TILES 1
@@ -798,6 +716,8 @@ void demi_dequantize_q4(const uint8_t *restrict w, const uint16_t *restrict scal
  * scalar reference on fixed data. A CPU flag that lies kills the child with SIGILL instead of
  * the user's process; a wrong result returns non-zero. */
 int demi_prefill_attention_selftest(void); /* prefill_attention.c */
+int demi_q8p_selftest(const float *x, const int8_t *w, const float *scale, const float *bias, int64_t M, int64_t N,
+                      int64_t K); /* q8_packed.c */
 
 /* The half with the bits of a float that one represents exactly (normal or zero; the self-check's values). */
 static uint16_t half_of(float f) {
@@ -808,7 +728,7 @@ static uint16_t half_of(float f) {
 }
 
 int demi_selftest(void) {
-    enum { M = 3, N = 37, K = 192 };
+    enum { M = 6, N = 83, K = 192 }; /* 6 rows: a tile of 4 and one of 2; 83 outputs: 6 groups, the last partly padding */
     static float x[M * K], scale[N], bias[N], y[M * N];
     static int8_t w[N * K];
     uint32_t s = 12345u;
@@ -824,6 +744,8 @@ int demi_selftest(void) {
         scale[n] = 0.01f + 0.001f * (float)n;
         bias[n] = (float)n * 0.5f - 3.0f;
     }
+    if (demi_q8p_selftest(x, w, scale, bias, 1, N, K) || demi_q8p_selftest(x, w, scale, bias, M, N, K))
+        return 7;
     demi_linear_q8(x, 0, M, w, scale, bias, y, 0, N, K, 0);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {

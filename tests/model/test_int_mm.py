@@ -74,8 +74,10 @@ def test_int8_linear_prefills_through_int8mm_and_decodes_through_its_decode_kern
     assert torch.equal(y, native_kernels.linear_int_mm(lib, x, q, scale, layer._bias_f32))
     rel = (y - F.linear(x, q * scale[:, None], bias)).norm() / y.norm()
     assert rel < 1e-3  # the weights' own rounding is all that is left
-    if paths:  # decode-sized inputs keep the per-32-block decode kernel
-        assert torch.equal(step, native_kernels.linear_q8(lib, x[:, :DECODE_ROWS], q, scale, layer._bias_f32))
+    if paths:  # decode-sized inputs keep the per-32-block decode kernel, on the packed weight
+        assert layer.packed is not None and torch.equal(layer.rows(), q)
+        want = native_kernels.linear_q8p(lib, x[:, :DECODE_ROWS], layer.packed, scale, layer._bias_f32, 64)
+        assert torch.equal(step, want)
 
 
 def test_int4_linear_prefills_through_an_int8_copy_of_its_weight():
