@@ -87,7 +87,12 @@ class DecodeStack:
 
     def usable(self, cache: KVCache) -> bool:
         keys = cache.k[0]
-        return self.epoch == layout_epoch() and keys.dtype == torch.float32 and keys.shape[0] == 1 and all(t.is_contiguous() for t in cache.k + cache.v)
+        return (
+            self.epoch == layout_epoch()
+            and keys.dtype == torch.float32
+            and keys.shape[0] == 1
+            and all(t.is_contiguous() for t in cache.k + cache.v)
+        )
 
     def step(self, x: Tensor, pos: int, cos: Tensor, sin: Tensor, cache: KVCache) -> Tensor:
         """x [1, 1, hidden] (the embedding, fp32) -> the last layer's output; writes the cache at `pos`."""

@@ -24,7 +24,10 @@ from pathlib import Path
 
 NATIVE_DIR = Path(__file__).parent / "native"
 SOURCES = tuple(NATIVE_DIR / name for name in ("qmatmul.c", "q8_packed.c", "decode_ops.c", "prefill_attention.c"))
-HEADERS = (NATIVE_DIR / "exp_poly.h", NATIVE_DIR / "quant_common.h")  # included by the sources: in every digest, never compiled alone
+HEADERS = (
+    NATIVE_DIR / "exp_poly.h",
+    NATIVE_DIR / "quant_common.h",
+)  # included by the sources: in every digest, never compiled alone
 PREBUILT_DIR = Path(__file__).parent / "native" / "prebuilt"  # in the installed package (wheel)
 PREBUILT_IN_PACKAGE = ("native", "prebuilt")  # the same folder, relative to the demi.model package
 MANIFEST = "manifest.json"
