@@ -172,7 +172,7 @@ class Int8Linear(nn.Module):
         """Hold the weight packed or in rows (one copy at a time)."""
         global _layout_epoch
         if pack and self.packed is None and self.weight is not None:
-            self.packed = native_kernels.pack_q8(self.decode_lib, self.weight)
+            self.packed = native_kernels.pack_q8(self._packing_lib(), self.weight)
             self.weight = None
             _layout_epoch += 1
         elif not pack and self.packed is not None:
@@ -185,8 +185,13 @@ class Int8Linear(nn.Module):
         if self.packed is None:
             assert self.weight is not None
             return self.weight
+        return native_kernels.unpack_q8(self._packing_lib(), self.packed, self.weight_scale, *self._shape(), torch.int8)
+
+    def _packing_lib(self) -> ctypes.CDLL:
+        """A native library to pack or unpack with (the bytes are the same on every path)."""
         lib = self.decode_lib or kernel_plan.any_native_library()
-        return native_kernels.unpack_q8(lib, self.packed, self.weight_scale, *self._shape(), torch.int8)
+        assert lib is not None, "a packed weight implies a native library that loaded"
+        return lib
 
     def _shape(self) -> tuple[int, int]:
         return self.out_features, self.in_features
@@ -203,8 +208,9 @@ class Int8Linear(nn.Module):
         if self._w_copy is not None:
             return self._w_copy
         if self.packed is not None:  # one native pass from the packed bytes
-            lib = self.decode_lib or kernel_plan.any_native_library()
-            w = native_kernels.unpack_q8(lib, self.packed, self.weight_scale, *self._shape(), self.prefill_dtype)
+            w = native_kernels.unpack_q8(
+                self._packing_lib(), self.packed, self.weight_scale, *self._shape(), self.prefill_dtype
+            )
         elif self.prefill_dtype == torch.float32:
             w = self.rows() * self.weight_scale[:, None]
         else:
