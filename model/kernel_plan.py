@@ -50,8 +50,8 @@ from demi.model.config import ModelConfig
 log = logging.getLogger("demi.model")
 
 # 5: int8 activations fp32 with a bf16 prefill; 6: rows_at_once; 7: int4 bf16; 8: C dequantize;
-# 9: check rows rank decode near-ties
-PLAN_VERSION = 9
+# 9: check rows rank decode near-ties; 10: int8 native kernels on packed weights (q8_packed.c)
+PLAN_VERSION = 10
 CALIBRATION_SECONDS = 2.0
 # Rows timed for prefill. Kernels rank differently at 64 rows than at the 512-row chunks a 0.5B
 # model prefills in (the native int8 kernel beat fp32 at 64 and lost at 512, measured), so this is
@@ -220,6 +220,8 @@ class _Shape:
         w = torch.randn(self.n, k)
         self.q8, self.s8 = quantize_int8(w)
         self.s8_bf16 = self.s8.to(torch.bfloat16)
+        packer = any_native_library()
+        self.p8 = nk.pack_q8(packer, self.q8) if mode == "int8" and packer and k % nk.QBLOCK == 0 else None
         if mode == "int4":
             self.group = group
             q4, s4, z4 = quantize_int4(w, group)
@@ -232,11 +234,16 @@ class _Shape:
     def nbytes(self) -> int:
         return self.q8.numel() if not hasattr(self, "native4") else self.native4.numel()
 
+    def packed8(self) -> torch.Tensor:
+        assert self.p8 is not None, "native int8 candidates come with a library that packs"
+        return self.p8
+
     def copy(self) -> _Shape:
         """The same weights in fresh memory: decode is timed streaming them from DRAM, not cache."""
         other = object.__new__(_Shape)
         other.__dict__.update(self.__dict__)
         other.q8 = self.q8.clone()
+        other.p8 = None if self.p8 is None else self.p8.clone()
         if hasattr(self, "native4"):
             other.native4, other.torch4 = self.native4.clone(), self.torch4.clone()
         return other
@@ -270,10 +277,8 @@ def _int8_candidates(
             glue = _loaded(paths[0]) if paths else None
             out["int8mm"] = _sweep(copies, lambda c: nk.linear_int_mm(glue, x, c.q8, c.s8, None))
     if s.k % nk.QBLOCK == 0:
-        for p in paths:
+        for p in paths:  # on packed weights, as Int8Linear holds them (no one-row variant)
             out[p] = _sweep(copies, _native_q8(_loaded(p), x))
-            if rows == 1:
-                out[p + ONE_ROW] = _sweep(copies, _native_q8(_loaded(p), x, one_row=True))
     return out
 
 
@@ -293,8 +298,8 @@ def _loaded(path: str) -> ctypes.CDLL:
     return lib
 
 
-def _native_q8(lib: ctypes.CDLL, x: torch.Tensor, one_row: bool = False) -> Callable[[_Shape], object]:
-    return lambda c: nk.linear_q8(lib, x, c.q8, c.s8, None, one_row=one_row)
+def _native_q8(lib: ctypes.CDLL, x: torch.Tensor) -> Callable[[_Shape], object]:
+    return lambda c: nk.linear_q8p(lib, x, c.packed8(), c.s8, None, c.n)
 
 
 def _native_q4(lib: ctypes.CDLL, x: torch.Tensor, one_row: bool = False) -> Callable[[_Shape], object]:

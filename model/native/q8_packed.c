@@ -6,9 +6,11 @@
  * (a 64-byte vector holds k..k+3 of 16 outputs), the activation's four bytes are broadcast, and one
  * byte dot (vpdpbusd on VNNI) adds 64 products into 16 per-output int32 sums; the float work is
  * once per block of 32 k for 16 outputs, and each weight vector loaded serves up to four
- * activation rows. Measured on an AMD EPYC (Zen 4, 2 threads, avx512vnni build), the 0.5B shape's
- * 24 layers of int8 matmuls from memory, 1 / 4 / 8 rows: 12.3 / 20.5 / 29.0 ms row-major (its best
- * setting for each) against 11.5 / 12.8 / 17.7 ms packed.
+ * activation rows. Measured on an AMD EPYC (Zen 4, 2 threads), the 0.5B shape's 24 layers of int8
+ * matmuls from memory, 1 / 4 / 8 rows, row-major (one row: one weight row at a time, its faster
+ * setting) against packed, alternated in one process: avx512vnni 9.8-10.1 / 21.3-21.7 / 33.2-33.9
+ * against 9.4-10.0 / 13.7-14.6 / 21.8-23.3 ms; avx2 9.8-9.9 / 23.2-23.3 / 38.7-39.1 against 9.2-9.8 /
+ * 17.1-17.5 / 31.0-31.9 ms.
  *
  * Layout (demi_pack_q8p): N rounded up to 16 (zero rows), then for each group of 16 outputs and each
  * quad of k: 64 bytes, byte 4j + t = w[16 g + j][4 q + t] XOR 0x80 (w + 128 as an unsigned byte:
@@ -84,201 +86,122 @@ typedef struct {
     const int32_t *xsum;
 } xrow;
 
-/* G groups (16 outputs each) by R activation rows over the whole of K: f[g][r][0..15] = sum over
- * blocks of (int32 block sum) * d, in block order. */
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-static inline __attribute__((always_inline)) void tile(const int G, const int R, const uint8_t *restrict p,
-                                                       int64_t K, const xrow *x, float f[BAND][RMAX][PG]) {
+/* One group (16 outputs) by R activation rows over the whole of K: f[r][0..15] = sum over blocks of
+ * (int32 block sum) * d, in block order. */
+#if defined(__AVX2__)
+/* 256-bit on every x86 build, a group two vectors of 8 outputs (bytes 0..31 and 32..63). The AVX-512
+ * builds' 512-bit version (a group a vector, up to 4 groups a tile) was slower on an AMD EPYC (Zen 4,
+ * which runs 512-bit operations as two halves): the 0.5B layers' matmuls, 4 / 8 rows, 14.3-15.2 /
+ * 19.8-21.3 ms against 13.1-15.8 / 18.2-19.2 here, one row alike (12-13 ms, memory bound). */
+static inline __attribute__((always_inline)) void tile(const int R, const uint8_t *restrict p, int64_t K,
+                                                       const xrow *x, float f[RMAX][PG]) {
     const int64_t nb = K / QB;
-    __m512 acc[BAND][RMAX];
-    for (int g = 0; g < G; g++)
-        for (int r = 0; r < R; r++)
-            acc[g][r] = _mm512_setzero_ps();
-    const int P = R == 1 ? 2 : 1; /* one row: two sums a block (even and odd quads), two chains of adds */
+    __m256 acc[RMAX][2];
+    for (int r = 0; r < R; r++)
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512i s[BAND][RMAX], s2[BAND];
-        for (int g = 0; g < G; g++) {
-            s2[g] = _mm512_setzero_si512();
-            for (int r = 0; r < R; r++)
-                s[g][r] = _mm512_setzero_si512();
-        }
+        __m256i s[RMAX][2];
+        for (int r = 0; r < R; r++)
+            s[r][0] = s[r][1] = _mm256_setzero_si256();
         for (int q = 0; q < QB / 4; q++) {
             const int64_t at = (b * (QB / 4) + q) * 64;
-            for (int g = 0; g < G; g++) {
-                PREFETCH(p + g * GBYTES(K) + at);
-                __m512i wv = _mm512_loadu_si512((const void *)(p + g * GBYTES(K) + at));
-#if defined(__AVX512VNNI__)
+            PREFETCH(p + at);
+            for (int h = 0; h < 2; h++) {
+                __m256i wv = _mm256_loadu_si256((const __m256i *)(p + at + 32 * h));
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
                 for (int r = 0; r < R; r++) {
                     int32_t four;
                     memcpy(&four, x[r].xq + b * QB + q * 4, 4);
-                    if (P == 2 && (q & 1))
-                        s2[g] = _mm512_dpbusd_epi32(s2[g], wv, _mm512_set1_epi32(four));
-                    else
-                        s[g][r] = _mm512_dpbusd_epi32(s[g][r], wv, _mm512_set1_epi32(four));
+#if defined(__AVX512VNNI__)
+                    s[r][h] = _mm256_dpbusd_epi32(s[r][h], wv, _mm256_set1_epi32(four));
+#else
+                    s[r][h] = _mm256_dpbusd_avx_epi32(s[r][h], wv, _mm256_set1_epi32(four));
+#endif
                 }
 #else
-                __m512i ws = _mm512_xor_si512(wv, _mm512_set1_epi8((char)0x80)); /* signed w */
+                /* no VNNI: |x| times w with x's sign, as the row-major kernels multiply */
+                __m256i ws = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));
                 for (int r = 0; r < R; r++) {
                     int32_t four, afour;
                     memcpy(&four, x[r].xq + b * QB + q * 4, 4);
                     memcpy(&afour, x[r].ax + b * QB + q * 4, 4);
-                    __m512i xb = _mm512_set1_epi32(four);
-                    __m512i signed_w = _mm512_mask_sub_epi8(ws, _mm512_movepi8_mask(xb), _mm512_setzero_si512(), ws);
-                    __m512i pairs = _mm512_maddubs_epi16(_mm512_set1_epi32(afour), signed_w);
-                    s[g][r] = _mm512_add_epi32(s[g][r], _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
+                    __m256i pairs =
+                        _mm256_maddubs_epi16(_mm256_set1_epi32(afour), _mm256_sign_epi8(ws, _mm256_set1_epi32(four)));
+                    s[r][h] = _mm256_add_epi32(s[r][h], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
                 }
 #endif
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            const __m512 d = _mm512_set1_ps(x[r].xs[b * 8]);
-#if defined(__AVX512VNNI__)
-            const __m512i corr = _mm512_set1_epi32(x[r].xsum[b]);
-#endif
-            for (int g = 0; g < G; g++) {
-                if (P == 2)
-                    s[g][r] = _mm512_add_epi32(s[g][r], s2[g]); /* int32: exact in any order */
-#if defined(__AVX512VNNI__)
-                s[g][r] = _mm512_sub_epi32(s[g][r], corr);
-#endif
-                acc[g][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][r]), d, acc[g][r]);
-            }
-        }
-    }
-    for (int g = 0; g < G; g++)
-        for (int r = 0; r < R; r++)
-            _mm512_storeu_ps(f[g][r], acc[g][r]);
-}
-#elif defined(__AVX2__)
-/* 256-bit: a group is two vectors of 8 outputs (bytes 0..31 and 32..63). */
-static inline __attribute__((always_inline)) void tile(const int G, const int R, const uint8_t *restrict p,
-                                                       int64_t K, const xrow *x, float f[BAND][RMAX][PG]) {
-    const int64_t nb = K / QB;
-    __m256 acc[BAND][RMAX][2];
-    for (int g = 0; g < G; g++)
-        for (int r = 0; r < R; r++)
-            acc[g][r][0] = acc[g][r][1] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i s[BAND][RMAX][2];
-        for (int g = 0; g < G; g++)
-            for (int r = 0; r < R; r++)
-                s[g][r][0] = s[g][r][1] = _mm256_setzero_si256();
-        for (int q = 0; q < QB / 4; q++) {
-            const int64_t at = (b * (QB / 4) + q) * 64;
-            for (int g = 0; g < G; g++) {
-                PREFETCH(p + g * GBYTES(K) + at);
-                for (int h = 0; h < 2; h++) {
-                    __m256i wv = _mm256_loadu_si256((const __m256i *)(p + g * GBYTES(K) + at + 32 * h));
-#if defined(__AVXVNNI__)
-                    for (int r = 0; r < R; r++) {
-                        int32_t four;
-                        memcpy(&four, x[r].xq + b * QB + q * 4, 4);
-                        s[g][r][h] = _mm256_dpbusd_avx_epi32(s[g][r][h], wv, _mm256_set1_epi32(four));
-                    }
-#else
-                    __m256i ws = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));
-                    for (int r = 0; r < R; r++) {
-                        int32_t four, afour;
-                        memcpy(&four, x[r].xq + b * QB + q * 4, 4);
-                        memcpy(&afour, x[r].ax + b * QB + q * 4, 4);
-                        __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi32(afour),
-                                                             _mm256_sign_epi8(ws, _mm256_set1_epi32(four)));
-                        s[g][r][h] = _mm256_add_epi32(s[g][r][h], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-                    }
-#endif
-                }
             }
         }
         for (int r = 0; r < R; r++) {
             const __m256 d = _mm256_set1_ps(x[r].xs[b * 8]);
-#if defined(__AVXVNNI__)
-            const __m256i corr = _mm256_set1_epi32(x[r].xsum[b]);
+            for (int h = 0; h < 2; h++) {
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+                s[r][h] = _mm256_sub_epi32(s[r][h], _mm256_set1_epi32(x[r].xsum[b]));
 #endif
-            for (int g = 0; g < G; g++)
-                for (int h = 0; h < 2; h++) {
-#if defined(__AVXVNNI__)
-                    s[g][r][h] = _mm256_sub_epi32(s[g][r][h], corr);
-#endif
-                    acc[g][r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[g][r][h]), d, acc[g][r][h]);
-                }
-        }
-    }
-    for (int g = 0; g < G; g++)
-        for (int r = 0; r < R; r++) {
-            _mm256_storeu_ps(f[g][r], acc[g][r][0]);
-            _mm256_storeu_ps(f[g][r] + 8, acc[g][r][1]);
-        }
-}
-#else
-/* NEON (sdot by lane where the CPU has it) and plain C: the same sums, four outputs a vector. */
-static inline __attribute__((always_inline)) void tile(const int G, const int R, const uint8_t *restrict p,
-                                                       int64_t K, const xrow *x, float f[BAND][RMAX][PG]) {
-    const int64_t nb = K / QB;
-    for (int g = 0; g < G; g++)
-        for (int r = 0; r < R; r++)
-            for (int j = 0; j < PG; j++)
-                f[g][r][j] = 0.0f;
-    for (int64_t b = 0; b < nb; b++)
-        for (int g = 0; g < G; g++) {
-            const uint8_t *wb = p + g * GBYTES(K) + b * (QB / 4) * 64;
-            PREFETCH(wb);
-            for (int r = 0; r < R; r++) {
-                const int8_t *xb = x[r].xq + b * QB;
-                int32_t s[PG];
-#if defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
-                int32x4_t v[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
-                for (int q = 0; q < QB / 4; q++) {
-                    int32_t four;
-                    memcpy(&four, xb + q * 4, 4);
-                    const int8x16_t xv = vreinterpretq_s8_s32(vdupq_n_s32(four));
-                    for (int c = 0; c < 4; c++) {
-                        int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wb + q * 64 + 16 * c), vdupq_n_u8(0x80)));
-                        v[c] = vdotq_s32(v[c], wv, xv);
-                    }
-                }
-                for (int c = 0; c < 4; c++)
-                    vst1q_s32(s + 4 * c, v[c]);
-#else
-                for (int j = 0; j < PG; j++)
-                    s[j] = 0;
-                for (int q = 0; q < QB / 4; q++)
-                    for (int j = 0; j < PG; j++)
-                        for (int t = 0; t < 4; t++)
-                            s[j] += (int32_t)(int8_t)(wb[q * 64 + j * 4 + t] ^ 0x80) * (int32_t)xb[q * 4 + t];
-#endif
-                const float d = x[r].xs[b * 8];
-                for (int j = 0; j < PG; j++)
-                    f[g][r][j] = fmaf((float)s[j], d, f[g][r][j]);
+                acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r][h]), d, acc[r][h]);
             }
         }
+    }
+    for (int r = 0; r < R; r++) {
+        _mm256_storeu_ps(f[r], acc[r][0]);
+        _mm256_storeu_ps(f[r] + 8, acc[r][1]);
+    }
+}
+#else
+/* NEON (sdot where the CPU has it) and plain C: the same sums, four outputs a vector. */
+static inline __attribute__((always_inline)) void tile(const int R, const uint8_t *restrict p, int64_t K,
+                                                       const xrow *x, float f[RMAX][PG]) {
+    const int64_t nb = K / QB;
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < PG; j++)
+            f[r][j] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *wb = p + b * (QB / 4) * 64;
+        PREFETCH(wb);
+        for (int r = 0; r < R; r++) {
+            const int8_t *xb = x[r].xq + b * QB;
+            int32_t s[PG];
+#if defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+            int32x4_t v[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+            for (int q = 0; q < QB / 4; q++) {
+                int32_t four;
+                memcpy(&four, xb + q * 4, 4);
+                const int8x16_t xv = vreinterpretq_s8_s32(vdupq_n_s32(four));
+                for (int c = 0; c < 4; c++) {
+                    int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wb + q * 64 + 16 * c), vdupq_n_u8(0x80)));
+                    v[c] = vdotq_s32(v[c], wv, xv);
+                }
+            }
+            for (int c = 0; c < 4; c++)
+                vst1q_s32(s + 4 * c, v[c]);
+#else
+            for (int j = 0; j < PG; j++)
+                s[j] = 0;
+            for (int q = 0; q < QB / 4; q++)
+                for (int j = 0; j < PG; j++)
+                    for (int t = 0; t < 4; t++)
+                        s[j] += (int32_t)(int8_t)(wb[q * 64 + j * 4 + t] ^ 0x80) * (int32_t)xb[q * 4 + t];
+#endif
+            const float d = x[r].xs[b * 8];
+            for (int j = 0; j < PG; j++)
+                f[r][j] = fmaf((float)s[j], d, f[r][j]);
+        }
+    }
 }
 #endif
 
-/* Groups a tile takes for R rows: as many accumulators as the registers hold. */
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-#define GROUPS_FOR(R) ((R) == 1 ? 1 : 4)
-#elif defined(__AVX2__)
-#define GROUPS_FOR(R) 1
-#else
-#define GROUPS_FOR(R) 1
-#endif
-
-static void tile_any(int G, int R, const uint8_t *p, int64_t K, const xrow *x, float f[BAND][RMAX][PG]) {
-#define CASE(g, r)                                                                                          \
-    case (g) * 8 + (r):                                                                                     \
-        tile(g, r, p, K, x, f);                                                                             \
-        return;
-    switch (G * 8 + R) {
-        CASE(4, 1) CASE(4, 2) CASE(4, 3) CASE(4, 4) CASE(2, 1) CASE(2, 2) CASE(2, 3) CASE(2, 4)
-        CASE(1, 1) CASE(1, 2) CASE(1, 3) CASE(1, 4)
-    default:
-        abort(); /* a size without a case is a bug: the self-check dies rather than pass on stale sums */
+static void tile_any(int R, const uint8_t *p, int64_t K, const xrow *x, float f[RMAX][PG]) {
+    switch (R) { /* each row count its own compiled copy, so its sums stay in registers */
+    case 1: tile(1, p, K, x, f); return;
+    case 2: tile(2, p, K, x, f); return;
+    case 3: tile(3, p, K, x, f); return;
+    default: tile(4, p, K, x, f); return;
     }
-#undef CASE
 }
 
 /* y [M, N] = x [M, K] @ (w * scale).T + bias for w packed by demi_pack_q8p (K % 32 == 0); x and y
- * fp32 (kind 0) or bf16 (kind 1); scale fp32 [N]; bias fp32 [N] or NULL. */
+ * fp32 (kind 0) or bf16 (kind 1); scale fp32 [N]; bias fp32 [N] or NULL. Each task a band of BAND
+ * groups; rows in chunks of CHUNK (their int8 copies stay in L2 across the band), tiles of RMAX. */
 void demi_linear_q8p(const void *restrict x, int x_kind, int64_t M, const uint8_t *restrict p,
                      const float *restrict scale, const float *restrict bias, void *restrict y, int y_kind,
                      int64_t N, int64_t K) {
@@ -309,26 +232,18 @@ void demi_linear_q8p(const void *restrict x, int x_kind, int64_t M, const uint8_
         const int64_t m1 = m0 + CHUNK < M ? m0 + CHUNK : M;
         #pragma omp parallel for schedule(static)
         for (int64_t g0 = 0; g0 < groups; g0 += BAND) {
-            const int gb = (int)(groups - g0 < BAND ? groups - g0 : BAND);
+            const int64_t g1 = g0 + BAND < groups ? g0 + BAND : groups;
             for (int64_t m = m0; m < m1; m += RMAX) {
                 const int R = (int)(m1 - m < RMAX ? m1 - m : RMAX);
                 xrow rows[RMAX];
                 for (int r = 0; r < R; r++)
                     rows[r] = (xrow){xq + (m + r) * K, ax + (m + r) * K, xs + (m + r) * nb * 8, xsum + (m + r) * nb};
-                for (int g = 0; g < gb;) {
-                    int G = GROUPS_FOR(R);
-                    while (G > gb - g)
-                        G /= 2;
-                    float f[BAND][RMAX][PG];
-                    tile_any(G, R, p + (g0 + g) * GBYTES(K), K, rows, f);
-                    for (int i = 0; i < G; i++)
-                        for (int r = 0; r < R; r++)
-                            for (int j = 0; j < PG; j++) {
-                                const int64_t n = (g0 + g + i) * PG + j;
-                                if (n < N)
-                                    store(y, y_kind, (m + r) * N + n, scaled(f[i][r][j], scale, bias, n));
-                            }
-                    g += G;
+                for (int64_t g = g0; g < g1; g++) {
+                    float f[RMAX][PG];
+                    tile_any(R, p + g * GBYTES(K), K, rows, f);
+                    for (int r = 0; r < R; r++)
+                        for (int j = 0; j < PG && g * PG + j < N; j++)
+                            store(y, y_kind, (m + r) * N + g * PG + j, scaled(f[r][j], scale, bias, g * PG + j));
                 }
             }
         }

@@ -47,9 +47,8 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
     plan = calibrate(CFG, "int8")
     usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
     vector = [p for p in usable if p != "generic"] or usable
-    # each native decode path is timed reading four weight rows side by side and one at a time
-    one_row = {p + kernel_plan.ONE_ROW for p in vector}
-    assert set(plan.times_ms["decode"]) == {"torch", *vector, *one_row}
+    # int8's native kernels read packed weights (q8_packed.c): one layout, no one-row variant
+    assert set(plan.times_ms["decode"]) == {"torch", *vector}
     int_mm = {"int8mm"} if kernel_plan.int_mm_runs() else set()
     assert set(plan.times_ms["prefill"]) == {"fp32", "bf16", *int_mm, *vector}
     assert all(t > 0 for phase in plan.times_ms.values() for t in phase.values())
@@ -145,7 +144,7 @@ def test_demi_kernel_forces_one_family(monkeypatch, caplog):
         monkeypatch.setenv("DEMI_KERNEL", slowest)
         assert native_kernels.candidate_paths() == [slowest]
         plan = plan_for(CFG, "int8")
-        assert plan.decode == slowest and set(plan.times_ms["decode"]) == {slowest, slowest + kernel_plan.ONE_ROW}
+        assert plan.decode == slowest and set(plan.times_ms["decode"]) == {slowest}
         assert kernel_plan.cache_key()["forced"] == slowest
     monkeypatch.setenv("DEMI_KERNEL", "torch")
     assert native_kernels.candidate_paths() == []
