@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NATIVE_DIR = Path(__file__).parent / "native"
-SOURCES = tuple(NATIVE_DIR / name for name in ("qmatmul.c", "q8_packed.c", "decode_ops.c", "prefill_attention.c"))
+SOURCES = tuple(NATIVE_DIR / name for name in ("qmatmul.c", "packed.c", "decode_ops.c", "prefill_attention.c"))
 HEADERS = (
     NATIVE_DIR / "exp_poly.h",
     NATIVE_DIR / "quant_common.h",

@@ -243,6 +243,10 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_pack_q8p.restype = None
     handle.demi_unpack_q8p.argtypes = [vp, vp, i64, i64, vp, ctypes.c_int]
     handle.demi_unpack_q8p.restype = None
+    handle.demi_pack_q4p.argtypes = [vp, vp, vp, i64, i64, i64, vp, vp, vp]
+    handle.demi_pack_q4p.restype = None
+    handle.demi_linear_q4p.argtypes = [vp, ctypes.c_int, i64, vp, vp, vp, i64, vp, vp, ctypes.c_int, i64, i64]
+    handle.demi_linear_q4p.restype = None
     handle.demi_attend_step.argtypes = [vp, vp, vp, i64, vp, vp, i64, i64, i64, i64, i64, i64, vp]
     handle.demi_attend_step.restype = None
     handle.demi_prefill_attention.argtypes = [vp, i64, vp, i64, i64, vp, i64, i64, i64, i64, i64, i64, i64, i64, vp]
@@ -324,11 +328,11 @@ def linear_q8(
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-PACK_GROUP = 16  # outputs a packed int8 weight interleaves (q8_packed.c)
+PACK_GROUP = 16  # outputs a packed int8 weight interleaves (packed.c)
 
 
 def pack_q8(lib: ctypes.CDLL, q: torch.Tensor) -> torch.Tensor:
-    """int8 [N, K] -> the bytes `linear_q8p` reads (q8_packed.c): N rounded up to 16, then per group of
+    """int8 [N, K] -> the bytes `linear_q8p` reads (packed.c): N rounded up to 16, then per group of
     16 outputs and quad of k 64 bytes (output j's k..k+3 at 4j), each byte w XOR 0x80. The same bytes
     for every kernel path."""
     n, k = q.shape
@@ -359,6 +363,45 @@ def linear_q8p(
     y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
     lib.demi_linear_q8p(
         row.data_ptr(), kind, row.numel() // k, packed.data_ptr(), scale.data_ptr(),
+        None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k,
+    )  # fmt: skip
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def pack_q4p(
+    lib: ctypes.CDLL, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int4 q [N, K] (values 0..15, one a byte) with scale and offset [N, K / group] (W = q * scale +
+    offset, as `int4_offset` gives) -> what `linear_q4p` reads (packed.c): the nibbles of 16 outputs
+    interleaved 8 k at a time, scales and offsets in half, [N / 16][K / group][16]."""
+    n, k = q.shape
+    padded = -(-n // PACK_GROUP) * PACK_GROUP
+    q, scale, offset = q.contiguous(), half(scale), half(offset)
+    packed = torch.empty(padded * k // 2, dtype=torch.uint8)
+    ps = torch.empty(padded * (k // group), dtype=torch.float16)
+    po = torch.empty_like(ps)
+    lib.demi_pack_q4p(
+        q.data_ptr(), scale.data_ptr(), offset.data_ptr(), n, k, group, packed.data_ptr(), ps.data_ptr(), po.data_ptr()
+    )
+    return packed, ps, po
+
+
+def linear_q4p(
+    lib: ctypes.CDLL,
+    x: torch.Tensor,
+    packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    group: int,
+    bias: torch.Tensor | None,
+    n: int,
+) -> torch.Tensor:
+    """y [.., N] = x [.., K] @ W.T + bias for W packed by `pack_q4p`; each row the same bits whatever
+    rows share the call."""
+    row, kind = _rows(x)
+    k = x.shape[-1]
+    p, ps, po = packed
+    y = torch.empty(*x.shape[:-1], n, dtype=row.dtype)
+    lib.demi_linear_q4p(
+        row.data_ptr(), kind, row.numel() // k, p.data_ptr(), ps.data_ptr(), po.data_ptr(), group,
         None if bias is None else bias.data_ptr(), y.data_ptr(), kind, n, k,
     )  # fmt: skip
     return y if y.dtype == x.dtype else y.to(x.dtype)

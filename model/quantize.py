@@ -122,7 +122,7 @@ class Int8Linear(nn.Module):
     torch GEMV for decode-sized inputs, an fp32/bf16 matmul (scaling the outputs) or a native
     kernel for prefill.
 
-    Where a native kernel runs, the weight is held packed (`packed`, q8_packed.c's layout: 16 output
+    Where a native kernel runs, the weight is held packed (`packed`, packed.c's layout: 16 output
     rows interleaved, so several activation rows share each weight load and a batch or a speculative
     check costs little more than one row), else row-major (`weight`); `rows()` gives the row-major
     int8 either way. `packable=False` keeps rows (RescoredHead's exact rows, read one by one)."""
@@ -357,6 +357,30 @@ class Int4Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
 
+class PackedInt4Linear(nn.Module):
+    """Group-wise int4 on the packed layout (packed.c): what RescoredHead's shadow runs, one row or a
+    batch's (each row the same bits as alone, a weight load serving up to four rows). Decode-sized
+    inputs only: a prompt's logits come from the exact int8 head."""
+
+    packed: Tensor  # buffers: the nibbles, then the scales and offsets in half
+    packed_scale: Tensor
+    packed_offset: Tensor
+
+    def __init__(self, q: Tensor, scale: Tensor, zero: Tensor, lib: ctypes.CDLL):
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.group = self.in_features // scale.shape[1]
+        self.lib = lib
+        packed, ps, po = native_kernels.pack_q4p(lib, q, scale, native_kernels.int4_offset(scale, zero), self.group)
+        self.register_buffer("packed", packed)
+        self.register_buffer("packed_scale", ps)
+        self.register_buffer("packed_offset", po)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = (self.packed, self.packed_scale, self.packed_offset)
+        return native_kernels.linear_q4p(self.lib, x, weights, self.group, None, self.out_features)
+
+
 class RescoredHead(nn.Module):
     """int8 LM head that decodes through an int4 shadow: the int4 logits pick `candidates`
     tokens, which are rescored exactly from the int8 rows.
@@ -372,7 +396,15 @@ class RescoredHead(nn.Module):
         self.exact = Int8Linear(q, scale, plan=plan, packable=False)  # rows read one by one: kept in rows
         w = q.float() * scale.float()[:, None]
         group = next(g for g in (64, 128, 32) if w.shape[1] % g == 0)
-        self.shadow = Int4Linear(*quantize_int4(w, group), plan=kernel_plan.guess("int4"))
+        q4, s4, z4 = quantize_int4(w, group)
+        lib = self.exact.decode_lib
+        # the packed int4 kernel where the int8 head has a native one (a batch's rows at little more than
+        # one row's cost), else the int4 layer's own kernels
+        self.shadow: nn.Module = (
+            PackedInt4Linear(q4, s4, z4, lib)
+            if lib is not None
+            else Int4Linear(q4, s4, z4, plan=kernel_plan.guess("int4"))
+        )
         self.candidates = min(candidates, q.shape[0])
         self.in_features, self.out_features = q.shape[1], q.shape[0]
 

@@ -227,7 +227,7 @@ typedef struct {
     const float *bias;
     int64_t n, k;
     int64_t one_row; /* read one weight row at a time (see demi_linear_q8) */
-    int64_t packed;  /* int8 packed by demi_pack_q8p (q8_packed.c), not row-major */
+    int64_t packed;  /* int8 packed by demi_pack_q8p (packed.c), not row-major */
 } demi_lin;
 
 /* A dense decoder layer: RMSNorm weights and the fused projections (q|k|v, gate|up). */

@@ -717,7 +717,9 @@ void demi_dequantize_q4(const uint8_t *restrict w, const uint16_t *restrict scal
  * the user's process; a wrong result returns non-zero. */
 int demi_prefill_attention_selftest(void); /* prefill_attention.c */
 int demi_q8p_selftest(const float *x, const int8_t *w, const float *scale, const float *bias, int64_t M, int64_t N,
-                      int64_t K); /* q8_packed.c */
+                      int64_t K); /* packed.c */
+int demi_q4p_selftest(const float *x, const int8_t *w, const uint16_t *scale, const uint16_t *offset,
+                      const float *bias, int64_t M, int64_t N, int64_t K, int64_t group); /* packed.c */
 
 /* The half with the bits of a float that one represents exactly (normal or zero; the self-check's values). */
 static uint16_t half_of(float f) {
@@ -782,6 +784,8 @@ int demi_selftest(void) {
     for (int i = 0; i < N * K / 64; i++)
         if (h2f(s4h[i]) != s4[i] || h2f(z4h[i]) != z4[i])
             return 6;
+    if (demi_q4p_selftest(x, w, s4h, z4h, bias, 1, N, K, 64) || demi_q4p_selftest(x, w, s4h, z4h, bias, M, N, K, 64))
+        return 8;
     /* int8mm's glue: the two terms give x back within a quarter of a second-term step */
     static int8_t xq[2 * M * K];
     float xs[M];

@@ -1,4 +1,4 @@
-/* Helpers the quantized matmul sources share (qmatmul.c, q8_packed.c): bf16 and half conversions,
+/* Helpers the quantized matmul sources share (qmatmul.c, packed.c): bf16 and half conversions,
  * the weight prefetch, activation quantization to int8 blocks of 32, and the output store. Included
  * after the intrinsics headers and DEMI_PATH; static inline, so each source gets its own copy. */
 #ifndef DEMI_QUANT_COMMON_H

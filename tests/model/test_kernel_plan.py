@@ -47,7 +47,7 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
     plan = calibrate(CFG, "int8")
     usable = [p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None]
     vector = [p for p in usable if p != "generic"] or usable
-    # int8's native kernels read packed weights (q8_packed.c): one layout, no one-row variant
+    # int8's native kernels read packed weights (packed.c): one layout, no one-row variant
     assert set(plan.times_ms["decode"]) == {"torch", *vector}
     int_mm = {"int8mm"} if kernel_plan.int_mm_runs() else set()
     assert set(plan.times_ms["prefill"]) == {"fp32", "bf16", *int_mm, *vector}

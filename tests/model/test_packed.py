@@ -1,4 +1,4 @@
-"""The packed int8 layout (q8_packed.c): the bytes round-trip, every runnable path computes the
+"""The packed int8 layout (packed.c): the bytes round-trip, every runnable path computes the
 matmul, and a row gives the same bits whichever rows share its call (what batches and speculative
 checks rely on); Int8Linear holds one copy in the layout its kernels read."""
 
@@ -71,3 +71,35 @@ def test_the_rescored_heads_exact_rows_stay_row_major():
     q, scale = _weights(256, 64, seed=3)
     head = RescoredHead(q, scale, candidates=16, plan=KernelPlan("int8", "float32", PATHS[0], "fp32"))
     assert head.exact.packed is None and torch.equal(head.exact.weight, q)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_packed_int4_matches_the_int4_layer_and_each_row_is_its_lone_call(path):
+    from demi.model.quantize import Int4Linear, PackedInt4Linear, quantize_int4
+
+    torch.manual_seed(4)
+    n, k = 83, 256
+    q4, s4, z4 = quantize_int4(torch.randn(n, k), 64)
+    lib = native_kernels.library(path)
+    packed = PackedInt4Linear(q4, s4, z4, lib)
+    layer = Int4Linear(q4, s4, z4, plan=KernelPlan("int4", "float32", path, "fp32"))
+    x = torch.randn(11, k)
+    y = packed(x)
+    ref = layer(x[:8])  # decode-sized: the row-major int4 kernel, the same sums in another order
+    assert ((y[:8] - ref).norm(dim=-1) / ref.norm(dim=-1)).max() < 1e-5
+    for r in range(11):
+        assert torch.equal(packed(x[r : r + 1]), y[r : r + 1])
+    assert torch.equal(packed(x[:5]), y[:5])
+
+
+def test_the_rescored_heads_shadow_is_packed_and_a_batch_row_is_its_lone_row():
+    from demi.model.batch import head_rows
+    from demi.model.quantize import PackedInt4Linear
+
+    q, scale = _weights(512, 128, seed=5)
+    head = RescoredHead(q, scale, candidates=16, plan=KernelPlan("int8", "float32", PATHS[0], "fp32"))
+    assert isinstance(head.shadow, PackedInt4Linear)
+    hidden = torch.randn(6, 1, 128)
+    batch = head_rows(head, hidden)
+    for r in range(6):
+        assert torch.equal(batch[r : r + 1], head(hidden[r : r + 1]).reshape(1, -1))
