@@ -21,20 +21,6 @@
  * f = f + sum * d, fused; then y = f * scale + bias, fused) runs in block order, so every row gives
  * the same bits whichever rows share its call: a batch's rows, a speculative check's and a lone
  * decode step agree. */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-#if defined(__ARM_NEON)
-#include <arm_neon.h>
-#endif
-
 #include "quant_common.h"
 
 #define PG 16      /* outputs interleaved in a group */

@@ -18,19 +18,7 @@
  *   generic      scalar C                               (anything else; correctness reference)
  * |x| is at most 127 (activations are clamped to [-127, 127]), so vpmaddubsw never saturates.
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-#if defined(__ARM_NEON)
-#include <arm_neon.h>
-#endif
+#include "quant_common.h" /* the system and intrinsics headers, and the helpers both sources share */
 
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -49,7 +37,6 @@
 #define DEMI_PATH "generic"
 #endif
 
-#include "quant_common.h"
 
 
 const char *demi_path(void) { return DEMI_PATH; }

@@ -1,8 +1,22 @@
-/* Helpers the quantized matmul sources share (qmatmul.c, packed.c): bf16 and half conversions,
- * the weight prefetch, activation quantization to int8 blocks of 32, and the output store. Included
- * after the intrinsics headers and DEMI_PATH; static inline, so each source gets its own copy. */
+/* What the quantized matmul sources share (qmatmul.c, packed.c): the system and intrinsics headers,
+ * bf16 and half conversions, the weight prefetch, activation quantization to int8 blocks of 32, and the
+ * output store; static inline, so each source gets its own copy. */
 #ifndef DEMI_QUANT_COMMON_H
 #define DEMI_QUANT_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#if defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
 
 #define QB 32 /* activation (and int4 weight) block */
 
