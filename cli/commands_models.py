@@ -264,7 +264,7 @@ def _print_cpu(cpu: dict) -> None:
         )
         if plan.get("busy"):
             share = 100 * plan["others_share"]
-            print(f"  measured while other processes took {share:.0f}% of the CPU: not cached, measured again")
+            print(f"  measured while other processes took {share:.0f}% of the CPU: default kernels for now, not cached")
         for phase, times in plan["times_ms"].items():
             row = ", ".join(f"{k} {v:.3f}" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
             unit = "ms per layer's weights" if phase == "convert" else "ms/row/layer"

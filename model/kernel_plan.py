@@ -90,7 +90,7 @@ class KernelPlan:
     float_prefill_rows: int = 0
     # weight rows the native decode kernel reads side by side: 4 or 1 (native_kernels.linear_q8's one_row)
     rows_at_once: int = 4
-    source: str = "guess"  # measured | cache | guess
+    source: str = "guess"  # measured | cache | guess | busy (measured under load: the guess's kernels)
     seconds: float = 0.0
     # share of the machine's CPU time other processes took while this was measured (None: unknown)
     others_share: float | None = None
@@ -656,12 +656,17 @@ def _measured_or_cached(cfg: ModelConfig, mode: str, group: int, remeasure: bool
         plan.seconds,
     )
     if plan.others_share is not None and plan.others_share > BUSY_SHARE:
+        # Under load the winner of a near tie is noise, and two processes (an editor's server and a CLI)
+        # would each run their own noise, with answers that differ in the last bits: run the default
+        # kernels (the same in every process) until a quiet load measures.
         log.info(  # (not a warning: a CLI prints those, and a busy machine is no fault of the user's)
-            "other processes took %.0f%% of the CPU while the kernel plan was measured: using it for now, "
-            "not caching it (the next load measures again)",
+            "other processes took %.0f%% of the CPU while the kernel plan was measured: running the default "
+            "kernels for now, not caching it (the next load measures again)",
             100 * plan.others_share,
         )
-        return plan
+        default = guess(mode)
+        return replace(default, source="busy", seconds=plan.seconds, others_share=plan.others_share,
+                       times_ms=plan.times_ms)  # fmt: skip
     entries[name] = plan.as_dict()
     try:
         write_entries(path, key, entries)

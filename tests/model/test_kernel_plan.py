@@ -78,7 +78,7 @@ def test_calibration_times_every_candidate_and_picks_the_fastest():
 def test_a_near_tie_in_the_lone_step_goes_to_the_faster_check():
     """Decode paths within CHECK_SLACK of the fastest lone step are ranked by their check rows; a
     path clearly slower alone is never chosen for its check, nor without a check measured."""
-    dec = {"avx2": 1.00, "avx512vnni": 1.03, "avx512": 1.20}
+    dec = {"avx2": 1.00, "avx512vnni": 1.03, "avx512": 1.30}
     check = {"avx2": 9.0, "avx512vnni": 7.0, "avx512": 5.0}
     assert kernel_plan._decode_path(dec, check, list(dec)) == "avx512vnni"
     assert kernel_plan._decode_path(dec, {"avx2": 9.0, "avx512vnni": 9.5}, list(dec)) == "avx2"
@@ -246,8 +246,9 @@ def test_a_plan_measured_while_other_processes_load_the_cpu_is_used_but_not_cach
         for p in spin:
             p.kill()
             p.wait()
-    assert plan.source == "measured" and plan.others_share is not None
-    assert plan.others_share > kernel_plan.BUSY_SHARE
+    assert plan.source == "busy" and plan.others_share is not None  # the default kernels, the same in every process
+    assert plan.others_share > kernel_plan.BUSY_SHARE and plan.times_ms["decode"]
+    assert (plan.decode, plan.prefill) == (kernel_plan.guess("int8").decode, kernel_plan.guess("int8").prefill)
     assert "not caching it" in caplog.text and not kernel_plan.cache_file().exists()
     quiet_plan = plan_for(CFG, "int8")  # measured again, and cached once the machine is quiet
     if quiet_plan.others_share is not None and quiet_plan.others_share <= kernel_plan.BUSY_SHARE:
