@@ -103,14 +103,6 @@ static inline int32x4_t dot4(int32x4_t acc, int8x16_t w, int8x16_t x) {
 #define NO_VNNI 1
 #endif
 
-/* Two sums a row and half (two chains of dependent byte dots instead of one) where the registers
- * hold them: AVX-512 builds have 32, AVX2 16. */
-#if defined(__AVX512F__)
-#define SPLIT(R) 1
-#else
-#define SPLIT(R) ((R) <= 2)
-#endif
-
 static inline __m256i bcast4(const void *p) {
     int32_t four;
     memcpy(&four, p, 4);
@@ -126,9 +118,9 @@ static inline __attribute__((always_inline)) void tile(const int bits, const int
     for (int r = 0; r < R; r++)
         acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i s[RMAX][2], t[RMAX][2]; /* t: a second sum (int4's high nibbles, int8's odd units) */
+        __m256i s[RMAX][2];
         for (int r = 0; r < R; r++)
-            s[r][0] = s[r][1] = t[r][0] = t[r][1] = _mm256_setzero_si256();
+            s[r][0] = s[r][1] = _mm256_setzero_si256();
         for (int u = 0; u < units; u++) {
             const int64_t at = (b * units + u) * 64;
             PREFETCH(p + at);
@@ -139,11 +131,7 @@ static inline __attribute__((always_inline)) void tile(const int bits, const int
                     __m256i lo = _mm256_and_si256(wv, low), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), low);
                     for (int r = 0; r < R; r++) {
                         const int8_t *xk = x[r].xq + b * QB + u * 8;
-                        if (SPLIT(R)) {
-                            s[r][h] = DPBUSD(s[r][h], lo, bcast4(xk));
-                            t[r][h] = DPBUSD(t[r][h], hi, bcast4(xk + 4));
-                        } else
-                            s[r][h] = DPBUSD(DPBUSD(s[r][h], lo, bcast4(xk)), hi, bcast4(xk + 4));
+                        s[r][h] = DPBUSD(DPBUSD(s[r][h], lo, bcast4(xk)), hi, bcast4(xk + 4));
                     }
                     continue;
                 }
@@ -151,14 +139,11 @@ static inline __attribute__((always_inline)) void tile(const int bits, const int
                 __m256i sw = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80));
                 for (int r = 0; r < R; r++) {
                     const int64_t k = b * QB + u * 4;
-                    __m256i *acc8 = SPLIT(R) && (u & 1) ? &t[r][h] : &s[r][h];
-                    *acc8 = DPBUSD(*acc8, bcast4(x[r].ax + k), _mm256_sign_epi8(sw, bcast4(x[r].xq + k)));
+                    s[r][h] = DPBUSD(s[r][h], bcast4(x[r].ax + k), _mm256_sign_epi8(sw, bcast4(x[r].xq + k)));
                 }
 #else
-                for (int r = 0; r < R; r++) {
-                    __m256i *acc8 = SPLIT(R) && (u & 1) ? &t[r][h] : &s[r][h];
-                    *acc8 = DPBUSD(*acc8, wv, bcast4(x[r].xq + b * QB + u * 4));
-                }
+                for (int r = 0; r < R; r++)
+                    s[r][h] = DPBUSD(s[r][h], wv, bcast4(x[r].xq + b * QB + u * 4));
 #endif
             }
         }
@@ -169,8 +154,6 @@ static inline __attribute__((always_inline)) void tile(const int bits, const int
         for (int r = 0; r < R; r++) {
             const __m256 d = _mm256_set1_ps(x[r].xs[b * 8]);
             for (int h = 0; h < 2; h++) {
-                if (SPLIT(R)) /* int32: exact in any order */
-                    s[r][h] = _mm256_add_epi32(s[r][h], t[r][h]);
 #if !defined(NO_VNNI)
                 if (bits == 8) /* (w + 128) x summed: take 128 sum x off */
                     s[r][h] = _mm256_sub_epi32(s[r][h], _mm256_set1_epi32(x[r].xsum[b]));
