@@ -241,6 +241,27 @@ static void tile_any(int bits, int R, const uint8_t *p, const uint16_t *ws, int6
 #undef TILE_CASE
 }
 
+/* o[j] = sum over the kg groups of off[q][j] * xg[q] for 16 outputs (offsets [kg][16] halves), one
+ * fused multiply-add a group in group order: the same bits vectorized or not. */
+static inline void offsets16(const uint16_t *restrict off, const float *restrict xg, int64_t kg, float o[PG]) {
+#if defined(__AVX2__)
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    for (int64_t q = 0; q < kg; q++) {
+        const __m256 x = _mm256_set1_ps(xg[q]);
+        a = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(off + q * PG))), x, a);
+        b = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(off + q * PG + 8))), x, b);
+    }
+    _mm256_storeu_ps(o, a);
+    _mm256_storeu_ps(o + 8, b);
+#else
+    for (int j = 0; j < PG; j++)
+        o[j] = 0.0f;
+    for (int64_t q = 0; q < kg; q++)
+        for (int j = 0; j < PG; j++)
+            o[j] = fmaf(h2f(off[q * PG + j]), xg[q], o[j]);
+#endif
+}
+
 /* The shared driver: rows quantized once; each task a band of BAND groups; rows in chunks of CHUNK
  * (their int8 copies stay in L2 across the band), tiles of RMAX. int8: y = f * scale + bias; int4:
  * y = f + sum over groups of offset * (the group's float sum of x) + bias. */
@@ -292,20 +313,16 @@ static void linear_packed(int bits, const void *restrict x, int x_kind, int64_t 
                 for (int64_t g = g0; g < g1; g++) {
                     float f[RMAX][PG];
                     tile_any(bits, R, p + g * gbytes, ws ? ws + g * kg * PG : NULL, K, group, rows, f);
-                    for (int r = 0; r < R; r++)
+                    for (int r = 0; r < R; r++) {
+                        float o[PG]; /* int4: sum over groups of offset * the group's sum of x, fused, in group order */
+                        if (bits == 4)
+                            offsets16(wo + g * kg * PG, xg + (m + r) * kg, kg, o);
                         for (int j = 0; j < PG && g * PG + j < N; j++) {
                             const int64_t n = g * PG + j;
-                            float v;
-                            if (bits == 8)
-                                v = scaled(f[r][j], scale, bias, n);
-                            else {
-                                float o = 0.0f;
-                                for (int64_t q = 0; q < kg; q++)
-                                    o = fmaf(h2f(wo[(g * kg + q) * PG + j]), xg[(m + r) * kg + q], o);
-                                v = f[r][j] + o + (bias ? bias[n] : 0.0f);
-                            }
+                            const float v = bits == 8 ? scaled(f[r][j], scale, bias, n) : f[r][j] + o[j] + (bias ? bias[n] : 0.0f);
                             store(y, y_kind, (m + r) * N + n, v);
                         }
+                    }
                 }
             }
         }
