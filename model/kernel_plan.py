@@ -64,10 +64,11 @@ MAX_CALIBRATION_ELEMS = 8 * 2**20  # a weight shape is timed on at most this man
 # avx2 and avx512vnni on an AMD EPYC Zen 4) are ranked by CHECK_ROWS rows (there the avx512vnni tiles
 # took 44 ms for a 0.5B check of 5 rows against the avx2 tiles' 52, for a lone step within 4%). With
 # the packed int8 kernels (packed.c) the two lone steps are equal (12.4 ms for the 0.5B layers, side by
-# side) and 4 / 8 rows cost 14.3 / 20.0 ms on avx512vnni against 16.1 / 28.5 on avx2, while the
-# calibration read the lone steps 22% apart (avx2 0.47, avx512vnni 0.57 ms a row a layer) and `demi bench`
-# decoded 66.5 / 54.1 tok/s on avx2 and 53.4 / 62.6 on avx512vnni in two rounds: lone steps this close are
-# noise on a shared VM, check rows 2x apart are not.
+# side) and 4 / 8 rows cost 14.3 / 20.0 ms on avx512vnni against 16.1 / 28.5 on avx2; `demi bench` decoded
+# 66.5 / 54.1 tok/s on avx2 and 53.4 / 62.6 on avx512vnni in two rounds: lone steps this close are noise
+# on a shared VM, check rows 2x apart are not. The calibration read them 18-29% apart, partly because
+# the path timed right after torch's paid for it (fixed by turning the order, `_timed_together`); after
+# the fix still 8-15% (avx512vnni 0.511 / 0.637 against avx2 0.446 / 0.590 ms a row a layer, two runs).
 CHECK_ROWS, CHECK_SLACK = 8, 0.25
 # The score that ranks int4 layouts: a 1,000-token prompt and 32 new tokens (a FIM request).
 SCORE_PROMPT, SCORE_NEW = 1000, 32
@@ -153,10 +154,14 @@ def _timed_together(
     for name in fns:
         warm.get(name, fns[name])()
     best = dict.fromkeys(fns, float("inf"))
-    for _ in range(reps):
-        for name, fn in fns.items():
+    names = list(fns)
+    for rep in range(reps):
+        # the order turns by one each rep: a candidate timed right after another pays for what that one
+        # left behind (after torch's int8 GEMV, whichever native path came next read 15-20% slower,
+        # measured on Zen 4 with the order reversed), so no candidate always follows the same one
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             t = time.perf_counter()
-            fn()
+            fns[name]()
             best[name] = min(best[name], time.perf_counter() - t)
         if time.perf_counter() > deadline:
             break
