@@ -1,16 +1,17 @@
-/* int8 matmul on weights packed for several activation rows at once: y = x @ (w * scale).T + bias.
+/* Quantized matmuls on weights packed for several activation rows at once: int8 (y = x @ (w * scale).T
+ * + bias, every int8 layer a native kernel runs) and int4 (RescoredHead's shadow head).
  *
  * Why a second layout: the row-major kernels (qmatmul.c) take the dot product of one weight row and
  * one activation row, so every 32 products end in a float conversion, a scale and an add, and a
  * second activation row redoes all of it. Here 16 output rows are interleaved four bytes at a time
- * (a 64-byte vector holds k..k+3 of 16 outputs), the activation's four bytes are broadcast, and one
- * byte dot (vpdpbusd on VNNI) adds 64 products into 16 per-output int32 sums; the float work is
- * once per block of 32 k for 16 outputs, and each weight vector loaded serves up to four
- * activation rows. Measured on an AMD EPYC (Zen 4, 2 threads), the 0.5B shape's 24 layers of int8
- * matmuls from memory, 1 / 4 / 8 rows, row-major (one row: one weight row at a time, its faster
- * setting) against packed, alternated in one process: avx512vnni 9.8-10.1 / 21.3-21.7 / 33.2-33.9
- * against 9.4-10.0 / 13.7-14.6 / 21.8-23.3 ms; avx2 9.8-9.9 / 23.2-23.3 / 38.7-39.1 against 9.2-9.8 /
- * 17.1-17.5 / 31.0-31.9 ms.
+ * (a 64-byte unit holds k..k+3 of 16 outputs; int4: k..k+7 in two nibbles), the activation's four
+ * bytes are broadcast, and one byte dot (vpdpbusd on VNNI) adds 32 products into 8 per-output int32
+ * sums; the float work is once per block of 32 k for 16 outputs, and each weight vector loaded serves
+ * up to four activation rows. Measured on an AMD EPYC (Zen 4, 2 threads), the 0.5B shape's 24 layers
+ * of int8 matmuls from memory, 1 / 4 / 8 rows, row-major (one row: one weight row at a time, its
+ * faster setting) against packed, alternated in one process: avx512vnni 9.8-10.1 / 21.3-21.7 /
+ * 33.2-33.9 against 9.4-10.0 / 13.7-14.6 / 21.8-23.3 ms; avx2 9.8-9.9 / 23.2-23.3 / 38.7-39.1 against
+ * 9.2-9.8 / 17.1-17.5 / 31.0-31.9 ms.
  *
  * Layout (demi_pack_q8p): N rounded up to 16 (zero rows), then for each group of 16 outputs and each
  * quad of k: 64 bytes, byte 4j + t = w[16 g + j][4 q + t] XOR 0x80 (w + 128 as an unsigned byte:
