@@ -155,7 +155,7 @@ def _timed_together(
         warm.get(name, fns[name])()
     best = dict.fromkeys(fns, float("inf"))
     names = list(fns)
-    for rep in range(reps):
+    for rep in range(reps if names else 0):  # (a shape no candidate takes: none to time)
         # the order turns by one each rep: a candidate timed right after another pays for what that one
         # left behind (after torch's int8 GEMV, whichever native path came next read 15-20% slower,
         # measured on Zen 4 with the order reversed), so no candidate always follows the same one

@@ -234,6 +234,7 @@ def test_candidates_are_timed_in_turns_so_a_burst_of_load_lands_on_no_one_alone(
         "steady",
     ]  # turns, the order turning
     assert got["slow-once"] < 40 and got["steady"] < 40  # ms: the 80 ms burst is not what counts
+    assert kernel_plan._timed_together({}, time.perf_counter() + 60, 3, {}) == {}  # a shape no candidate takes
 
 
 def test_a_plan_measured_while_other_processes_load_the_cpu_is_used_but_not_cached(caplog, monkeypatch):
