@@ -662,14 +662,19 @@ def _measured_or_cached(cfg: ModelConfig, mode: str, group: int, remeasure: bool
     )
     if plan.others_share is not None and plan.others_share > BUSY_SHARE:
         # Under load the winner of a near tie is noise, and two processes (an editor's server and a CLI)
-        # would each run their own noise, with answers that differ in the last bits: run the default
-        # kernels (the same in every process) until a quiet load measures.
+        # would each run their own noise, with answers that differ in the last bits: run fixed kernels
+        # (the same in every process) until a quiet load measures. The native decode path serves every
+        # row count then, prompts too: a prompt's tail recomputed after a prefix-cache hit gets the bits
+        # its whole prefill gave (a float prefill beside the native decode made a batched run differ
+        # from the same run alone, measured with every calibration counted as busy).
         log.info(  # (not a warning: a CLI prints those, and a busy machine is no fault of the user's)
             "other processes took %.0f%% of the CPU while the kernel plan was measured: running the default "
             "kernels for now, not caching it (the next load measures again)",
             100 * plan.others_share,
         )
         default = guess(mode)
+        if default.decode != "torch":
+            default = replace(default, prefill=default.decode, float_prefill_rows=0)
         return replace(default, source="busy", seconds=plan.seconds, others_share=plan.others_share,
                        times_ms=plan.times_ms)  # fmt: skip
     entries[name] = plan.as_dict()

@@ -256,7 +256,8 @@ def test_a_plan_measured_while_other_processes_load_the_cpu_is_used_but_not_cach
             p.wait()
     assert plan.source == "busy" and plan.others_share is not None  # the default kernels, the same in every process
     assert plan.others_share > kernel_plan.BUSY_SHARE and plan.times_ms["decode"]
-    assert (plan.decode, plan.prefill) == (kernel_plan.guess("int8").decode, kernel_plan.guess("int8").prefill)
+    native = kernel_plan.guess("int8").decode  # one kernel for every row count: exact prefix reuse
+    assert (plan.decode, plan.prefill) == (native, native if native != "torch" else kernel_plan.guess("int8").prefill)
     assert "not caching it" in caplog.text and not kernel_plan.cache_file().exists()
     quiet_plan = plan_for(CFG, "int8")  # measured again, and cached once the machine is quiet
     if quiet_plan.others_share is not None and quiet_plan.others_share <= kernel_plan.BUSY_SHARE:
