@@ -328,7 +328,12 @@ def linear_q8(
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-PACK_GROUP = 16  # outputs a packed int8 weight interleaves (packed.c)
+PACK_GROUP = 16  # outputs a packed weight interleaves (packed.c)
+
+
+def _packed_rows(n: int) -> int:
+    """Output rows of a packed weight: N rounded up to PACK_GROUP (zero rows)."""
+    return -(-n // PACK_GROUP) * PACK_GROUP
 
 
 def pack_q8(lib: ctypes.CDLL, q: torch.Tensor) -> torch.Tensor:
@@ -337,7 +342,7 @@ def pack_q8(lib: ctypes.CDLL, q: torch.Tensor) -> torch.Tensor:
     for every kernel path."""
     n, k = q.shape
     q = q.contiguous()
-    out = torch.empty(-(-n // PACK_GROUP) * PACK_GROUP * k, dtype=torch.uint8)
+    out = torch.empty(_packed_rows(n) * k, dtype=torch.uint8)
     lib.demi_pack_q8p(q.data_ptr(), n, k, out.data_ptr())
     return out
 
@@ -375,7 +380,7 @@ def pack_q4p(
     offset, as `int4_offset` gives) -> what `linear_q4p` reads (packed.c): the nibbles of 16 outputs
     interleaved 8 k at a time, scales and offsets in half, [N / 16][K / group][16]."""
     n, k = q.shape
-    padded = -(-n // PACK_GROUP) * PACK_GROUP
+    padded = _packed_rows(n)
     q, scale, offset = q.contiguous(), half(scale), half(offset)
     packed = torch.empty(padded * k // 2, dtype=torch.uint8)
     ps = torch.empty(padded * (k // group), dtype=torch.float16)

@@ -227,6 +227,14 @@ static inline __attribute__((always_inline)) void tile(const int bits, const int
 }
 #endif
 
+/* Whether int8's tile reads |x| (x86 without VNNI) or 128 * the block sums (VNNI): the rest need
+ * neither, and the driver skips that pass over every activation row. */
+#if defined(__AVX2__)
+#define X_SIDE 1
+#else
+#define X_SIDE 0
+#endif
+
 static void tile_any(int bits, int R, const uint8_t *p, const uint16_t *ws, int64_t K, int64_t group, const xrow *x,
                      float f[RMAX][PG]) {
 #define TILE_CASE(b, r)                                                                                     \
@@ -285,7 +293,7 @@ static void linear_packed(int bits, const void *restrict x, int x_kind, int64_t 
     for (int64_t m = 0; m < M; m++) {
         const char *xr = (const char *)x + m * K * xbytes;
         quantize_row(xr, x_kind, K, xq + m * K, xs + m * nb * 8);
-        for (int64_t b = 0; b < nb; b++) {
+        for (int64_t b = 0; b < nb && bits == 8 && X_SIDE; b++) { /* int8's x side: only the tile that reads it */
             int32_t s = 0;
             for (int i = 0; i < QB; i++) {
                 const int8_t v = xq[m * K + b * QB + i];
