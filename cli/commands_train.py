@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -413,17 +412,11 @@ def _process_group(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
 
 
 def _exit_rank(env: Any, code: int) -> int:
-    """`code` for a process outside torchrun; a torchrun rank, its group left (shutdown's barrier
-    passed, its files written and closed), flushes and exits without the interpreter's teardown:
-    under load a rank that had finished its work aborted there now and then ("terminate called
-    without an active exception" from a native thread of torch's, no Python frame on it; 3 of 14
-    launches with a busy core), failing the whole launch."""
-    if not env.active:
-        return code
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    """`code`, or the end of a torchrun rank without the interpreter's teardown (see
+    distributed.exit_rank)."""
+    from demi.train import distributed
+
+    return distributed.exit_rank(env, code)
 
 
 def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:

@@ -111,11 +111,33 @@ def init(requested: str | None, device: str) -> tuple[DistEnv, str]:
 
 
 def shutdown(env: DistEnv) -> None:
-    """Leave the process group together: a rank that tears down gloo while another still talks to it
-    can abort in C++ ("terminate called without an active exception", seen once in CI on rank 1)."""
+    """Leave the process group together (a barrier, then destroy), so no rank tears gloo down while
+    another still talks to it. This does not stop gloo's threads: torch itself keeps the default
+    group alive past destroy_process_group (torch.distributed.nn.functional, imported during DDP's
+    set-up, holds group.WORLD in its functions' defaults; DTensor's sharding caches hold FSDP2's
+    device mesh), so a torchrun rank ends with `exit_rank`, not the interpreter's teardown."""
     if env.active and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_rank(env: DistEnv, code: int) -> int:
+    """`code` for a process outside torchrun. A torchrun rank, its group left (`shutdown`) and its
+    files written and closed, flushes its streams and logs and exits without the interpreter's
+    teardown: gloo's threads, still alive (see `shutdown`), can need the GIL there as they drop a
+    finished collective's tensors, and a thread that asks for it during finalization is ended by
+    pthread_exit, which a C++ frame turns into "terminate called without an active exception"
+    (SIGABRT on a rank that had finished its work: about 1 launch in 100-200 with busy cores, in CI
+    twice). `exit_rank` does not return then."""
+    if not env.active:
+        return code
+    import logging
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def wrap(net: nn.Module, blocks: list[nn.Module], env: DistEnv, amp: torch.dtype | None, moe: bool) -> nn.Module:

@@ -81,6 +81,7 @@ def main() -> None:
     for job in spec["jobs"]:
         env = run_job(job, tok, data)
     distributed.shutdown(env)
+    distributed.exit_rank(env, 0)  # as `demi train` ends a rank: not through the interpreter's teardown
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ def torchrun(tmp: Path, tok_dir: Path, jobs: list[dict[str, Any]]) -> list[dict[
         job["out"] = str(tmp / f"job{i}.json")
     spec = tmp / "jobs.json"
     spec.write_text(json.dumps({"tok_dir": str(tok_dir), "jobs": jobs}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD)]
     proc = subprocess.run([*cmd, str(WORKER), str(spec)], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
     return [json.loads(Path(job["out"]).read_text()) for job in jobs]
 
 
