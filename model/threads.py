@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+from demi.model.quantize import DECODE_ROWS
+
 log = logging.getLogger("demi.model")
-DECODE_ROWS = 8  # (quantize.DECODE_ROWS: the rows that take the native decode kernels)
 
 
 def physical_cores() -> int:
