@@ -16,6 +16,12 @@ answer" is checked as: the slowest concurrent first token against the fastest wh
     .venv/bin/python benchmarks/serve_batching.py                      # 0.5B stand-in, int8
     .venv/bin/python benchmarks/serve_batching.py --tiny --trials 5    # demi-tiny, int8
     .venv/bin/python benchmarks/serve_batching.py --json out.json
+    .venv/bin/python benchmarks/serve_batching.py --in-process          # the terms of the bound below
+
+`--in-process` loads the model here instead and times, alternated, the terms that bound the ratio:
+a prompt's prefill P, a lone decode step t1 and a 4-row batched step t4. With N new tokens a request,
+serving 4 one by one takes 4P + 4N t1 and at once 4P + N t4, so the ratio is at most
+(4P + 4N t1) / (4P + N t4), and the prefill caps it however cheap the batched step gets.
 
 Only the standard library on the client side (http.client, threads).
 """
@@ -189,6 +195,58 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def in_process(model_dir: str, quant: str, max_tokens: int, reps: int = 15) -> dict[str, Any]:
+    """Medians (ms) of a 70-token prompt's prefill, a lone decode step and a 4-row `decode_batch`
+    step, alternated in rounds in this process; and the ratio bound they give for `max_tokens`."""
+    import torch
+
+    from demi.model.batch import decode_batch
+    from demi.model.decoder import KVCache
+    from demi.model.engine import LocalModel
+
+    model = LocalModel.load(model_dir, quant=quant, context=1024).model
+    gen = torch.Generator().manual_seed(0)
+    vocab, length = model.config.vocab_size, 70
+    caches = [KVCache(model.config, 1024, dtype=model.dtype, device=model.device) for _ in range(CLIENTS)]
+    prompts = [torch.randint(0, vocab, (1, length), generator=gen) for _ in range(CLIENTS)]
+    tokens = torch.randint(0, vocab, (CLIENTS,), generator=gen)
+
+    def prefill() -> None:
+        caches[0].length = 0
+        model(prompts[0], 0, caches[0])
+
+    def lone() -> None:
+        model(tokens[:1].view(1, 1), length, caches[0])
+        caches[0].length = length
+
+    def batched() -> None:
+        decode_batch(model, tokens, [length] * CLIENTS, caches)
+        for c in caches:
+            c.length = length
+
+    times: dict[str, list[float]] = {"prefill": [], "lone": [], "batched": []}
+    with torch.inference_mode():
+        for p, c in zip(prompts, caches):
+            model(p, 0, c)
+        for _ in range(reps):  # alternated, so the machine's moods fall on all three alike
+            for name, fn in (("prefill", prefill), ("lone", lone), ("batched", batched)):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000)
+    med = {name: round(statistics.median(ts), 2) for name, ts in times.items()}
+    p, t1, t4, n = med["prefill"], med["lone"], med["batched"], max_tokens
+    return {
+        "prompt_tokens": length,
+        "new_tokens": n,
+        "prefill_ms": p,
+        "lone_step_ms": t1,
+        "batched_step_ms": t4,
+        "batched_over_lone": round(t4 / t1, 2),
+        "ratio_bound": round((4 * p + 4 * n * t1) / (4 * p + n * t4), 2),
+        "ratio_bound_free_batch": round((4 * p + 4 * n * t1) / (4 * p + n * t1), 2),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="demi-tiny instead of the 0.5B stand-in")
@@ -199,6 +257,7 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None, help="the server's DEMI_THREADS (default: its own choice)")
     ap.add_argument("--json", default=None, help="write every measurement to this file")
+    ap.add_argument("--in-process", action="store_true", help="time the bound's terms here instead (see above)")
     args = ap.parse_args()
 
     model = args.model or ("demi-tiny" if args.tiny else str(STANDIN))
@@ -208,6 +267,12 @@ def main() -> int:
         )
     cpu = cpu_description()
     print(f"cpu: {cpu.get('model_name')} ({cpu['cores']} cores), load average {cpu['load_average']}", flush=True)
+    if args.in_process:
+        terms = in_process(model, args.quant, args.max_tokens)
+        print(json.dumps(terms), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"cpu": cpu, **terms}, indent=2) + "\n")
+        return 0
     server = Server(model, args.quant, CLIENTS, args.context, args.threads)
     trials: list[dict[str, Any]] = []
     try:
