@@ -22,8 +22,9 @@ answer" is checked as: the slowest concurrent first token against the fastest wh
 a prompt's prefill P, a lone decode step t1 and a 4-row batched step t4. With N new tokens a request,
 the engine serving 4 one by one works 4P + 4N t1 and at once 4P + N t4: the ratio of those is what
 batching gives where the server adds nothing (its own per-token work, also shared by a batch, comes on
-top), and (4P + 4N t1) / (4P + N t1) what it would give if a batched step cost no more than a lone one:
-the prefill, paid either way, caps it.
+top), and (4P + 4N t1) / (4P + N t1) what it would give if a batched step cost no more than a lone one
+(the prefill, paid either way, caps it). The server's measured ratio against the engine's shows what
+serving several requests at once costs beyond the engine.
 
 Only the standard library on the client side (http.client, threads).
 """
@@ -205,6 +206,7 @@ def in_process(model_dir: str, quant: str, max_tokens: int, reps: int = 15) -> d
     from demi.model.batch import decode_batch
     from demi.model.decoder import KVCache
     from demi.model.engine import LocalModel
+    from demi.model.generate import prefill as prefill_prompt
 
     model = LocalModel.load(model_dir, quant=quant, context=1024).model
     gen = torch.Generator().manual_seed(0)
@@ -213,9 +215,9 @@ def in_process(model_dir: str, quant: str, max_tokens: int, reps: int = 15) -> d
     prompts = [torch.randint(0, vocab, (1, length), generator=gen) for _ in range(CLIENTS)]
     tokens = torch.randint(0, vocab, (CLIENTS,), generator=gen)
 
-    def prefill() -> None:
+    def prefill() -> None:  # as a request's: the last row's logits only
         caches[0].length = 0
-        model(prompts[0], 0, caches[0])
+        prefill_prompt(model, prompts[0], 0, caches[0])
 
     def lone() -> None:
         model(tokens[:1].view(1, 1), length, caches[0])
@@ -229,7 +231,7 @@ def in_process(model_dir: str, quant: str, max_tokens: int, reps: int = 15) -> d
     times: dict[str, list[float]] = {"prefill": [], "lone": [], "batched": []}
     with torch.inference_mode():
         for p, c in zip(prompts, caches):
-            model(p, 0, c)
+            prefill_prompt(model, p, 0, c)
         for _ in range(reps):  # alternated, so the machine's moods fall on all three alike
             for name, fn in (("prefill", prefill), ("lone", lone), ("batched", batched)):
                 start = time.perf_counter()
