@@ -238,7 +238,7 @@ def in_process(model_dir: str, quant: str, max_tokens: int, reps: int = 15) -> d
                 fn()
                 times[name].append((time.perf_counter() - start) * 1000)
     med = {name: round(statistics.median(ts), 2) for name, ts in times.items()}
-    p, t1, t4, n = med["prefill"], med["lone"], med["batched"], max_tokens
+    p, t1, t4, n, c = med["prefill"], med["lone"], med["batched"], max_tokens, CLIENTS
     return {
         "prompt_tokens": length,
         "new_tokens": n,
@@ -246,8 +246,8 @@ def in_process(model_dir: str, quant: str, max_tokens: int, reps: int = 15) -> d
         "lone_step_ms": t1,
         "batched_step_ms": t4,
         "batched_over_lone": round(t4 / t1, 2),
-        "engine_ratio": round((4 * p + 4 * n * t1) / (4 * p + n * t4), 2),
-        "engine_ratio_if_batch_step_free": round((4 * p + 4 * n * t1) / (4 * p + n * t1), 2),
+        "engine_ratio": round((c * p + c * n * t1) / (c * p + n * t4), 2),
+        "engine_ratio_if_batch_step_free": round((c * p + c * n * t1) / (c * p + n * t1), 2),
     }
 
 

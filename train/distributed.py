@@ -20,7 +20,9 @@ which is the gradient of the mean loss over the global batch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -131,9 +133,6 @@ def exit_rank(env: DistEnv, code: int) -> int:
     twice). `exit_rank` does not return then."""
     if not env.active:
         return code
-    import logging
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
