@@ -150,5 +150,4 @@ def head_rows(head: torch.nn.Module, hidden: Tensor) -> Tensor:
     if not isinstance(head, RescoredHead):
         return head(hidden)[:, -1].float()
     x2 = hidden.reshape(-1, head.in_features)
-    shadow = head.shadow(x2)
-    return torch.cat([head.rescored(x2[i : i + 1], shadow[i : i + 1]) for i in range(x2.shape[0])])
+    return head.rescored(x2, head.shadow(x2))

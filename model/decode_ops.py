@@ -11,9 +11,9 @@ step applies to fused attention without QK norm, with a one-sequence fp32 cache.
 RMSNorm (`decoder.native_rms_norm`) runs natively for every fp32 inference row, prefill too (one
 pass instead of torch's composite: 0.05 ms against 0.23 for 909 rows of 384), and so does a
 prefill's RoPE on the fused q/k projection (`rotate_heads`, 0.14 ms against 0.52). SwiGLU's
-SiLU-and-multiply runs in C (`demi_silu_mul`, scalar `expf`) only for decode-sized rows, where it
-spares dispatches and lets `decode_stack` run a whole step in one call; a prefill keeps torch's
-vectorized SiLU (the C one does not vectorize its exponential and is slower there).
+SiLU-and-multiply runs in C (`demi_silu_mul`, its exponential on vectors) for decode-sized rows,
+where it spares dispatches and lets `decode_stack` run a whole step in one call; a prefill keeps
+torch's SiLU.
 Training (gradients wanted) keeps torch's ops. `attach` arms all of it at load on a CPU in fp32
 where a native library loads (`DEMI_KERNEL=torch` keeps torch's ops).
 """

@@ -253,10 +253,8 @@ def library(name: str) -> ctypes.CDLL | None:
     handle.demi_prefill_attention.restype = ctypes.c_int
     handle.demi_rms_norm.argtypes = [vp, vp, ctypes.c_float, vp, i64, i64]
     handle.demi_rms_norm.restype = None
-    handle.demi_top_k.argtypes = [vp, i64, i64, vp]
-    handle.demi_top_k.restype = None
-    handle.demi_rescore.argtypes = [vp, vp, vp, i64, vp, i64, vp]
-    handle.demi_rescore.restype = None
+    handle.demi_rescore_rows.argtypes = [vp, i64, vp, vp, i64, vp, i64, i64]
+    handle.demi_rescore_rows.restype = None
     handle.demi_rotate_heads.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64]
     handle.demi_rotate_heads.restype = None
     handle.demi_silu_mul.argtypes = [vp, i64, i64, vp]

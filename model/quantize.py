@@ -416,20 +416,22 @@ class RescoredHead(nn.Module):
         return self.rescored(x2, self.shadow(x2)).reshape(*shape[:-1], self.out_features)
 
     def rescored(self, x: Tensor, shadow: Tensor) -> Tensor:
-        """fp32 logits [1, V] for one row x [1, K]: its shadow logits with the top `candidates`
-        rescored exactly (fp32, so the rescored winners keep their order). Native where the int8
-        kernels are (one pass to pick, no gathered copy of the rows), else torch's ops."""
+        """fp32 logits [R, V] for rows x [R, K], each row as its own one-row step gives it: its shadow
+        logits with its top `candidates` rescored exactly (fp32, so the rescored winners keep their
+        order). Native where the int8 kernels are (one call for every row, the rows side by side on
+        the threads), else torch's ops row by row."""
         lib = self.exact.decode_lib
         if lib is not None and shadow.dtype == torch.float32 and shadow.is_contiguous():
-            top = torch.empty(self.candidates, dtype=torch.int64)
-            lib.demi_top_k(shadow.data_ptr(), self.out_features, self.candidates, top.data_ptr())
-            row = x.float().contiguous()
+            rows = x.float().contiguous()
             w, scale = self.exact.rows(), self.exact.weight_scale
-            lib.demi_rescore(
-                row.data_ptr(), w.data_ptr(), scale.data_ptr(), self.in_features, top.data_ptr(), self.candidates,
-                shadow.data_ptr(),
+            lib.demi_rescore_rows(
+                rows.data_ptr(), rows.shape[0], w.data_ptr(), scale.data_ptr(), self.in_features, shadow.data_ptr(),
+                self.out_features, self.candidates,
             )  # fmt: skip
             return shadow
+        return torch.cat([self._rescored_row(x[i : i + 1], shadow[i : i + 1]) for i in range(x.shape[0])])
+
+    def _rescored_row(self, x: Tensor, shadow: Tensor) -> Tensor:
         top = shadow.topk(self.candidates, dim=-1).indices[0]
         rows = self.exact.rows().index_select(0, top).float()  # fp32: no rounding of the winners
         exact = (x.float() @ rows.T) * self.exact.weight_scale.index_select(0, top)

@@ -17,37 +17,10 @@
 
 #include "exp_poly.h"
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi" /* vector arguments of static helpers on builds without AVX */
-#endif
-
 #define MR 6 /* query vectors per tile: MR x 2 score vectors and MR x 2 value accumulators in registers */
 #define MAX_D 256
 
-#if defined(__AVX512F__)
-typedef float vf __attribute__((vector_size(64))); /* 16 floats: zmm */
-typedef int32_t vi __attribute__((vector_size(64)));
-#define VL 16
-#else
-typedef float vf __attribute__((vector_size(32))); /* 8 floats: ymm on AVX2, two q registers on NEON */
-typedef int32_t vi __attribute__((vector_size(32)));
-#define VL 8
-#endif
 #define NB (2 * VL) /* keys per block: two vectors of scores per query */
-
-static inline vf vselect(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
-
-/* e^x for x <= 0 (exp_poly.h) on a vector, n rounded by the 1.5 * 2^23 trick (the vector extension has
- * no floor) */
-static inline vf vexp_le0(vf x) {
-    const vf lowest = (vf){0} + DEMI_EXP_LOWEST, magic = (vf){0} + 12582912.0f;
-    x = vselect(x < lowest, lowest, x);
-    const vf n = (x * DEMI_LOG2E + magic) - magic;
-    const vf r = DEMI_EXP_REDUCE(x, n);
-    const vf p = DEMI_EXP_POLY(r);
-    const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)bits;
-}
 
 static inline float hmax(vf a) {
     float top = a[0];

@@ -30,8 +30,11 @@
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 4096
 #endif
+#ifndef PREFETCH_LOCALITY /* __builtin_prefetch's: 3 every level (prefetcht0), 1 L2 and beyond (prefetcht2) */
+#define PREFETCH_LOCALITY 3
+#endif
 #if PREFETCH_BYTES > 0 && defined(__GNUC__)
-#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES, 0, 3)
+#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES, 0, PREFETCH_LOCALITY)
 #else
 #define PREFETCH(p) ((void)0)
 #endif
@@ -73,7 +76,43 @@ static inline float h2f(uint16_t h) {
 
 /* One row of activations to int8 blocks of 32: xq = round(x / d), d = max|x| / 127 per block.
  * xs gets each block's d repeated 8 times, so a vector of int32 block sums (8 lanes per block on
- * x86) is scaled by a plain vector load. */
+ * x86) is scaled by a plain vector load. x86 builds take a block in four vectors (the scalar loop
+ * left the max unvectorized: 1.7 ns a value, a tenth of a 0.5B decode step's matmul time on an AMD
+ * EPYC Zen 4); the same operations, so the same bytes and scales as the scalar loop. */
+#if defined(__AVX2__)
+static inline __m256 load8(const void *x, int kind, int64_t k) {
+    if (kind) /* bf16: the high half of a float */
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + k))), 16));
+    return _mm256_loadu_ps((const float *)x + k);
+}
+
+static void quantize_row(const void *x, int kind, int64_t K, int8_t *xq, float *xs) {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* the two packs' dwords back in k order */
+    for (int64_t b = 0; b < K / QB; b++) {
+        __m256 v[4], top = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = load8(x, kind, b * QB + 8 * i);
+            top = _mm256_max_ps(top, _mm256_and_ps(v[i], magnitude));
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        const float amax = _mm_cvtss_f32(h);
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) {
+            __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], _mm256_set1_ps(id)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            q[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        }
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(xq + b * QB), _mm256_permutevar8x32_epi32(bytes, order));
+        _mm256_storeu_ps(xs + b * 8, _mm256_set1_ps(d));
+    }
+}
+#else
 static void quantize_row(const void *x, int kind, int64_t K, int8_t *xq, float *xs) {
     float tmp[QB];
     for (int64_t b = 0; b < K / QB; b++) {
@@ -93,6 +132,7 @@ static void quantize_row(const void *x, int kind, int64_t K, int8_t *xq, float *
             xs[b * 8 + i] = d;
     }
 }
+#endif
 
 /* An int8 output: a row's sum times its weight row's scale, plus the bias, as one explicit fused
  * multiply-add. Written `v * s + b`, whether the compiler fuses it depends on the code around it, so

@@ -1,7 +1,7 @@
 """Native decode ops (model/decode_ops.py, native/decode_ops.c): a decode step's attention, RMSNorm
 and a prefill's RoPE in C give what torch's ops give, for every family (GQA, a sliding
 window, biases, tied heads, experts), with partial rotary and scaled RoPE, writing the same keys and
-values into the cache; QK-norm families and `DEMI_KERNEL=torch` keep torch's ops, training never
+values into the cache; SwiGLU's SiLU-and-multiply on every kernel path is torch's to float rounding; QK-norm families and `DEMI_KERNEL=torch` keep torch's ops, training never
 takes the native norm, and a position outside the cache is refused before anything is written."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from hf_models import FAMILIES
 
-from demi.model import decode_ops
+from demi.model import decode_ops, native_kernels
 from demi.model.decoder import KVCache, RMSNorm, native_rms_norm
 from demi.model.generate import decode_one_token, prefill
 from demi.model.loading import load_model
@@ -89,6 +89,21 @@ def test_native_rms_norm_is_torchs_and_training_keeps_torchs(tiny_checkpoints):
     assert y.requires_grad and y.grad_fn is not None
     y.sum().backward()
     assert trained.weight.grad is not None
+
+
+@pytest.mark.parametrize("path", native_kernels.candidate_paths())
+def test_native_silu_mul_is_torchs_on_every_path(path):
+    lib = native_kernels.library(path)
+    assert lib is not None, path
+    gen = torch.Generator().manual_seed(3)
+    for inter in (64, 37):  # whole vectors, and a short last vector on every vector width
+        gate_up = torch.randn(3, 2 * inter, generator=gen) * 6
+        gate_up[0, :8] = torch.tensor([0.0, -0.0, 88.0, -88.0, 200.0, -200.0, 1e-30, -1e-30])
+        out = torch.full((3, inter), float("nan"))
+        lib.demi_silu_mul(gate_up.data_ptr(), 3, inter, out.data_ptr())
+        gate, up = gate_up.split(inter, dim=-1)
+        want = torch.nn.functional.silu(gate.double()) * up.double()
+        torch.testing.assert_close(out.double(), want, atol=1e-30, rtol=3e-7)
 
 
 def test_a_position_outside_the_cache_is_refused_before_anything_is_written(tiny_checkpoints):
