@@ -24,7 +24,7 @@ from typing import Any, Literal, overload
 import torch
 import torch.nn.functional as F
 
-from demi.model import kernel_plan
+from demi.model import kernel_plan, native_kernels
 from demi.model.batch import DecodeStep, decode_batch
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
@@ -174,6 +174,9 @@ class LocalModel:
         dev = resolve_device(device)
         use_physical_cores()
         model = load_model(path, dtype=dtype, device=dev, context=context or DEFAULT_CONTEXT, quant=quant)
+        # the model runs on the runner's thread from here: this thread's idle OpenMP team would make
+        # that thread's workers sleep between parallel regions (native_kernels.release_idle_threads)
+        native_kernels.release_idle_threads()
         return cls(model, Tokenizer.from_dir(path), str(name or path.name), path, context)
 
     @property

@@ -1,10 +1,13 @@
 """Native decode ops (model/decode_ops.py, native/decode_ops.c): a decode step's attention, RMSNorm
 and a prefill's RoPE in C give what torch's ops give, for every family (GQA, a sliding
 window, biases, tied heads, experts), with partial rotary and scaled RoPE, writing the same keys and
-values into the cache; SwiGLU's SiLU-and-multiply on every kernel path is torch's to float rounding; QK-norm families and `DEMI_KERNEL=torch` keep torch's ops, training never
+values into the cache; SwiGLU's SiLU-and-multiply on every kernel path is torch's to float rounding; a thread's idle OpenMP workers can be ended; QK-norm families and `DEMI_KERNEL=torch` keep torch's ops, training never
 takes the native norm, and a position outside the cache is refused before anything is written."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +128,19 @@ def test_torch_kernels_forced_keep_torchs_ops(tiny_checkpoints, monkeypatch):
     bf16 = load_model(tiny_checkpoints("llama"), quant="none", dtype="bfloat16")
     monkeypatch.delenv("DEMI_KERNEL")
     assert decode_ops.step_library(bf16) is None  # native ops are fp32 only
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_releasing_idle_threads_ends_this_threads_openmp_workers(tiny_checkpoints):
+    """The loading thread's idle OpenMP team is ended (LocalModel.load does it), so the model runner's
+    thread is the one team libgomp manages and its workers spin between regions instead of sleeping."""
+    load_model(tiny_checkpoints("llama"), quant="int8")  # loads a native library
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: no OpenMP workers to end")
+    torch.ones(1 << 22).sum()  # a parallel region on this thread: its workers stay, idle
+    before = len(os.listdir("/proc/self/task"))
+    assert native_kernels.release_idle_threads()
+    after = len(os.listdir("/proc/self/task"))
+    assert after <= before - (torch.get_num_threads() - 1)
+    torch.ones(1 << 22).sum()  # the next region starts a team again
+    assert len(os.listdir("/proc/self/task")) >= after + 1
