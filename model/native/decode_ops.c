@@ -29,25 +29,12 @@ static void rotate(float *restrict x, const float *restrict cos, const float *re
     }
 }
 
-/* e^x for x <= 0 (exp_poly.h), written so that the compiler vectorizes it. */
-static inline float exp_neg(float x) {
-    x = x < DEMI_EXP_LOWEST ? DEMI_EXP_LOWEST : x;
-    const float n = floorf(x * DEMI_LOG2E + 0.5f);
-    const float r = DEMI_EXP_REDUCE(x, n);
-    const float p = DEMI_EXP_POLY(r);
-    const int32_t bits = ((int32_t)n + 127) << 23; /* 2^n, built in the exponent field */
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-/* qkv: the step's projection [hq * d | hkv * d | hkv * d] (rotated in place); cos, sin: `rot`
- * values for position `pos`; kc, vc: the layer's cache [hkv, max_len, d]. Writes the rotated key and
- * the value at `pos`, attends over positions lo..pos (lo > 0 for a sliding window) with scale
- * 1/sqrt(d), and writes [hq * d] to out. */
-void demi_attend_step(float *restrict qkv, const float *restrict cos, const float *restrict sin, int64_t rot,
-                      float *restrict kc, float *restrict vc, int64_t max_len, int64_t pos, int64_t lo,
-                      int64_t hq, int64_t hkv, int64_t d, float *restrict out) {
+/* Rotate the query and key heads of one row's projection qkv [hq * d | hkv * d | hkv * d] in place
+ * (cos, sin: `rot` values for its position) and write its key and value into the layer's cache
+ * kc, vc [hkv, max_len, d] at `pos`. */
+static void write_row(float *restrict qkv, const float *restrict cos, const float *restrict sin, int64_t rot,
+                      float *restrict kc, float *restrict vc, int64_t max_len, int64_t pos, int64_t hq, int64_t hkv,
+                      int64_t d) {
     float *q = qkv, *k = qkv + hq * d, *v = k + hkv * d;
     for (int64_t h = 0; h < hq; h++)
         rotate(q + h * d, cos, sin, rot);
@@ -56,49 +43,131 @@ void demi_attend_step(float *restrict qkv, const float *restrict cos, const floa
         memcpy(kc + (g * max_len + pos) * d, k + g * d, sizeof(float) * (size_t)d);
         memcpy(vc + (g * max_len + pos) * d, v + g * d, sizeof(float) * (size_t)d);
     }
-    const int64_t n = pos - lo + 1, group = hq / hkv;
+}
+
+/* The lanes of a vector summed in lane order (the same bits wherever it runs). */
+static inline float lanes_sum(vf a) {
+    float total = 0.0f;
+    for (int e = 0; e < VL; e++)
+        total += a[e];
+    return total;
+}
+
+/* a . b over d floats: vectors of VL, then the tail, in that order. */
+static inline float dot(const float *restrict a, const float *restrict b, int64_t d) {
+    vf acc = {0};
+    int64_t i = 0;
+    for (; i + VL <= d; i += VL) {
+        vf x, y;
+        memcpy(&x, a + i, sizeof x);
+        memcpy(&y, b + i, sizeof y);
+        acc += x * y;
+    }
+    float total = lanes_sum(acc);
+    for (; i < d; i++)
+        total += a[i] * b[i];
+    return total;
+}
+
+/* s[0..n) = e^(s - top) in place, returning their sum: vectors of VL, a short last one masked. */
+static float exp_sum(float *restrict s, int64_t n, float top) {
+    vf acc = {0};
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) {
+        vf x;
+        memcpy(&x, s + j, sizeof x);
+        x = vexp_le0(x - top);
+        memcpy(s + j, &x, sizeof x);
+        acc += x;
+    }
+    float total = lanes_sum(acc);
+    if (j < n) {
+        vf x = {0};
+        memcpy(&x, s + j, sizeof(float) * (size_t)(n - j));
+        x = vexp_le0(x - top);
+        for (int64_t e = 0; e < n - j; e++) {
+            s[j + e] = x[e];
+            total += x[e];
+        }
+    }
+    return total;
+}
+
+/* One key/value head's share of a row's attention: the `group` query heads q [group * d] that share
+ * it, against n cached keys and values [n, d] (positions lo..pos), each key and value read once for
+ * all of them; out [group * d]. s: group * n floats of scratch. */
+static void attend_group(const float *restrict q, int64_t group, const float *restrict keys,
+                         const float *restrict vals, int64_t n, int64_t d, float *restrict s, float *restrict out) {
     const float scale = 1.0f / sqrtf((float)d);
-    #pragma omp parallel for schedule(static) if (hq * n * d >= 65536)
-    for (int64_t h = 0; h < hq; h++) {
-        const float *qh = q + h * d;
-        const float *keys = kc + ((h / group) * max_len + lo) * d, *vals = vc + ((h / group) * max_len + lo) * d;
-        float stack[1024];
-        float *s = n <= 1024 ? stack : malloc(sizeof(float) * (size_t)n);
-        float *o = out + h * d;
-        if (!s) { /* out of memory: a zero row rather than a crash (the caller checks nothing here) */
-            memset(o, 0, sizeof(float) * (size_t)d);
-            continue;
-        }
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t h = 0; h < group; h++)
+            s[h * n + j] = dot(q + h * d, keys + j * d, d) * scale;
+    float inv[64];
+    for (int64_t h = 0; h < group; h++) {
         float top = -INFINITY;
-        for (int64_t j = 0; j < n; j++) {
-            const float *kj = keys + j * d;
-            float dot = 0.0f;
-            #pragma omp simd reduction(+ : dot)
-            for (int64_t i = 0; i < d; i++)
-                dot += qh[i] * kj[i];
-            s[j] = dot * scale;
-            top = s[j] > top ? s[j] : top;
-        }
-        float total = 0.0f;
-        #pragma omp simd reduction(+ : total)
-        for (int64_t j = 0; j < n; j++) {
-            s[j] = exp_neg(s[j] - top);
-            total += s[j];
-        }
-        memset(o, 0, sizeof(float) * (size_t)d);
-        for (int64_t j = 0; j < n; j++) {
-            const float *vj = vals + j * d;
-            const float p = s[j];
+        for (int64_t j = 0; j < n; j++)
+            top = s[h * n + j] > top ? s[h * n + j] : top;
+        inv[h] = 1.0f / exp_sum(s + h * n, n, top);
+    }
+    memset(out, 0, sizeof(float) * (size_t)(group * d));
+    for (int64_t j = 0; j < n; j++) {
+        const float *vj = vals + j * d;
+        for (int64_t h = 0; h < group; h++) {
+            const float p = s[h * n + j];
+            float *o = out + h * d;
             #pragma omp simd
             for (int64_t i = 0; i < d; i++)
                 o[i] += p * vj[i];
         }
-        const float inv = 1.0f / total;
-        for (int64_t i = 0; i < d; i++)
-            o[i] *= inv;
-        if (s != stack)
-            free(s);
     }
+    for (int64_t h = 0; h < group; h++)
+        for (int64_t i = 0; i < d; i++)
+            out[h * d + i] *= inv[h];
+}
+
+/* Attention for `rows` decode rows whose keys and values are in their caches already (write_row):
+ * row r's queries (qkv + r * width) against cache kcs[r * stride], vcs[r * stride] ([hkv, max_len[r],
+ * d]) over positions lo[r]..pos[r], into out + r * hq * d. One parallel region for every row and
+ * key/value head (a speculative check's rows and a batch's alike), where each row alone used to open
+ * its own. Every (row, head) is computed alone, in the same order, so a row's numbers do not depend
+ * on the others. */
+static void attend_rows(int64_t rows, const float *restrict qkv, int64_t width, float *const *kcs,
+                        float *const *vcs, int64_t stride, const int64_t *max_len, const int64_t *pos,
+                        const int64_t *lo, int64_t hq, int64_t hkv, int64_t d, float *restrict out) {
+    const int64_t group = hq / hkv;
+    int64_t work = 0;
+    for (int64_t r = 0; r < rows; r++)
+        work += (pos[r] - lo[r] + 1) * hq * d;
+    #pragma omp parallel for collapse(2) schedule(static) if (work >= 65536)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < hkv; g++) {
+            const int64_t n = pos[r] - lo[r] + 1, at = (g * max_len[r] + lo[r]) * d;
+            float *o = out + r * hq * d + g * group * d;
+            float stack[4096];
+            float *s = group * n <= 4096 && group <= 64 ? stack : NULL;
+            if (!s && group <= 64)
+                s = malloc(sizeof(float) * (size_t)(group * n));
+            if (!s) { /* out of memory (or more than 64 heads a group): a zero row, not a crash */
+                memset(o, 0, sizeof(float) * (size_t)(group * d));
+                continue;
+            }
+            attend_group(qkv + r * width + g * group * d, group, kcs[r * stride] + at, vcs[r * stride] + at, n, d,
+                         s, o);
+            if (s != stack)
+                free(s);
+        }
+}
+
+/* qkv: the step's projection [hq * d | hkv * d | hkv * d] (rotated in place); cos, sin: `rot`
+ * values for position `pos`; kc, vc: the layer's cache [hkv, max_len, d]. Writes the rotated key and
+ * the value at `pos`, attends over positions lo..pos (lo > 0 for a sliding window) with scale
+ * 1/sqrt(d), and writes [hq * d] to out: what `demi_decode_rows` does for each of its rows. */
+void demi_attend_step(float *restrict qkv, const float *restrict cos, const float *restrict sin, int64_t rot,
+                      float *restrict kc, float *restrict vc, int64_t max_len, int64_t pos, int64_t lo,
+                      int64_t hq, int64_t hkv, int64_t d, float *restrict out) {
+    write_row(qkv, cos, sin, rot, kc, vc, max_len, pos, hq, hkv, d);
+    float *kcs[1] = {kc}, *vcs[1] = {vc};
+    attend_rows(1, qkv, 0, kcs, vcs, 0, &max_len, &pos, &lo, hq, hkv, d, out);
 }
 
 /* RMSNorm of `rows` rows of n: y = (x / sqrt(mean(x^2) + eps)) * w, Hugging Face's order of
@@ -303,7 +372,7 @@ static void add_rows(float *restrict x, const float *restrict y, int64_t count) 
  * lo[r]..pos[r], rotated by cos/sin row r (`rot` values each). Rows may be different sequences (a
  * batch) or consecutive tokens of one (a speculative check: row r + 1 sees the key row r wrote, as
  * rows are attended in order). The same functions in the same order as the layer-by-layer path
- * (RMSNorm, the matmul kernels, which work row by row whatever the row count, demi_attend_step,
+ * (RMSNorm, the matmul kernels, which work row by row whatever the row count, demi_attend_step's,
  * demi_silu_mul, fp32 residual adds), so every row agrees bit for bit with a lone step of that
  * token; what goes is ~10 torch dispatches a layer. scratch holds rows * (hidden * 2 +
  * (hq + 2 hkv) d + hq d + 3 inter) floats. */
@@ -318,9 +387,10 @@ void demi_decode_rows(float *restrict x, int64_t rows, const demi_layer *layers,
         const demi_layer *L = layers + i;
         demi_rms_norm(x, L->norm_in, eps, h, rows, hidden);
         lin(&L->qkv, h, rows, qkv);
-        for (int64_t r = 0; r < rows; r++)
-            demi_attend_step(qkv + r * width, cos + r * rot, sin + r * rot, rot, kcs[r * n_layers + i],
-                             vcs[r * n_layers + i], max_len[r], pos[r], lo[r], hq, hkv, d, att + r * hq * d);
+        for (int64_t r = 0; r < rows; r++) /* every row's key and value first: a check's row r + 1 sees row r's */
+            write_row(qkv + r * width, cos + r * rot, sin + r * rot, rot, kcs[r * n_layers + i], vcs[r * n_layers + i],
+                      max_len[r], pos[r], hq, hkv, d);
+        attend_rows(rows, qkv, width, kcs + i, vcs + i, n_layers, max_len, pos, lo, hq, hkv, d, att);
         lin(&L->o, att, rows, out);
         add_rows(x, out, rows * hidden);
         demi_rms_norm(x, L->norm_post, eps, h, rows, hidden);
