@@ -1,8 +1,10 @@
 """Native decode ops (model/decode_ops.py, native/decode_ops.c): a decode step's attention, RMSNorm
-and a prefill's RoPE in C give what torch's ops give, for every family (GQA, a sliding
-window, biases, tied heads, experts), with partial rotary and scaled RoPE, writing the same keys and
-values into the cache; SwiGLU's SiLU-and-multiply on every kernel path is torch's to float rounding; a thread's idle OpenMP workers can be ended; QK-norm families and `DEMI_KERNEL=torch` keep torch's ops, training never
-takes the native norm, and a position outside the cache is refused before anything is written."""
+and a prefill's RoPE in C give what torch's ops give, for every family (GQA, a sliding window,
+biases, tied heads, experts), with partial rotary and scaled RoPE, writing the same keys and values
+into the cache; SwiGLU's SiLU-and-multiply on every kernel path is torch's to float rounding; a
+thread's idle OpenMP workers can be ended; QK-norm families and `DEMI_KERNEL=torch` keep torch's ops,
+training never takes the native norm, and a position outside the cache is refused before anything is
+written."""
 
 from __future__ import annotations
 
