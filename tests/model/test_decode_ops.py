@@ -137,12 +137,15 @@ def test_releasing_idle_threads_ends_this_threads_openmp_workers(tiny_checkpoint
     """The loading thread's idle OpenMP team is ended (LocalModel.load does it), so the model runner's
     thread is the one team libgomp manages and its workers spin between regions instead of sleeping."""
     load_model(tiny_checkpoints("llama"), quant="int8")  # loads a native library
-    if torch.get_num_threads() < 2:
-        pytest.skip("one thread: no OpenMP workers to end")
-    torch.ones(1 << 22).sum()  # a parallel region on this thread: its workers stay, idle
-    before = len(os.listdir("/proc/self/task"))
-    assert native_kernels.release_idle_threads()
-    after = len(os.listdir("/proc/self/task"))
-    assert after <= before - (torch.get_num_threads() - 1)
-    torch.ones(1 << 22).sum()  # the next region starts a team again
-    assert len(os.listdir("/proc/self/task")) >= after + 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a team of two whatever the suite runs with
+    try:
+        torch.ones(1 << 22).sum()  # a parallel region on this thread: its worker stays, idle
+        before = len(os.listdir("/proc/self/task"))
+        assert native_kernels.release_idle_threads()
+        after = len(os.listdir("/proc/self/task"))
+        assert after <= before - 1
+        torch.ones(1 << 22).sum()  # the next region starts a team again
+        assert len(os.listdir("/proc/self/task")) >= after + 1
+    finally:
+        torch.set_num_threads(threads)
