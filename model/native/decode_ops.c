@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include "exp_poly.h"
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* Rotate-half RoPE on the first `rot` dims of one head: cos and sin hold `rot` values (the
  * frequencies twice), as the engine's rotary table gives them for the position. */
@@ -45,12 +48,21 @@ static void write_row(float *restrict qkv, const float *restrict cos, const floa
     }
 }
 
-/* The lanes of a vector summed in lane order (the same bits wherever it runs). */
+/* The lanes of a vector summed: the ISA's fixed tree of shuffles and adds on x86 (log2(VL) dependent
+ * adds), lane order elsewhere; one order in a build, so the same bits wherever it runs. */
 static inline float lanes_sum(vf a) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)a);
+#elif defined(__AVX2__)
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128((__m256)a), _mm256_extractf128_ps((__m256)a, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+#else
     float total = 0.0f;
     for (int e = 0; e < VL; e++)
         total += a[e];
     return total;
+#endif
 }
 
 /* a . b over d floats: vectors of VL, then the tail, in that order. */
