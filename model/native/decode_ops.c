@@ -105,15 +105,64 @@ static float exp_sum(float *restrict s, int64_t n, float top) {
     return total;
 }
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#define DOTS4 1
+/* q . k[e] for four keys (d a multiple of the vector width): the four partial-sum vectors folded
+ * together, so a key's sum runs in the same order in whichever slot it comes (and a short last block
+ * repeats a key rather than reading past the cache). Four reductions for the price of about one. */
+static inline void dots4(const float *restrict q, const float *const k[4], int64_t d, float out[4]) {
+#if defined(__AVX512F__)
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t i = 0; i < d; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + i);
+        for (int e = 0; e < 4; e++)
+            a[e] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k[e] + i), a[e]);
+    }
+    /* quarters: t01 = [a0 q0+q2, a0 q1+q3, a1 q0+q2, a1 q1+q3], t23 likewise */
+    const __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(a[0], a[1], 0x44), _mm512_shuffle_f32x4(a[0], a[1], 0xEE));
+    const __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(a[2], a[3], 0x44), _mm512_shuffle_f32x4(a[2], a[3], 0xEE));
+    /* quarter e: key e's four partial sums */
+    __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xDD));
+    u = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));
+    u = _mm512_add_ps(u, _mm512_permute_ps(u, 0xB1));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), u)));
+#else
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < d; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        for (int e = 0; e < 4; e++)
+            a[e] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[e] + i), a[e]);
+    }
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+#endif
+}
+#endif
+
 /* One key/value head's share of a row's attention: the `group` query heads q [group * d] that share
  * it, against n cached keys and values [n, d] (positions lo..pos), each key and value read once for
  * all of them; out [group * d]. s: group * n floats of scratch. */
 static void attend_group(const float *restrict q, int64_t group, const float *restrict keys,
                          const float *restrict vals, int64_t n, int64_t d, float *restrict s, float *restrict out) {
     const float scale = 1.0f / sqrtf((float)d);
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t h = 0; h < group; h++)
-            s[h * n + j] = dot(q + h * d, keys + j * d, d) * scale;
+#if defined(DOTS4)
+    if (d % VL == 0) {
+        for (int64_t j = 0; j < n; j += 4) {
+            const float *k[4];
+            for (int e = 0; e < 4; e++)
+                k[e] = keys + (j + e < n ? j + e : n - 1) * d;
+            for (int64_t h = 0; h < group; h++) {
+                float o[4];
+                dots4(q + h * d, k, d, o);
+                for (int64_t e = 0; e < 4 && j + e < n; e++)
+                    s[h * n + j + e] = o[e] * scale;
+            }
+        }
+    } else
+#endif
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t h = 0; h < group; h++)
+                s[h * n + j] = dot(q + h * d, keys + j * d, d) * scale;
     float inv[64];
     for (int64_t h = 0; h < group; h++) {
         float top = -INFINITY;
