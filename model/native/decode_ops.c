@@ -354,9 +354,9 @@ void demi_rotate_heads(float *restrict x, int64_t rows, int64_t stride, int64_t 
 
 /* SwiGLU's middle for `rows` rows of gate|up [rows, 2 * inter]: out = silu(gate) * up, with silu(g) =
  * g * sigmoid(g), sigmoid from e^-|g| on vectors (exp_poly.h, about 2 ulp; libm's scalar expf took
- * 0.39 ms of a 0.5B decode step for one row and 1.54 ms for a batch's four on an AMD EPYC Zen 4). Decode-sized rows take it here in every decode path (a lone step, a batch's rows, a
- * speculative check), so they agree bit for bit with `demi_decode_rows`; a prefill keeps torch's
- * vectorized SiLU. */
+ * 0.39 ms of a 0.5B decode step for one row and 1.54 ms for a batch's four on an AMD EPYC Zen 4).
+ * Decode-sized rows take it here in every decode path (a lone step, a batch's rows, a speculative
+ * check), so they agree bit for bit with `demi_decode_rows`; a prefill keeps torch's SiLU. */
 static inline vf silu_mul_vector(vf g, vf u) {
     const vf e = vexp_le0((vf)((vi)g | ((vi){0} + INT32_MIN))); /* e^-|g|, in (0, 1] */
     return g * (vselect(g >= 0.0f, (vf){0} + 1.0f, e) / (1.0f + e)) * u;

@@ -253,7 +253,6 @@ static void x_side(const int8_t *restrict xq, int64_t nb, uint8_t *restrict ax, 
 }
 #else
 #define X_SIDE 0
-static void x_side(const int8_t *xq, int64_t nb, uint8_t *ax, int32_t *xsum) { (void)xq, (void)nb, (void)ax, (void)xsum; }
 #endif
 
 static void tile_any(int bits, int R, const uint8_t *p, const uint16_t *ws, int64_t K, int64_t group, const xrow *x,
@@ -314,8 +313,10 @@ static void linear_packed(int bits, const void *restrict x, int x_kind, int64_t 
     for (int64_t m = 0; m < M; m++) {
         const char *xr = (const char *)x + m * K * xbytes;
         quantize_row(xr, x_kind, K, xq + m * K, xs + m * nb * 8);
-        if (bits == 8 && X_SIDE) /* int8's x side: only the tile that reads it */
+#if X_SIDE
+        if (bits == 8) /* int8's x side: only the tile that reads it */
             x_side(xq + m * K, nb, ax + m * K, xsum + m * nb);
+#endif
         for (int64_t g = 0; g < kg; g++) {
             float s = 0.0f;
             for (int64_t k = g * group; k < (g + 1) * group; k++)
