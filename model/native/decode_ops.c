@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include "exp_poly.h"
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -109,7 +112,8 @@ static float exp_sum(float *restrict s, int64_t n, float top) {
 #define DOTS4 1
 /* q . k[e] for four keys (d a multiple of the vector width): the four partial-sum vectors folded
  * together, so a key's sum runs in the same order in whichever slot it comes (and a short last block
- * repeats a key rather than reading past the cache). Four reductions for the price of about one. */
+ * repeats a key rather than reading past the cache). Four reductions for the price of about one.
+ * (Several queries a pass, sharing the keys' loads, measured slower: their sums spill.) */
 static inline void dots4(const float *restrict q, const float *const k[4], int64_t d, float out[4]) {
 #if defined(__AVX512F__)
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -139,82 +143,206 @@ static inline void dots4(const float *restrict q, const float *const k[4], int64
 }
 #endif
 
-/* One key/value head's share of a row's attention: the `group` query heads q [group * d] that share
- * it, against n cached keys and values [n, d] (positions lo..pos), each key and value read once for
- * all of them; out [group * d]. s: group * n floats of scratch. */
-static void attend_group(const float *restrict q, int64_t group, const float *restrict keys,
-                         const float *restrict vals, int64_t n, int64_t d, float *restrict s, float *restrict out) {
+/* Scores of one key/value head for rows 0..m of a run: the `group` query heads of row r (q[r], group
+ * * d floats) against keys [nmax, d] (row r sees the first n[r] of them, n rising with r), scaled,
+ * into s + (r * group + h) * nmax. Each block of four keys is read from memory once for every row and
+ * head; a key's score is computed alike whichever row, block or slot asks for it. */
+static void run_scores(const float *const *q, int64_t m, int64_t group, const int64_t *n, int64_t nmax,
+                       const float *restrict keys, int64_t d, float *restrict s) {
     const float scale = 1.0f / sqrtf((float)d);
 #if defined(DOTS4)
     if (d % VL == 0) {
-        for (int64_t j = 0; j < n; j += 4) {
+        for (int64_t j = 0; j < nmax; j += 4) {
             const float *k[4];
             for (int e = 0; e < 4; e++)
-                k[e] = keys + (j + e < n ? j + e : n - 1) * d;
-            for (int64_t h = 0; h < group; h++) {
-                float o[4];
-                dots4(q + h * d, k, d, o);
-                for (int64_t e = 0; e < 4 && j + e < n; e++)
-                    s[h * n + j + e] = o[e] * scale;
+                k[e] = keys + (j + e < nmax ? j + e : nmax - 1) * d;
+            for (int64_t r = 0; r < m; r++) {
+                if (j >= n[r])
+                    continue;
+                for (int64_t h = 0; h < group; h++) {
+                    float o[4], *row = s + (r * group + h) * nmax;
+                    dots4(q[r] + h * d, k, d, o);
+                    for (int64_t e = 0; e < 4 && j + e < n[r]; e++)
+                        row[j + e] = o[e] * scale;
+                }
             }
         }
-    } else
-#endif
-        for (int64_t j = 0; j < n; j++)
-            for (int64_t h = 0; h < group; h++)
-                s[h * n + j] = dot(q + h * d, keys + j * d, d) * scale;
-    float inv[64];
-    for (int64_t h = 0; h < group; h++) {
-        float top = -INFINITY;
-        for (int64_t j = 0; j < n; j++)
-            top = s[h * n + j] > top ? s[h * n + j] : top;
-        inv[h] = 1.0f / exp_sum(s + h * n, n, top);
+        return;
     }
-    memset(out, 0, sizeof(float) * (size_t)(group * d));
-    for (int64_t j = 0; j < n; j++) {
-        const float *vj = vals + j * d;
-        for (int64_t h = 0; h < group; h++) {
-            const float p = s[h * n + j];
-            float *o = out + h * d;
-            #pragma omp simd
-            for (int64_t i = 0; i < d; i++)
-                o[i] += p * vj[i];
+#endif
+    for (int64_t j0 = 0; j0 < nmax; j0 += 16) /* 16 keys at a time, in L1 while every row uses them */
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t h = 0; h < group; h++)
+                for (int64_t j = j0; j < j0 + 16 && j < n[r]; j++)
+                    s[(r * group + h) * nmax + j] = dot(q[r] + h * d, keys + j * d, d) * scale;
+}
+
+/* o[0..nv vectors) += sum over j in [j0, j1) of p[j] * v_j, in j's order, the sums in registers: a
+ * tile of values read from memory once and applied to every row and head in turn. */
+static inline void weigh_values(float *restrict o, const float *restrict p, const float *restrict vals, int64_t j0,
+                                int64_t j1, int64_t d, int nv) {
+    vf acc[8];
+    for (int c = 0; c < nv; c++)
+        memcpy(&acc[c], o + c * VL, sizeof(vf));
+    for (int64_t j = j0; j < j1; j++) {
+        const float *v = vals + j * d;
+        for (int c = 0; c < nv; c++) {
+            vf x;
+            memcpy(&x, v + c * VL, sizeof x);
+            acc[c] += p[j] * x;
         }
     }
-    for (int64_t h = 0; h < group; h++)
-        for (int64_t i = 0; i < d; i++)
-            out[h * d + i] *= inv[h];
+    for (int c = 0; c < nv; c++)
+        memcpy(o + c * VL, &acc[c], sizeof(vf));
+}
+
+/* up to eight vectors of sums in registers where there are registers for them (16 ymm, 32 zmm, 32
+ * NEON q for 16); SSE's 16 xmm are too few (measured slower than the sums in memory) */
+#if defined(__AVX2__) || defined(__AVX512F__) || defined(__aarch64__)
+#define WEIGH_WIDE 1
+#else
+#define WEIGH_WIDE 0
+#endif
+#define VALUE_TILE 64 /* keys' values a tile: 16 KiB at d = 64, in L1 while every row uses them */
+
+/* Rows 0..m of a run against one key/value head: scores (run_scores), each row and head's softmax
+ * over its own n[r] keys, then the values in tiles; out[r] gets row r's group * d. s: m * group *
+ * (nmax + 1) floats of scratch. A row's numbers depend on its own query and keys only, in a fixed order,
+ * so a lone step, a batch row and a speculative check's row agree bit for bit. */
+static void attend_run(const float *const *q, int64_t m, int64_t group, const int64_t *n, const float *restrict keys,
+                       const float *restrict vals, int64_t d, float *restrict s, float *const *out) {
+    const int64_t nmax = n[m - 1];
+    float *inv = s + m * group * nmax;
+    run_scores(q, m, group, n, nmax, keys, d, s);
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t h = 0; h < group; h++) {
+            float *row = s + (r * group + h) * nmax, top = -INFINITY;
+            for (int64_t j = 0; j < n[r]; j++)
+                top = row[j] > top ? row[j] : top;
+            inv[r * group + h] = 1.0f / exp_sum(row, n[r], top);
+        }
+        memset(out[r], 0, sizeof(float) * (size_t)(group * d));
+    }
+#if WEIGH_WIDE
+    const int64_t dv = d / VL * VL;
+#endif
+    for (int64_t j0 = 0; j0 < nmax; j0 += VALUE_TILE) {
+        const int64_t j1 = j0 + VALUE_TILE < nmax ? j0 + VALUE_TILE : nmax;
+        for (int64_t r = 0; r < m; r++) {
+            const int64_t jr = j1 < n[r] ? j1 : n[r];
+            if (jr <= j0)
+                continue;
+            for (int64_t h = 0; h < group; h++) {
+                const float *p = s + (r * group + h) * nmax;
+                float *o = out[r] + h * d;
+#if WEIGH_WIDE
+                int64_t i = 0;
+                for (; i + 8 * VL <= dv; i += 8 * VL)
+                    weigh_values(o + i, p, vals + i, j0, jr, d, 8);
+                for (; i + 4 * VL <= dv; i += 4 * VL)
+                    weigh_values(o + i, p, vals + i, j0, jr, d, 4);
+                for (; i < dv; i += VL)
+                    weigh_values(o + i, p, vals + i, j0, jr, d, 1);
+                for (; i < d; i++)
+                    for (int64_t j = j0; j < jr; j++)
+                        o[i] += p[j] * vals[j * d + i];
+#else
+                for (int64_t j = j0; j < jr; j++) {
+                    const float *v = vals + j * d;
+                    #pragma omp simd
+                    for (int64_t i = 0; i < d; i++)
+                        o[i] += p[j] * v[i];
+                }
+#endif
+            }
+        }
+    }
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t h = 0; h < group; h++)
+            for (int64_t i = 0; i < d; i++)
+                out[r][h * d + i] *= inv[r * group + h];
+}
+
+/* Float scratch of at least `count`, kept per thread between calls up to 4 MiB (a check's scores at
+ * a few thousand positions) so that a step does not map and unmap pages; larger ones are the
+ * caller's to free (*owned). */
+static float *scratch_floats(size_t count, int *owned) {
+    static __thread float *kept;
+    static __thread size_t kept_count;
+    *owned = 0;
+    if (count <= kept_count)
+        return kept;
+    if (count > ((size_t)1 << 20)) {
+        *owned = 1;
+        return malloc(sizeof(float) * count);
+    }
+    float *grown = realloc(kept, sizeof(float) * count);
+    if (!grown)
+        return NULL;
+    kept = grown;
+    kept_count = count;
+    return kept;
+}
+
+/* Row r - 1 and row r are one sequence's consecutive tokens (a speculative check): the same cache
+ * and window start, the position one further. */
+static int same_run(int64_t r, float *const *kcs, int64_t stride, const int64_t *max_len, const int64_t *pos,
+                    const int64_t *lo) {
+    return kcs[(r - 1) * stride] == kcs[r * stride] && max_len[r - 1] == max_len[r] && lo[r - 1] == lo[r] &&
+           pos[r - 1] + 1 == pos[r];
 }
 
 /* Attention for `rows` decode rows whose keys and values are in their caches already (write_row):
  * row r's queries (qkv + r * width) against cache kcs[r * stride], vcs[r * stride] ([hkv, max_len[r],
- * d]) over positions lo[r]..pos[r], into out + r * hq * d. One parallel region for every row and
- * key/value head (a speculative check's rows and a batch's alike), where each row alone used to open
- * its own. Every (row, head) is computed alone, in the same order, so a row's numbers do not depend
- * on the others. */
+ * d]) over positions lo[r]..pos[r], into out + r * hq * d. A speculative check's rows are a run of
+ * one sequence, whose keys and values are read once for all of them (attend_run); a batch's rows are
+ * runs of one. One parallel region for every (run, key/value head), runs cut into chunks of rows
+ * when there are fewer of those than threads. */
 static void attend_rows(int64_t rows, const float *restrict qkv, int64_t width, float *const *kcs,
                         float *const *vcs, int64_t stride, const int64_t *max_len, const int64_t *pos,
                         const int64_t *lo, int64_t hq, int64_t hkv, int64_t d, float *restrict out) {
     const int64_t group = hq / hkv;
-    int64_t work = 0;
-    for (int64_t r = 0; r < rows; r++)
+    int64_t work = 0, runs = 0;
+    for (int64_t r = 0; r < rows; r++) {
         work += (pos[r] - lo[r] + 1) * hq * d;
+        runs += r == 0 || !same_run(r, kcs, stride, max_len, pos, lo);
+    }
+    int64_t threads = 1;
+#if defined(_OPENMP)
+    threads = omp_get_max_threads();
+#endif
+    const int64_t split = runs * hkv >= threads ? 1 : (threads + runs * hkv - 1) / (runs * hkv);
+    int64_t start[rows + 1], chunks = 0; /* chunk c: rows start[c] .. start[c + 1] */
+    for (int64_t a = 0, b; a < rows; a = b) {
+        for (b = a + 1; b < rows && same_run(b, kcs, stride, max_len, pos, lo); b++)
+            ;
+        const int64_t pieces = split < b - a ? split : b - a;
+        for (int64_t p = 0; p < pieces; p++)
+            start[chunks++] = a + (b - a) * p / pieces;
+    }
+    start[chunks] = rows;
     #pragma omp parallel for collapse(2) schedule(static) if (work >= 65536)
-    for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < chunks; c++)
         for (int64_t g = 0; g < hkv; g++) {
-            const int64_t n = pos[r] - lo[r] + 1, at = (g * max_len[r] + lo[r]) * d;
-            float *o = out + r * hq * d + g * group * d;
-            float stack[4096];
-            float *s = group * n <= 4096 && group <= 64 ? stack : NULL;
-            if (!s && group <= 64)
-                s = malloc(sizeof(float) * (size_t)(group * n));
-            if (!s) { /* out of memory (or more than 64 heads a group): a zero row, not a crash */
-                memset(o, 0, sizeof(float) * (size_t)(group * d));
+            const int64_t r0 = start[c], m = start[c + 1] - r0;
+            const float *qs[m];
+            float *outs[m];
+            int64_t n[m];
+            for (int64_t r = 0; r < m; r++) {
+                qs[r] = qkv + (r0 + r) * width + g * group * d;
+                outs[r] = out + (r0 + r) * hq * d + g * group * d;
+                n[r] = pos[r0 + r] - lo[r0 + r] + 1;
+            }
+            int owned;
+            float *s = scratch_floats((size_t)(m * group * (n[m - 1] + 1)), &owned);
+            if (!s) { /* out of memory: zero rows, not a crash */
+                for (int64_t r = 0; r < m; r++)
+                    memset(outs[r], 0, sizeof(float) * (size_t)(group * d));
                 continue;
             }
-            attend_group(qkv + r * width + g * group * d, group, kcs[r * stride] + at, vcs[r * stride] + at, n, d,
-                         s, o);
-            if (s != stack)
+            const int64_t at = (g * max_len[r0] + lo[r0]) * d;
+            attend_run(qs, m, group, n, kcs[r0 * stride] + at, vcs[r0 * stride] + at, d, s, outs);
+            if (owned)
                 free(s);
         }
 }
