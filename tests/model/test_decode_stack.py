@@ -114,6 +114,32 @@ def test_a_long_speculative_check_in_one_call_is_lone_steps_bit_for_bit(family, 
     assert all(torch.equal(a, b) for a, b in zip(check_cache.k + check_cache.v, step_cache.k + step_cache.v))
 
 
+def test_a_check_cut_into_chunks_across_more_threads_is_lone_steps_bit_for_bit(tiny_checkpoints):
+    """A check's rows share their keys and values as one run; with more threads than (run, key/value
+    head) pairs the run is cut into chunks of rows (decode_ops.c's attend_rows). Five threads against
+    one: every row is still what a lone step gives."""
+    from demi.model.generate import verify_logits
+
+    model = load_model(tiny_checkpoints("llama-bias"), quant="int8")
+    prompt = torch.randint(3, 400, (9,), generator=torch.Generator().manual_seed(7)).tolist()
+    drafts = torch.randint(3, 400, (11,), generator=torch.Generator().manual_seed(8)).tolist()
+    check_cache, step_cache = KVCache(model.config, 40), KVCache(model.config, 40)
+    threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            prefill(model, torch.tensor([prompt]), 0, check_cache)
+            prefill(model, torch.tensor([prompt]), 0, step_cache)
+            steps = [decode_one_token(model, torch.tensor([[t]]), len(prompt) + i, step_cache) for i, t in enumerate(drafts)]  # fmt: skip
+            torch.set_num_threads(5)
+            assert model.config.num_key_value_heads < 5
+            rows = verify_logits(model, torch.tensor([drafts]), len(prompt), check_cache)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(rows, torch.cat(steps))
+    assert all(torch.equal(a, b) for a, b in zip(check_cache.k + check_cache.v, step_cache.k + step_cache.v))
+
+
 def test_a_batch_of_int4_sequences_in_one_call_is_their_lone_steps(tiny_checkpoints):
     from demi.model.batch import decode_batch
 
