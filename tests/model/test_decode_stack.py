@@ -130,7 +130,8 @@ def test_a_check_cut_into_chunks_across_more_threads_is_lone_steps_bit_for_bit(t
             torch.set_num_threads(1)
             prefill(model, torch.tensor([prompt]), 0, check_cache)
             prefill(model, torch.tensor([prompt]), 0, step_cache)
-            steps = [decode_one_token(model, torch.tensor([[t]]), len(prompt) + i, step_cache) for i, t in enumerate(drafts)]  # fmt: skip
+            at = len(prompt)
+            steps = [decode_one_token(model, torch.tensor([[t]]), at + i, step_cache) for i, t in enumerate(drafts)]
             torch.set_num_threads(5)
             assert model.config.num_key_value_heads < 5
             rows = verify_logits(model, torch.tensor([drafts]), len(prompt), check_cache)
