@@ -76,6 +76,11 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     fetch.add_argument("--max-mb", type=float, help="stop once the store holds this many MB of code")
     fetch.add_argument("--jobs", type=int, default=4, help="packages fetched at once (default 4)")
     fetch.add_argument("--retry-failed", action="store_true", help="try again the packages that failed before")
+    fetch.add_argument(
+        "--retry-refused",
+        action="store_true",
+        help="fetch again the packages whose license was refused (after Demi's license rules changed)",
+    )
     fetch.add_argument("--pip-arg", action="append", default=[], help="an extra argument for pip download (repeatable)")
     fetch.add_argument("--npm-arg", action="append", default=[], help="an extra argument for npm pack (repeatable)")
     fetch.set_defaults(func=cmd_fetch)
@@ -473,6 +478,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         max_bytes=int(args.max_mb * 1e6) if args.max_mb else None,
         on_done=done if not args.json else None,
         retry_failed=args.retry_failed,
+        retry_refused=args.retry_refused,
     )
     if args.json:
         emit_json(report)

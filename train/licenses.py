@@ -36,7 +36,7 @@ PERMISSIVE_SPDX = frozenset(
 # Free-text spellings (License field, classifiers, LICENSE files), matched case-insensitively.
 _TEXT_RULES: tuple[tuple[str, str], ...] = (
     (r"\bapache\b.*\b2(\.0)?\b|\bapache software license\b|\bapache-2\.0\b", "Apache-2.0"),
-    (r"\bpython software foundation\b|\bpsf\b|\bpython license\b", "PSF-2.0"),
+    (r"\bpython software foundation\b|\bpsfl?\b|\bpython license\b", "PSF-2.0"),
     (r"\bisc\b", "ISC"),
     (r"\bmit\b|\bexpat\b", "MIT"),
     (r"\bbsd\b", "BSD"),
@@ -124,16 +124,31 @@ def from_metadata(metadata: str) -> License:
         return License(expr, expr, spdx_is_permissive(expr))
     field = (msg.get("License") or "").strip()
     classifiers = [c.split("::", 1)[1].strip() for c in msg.get_all("Classifier") or [] if c.startswith("License ::")]
-    # A long License field is the license's full text: its first line names it.
-    first = field.splitlines()[0].strip() if field else ""
-    candidates = [c for c in classifiers if c != "OSI Approved"] + ([first] if first and first != "UNKNOWN" else [])
-    if not candidates:
+    # (declaration, what it reads as): classifiers by name, less the ones that only qualify others
+    declared_as = [(c, from_text(c)) for c in classifiers if c not in _QUALIFIER_CLASSIFIERS]
+    lines = [line.strip() for line in field.splitlines() if line.strip()]
+    if len(lines) > 1:  # the license's full text (its first line is often a copyright): read its wording
+        declared_as.append((lines[0], _full_text_id(field)))
+    elif lines and lines[0] != "UNKNOWN":
+        declared_as.append((lines[0], from_text(lines[0])))
+    if not declared_as:
         return License(field or "", "unknown", False)
-    found = [from_text(c) for c in candidates]
-    declared = "; ".join(candidates)
+    found = [f for _, f in declared_as]
+    declared = "; ".join(d for d, _ in declared_as)
     if any(f is None for f in found):  # one non-permissive (or unreadable) declaration is enough to refuse
         return License(declared, "unknown" if all(f is None for f in found) else declared, False)
     return License(declared, " AND ".join(dict.fromkeys(f for f in found if f)), True)
+
+
+# classifiers that say something of the license named beside them, not a license of their own
+_QUALIFIER_CLASSIFIERS = frozenset({"OSI Approved", "DFSG approved"})
+
+
+def _full_text_id(text: str) -> str | None:
+    """A permissive license's id from its full text (a METADATA License field that holds the whole
+    license): its wording, and no mention of a copyleft or proprietary one in its first 2 KB."""
+    head = text[:2048]
+    return None if _NON_PERMISSIVE_TEXT.search(head) else _license_file_id(head)
 
 
 def from_license_file(root: Path) -> License:

@@ -145,10 +145,13 @@ class Fetcher:
         return self.dest / "index.jsonl"
 
     def record(self, item: Fetched) -> None:
+        """Append one line to the index; after a line torn by a kill mid-write, on a line of its own
+        (appended to the torn one it would be lost with it)."""
         with self._lock:
             self.dest.mkdir(parents=True, exist_ok=True)
-            with open(self.index_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(asdict(item)) + "\n")
+            with open(self.index_path, "a+b") as f:
+                torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1)) != b"\n"
+                f.write((("\n" if torn else "") + json.dumps(asdict(item)) + "\n").encode("utf-8"))
 
     # -- one package ----------------------------------------------------------------------------
 
@@ -313,14 +316,19 @@ class Fetcher:
         max_bytes: int | None = None,
         on_done: Callable[[Fetched, int, int], None] | None = None,
         retry_failed: bool = False,
+        retry_refused: bool = False,
     ) -> dict[str, Any]:
         """Fetch (registry, spec) pairs `jobs` at a time, skipping those the index already has
-        (failed ones too unless `retry_failed`), until all are done, `max_seconds` have passed or
-        `max_bytes` of code are in the store. Each result is appended to the index as it comes."""
+        (failed ones too unless `retry_failed`; those whose license was refused unless
+        `retry_refused`, for when the license rules have changed), until all are done, `max_seconds`
+        have passed or `max_bytes` of code are in the store. Each result is appended to the index as
+        it comes; the latest line of a package is the one that counts."""
         done = {(f.registry, f.spec): f for f in load_index(self.dest)}
-        pending = [
-            (r, s) for r, s in dict.fromkeys(todo) if (r, s) not in done or (retry_failed and not done[(r, s)].ok)
-        ]
+
+        def again(f: Fetched) -> bool:
+            return (retry_failed and not f.ok) or (retry_refused and f.ok and not f.license.get("permissive"))
+
+        pending = [(r, s) for r, s in dict.fromkeys(todo) if (r, s) not in done or again(done[(r, s)])]
         stored = sum(f.bytes for f in _latest(done.values()))
         started = time.monotonic()
         results: list[Fetched] = []

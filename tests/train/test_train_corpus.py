@@ -59,6 +59,58 @@ def meta(*lines: str) -> str:
         (meta("License: MPL-2.0 AND MIT"), "unknown", False),
         (meta("Classifier: License :: OSI Approved :: GNU General Public License v3 (GPLv3)"), "unknown", False),
         (meta("License: UNKNOWN"), "unknown", False),
+        # a License field holding the whole license text: read by its wording, not its first line
+        (
+            meta(
+                "License: Apache License",
+                "                                   Version 2.0, January 2004",
+                "Classifier: License :: OSI Approved :: Apache Software License",
+            ),
+            "Apache-2.0",
+            True,
+        ),
+        (
+            meta(
+                "License: Copyright (c) 2025 Somebody",
+                "        ",
+                "        Permission is hereby granted, free of charge, to any person obtaining a copy",
+                "Classifier: License :: OSI Approved :: MIT License",
+            ),
+            "MIT",
+            True,
+        ),
+        (
+            meta(
+                "License: Copyright (c) 2015, A Project",
+                "        ",
+                "        Redistribution and use in source and binary forms",
+            ),
+            "BSD",
+            True,
+        ),
+        (  # a copyright line alone names no license
+            meta("License: Copyright (c) 2015, A Project", "Classifier: License :: OSI Approved :: BSD License"),
+            "OSI Approved :: BSD License; Copyright (c) 2015, A Project",
+            False,
+        ),
+        (  # a full text that grants the GNU GPL's terms stays out, whatever else it says
+            meta(
+                "License: Copyright (c) 2020 Somebody",
+                "        Permission is hereby granted, free of charge, under the GNU General Public License",
+            ),
+            "unknown",
+            False,
+        ),
+        (
+            meta("Classifier: License :: DFSG approved", "Classifier: License :: OSI Approved :: MIT License"),
+            "MIT",
+            True,
+        ),
+        (
+            meta("Classifier: License :: OSI Approved :: Python Software Foundation License", "License: PSFL"),
+            "PSF-2.0",
+            True,
+        ),
         (meta(), "unknown", False),
     ],
 )

@@ -132,6 +132,22 @@ def test_a_second_fetch_resumes_from_the_index(store):
     assert summarize(load_index(dest))["pypi"]["packages"] == 2
 
 
+def test_refused_licenses_are_checked_again_on_request_after_a_torn_line(store):
+    """`retry_refused` fetches again what a license rule refused (the rules may have changed since);
+    a torn last line in the index (a kill mid-write) does not swallow the next record."""
+    dest, fetcher, todo, _ = store
+    refused = {(f.registry, f.spec) for f in load_index(dest) if f.ok and not f.license.get("permissive")}
+    assert len(refused) == 3  # demo-gpl, demo-wtf and demo-nolicense
+    with open(dest / "index.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"registry": "pypi", "spec": "to')
+    report = fetcher.fetch_many(todo, jobs=2, retry_refused=True)
+    assert report["attempted"] == 3
+    index = load_index(dest)
+    assert sum((f.registry, f.spec) in refused for f in index) == 6  # each the first time and again
+    assert report["pypi"]["excluded_by_license"] == 1 and report["npm"]["packages"] == 1
+    assert fetcher.fetch_many(todo, jobs=2)["attempted"] == 0
+
+
 def test_registry_sources_and_the_heldout_split_by_package(store):
     dest = store[0]
     sources = registry_sources(dest)
