@@ -146,9 +146,12 @@ _QUALIFIER_CLASSIFIERS = frozenset({"OSI Approved", "DFSG approved"})
 
 def _full_text_id(text: str) -> str | None:
     """A permissive license's id from its full text (a METADATA License field that holds the whole
-    license): its wording, and no mention of a copyleft or proprietary one in its first 2 KB."""
+    license): its first line's name ("MIT License") or else its wording, and no mention of a
+    copyleft or proprietary one in its first 2 KB."""
     head = text[:2048]
-    return None if _NON_PERMISSIVE_TEXT.search(head) else _license_file_id(head)
+    if _NON_PERMISSIVE_TEXT.search(head):
+        return None
+    return from_text(head.strip().splitlines()[0]) or _license_file_id(head)
 
 
 def from_license_file(root: Path) -> License:

@@ -88,6 +88,7 @@ def meta(*lines: str) -> str:
             "BSD",
             True,
         ),
+        (meta("License: MIT License", "        ", "        Copyright (c) 2020 Somebody"), "MIT", True),
         (  # a copyright line alone names no license
             meta("License: Copyright (c) 2015, A Project", "Classifier: License :: OSI Approved :: BSD License"),
             "OSI Approved :: BSD License; Copyright (c) 2015, A Project",
