@@ -739,6 +739,8 @@ def cmd_gpu(args: argparse.Namespace) -> int:
 
     if args.time_budget <= 0:
         raise UsageError("demi train gpu: --time-budget must be > 0 seconds")
+    if args.prepare_only:  # the corpus and the tokenizer are CPU work: a machine without a GPU prepares
+        args.device = "cpu"
     with _process_group(args) as (env, device):
         summary = build_gpu(
             args.out,

@@ -64,6 +64,10 @@ def test_fetch_then_the_gpu_recipe_at_test_scale_then_the_curve(tmp_path, capsys
     gpu = ("train", "gpu", "--out", run, "--scale", "test", "--device", "cpu", "--no-progress", "--json")
     code, _, err = demi(capsys, *gpu[:3], tmp_path / "other", *gpu[4:])
     assert code == 2 and "--registry" in err  # a new run needs the store
+    # the documented CPU step, with the recipe's own device (cuda) left as it is: preparing needs no GPU
+    prep = ("train", "gpu", "--out", run, "--scale", "test", "--registry", store, "--no-stdlib", "--time-budget", "120")
+    code, out, _ = demi(capsys, *prep, "--prepare-only", "--json")
+    assert code == 0 and json.loads(out)["prepared"] and (run / "run.json").is_file()
     code, out, err = demi(capsys, *gpu, "--registry", store, "--no-stdlib", "--time-budget", "120")
     summary = json.loads(out)
     assert code == 0 and summary["finished"] and Path(summary["model_dir"], "model.safetensors").is_file()
