@@ -124,7 +124,10 @@ async def test_cancel_stops_decoding_in_the_engine(client, workdir):
             ),
             msg_id="long-one",
         )
-        await asyncio.sleep(0.15)
+        deadline = time.monotonic() + 20  # cancelled once the model is at work (a loaded machine prefills slowly)
+        while (await stats(client))["modelSteps"] == s0["modelSteps"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
         client.protocol.notify(t.CANCEL_REQUEST, t.CancelParams(id="long-one"))
         sent = time.monotonic()
         with pytest.raises(JsonRpcException) as err:
