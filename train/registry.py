@@ -150,7 +150,10 @@ class Fetcher:
         with self._lock:
             self.dest.mkdir(parents=True, exist_ok=True)
             with open(self.index_path, "a+b") as f:
-                torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1)) != b"\n"
+                torn = False
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    torn = f.read(1) != b"\n"
                 f.write((("\n" if torn else "") + json.dumps(asdict(item)) + "\n").encode("utf-8"))
 
     # -- one package ----------------------------------------------------------------------------

@@ -146,6 +146,8 @@ def test_refused_licenses_are_checked_again_on_request_after_a_torn_line(store):
     assert sum((f.registry, f.spec) in refused for f in index) == 6  # each the first time and again
     assert report["pypi"]["excluded_by_license"] == 1 and report["npm"]["packages"] == 1
     assert fetcher.fetch_many(todo, jobs=2)["attempted"] == 0
+    text = (dest / "index.jsonl").read_text(encoding="utf-8")
+    assert "\n\n" not in text  # a line of its own after the torn one, and no empty lines elsewhere
 
 
 def test_registry_sources_and_the_heldout_split_by_package(store):
