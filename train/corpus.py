@@ -6,9 +6,10 @@ dist-info RECORD, its license from METADATA), or one package fetched from a regi
 (`registry.py`). `build_corpus` reads every file, drops what is not usable text (unreadable or
 binary files are an error unless `on_bad="skip"`; files too large or that look generated are
 always skipped, and recorded), removes exact and near duplicates, splits off held-out files by a
-hash of their path (or whole packages: `heldout_by="package"`), and returns the documents and a
-manifest: package, version, license, files and (once tokenized) tokens per source, the license
-check in numbers, plus what was left out and why.
+hash of their path (or whole packages: `heldout_by="package"`), and returns the documents (or
+hands each to a sink as it is kept: the corpus streams, never in memory whole) and a manifest:
+package, version, license, files and (once tokenized) tokens per source, the license check in
+numbers, plus what was left out and why.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import json
 import os
 import platform
 import sysconfig
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from demi.model.filecheck import TooLarge, read_checked
-from demi.train.dedup import deduplicate
+from demi.train.dedup import Deduplicator
 from demi.train.errors import CorpusError
 from demi.train.licenses import License, from_license_file, from_metadata, named
 
@@ -220,6 +222,32 @@ def is_heldout(key: str, fraction: float, seed: int = 0) -> bool:
 # -- the corpus ------------------------------------------------------------------------------------
 
 
+class CorpusSink(Protocol):
+    """Where `build_corpus` puts each document it keeps, as it keeps it."""
+
+    def add(self, doc: Document, heldout: bool) -> None: ...
+
+
+@dataclass
+class _Collected:
+    train: list[Document] = field(default_factory=list)
+    heldout: list[Document] = field(default_factory=list)
+
+    def add(self, doc: Document, heldout: bool) -> None:
+        (self.heldout if heldout else self.train).append(doc)
+
+
+@dataclass
+class _File:
+    path: Path
+    rel: str
+    key: str
+    size: int = 0  # on disk; only read for a capped source
+
+
+BATCH_FILES = 256  # files fingerprinted together (dedup.py hashes a batch in a few tensor operations)
+
+
 def build_corpus(
     sources: Sequence[Source],
     *,
@@ -232,29 +260,57 @@ def build_corpus(
     max_source_bytes: dict[str, int] | int | None = None,
     max_skipped_listed: int = 200,
     heldout_by: str = "file",
+    sink: CorpusSink | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Corpus:
     """Read, filter, deduplicate and split; see the module docstring. Raises CorpusError when
     nothing usable is left, with the reason.
 
+    The corpus streams: each file is read, judged against the files kept before it, and handed
+    on, so memory holds the deduplication's fingerprints (about 2 KB a file), not the text. With
+    `sink` the kept documents go there as they come and the returned Corpus holds none (a
+    registry's 2 GB of code is written, not held); without it they are collected.
+
     `max_source_bytes` caps what one source contributes (an int for every source, or a dict by
-    source name with "*" for the rest), so one huge package cannot dominate the mixture; the
-    files kept are chosen by a hash of their name, so the choice is stable.
+    source name with "*" for the rest), so one huge package cannot dominate the mixture. A
+    source larger on disk than its cap is read in an order fixed by a hash of each file's name,
+    taking the files that still fit until the budget is used; a file found to be a duplicate
+    gives its share back. Files past the budget are never read.
 
     `heldout_by` "package" holds out whole packages (`split_unit`) instead of single files: a
-    held-out file then has no sibling in training, as code the model meets later has none."""
+    held-out file then has no sibling in training, as code the model meets later has none.
+
+    `progress` gets a line about every 15 seconds (sources done, files and bytes kept)."""
     if on_bad not in ("error", "skip"):
         raise ValueError("on_bad must be 'error' or 'skip'")
     if heldout_by not in HELDOUT_UNITS:
         raise CorpusError(f"the held-out split is by {' or '.join(HELDOUT_UNITS)}, not {heldout_by!r}")
     if not 0 <= heldout_fraction < 1:
         raise CorpusError("the held-out fraction must be in [0, 1)")
+    collected = _Collected() if sink is None else None
+    out: CorpusSink = sink if sink is not None else collected  # type: ignore[assignment]
+    dedup = Deduplicator(near_threshold, seed=seed)
+    judged: list[str] = []  # every judged file's key, by its number in the deduplicator
+    near: list[tuple[int, int, float]] = []
+    exact_removed = 0
     entries: list[dict[str, Any]] = []
-    docs: list[Document] = []
     skipped: list[dict[str, str]] = []
     seen_keys: set[str] = set()
     kinds: dict[str, str] = {}
-    for src in sources:
-        entry = {
+    capped: dict[str, int] = {}
+    heldout_keys: list[str] = []
+    heldout_units: set[str] = set()
+    split_of: dict[str, bool] = {}
+    counts = {"read": 0, "kept": 0, "train": 0, "bytes": 0}
+    started = last_report = time.monotonic()
+    for done, src in enumerate(sources):
+        if progress is not None and time.monotonic() - last_report > 15:
+            last_report = time.monotonic()
+            progress(
+                f"corpus: {done:,} of {len(sources):,} sources, {counts['kept']:,} files kept "
+                f"({counts['bytes'] / 1e6:,.1f} MB) of {counts['read']:,} read, {last_report - started:.0f} s"
+            )
+        entry: dict[str, Any] = {
             "name": src.name,
             "version": src.version,
             "kind": src.kind,
@@ -278,30 +334,56 @@ def build_corpus(
         if permissive_only and not src.license.permissive:
             entry["excluded"] = f"license {src.license.spdx!r} is not permissive"
             continue
+        files = []
         for path in src.files:
             try:
                 rel = path.relative_to(src.root).as_posix()
             except ValueError:
                 rel = path.name
             doc_key = f"{src.name}/{rel}"
-            if doc_key in seen_keys:
-                continue
-            seen_keys.add(doc_key)
-            try:
-                text = read_source_file(path, max_bytes)
-            except _Skip as why:
-                skipped.append({"file": doc_key, "reason": str(why)})
-                continue
-            except CorpusError as exc:
-                if on_bad == "error":
-                    raise CorpusError(f"{exc} (pass --skip-bad-files to leave such files out)") from None
-                skipped.append({"file": doc_key, "reason": str(exc).split(": ", 1)[-1]})
-                continue
-            if not text.strip():
-                skipped.append({"file": doc_key, "reason": "empty"})
-                continue
-            docs.append(Document(src.name, rel, text))
-    if not docs:
+            if doc_key not in seen_keys:
+                seen_keys.add(doc_key)
+                files.append(_File(path, rel, doc_key))
+        cap = _budget(max_source_bytes, src.name)
+        plan = _ReadingPlan(files, cap, seed)
+        used = 0
+        while todo := plan.next_wave(None if cap is None else cap - used):
+            for lo in range(0, len(todo), BATCH_FILES):
+                batch: list[tuple[_File, str]] = []
+                for f in todo[lo : lo + BATCH_FILES]:
+                    text = _read_or_skip(f, max_bytes, on_bad, skipped)
+                    if text is not None:
+                        batch.append((f, text))
+                counts["read"] += len(batch)
+                for (f, text), fp in zip(batch, dedup.fingerprints([t for _, t in batch])):
+                    number = len(judged)
+                    judged.append(f.key)
+                    verdict = dedup.judge(number, fp)
+                    if not verdict.kept:
+                        if verdict.exact:
+                            exact_removed += 1
+                        else:
+                            near.append((number, verdict.duplicate_of, verdict.similarity))
+                        continue
+                    doc = Document(src.name, f.rel, text)
+                    size = len(text.encode("utf-8", "surrogatepass"))
+                    used += size
+                    entry["files"] += 1
+                    entry["bytes"] += size
+                    unit = split_unit(doc, src.kind, heldout_by)
+                    if unit not in split_of:
+                        split_of[unit] = is_heldout(unit, heldout_fraction, seed)
+                    held = split_of[unit]
+                    if held:
+                        heldout_keys.append(doc.key)
+                        heldout_units.add(unit)
+                    counts["kept"] += 1
+                    counts["bytes"] += size
+                    counts["train"] += not held
+                    out.add(doc, held)
+        if plan.left_out:
+            capped[src.name] = plan.left_out
+    if not counts["read"]:
         what = ", ".join(str(s.root) for s in sources) or "no sources given"
         reason = (
             "no source files with the wanted extensions"
@@ -311,49 +393,105 @@ def build_corpus(
         if permissive_only and all(e["excluded"] for e in entries) and entries:
             reason = "no source has a permissive license (use --license SPDX to state one)"
         raise CorpusError(f"empty corpus ({what}): {reason}")
-    result = deduplicate([d.text for d in docs], near_threshold=near_threshold, seed=seed)
-    kept = [docs[i] for i in result.keep]
-    capped: dict[str, int] = {}
-    if max_source_bytes:
-        kept, capped = _cap_sources(kept, max_source_bytes, seed)
-    units = {d.key: split_unit(d, kinds[d.source], heldout_by) for d in kept}
-    train = [d for d in kept if not is_heldout(units[d.key], heldout_fraction, seed)]
-    heldout = [d for d in kept if is_heldout(units[d.key], heldout_fraction, seed)]
-    if not train:
+    if not counts["train"]:
         raise CorpusError("every file landed in the held-out split; use a smaller held-out fraction")
-    by_source: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        by_source.setdefault(e["name"], e)
-    for d in kept:
-        by_source[d.source]["files"] += 1
-        by_source[d.source]["bytes"] += len(d.text.encode("utf-8", "surrogatepass"))
-    used = [e for e in entries if e["files"]]
+    used_entries = [e for e in entries if e["files"]]
     manifest = {
         "format": "demi-corpus-manifest/1",
         "sources": entries,
-        "files": len(kept),
-        "train_files": len(train),
-        "heldout_files": len(heldout),
+        "files": counts["kept"],
+        "train_files": counts["train"],
+        "heldout_files": len(heldout_keys),
         "heldout_fraction": heldout_fraction,
-        "heldout": sorted(d.key for d in heldout),
+        "heldout": sorted(heldout_keys),
         "heldout_by": heldout_by,
-        "heldout_units": sorted({units[d.key] for d in heldout}) if heldout_by == "package" else [],
+        "heldout_units": sorted(heldout_units) if heldout_by == "package" else [],
         "bytes": sum(e["bytes"] for e in entries),
         "dedup": {
-            "exact_removed": len(result.exact),
-            "near_removed": len(result.near),
+            "exact_removed": exact_removed,
+            "near_removed": len(near),
             "near_threshold": near_threshold,
-            "near_examples": [[docs[a].key, docs[b].key, round(s, 3)] for a, b, s in result.near[:20]],
+            "near_examples": [[judged[a], judged[b], round(s, 3)] for a, b, s in near[:20]],
         },
         "capped": capped,
         "skipped": skipped[:max_skipped_listed],
         "skipped_count": len(skipped),
         "permissive_only": permissive_only,
         "licenses": license_counts(entries),
-        "shippable": all(e["license"]["permissive"] for e in used),
+        "shippable": all(e["license"]["permissive"] for e in used_entries),
         "seed": seed,
     }
-    return Corpus(train, heldout, manifest)
+    if collected is None:
+        return Corpus([], [], manifest)
+    return Corpus(collected.train, collected.heldout, manifest)
+
+
+def _budget(limit: dict[str, int] | int | None, name: str) -> int | None:
+    if limit is None or isinstance(limit, int):
+        return limit or None
+    return limit.get(name, limit.get("*"))
+
+
+class _ReadingPlan:
+    """The waves in which one source's files are read, under its cap.
+
+    Uncapped (or no larger than the cap on disk): one wave, every file in path order. Capped: in
+    the order of a hash of each file's name, a wave takes the files that fit the room left (by
+    size on disk, which the text never exceeds), as if all of them were kept; the next wave,
+    with the room that duplicates and skipped files gave back, takes what fits of the rest, until
+    nothing does. What is never read is `left_out` (bytes on disk)."""
+
+    def __init__(self, files: list[_File], cap: int | None, seed: int):
+        if cap is not None:
+            for f in files:
+                try:
+                    f.size = f.path.stat().st_size
+                except OSError:
+                    f.size = 0  # reading it says why
+            if sum(f.size for f in files) <= cap:
+                cap = None
+        self.capped = cap is not None
+        self.pending = (
+            sorted(files, key=lambda f: hashlib.sha256(f"{seed}:cap:{f.key}".encode()).hexdigest())
+            if self.capped
+            else files
+        )
+
+    def next_wave(self, room: int | None) -> list[_File]:
+        if not self.capped or room is None:
+            take, self.pending = self.pending, []
+            return take
+        take, rest = [], []
+        for f in self.pending:
+            if f.size <= room:
+                take.append(f)
+                room -= f.size
+            else:
+                rest.append(f)
+        self.pending = rest
+        return take
+
+    @property
+    def left_out(self) -> int:
+        return sum(f.size for f in self.pending)
+
+
+def _read_or_skip(f: _File, max_bytes: int, on_bad: str, skipped: list[dict[str, str]]) -> str | None:
+    """The file's text, or None with the reason recorded (a bad file raises unless `on_bad` is "skip")."""
+    try:
+        text = read_source_file(f.path, max_bytes)
+    except _Skip as why:
+        skipped.append({"file": f.key, "reason": str(why)})
+        return None
+    except CorpusError as exc:
+        if on_bad == "error":
+            raise CorpusError(f"{exc} (pass --skip-bad-files to leave such files out)") from None
+        skipped.append({"file": f.key, "reason": str(exc).split(": ", 1)[-1]})
+        return None
+    if not text.strip():
+        skipped.append({"file": f.key, "reason": "empty"})
+        return None
+    return text
 
 
 def license_counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -374,45 +512,21 @@ def license_counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _cap_sources(docs: list[Document], limit: dict[str, int] | int, seed: int) -> tuple[list[Document], dict[str, int]]:
-    """Keep, per source, files in hash order until the source's byte budget is used up."""
-
-    def budget(name: str) -> int | None:
-        if isinstance(limit, int):
-            return limit
-        return limit.get(name, limit.get("*"))
-
-    by_source: dict[str, list[Document]] = {}
-    for d in docs:
-        by_source.setdefault(d.source, []).append(d)
-    keep: set[str] = set()
-    capped: dict[str, int] = {}
-    for name, group in by_source.items():
-        cap = budget(name)
-        size = sum(len(d.text.encode("utf-8", "surrogatepass")) for d in group)
-        if cap is None or size <= cap:
-            keep.update(d.key for d in group)
-            continue
-        used = 0
-        for d in sorted(group, key=lambda d: hashlib.sha256(f"{seed}:cap:{d.key}".encode()).hexdigest()):
-            n = len(d.text.encode("utf-8", "surrogatepass"))
-            if used + n <= cap:
-                keep.add(d.key)
-                used += n
-        capped[name] = size - used  # bytes left out
-    return [d for d in docs if d.key in keep], capped
-
-
 def record_tokens(corpus: Corpus, count_tokens) -> None:
     """Fill in each source's token count (plain text, no FIM) with `count_tokens(list[str]) -> list[int]`."""
     totals: dict[str, int] = {}
     docs = corpus.train + corpus.heldout
     for d, n in zip(docs, count_tokens([d.text for d in docs])):
         totals[d.source] = totals.get(d.source, 0) + n
-    for entry in corpus.manifest["sources"]:
+    set_token_counts(corpus.manifest, totals)
+
+
+def set_token_counts(manifest: dict[str, Any], totals: dict[str, int]) -> None:
+    """Each used source's tokens (from `totals`, by source name) and the corpus' in the manifest."""
+    for entry in manifest["sources"]:
         if entry["files"]:
             entry["tokens"] = totals.get(entry["name"], 0)
-    corpus.manifest["tokens"] = sum(totals.values())
+    manifest["tokens"] = sum(totals.values())
 
 
 def write_manifest(corpus: Corpus, path: str | Path) -> None:

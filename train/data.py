@@ -115,6 +115,14 @@ class SegmentEncoder:
             return []
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens each text is (no offsets computed: about twice as fast as ids)."""
+        if not texts:
+            return []
+        fast = getattr(self.backend, "encode_batch_fast", None)  # tokenizers >= 0.20
+        batch = (fast or self.backend.encode_batch)(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in batch]
+
     def encode(self, samples: Sequence[Sample]) -> list[list[int]]:
         """Token ids of each sample."""
         merged: list[list[str | Special]] = []

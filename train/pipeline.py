@@ -25,8 +25,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import queue
 import shutil
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from demi.model.config import ModelConfig
 from demi.model.errors import DemiUserError
 from demi.model.tokenizer import Tokenizer
 from demi.train import checkpoints
-from demi.train.corpus import Corpus, Document, Source, build_corpus, record_tokens, write_manifest
+from demi.train.corpus import Document, Source, build_corpus, set_token_counts, write_manifest
 from demi.train.data import DataOptions, PackedData, SegmentEncoder
 from demi.train.distributed import SINGLE, DistEnv
 from demi.train.errors import CorpusError, ResumeError, TrainConfigError, VocabularyMismatchError
@@ -133,20 +135,67 @@ class RunSpec:
             raise TrainConfigError(f"bad data settings in run.json: {exc}") from None
 
 
-def _write_docs(path: Path, docs: Sequence[Document]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"source": d.source, "path": d.path, "text": d.text}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+class _Snapshot:
+    """The corpus snapshot's two files, written as `build_corpus` keeps each document (gzip, one
+    JSON object a line), so the corpus is never in memory whole; they take their names only
+    when `finish` is called, so an interrupted build leaves no snapshot that looks whole. A
+    thread compresses (zlib lets go of the interpreter while it works) beside the reading and
+    hashing; a bounded queue keeps it at most a few hundred files behind."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths = {False: folder / "train.jsonl.gz", True: folder / "heldout.jsonl.gz"}
+        self.files = {
+            k: gzip.open(p.with_suffix(".tmp"), "wt", encoding="utf-8", compresslevel=6) for k, p in self.paths.items()
+        }
+        self.train_chars = 0
+        self._queue: queue.Queue[tuple[bool, str] | None] = queue.Queue(maxsize=256)
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write, name="corpus-snapshot", daemon=True)
+        self._writer.start()
+
+    def _write(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.files[item[0]].write(item[1])
+                except BaseException as exc:  # noqa: BLE001 - raised again in the builder's thread
+                    self._error = exc
+
+    def add(self, doc: Document, heldout: bool) -> None:
+        if self._error is not None:
+            raise CorpusError(f"cannot write the corpus snapshot: {self._error}")
+        line = json.dumps({"source": doc.source, "path": doc.path, "text": doc.text}, ensure_ascii=False) + "\n"
+        self._queue.put((heldout, line))
+        if not heldout:
+            self.train_chars += len(doc.text)
+
+    def finish(self, ok: bool) -> None:
+        self._queue.put(None)
+        self._writer.join()
+        for k, f in self.files.items():
+            f.close()
+            tmp = self.paths[k].with_suffix(".tmp")
+            if ok and self._error is None:
+                os.replace(tmp, self.paths[k])
+            else:
+                tmp.unlink(missing_ok=True)
+        if ok and self._error is not None:
+            raise CorpusError(f"cannot write the corpus snapshot: {self._error}")
+
+
+def _iter_docs(path: Path) -> Iterator[Document]:
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield Document(**json.loads(line))
+    except (OSError, EOFError, ValueError, TypeError) as exc:
+        raise ResumeError(f"{path}: corrupt corpus snapshot ({exc}); delete the run directory to start over") from None
 
 
 def _read_docs(path: Path) -> list[Document]:
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return [Document(**json.loads(line)) for line in f if line.strip()]
-    except (OSError, EOFError, ValueError, TypeError) as exc:
-        raise ResumeError(f"{path}: corrupt corpus snapshot ({exc}); delete the run directory to start over") from None
+    return list(_iter_docs(path))
 
 
 def heldout_documents(run_dir: str | Path) -> list[Document]:
@@ -172,8 +221,11 @@ def load_run(run_dir: Path) -> RunSpec:
 
 def prepare_run(
     run_dir: str | Path, spec: RunSpec, sources: Sequence[Source], tokenizer_dir: str | Path | None = None, log=print
-) -> Corpus:
-    """Build the corpus snapshot, the manifest and the tokenizer, and write run.json.
+) -> dict[str, Any]:
+    """Build the corpus snapshot, the manifest and the tokenizer, and write run.json; returns the
+    manifest. The corpus streams from the sources to the snapshot (`build_corpus` with a sink),
+    and the tokenizer's sample and the token counts stream back from it, so memory does not grow
+    with the corpus.
 
     With `tokenizer_dir` the run uses that tokenizer (a teacher's, say) instead of training one.
     """
@@ -181,26 +233,32 @@ def prepare_run(
     run.mkdir(parents=True, exist_ok=True)
     copts = CorpusOptions(**spec.corpus)
     seed = int(spec.train.get("seed", 0))
-    corpus = build_corpus(
-        sources,
-        permissive_only=copts.permissive_only,
-        on_bad=copts.on_bad,
-        near_threshold=copts.near_threshold,
-        heldout_fraction=copts.heldout_fraction,
-        seed=seed,
-        max_bytes=copts.max_bytes,
-        max_source_bytes=copts.max_source_bytes,
-        heldout_by=copts.heldout_by,
-    )
+    snapshot = _Snapshot(run / "corpus")
+    try:
+        corpus = build_corpus(
+            sources,
+            permissive_only=copts.permissive_only,
+            on_bad=copts.on_bad,
+            near_threshold=copts.near_threshold,
+            heldout_fraction=copts.heldout_fraction,
+            seed=seed,
+            max_bytes=copts.max_bytes,
+            max_source_bytes=copts.max_source_bytes,
+            heldout_by=copts.heldout_by,
+            sink=snapshot,
+            progress=log,
+        )
+    except BaseException:
+        snapshot.finish(ok=False)
+        raise
+    snapshot.finish(ok=True)
     m = corpus.manifest
     log(
         f"corpus: {m['files']} files ({m['train_files']} train, {m['heldout_files']} held out), "
         f"{m['bytes'] / 1e6:.1f} MB; removed {m['dedup']['exact_removed']} exact and "
         f"{m['dedup']['near_removed']} near duplicates; skipped {m['skipped_count']}"
     )
-    (run / "corpus").mkdir(exist_ok=True)
-    _write_docs(run / "corpus" / "train.jsonl.gz", corpus.train)
-    _write_docs(run / "corpus" / "heldout.jsonl.gz", corpus.heldout)
+    train_path, heldout_path = snapshot.paths[False], snapshot.paths[True]
     tok_dir = run / "tokenizer"
     if tokenizer_dir is not None:
         tok_dir.mkdir(exist_ok=True)
@@ -215,28 +273,76 @@ def prepare_run(
 
         log(f"tokenizer: training a {spec.vocab_size}-token byte-level BPE")
         tok = train_bpe_tokenizer(
-            _tokenizer_texts(corpus.train, copts.tokenizer_bytes),
+            _tokenizer_texts(_iter_docs(train_path), snapshot.train_chars, copts.tokenizer_bytes),
             tok_dir,
             vocab_size=spec.vocab_size,
             model_max_length=int(spec.model.get("max_position_embeddings", 4096)),
         )
-    enc = SegmentEncoder(tok)
-    record_tokens(corpus, lambda texts: [len(ids) for ids in enc.encode_texts(texts)])
-    m["tokenizer"] = {
-        "vocab_size": tok.vocab_size,
-        "chars_per_token": round(sum(len(d.text) for d in corpus.train + corpus.heldout) / max(1, m["tokens"]), 3),
-    }
+    _count_tokens(m, tok, (train_path, heldout_path), log)
     write_manifest(corpus, run / "manifest.json")
     spec.model["vocab_size"] = tok.vocab_size
     write_json(run / "run.json", spec.to_json())
-    return corpus
+    return m
 
 
-def _tokenizer_texts(docs: Sequence[Document], budget: int | None) -> Iterator[str]:
+EXACT_TOKEN_COUNT_BYTES = 256 * 1024 * 1024  # a larger corpus has its tokens counted on a sample
+TOKEN_SAMPLE_EVERY = 10
+
+
+def _count_tokens(m: dict[str, Any], tok: Tokenizer, paths: Sequence[Path], log) -> None:
+    """Each source's tokens in the manifest, and the characters per token. Up to
+    EXACT_TOKEN_COUNT_BYTES every file is tokenized; past it (2 GB take minutes to tokenize on
+    two cores, for a report) one file in TOKEN_SAMPLE_EVERY is, a source's count is its
+    characters times its drawn files' tokens per character (the whole sample's where none of
+    its files was drawn), and the manifest says so (`tokens_estimated`)."""
+    enc = SegmentEncoder(tok)
+    every = 1 if m["bytes"] <= EXACT_TOKEN_COUNT_BYTES else TOKEN_SAMPLE_EVERY
+    chars: dict[str, int] = {}
+    sample: dict[str, list[int]] = {}  # source -> [characters, tokens] of its drawn files
+
+    def drawn() -> Iterator[Document]:
+        for path in paths:
+            for i, d in enumerate(_iter_docs(path)):
+                chars[d.source] = chars.get(d.source, 0) + len(d.text)
+                if i % every == every // 2:
+                    yield d
+
+    for batch in _batched(drawn(), 512):
+        for d, n in zip(batch, enc.count_tokens([d.text for d in batch])):
+            got = sample.setdefault(d.source, [0, 0])
+            got[0] += len(d.text)
+            got[1] += n
+    if every == 1:
+        totals = {name: got[1] for name, got in sample.items()}
+    else:
+        overall = sum(t for _, t in sample.values()) / max(1, sum(c for c, _ in sample.values()))
+        totals = {
+            name: round(c * (sample[name][1] / sample[name][0] if name in sample else overall))
+            for name, c in chars.items()
+        }
+        m["tokens_estimated"] = {"sample_every": every, "sources_sampled": len(sample), "sources": len(chars)}
+    set_token_counts(m, totals)
+    per_token = sum(chars.values()) / max(1, m["tokens"])
+    m["tokenizer"] = {"vocab_size": tok.vocab_size, "chars_per_token": round(per_token, 3)}
+    if every > 1:
+        log(f"tokens: about {m['tokens']:,} (one file in {every} tokenized)")
+
+
+def _batched(items: Iterable[Document], n: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _tokenizer_texts(docs: Iterable[Document], total_chars: int, budget: int | None) -> Iterator[str]:
     """The training texts the tokenizer learns from: all, or every k-th file so that about
-    `budget` bytes are read (a spread over every source, not the first ones)."""
-    total = sum(len(d.text) for d in docs)
-    every = max(1, round(total / budget)) if budget else 1
+    `budget` characters are read (a spread over every source, not the first ones)."""
+    every = max(1, round(total_chars / budget)) if budget else 1
     return (d.text for i, d in enumerate(docs) if i % every == 0)
 
 

@@ -5,13 +5,15 @@ distributions read from dist-info, and the docstring/code pairs."""
 from __future__ import annotations
 
 import random
+import re
+from dataclasses import asdict
 
 import pytest
-from test_train_support import make_tree, module_text
+from test_train_support import make_tree, micro_config, module_text
 
-from demi.train import licenses
+from demi.train import licenses, pipeline
 from demi.train.corpus import Document, build_corpus, directory_source, record_tokens, site_packages_sources
-from demi.train.dedup import deduplicate
+from demi.train.dedup import Deduplicator, MinHasher, deduplicate
 from demi.train.errors import CorpusError
 from demi.train.fim import render
 from demi.train.pairs import extract_pairs, functions, summary_of
@@ -247,3 +249,113 @@ def test_pairs_are_deterministic():
     assert [render(s) for s in extract_pairs(docs, seed=7)] == [render(s) for s in extract_pairs(docs, seed=7)]
     random.seed(0)  # the global RNG is not used
     assert extract_pairs(docs, seed=7) == extract_pairs(docs, seed=7)
+
+
+def test_a_batch_hashes_each_text_as_if_alone():
+    """Grams never cross from one text into the next when texts are fingerprinted together."""
+    texts = [module_text(i) for i in range(5)] + ["x = 1\n", module_text(3)[:400]]
+    dedup = Deduplicator()
+    together = dedup.fingerprints(texts)
+    for text, fp in zip(texts, together):
+        (alone,) = dedup.fingerprints([text])
+        assert fp.exact == alone.exact
+        assert (fp.signature is None) == (alone.signature is None)
+        assert fp.signature is None or bool((fp.signature == alone.signature).all())
+    assert together[5].signature is None  # too few 5-grams: exact deduplication only
+
+
+def test_signature_agreement_estimates_the_jaccard_similarity():
+    """One-permutation MinHash with densification: over many seeds, the share of agreeing bins
+    centres on the true Jaccard similarity of the two files' 5-gram sets, with MinHash's spread."""
+    a = module_text(1)
+    b = a.replace("total", "acc").replace("groups", "buckets")
+    true = _jaccard(a, b)
+    assert 0.3 < true < 0.9
+    estimates = []
+    for seed in range(60):
+        sa, sb = MinHasher(128, seed).signatures([a, b])
+        estimates.append(float((sa == sb).float().mean()))
+    mean = sum(estimates) / len(estimates)
+    spread = (true * (1 - true) / 128) ** 0.5
+    assert abs(mean - true) < 3 * spread / len(estimates) ** 0.5 + 0.01
+    assert max(abs(e - true) for e in estimates) < 5 * spread
+
+
+def _jaccard(a: str, b: str) -> float:
+    def grams(t: str) -> set[tuple[bytes, ...]]:
+        toks = re.findall(rb"\w+|[^\w\s]", t.encode())
+        return {tuple(toks[i : i + 5]) for i in range(len(toks) - 4)}
+
+    ga, gb = grams(a), grams(b)
+    return len(ga & gb) / len(ga | gb)
+
+
+def test_the_corpus_streams_into_a_sink(tmp_path):
+    make_tree(tmp_path, files=8)
+    (tmp_path / "pkg" / "copy.py").write_text(module_text(0))
+    collected = build_corpus([directory_source(tmp_path)], heldout_fraction=0.3)
+    got: list[tuple[str, bool]] = []
+
+    class Sink:
+        def add(self, doc, heldout):
+            got.append((doc.key, heldout))
+
+    streamed = build_corpus([directory_source(tmp_path)], heldout_fraction=0.3, sink=Sink())
+    assert not streamed.train and not streamed.heldout
+    assert sorted(got) == sorted([(d.key, False) for d in collected.train] + [(d.key, True) for d in collected.heldout])
+    assert streamed.manifest == collected.manifest
+
+
+def test_a_capped_source_reads_only_what_fits_and_duplicates_give_room_back(tmp_path):
+    first = make_tree(tmp_path / "first", files=3)
+    big = make_tree(tmp_path / "big", files=10)  # modules 0-2 repeat the first source's
+    size = len(module_text(5).encode())
+    cap = 6 * size
+    corpus = build_corpus(
+        [directory_source(first), directory_source(big)], heldout_fraction=0, max_source_bytes={"big": cap}
+    )
+    big_entry = corpus.manifest["sources"][1]
+    on_disk = sum(p.stat().st_size for p in (big / "pkg").glob("*.py"))
+    assert big_entry["bytes"] <= cap and big_entry["files"] >= 5  # duplicates took no room
+    assert corpus.manifest["capped"]["big"] > 0
+    # what was kept, what duplicated the first source and what the cap left unread add up
+    dup = corpus.manifest["dedup"]["exact_removed"]
+    assert big_entry["files"] + dup + round(corpus.manifest["capped"]["big"] / size) == 10
+    assert {d.text for d in corpus.train if d.source == "big"}.isdisjoint({module_text(i) for i in range(3)})
+    assert on_disk > cap
+
+
+def test_files_past_a_sources_cap_are_never_read(tmp_path):
+    src = make_tree(tmp_path / "src", files=6)
+    (src / "pkg" / "zz_bad.py").write_bytes(b"\x00binary" * 2000)  # larger than any room left
+    corpus = build_corpus([directory_source(src)], heldout_fraction=0, max_source_bytes=5 * len(module_text(1)))
+    assert corpus.manifest["skipped_count"] == 0 and "src" in corpus.manifest["capped"]
+
+
+def test_a_prepared_run_streams_its_snapshot_and_leaves_none_when_the_build_fails(tmp_path):
+    src = make_tree(tmp_path / "src", files=10)
+    spec = pipeline.RunSpec(model=asdict(micro_config(420)), vocab_size=420, corpus={"heldout_fraction": 0.2})
+    manifest = pipeline.prepare_run(tmp_path / "run", spec, [directory_source(src)], log=lambda *_: None)
+    collected = build_corpus([directory_source(src)], heldout_fraction=0.2)
+    for name, docs in (("train", collected.train), ("heldout", collected.heldout)):
+        assert pipeline._read_docs(tmp_path / "run" / "corpus" / f"{name}.jsonl.gz") == docs
+    assert manifest["tokens"] == sum(e["tokens"] for e in manifest["sources"] if e["files"]) > 0
+    assert 1 < manifest["tokenizer"]["chars_per_token"] < 8
+
+    (src / "pkg" / "zz.py").write_bytes(b"\x00binary")
+    with pytest.raises(CorpusError, match="binary"):
+        pipeline.prepare_run(tmp_path / "bad", spec, [directory_source(src)], log=lambda *_: None)
+    assert not list((tmp_path / "bad" / "corpus").iterdir())  # no snapshot, not even a partial one
+
+
+def test_a_large_corpus_has_its_tokens_estimated_from_a_sample_and_says_so(tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src", files=30)
+    spec = pipeline.RunSpec(model=asdict(micro_config(420)), vocab_size=420, corpus={"heldout_fraction": 0.0})
+    exact = pipeline.prepare_run(tmp_path / "exact", spec, [directory_source(src)], log=lambda *_: None)
+    monkeypatch.setattr(pipeline, "EXACT_TOKEN_COUNT_BYTES", 0)
+    said: list[str] = []
+    estimated = pipeline.prepare_run(tmp_path / "sampled", spec, [directory_source(src)], log=said.append)
+    assert "tokens_estimated" not in exact
+    assert estimated["tokens_estimated"] == {"sample_every": 10, "sources_sampled": 1, "sources": 1}
+    assert abs(estimated["tokens"] - exact["tokens"]) < 0.1 * exact["tokens"]
+    assert any("one file in 10 tokenized" in line for line in said)
