@@ -47,6 +47,12 @@ SHAPES: dict[str, dict[str, Any] | None] = {
 }
 
 
+MAX_CORPUS_HELP = (
+    "size the corpus to the compute: one cap for every package, fitted so their code on disk is at most "
+    "this many MB (small packages whole, large ones cut alike)"
+)
+
+
 def register(sub, common, ev: argparse._SubParsersAction) -> None:
     """`demi train ACTION`, and `demi eval fim|passk` added to `ev`: the `eval` command's
     sub-command table, made by commands_engine and handed over by main.build_parser."""
@@ -156,6 +162,7 @@ def register(sub, common, ev: argparse._SubParsersAction) -> None:
     gpu.add_argument("--time-budget", type=float, default=600.0, help="seconds of training in all (default 600)")
     gpu.add_argument("--no-stdlib", action="store_true", help="leave this Python's standard library out")
     gpu.add_argument("--prepare-only", action="store_true", help="build the run directory and stop (no training)")
+    gpu.add_argument("--max-corpus-mb", type=float, metavar="MB", help=MAX_CORPUS_HELP)
     gpu.add_argument("--scale", choices=["full", "test"], default="full", help=argparse.SUPPRESS)
     _speed_args(gpu)
     gpu.set_defaults(func=cmd_gpu, device="cuda")
@@ -265,6 +272,7 @@ def _corpus_args(p: argparse.ArgumentParser) -> None:
         default="file",
         help="hold out single files, or whole packages so held-out code shares no package with training",
     )
+    p.add_argument("--max-corpus-mb", type=float, metavar="MB", help=MAX_CORPUS_HELP)
 
 
 def _speed_args(p: argparse.ArgumentParser) -> None:
@@ -379,7 +387,17 @@ def _corpus_settings(args: argparse.Namespace) -> dict[str, Any]:
         near_threshold=args.near_dup or None,
         heldout_fraction=args.heldout,
         heldout_by=args.heldout_by,
+        max_total_bytes=_corpus_bytes(args),
     )
+
+
+def _corpus_bytes(args: argparse.Namespace) -> int | None:
+    mb = getattr(args, "max_corpus_mb", None)
+    if mb is None:
+        return None
+    if mb <= 0:
+        raise UsageError("demi train: --max-corpus-mb must be more than 0")
+    return int(mb * 1_000_000)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -496,9 +514,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from demi.train.corpus import build_corpus, source_summary, write_manifest
+    from demi.train.corpus import ManifestOnly, build_corpus, source_summary, write_manifest
 
-    corpus = build_corpus(_sources(args), **_corpus_settings(args))
+    progress = None if args.json else _log
+    corpus = build_corpus(_sources(args), **_corpus_settings(args), sink=ManifestOnly(), progress=progress)
     if args.out:
         write_manifest(corpus, args.out)
     if args.json:
@@ -748,6 +767,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
             scale=args.scale,
             time_budget_s=args.time_budget,
             stdlib=not args.no_stdlib,
+            max_corpus_bytes=_corpus_bytes(args),
             prepare_only=args.prepare_only,
             progress=not args.no_progress,
             log=_log,

@@ -228,6 +228,13 @@ class CorpusSink(Protocol):
     def add(self, doc: Document, heldout: bool) -> None: ...
 
 
+class ManifestOnly:
+    """A sink that lets the documents go: for a report of what a corpus would hold."""
+
+    def add(self, doc: Document, heldout: bool) -> None:
+        pass
+
+
 @dataclass
 class _Collected:
     train: list[Document] = field(default_factory=list)
@@ -258,6 +265,7 @@ def build_corpus(
     seed: int = 0,
     max_bytes: int = MAX_FILE_BYTES,
     max_source_bytes: dict[str, int] | int | None = None,
+    max_total_bytes: int | None = None,
     max_skipped_listed: int = 200,
     heldout_by: str = "file",
     sink: CorpusSink | None = None,
@@ -276,6 +284,11 @@ def build_corpus(
     source larger on disk than its cap is read in an order fixed by a hash of each file's name,
     taking the files that still fit until the budget is used; a file found to be a duplicate
     gives its share back. Files past the budget are never read.
+
+    `max_total_bytes` sizes the whole corpus (to the compute that will train on it): one cap for
+    every source, the largest that keeps the sources' sizes on disk within it (water-filling:
+    small sources whole, large ones cut to the same size), on top of `max_source_bytes`. Sizes on
+    disk count duplicates and skipped files, so the corpus comes out somewhat smaller.
 
     `heldout_by` "package" holds out whole packages (`split_unit`) instead of single files: a
     held-out file then has no sibling in training, as code the model meets later has none.
@@ -301,6 +314,12 @@ def build_corpus(
     heldout_keys: list[str] = []
     heldout_units: set[str] = set()
     split_of: dict[str, bool] = {}
+    fitted: int | None = None
+    if max_total_bytes is not None:
+        usable = [s for s in sources if not (permissive_only and not s.license.permissive)]
+        fitted = fit_source_cap(usable, max_source_bytes, max_total_bytes, max_bytes)
+        if fitted is not None:
+            max_source_bytes = {s.name: min(fitted, _budget(max_source_bytes, s.name) or fitted) for s in usable}
     counts = {"read": 0, "kept": 0, "train": 0, "bytes": 0}
     started = last_report = time.monotonic()
     for done, src in enumerate(sources):
@@ -414,6 +433,8 @@ def build_corpus(
             "near_examples": [[judged[a], judged[b], round(s, 3)] for a, b, s in near[:20]],
         },
         "capped": capped,
+        "max_total_bytes": max_total_bytes,
+        "fitted_source_cap": fitted,
         "skipped": skipped[:max_skipped_listed],
         "skipped_count": len(skipped),
         "permissive_only": permissive_only,
@@ -424,6 +445,36 @@ def build_corpus(
     if collected is None:
         return Corpus([], [], manifest)
     return Corpus(collected.train, collected.heldout, manifest)
+
+
+def fit_source_cap(
+    sources: Sequence[Source], limit: dict[str, int] | int | None, total: int, max_bytes: int = MAX_FILE_BYTES
+) -> int | None:
+    """The largest cap for every source that keeps their sizes on disk (files up to `max_bytes`,
+    each source within its own `limit` too) at or under `total`; None when they fit as they are."""
+    if total <= 0:
+        raise CorpusError("the corpus size budget must be more than 0 bytes")
+    sizes = []
+    for src in sources:
+        size = 0
+        for path in src.files:
+            try:
+                n = path.stat().st_size
+            except OSError:
+                continue
+            size += n if n <= max_bytes else 0
+        own = _budget(limit, src.name)
+        sizes.append(size if own is None else min(size, own))
+    if sum(sizes) <= total:
+        return None
+    lo, hi = 0, max(sizes)  # sum(min(size, lo)) <= total < sum(min(size, hi))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if sum(min(n, mid) for n in sizes) <= total:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _budget(limit: dict[str, int] | int | None, name: str) -> int | None:

@@ -132,6 +132,7 @@ def build_gpu(
     scale: str = "full",
     time_budget_s: float = 600.0,
     stdlib: bool = True,
+    max_corpus_bytes: int | None = None,
     prepare_only: bool = False,
     progress: bool = True,
     log=print,
@@ -140,7 +141,9 @@ def build_gpu(
     dist: DistEnv = SINGLE,
 ) -> dict[str, Any]:
     """Prepare the run (first time: needs `registry`) and train it within the time budget;
-    rerunning resumes. Returns the trainer's summary (or what was prepared)."""
+    rerunning resumes. Returns the trainer's summary (or what was prepared). `max_corpus_bytes`
+    sizes a new run's corpus (`build_corpus`'s `max_total_bytes`): the whole store is about
+    1.7 GB, as much as ten minutes of an H200 trains on."""
     out = Path(out)
 
     def prepare() -> None:
@@ -149,7 +152,10 @@ def build_gpu(
             return
         if registry is None:
             raise TrainConfigError(f"{out} holds no run yet: give --registry DIR (a `demi train fetch` store)")
-        prepare_run(out, gpu_spec(scale, time_budget_s), gpu_sources(registry, stdlib), log=log)
+        spec = gpu_spec(scale, time_budget_s)
+        if max_corpus_bytes is not None:
+            spec.corpus["max_total_bytes"] = max_corpus_bytes
+        prepare_run(out, spec, gpu_sources(registry, stdlib), log=log)
 
     distributed.on_main(dist, prepare)
     if prepare_only:

@@ -57,6 +57,7 @@ class CorpusOptions:
     pairs: bool = True  # docstring <-> code chat samples
     max_bytes: int = 512 * 1024
     max_source_bytes: dict[str, int] | int | None = None  # cap per source ("*": every other source)
+    max_total_bytes: int | None = None  # the whole corpus, by one cap fitted for every source
     heldout_by: str = "file"  # file | package (corpus.split_unit)
     tokenizer_bytes: int | None = None  # train the tokenizer on this much of the training text (all: None)
 
@@ -244,6 +245,7 @@ def prepare_run(
             seed=seed,
             max_bytes=copts.max_bytes,
             max_source_bytes=copts.max_source_bytes,
+            max_total_bytes=copts.max_total_bytes,
             heldout_by=copts.heldout_by,
             sink=snapshot,
             progress=log,

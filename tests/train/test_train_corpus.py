@@ -12,7 +12,14 @@ import pytest
 from test_train_support import make_tree, micro_config, module_text
 
 from demi.train import licenses, pipeline
-from demi.train.corpus import Document, build_corpus, directory_source, record_tokens, site_packages_sources
+from demi.train.corpus import (
+    Document,
+    build_corpus,
+    directory_source,
+    fit_source_cap,
+    record_tokens,
+    site_packages_sources,
+)
 from demi.train.dedup import Deduplicator, MinHasher, deduplicate
 from demi.train.errors import CorpusError
 from demi.train.fim import render
@@ -359,3 +366,25 @@ def test_a_large_corpus_has_its_tokens_estimated_from_a_sample_and_says_so(tmp_p
     assert estimated["tokens_estimated"] == {"sample_every": 10, "sources_sampled": 1, "sources": 1}
     assert abs(estimated["tokens"] - exact["tokens"]) < 0.1 * exact["tokens"]
     assert any("one file in 10 tokenized" in line for line in said)
+
+
+def test_a_corpus_size_budget_fits_one_cap_for_every_source(tmp_path):
+    small = make_tree(tmp_path / "small", files=2)
+    mid = make_tree(tmp_path / "mid", files=5, first=2)
+    big = make_tree(tmp_path / "big", files=10, first=7)
+    sources = [directory_source(small), directory_source(mid), directory_source(big)]
+    sizes = [sum(p.stat().st_size for p in s.files) for s in sources]
+    budget = sizes[0] + 2 * int(sizes[1] * 0.7)
+    cap = fit_source_cap(sources, None, budget)
+    assert cap is not None and sum(min(n, cap) for n in sizes) <= budget < sum(min(n, cap + 1) for n in sizes)
+    assert fit_source_cap(sources, None, sum(sizes)) is None  # they fit as they are
+    assert fit_source_cap(sources, {"big": sizes[0]}, sizes[0] * 2 + sizes[1]) is None  # own caps count
+
+    corpus = build_corpus(sources, heldout_fraction=0, max_total_bytes=budget)
+    m = corpus.manifest
+    kept = {e["name"]: e["bytes"] for e in m["sources"]}
+    assert m["fitted_source_cap"] == cap and m["bytes"] <= budget
+    assert kept["small"] == sizes[0] and "small" not in m["capped"]  # small sources whole
+    assert kept["mid"] <= cap and kept["big"] <= cap and kept["big"] > cap - 2 * len(module_text(9))
+    with pytest.raises(CorpusError, match="more than 0"):
+        build_corpus(sources, max_total_bytes=0)
