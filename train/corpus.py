@@ -275,7 +275,7 @@ def build_corpus(
     nothing usable is left, with the reason.
 
     The corpus streams: each file is read, judged against the files kept before it, and handed
-    on, so memory holds the deduplication's fingerprints (about 2 KB a file), not the text. With
+    on, so memory holds the deduplication's fingerprints (about 1 KB a file), not the text. With
     `sink` the kept documents go there as they come and the returned Corpus holds none (a
     registry's 2 GB of code is written, not held); without it they are collected.
 
@@ -329,22 +329,7 @@ def build_corpus(
                 f"corpus: {done:,} of {len(sources):,} sources, {counts['kept']:,} files kept "
                 f"({counts['bytes'] / 1e6:,.1f} MB) of {counts['read']:,} read, {last_report - started:.0f} s"
             )
-        entry: dict[str, Any] = {
-            "name": src.name,
-            "version": src.version,
-            "kind": src.kind,
-            "root": str(src.root),
-            "license": {
-                "declared": src.license.expression,
-                "spdx": src.license.spdx,
-                "permissive": src.license.permissive,
-            },
-            "files_found": len(src.files),
-            "files": 0,
-            "bytes": 0,
-            "tokens": None,
-            "excluded": None,
-        }
+        entry = _entry(src)
         entries.append(entry)
         if src.name in kinds:
             entry["excluded"] = "an earlier source has the same name"
@@ -445,6 +430,22 @@ def build_corpus(
     if collected is None:
         return Corpus([], [], manifest)
     return Corpus(collected.train, collected.heldout, manifest)
+
+
+def _entry(src: Source) -> dict[str, Any]:
+    """The manifest's record of one source, filled in as its files are kept."""
+    return {
+        "name": src.name,
+        "version": src.version,
+        "kind": src.kind,
+        "root": str(src.root),
+        "license": {"declared": src.license.expression, "spdx": src.license.spdx, "permissive": src.license.permissive},
+        "files_found": len(src.files),
+        "files": 0,
+        "bytes": 0,
+        "tokens": None,
+        "excluded": None,
+    }
 
 
 def fit_source_cap(
