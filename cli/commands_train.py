@@ -48,8 +48,8 @@ SHAPES: dict[str, dict[str, Any] | None] = {
 
 
 MAX_CORPUS_HELP = (
-    "size the corpus to the compute: one cap for every package, fitted so their code on disk is at most "
-    "this many MB (small packages whole, large ones cut alike)"
+    "size the corpus to the compute: the same share of every package's files, fitted so that their code "
+    "on disk comes to about this many MB"
 )
 
 

@@ -285,10 +285,12 @@ def build_corpus(
     taking the files that still fit until the budget is used; a file found to be a duplicate
     gives its share back. Files past the budget are never read.
 
-    `max_total_bytes` sizes the whole corpus (to the compute that will train on it): one cap for
-    every source, the largest that keeps the sources' sizes on disk within it (water-filling:
-    small sources whole, large ones cut to the same size), on top of `max_source_bytes`. Sizes on
-    disk count duplicates and skipped files, so the corpus comes out somewhat smaller.
+    `max_total_bytes` sizes the whole corpus (to the compute that will train on it): every source
+    keeps the same share of its files, drawn by a hash of each file's name, the share fitted so
+    that the sources' code on disk comes to about that many bytes (each source's own cap applied
+    after the draw). Every package keeps its place in the mixture, as a uniform sample of the
+    files would; sizes on disk count duplicates and skipped files, so the corpus comes out
+    somewhat smaller.
 
     `heldout_by` "package" holds out whole packages (`split_unit`) instead of single files: a
     held-out file then has no sibling in training, as code the model meets later has none.
@@ -314,12 +316,10 @@ def build_corpus(
     heldout_keys: list[str] = []
     heldout_units: set[str] = set()
     split_of: dict[str, bool] = {}
-    fitted: int | None = None
+    share: float | None = None
     if max_total_bytes is not None:
         usable = [s for s in sources if not (permissive_only and not s.license.permissive)]
-        fitted = fit_source_cap(usable, max_source_bytes, max_total_bytes, max_bytes)
-        if fitted is not None:
-            max_source_bytes = {s.name: min(fitted, _budget(max_source_bytes, s.name) or fitted) for s in usable}
+        share = fit_sample_fraction(usable, max_source_bytes, max_total_bytes, max_bytes)
     counts = {"read": 0, "kept": 0, "train": 0, "bytes": 0}
     started = last_report = time.monotonic()
     for done, src in enumerate(sources):
@@ -345,6 +345,8 @@ def build_corpus(
             except ValueError:
                 rel = path.name
             doc_key = f"{src.name}/{rel}"
+            if share is not None and not in_sample(doc_key, share, seed):
+                continue
             if doc_key not in seen_keys:
                 seen_keys.add(doc_key)
                 files.append(_File(path, rel, doc_key))
@@ -419,7 +421,7 @@ def build_corpus(
         },
         "capped": capped,
         "max_total_bytes": max_total_bytes,
-        "fitted_source_cap": fitted,
+        "sample_fraction": share,
         "skipped": skipped[:max_skipped_listed],
         "skipped_count": len(skipped),
         "permissive_only": permissive_only,
@@ -448,11 +450,12 @@ def _entry(src: Source) -> dict[str, Any]:
     }
 
 
-def fit_source_cap(
+def fit_sample_fraction(
     sources: Sequence[Source], limit: dict[str, int] | int | None, total: int, max_bytes: int = MAX_FILE_BYTES
-) -> int | None:
-    """The largest cap for every source that keeps their sizes on disk (files up to `max_bytes`,
-    each source within its own `limit` too) at or under `total`; None when they fit as they are."""
+) -> float | None:
+    """The share of files to keep (each by a hash of its name) so that the sources' code on disk,
+    each source's own cap in `limit` applied after the draw, comes to about `total`; None when
+    it is within `total` as it is."""
     if total <= 0:
         raise CorpusError("the corpus size budget must be more than 0 bytes")
     sizes = []
@@ -464,18 +467,24 @@ def fit_source_cap(
             except OSError:
                 continue
             size += n if n <= max_bytes else 0
-        own = _budget(limit, src.name)
-        sizes.append(size if own is None else min(size, own))
-    if sum(sizes) <= total:
+        sizes.append((size, _budget(limit, src.name)))
+
+    def expected(share: float) -> float:
+        return sum(share * n if own is None else min(share * n, own) for n, own in sizes)
+
+    if expected(1.0) <= total:
         return None
-    lo, hi = 0, max(sizes)  # sum(min(size, lo)) <= total < sum(min(size, hi))
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if sum(min(n, mid) for n in sizes) <= total:
-            lo = mid
-        else:
-            hi = mid
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected(mid) <= total else (lo, mid)
     return lo
+
+
+def in_sample(key: str, share: float, seed: int = 0) -> bool:
+    """Whether a file is in a `share` sample of the corpus, by a hash of its name (stable)."""
+    h = int(hashlib.sha256(f"{seed}:sample:{key}".encode()).hexdigest()[:12], 16)
+    return h / float(1 << 48) < share
 
 
 def _budget(limit: dict[str, int] | int | None, name: str) -> int | None:

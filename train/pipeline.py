@@ -57,7 +57,7 @@ class CorpusOptions:
     pairs: bool = True  # docstring <-> code chat samples
     max_bytes: int = 512 * 1024
     max_source_bytes: dict[str, int] | int | None = None  # cap per source ("*": every other source)
-    max_total_bytes: int | None = None  # the whole corpus, by one cap fitted for every source
+    max_total_bytes: int | None = None  # the whole corpus: a sample of every source's files fitted to it
     heldout_by: str = "file"  # file | package (corpus.split_unit)
     tokenizer_bytes: int | None = None  # train the tokenizer on this much of the training text (all: None)
 

@@ -16,7 +16,7 @@ from demi.train.corpus import (
     Document,
     build_corpus,
     directory_source,
-    fit_source_cap,
+    fit_sample_fraction,
     record_tokens,
     site_packages_sources,
 )
@@ -368,23 +368,25 @@ def test_a_large_corpus_has_its_tokens_estimated_from_a_sample_and_says_so(tmp_p
     assert any("one file in 10 tokenized" in line for line in said)
 
 
-def test_a_corpus_size_budget_fits_one_cap_for_every_source(tmp_path):
-    small = make_tree(tmp_path / "small", files=2)
-    mid = make_tree(tmp_path / "mid", files=5, first=2)
-    big = make_tree(tmp_path / "big", files=10, first=7)
-    sources = [directory_source(small), directory_source(mid), directory_source(big)]
+def test_a_corpus_size_budget_keeps_the_same_share_of_every_source(tmp_path):
+    small = make_tree(tmp_path / "small", files=8)
+    big = make_tree(tmp_path / "big", files=40, first=8)
+    sources = [directory_source(small), directory_source(big)]
     sizes = [sum(p.stat().st_size for p in s.files) for s in sources]
-    budget = sizes[0] + 2 * int(sizes[1] * 0.7)
-    cap = fit_source_cap(sources, None, budget)
-    assert cap is not None and sum(min(n, cap) for n in sizes) <= budget < sum(min(n, cap + 1) for n in sizes)
-    assert fit_source_cap(sources, None, sum(sizes)) is None  # they fit as they are
-    assert fit_source_cap(sources, {"big": sizes[0]}, sizes[0] * 2 + sizes[1]) is None  # own caps count
+    budget = sum(sizes) // 2
+    share = fit_sample_fraction(sources, None, budget)
+    assert share is not None and abs(share - 0.5) < 1e-6
+    assert fit_sample_fraction(sources, None, sum(sizes)) is None  # it fits as it is
+    # a source's own cap holds after the draw: the others' share grows to fill the budget
+    capped = fit_sample_fraction(sources, {"big": sizes[0]}, int(sizes[0] * 1.8))
+    assert capped is not None and abs(capped - 0.8) < 0.01
 
     corpus = build_corpus(sources, heldout_fraction=0, max_total_bytes=budget)
     m = corpus.manifest
-    kept = {e["name"]: e["bytes"] for e in m["sources"]}
-    assert m["fitted_source_cap"] == cap and m["bytes"] <= budget
-    assert kept["small"] == sizes[0] and "small" not in m["capped"]  # small sources whole
-    assert kept["mid"] <= cap and kept["big"] <= cap and kept["big"] > cap - 2 * len(module_text(9))
+    kept = {e["name"]: e["files"] for e in m["sources"]}
+    assert m["sample_fraction"] == share and 0.25 * sum(sizes) < m["bytes"] < 0.75 * sum(sizes)
+    assert 0 < kept["small"] < 8 and 8 < kept["big"] < 32  # both sampled, about alike
+    again = build_corpus(sources, heldout_fraction=0, max_total_bytes=budget)
+    assert [d.key for d in again.train] == [d.key for d in corpus.train]  # the draw is stable
     with pytest.raises(CorpusError, match="more than 0"):
         build_corpus(sources, max_total_bytes=0)

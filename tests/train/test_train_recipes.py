@@ -68,15 +68,15 @@ def test_fetch_then_the_gpu_recipe_at_test_scale_then_the_curve(tmp_path, capsys
     prep = ("train", "gpu", "--out", run, "--scale", "test", "--registry", store, "--no-stdlib", "--time-budget", "120")
     code, out, _ = demi(capsys, *prep, "--prepare-only", "--json")
     assert code == 0 and json.loads(out)["prepared"] and (run / "run.json").is_file()
-    # a corpus sized to the compute: one cap fitted for every package
+    # a corpus sized to the compute: the same share of every package's files
     code, out, _ = demi(capsys, "train", "corpus", "--registry", store, "--max-corpus-mb", "0.01", "--json")
     sized = json.loads(out)
-    assert code == 0 and sized["max_total_bytes"] == 10_000 and 0 < sized["bytes"] <= 10_000
-    assert sized["fitted_source_cap"] and sized["capped"]
+    assert code == 0 and sized["max_total_bytes"] == 10_000 and 0 < sized["bytes"] <= 12_000
+    assert 0 < sized["sample_fraction"] < 1
     small = tmp_path / "small"
     code, out, _ = demi(capsys, *prep[:3], small, *prep[4:], "--max-corpus-mb", "0.01", "--prepare-only", "--json")
     assert code == 0 and json.loads((small / "run.json").read_text())["corpus"]["max_total_bytes"] == 10_000
-    assert json.loads((small / "manifest.json").read_text())["bytes"] <= 10_000
+    assert json.loads((small / "manifest.json").read_text())["sample_fraction"] == sized["sample_fraction"]
     code, out, err = demi(capsys, *gpu, "--registry", store, "--no-stdlib", "--time-budget", "120")
     summary = json.loads(out)
     assert code == 0 and summary["finished"] and Path(summary["model_dir"], "model.safetensors").is_file()
