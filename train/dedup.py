@@ -6,15 +6,17 @@ Near: a MinHash signature of the file's 5-grams of code tokens, with locality-se
 Jaccard similarity) to decide; the first file (in the corpus' deterministic order) of a
 near-duplicate group is kept.
 
-The signature is one-permutation MinHash (Li, Owen and Zhang, NIPS 2012) with densification by
-rotation (Shrivastava and Li, ICML 2014): each 5-gram is hashed once and falls into one of
-`num_perm` bins, a bin keeps its smallest hash, and an empty bin borrows the next full one's.
-That costs one hash a gram where `num_perm` independent permutations cost `num_perm`, which is
-what lets a 2-core machine deduplicate a registry's worth of code (2 GB) in minutes.
+The signature is one-permutation MinHash (Li, Owen and Zhang, NIPS 2012) with optimal
+densification (Shrivastava, ICML 2017): each 5-gram is hashed once and falls into one of
+`num_perm` bins, a bin keeps its smallest hash, and an empty bin (a small file) takes the value
+of the first full bin in its own fixed random order of the bins. That costs one hash a gram where
+`num_perm` independent permutations cost `num_perm`, which is what lets a 2-core machine
+deduplicate a registry's worth of code (2 GB) in minutes; the agreement of two signatures
+estimates the Jaccard similarity with MinHash's spread (tests/train/test_train_corpus.py).
 
-`fingerprint` is a pure function of the text (a worker process can compute it); `Deduplicator`
-holds what has been kept so far and judges one fingerprint at a time, so a corpus is
-deduplicated as it streams past and never has to be in memory at once.
+`fingerprints` is a pure function of the texts (a batch is hashed in a few tensor operations);
+`Deduplicator` holds what has been kept so far and judges one fingerprint at a time, so a corpus
+is deduplicated as it streams past and never has to be in memory at once.
 """
 
 from __future__ import annotations
