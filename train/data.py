@@ -14,6 +14,7 @@ the sample structure (see `fim.py`).
 
 from __future__ import annotations
 
+import array
 import random
 import threading
 from collections.abc import Sequence
@@ -110,18 +111,21 @@ class SegmentEncoder:
                 "`demi train tokenizer` (it has all of Demi's special tokens)"
             ) from None
 
+    def _encode_batch(self, texts: Sequence[str]) -> list:
+        # encode_batch_fast (tokenizers >= 0.20) computes no character offsets: about twice as fast
+        fast = getattr(self.backend, "encode_batch_fast", None)
+        return (fast or self.backend.encode_batch)(list(texts), add_special_tokens=False)
+
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in self._encode_batch(texts)]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """How many tokens each text is (no offsets computed: about twice as fast as ids)."""
+        """How many tokens each text is."""
         if not texts:
             return []
-        fast = getattr(self.backend, "encode_batch_fast", None)  # tokenizers >= 0.20
-        batch = (fast or self.backend.encode_batch)(list(texts), add_special_tokens=False)
-        return [len(e.ids) for e in batch]
+        return [len(e.ids) for e in self._encode_batch(texts)]
 
     def encode(self, samples: Sequence[Sample]) -> list[list[int]]:
         """Token ids of each sample."""
@@ -148,11 +152,11 @@ class SegmentEncoder:
     def encode_flat(self, samples: Sequence[Sample], batch: int = 2048) -> torch.Tensor:
         """All samples' ids concatenated, as int32, encoding `batch` samples at a time (a corpus of
         tens of millions of tokens never exists as Python int lists all at once)."""
-        parts = [
-            torch.tensor([t for ids in self.encode(samples[lo : lo + batch]) for t in ids], dtype=torch.int32)
-            for lo in range(0, len(samples), batch)
-        ]
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int32)
+        flat = array.array("i")
+        for lo in range(0, len(samples), batch):
+            for ids in self.encode(samples[lo : lo + batch]):
+                flat.extend(ids)
+        return torch.frombuffer(flat, dtype=torch.int32).clone() if flat else torch.empty(0, dtype=torch.int32)
 
 
 def pack(sequences: Sequence[Sequence[int]] | torch.Tensor, seq_len: int) -> torch.Tensor:
