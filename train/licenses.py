@@ -1,4 +1,4 @@
-"""Which licenses may go into a model Demi ships: MIT, BSD, Apache-2.0, PSF and ISC.
+"""Which licenses may go into a model Demi ships: MIT, BSD, Apache, PSF and ISC.
 
 A package's license is read, in this order, from the `License-Expression` field of its
 METADATA (an SPDX expression), the free-text `License` field, and the `License ::` trove
@@ -24,6 +24,7 @@ PERMISSIVE_SPDX = frozenset(
         "BSD-3-CLAUSE",
         "0BSD",
         "BSD",
+        "APACHE",  # a free-text "Apache" with no version (each version is permissive)
         "APACHE-2.0",
         "APACHE-1.1",
         "PSF-2.0",
@@ -35,7 +36,9 @@ PERMISSIVE_SPDX = frozenset(
 
 # Free-text spellings (License field, classifiers, LICENSE files), matched case-insensitively.
 _TEXT_RULES: tuple[tuple[str, str], ...] = (
-    (r"\bapache\b.*\b2(\.0)?\b|\bapache software license\b|\bapache-2\.0\b", "Apache-2.0"),
+    (r"\bapache\b.*\b2(\.0)?\b|\bapache ?2(\.0)?\b|\bapache software license\b|\bapache-2\.0\b", "Apache-2.0"),
+    # "Apache" with no version: every version of the Apache license is permissive, as "BSD" is
+    (r"^\s*apache(\s+licen[cs]e)?\s*$", "Apache"),
     (r"\bpython software foundation\b|\bpsfl?\b|\bpython license\b", "PSF-2.0"),
     (r"\bisc\b", "ISC"),
     (r"\bmit\b|\bexpat\b", "MIT"),
@@ -151,7 +154,10 @@ def _full_text_id(text: str) -> str | None:
     head = text[:2048]
     if _NON_PERMISSIVE_TEXT.search(head):
         return None
-    return from_text(head.strip().splitlines()[0]) or _license_file_id(head)
+    name = from_text(head.strip().splitlines()[0])
+    if name in (None, "Apache"):  # no name, or one without its version: the wording may say more
+        return _license_file_id(head) or name
+    return name
 
 
 def from_license_file(root: Path) -> License:

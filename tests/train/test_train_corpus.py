@@ -58,6 +58,14 @@ def meta(*lines: str) -> str:
         (meta("License-Expression: BSD-3-Clause"), "BSD-3-Clause", True),
         (meta("License: MIT"), "MIT", True),
         (meta("License: Apache 2.0 License"), "Apache-2.0", True),
+        (meta("License: Apache2.0"), "Apache-2.0", True),
+        (  # no version said: every Apache license is permissive (as an unversioned "BSD" is)
+            meta("Classifier: License :: OSI Approved :: Apache Software License", "License: Apache"),
+            "Apache-2.0 AND Apache",
+            True,
+        ),
+        (meta("License: Apache License"), "Apache", True),
+        (meta("License: Apache-like terms of our own"), "unknown", False),
         (meta("Classifier: License :: OSI Approved :: MIT License"), "MIT", True),
         (meta("Classifier: License :: OSI Approved :: BSD License", "License: BSD"), "BSD", True),
         (
