@@ -26,6 +26,9 @@ editor starts it; every number is taken on the client side of the pipe.
    can be seen not to lose accuracy. Spread over the six largest held-out standard-library files,
    each on a fresh server, so no other file can be context. On random weights both are 0: re-run on a trained model
    (`--model demi-tiny`).
+   With --heldout-run RUN, the files come from a training run's held-out packages instead (a
+   `demi train gpu|run --heldout-by package` directory), one file from each of --heldout-packages
+   packages the model's own manifest does not list: code from packages not in its corpus.
    With --workspace-cache ab, the same cases go to two servers that differ only in that setting,
    started side by side for each file and asked in turns (which goes first alternates by case), so a
    noisy machine slows both alike: exact match and the measured request's latency per
@@ -82,6 +85,43 @@ def heldout_files(model: Path, count: int = 6) -> list[Path]:
     ]
     paths = sorted((STDLIB / n for n in names), key=lambda p: p.stat().st_size, reverse=True)
     return paths[:count] or [HELDOUT_FILE]
+
+
+def run_heldout_files(run: Path, model: Path, dest: Path, count: int = 12, seed: int = 0) -> list[Path]:
+    """Python files of a training run's held-out packages (`demi train gpu|run --heldout-by
+    package`: code from packages its corpus never had), leaving out every package `model` trained
+    on (its manifest's sources), one file a package (its largest Python file of 4-60 KB: real
+    modules, not generated tables) from `count` packages drawn with `seed`; written under `dest`."""
+    import gzip
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    try:
+        trained = json.loads((model / "manifest.json").read_text(encoding="utf-8"))["sources"]
+        seen = {norm(e["name"]) for e in trained if e.get("files")}
+    except (OSError, ValueError, KeyError):
+        seen = set()
+    best: dict[str, tuple[int, str, str]] = {}
+    with gzip.open(run / "corpus" / "heldout.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            size = len(doc["text"].encode("utf-8"))
+            if not doc["path"].endswith(".py") or not 4_000 <= size <= 60_000 or norm(doc["source"]) in seen:
+                continue
+            if size > best.get(doc["source"], (0, "", ""))[0]:
+                best[doc["source"]] = (size, doc["path"], doc["text"])
+    names = sorted(best)
+    random.Random(seed).shuffle(names)
+    out = []
+    for name in names[:count]:
+        path = dest / "heldout-run" / name / best[name][1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(best[name][2], encoding="utf-8")
+        out.append(path)
+    if not out:
+        raise SystemExit(f"{run}: no held-out Python file of 4-60 KB from a package the model did not train on")
+    return out
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -505,6 +545,7 @@ async def heldout(
     typed: int = 0,
     options: dict[str, Any] | None = None,
     arms: list[tuple[str, dict[str, Any]]] | None = None,
+    sources: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Each file on a fresh server (so no other file it has seen can be context), one document
     edited per case; the direct side builds the same prompt with no other files and reuses no
@@ -523,7 +564,7 @@ async def heldout(
     engine = open_engine(str(model), quant=quant, cache_reuse=0)
     from demi.model.registry import resolve_model_dir
 
-    sources = heldout_files(resolve_model_dir(str(model), download=False))
+    sources = sources or heldout_files(resolve_model_dir(str(model), download=False))
     rng = random.Random(seed + 2)
     hits = {label: 0 for label, _ in arms}
     agree = {label: 0 for label, _ in arms}
@@ -698,6 +739,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await stop(client)
         if args.heldout:
+            files = None
+            if args.heldout_run:
+                from demi.model.registry import resolve_model_dir
+
+                trained_on = resolve_model_dir(str(model), download=False)
+                files = run_heldout_files(args.heldout_run, trained_on, workdir, args.heldout_packages, args.seed)
             out["heldout"] = await heldout(
                 lambda label: start(model, args.quant, workdir, options, args.threads, tag="-" + label),
                 workdir,
@@ -710,7 +757,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 args.heldout_typed,
                 options,
                 arms_of(args),
+                sources=files,
             )
+            if files:
+                out["heldout"]["files"] = [str(p.relative_to(workdir / "heldout-run")) for p in files]
     out["machine"]["load_after"] = _load()
     return out
 
@@ -781,6 +831,15 @@ def main(argv: list[str] | None = None) -> int:
         help="one-typed-character vs cold requests on this many of demi-tiny's held-out files (0 skips)",
     )
     ap.add_argument("--typed-positions", type=int, default=3, help="positions per file for --typed-files")
+    ap.add_argument(
+        "--heldout-run",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="take the held-out lines from this training run's held-out packages (by package) that the model "
+        "did not train on, instead of the model's own held-out standard-library files",
+    )
+    ap.add_argument("--heldout-packages", type=int, default=12, help="packages (one file each) for --heldout-run")
     ap.add_argument("--skip-invoked", action="store_true")
     ap.add_argument("--skip-typing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
