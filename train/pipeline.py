@@ -174,13 +174,16 @@ class _Snapshot:
     def finish(self, ok: bool) -> None:
         self._queue.put(None)
         self._writer.join()
-        for k, f in self.files.items():
-            f.close()
-            tmp = self.paths[k].with_suffix(".tmp")
+        for f in self.files.values():
+            try:
+                f.close()
+            except OSError as exc:  # a full disk, say: the snapshot is not whole
+                self._error = self._error or exc
+        for path in self.paths.values():  # both files take their names, or neither
             if ok and self._error is None:
-                os.replace(tmp, self.paths[k])
+                os.replace(path.with_suffix(".tmp"), path)
             else:
-                tmp.unlink(missing_ok=True)
+                path.with_suffix(".tmp").unlink(missing_ok=True)
         if ok and self._error is not None:
             raise CorpusError(f"cannot write the corpus snapshot: {self._error}")
 

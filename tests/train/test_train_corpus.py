@@ -398,3 +398,28 @@ def test_a_corpus_size_budget_keeps_the_same_share_of_every_source(tmp_path):
     assert [d.key for d in again.train] == [d.key for d in corpus.train]  # the draw is stable
     with pytest.raises(CorpusError, match="more than 0"):
         build_corpus(sources, max_total_bytes=0)
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src", files=10)
+    spec = pipeline.RunSpec(model=asdict(micro_config(420)), vocab_size=420, corpus={"heldout_fraction": 0.2})
+    real_open = pipeline.gzip.open
+
+    class DiskFull:
+        def __init__(self, *args, **kwargs):
+            self.inner = real_open(*args, **kwargs)
+            self.writes = 0
+
+        def write(self, text):
+            self.writes += 1
+            if self.writes > 3:
+                raise OSError(28, "No space left on device")
+            return self.inner.write(text)
+
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(pipeline.gzip, "open", DiskFull)
+    with pytest.raises(CorpusError, match="cannot write the corpus snapshot: .*No space left"):
+        pipeline.prepare_run(tmp_path / "run", spec, [directory_source(src)], log=lambda *_: None)
+    assert not list((tmp_path / "run" / "corpus").iterdir())
