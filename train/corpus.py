@@ -211,12 +211,16 @@ def split_unit(doc: Document, kind: str, heldout_by: str = "file") -> str:
     return f"{doc.source}/"
 
 
+def _hash_share(name: str) -> float:
+    """A number in [0, 1) fixed by `name`: draws by a hash stay stable when other files come and go."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) / float(1 << 48)
+
+
 def is_heldout(key: str, fraction: float, seed: int = 0) -> bool:
     """A file's split, from a hash of its name: stable when other files come and go."""
     if fraction <= 0:
         return False
-    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16)
-    return h / float(1 << 48) < fraction
+    return _hash_share(f"{seed}:{key}") < fraction
 
 
 # -- the corpus ------------------------------------------------------------------------------------
@@ -350,10 +354,9 @@ def build_corpus(
             if doc_key not in seen_keys:
                 seen_keys.add(doc_key)
                 files.append(_File(path, rel, doc_key))
-        cap = _budget(max_source_bytes, src.name)
-        plan = _ReadingPlan(files, cap, seed)
+        plan = _ReadingPlan(files, _budget(max_source_bytes, src.name), seed)
         used = 0
-        while todo := plan.next_wave(None if cap is None else cap - used):
+        while todo := plan.next_wave(used):
             for lo in range(0, len(todo), BATCH_FILES):
                 batch: list[tuple[_File, str]] = []
                 for f in todo[lo : lo + BATCH_FILES]:
@@ -460,13 +463,7 @@ def fit_sample_fraction(
         raise CorpusError("the corpus size budget must be more than 0 bytes")
     sizes = []
     for src in sources:
-        size = 0
-        for path in src.files:
-            try:
-                n = path.stat().st_size
-            except OSError:
-                continue
-            size += n if n <= max_bytes else 0
+        size = sum(n for n in map(_size_on_disk, src.files) if n <= max_bytes)
         sizes.append((size, _budget(limit, src.name)))
 
     def expected(share: float) -> float:
@@ -483,8 +480,14 @@ def fit_sample_fraction(
 
 def in_sample(key: str, share: float, seed: int = 0) -> bool:
     """Whether a file is in a `share` sample of the corpus, by a hash of its name (stable)."""
-    h = int(hashlib.sha256(f"{seed}:sample:{key}".encode()).hexdigest()[:12], 16)
-    return h / float(1 << 48) < share
+    return _hash_share(f"{seed}:sample:{key}") < share
+
+
+def _size_on_disk(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reading it says why
 
 
 def _budget(limit: dict[str, int] | int | None, name: str) -> int | None:
@@ -505,23 +508,18 @@ class _ReadingPlan:
     def __init__(self, files: list[_File], cap: int | None, seed: int):
         if cap is not None:
             for f in files:
-                try:
-                    f.size = f.path.stat().st_size
-                except OSError:
-                    f.size = 0  # reading it says why
+                f.size = _size_on_disk(f.path)
             if sum(f.size for f in files) <= cap:
                 cap = None
-        self.capped = cap is not None
-        self.pending = (
-            sorted(files, key=lambda f: hashlib.sha256(f"{seed}:cap:{f.key}".encode()).hexdigest())
-            if self.capped
-            else files
-        )
+        self.cap = cap
+        self.pending = files if cap is None else sorted(files, key=lambda f: _hash_share(f"{seed}:cap:{f.key}"))
 
-    def next_wave(self, room: int | None) -> list[_File]:
-        if not self.capped or room is None:
+    def next_wave(self, used: int) -> list[_File]:
+        """The next files to read, `used` bytes of the cap being taken by the files kept so far."""
+        if self.cap is None:
             take, self.pending = self.pending, []
             return take
+        room = self.cap - used
         take, rest = [], []
         for f in self.pending:
             if f.size <= room:
