@@ -92,7 +92,7 @@ def run_heldout_files(run: Path, model: Path, dest: Path, count: int = 12, seed:
     package`: code from packages its corpus never had), leaving out every package `model` trained
     on (its manifest's sources), one file a package (its largest Python file of 4-60 KB: real
     modules, not generated tables) from `count` packages drawn with `seed`; written under `dest`."""
-    import gzip
+    from demi.train.pipeline import heldout_documents
 
     def norm(name: str) -> str:
         return name.lower().replace("_", "-").replace(".", "-")
@@ -103,14 +103,12 @@ def run_heldout_files(run: Path, model: Path, dest: Path, count: int = 12, seed:
     except (OSError, ValueError, KeyError):
         seen = set()
     best: dict[str, tuple[int, str, str]] = {}
-    with gzip.open(run / "corpus" / "heldout.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            size = len(doc["text"].encode("utf-8"))
-            if not doc["path"].endswith(".py") or not 4_000 <= size <= 60_000 or norm(doc["source"]) in seen:
-                continue
-            if size > best.get(doc["source"], (0, "", ""))[0]:
-                best[doc["source"]] = (size, doc["path"], doc["text"])
+    for doc in heldout_documents(run):
+        size = len(doc.text.encode("utf-8"))
+        if not doc.path.endswith(".py") or not 4_000 <= size <= 60_000 or norm(doc.source) in seen:
+            continue
+        if size > best.get(doc.source, (0, "", ""))[0]:
+            best[doc.source] = (size, doc.path, doc.text)
     names = sorted(best)
     random.Random(seed).shuffle(names)
     out = []
