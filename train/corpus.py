@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from demi.model.filecheck import TooLarge, read_checked
-from demi.train.dedup import Deduplicator
+from demi.train.dedup import BATCH, Deduplicator
 from demi.train.errors import CorpusError
 from demi.train.licenses import License, from_license_file, from_metadata, named
 
@@ -256,9 +256,6 @@ class _File:
     size: int = 0  # on disk; only read for a capped source
 
 
-BATCH_FILES = 256  # files fingerprinted together (dedup.py hashes a batch in a few tensor operations)
-
-
 def build_corpus(
     sources: Sequence[Source],
     *,
@@ -357,9 +354,9 @@ def build_corpus(
         plan = _ReadingPlan(files, _budget(max_source_bytes, src.name), seed)
         used = 0
         while todo := plan.next_wave(used):
-            for lo in range(0, len(todo), BATCH_FILES):
+            for lo in range(0, len(todo), BATCH):
                 batch: list[tuple[_File, str]] = []
-                for f in todo[lo : lo + BATCH_FILES]:
+                for f in todo[lo : lo + BATCH]:
                     text = _read_or_skip(f, max_bytes, on_bad, skipped)
                     if text is not None:
                         batch.append((f, text))

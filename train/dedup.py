@@ -35,6 +35,7 @@ _PRIME = (1 << 31) - 1  # products of two values below it stay below 2**62 in in
 _BASE = 1_000_003  # the polynomial that combines a gram's token hashes
 _GRAM = 5
 _UNSET = 1 << 40  # above every bin value (values are below 2**31)
+BATCH = 256  # texts fingerprinted together: a few tensor operations for the batch, memory bounded
 
 
 def normalized(text: str) -> str:
@@ -226,8 +227,8 @@ def deduplicate(
     `near_threshold` None turns near-duplicate detection off."""
     dedup = Deduplicator(near_threshold, num_perm, bands, min_shingles, seed)
     result = DedupResult([], [], [])
-    for lo in range(0, len(texts), 256):
-        for i, fp in enumerate(dedup.fingerprints(texts[lo : lo + 256]), lo):
+    for lo in range(0, len(texts), BATCH):
+        for i, fp in enumerate(dedup.fingerprints(texts[lo : lo + BATCH]), lo):
             v = dedup.judge(i, fp)
             if v.kept:
                 result.keep.append(i)
