@@ -5,12 +5,18 @@ examples/*.py and a few held-out Python standard library modules, greedy, plain 
 against speculative (speculate=k), interleaved and repeated (the best time of each counts): tokens
 per second, acceptance, tokens per model step, and whether the output is token-for-token the same.
 
+With `--oracle`, every speculative run is also timed with perfect drafts: the plain run's own next
+tokens stand in for prompt lookup's, so every draft is accepted. That is the ceiling any draft
+source (prompt lookup, a datastore, a draft model with free drafts) can reach with this model on
+this machine: what is left is the price of a check's rows against lone steps.
+
 Part 2 (`verify`): on a random-weight model of the Qwen2.5-Coder-0.5B shape (`demi bench`'s cached
 preset, int8), the time of one forward pass over k+1 tokens at an offset into a 512-token cache
 against one decode step: what a speculative step costs when every draft is rejected.
 
     .venv/bin/python benchmarks/speculation.py tasks --k 2 4 7 --repeat 2
     .venv/bin/python benchmarks/speculation.py tasks --k 2 4 7 --repeat 2 --fixed 256
+    .venv/bin/python benchmarks/speculation.py tasks --k 4 8 16 --repeat 3 --oracle
     .venv/bin/python benchmarks/speculation.py verify --k 4 8 16
     .venv/bin/python benchmarks/speculation.py all --json out.json
 """
@@ -19,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import statistics
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +111,38 @@ def run_case(engine: Recorder, path: Path, symbol: str, task: str, k: int) -> An
     return engine.last
 
 
+class _PerfectDrafts:
+    """A stand-in for `lookup.PromptLookup` that proposes the tokens a recorded plain run went on
+    to make: what a draft source that is never wrong would propose."""
+
+    future: list[int] = []
+
+    def __init__(self, tokens: Any = ()) -> None:
+        self.prompt_len = len(list(tokens))
+        self.made = 0
+
+    def extend(self, tokens: Any) -> None:
+        self.made += len(tuple(tokens))
+
+    def propose(self, k: int) -> list[int]:
+        return self.future[self.made : self.made + k] if k > 0 else []
+
+
+@contextlib.contextmanager
+def perfect_drafts(future: list[int]) -> Iterator[None]:
+    """Speculative runs inside draft `future` (a plain run's token ids) instead of looking up the
+    prompt; the engine's own decode loop, checks and acceptance are unchanged."""
+    from demi.model import generate
+
+    _PerfectDrafts.future = list(future)
+    saved = generate.PromptLookup
+    generate.PromptLookup = _PerfectDrafts  # type: ignore[misc, assignment]
+    try:
+        yield
+    finally:
+        generate.PromptLookup = saved  # type: ignore[misc]
+
+
 def same_output(plain: Any, spec: Any) -> bool:
     """Greedy speculation must give the user what plain decoding gives, and the same tokens: equal
     token ids up to the shorter run (a stop requested on the text, such as the loop cutter's, lands
@@ -111,7 +151,7 @@ def same_output(plain: Any, spec: Any) -> bool:
     return plain.shown == spec.shown and plain.token_ids[:n] == spec.token_ids[:n]
 
 
-def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int) -> dict[str, Any]:
+def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int, oracle: bool = False) -> dict[str, Any]:
     from demi.assistant.engines import open_engine
 
     engine = Recorder(open_engine(model, speculate=0), fixed)
@@ -119,12 +159,18 @@ def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int) -> 
     run_case(engine, *cases[0], 0)  # warm-up: kernels, caches
     rows = []
     for path, symbol, task in cases:
-        best: dict[int, Any] = {}
+        best: dict[int | str, Any] = {}
         for _ in range(repeat):
             for k in [0, *ks]:
                 c = run_case(engine, path, symbol, task, k)
                 if k not in best or c.seconds < best[k].seconds:
                     best[k] = c
+            if oracle:  # drafts from this repeat's plain run, whose tokens every run shares
+                for k in ks:
+                    with perfect_drafts(best[0].token_ids):
+                        c = run_case(engine, path, symbol, task, k)
+                    if f"oracle{k}" not in best or c.seconds < best[f"oracle{k}"].seconds:
+                        best[f"oracle{k}"] = c
         plain = best[0]
         row: dict[str, Any] = {
             "file": path.name,
@@ -134,10 +180,10 @@ def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int) -> 
             "plain_s": round(plain.seconds, 4),
             "plain_decode_s": round(plain.seconds - (plain.first_token_seconds or 0), 4),
         }
-        for k in ks:
+        for k in [*ks, *(f"oracle{k}" for k in ks if oracle)]:
             c = best[k]
             spec = c.extra.get("speculation") or {}
-            row[f"k{k}"] = {
+            row[k if isinstance(k, str) else f"k{k}"] = {
                 "s": round(c.seconds, 4),
                 "decode_s": round(c.seconds - (c.first_token_seconds or 0), 4),
                 "identical": same_output(plain, c),
@@ -152,19 +198,19 @@ def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int) -> 
         plain_s = sum(r["plain_s"] for r in sel)
         plain_d = sum(r["plain_decode_s"] for r in sel)
         per_k = {}
-        for k in ks:
-            s = sum(r[f"k{k}"]["s"] for r in sel)
-            d = sum(r[f"k{k}"]["decode_s"] for r in sel)
-            drafted = sum(r[f"k{k}"].get("drafted", 0) for r in sel)
-            accepted = sum(r[f"k{k}"].get("accepted", 0) for r in sel)
-            steps = sum(r[f"k{k}"].get("steps", 0) for r in sel)
-            per_k[f"k{k}"] = {
+        for name in [f"k{k}" for k in ks] + ([f"oracle{k}" for k in ks] if oracle else []):
+            s = sum(r[name]["s"] for r in sel)
+            d = sum(r[name]["decode_s"] for r in sel)
+            drafted = sum(r[name].get("drafted", 0) for r in sel)
+            accepted = sum(r[name].get("accepted", 0) for r in sel)
+            steps = sum(r[name].get("steps", 0) for r in sel)
+            per_k[name] = {
                 "tok_s": round(tokens / s, 1),
                 "speedup": round(plain_s / s, 2),
                 "decode_speedup": round(plain_d / d, 2),
                 "acceptance": round(accepted / drafted, 3) if drafted else None,
                 "tokens_per_step": round(tokens / steps, 2) if steps else None,
-                "identical": sum(r[f"k{k}"]["identical"] for r in sel),
+                "identical": sum(r[name]["identical"] for r in sel),
             }
         summary[group] = {"cases": len(sel), "tokens": tokens, "plain_tok_s": round(tokens / plain_s, 1), **per_k}
     local = engine.engine.local
@@ -174,8 +220,8 @@ def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int) -> 
         "prefill": getattr(plan, "prefill", None),
         "one_call_stack": getattr(local.model, "decode_stack", None) is not None,
     }
-    return {"model": model, "quant": local.quantization, "kernels": kernels, "fixed": fixed, "cases": rows,
-            "summary": summary}  # fmt: skip
+    return {"model": model, "quant": local.quantization, "kernels": kernels, "fixed": fixed, "oracle": oracle,
+            "cases": rows, "summary": summary}  # fmt: skip
 
 
 def verify(ks: list[int], preset: str, quant: str, context: int, reps: int) -> dict[str, Any]:
@@ -233,13 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant", default="int8")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--oracle", action="store_true", help="also time perfect drafts (the plain run's own tokens)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     import torch
 
     result: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
     if args.part in ("tasks", "all"):
-        result["tasks"] = tasks(args.k, args.repeat, args.per_file, args.model, args.fixed)
+        result["tasks"] = tasks(args.k, args.repeat, args.per_file, args.model, args.fixed, args.oracle)
         print(json.dumps({"kernels": result["tasks"]["kernels"], **result["tasks"]["summary"]}, indent=1))
     if args.part in ("verify", "all"):
         result["verify"] = verify(args.k, args.preset, args.quant, args.context, args.reps)

@@ -188,11 +188,14 @@ class Run:
     steps: int = 0
     batch: bool = False  # yield a DecodeStep for each one-token decode step (a batching driver runs it)
 
-    def speculation(self) -> dict[str, int] | None:
-        """What speculative decoding did (for `Completion.extra`), or None when it was off."""
+    def speculation(self) -> dict[str, int | float] | None:
+        """What speculative decoding did (for `Completion.extra`), or None when it was off; the
+        acceptance rate is the share of drafted tokens the model kept (0 when nothing was drafted)."""
         if not self.speculate:
             return None
-        return {"k": self.speculate, "drafted": self.drafted, "accepted": self.accepted, "steps": self.steps}
+        rate = round(self.accepted / self.drafted, 3) if self.drafted else 0.0
+        return {"k": self.speculate, "drafted": self.drafted, "accepted": self.accepted, "acceptance": rate,
+                "steps": self.steps}  # fmt: skip
 
     @classmethod
     def of(cls, request: GenerationRequest) -> Run:

@@ -17,7 +17,7 @@ Extensions over OpenAI: `top_k`, `repetition_penalty` (Hugging Face style, multi
 additive `frequency_penalty`/`presence_penalty` are not the same thing and are rejected unless 0),
 `ignore_eos` (generate exactly `max_tokens`, for benchmarks) and `speculate` (draft tokens per step of
 speculative decoding from the prompt, 0 to `MAX_SPECULATE`; 0 is off; default: the server's setting for
-chat, 0 for completions). In answers, `usage.speculation` (`k`, `drafted`, `accepted`, `steps`; absent
+chat, 0 for completions). In answers, `usage.speculation` (`k`, `drafted`, `accepted`, `acceptance`, `steps`; absent
 when the run did not speculate) beside `usage.prompt_tokens_details.cached_tokens`.
 
 The OpenAPI document (`/openapi.json`) states every rule the handlers enforce that JSON Schema can say
@@ -261,6 +261,7 @@ class Speculation(_Doc):
     k: int = Field(ge=1, description="draft tokens per step (the engine's cap on the requested depth)")
     drafted: int = Field(ge=0, description="draft tokens checked")
     accepted: int = Field(ge=0, description="draft tokens accepted")
+    acceptance: float = Field(ge=0, le=1, description="accepted / drafted, 0 when nothing was drafted")
     steps: int = Field(ge=0, description="decode passes")
 
 

@@ -350,6 +350,7 @@ def _usage(c: Any) -> dict[str, Any]:
     spec = extra.get("speculation")  # a Demi extension, only when the run speculated
     if spec:
         usage["speculation"] = {key: int(spec[key]) for key in ("k", "drafted", "accepted", "steps")}
+        usage["speculation"]["acceptance"] = float(spec["acceptance"])
     return usage
 
 

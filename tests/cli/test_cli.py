@@ -106,7 +106,7 @@ def test_generate_speculates_with_identical_greedy_output(env, model_dir, genera
     assert spec["token_ids"] == plain["token_ids"] and spec["text"] == plain["text"]
     assert plain["speculation"] is None
     stats = spec["speculation"]
-    assert set(stats) == {"k", "drafted", "accepted", "steps"} and stats["k"] == 4
+    assert set(stats) == {"k", "drafted", "accepted", "acceptance", "steps"} and stats["k"] == 4
     assert stats["drafted"] > 0 and 0 <= stats["accepted"] <= stats["drafted"]
     assert 1 <= stats["steps"] <= spec["completion_tokens"]
     assert generated["speculation"]["k"] >= 1  # on by default (the config's `speculate`)

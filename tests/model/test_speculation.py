@@ -154,6 +154,7 @@ def test_greedy_output_is_identical_with_speculation(family_model, copy_prompt, 
     if repeated and k > 1:
         assert stats["accepted"] > 0, stats  # the drafts were used, not only checked
     assert stats["accepted"] <= stats["drafted"]
+    assert stats["acceptance"] == (round(stats["accepted"] / stats["drafted"], 3) if stats["drafted"] else 0.0)
     # each step feeds one token and yields its accepted drafts, then the next token (unless the end came first)
     assert stats["steps"] + stats["accepted"] in (len(plain) - 1, len(plain))
 
@@ -224,7 +225,7 @@ def test_local_model_reports_speculation_and_keeps_the_text(lm):
     assert spec.text == plain.text and spec.token_ids == plain.token_ids
     assert plain.extra["speculation"] is None
     stats = spec.extra["speculation"]
-    assert set(stats) == {"k", "drafted", "accepted", "steps"} and stats["k"] == 8
+    assert set(stats) == {"k", "drafted", "accepted", "acceptance", "steps"} and stats["k"] == 8
     # the prefix cache holds exactly the kept tokens: a follow-up from the answer reuses them
     again = drain(lm.stream(PROMPT, max_new_tokens=40, stop_ids=set(), speculate=8))
     assert again.token_ids == plain.token_ids and again.extra["cached_tokens"] > 0

@@ -302,9 +302,10 @@ SPEC_CHAT = {
 
 
 def _speculation_ok(spec: dict, usage: dict, k: int) -> None:
-    assert set(spec) == {"k", "drafted", "accepted", "steps"}
+    assert set(spec) == {"k", "drafted", "accepted", "acceptance", "steps"}
     assert 1 <= spec["k"] <= k and spec["drafted"] > 0 and 0 <= spec["accepted"] <= spec["drafted"]
     assert 1 <= spec["steps"] <= usage["completion_tokens"]
+    assert spec["acceptance"] == round(spec["accepted"] / spec["drafted"], 3)
 
 
 def test_chat_speculates_by_default_with_identical_greedy_text(client, model_dir):
