@@ -17,6 +17,7 @@ against one decode step: what a speculative step costs when every draft is rejec
     .venv/bin/python benchmarks/speculation.py tasks --k 2 4 7 --repeat 2
     .venv/bin/python benchmarks/speculation.py tasks --k 2 4 7 --repeat 2 --fixed 256
     .venv/bin/python benchmarks/speculation.py tasks --k 4 8 16 --repeat 3 --oracle
+    .venv/bin/python benchmarks/speculation.py tasks --k 8 --repeat 3 --heldout 120
     .venv/bin/python benchmarks/speculation.py verify --k 4 8 16
     .venv/bin/python benchmarks/speculation.py all --json out.json
 """
@@ -77,13 +78,22 @@ def symbols(path: Path, per_file: int) -> list[str]:
     return out[:per_file]
 
 
-def task_cases(per_file: int) -> list[tuple[Path, str, str]]:
+def task_cases(per_file: int, heldout: int = 0) -> list[tuple[Path, str, str]]:
+    """Explain and refactor on the first functions of examples/ and HELD_OUT; with `heldout`, also
+    explain on that many functions drawn from the files demi-tiny's corpus held out (group
+    "explain-heldout": typical answers, where the first group's are dominated by two that loop)."""
     files = sorted((ROOT / "examples").glob("*.py")) + [STDLIB / f for f in HELD_OUT if (STDLIB / f).is_file()]
     cases = []
     for path in files:
         for i, sym in enumerate(symbols(path, per_file)):
             cases.append((path, sym, "explain"))
             cases.append((path, sym, "refactor:" + INSTRUCTIONS[i % len(INSTRUCTIONS)]))
+    if heldout:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from heldout_functions import functions, heldout_files, sample
+
+        drawn = sample(functions(heldout_files(), True), heldout)
+        cases += [(f.path, f.symbol.qualname, "explain-heldout") for f in drawn]
     return cases
 
 
@@ -98,7 +108,7 @@ def run_case(engine: Recorder, path: Path, symbol: str, task: str, k: int) -> An
     engine.engine.speculate = k
     engine.last = None
     pieces: list[str] = []
-    if task == "explain":
+    if task.startswith("explain"):
         explain(engine, doc, symbol=symbol, lead="facts", on_text=pieces.append)
     else:
         try:
@@ -117,15 +127,18 @@ class _PerfectDrafts:
 
     future: list[int] = []
 
-    def __init__(self, tokens: Any = ()) -> None:
-        self.prompt_len = len(list(tokens))
+    def __init__(self, tokens: Any = (), **_: Any) -> None:
         self.made = 0
+        self.price = None  # every draft up to k is checked, whatever a check costs
 
     def extend(self, tokens: Any) -> None:
         self.made += len(tuple(tokens))
 
     def propose(self, k: int) -> list[int]:
         return self.future[self.made : self.made + k] if k > 0 else []
+
+    def settle(self, drafted: int, kept: int) -> None:
+        pass
 
 
 @contextlib.contextmanager
@@ -151,11 +164,13 @@ def same_output(plain: Any, spec: Any) -> bool:
     return plain.shown == spec.shown and plain.token_ids[:n] == spec.token_ids[:n]
 
 
-def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int, oracle: bool = False) -> dict[str, Any]:
+def tasks(
+    ks: list[int], repeat: int, per_file: int, model: str, fixed: int, oracle: bool = False, heldout: int = 0
+) -> dict[str, Any]:
     from demi.assistant.engines import open_engine
 
     engine = Recorder(open_engine(model, speculate=0), fixed)
-    cases = task_cases(per_file)
+    cases = task_cases(per_file, heldout)
     run_case(engine, *cases[0], 0)  # warm-up: kernels, caches
     rows = []
     for path, symbol, task in cases:
@@ -192,7 +207,7 @@ def tasks(ks: list[int], repeat: int, per_file: int, model: str, fixed: int, ora
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     summary: dict[str, Any] = {}
-    for group in ("all", "explain", "refactor"):
+    for group in ("all", "explain", "refactor", *(["explain-heldout"] if heldout else [])):
         sel = [r for r in rows if group == "all" or r["task"] == group]
         tokens = sum(r["tokens"] for r in sel)
         plain_s = sum(r["plain_s"] for r in sel)
@@ -279,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant", default="int8")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--heldout", type=int, default=0, help="also explain N functions of demi-tiny's held-out files")
     ap.add_argument("--oracle", action="store_true", help="also time perfect drafts (the plain run's own tokens)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -286,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
     if args.part in ("tasks", "all"):
-        result["tasks"] = tasks(args.k, args.repeat, args.per_file, args.model, args.fixed, args.oracle)
+        result["tasks"] = tasks(args.k, args.repeat, args.per_file, args.model, args.fixed, args.oracle, args.heldout)
         print(json.dumps({"kernels": result["tasks"]["kernels"], **result["tasks"]["summary"]}, indent=1))
     if args.part in ("verify", "all"):
         result["verify"] = verify(args.k, args.preset, args.quant, args.context, args.reps)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from demi.model.batch import DecodeStep, decode_rows, head_rows
 from demi.model.cancel import CancelToken
+from demi.model.check_cost import check_cost
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.healing import ForcedPrefix
@@ -452,20 +453,27 @@ def _decode_speculative(
     cache's length is set back to the tokens kept, so the rejected drafts' entries are overwritten
     later. Stop tokens, `end` and the cancel/deadline check per step work as in the plain loop.
 
-    The draft depth adapts (`next_depth`): every checked row costs a good part of a decode step, so
-    after a rejection the next draft is no longer than what was just accepted plus one, and after a
-    fully accepted draft it doubles again, up to k."""
+    How many drafts a step checks is the lookup's call (`PromptLookup.worth_checking`): a check costs
+    a share of a decode step and a share per draft (timed here as the loop runs, `check_cost`), and a
+    draft is worth it only while the chance that it and those before it are kept, estimated per
+    match length from what this request's checks kept, is above its share. On a small model a weak
+    match (one token) is usually not worth a check."""
     s = request.sampling
-    lookup = PromptLookup(run.ids)
-    depth = run.speculate
+    cost = check_cost(model)
+    lookup = PromptLookup(run.ids, price=cost.price)
+    # timed on a CPU (a GPU's passes are asynchronous: its prior stands), from the second pass on: the
+    # first after a prefill reads the weights back from memory (1.0 against 0.44 ms on demi-tiny)
+    timed = False
     pos, pending = len(run.ids), None  # invariant at the loop's top: len(ids) + len(tokens) == pos
     while pos < end:
         if reason := run.interrupted(request.cancel):
             return reason
         if pending is None:
-            token = int(next_token(logits, seen, s, generator, run.constraint).item())
+            chosen_id = next_token(logits, seen, s, generator, run.constraint)
+            token = int(chosen_id.item())
         else:
             token, pending = pending, None
+            chosen_id = None
         if run.constraint is not None:
             run.constraint.advance(token)
         run.tokens.append(token)
@@ -476,17 +484,29 @@ def _decode_speculative(
         if pos + 1 == end:
             break
         healing = run.constraint is not None and not run.constraint.done
-        drafts = [] if healing else lookup.propose(min(depth, end - pos - 1))
-        rows = torch.tensor([[token, *drafts]], device=model.device)
+        lookup.price = cost.price
+        drafts = [] if healing else lookup.propose(min(run.speculate, end - pos - 1))
+        if drafts or chosen_id is None:
+            rows = torch.tensor([[token, *drafts]], device=model.device)
+        else:  # the plain loop's step: the chosen id's tensor as it is
+            rows = chosen_id.view(1, 1)
         run.steps += 1
         if not drafts:  # nothing to verify: a plain step, batched with others' in batch mode
             if run.batch:
                 logits = yield from _batched_step(rows, pos, cache)
             else:
+                started = time.perf_counter()
                 logits = decode_one_token(model, rows, pos, cache)
+                if timed:
+                    cost.lone(time.perf_counter() - started)
             pos += 1
+            timed = model.device.type == "cpu"
             continue
+        started = time.perf_counter()
         out = verify_logits(model, rows, pos, cache)  # [1 + drafts, V]
+        if timed:
+            cost.check(1 + len(drafts), time.perf_counter() - started)
+        timed = model.device.type == "cpu"
         run.drafted += len(drafts)
         pos += 1  # `token` is in the cache now
         cache.length = pos
@@ -498,7 +518,7 @@ def _decode_speculative(
                 ok, chosen = accept_draft(out[i], draft, s, generator)
             if not ok:
                 pending = chosen
-                depth = next_depth(depth, i, len(drafts), run.speculate)
+                lookup.settle(len(drafts), i)
                 break
             run.accepted += 1
             run.tokens.append(draft)
@@ -512,13 +532,5 @@ def _decode_speculative(
                 return "length"
         else:
             logits = out[len(drafts)].unsqueeze(0)
-            depth = next_depth(depth, len(drafts), len(drafts), run.speculate)
+            lookup.settle(len(drafts), len(drafts))
     return "length"
-
-
-def next_depth(depth: int, accepted: int, drafted: int, k: int) -> int:
-    """The next draft's length after `accepted` of `drafted` drafts were kept: all of them doubles
-    it (up to k), a rejection makes it what was accepted plus one (at least 1)."""
-    if accepted == drafted:
-        return min(k, max(1, 2 * depth))
-    return max(1, min(k, accepted + 1))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hf_models import FAMILIES
 
+from demi.model.check_cost import PRIOR, CheckCost, Price, check_cost
 from demi.model.decoder import KVCache
 from demi.model.engine import LocalModel, drain
 from demi.model.generate import CancelToken, GenerationRequest, Run, Sampling, accept_draft, generate, processed_logits
@@ -107,9 +108,17 @@ def test_accept_draft_with_all_the_mass_on_the_draft_accepts():
 # --- the decode loop on every family --------------------------------------------------------------
 
 
+# Checks priced at nothing, so every draft up to k is checked: on these tiny random models a lone
+# step is so short that a check's fixed costs make drafting a loss, and the engine would rightly not
+# draft; the loop's correctness with drafts is what these tests are for.
+FREE = Price(fixed=0.0, row=0.0)
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_model(request, tiny_checkpoints):
-    return LocalModel.load(str(tiny_checkpoints(request.param))).model
+    model = LocalModel.load(str(tiny_checkpoints(request.param))).model
+    check_cost(model).pin(FREE)
+    return model
 
 
 def _repeated_prompt(vocab: int, seed: int = 3) -> list[int]:
@@ -277,14 +286,99 @@ def test_quantized_model_checks_at_most_the_decode_kernels_rows_and_keeps_greedy
     assert run.speculation()["k"] == DECODE_ROWS - 1
 
 
-def test_draft_depth_adapts_to_what_was_accepted():
-    """A rejection shortens the next draft to what was kept plus one; a fully kept draft doubles it,
-    never past k nor below one."""
-    from demi.model.generate import next_depth
+def test_lookup_checks_only_drafts_worth_their_price():
+    """With a price, the j-th draft is proposed while p^j is above a draft's price, and none when what
+    they would save does not pay for the check's fixed part; a weak (one-token) match is not looked
+    up at all when its drafts are not worth a row."""
+    text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]  # "1 2 3" matched: 4 5 6 7 8 follow
+    look = PromptLookup(text, price=Price(fixed=0.0, row=0.5))
+    # p = 0.85 (three-token prior): 0.85, 0.72, 0.61, 0.52 > 0.5; 0.44 is not
+    assert look.acceptance(3) == pytest.approx(0.85)
+    assert look.worth_checking(3, 8) == 4 and look.propose(8) == [4, 5, 6, 7]
+    assert look.worth_checking(3, 2) == 2
+    # the fixed part: 0.85 + 0.72 + 0.61 + 0.52 = 2.70 saved against fixed + 4 * 0.5
+    assert PromptLookup(text, price=Price(fixed=0.6, row=0.5)).worth_checking(3, 8) == 4
+    assert PromptLookup(text, price=Price(fixed=0.8, row=0.5)).worth_checking(3, 8) == 0
+    assert PromptLookup(text, price=Price(fixed=0.0, row=0.9)).propose(8) == []
+    # no price: every draft, as before
+    assert PromptLookup(text).propose(8) == [4, 5, 6, 7, 8, 9, 1, 2]
+    # a one-token match (prior 0.15) is not worth a row of 0.3; a three-token one is
+    weak = PromptLookup([5, 9, 6, 1, 7, 6], price=Price(fixed=0.0, row=0.3))
+    assert weak.propose(4) == [] and 1 not in weak._index
+    assert PromptLookup([5, 9, 6, 1, 7, 6], price=Price(fixed=0.0, row=0.1)).propose(1) == [1]
 
-    assert next_depth(8, 2, 8, k=8) == 3
-    assert next_depth(8, 0, 8, k=8) == 1
-    assert next_depth(3, 3, 3, k=8) == 6
-    assert next_depth(6, 6, 6, k=8) == 8
-    assert next_depth(1, 1, 1, k=16) == 2
-    assert next_depth(4, 2, 2, k=8) == 8  # a draft cut short by the match (2 of 2 kept) counts as kept
+
+def test_lookup_learns_acceptance_from_what_the_model_kept():
+    """`settle` counts each kept draft and the first rejected one as checked: a match length whose
+    drafts keep failing stops being drafted, one whose drafts are kept gets longer drafts."""
+    text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
+    look = PromptLookup(text, price=Price(fixed=0.0, row=0.5))
+    for _ in range(3):
+        assert look.propose(8)
+        look.settle(4, 0)  # rejected at the first draft: one checked, none kept
+    assert look.acceptance(3) == pytest.approx(0.85 * 4 / 7)  # prior 3.4 of 4, then 0 of 3
+    assert look.propose(8) == []  # below the row's price now
+    look.settle(4, 4)  # no proposal in flight: nothing counted
+    assert look.acceptance(3) == pytest.approx(3.4 / 7)
+    good = PromptLookup(text, price=Price(fixed=0.0, row=0.5))
+    for _ in range(5):
+        assert good.propose(8)
+        good.settle(4, 4)
+    assert good.acceptance(3) == pytest.approx((3.4 + 20) / 24)
+    assert good.worth_checking(3, 16) > 4
+
+
+def test_check_cost_fits_a_fixed_part_and_a_part_per_draft():
+    cost = CheckCost()
+    assert cost.price == PRIOR  # nothing measured yet
+    cost.check(3, 5.0)  # no lone step yet: a check alone says nothing
+    assert cost.price == PRIOR
+    cost.lone(1.0)
+    cost.check(2, 1.5)  # one size so far: all of it per draft
+    assert cost.price == Price(fixed=0.0, row=0.5)
+    for drafts in (1, 4, 2, 8, 1, 4):  # a check of d drafts: 0.2 + 0.25 d steps more than a lone step
+        cost.check(1 + drafts, 1.0 + 0.2 + 0.25 * drafts)
+    price = cost.price
+    assert price.row == pytest.approx(0.25, abs=0.03) and price.fixed == pytest.approx(0.2, abs=0.08)
+    slow = CheckCost()
+    slow.lone(1.0)
+    slow.check(3, 50.0)  # a disturbed timing: the price is bounded, so drafting can recover
+    assert slow.price.row <= 0.6 and slow.price.fixed == 0.0
+    slow.pin(Price(0.0, 0.05))
+    assert slow.price == Price(0.0, 0.05)
+    slow.pin(None)
+    assert slow.price.row <= 0.6
+
+
+def test_engine_measures_its_checks_and_does_not_draft_weak_matches(tiny_checkpoints):
+    """A real model's loop times its lone steps and checks (the price it weighs drafts with comes from
+    them), and under that price one-token matches, whose drafts a small model rarely keeps, are not
+    checked: every draft comes from a longer match."""
+    model = LocalModel.load(str(tiny_checkpoints("qwen2"))).model
+    prompt = _repeated_prompt(model.config.vocab_size)
+    prompt += _gen(model, prompt, max_new_tokens=100)[0]
+    cost = check_cost(model)
+    cost.pin(Price(fixed=0.0, row=0.3))
+    plain, _, _ = _gen(model, prompt, max_new_tokens=48)
+    spec, _, run = _gen(model, prompt, max_new_tokens=48, speculate=8)
+    assert spec == plain and run.drafted > 0
+    assert cost.step is not None and cost.step > 0 and cost._sums[0] > 0  # both kinds of pass timed
+    seen: list[int] = []
+
+    class Watching(PromptLookup):
+        def propose(self, k: int) -> list[int]:
+            drafts = super().propose(k)
+            if drafts:
+                seen.append(self._last_n)
+            return drafts
+
+    import demi.model.generate as gen_module
+
+    saved = gen_module.PromptLookup
+    gen_module.PromptLookup = Watching  # type: ignore[misc]
+    try:
+        again, _, _ = _gen(model, prompt, max_new_tokens=48, speculate=8)
+    finally:
+        gen_module.PromptLookup = saved  # type: ignore[misc]
+    assert again == plain and seen and set(seen) <= {2, 3}
+    cost.pin(None)
