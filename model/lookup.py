@@ -34,8 +34,9 @@ __all__ = ["PromptLookup", "ACCEPTANCE_PRIOR"]
 # Per-token acceptance of drafts by the length of the match they came from, before a request has
 # checked any (a draft token counts as checked when all before it were kept). Measured with demi-tiny
 # (`benchmarks/speculation.py` cases and explanations and rewrites of held-out functions, 4 drafts a
-# check): drafts after a one-token match were kept 6-15% of the time, after a two-token match
-# 6-25%, after a three-token match 74-94%; on such a model only the last pay for a check. Worth
+# check): of the drafts after a one-token match 6-15% were kept, after a two-token match 6-25%,
+# after a three-token match 74-94%; on such a model only the last pay for a check. The priors count
+# per checked token (a little above those shares, which include drafts after a rejection). Worth
 # PRIOR_WEIGHT checked tokens against what the request then sees.
 ACCEPTANCE_PRIOR = {1: 0.15, 2: 0.3, 3: 0.85}
 PRIOR_WEIGHT = 4.0
