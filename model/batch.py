@@ -44,11 +44,14 @@ __all__ = ["DecodeStep", "decode_batch", "decode_rows", "head_rows"]
 @dataclass(eq=False)
 class DecodeStep:
     """One sequence's next decode step, yielded by a generation in batch mode: `token` [1, 1] at
-    position `pos`, its keys and values to be written into `cache`. Send the logits [1, V] back."""
+    position `pos`, its keys and values to be written into `cache`. Send the logits [1, V] back.
+    `timed`: the generation prices speculative checks against lone steps, and this one may be timed
+    if it runs alone (`check_cost`)."""
 
     token: Tensor
     pos: int
     cache: KVCache
+    timed: bool = False
 
 
 def decode_rows(model: Transformer) -> int | None:

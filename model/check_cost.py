@@ -5,7 +5,8 @@ one. How much more depends on the model and the machine: on demi-tiny a lone ste
 reading its weights and an extra row by arithmetic (a third of a step on Zen 4's int8 dot products,
 half on its AVX2 path; on a 0.5B model about a quarter, benchmarks/RESULTS-speculation.md), and a
 check pays a fixed price on top (it runs the verification path: each row's own attention mask and
-head). Rather than a table of guesses, the decode loop times its own passes (`lone`, `check`), and
+head). Rather than a table of guesses, the decode loop times its own passes (`lone`, `check`; in
+batch mode the driver times a run's plain steps that run alone, `LocalModel.decode_batch`), and
 `price` is a straight-line fit of a check's seconds over the lone step's against its drafts: a fixed
 part and a part per draft, both in decode steps, which the lookup weighs drafts with
 (`lookup.PromptLookup.price`). One estimate per model in memory, so it carries over from one

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from demi.model import kernel_plan, native_kernels
 from demi.model.batch import DecodeStep, decode_batch
+from demi.model.check_cost import check_cost
 from demi.model.decoder import KVCache, Transformer
 from demi.model.errors import ContextOverflowError, DemiUserError
 from demi.model.generate import (
@@ -245,9 +246,13 @@ class LocalModel:
     def decode_batch(self, steps: list[DecodeStep]) -> list[torch.Tensor]:
         """Run the decode steps of several batch-mode runs (`run(..., batch=True)`) as one batch:
         the logits [1, V] to send each of them, in order."""
-        if len(steps) == 1:  # a batch of one: the plain step
+        if len(steps) == 1:  # a batch of one: the plain step, timed for a speculating run's check price
             step = steps[0]
-            return [decode_one_token(self.model, step.token.view(1, 1), step.pos, step.cache)]
+            started = time.perf_counter()
+            logits = decode_one_token(self.model, step.token.view(1, 1), step.pos, step.cache)
+            if step.timed:
+                check_cost(self.model).lone(time.perf_counter() - started)
+            return [logits]
         tokens = torch.cat([step.token.reshape(1) for step in steps])
         logits = decode_batch(self.model, tokens, [s.pos for s in steps], [s.cache for s in steps])
         return list(logits.split(1))

@@ -425,9 +425,11 @@ def generate(
     return "length"
 
 
-def _batched_step(token: Tensor, pos: int, cache: KVCache) -> Generator[DecodeStep, Tensor | None, Tensor]:
+def _batched_step(
+    token: Tensor, pos: int, cache: KVCache, timed: bool = False
+) -> Generator[DecodeStep, Tensor | None, Tensor]:
     """Hand one decode step to the batching driver; the logits [1, V] it sends back."""
-    logits = yield DecodeStep(token, pos, cache)
+    logits = yield DecodeStep(token, pos, cache, timed)
     if logits is None:
         raise RuntimeError("a batched generation was resumed without its decode step's logits")
     return logits
@@ -492,8 +494,8 @@ def _decode_speculative(
             rows = chosen_id.view(1, 1)
         run.steps += 1
         if not drafts:  # nothing to verify: a plain step, batched with others' in batch mode
-            if run.batch:
-                logits = yield from _batched_step(rows, pos, cache)
+            if run.batch:  # timed by the driver when it runs alone (`LocalModel.decode_batch`)
+                logits = yield from _batched_step(rows, pos, cache, timed)
             else:
                 started = time.perf_counter()
                 logits = decode_one_token(model, rows, pos, cache)

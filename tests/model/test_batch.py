@@ -20,6 +20,7 @@ import torch
 from hf_models import FAMILIES
 
 from demi.model.batch import DecodeStep, decode_batch, decode_rows
+from demi.model.check_cost import CheckCost, check_cost
 from demi.model.decoder import KVCache
 from demi.model.engine import Completion, LocalModel
 from demi.model.generate import CancelToken, GenerationRequest, decode_one_token, prefill
@@ -200,6 +201,43 @@ def test_stop_strings_stop_tokens_healing_and_speculation_in_a_batch(qwen_lm):
     assert results[0].finish_reason == "stop" and stop_text not in results[0].text
     assert results[1].finish_reason == "stop" and results[1].token_ids[-1] == stop_id
     assert results[3].extra["speculation"]["k"] == 4
+
+
+def test_a_speculating_batched_run_times_its_lone_steps_for_the_check_price(tiny_checkpoints):
+    """In batch mode the driver runs a run's plain steps, so the driver times those that run alone
+    (a batch of one) and the run's check price follows this model on this machine; a step of a
+    larger batch, and the first after a prefill, are not timed."""
+    from demi.model import check_cost as cost_module
+
+    lm = LocalModel.load(str(tiny_checkpoints("qwen2")), context=256)
+    timed: list[float] = []
+    batches: list[list[bool]] = []  # each decode_batch call: its steps' `timed` flags
+
+    class Recording(CheckCost):
+        def lone(self, seconds: float) -> None:
+            timed.append(seconds)
+            super().lone(seconds)
+
+    cost_module._COSTS[lm.model] = Recording()
+    run_batch = lm.decode_batch
+
+    def watched(steps: list[DecodeStep]) -> list[torch.Tensor]:
+        batches.append([step.timed for step in steps])
+        return run_batch(steps)
+
+    lm.decode_batch = watched  # type: ignore[method-assign]
+    request = _requests(lm, speculate=4)[1]  # 33 new tokens
+    _, results = Driver(lm).run([request])
+    plain = lm.complete(request.prompt, max_new_tokens=request.max_new_tokens, stop_ids=set())
+    assert results[0] is not None and results[0].token_ids == plain.token_ids
+    assert batches and batches[0] == [False]  # the first step after the prefill
+    assert len(timed) == sum(flags == [True] for flags in batches) > 0
+    assert all(t > 0 for t in timed) and check_cost(lm.model).step is not None
+    timed.clear()
+    batches.clear()
+    Driver(lm).run(_requests(lm, speculate=4)[:2])  # two runs: their shared steps are not timed alone
+    assert any(len(flags) == 2 for flags in batches)
+    assert len(timed) == sum(flags == [True] for flags in batches)
 
 
 def test_cancellation_and_deadlines_end_a_batched_run_and_free_its_slot(qwen_lm):
