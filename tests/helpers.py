@@ -8,6 +8,7 @@ real server with a real model is not available to tests. It uses the standard li
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -191,3 +193,14 @@ def pinned_kernel() -> str:
     from demi.model import native_kernels
 
     return next((p for p in native_kernels.candidate_paths() if native_kernels.library(p) is not None), "torch")
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script that is not part of the package (a benchmark, an editor's build script), imported from
+    its file under its stem's name (registered first, so its dataclasses can find their module)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module

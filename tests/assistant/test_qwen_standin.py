@@ -5,12 +5,11 @@ client that builds the FIM prompt itself gets the same prompt through a real `de
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import serve
+from helpers import load_script, serve
 
 from demi.assistant.context import FimContext
 from demi.assistant.engines import HttpEngine, InProcessEngine, open_engine
@@ -31,11 +30,7 @@ SUFFIX = " * r\n\nprint(area(2))\n"
 
 
 def _standin_module() -> Any:
-    spec = importlib.util.spec_from_file_location("qwen_standin", ROOT / "benchmarks" / "qwen_standin.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "benchmarks" / "qwen_standin.py")
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,16 @@ on, one real module a package (the benchmark itself runs end to end in test_lsp_
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("lsp_bench", ROOT / "benchmarks" / "lsp_bench.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lsp_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "lsp_bench.py")
 
 
 def code(n: int, tag: str) -> str:

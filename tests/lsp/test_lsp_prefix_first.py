@@ -7,12 +7,12 @@ typed character that leaves the suggestion makes a run that moves the suffix's c
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from helpers import load_script
 from lsp_support import inline_params, open_doc, server_env, start_client, stats, stop_client, type_text
 from lsprotocol import types as t
 
@@ -69,11 +69,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def psm_model(workdir) -> Path:
     """demi-tiny with PSM metadata, made as benchmarks/shifted_reuse.py makes it."""
-    spec = importlib.util.spec_from_file_location("shifted_reuse", ROOT / "benchmarks" / "shifted_reuse.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_psm(workdir / "demi-tiny-psm")
+    return load_script(ROOT / "benchmarks" / "shifted_reuse.py").make_psm(workdir / "demi-tiny-psm")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

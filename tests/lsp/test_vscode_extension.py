@@ -10,7 +10,6 @@ of its TypeScript is in test_lsp_editors.py.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import load_script
 
 from demi.assistant.config import SETTINGS
 from demi.assistant.server_kinds import KINDS
@@ -150,11 +150,7 @@ def test_commands_keybindings_and_when_clauses_resolve():
 
 
 def _load_icon_script() -> Any:
-    spec = importlib.util.spec_from_file_location("make_icon", EXTENSION / "scripts" / "make_icon.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXTENSION / "scripts" / "make_icon.py")
 
 
 def _png_pixels(data: bytes) -> tuple[int, int, bytes]:

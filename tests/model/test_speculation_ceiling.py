@@ -3,10 +3,9 @@ engine's loop then accepts in full, so the speed-up it times is the most any dra
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+from helpers import load_script
 from test_speculation import _gen, _repeated_prompt
 
 from demi.model.check_cost import Price, check_cost
@@ -16,17 +15,8 @@ from demi.model.lookup import PromptLookup
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("speculation_bench", ROOT / "benchmarks" / "speculation.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["speculation_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_perfect_drafts_are_all_accepted_and_change_nothing(tiny_checkpoints):
-    bench = load_bench()
+    bench = load_script(ROOT / "benchmarks" / "speculation.py")
     model = LocalModel.load(str(tiny_checkpoints("llama"))).model
     check_cost(model).pin(Price(fixed=5.0, row=5.0))  # prompt lookup would draft nothing at this price
     prompt = _repeated_prompt(model.config.vocab_size)
