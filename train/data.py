@@ -156,7 +156,8 @@ class SegmentEncoder:
         for lo in range(0, len(samples), batch):
             for ids in self.encode(samples[lo : lo + batch]):
                 flat.extend(ids)
-        return torch.frombuffer(flat, dtype=torch.int32).clone() if flat else torch.empty(0, dtype=torch.int32)
+        # the tensor keeps the array alive and reads its memory: no second copy of the epoch's ids
+        return torch.frombuffer(flat, dtype=torch.int32) if flat else torch.empty(0, dtype=torch.int32)
 
 
 def pack(sequences: Sequence[Sequence[int]] | torch.Tensor, seq_len: int) -> torch.Tensor:
