@@ -465,7 +465,7 @@ def _decode_speculative(
     lookup = PromptLookup(run.ids, price=cost.price)
     # timed on a CPU (a GPU's passes are asynchronous: its prior stands), from the second pass on: the
     # first after a prefill reads the weights back from memory (1.0 against 0.44 ms on demi-tiny)
-    timed = False
+    on_cpu, timed = model.device.type == "cpu", False
     pos, pending = len(run.ids), None  # invariant at the loop's top: len(ids) + len(tokens) == pos
     while pos < end:
         if reason := run.interrupted(request.cancel):
@@ -502,13 +502,13 @@ def _decode_speculative(
                 if timed:
                     cost.lone(time.perf_counter() - started)
             pos += 1
-            timed = model.device.type == "cpu"
+            timed = on_cpu
             continue
         started = time.perf_counter()
         out = verify_logits(model, rows, pos, cache)  # [1 + drafts, V]
         if timed:
             cost.check(1 + len(drafts), time.perf_counter() - started)
-        timed = model.device.type == "cpu"
+        timed = on_cpu
         run.drafted += len(drafts)
         pos += 1  # `token` is in the cache now
         cache.length = pos
